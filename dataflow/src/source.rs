@@ -1,0 +1,206 @@
+//! The Kafka source: reads this worker's partitions without ever blocking, pre-counts taps per
+//! (epoch, stream, emoji) and holds its capability at the epoch of its partitions' watermark.
+
+use crate::watermark::{self, PartitionClock};
+use crate::PartialCount;
+use emostream_protocol::epoch::epoch_of;
+use emostream_protocol::wire::EmojiEvent;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, Stream};
+
+/// The broker may hold an empty fetch this long; it bounds how stale "at the end" can be.
+const FETCH_WAIT_MS: u64 = 50;
+/// One activation reads at most this long before yielding to the rest of the dataflow.
+const READ_BUDGET: Duration = Duration::from_millis(20);
+
+/// Everything the source needs, owned so the operator closure can keep it.
+pub struct SourceSettings {
+    pub brokers: String,
+    pub topic: String,
+    pub partitions: Vec<i32>,
+    pub window_ms: u64,
+    pub allowed_lateness_ms: u64,
+    pub idle_poll_ms: u64,
+    /// Set on SIGTERM: the source stops reading and releases its capability.
+    pub stop: Arc<AtomicBool>,
+}
+
+type Counts = HashMap<(u64, String, String), (u64, u64)>;
+
+pub fn kafka_source<'scope>(
+    scope: Scope<'scope, u64>,
+    settings: SourceSettings,
+) -> Result<Stream<'scope, u64, Vec<PartialCount>>, KafkaError> {
+    let consumer = if settings.partitions.is_empty() { None } else { Some(consumer(&settings)?) };
+    let mut clocks: BTreeMap<i32, PartitionClock> =
+        settings.partitions.iter().map(|p| (*p, PartitionClock::default())).collect();
+    let staleness_ms = FETCH_WAIT_MS + settings.idle_poll_ms;
+    let idle = Duration::from_millis(settings.idle_poll_ms);
+
+    let stream = source(scope, "KafkaSource", move |capability, info| {
+        let activator = scope.activator_for(info.address);
+        let mut capability = Some(capability);
+        let mut consumer = consumer;
+        let mut counts: Counts = HashMap::new();
+        let mut late_total: u64 = 0;
+
+        move |output| {
+            let Some(cap) = capability.as_mut() else { return };
+            if settings.stop.load(Ordering::Relaxed) {
+                tracing::info!(late_total, "source stopping");
+                capability = None;
+                consumer = None;
+                return;
+            }
+
+            let open_epoch = *cap.time();
+            let mut exhausted_budget = false;
+            if let Some(consumer) = consumer.as_ref() {
+                let started = Instant::now();
+                loop {
+                    match consumer.poll(Duration::ZERO) {
+                        None => break,
+                        Some(Ok(msg)) => {
+                            let ts = msg.timestamp().to_millis().unwrap_or(0).max(0) as u64;
+                            if let Some(clock) = clocks.get_mut(&msg.partition()) {
+                                clock.record(ts);
+                            }
+                            if let Some(payload) = msg.payload() {
+                                late_total += count_record(payload, settings.window_ms, open_epoch, &mut counts);
+                            }
+                        }
+                        Some(Err(KafkaError::PartitionEOF(p))) => {
+                            if let Some(clock) = clocks.get_mut(&p) {
+                                clock.reached_end();
+                            }
+                        }
+                        Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
+                    }
+                    if started.elapsed() >= READ_BUDGET {
+                        exhausted_budget = true;
+                        break;
+                    }
+                }
+            }
+
+            // One session per epoch: sessions are not fused, so batching by epoch matters.
+            let mut by_epoch: BTreeMap<u64, Vec<PartialCount>> = BTreeMap::new();
+            for ((epoch, stream, emoji), (count, late)) in counts.drain() {
+                by_epoch.entry(epoch).or_default().push(PartialCount { stream, emoji, count, late });
+            }
+            for (epoch, items) in by_epoch {
+                let at = cap.delayed(&epoch);
+                let mut session = output.session(&at);
+                for item in items {
+                    session.give(item);
+                }
+            }
+
+            if let Some(w) = watermark::combined(clocks.values(), now_ms(), settings.allowed_lateness_ms, staleness_ms) {
+                let epoch = epoch_of(w, settings.window_ms);
+                if epoch > *cap.time() {
+                    cap.downgrade(&epoch);
+                }
+            }
+
+            if exhausted_budget {
+                activator.activate();
+            } else {
+                // No wake-up callback is relied on: a missed one would stall the frontier.
+                activator.activate_after(idle);
+            }
+        }
+    });
+    Ok(stream)
+}
+
+/// Counts one batch record into `counts`; events whose epoch has already closed here are folded
+/// into `open_epoch` and counted as late. Returns the number of late events.
+fn count_record(payload: &[u8], window_ms: u64, open_epoch: u64, counts: &mut Counts) -> u64 {
+    let mut late = 0;
+    for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let event: EmojiEvent = match serde_json::from_slice(line) {
+            Ok(e) => e,
+            Err(e) => {
+                // The gateway validated every line; a bad one is a foreign producer's.
+                tracing::warn!(error = %e, "skipping an unreadable event line");
+                continue;
+            }
+        };
+        let own = epoch_of(event.recv_ms, window_ms);
+        let (epoch, is_late) = if own < open_epoch { (open_epoch, 1) } else { (own, 0) };
+        late += is_late;
+        let entry = counts.entry((epoch, event.stream.into_owned(), event.emoji.into_owned())).or_default();
+        entry.0 += 1;
+        entry.1 += is_late;
+    }
+    late
+}
+
+fn consumer(settings: &SourceSettings) -> Result<Arc<BaseConsumer>, KafkaError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        // Offsets are committed to this group for lag monitoring only; partitions are assigned,
+        // never subscribed, so the group never rebalances.
+        .set("group.id", "emostream-dataflow")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // End-of-partition events drive the idle rule.
+        .set("enable.partition.eof", "true")
+        // Bounds how stale "at the end" can be (see watermark.rs).
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string())
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for p in &settings.partitions {
+        assignment.add_partition_offset(&settings.topic, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    Ok(Arc::new(consumer))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(stream: &str, emoji: &str, recv_ms: u64) -> String {
+        format!("{{\"stream\":\"{stream}\",\"user_id\":\"u\",\"emoji\":\"{emoji}\",\"recv_ms\":{recv_ms}}}\n")
+    }
+
+    #[test]
+    fn counts_a_record_and_folds_late_events() {
+        let payload = [line("a", "🔥", 4_100), line("a", "🔥", 4_200), line("b", "👍🏽", 1_000), line("a", "❤️", 6_000)].concat();
+        let mut counts = Counts::new();
+        let late = count_record(payload.as_bytes(), 2_000, 2, &mut counts);
+        assert_eq!(late, 1);
+        let mut got: Vec<_> = counts.into_iter().collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ((2, "a".into(), "🔥".into()), (2, 0)),
+                ((2, "b".into(), "👍🏽".into()), (1, 1)),
+                ((3, "a".into(), "❤️".into()), (1, 0)),
+            ]
+        );
+    }
+
+    #[test]
+    fn unreadable_lines_are_skipped() {
+        let payload = format!("not json\n{}", line("a", "🔥", 0));
+        let mut counts = Counts::new();
+        assert_eq!(count_record(payload.as_bytes(), 2_000, 0, &mut counts), 0);
+        assert_eq!(counts.len(), 1);
+    }
+}

@@ -1,0 +1,321 @@
+//! `cluster.toml`: one file names the brokers, the dataflow processes, the epoch rules and the
+//! broadcaster topology. Any field can be overridden from the environment as
+//! `EMOSTREAM_<SECTION>__<FIELD>=<toml value>`, e.g. `EMOSTREAM_KAFKA__BROKERS=10.0.0.5:9092` or
+//! `EMOSTREAM_EPOCHS__WINDOW_MS=1000`, so one file serves every host.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub epochs: EpochConfig,
+    pub gateway: GatewayConfig,
+    pub dataflow: DataflowConfig,
+    pub broadcaster: BroadcasterConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]` of the bootstrap brokers.
+    pub brokers: String,
+    /// Batch records of raw taps, written by the gateway.
+    #[serde(default = "KafkaConfig::events_topic")]
+    pub events_topic: String,
+    /// Closed epochs, written by the dataflow, keyed by stream.
+    #[serde(default = "KafkaConfig::epochs_topic")]
+    pub epochs_topic: String,
+    /// The dataflow's recovery state.
+    #[serde(default = "KafkaConfig::progress_topic")]
+    pub progress_topic: String,
+    /// Partitions of `events_topic`; each is owned by exactly one timely worker.
+    #[serde(default = "KafkaConfig::events_partitions")]
+    pub events_partitions: u32,
+    /// Partitions of `epochs_topic`.
+    #[serde(default = "KafkaConfig::epochs_partitions")]
+    pub epochs_partitions: u32,
+}
+
+impl KafkaConfig {
+    fn events_topic() -> String {
+        "emoji-events".into()
+    }
+    fn epochs_topic() -> String {
+        "emoji-epochs".into()
+    }
+    fn progress_topic() -> String {
+        "emoji-progress".into()
+    }
+    /// Four partitions: one per worker of the default `run_workers.sh -n 4`.
+    const fn events_partitions() -> u32 {
+        4
+    }
+    /// Epochs are a few records per second; two partitions keep the main publisher's reads simple.
+    const fn epochs_partitions() -> u32 {
+        2
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochConfig {
+    /// Width of one epoch.
+    #[serde(default = "EpochConfig::window_ms")]
+    pub window_ms: u64,
+    /// How far behind a partition's newest record its watermark trails. Must cover the gateway's
+    /// `flush_ms` plus the clock skew between gateways; default `flush_ms` + 250 ms.
+    #[serde(default = "EpochConfig::allowed_lateness_ms")]
+    pub allowed_lateness_ms: u64,
+    /// Taps per swarm emoji in the reduction `max(1, n / divisor)`.
+    #[serde(default = "EpochConfig::divisor")]
+    pub divisor: u64,
+}
+
+impl EpochConfig {
+    /// The product's 2-second epochs.
+    const fn window_ms() -> u64 {
+        2000
+    }
+    /// The default `flush_ms` (100) plus 250 ms of skew.
+    const fn allowed_lateness_ms() -> u64 {
+        GatewayConfig::flush_ms() + 250
+    }
+    /// One swarm emoji per 1000 taps.
+    const fn divisor() -> u64 {
+        1000
+    }
+}
+
+impl Default for EpochConfig {
+    fn default() -> Self {
+        Self {
+            window_ms: Self::window_ms(),
+            allowed_lateness_ms: Self::allowed_lateness_ms(),
+            divisor: Self::divisor(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// `host:port` the HTTP server binds.
+    pub listen: String,
+    /// A batch record is flushed at most this long after its first event.
+    #[serde(default = "GatewayConfig::flush_ms")]
+    pub flush_ms: u64,
+    /// … or as soon as it holds this many events.
+    #[serde(default = "GatewayConfig::flush_max_events")]
+    pub flush_max_events: usize,
+}
+
+impl GatewayConfig {
+    /// 100 ms keeps the answer to a tap well inside the 2 s epoch (the seeds use 500 ms).
+    const fn flush_ms() -> u64 {
+        100
+    }
+    /// 20,000 events: the design's cap, so one record stays a few MB before compression.
+    const fn flush_max_events() -> usize {
+        20_000
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataflowConfig {
+    /// One `host:port` per timely process; line i of timely's hostfile is process i.
+    pub processes: Vec<String>,
+    /// Worker threads per process.
+    #[serde(default = "DataflowConfig::threads")]
+    pub threads: usize,
+    /// How often an idle source wakes to advance its watermark with the wall clock.
+    #[serde(default = "DataflowConfig::idle_poll_ms")]
+    pub idle_poll_ms: u64,
+}
+
+impl DataflowConfig {
+    /// One thread per process: the default topology runs several processes on few cores.
+    const fn threads() -> usize {
+        1
+    }
+    /// 10 ms: small against a 2 s epoch, cheap for an idle worker.
+    const fn idle_poll_ms() -> u64 {
+        10
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcasterConfig {
+    /// `host:port` of the main publisher (reads `emoji-epochs`, serves `/register`).
+    pub main: String,
+    /// Recent epochs kept per stream at every tier, for `since` resumes.
+    #[serde(default = "BroadcasterConfig::ring_epochs")]
+    pub ring_epochs: usize,
+    pub clusters: Vec<ClusterConfig>,
+}
+
+impl BroadcasterConfig {
+    /// Two minutes of 2 s epochs.
+    const fn ring_epochs() -> usize {
+        60
+    }
+
+    /// The cluster a subscriber belongs to, by the subscriber's listen address.
+    pub fn cluster_of(&self, subscriber: &str) -> Option<&ClusterConfig> {
+        self.clusters.iter().find(|c| c.subscribers.iter().any(|s| s == subscriber))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's name, reported to viewers in their assignment.
+    pub name: String,
+    /// `host:port` of the cluster publisher.
+    pub listen: String,
+    /// `host:port` of each subscriber in this cluster.
+    pub subscribers: Vec<String>,
+}
+
+/// What can go wrong reading the configuration.
+#[derive(Debug)]
+pub enum ConfigError {
+    Read(std::path::PathBuf, std::io::Error),
+    Parse(String),
+    Invalid(String),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Read(p, e) => write!(f, "cannot read {}: {e}", p.display()),
+            ConfigError::Parse(e) => write!(f, "invalid configuration: {e}"),
+            ConfigError::Invalid(e) => write!(f, "invalid configuration: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const ENV_PREFIX: &str = "EMOSTREAM_";
+
+impl Config {
+    /// Reads `path`, then applies `EMOSTREAM_*` overrides from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        Self::from_toml(&text, std::env::vars())
+    }
+
+    /// Parses `text`, then applies the overrides found in `env`.
+    pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        for (key, value) in env {
+            let Some(path) = key.strip_prefix(ENV_PREFIX) else { continue };
+            let Some((section, field)) = path.split_once("__") else { continue };
+            let (section, field) = (section.to_ascii_lowercase(), field.to_ascii_lowercase());
+            // A value that parses as TOML keeps its type (numbers, arrays); anything else is text.
+            let parsed = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value));
+            let table = doc
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| ConfigError::Invalid(format!("{key}: [{section}] is not a table")))?;
+            table.insert(field, parsed);
+        }
+        let config: Config = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.epochs.window_ms == 0 {
+            return bad("epochs.window_ms must be at least 1");
+        }
+        if self.epochs.divisor == 0 {
+            return bad("epochs.divisor must be at least 1");
+        }
+        if self.kafka.events_partitions == 0 {
+            return bad("kafka.events_partitions must be at least 1");
+        }
+        if self.dataflow.processes.is_empty() || self.dataflow.threads == 0 {
+            return bad("dataflow.processes and dataflow.threads must not be empty");
+        }
+        if self.gateway.flush_ms >= self.epochs.window_ms {
+            return bad("gateway.flush_ms must be shorter than epochs.window_ms");
+        }
+        if self.gateway.flush_max_events == 0 {
+            return bad("gateway.flush_max_events must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+[gateway]
+listen = "127.0.0.1:8080"
+[dataflow]
+processes = ["127.0.0.1:2101", "127.0.0.1:2102"]
+[broadcaster]
+main = "127.0.0.1:9000"
+[[broadcaster.clusters]]
+name = "c0"
+listen = "127.0.0.1:9010"
+subscribers = ["127.0.0.1:9011"]
+"#;
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let c = Config::from_toml(SAMPLE, []).unwrap();
+        assert_eq!(c.epochs, EpochConfig { window_ms: 2000, allowed_lateness_ms: 350, divisor: 1000 });
+        assert_eq!(c.kafka.events_topic, "emoji-events");
+        assert_eq!(c.kafka.events_partitions, 4);
+        assert_eq!(c.gateway.flush_ms, 100);
+        assert_eq!(c.dataflow.threads, 1);
+        assert_eq!(c.broadcaster.ring_epochs, 60);
+        assert_eq!(c.broadcaster.cluster_of("127.0.0.1:9011").unwrap().name, "c0");
+    }
+
+    #[test]
+    fn environment_overrides_keep_types() {
+        let env = [
+            ("EMOSTREAM_KAFKA__BROKERS".to_string(), "10.0.0.5:9092".to_string()),
+            ("EMOSTREAM_EPOCHS__WINDOW_MS".to_string(), "1000".to_string()),
+            ("EMOSTREAM_DATAFLOW__PROCESSES".to_string(), r#"["h1:2101"]"#.to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::from_toml(SAMPLE, env).unwrap();
+        assert_eq!(c.kafka.brokers, "10.0.0.5:9092");
+        assert_eq!(c.epochs.window_ms, 1000);
+        assert_eq!(c.dataflow.processes, vec!["h1:2101".to_string()]);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = Config::from_toml(&format!("{SAMPLE}\n[epochs]\nwindow = 5\n"), []).unwrap_err();
+        assert!(err.to_string().contains("window"), "{err}");
+    }
+
+    #[test]
+    fn zero_divisor_is_refused() {
+        let env = [("EMOSTREAM_EPOCHS__DIVISOR".to_string(), "0".to_string())];
+        let err = Config::from_toml(SAMPLE, env).unwrap_err();
+        assert_eq!(err.to_string(), "invalid configuration: epochs.divisor must be at least 1");
+    }
+}

@@ -1,0 +1,15 @@
+//! The shapes every Emostream tier agrees on, written once.
+//!
+//! # Layout
+//! - [`config`]: `cluster.toml` as typed structs, with environment overrides.
+//! - [`epoch`]: the 2-second epoch grid and the per-1000 reduction rule.
+//! - [`wire`]: the HTTP bodies, the Kafka records and the viewer frames.
+//! - [`shutdown`] (feature `signal`): one future that resolves on Ctrl-C or SIGTERM.
+
+pub mod config;
+pub mod epoch;
+#[cfg(feature = "signal")]
+pub mod shutdown;
+pub mod wire;
+
+pub use config::Config;

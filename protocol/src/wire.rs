@@ -1,0 +1,180 @@
+//! Every JSON shape that crosses a process boundary.
+//!
+//! Gateway bodies ([`SendEmoji`], [`EmojiIn`], [`Accepted`], [`ErrorBody`]), the line format of
+//! `emoji-events` batch records ([`EmojiEvent`]), the closed-epoch frame on `emoji-epochs` and to
+//! viewers ([`EpochFrame`]), viewer registration ([`Register`], [`Assignment`]) and the messages a
+//! broadcaster tier sends to the tier above it ([`LinkUp`]).
+
+use serde::{Deserialize, Serialize};
+
+/// The client's own timestamp: ISO-8601 text or Unix milliseconds. Kept, never used for windowing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ClientTs {
+    Millis(u64),
+    Iso(String),
+}
+
+/// The seeds' body for `POST /send_emoji`, unchanged so their clients and load tests still work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendEmoji {
+    pub user_id: String,
+    pub emoji_type: String,
+    #[serde(default)]
+    pub timestamp: Option<ClientTs>,
+}
+
+/// One emoji in `POST /v1/streams/{stream}/emojis` (the stream comes from the path).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmojiIn {
+    pub user_id: String,
+    pub emoji: String,
+    #[serde(default)]
+    pub timestamp: Option<ClientTs>,
+}
+
+/// The gateway's 202: how many emojis the broker acknowledged, and the epoch they count in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub accepted: u64,
+    pub epoch: u64,
+}
+
+/// Every 4xx/5xx body: what went wrong, and which field (when one is to blame).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// One line of an `emoji-events` batch record (NDJSON, one event per line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmojiEvent<'a> {
+    #[serde(borrow)]
+    pub stream: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub user_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub emoji: std::borrow::Cow<'a, str>,
+    /// The client's timestamp, as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<ClientTs>,
+    /// The gateway's receive time, Unix ms: the only clock that decides the epoch.
+    pub recv_ms: u64,
+}
+
+/// The frame type tag, so viewers can tell frames apart as more kinds appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameType {
+    Epoch,
+}
+
+/// One emoji's raw and scaled count in a closed epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmojiCount {
+    pub emoji: String,
+    pub count: u64,
+    pub scaled: u64,
+}
+
+/// A closed epoch of one stream: the value on `emoji-epochs` (key: the stream) and the frame every
+/// viewer receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochFrame {
+    #[serde(rename = "type")]
+    pub kind: FrameType,
+    pub stream: String,
+    pub epoch: u64,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// Raw taps in this epoch, late ones included.
+    pub total: u64,
+    /// Taps that arrived after their own epoch had closed and were folded into this one.
+    pub late: u64,
+    /// Ordered by count, highest first, then by emoji, so a re-published epoch is byte-identical.
+    pub emojis: Vec<EmojiCount>,
+}
+
+/// Just enough of any frame to route it: which stream and which epoch.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FrameHead {
+    pub stream: String,
+    pub epoch: u64,
+}
+
+/// The seeds' body for `POST /register` (and `/unregister`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Register {
+    pub user_id: String,
+    #[serde(default)]
+    pub group_id: Option<String>,
+}
+
+/// Where a viewer should connect: the least-loaded live subscriber.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub cluster: String,
+    /// `ws://host:port` of the subscriber; viewers append `/v1/streams/{stream}/ws`.
+    pub subscriber: String,
+    pub subscriber_name: String,
+}
+
+/// A live subscriber as its cluster publisher reports it upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub url: String,
+    pub viewers: u64,
+}
+
+/// What a lower tier tells the tier above over their link (the frames flow the other way).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LinkUp {
+    /// A subscriber's heartbeat to its cluster publisher.
+    Subscriber { name: String, url: String, viewers: u64 },
+    /// A cluster publisher's heartbeat to the main publisher, listing its live subscribers.
+    Cluster { name: String, subscribers: Vec<Member> },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_frame_has_the_documented_shape() {
+        let frame = EpochFrame {
+            kind: FrameType::Epoch,
+            stream: "main".into(),
+            epoch: 881234567,
+            start_ms: 1762469134000,
+            end_ms: 1762469136000,
+            total: 4123,
+            late: 0,
+            emojis: vec![EmojiCount { emoji: "🔥".into(), count: 3785, scaled: 3 }],
+        };
+        assert_eq!(
+            serde_json::to_string(&frame).unwrap(),
+            r#"{"type":"epoch","stream":"main","epoch":881234567,"start_ms":1762469134000,"end_ms":1762469136000,"total":4123,"late":0,"emojis":[{"emoji":"🔥","count":3785,"scaled":3}]}"#
+        );
+    }
+
+    #[test]
+    fn event_lines_borrow_from_the_record() {
+        let line = r#"{"stream":"main","user_id":"u1","emoji":"👨‍👩‍👧","ts":"2024-11-05T10:00:00Z","recv_ms":1}"#;
+        let ev: EmojiEvent = serde_json::from_str(line).unwrap();
+        assert!(matches!(ev.emoji, std::borrow::Cow::Borrowed(_)));
+        assert_eq!(ev.emoji, "👨‍👩‍👧");
+        assert_eq!(ev.ts, Some(ClientTs::Iso("2024-11-05T10:00:00Z".into())));
+    }
+
+    #[test]
+    fn client_ts_accepts_millis_and_text() {
+        let a: SendEmoji = serde_json::from_str(r#"{"user_id":"u","emoji_type":"🔥","timestamp":1730800000000}"#).unwrap();
+        assert_eq!(a.timestamp, Some(ClientTs::Millis(1730800000000)));
+        let b: SendEmoji = serde_json::from_str(r#"{"user_id":"u","emoji_type":"🔥"}"#).unwrap();
+        assert_eq!(b.timestamp, None);
+    }
+}
