@@ -34,6 +34,14 @@ fn run() -> Result<(), String> {
         }
         return Ok(());
     }
+    // Threads per process come from the configuration unless `-w` says otherwise.
+    let matches = if matches.opt_present("w") {
+        matches
+    } else {
+        let mut args: Vec<String> = std::env::args().skip(1).collect();
+        args.extend(["-w".to_string(), config.dataflow.threads.to_string()]);
+        options.parse(args).map_err(|e| e.to_string())?
+    };
     let timely_config = timely::Config::from_matches(&matches)?;
 
     // SIGTERM/Ctrl-C only set a flag: the sources see it at their next activation and stop.

@@ -5,10 +5,10 @@ use crate::watermark::{self, PartitionClock};
 use crate::PartialCount;
 use emostream_protocol::epoch::epoch_of;
 use emostream_protocol::wire::EmojiEvent;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -145,8 +145,23 @@ fn count_record(payload: &[u8], window_ms: u64, open_epoch: u64, counts: &mut Co
     late
 }
 
-fn consumer(settings: &SourceSettings) -> Result<Arc<BaseConsumer>, KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// Reaching the end of a partition is news for the watermark (it arrives through `poll`), not
+/// an error; librdkafka also reports it to the client's error callback, which stays quiet about it.
+pub struct SourceContext;
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF));
+        if !end_of_partition {
+            tracing::error!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+fn consumer(settings: &SourceSettings) -> Result<Arc<BaseConsumer<SourceContext>>, KafkaError> {
+    let consumer: BaseConsumer<SourceContext> = ClientConfig::new()
         .set("bootstrap.servers", &settings.brokers)
         // Offsets are committed to this group for lag monitoring only; partitions are assigned,
         // never subscribed, so the group never rebalances.
@@ -157,7 +172,7 @@ fn consumer(settings: &SourceSettings) -> Result<Arc<BaseConsumer>, KafkaError> 
         .set("enable.partition.eof", "true")
         // Bounds how stale "at the end" can be (see watermark.rs).
         .set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string())
-        .create()?;
+        .create_with_context(SourceContext)?;
     let mut assignment = TopicPartitionList::new();
     for p in &settings.partitions {
         assignment.add_partition_offset(&settings.topic, *p, Offset::Beginning)?;

@@ -1,1 +1,236 @@
+//! Test harness: starts the real system — a Tansu broker through `scripts/broker.sh`, the
+//! gateway, a multi-process timely cluster through `scripts/run_workers.sh`, and every
+//! broadcaster role as its own process — on free loopback ports, and talks to it over real
+//! sockets. Everything stops (SIGTERM, then SIGKILL) when the [`System`] is dropped.
+//!
+//! The binaries come from the same target directory as the test (`scripts/test.sh` builds them
+//! first).
 
+pub mod http;
+pub mod viewer;
+
+use emostream_protocol::Config;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The shape of one test's system.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub worker_processes: usize,
+    pub events_partitions: u32,
+    pub window_ms: u64,
+    pub allowed_lateness_ms: u64,
+    /// Subscribers per cluster, one entry per cluster.
+    pub clusters: Vec<usize>,
+}
+
+pub struct System {
+    pub config: Config,
+    pub dir: PathBuf,
+    config_path: PathBuf,
+    broker_data: PathBuf,
+    children: Vec<(String, Child)>,
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e lives inside the workspace").to_path_buf()
+}
+
+/// `target/<profile>`, where cargo put this test's executable (`…/deps/test-hash`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps").to_path_buf()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} is missing: build the binaries first (scripts/test.sh does)", path.display());
+    path
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
+}
+
+/// Waits until `cond` holds, polling every 20 ms; panics with `what` after `deadline`.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_for(what, deadline, || {
+        let fut = cond();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+}
+
+/// Waits until `probe` yields a value, polling every 20 ms; panics with `what` after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl System {
+    /// Starts everything and returns once the gateway is ready and every subscriber answers.
+    pub async fn start(topology: Topology) -> System {
+        let dir = std::env::temp_dir().join(format!("emostream-e2e-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("a scratch folder");
+        let broker_port = free_port();
+        let config_text = config_text(&topology, broker_port);
+        let config_path = dir.join("cluster.toml");
+        std::fs::write(&config_path, &config_text).expect("writing the test's cluster.toml");
+        let config = Config::from_toml(&config_text, []).expect("the generated configuration is valid");
+        let broker_data = dir.join("broker");
+
+        let status = Command::new(repo_root().join("scripts/broker.sh"))
+            .args(["start", "--port", &broker_port.to_string(), "--data"])
+            .arg(&broker_data)
+            .arg("--config")
+            .arg(&config_path)
+            .status()
+            .expect("scripts/broker.sh runs");
+        assert!(status.success(), "scripts/broker.sh start failed");
+
+        let mut system = System { config, dir, config_path, broker_data, children: Vec::new() };
+        system.spawn("gateway", Command::new(binary("emostream-gateway")).arg("--config").arg(&system.config_path));
+        let mut workers = Command::new(repo_root().join("scripts/run_workers.sh"));
+        workers.args(["-n", &topology.worker_processes.to_string(), "-c"]).arg(&system.config_path).env("EMOSTREAM_BIN_DIR", bin_dir());
+        system.spawn("workers", &mut workers);
+        let broadcaster = binary("emostream-broadcaster");
+        system.spawn("main", Command::new(&broadcaster).arg("--config").arg(&system.config_path).args(["--role", "main"]));
+        for cluster in system.config.broadcaster.clusters.clone() {
+            system.spawn(
+                &cluster.name,
+                Command::new(&broadcaster).arg("--config").arg(&system.config_path).args(["--role", "cluster", "--name", &cluster.name]),
+            );
+            for i in 0..cluster.subscribers.len() {
+                let name = format!("{}-s{i}", cluster.name);
+                system.spawn(
+                    &name,
+                    Command::new(&broadcaster).arg("--config").arg(&system.config_path).args(["--role", "subscriber", "--name", &name]),
+                );
+            }
+        }
+
+        let gateway = system.config.gateway.listen.clone();
+        wait_until("the gateway to be ready", Duration::from_secs(60), || {
+            let gateway = gateway.clone();
+            async move { http::get(&gateway, "/readyz").await.is_ok_and(|r| r.status == 200) }
+        })
+        .await;
+        for sub in system.subscribers() {
+            wait_until(&format!("subscriber {sub}"), Duration::from_secs(60), || {
+                let sub = sub.clone();
+                async move { http::get(&sub, "/healthz").await.is_ok_and(|r| r.status == 200) }
+            })
+            .await;
+        }
+        system
+    }
+
+    fn spawn(&mut self, name: &str, command: &mut Command) {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("a log file");
+        let child = command
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        self.children.push((name.to_string(), child));
+    }
+
+    /// Every subscriber's `host:port`, cluster by cluster.
+    pub fn subscribers(&self) -> Vec<String> {
+        self.config.broadcaster.clusters.iter().flat_map(|c| c.subscribers.clone()).collect()
+    }
+
+    pub fn gateway(&self) -> &str {
+        &self.config.gateway.listen
+    }
+
+    /// The pid of a child started by the harness, by name (`gateway`, `workers`, `c0-s1`, …).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.children.iter().find(|(n, _)| n == name).map(|(_, c)| c.id())
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        // Reverse order: viewers' side first, the broker last.
+        for (_, child) in self.children.iter().rev() {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for (name, child) in self.children.iter_mut().rev() {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    _ => {
+                        eprintln!("{name} did not stop on SIGTERM; killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = Command::new(repo_root().join("scripts/broker.sh")).args(["stop", "--data"]).arg(&self.broker_data).status();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+fn config_text(t: &Topology, broker_port: u16) -> String {
+    let processes: Vec<String> = (0..t.worker_processes).map(|_| format!("\"127.0.0.1:{}\"", free_port())).collect();
+    let mut text = format!(
+        r#"[kafka]
+brokers = "127.0.0.1:{broker_port}"
+events_partitions = {partitions}
+[epochs]
+window_ms = {window}
+allowed_lateness_ms = {lateness}
+divisor = 1000
+[gateway]
+listen = "127.0.0.1:{gateway}"
+[dataflow]
+processes = [{processes}]
+threads = 1
+[broadcaster]
+main = "127.0.0.1:{main}"
+"#,
+        partitions = t.events_partitions,
+        window = t.window_ms,
+        lateness = t.allowed_lateness_ms,
+        gateway = free_port(),
+        processes = processes.join(", "),
+        main = free_port(),
+    );
+    for (i, subscribers) in t.clusters.iter().enumerate() {
+        let subs: Vec<String> = (0..*subscribers).map(|_| format!("\"127.0.0.1:{}\"", free_port())).collect();
+        text.push_str(&format!(
+            "[[broadcaster.clusters]]\nname = \"c{i}\"\nlisten = \"127.0.0.1:{}\"\nsubscribers = [{}]\n",
+            free_port(),
+            subs.join(", ")
+        ));
+    }
+    text
+}

@@ -1,0 +1,49 @@
+//! A WebSocket viewer that records every text frame with the wall-clock time it arrived.
+
+use futures_util::StreamExt;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+/// One received frame: its text and its arrival time (Unix ms).
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub text: String,
+    pub at_ms: u64,
+}
+
+pub struct Viewer {
+    pub url: String,
+    frames: Arc<Mutex<Vec<Received>>>,
+    task: JoinHandle<()>,
+}
+
+impl Viewer {
+    /// Connects to `ws://{subscriber}/v1/streams/{stream}/ws` and records until dropped.
+    pub async fn connect(subscriber_url: &str, stream: &str) -> Viewer {
+        let url = format!("{}/v1/streams/{stream}/ws", subscriber_url.trim_end_matches('/'));
+        let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&frames);
+        let task = tokio::spawn(async move {
+            while let Some(Ok(message)) = socket.next().await {
+                if let Message::Text(text) = message {
+                    let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64;
+                    sink.lock().expect("viewer lock").push(Received { text: text.to_string(), at_ms });
+                }
+            }
+        });
+        Viewer { url, frames, task }
+    }
+
+    pub fn frames(&self) -> Vec<Received> {
+        self.frames.lock().expect("viewer lock").clone()
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
