@@ -1,0 +1,122 @@
+//! Every way the broadcaster fails: at start-up (returned from `run`) and per request (answered
+//! as an [`ErrorBody`]).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use emostream_protocol::config::ConfigError;
+use emostream_protocol::wire::ErrorBody;
+
+#[derive(Debug)]
+pub enum Error {
+    /// The configuration file could not be read or is invalid.
+    Config(ConfigError),
+    /// The role names something the configuration does not have, or the role's settings are unusable.
+    Role(String),
+    /// A listen address could not be bound.
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// The HTTP server stopped with an I/O error.
+    Serve(std::io::Error),
+    /// The Kafka consumer could not be created.
+    Kafka(rdkafka::error::KafkaError),
+    /// `/register` found no subscriber heard from in the last few seconds.
+    NoLiveSubscriber,
+    /// No such route.
+    NotFound,
+    /// The route exists but not for this method.
+    MethodNotAllowed,
+    /// A request axum could not extract (bad JSON, bad query, not a WebSocket upgrade …).
+    Rejected { status: StatusCode, message: String },
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Config(e) => write!(f, "{e}"),
+            Error::Role(e) => write!(f, "{e}"),
+            Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            Error::Serve(e) => write!(f, "HTTP server failed: {e}"),
+            Error::Kafka(e) => write!(f, "cannot create the Kafka consumer: {e}"),
+            Error::NoLiveSubscriber => write!(f, "no live subscriber"),
+            Error::NotFound => write!(f, "not found"),
+            Error::MethodNotAllowed => write!(f, "method not allowed"),
+            Error::Rejected { message, .. } => write!(f, "{message}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Config(e) => Some(e),
+            Error::Bind { source, .. } => Some(source),
+            Error::Serve(e) => Some(e),
+            Error::Kafka(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Error::Config(e)
+    }
+}
+
+impl From<rdkafka::error::KafkaError> for Error {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        Error::Kafka(e)
+    }
+}
+
+/// axum's rejections carry their own status and text; only their body shape changes.
+macro_rules! from_rejection {
+    ($($rejection:ty),*) => {$(
+        impl From<$rejection> for Error {
+            fn from(r: $rejection) -> Self {
+                Error::Rejected { status: r.status(), message: r.body_text() }
+            }
+        }
+    )*};
+}
+
+from_rejection!(
+    axum::extract::rejection::JsonRejection,
+    axum::extract::rejection::QueryRejection,
+    axum::extract::rejection::PathRejection,
+    axum::extract::ws::rejection::WebSocketUpgradeRejection
+);
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Error::NoLiveSubscriber => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Rejected { status, .. } => *status,
+            // Start-up failures never reach a handler; should one, say nothing about internals.
+            Error::Config(_)
+            | Error::Role(_)
+            | Error::Bind { .. }
+            | Error::Serve(_)
+            | Error::Kafka(_) => {
+                let body = ErrorBody {
+                    error: "internal error".into(),
+                    field: None,
+                };
+                return (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response();
+            }
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+                field: None,
+            }),
+        )
+            .into_response()
+    }
+}
