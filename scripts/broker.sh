@@ -44,19 +44,22 @@ parse_flags() {
   done
 }
 
-# name partitions, one topic per line, from cluster.toml plus EMOSTREAM_KAFKA__* overrides.
+# One "name partitions" line per topic, from cluster.toml's [kafka] section plus the same
+# EMOSTREAM_KAFKA__* overrides the Rust tiers honour (plain awk: no TOML tool needed).
+kafka_setting() {
+  local field=$1 default=$2 env="EMOSTREAM_KAFKA__${1^^}"
+  if [[ -n ${!env:-} ]]; then echo "${!env}"; return; fi
+  awk -v field="$field" -v default="$default" '
+    /^[[:space:]]*\[/ { in_kafka = ($0 ~ /^[[:space:]]*\[kafka\][[:space:]]*$/) }
+    in_kafka && $0 ~ "^[[:space:]]*" field "[[:space:]]*=" {
+      sub(/^[^=]*=[[:space:]]*/, ""); sub(/[[:space:]]*#.*$/, ""); gsub(/"/, ""); print; found = 1; exit
+    }
+    END { if (!found) print default }' "$config"
+}
 topics() {
-  python3 - "$config" <<'PY'
-import os, sys, tomllib
-kafka = tomllib.load(open(sys.argv[1], "rb")).get("kafka", {})
-for key, value in os.environ.items():
-    if key.startswith("EMOSTREAM_KAFKA__"):
-        field = key[len("EMOSTREAM_KAFKA__"):].lower()
-        kafka[field] = value
-print(kafka.get("events_topic", "emoji-events"), kafka.get("events_partitions", 4))
-print(kafka.get("epochs_topic", "emoji-epochs"), kafka.get("epochs_partitions", 2))
-print(kafka.get("progress_topic", "emoji-progress"), 1)
-PY
+  echo "$(kafka_setting events_topic emoji-events) $(kafka_setting events_partitions 4)"
+  echo "$(kafka_setting epochs_topic emoji-epochs) $(kafka_setting epochs_partitions 2)"
+  echo "$(kafka_setting progress_topic emoji-progress) 1"
 }
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }

@@ -28,8 +28,12 @@ impl<'scope> CountEpochs<'scope> for Stream<'scope, u64, Vec<PartialCount>> {
             let mut open: BTreeMap<u64, (Capability<u64>, StreamCounts)> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
-                    let Some(cap) = cap.retain_least(output.output_index()) else { return };
-                    let (_, streams) = open.entry(*cap.time()).or_insert_with(|| (cap, HashMap::new()));
+                    let Some(cap) = cap.retain_least(output.output_index()) else {
+                        return;
+                    };
+                    let (_, streams) = open
+                        .entry(*cap.time())
+                        .or_insert_with(|| (cap, HashMap::new()));
                     for batch in data {
                         for c in batch.drain(..) {
                             let (emojis, late) = streams.entry(c.stream).or_default();
@@ -50,7 +54,13 @@ impl<'scope> CountEpochs<'scope> for Stream<'scope, u64, Vec<PartialCount>> {
                     let mut session = output.session(&cap);
                     for (stream, (emojis, late)) in streams {
                         let total = emojis.values().sum();
-                        session.give(EpochCount { stream, epoch, total, late, emojis: emojis.into_iter().collect() });
+                        session.give(EpochCount {
+                            stream,
+                            epoch,
+                            total,
+                            late,
+                            emojis: emojis.into_iter().collect(),
+                        });
                     }
                 }
             }

@@ -49,14 +49,23 @@ pub struct EpochCount {
 
 /// Builds the dataflow on this worker and runs it until `stop` is set and the last closed
 /// epoch has been acknowledged by the broker.
-pub fn run_worker(worker: &mut Worker, config: &Config, stop: Arc<AtomicBool>) -> Result<(), String> {
+pub fn run_worker(
+    worker: &mut Worker,
+    config: &Config,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
     let index = worker.index();
     let peers = worker.peers();
     let partitions = ownership::owned_partitions(index, peers, config.kafka.events_partitions);
     tracing::info!(worker = index, peers, ?partitions, "worker starting");
 
     let outbox = Outbox::default();
-    let publisher = Publisher::new(&config.kafka.brokers, &config.kafka.epochs_topic, outbox.clone()).map_err(|e| e.to_string())?;
+    let publisher = Publisher::new(
+        &config.kafka.brokers,
+        &config.kafka.epochs_topic,
+        outbox.clone(),
+    )
+    .map_err(|e| e.to_string())?;
     let settings = SourceSettings {
         brokers: config.kafka.brokers.clone(),
         topic: config.kafka.events_topic.clone(),

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     if let Err(e) = run() {
         eprintln!("emostream-dataflow: {e}");
@@ -23,10 +25,23 @@ fn main() {
 fn run() -> Result<(), String> {
     let mut options = getopts::Options::new();
     timely::Config::install_options(&mut options);
-    options.optopt("c", "config", "cluster configuration (default cluster.toml)", "FILE");
-    options.optflag("", "print-hostfile", "print timely's hostfile from the configuration and exit");
-    let matches = options.parse(std::env::args().skip(1)).map_err(|e| e.to_string())?;
-    let path = matches.opt_str("config").unwrap_or_else(|| "cluster.toml".into());
+    options.optopt(
+        "c",
+        "config",
+        "cluster configuration (default cluster.toml)",
+        "FILE",
+    );
+    options.optflag(
+        "",
+        "print-hostfile",
+        "print timely's hostfile from the configuration and exit",
+    );
+    let matches = options
+        .parse(std::env::args().skip(1))
+        .map_err(|e| e.to_string())?;
+    let path = matches
+        .opt_str("config")
+        .unwrap_or_else(|| "cluster.toml".into());
     let config = Config::load(path.as_ref()).map_err(|e| e.to_string())?;
     if matches.opt_present("print-hostfile") {
         for process in &config.dataflow.processes {
@@ -49,7 +64,9 @@ fn run() -> Result<(), String> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| e.to_string())?;
     }
-    let guards = timely::execute(timely_config, move |worker| emostream_dataflow::run_worker(worker, &config, Arc::clone(&stop)))?;
+    let guards = timely::execute(timely_config, move |worker| {
+        emostream_dataflow::run_worker(worker, &config, Arc::clone(&stop))
+    })?;
     for result in guards.join() {
         result??;
     }

@@ -5,7 +5,10 @@
 /// The partitions of a `partitions`-partition topic that worker `index` of `peers` owns:
 /// `p mod peers == index`. Every partition has exactly one owner; a worker may own none.
 pub fn owned_partitions(index: usize, peers: usize, partitions: u32) -> Vec<i32> {
-    (0..partitions).filter(|p| *p as usize % peers == index).map(|p| p as i32).collect()
+    (0..partitions)
+        .filter(|p| *p as usize % peers == index)
+        .map(|p| p as i32)
+        .collect()
 }
 
 #[cfg(test)]
@@ -16,9 +19,15 @@ mod tests {
     fn every_partition_has_exactly_one_owner() {
         for peers in 1..=3 {
             for partitions in [1u32, 2, 3, 4, 7, 8] {
-                let mut seen: Vec<i32> = (0..peers).flat_map(|w| owned_partitions(w, peers, partitions)).collect();
+                let mut seen: Vec<i32> = (0..peers)
+                    .flat_map(|w| owned_partitions(w, peers, partitions))
+                    .collect();
                 seen.sort();
-                assert_eq!(seen, (0..partitions as i32).collect::<Vec<_>>(), "peers={peers} partitions={partitions}");
+                assert_eq!(
+                    seen,
+                    (0..partitions as i32).collect::<Vec<_>>(),
+                    "peers={peers} partitions={partitions}"
+                );
             }
         }
     }

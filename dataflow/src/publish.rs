@@ -58,7 +58,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(brokers: &str, topic: &str, outbox: Outbox) -> Result<Self, rdkafka::error::KafkaError> {
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        outbox: Outbox,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             // An epoch must not be lost or written twice by a retry.
@@ -67,7 +71,11 @@ impl Publisher {
             // Epochs are small and few; send each at once rather than waiting to fill a batch.
             .set("linger.ms", "0")
             .create_with_context(DeliveryLog)?;
-        Ok(Publisher { producer, topic: topic.to_string(), outbox })
+        Ok(Publisher {
+            producer,
+            topic: topic.to_string(),
+            outbox,
+        })
     }
 
     /// Moves queued frames into librdkafka's queue; stops at the first full-queue refusal and
@@ -76,7 +84,10 @@ impl Publisher {
         let mut outbox = self.outbox.borrow_mut();
         while let Some(frame) = outbox.pop_front() {
             let payload = serde_json::to_vec(&frame).expect("a frame always serializes");
-            let record = BaseRecord::to(&self.topic).key(frame.stream.as_bytes()).payload(&payload).timestamp(frame.end_ms as i64);
+            let record = BaseRecord::to(&self.topic)
+                .key(frame.stream.as_bytes())
+                .payload(&payload)
+                .timestamp(frame.end_ms as i64);
             if let Err((e, _)) = self.producer.send(record) {
                 tracing::warn!(error = %e, epoch = frame.epoch, "producer queue full, will retry");
                 outbox.push_front(frame);

@@ -24,11 +24,26 @@ pub fn reduce(c: EpochCount, divisor: u64, window_ms: u64) -> EpochFrame {
     let mut emojis: Vec<EmojiCount> = c
         .emojis
         .into_iter()
-        .filter_map(|(emoji, count)| scaled(count, divisor).map(|scaled| EmojiCount { emoji, count, scaled }))
+        .filter_map(|(emoji, count)| {
+            scaled(count, divisor).map(|scaled| EmojiCount {
+                emoji,
+                count,
+                scaled,
+            })
+        })
         .collect();
     emojis.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.emoji.cmp(&b.emoji)));
     let (start_ms, end_ms) = epoch_bounds(c.epoch, window_ms);
-    EpochFrame { kind: FrameType::Epoch, stream: c.stream, epoch: c.epoch, start_ms, end_ms, total: c.total, late: c.late, emojis }
+    EpochFrame {
+        kind: FrameType::Epoch,
+        stream: c.stream,
+        epoch: c.epoch,
+        start_ms,
+        end_ms,
+        total: c.total,
+        late: c.late,
+        emojis,
+    }
 }
 
 #[cfg(test)]
@@ -49,10 +64,29 @@ mod tests {
 
     #[test]
     fn frame_scales_and_orders() {
-        let frame = reduce(count(&[("👍🏽", 999), ("🔥", 3785), ("❤️", 2000), ("😂", 999)]), 1000, 2000);
-        let got: Vec<_> = frame.emojis.iter().map(|e| (e.emoji.as_str(), e.count, e.scaled)).collect();
-        assert_eq!(got, vec![("🔥", 3785, 3), ("❤️", 2000, 2), ("👍🏽", 999, 1), ("😂", 999, 1)]);
-        assert_eq!((frame.start_ms, frame.end_ms, frame.total), (10_000, 12_000, 7783));
+        let frame = reduce(
+            count(&[("👍🏽", 999), ("🔥", 3785), ("❤️", 2000), ("😂", 999)]),
+            1000,
+            2000,
+        );
+        let got: Vec<_> = frame
+            .emojis
+            .iter()
+            .map(|e| (e.emoji.as_str(), e.count, e.scaled))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("🔥", 3785, 3),
+                ("❤️", 2000, 2),
+                ("👍🏽", 999, 1),
+                ("😂", 999, 1)
+            ]
+        );
+        assert_eq!(
+            (frame.start_ms, frame.end_ms, frame.total),
+            (10_000, 12_000, 7783)
+        );
     }
 
     #[test]
@@ -72,6 +106,12 @@ mod tests {
             })
             .map(|f| f.emojis.into_iter().map(|e| (e.emoji, e.scaled)).collect())
             .collect();
-        assert_eq!(scaled, vec![vec![("🔥".to_string(), 1)], vec![("🔥".to_string(), 1), ("😮".to_string(), 1)]]);
+        assert_eq!(
+            scaled,
+            vec![
+                vec![("🔥".to_string(), 1)],
+                vec![("🔥".to_string(), 1), ("😮".to_string(), 1)]
+            ]
+        );
     }
 }

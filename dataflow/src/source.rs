@@ -39,9 +39,16 @@ pub fn kafka_source<'scope>(
     scope: Scope<'scope, u64>,
     settings: SourceSettings,
 ) -> Result<Stream<'scope, u64, Vec<PartialCount>>, KafkaError> {
-    let consumer = if settings.partitions.is_empty() { None } else { Some(consumer(&settings)?) };
-    let mut clocks: BTreeMap<i32, PartitionClock> =
-        settings.partitions.iter().map(|p| (*p, PartitionClock::default())).collect();
+    let consumer = if settings.partitions.is_empty() {
+        None
+    } else {
+        Some(consumer(&settings)?)
+    };
+    let mut clocks: BTreeMap<i32, PartitionClock> = settings
+        .partitions
+        .iter()
+        .map(|p| (*p, PartitionClock::default()))
+        .collect();
     let staleness_ms = FETCH_WAIT_MS + settings.idle_poll_ms;
     let idle = Duration::from_millis(settings.idle_poll_ms);
 
@@ -53,7 +60,9 @@ pub fn kafka_source<'scope>(
         let mut late_total: u64 = 0;
 
         move |output| {
-            let Some(cap) = capability.as_mut() else { return };
+            let Some(cap) = capability.as_mut() else {
+                return;
+            };
             if settings.stop.load(Ordering::Relaxed) {
                 tracing::info!(late_total, "source stopping");
                 capability = None;
@@ -74,7 +83,12 @@ pub fn kafka_source<'scope>(
                                 clock.record(ts);
                             }
                             if let Some(payload) = msg.payload() {
-                                late_total += count_record(payload, settings.window_ms, open_epoch, &mut counts);
+                                late_total += count_record(
+                                    payload,
+                                    settings.window_ms,
+                                    open_epoch,
+                                    &mut counts,
+                                );
                             }
                         }
                         Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -94,7 +108,12 @@ pub fn kafka_source<'scope>(
             // One session per epoch: sessions are not fused, so batching by epoch matters.
             let mut by_epoch: BTreeMap<u64, Vec<PartialCount>> = BTreeMap::new();
             for ((epoch, stream, emoji), (count, late)) in counts.drain() {
-                by_epoch.entry(epoch).or_default().push(PartialCount { stream, emoji, count, late });
+                by_epoch.entry(epoch).or_default().push(PartialCount {
+                    stream,
+                    emoji,
+                    count,
+                    late,
+                });
             }
             for (epoch, items) in by_epoch {
                 let at = cap.delayed(&epoch);
@@ -104,7 +123,12 @@ pub fn kafka_source<'scope>(
                 }
             }
 
-            if let Some(w) = watermark::combined(clocks.values(), now_ms(), settings.allowed_lateness_ms, staleness_ms) {
+            if let Some(w) = watermark::combined(
+                clocks.values(),
+                now_ms(),
+                settings.allowed_lateness_ms,
+                staleness_ms,
+            ) {
                 let epoch = epoch_of(w, settings.window_ms);
                 if epoch > *cap.time() {
                     cap.downgrade(&epoch);
@@ -136,9 +160,15 @@ fn count_record(payload: &[u8], window_ms: u64, open_epoch: u64, counts: &mut Co
             }
         };
         let own = epoch_of(event.recv_ms, window_ms);
-        let (epoch, is_late) = if own < open_epoch { (open_epoch, 1) } else { (own, 0) };
+        let (epoch, is_late) = if own < open_epoch {
+            (open_epoch, 1)
+        } else {
+            (own, 0)
+        };
         late += is_late;
-        let entry = counts.entry((epoch, event.stream.into_owned(), event.emoji.into_owned())).or_default();
+        let entry = counts
+            .entry((epoch, event.stream.into_owned(), event.emoji.into_owned()))
+            .or_default();
         entry.0 += 1;
         entry.1 += is_late;
     }
@@ -151,7 +181,10 @@ pub struct SourceContext;
 
 impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF));
+        let end_of_partition = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
         if !end_of_partition {
             tracing::error!(%error, reason, "kafka client error");
         }
@@ -182,7 +215,10 @@ fn consumer(settings: &SourceSettings) -> Result<Arc<BaseConsumer<SourceContext>
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as u64
 }
 
 #[cfg(test)]
@@ -195,7 +231,13 @@ mod tests {
 
     #[test]
     fn counts_a_record_and_folds_late_events() {
-        let payload = [line("a", "🔥", 4_100), line("a", "🔥", 4_200), line("b", "👍🏽", 1_000), line("a", "❤️", 6_000)].concat();
+        let payload = [
+            line("a", "🔥", 4_100),
+            line("a", "🔥", 4_200),
+            line("b", "👍🏽", 1_000),
+            line("a", "❤️", 6_000),
+        ]
+        .concat();
         let mut counts = Counts::new();
         let late = count_record(payload.as_bytes(), 2_000, 2, &mut counts);
         assert_eq!(late, 1);

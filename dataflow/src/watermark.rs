@@ -29,7 +29,9 @@ impl PartitionClock {
     /// `None` while nothing is known yet (startup, before the first record or end-of-log).
     pub fn watermark(&self, now_ms: u64, lateness_ms: u64, staleness_ms: u64) -> Option<u64> {
         let from_records = self.newest_ms.map(|n| n.saturating_sub(lateness_ms));
-        let from_clock = self.at_end.then(|| now_ms.saturating_sub(lateness_ms + staleness_ms));
+        let from_clock = self
+            .at_end
+            .then(|| now_ms.saturating_sub(lateness_ms + staleness_ms));
         from_records.max(from_clock)
     }
 }
@@ -94,6 +96,10 @@ mod tests {
         assert_eq!(combined([&a, &b], 9_000, 300, 60), None, "b is unknown");
         b.reached_end();
         assert_eq!(combined([&a, &b], 9_000, 300, 60), Some(4_700));
-        assert_eq!(combined([], 9_000, 300, 60), Some(8_640), "no partitions: the clock");
+        assert_eq!(
+            combined([], 9_000, 300, 60),
+            Some(8_640),
+            "no partitions: the clock"
+        );
     }
 }

@@ -13,11 +13,15 @@ pub struct Response {
 
 impl Response {
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> T {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: not the expected JSON: {}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: not the expected JSON: {}", self.body))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -26,12 +30,28 @@ pub async fn get(addr: &str, path: &str) -> std::io::Result<Response> {
 }
 
 pub async fn post_json(addr: &str, path: &str, body: &str) -> std::io::Result<Response> {
-    request(addr, "POST", path, Some("application/json"), body.as_bytes()).await
+    request(
+        addr,
+        "POST",
+        path,
+        Some("application/json"),
+        body.as_bytes(),
+    )
+    .await
 }
 
-pub async fn request(addr: &str, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> std::io::Result<Response> {
+pub async fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(addr).await?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if let Some(ct) = content_type {
         head.push_str(&format!("Content-Type: {ct}\r\n"));
     }
@@ -40,7 +60,12 @@ pub async fn request(addr: &str, method: &str, path: &str, content_type: Option<
     stream.write_all(body).await?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;
-    parse(&raw).ok_or_else(|| std::io::Error::other(format!("unparseable response: {}", String::from_utf8_lossy(&raw))))
+    parse(&raw).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "unparseable response: {}",
+            String::from_utf8_lossy(&raw)
+        ))
+    })
 }
 
 fn parse(raw: &[u8]) -> Option<Response> {
@@ -53,18 +78,25 @@ fn parse(raw: &[u8]) -> Option<Response> {
         .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
         .collect();
     let mut body = raw[split + 4..].to_vec();
-    let chunked = headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     if chunked {
         body = dechunk(&body)?;
     }
-    Some(Response { status, headers, body: String::from_utf8(body).ok()? })
+    Some(Response {
+        status,
+        headers,
+        body: String::from_utf8(body).ok()?,
+    })
 }
 
 fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).ok()?.trim(), 16).ok()?;
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).ok()?.trim(), 16).ok()?;
         raw = &raw[line_end + 2..];
         if size == 0 {
             return Some(out);

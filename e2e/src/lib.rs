@@ -34,24 +34,37 @@ pub struct System {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e lives inside the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e lives inside the workspace")
+        .to_path_buf()
 }
 
 /// `target/<profile>`, where cargo put this test's executable (`…/deps/test-hash`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
-    exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps")
+        .to_path_buf()
 }
 
 fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(path.exists(), "{} is missing: build the binaries first (scripts/test.sh does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
 }
 
 /// Waits until `cond` holds, polling every 20 ms; panics with `what` after `deadline`.
@@ -78,7 +91,10 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -86,13 +102,18 @@ where
 impl System {
     /// Starts everything and returns once the gateway is ready and every subscriber answers.
     pub async fn start(topology: Topology) -> System {
-        let dir = std::env::temp_dir().join(format!("emostream-e2e-{}-{}", std::process::id(), free_port()));
+        let dir = std::env::temp_dir().join(format!(
+            "emostream-e2e-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(&dir).expect("a scratch folder");
         let broker_port = free_port();
         let config_text = config_text(&topology, broker_port);
         let config_path = dir.join("cluster.toml");
         std::fs::write(&config_path, &config_text).expect("writing the test's cluster.toml");
-        let config = Config::from_toml(&config_text, []).expect("the generated configuration is valid");
+        let config =
+            Config::from_toml(&config_text, []).expect("the generated configuration is valid");
         let broker_data = dir.join("broker");
 
         let status = Command::new(repo_root().join("scripts/broker.sh"))
@@ -104,23 +125,49 @@ impl System {
             .expect("scripts/broker.sh runs");
         assert!(status.success(), "scripts/broker.sh start failed");
 
-        let mut system = System { config, dir, config_path, broker_data, children: Vec::new() };
-        system.spawn("gateway", Command::new(binary("emostream-gateway")).arg("--config").arg(&system.config_path));
+        let mut system = System {
+            config,
+            dir,
+            config_path,
+            broker_data,
+            children: Vec::new(),
+        };
+        system.spawn(
+            "gateway",
+            Command::new(binary("emostream-gateway"))
+                .arg("--config")
+                .arg(&system.config_path),
+        );
         let mut workers = Command::new(repo_root().join("scripts/run_workers.sh"));
-        workers.args(["-n", &topology.worker_processes.to_string(), "-c"]).arg(&system.config_path).env("EMOSTREAM_BIN_DIR", bin_dir());
+        workers
+            .args(["-n", &topology.worker_processes.to_string(), "-c"])
+            .arg(&system.config_path)
+            .env("EMOSTREAM_BIN_DIR", bin_dir());
         system.spawn("workers", &mut workers);
         let broadcaster = binary("emostream-broadcaster");
-        system.spawn("main", Command::new(&broadcaster).arg("--config").arg(&system.config_path).args(["--role", "main"]));
+        system.spawn(
+            "main",
+            Command::new(&broadcaster)
+                .arg("--config")
+                .arg(&system.config_path)
+                .args(["--role", "main"]),
+        );
         for cluster in system.config.broadcaster.clusters.clone() {
             system.spawn(
                 &cluster.name,
-                Command::new(&broadcaster).arg("--config").arg(&system.config_path).args(["--role", "cluster", "--name", &cluster.name]),
+                Command::new(&broadcaster)
+                    .arg("--config")
+                    .arg(&system.config_path)
+                    .args(["--role", "cluster", "--name", &cluster.name]),
             );
             for i in 0..cluster.subscribers.len() {
                 let name = format!("{}-s{i}", cluster.name);
                 system.spawn(
                     &name,
-                    Command::new(&broadcaster).arg("--config").arg(&system.config_path).args(["--role", "subscriber", "--name", &name]),
+                    Command::new(&broadcaster)
+                        .arg("--config")
+                        .arg(&system.config_path)
+                        .args(["--role", "subscriber", "--name", &name]),
                 );
             }
         }
@@ -128,14 +175,26 @@ impl System {
         let gateway = system.config.gateway.listen.clone();
         wait_until("the gateway to be ready", Duration::from_secs(60), || {
             let gateway = gateway.clone();
-            async move { http::get(&gateway, "/readyz").await.is_ok_and(|r| r.status == 200) }
+            async move {
+                http::get(&gateway, "/readyz")
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+            }
         })
         .await;
         for sub in system.subscribers() {
-            wait_until(&format!("subscriber {sub}"), Duration::from_secs(60), || {
-                let sub = sub.clone();
-                async move { http::get(&sub, "/healthz").await.is_ok_and(|r| r.status == 200) }
-            })
+            wait_until(
+                &format!("subscriber {sub}"),
+                Duration::from_secs(60),
+                || {
+                    let sub = sub.clone();
+                    async move {
+                        http::get(&sub, "/healthz")
+                            .await
+                            .is_ok_and(|r| r.status == 200)
+                    }
+                },
+            )
             .await;
         }
         system
@@ -144,7 +203,10 @@ impl System {
     fn spawn(&mut self, name: &str, command: &mut Command) {
         let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("a log file");
         let child = command
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -155,7 +217,12 @@ impl System {
 
     /// Every subscriber's `host:port`, cluster by cluster.
     pub fn subscribers(&self) -> Vec<String> {
-        self.config.broadcaster.clusters.iter().flat_map(|c| c.subscribers.clone()).collect()
+        self.config
+            .broadcaster
+            .clusters
+            .iter()
+            .flat_map(|c| c.subscribers.clone())
+            .collect()
     }
 
     pub fn gateway(&self) -> &str {
@@ -164,7 +231,10 @@ impl System {
 
     /// The pid of a child started by the harness, by name (`gateway`, `workers`, `c0-s1`, …).
     pub fn pid(&self, name: &str) -> Option<u32> {
-        self.children.iter().find(|(n, _)| n == name).map(|(_, c)| c.id())
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.id())
     }
 }
 
@@ -180,7 +250,9 @@ impl Drop for System {
             loop {
                 match child.try_wait() {
                     Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
                     _ => {
                         eprintln!("{name} did not stop on SIGTERM; killing it");
                         let _ = child.kill();
@@ -190,7 +262,10 @@ impl Drop for System {
                 }
             }
         }
-        let _ = Command::new(repo_root().join("scripts/broker.sh")).args(["stop", "--data"]).arg(&self.broker_data).status();
+        let _ = Command::new(repo_root().join("scripts/broker.sh"))
+            .args(["stop", "--data"])
+            .arg(&self.broker_data)
+            .status();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
@@ -200,7 +275,9 @@ impl Drop for System {
 }
 
 fn config_text(t: &Topology, broker_port: u16) -> String {
-    let processes: Vec<String> = (0..t.worker_processes).map(|_| format!("\"127.0.0.1:{}\"", free_port())).collect();
+    let processes: Vec<String> = (0..t.worker_processes)
+        .map(|_| format!("\"127.0.0.1:{}\"", free_port()))
+        .collect();
     let mut text = format!(
         r#"[kafka]
 brokers = "127.0.0.1:{broker_port}"
@@ -225,7 +302,9 @@ main = "127.0.0.1:{main}"
         main = free_port(),
     );
     for (i, subscribers) in t.clusters.iter().enumerate() {
-        let subs: Vec<String> = (0..*subscribers).map(|_| format!("\"127.0.0.1:{}\"", free_port())).collect();
+        let subs: Vec<String> = (0..*subscribers)
+            .map(|_| format!("\"127.0.0.1:{}\"", free_port()))
+            .collect();
         text.push_str(&format!(
             "[[broadcaster.clusters]]\nname = \"c{i}\"\nlisten = \"127.0.0.1:{}\"\nsubscribers = [{}]\n",
             free_port(),

@@ -22,15 +22,26 @@ pub struct Viewer {
 impl Viewer {
     /// Connects to `ws://{subscriber}/v1/streams/{stream}/ws` and records until dropped.
     pub async fn connect(subscriber_url: &str, stream: &str) -> Viewer {
-        let url = format!("{}/v1/streams/{stream}/ws", subscriber_url.trim_end_matches('/'));
-        let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+        let url = format!(
+            "{}/v1/streams/{stream}/ws",
+            subscriber_url.trim_end_matches('/')
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
         let frames = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&frames);
         let task = tokio::spawn(async move {
             while let Some(Ok(message)) = socket.next().await {
                 if let Message::Text(text) = message {
-                    let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64;
-                    sink.lock().expect("viewer lock").push(Received { text: text.to_string(), at_ms });
+                    let at_ms = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .expect("clock after 1970")
+                        .as_millis() as u64;
+                    sink.lock().expect("viewer lock").push(Received {
+                        text: text.to_string(),
+                        at_ms,
+                    });
                 }
             }
         });

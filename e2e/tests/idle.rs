@@ -33,9 +33,13 @@ async fn epochs_close_on_time_with_three_idle_partitions() {
     let mut pace = tokio::time::interval(Duration::from_millis(WINDOW_MS / PER_EPOCH));
     for _ in 0..PER_EPOCH * EPOCHS {
         pace.tick().await;
-        let r = http::post_json(system.gateway(), "/v1/streams/solo/emojis", r#"[{"user_id":"only-user","emoji":"🔥"},{"user_id":"only-user","emoji":"😮"}]"#)
-            .await
-            .expect("the gateway answers");
+        let r = http::post_json(
+            system.gateway(),
+            "/v1/streams/solo/emojis",
+            r#"[{"user_id":"only-user","emoji":"🔥"},{"user_id":"only-user","emoji":"😮"}]"#,
+        )
+        .await
+        .expect("the gateway answers");
         assert_eq!(r.status, 202, "{}", r.body);
         let a: Accepted = r.json();
         *truth.entry(a.epoch).or_default() += a.accepted;
@@ -45,21 +49,32 @@ async fn epochs_close_on_time_with_three_idle_partitions() {
     let brokers = system.config.kafka.brokers.clone();
     let topic = system.config.kafka.events_topic.clone();
     let non_empty = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("a consumer");
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .expect("a consumer");
         (0..4)
             .filter(|p| {
-                let (low, high) = consumer.fetch_watermarks(&topic, *p, Duration::from_secs(10)).expect("watermarks");
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, *p, Duration::from_secs(10))
+                    .expect("watermarks");
                 high > low
             })
             .count()
     })
     .await
     .expect("watermark task");
-    assert_eq!(non_empty, 1, "traffic should have reached exactly one partition");
+    assert_eq!(
+        non_empty, 1,
+        "traffic should have reached exactly one partition"
+    );
 
     let last = *truth.keys().last().expect("some epochs");
     wait_until(&format!("epoch {last}"), Duration::from_secs(30), || {
-        let done = viewer.frames().iter().any(|f| serde_json::from_str::<EpochFrame>(&f.text).is_ok_and(|e| e.epoch == last));
+        let done = viewer
+            .frames()
+            .iter()
+            .any(|f| serde_json::from_str::<EpochFrame>(&f.text).is_ok_and(|e| e.epoch == last));
         async move { done }
     })
     .await;
@@ -76,7 +91,11 @@ async fn epochs_close_on_time_with_three_idle_partitions() {
             LATENESS_MS + 2000
         );
         delays.push(delay);
-        assert!(got.insert(frame.epoch, frame.total).is_none(), "epoch {} twice", frame.epoch);
+        assert!(
+            got.insert(frame.epoch, frame.total).is_none(),
+            "epoch {} twice",
+            frame.epoch
+        );
     }
     assert_eq!(got, truth);
     delays.sort();

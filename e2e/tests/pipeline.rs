@@ -33,7 +33,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 
@@ -51,8 +54,15 @@ impl Lcg {
 }
 
 enum Request {
-    Batch { stream: &'static str, body: String, emojis: Vec<&'static str> },
-    Seed { body: String, emoji: &'static str },
+    Batch {
+        stream: &'static str,
+        body: String,
+        emojis: Vec<&'static str>,
+    },
+    Seed {
+        body: String,
+        emoji: &'static str,
+    },
 }
 
 fn trace() -> Vec<Request> {
@@ -64,12 +74,24 @@ fn trace() -> Vec<Request> {
         let items: Vec<String> = emojis
             .iter()
             .enumerate()
-            .map(|(j, e)| format!(r#"{{"user_id":"user-{}","emoji":"{e}","timestamp":{}}}"#, (i * 7 + j) % 997, 1_730_000_000_000u64 + j as u64))
+            .map(|(j, e)| {
+                format!(
+                    r#"{{"user_id":"user-{}","emoji":"{e}","timestamp":{}}}"#,
+                    (i * 7 + j) % 997,
+                    1_730_000_000_000u64 + j as u64
+                )
+            })
             .collect();
-        requests.push(Request::Batch { stream, body: format!("[{}]", items.join(",")), emojis });
+        requests.push(Request::Batch {
+            stream,
+            body: format!("[{}]", items.join(",")),
+            emojis,
+        });
         if i < SEED_REQUESTS {
             let emoji = rng.emoji();
-            let body = format!(r#"{{"user_id":"seed-{i}","emoji_type":"{emoji}","timestamp":"2024-11-05T10:00:00.000Z"}}"#);
+            let body = format!(
+                r#"{{"user_id":"seed-{i}","emoji_type":"{emoji}","timestamp":"2024-11-05T10:00:00.000Z"}}"#
+            );
             requests.push(Request::Seed { body, emoji });
         }
     }
@@ -84,17 +106,29 @@ async fn send_all(gateway: String, requests: Vec<Request>) -> Truth {
         let (gateway, truth, queue) = (gateway.clone(), Arc::clone(&truth), Arc::clone(&queue));
         tasks.push(tokio::spawn(async move {
             loop {
-                let Some(request) = queue.lock().unwrap().pop() else { return };
-                let (stream, path, body, emojis) = match request {
-                    Request::Batch { stream, body, emojis } => (stream, format!("/v1/streams/{stream}/emojis"), body, emojis),
-                    Request::Seed { body, emoji } => ("main", "/send_emoji".to_string(), body, vec![emoji]),
+                let Some(request) = queue.lock().unwrap().pop() else {
+                    return;
                 };
-                let response = http::post_json(&gateway, &path, &body).await.expect("the gateway answers");
+                let (stream, path, body, emojis) = match request {
+                    Request::Batch {
+                        stream,
+                        body,
+                        emojis,
+                    } => (stream, format!("/v1/streams/{stream}/emojis"), body, emojis),
+                    Request::Seed { body, emoji } => {
+                        ("main", "/send_emoji".to_string(), body, vec![emoji])
+                    }
+                };
+                let response = http::post_json(&gateway, &path, &body)
+                    .await
+                    .expect("the gateway answers");
                 assert_eq!(response.status, 202, "{path}: {}", response.body);
                 let accepted: Accepted = response.json();
                 assert_eq!(accepted.accepted, emojis.len() as u64);
                 let mut truth = truth.lock().unwrap();
-                let counts = truth.entry((stream.to_string(), accepted.epoch)).or_default();
+                let counts = truth
+                    .entry((stream.to_string(), accepted.epoch))
+                    .or_default();
                 for e in emojis {
                     *counts.entry(e.to_string()).or_default() += 1;
                 }
@@ -104,17 +138,29 @@ async fn send_all(gateway: String, requests: Vec<Request>) -> Truth {
     for t in tasks {
         t.await.expect("sender task");
     }
-    Arc::try_unwrap(truth).expect("senders are done").into_inner().unwrap()
+    Arc::try_unwrap(truth)
+        .expect("senders are done")
+        .into_inner()
+        .unwrap()
 }
 
 /// The frames a viewer received, by epoch; panics on a (stream, epoch) received twice.
 fn by_epoch(viewer: &Viewer, stream: &str) -> BTreeMap<u64, EpochFrame> {
     let mut out = BTreeMap::new();
     for received in viewer.frames() {
-        let frame: EpochFrame = serde_json::from_str(&received.text).unwrap_or_else(|e| panic!("{e}: {}", received.text));
-        assert_eq!(frame.stream, stream, "{} got another stream's frame", viewer.url);
+        let frame: EpochFrame = serde_json::from_str(&received.text)
+            .unwrap_or_else(|e| panic!("{e}: {}", received.text));
+        assert_eq!(
+            frame.stream, stream,
+            "{} got another stream's frame",
+            viewer.url
+        );
         let epoch = frame.epoch;
-        assert!(out.insert(epoch, frame).is_none(), "{} received ({stream}, {epoch}) twice", viewer.url);
+        assert!(
+            out.insert(epoch, frame).is_none(),
+            "{} received ({stream}, {epoch}) twice",
+            viewer.url
+        );
     }
     out
 }
@@ -138,20 +184,44 @@ async fn fifty_thousand_emojis_reach_viewers_with_exact_counts() {
     // that asks the main publisher where to go.
     let mut viewers: Vec<(String, Viewer)> = Vec::new();
     for stream in streams {
-        viewers.push((stream.into(), Viewer::connect(&format!("ws://{}", subscribers[0]), stream).await));
-        viewers.push((stream.into(), Viewer::connect(&format!("ws://{}", subscribers[4]), stream).await));
+        viewers.push((
+            stream.into(),
+            Viewer::connect(&format!("ws://{}", subscribers[0]), stream).await,
+        ));
+        viewers.push((
+            stream.into(),
+            Viewer::connect(&format!("ws://{}", subscribers[4]), stream).await,
+        ));
     }
     let main = system.config.broadcaster.main.clone();
-    let assignment: Assignment = wait_for("the main publisher to know a live subscriber", Duration::from_secs(30), || {
-        let main = main.clone();
-        async move {
-            let r = http::post_json(&main, "/register", r#"{"user_id":"viewer-1","group_id":"g"}"#).await.ok()?;
-            (r.status == 200).then(|| r.json())
-        }
-    })
+    let assignment: Assignment = wait_for(
+        "the main publisher to know a live subscriber",
+        Duration::from_secs(30),
+        || {
+            let main = main.clone();
+            async move {
+                let r = http::post_json(
+                    &main,
+                    "/register",
+                    r#"{"user_id":"viewer-1","group_id":"g"}"#,
+                )
+                .await
+                .ok()?;
+                (r.status == 200).then(|| r.json())
+            }
+        },
+    )
     .await;
-    assert!(subscribers.iter().any(|s| assignment.subscriber == format!("ws://{s}")), "{assignment:?}");
-    viewers.push(("cricket".into(), Viewer::connect(&assignment.subscriber, "cricket").await));
+    assert!(
+        subscribers
+            .iter()
+            .any(|s| assignment.subscriber == format!("ws://{s}")),
+        "{assignment:?}"
+    );
+    viewers.push((
+        "cricket".into(),
+        Viewer::connect(&assignment.subscriber, "cricket").await,
+    ));
 
     let mut truth = send_all(system.gateway().to_string(), trace()).await;
     let sent: u64 = truth.values().flat_map(|m| m.values()).sum();
@@ -161,39 +231,79 @@ async fn fifty_thousand_emojis_reach_viewers_with_exact_counts() {
     // earlier epoch of that stream has too (each stream's epochs close and travel in order).
     let mut marker_epoch = HashMap::new();
     for stream in streams {
-        let r = http::post_json(system.gateway(), &format!("/v1/streams/{stream}/emojis"), r#"{"user_id":"marker","emoji":"🏁"}"#)
-            .await
-            .expect("the gateway answers");
+        let r = http::post_json(
+            system.gateway(),
+            &format!("/v1/streams/{stream}/emojis"),
+            r#"{"user_id":"marker","emoji":"🏁"}"#,
+        )
+        .await
+        .expect("the gateway answers");
         assert_eq!(r.status, 202, "{}", r.body);
         let accepted: Accepted = r.json();
-        *truth.entry((stream.to_string(), accepted.epoch)).or_default().entry("🏁".into()).or_default() += 1;
+        *truth
+            .entry((stream.to_string(), accepted.epoch))
+            .or_default()
+            .entry("🏁".into())
+            .or_default() += 1;
         marker_epoch.insert(stream, accepted.epoch);
     }
     for (stream, viewer) in &viewers {
         let want = marker_epoch[stream.as_str()];
-        wait_until(&format!("{stream} epoch {want} at {}", viewer.url), Duration::from_secs(60), || {
-            let done = by_epoch(viewer, stream).contains_key(&want);
-            async move { done }
-        })
+        wait_until(
+            &format!("{stream} epoch {want} at {}", viewer.url),
+            Duration::from_secs(60),
+            || {
+                let done = by_epoch(viewer, stream).contains_key(&want);
+                async move { done }
+            },
+        )
         .await;
     }
 
     for (stream, viewer) in &viewers {
         let got = by_epoch(viewer, stream);
-        let want: BTreeMap<u64, &BTreeMap<String, u64>> =
-            truth.iter().filter(|((s, _), _)| s == stream).map(|((_, e), counts)| (*e, counts)).collect();
-        assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{stream} epochs at {}", viewer.url);
+        let want: BTreeMap<u64, &BTreeMap<String, u64>> = truth
+            .iter()
+            .filter(|((s, _), _)| s == stream)
+            .map(|((_, e), counts)| (*e, counts))
+            .collect();
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{stream} epochs at {}",
+            viewer.url
+        );
         for (epoch, frame) in &got {
             let counts = want[epoch];
-            let got_counts: BTreeMap<String, (u64, u64)> = frame.emojis.iter().map(|e| (e.emoji.clone(), (e.count, e.scaled))).collect();
-            let want_counts: BTreeMap<String, (u64, u64)> =
-                counts.iter().map(|(e, n)| (e.clone(), (*n, scaled(*n, 1000).expect("n >= 1")))).collect();
-            assert_eq!(got_counts, want_counts, "({stream}, {epoch}) at {}", viewer.url);
-            assert_eq!(frame.total, counts.values().sum::<u64>(), "({stream}, {epoch}) total");
+            let got_counts: BTreeMap<String, (u64, u64)> = frame
+                .emojis
+                .iter()
+                .map(|e| (e.emoji.clone(), (e.count, e.scaled)))
+                .collect();
+            let want_counts: BTreeMap<String, (u64, u64)> = counts
+                .iter()
+                .map(|(e, n)| (e.clone(), (*n, scaled(*n, 1000).expect("n >= 1"))))
+                .collect();
+            assert_eq!(
+                got_counts, want_counts,
+                "({stream}, {epoch}) at {}",
+                viewer.url
+            );
+            assert_eq!(
+                frame.total,
+                counts.values().sum::<u64>(),
+                "({stream}, {epoch}) total"
+            );
             assert_eq!(frame.late, 0, "({stream}, {epoch}) late");
-            assert_eq!((frame.start_ms, frame.end_ms), (epoch * WINDOW_MS, (epoch + 1) * WINDOW_MS));
+            assert_eq!(
+                (frame.start_ms, frame.end_ms),
+                (epoch * WINDOW_MS, (epoch + 1) * WINDOW_MS)
+            );
         }
     }
     // The trace is heavy enough that the reduction is exercised above 1 swarm emoji.
-    assert!(truth.values().flat_map(|m| m.values()).any(|n| *n >= 2000), "the trace never reached 2000 of one emoji in one epoch");
+    assert!(
+        truth.values().flat_map(|m| m.values()).any(|n| *n >= 2000),
+        "the trace never reached 2000 of one emoji in one epoch"
+    );
 }

@@ -73,9 +73,16 @@ impl BatcherHandle {
         };
         self.tx
             .try_send(submission)
-            .map_err(|_| GatewayError::Unavailable { reason: "ingest queue full, retry shortly" })?;
-        acked.await.map_err(|_| GatewayError::Unavailable { reason: "gateway is shutting down" })??;
-        Ok(Accepted { accepted: taps.len() as u64, epoch })
+            .map_err(|_| GatewayError::Unavailable {
+                reason: "ingest queue full, retry shortly",
+            })?;
+        acked.await.map_err(|_| GatewayError::Unavailable {
+            reason: "gateway is shutting down",
+        })??;
+        Ok(Accepted {
+            accepted: taps.len() as u64,
+            epoch,
+        })
     }
 
     /// A user's taps always land in the same partition, so load spreads over partitions with the
@@ -109,7 +116,11 @@ impl Batcher {
             .set("message.max.bytes", "16000000")
             .create()?;
         let (tx, rx) = mpsc::channel(SUBMISSION_QUEUE);
-        let handle = BatcherHandle { tx, partitions: config.kafka.events_partitions, window_ms: config.epochs.window_ms };
+        let handle = BatcherHandle {
+            tx,
+            partitions: config.kafka.events_partitions,
+            window_ms: config.epochs.window_ms,
+        };
         let packer = Packer {
             producer,
             topic: config.kafka.events_topic.clone(),
@@ -177,7 +188,11 @@ impl Packer {
 
     fn add(&mut self, s: Submission) {
         let events = s.lines.iter().filter(|&&b| b == b'\n').count();
-        let key = BatchKey { partition: s.partition, stream: s.stream, epoch: s.epoch };
+        let key = BatchKey {
+            partition: s.partition,
+            stream: s.stream,
+            epoch: s.epoch,
+        };
         let batch = self.open.entry(key.clone()).or_insert_with(|| OpenBatch {
             first_recv_ms: s.recv_ms,
             events: 0,
@@ -214,9 +229,13 @@ impl Packer {
                         Ok(Ok(_)) => Ok(()),
                         Ok(Err((e, _))) => {
                             tracing::warn!(error = %e, "broker did not acknowledge a batch");
-                            Err(GatewayError::Unavailable { reason: "broker did not acknowledge, retry shortly" })
+                            Err(GatewayError::Unavailable {
+                                reason: "broker did not acknowledge, retry shortly",
+                            })
                         }
-                        Err(_) => Err(GatewayError::Unavailable { reason: "producer stopped" }),
+                        Err(_) => Err(GatewayError::Unavailable {
+                            reason: "producer stopped",
+                        }),
                     };
                     for ack in acks {
                         let _ = ack.send(outcome.clone());
@@ -226,7 +245,9 @@ impl Packer {
             Err((e, _)) => {
                 tracing::warn!(error = %e, "producer refused a batch");
                 for ack in batch.acks {
-                    let _ = ack.send(Err(GatewayError::Unavailable { reason: "producer queue full, retry shortly" }));
+                    let _ = ack.send(Err(GatewayError::Unavailable {
+                        reason: "producer queue full, retry shortly",
+                    }));
                 }
             }
         }
@@ -234,5 +255,8 @@ impl Packer {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as u64
 }

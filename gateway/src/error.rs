@@ -7,7 +7,10 @@ use emostream_protocol::wire::ErrorBody;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
     /// The body is not the JSON (or NDJSON) it claims to be.
-    Malformed { reason: String, field: Option<String> },
+    Malformed {
+        reason: String,
+        field: Option<String>,
+    },
     /// The body is larger than the route allows.
     TooLarge { limit: usize },
     /// Neither JSON nor NDJSON.
@@ -20,7 +23,10 @@ pub enum GatewayError {
 
 impl GatewayError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        GatewayError::Invalid { reason: reason.into(), field: field.into() }
+        GatewayError::Invalid {
+            reason: reason.into(),
+            field: field.into(),
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -38,18 +44,32 @@ impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = match self {
-            GatewayError::Malformed { reason, field } => ErrorBody { error: reason, field },
-            GatewayError::TooLarge { limit } => ErrorBody { error: format!("body larger than {limit} bytes"), field: None },
+            GatewayError::Malformed { reason, field } => ErrorBody {
+                error: reason,
+                field,
+            },
+            GatewayError::TooLarge { limit } => ErrorBody {
+                error: format!("body larger than {limit} bytes"),
+                field: None,
+            },
             GatewayError::UnsupportedMediaType => ErrorBody {
                 error: "content-type must be application/json or application/x-ndjson".into(),
                 field: None,
             },
-            GatewayError::Invalid { reason, field } => ErrorBody { error: reason, field: Some(field) },
-            GatewayError::Unavailable { reason } => ErrorBody { error: reason.into(), field: None },
+            GatewayError::Invalid { reason, field } => ErrorBody {
+                error: reason,
+                field: Some(field),
+            },
+            GatewayError::Unavailable { reason } => ErrorBody {
+                error: reason.into(),
+                field: None,
+            },
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         response
     }

@@ -25,10 +25,16 @@ use tokio::net::TcpListener;
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then finishes in-flight requests,
 /// flushes every open batch and waits for the broker's acknowledgements before returning.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (batcher, handle) = Batcher::start(&config).map_err(std::io::Error::other)?;
     let state = AppState::new(Arc::new(config), handle);
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     // Every handler has returned, so every sender clone is gone: the batcher drains and stops.
     batcher.finish().await;
     Ok(())

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let path = config_path()?;
     let config = Config::load(&path)?;
@@ -22,7 +24,11 @@ fn config_path() -> Result<PathBuf, String> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--config" => path = args.next().ok_or("--config needs a path")?.into(),
-            other => return Err(format!("unknown argument {other:?}; usage: emostream-gateway [--config cluster.toml]")),
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: emostream-gateway [--config cluster.toml]"
+                ))
+            }
         }
     }
     Ok(path)

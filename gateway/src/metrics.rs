@@ -15,7 +15,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn request(&self, route: &'static str, status: u16) {
-        *self.requests.lock().expect("metrics lock poisoned").entry((route, status)).or_default() += 1;
+        *self
+            .requests
+            .lock()
+            .expect("metrics lock poisoned")
+            .entry((route, status))
+            .or_default() += 1;
     }
 
     pub fn accepted(&self, emojis: u64) {
@@ -24,14 +29,25 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str("# HELP emostream_gateway_requests_total HTTP requests by route and status.\n");
+        out.push_str(
+            "# HELP emostream_gateway_requests_total HTTP requests by route and status.\n",
+        );
         out.push_str("# TYPE emostream_gateway_requests_total counter\n");
         for ((route, status), n) in self.requests.lock().expect("metrics lock poisoned").iter() {
-            let _ = writeln!(out, "emostream_gateway_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "emostream_gateway_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
         }
-        out.push_str("# HELP emostream_gateway_emojis_accepted_total Emojis acknowledged by the broker.\n");
+        out.push_str(
+            "# HELP emostream_gateway_emojis_accepted_total Emojis acknowledged by the broker.\n",
+        );
         out.push_str("# TYPE emostream_gateway_emojis_accepted_total counter\n");
-        let _ = writeln!(out, "emostream_gateway_emojis_accepted_total {}", self.emojis_accepted.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "emostream_gateway_emojis_accepted_total {}",
+            self.emojis_accepted.load(Ordering::Relaxed)
+        );
         out
     }
 }

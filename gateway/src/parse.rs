@@ -24,10 +24,18 @@ pub enum BodyFormat {
 impl BodyFormat {
     /// From a `Content-Type` header; parameters such as `; charset=utf-8` are ignored.
     pub fn from_content_type(value: Option<&str>) -> Result<Self, GatewayError> {
-        let mime = value.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let mime = value
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match mime.as_str() {
             "application/json" => Ok(BodyFormat::Json),
-            "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(BodyFormat::NdJson),
+            "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
+                Ok(BodyFormat::NdJson)
+            }
             _ => Err(GatewayError::UnsupportedMediaType),
         }
     }
@@ -43,11 +51,16 @@ pub fn seed_body(body: &[u8]) -> Result<Tap, GatewayError> {
 pub fn batch_body(body: &[u8], format: BodyFormat) -> Result<Vec<Tap>, GatewayError> {
     let items: Vec<(Value, String)> = match format {
         BodyFormat::Json => match json(body, None)? {
-            Value::Array(items) => items.into_iter().enumerate().map(|(i, v)| (v, format!("items[{i}]."))).collect(),
+            Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (v, format!("items[{i}].")))
+                .collect(),
             one => vec![(one, String::new())],
         },
         BodyFormat::NdJson => {
-            let text = std::str::from_utf8(body).map_err(|_| malformed("body is not UTF-8", None))?;
+            let text =
+                std::str::from_utf8(body).map_err(|_| malformed("body is not UTF-8", None))?;
             let mut items = Vec::new();
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 let prefix = format!("items[{}].", items.len());
@@ -59,22 +72,33 @@ pub fn batch_body(body: &[u8], format: BodyFormat) -> Result<Vec<Tap>, GatewayEr
     if items.is_empty() {
         return Err(malformed("the body holds no emoji", None));
     }
-    items.iter().map(|(v, prefix)| tap(v, "emoji", prefix)).collect()
+    items
+        .iter()
+        .map(|(v, prefix)| tap(v, "emoji", prefix))
+        .collect()
 }
 
 /// A stream id: `[a-z0-9_-]{1,64}`, so it is safe in a URL, a Kafka key and a metric label.
 pub fn stream_id(stream: &str) -> Result<(), GatewayError> {
     let ok = (1..=64).contains(&stream.len())
-        && stream.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        && stream
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(GatewayError::invalid("stream", "stream must match [a-z0-9_-]{1,64}"))
+        Err(GatewayError::invalid(
+            "stream",
+            "stream must match [a-z0-9_-]{1,64}",
+        ))
     }
 }
 
 fn malformed(reason: &str, field: Option<&str>) -> GatewayError {
-    GatewayError::Malformed { reason: reason.into(), field: field.map(|f| f.trim_end_matches('.').to_string()) }
+    GatewayError::Malformed {
+        reason: reason.into(),
+        field: field.map(|f| f.trim_end_matches('.').to_string()),
+    }
 }
 
 fn json(body: &[u8], item: Option<&str>) -> Result<Value, GatewayError> {
@@ -82,41 +106,74 @@ fn json(body: &[u8], item: Option<&str>) -> Result<Value, GatewayError> {
 }
 
 fn tap(value: &Value, emoji_field: &str, prefix: &str) -> Result<Tap, GatewayError> {
-    let object: &Map<String, Value> = value
-        .as_object()
-        .ok_or_else(|| GatewayError::invalid(prefix.trim_end_matches('.'), "each emoji must be a JSON object"))?;
+    let object: &Map<String, Value> = value.as_object().ok_or_else(|| {
+        GatewayError::invalid(
+            prefix.trim_end_matches('.'),
+            "each emoji must be a JSON object",
+        )
+    })?;
     let field = |name: &str| format!("{prefix}{name}");
     let text = |name: &str| -> Result<&str, GatewayError> {
         match object.get(name) {
             Some(Value::String(s)) => Ok(s),
-            Some(_) => Err(GatewayError::invalid(field(name), format!("{name} must be a string"))),
-            None => Err(GatewayError::invalid(field(name), format!("{name} is required"))),
+            Some(_) => Err(GatewayError::invalid(
+                field(name),
+                format!("{name} must be a string"),
+            )),
+            None => Err(GatewayError::invalid(
+                field(name),
+                format!("{name} is required"),
+            )),
         }
     };
     let user_id = text("user_id")?;
-    if user_id.is_empty() || user_id.chars().count() > 128 || user_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(GatewayError::invalid(field("user_id"), "user_id must be 1 to 128 visible characters"));
+    if user_id.is_empty()
+        || user_id.chars().count() > 128
+        || user_id.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(GatewayError::invalid(
+            field("user_id"),
+            "user_id must be 1 to 128 visible characters",
+        ));
     }
     let emoji = text(emoji_field)?;
     if !is_one_emoji(emoji) {
-        return Err(GatewayError::invalid(field(emoji_field), format!("{emoji_field} must be exactly one emoji")));
+        return Err(GatewayError::invalid(
+            field(emoji_field),
+            format!("{emoji_field} must be exactly one emoji"),
+        ));
     }
     let ts = match object.get("timestamp") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_u64() {
             Some(ms) => Some(ClientTs::Millis(ms)),
-            None => return Err(GatewayError::invalid(field("timestamp"), "timestamp must be ISO-8601 or Unix milliseconds")),
+            None => {
+                return Err(GatewayError::invalid(
+                    field("timestamp"),
+                    "timestamp must be ISO-8601 or Unix milliseconds",
+                ))
+            }
         },
         Some(Value::String(s)) if looks_iso8601(s) => Some(ClientTs::Iso(s.clone())),
-        Some(_) => return Err(GatewayError::invalid(field("timestamp"), "timestamp must be ISO-8601 or Unix milliseconds")),
+        Some(_) => {
+            return Err(GatewayError::invalid(
+                field("timestamp"),
+                "timestamp must be ISO-8601 or Unix milliseconds",
+            ))
+        }
     };
-    Ok(Tap { user_id: user_id.to_string(), emoji: emoji.to_string(), ts })
+    Ok(Tap {
+        user_id: user_id.to_string(),
+        emoji: emoji.to_string(),
+        ts,
+    })
 }
 
 /// `YYYY-MM-DDTHH:MM:SS…`: the shape every ISO-8601 date-time the clients send starts with.
 fn looks_iso8601(s: &str) -> bool {
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
     b.len() >= 19
         && digits(0..4)
         && b[4] == b'-'
@@ -135,9 +192,13 @@ fn looks_iso8601(s: &str) -> bool {
 /// tones, VS16 and flags stay one cluster), or a keycap sequence such as `1️⃣`.
 pub fn is_one_emoji(s: &str) -> bool {
     let mut clusters = s.graphemes(true);
-    let (Some(cluster), None) = (clusters.next(), clusters.next()) else { return false };
+    let (Some(cluster), None) = (clusters.next(), clusters.next()) else {
+        return false;
+    };
     let mut chars = cluster.chars();
-    let Some(first) = chars.next() else { return false };
+    let Some(first) = chars.next() else {
+        return false;
+    };
     if matches!(first, '0'..='9' | '#' | '*') {
         return cluster.ends_with('\u{20E3}');
     }
@@ -163,7 +224,8 @@ mod tests {
 
     #[test]
     fn emojis_that_are_one_cluster() {
-        for e in ["🔥", "👍🏽", "❤️", "❤", "👨‍👩‍👧", "🇮🇳", "1️⃣", "⭐", "🏳️‍🌈"] {
+        for e in ["🔥", "👍🏽", "❤️", "❤", "👨‍👩‍👧", "🇮🇳", "1️⃣", "⭐", "🏳️‍🌈"]
+        {
             assert!(is_one_emoji(e), "{e} should be accepted");
         }
     }
@@ -178,28 +240,64 @@ mod tests {
     #[test]
     fn seed_body_as_the_seeds_send_it() {
         let t = seed_body(br#"{"user_id":"user_42","emoji_type":"\ud83d\udd25","timestamp":"2024-11-05T10:00:00.123Z"}"#).unwrap();
-        assert_eq!(t, Tap { user_id: "user_42".into(), emoji: "🔥".into(), ts: Some(ClientTs::Iso("2024-11-05T10:00:00.123Z".into())) });
+        assert_eq!(
+            t,
+            Tap {
+                user_id: "user_42".into(),
+                emoji: "🔥".into(),
+                ts: Some(ClientTs::Iso("2024-11-05T10:00:00.123Z".into()))
+            }
+        );
     }
 
     #[test]
     fn batch_refusal_names_the_item() {
         let body = r#"[{"user_id":"a","emoji":"🔥"},{"user_id":"b","emoji":"xx"}]"#.as_bytes();
-        assert_eq!(batch_body(body, BodyFormat::Json), Err(GatewayError::invalid("items[1].emoji", "emoji must be exactly one emoji")));
+        assert_eq!(
+            batch_body(body, BodyFormat::Json),
+            Err(GatewayError::invalid(
+                "items[1].emoji",
+                "emoji must be exactly one emoji"
+            ))
+        );
         let nd = "{\"user_id\":\"a\",\"emoji\":\"🔥\"}\n{\"user_id\":\"\",\"emoji\":\"🔥\"}\n";
         assert_eq!(
             batch_body(nd.as_bytes(), BodyFormat::NdJson),
-            Err(GatewayError::invalid("items[1].user_id", "user_id must be 1 to 128 visible characters"))
+            Err(GatewayError::invalid(
+                "items[1].user_id",
+                "user_id must be 1 to 128 visible characters"
+            ))
         );
     }
 
     #[test]
     fn batch_forms() {
-        let one = batch_body(br#"{"user_id":"a","emoji":"\u2764\ufe0f","timestamp":1730800000000}"#, BodyFormat::Json).unwrap();
-        assert_eq!(one, vec![Tap { user_id: "a".into(), emoji: "❤️".into(), ts: Some(ClientTs::Millis(1730800000000)) }]);
+        let one = batch_body(
+            br#"{"user_id":"a","emoji":"\u2764\ufe0f","timestamp":1730800000000}"#,
+            BodyFormat::Json,
+        )
+        .unwrap();
+        assert_eq!(
+            one,
+            vec![Tap {
+                user_id: "a".into(),
+                emoji: "❤️".into(),
+                ts: Some(ClientTs::Millis(1730800000000))
+            }]
+        );
         let nd = "{\"user_id\":\"a\",\"emoji\":\"🔥\"}\n\n{\"user_id\":\"b\",\"emoji\":\"👍🏽\"}";
-        assert_eq!(batch_body(nd.as_bytes(), BodyFormat::NdJson).unwrap().len(), 2);
-        assert!(matches!(batch_body(b"[]", BodyFormat::Json), Err(GatewayError::Malformed { .. })));
-        assert!(matches!(batch_body(b"{", BodyFormat::Json), Err(GatewayError::Malformed { .. })));
+        assert_eq!(
+            batch_body(nd.as_bytes(), BodyFormat::NdJson).unwrap().len(),
+            2
+        );
+        assert!(matches!(
+            batch_body(b"[]", BodyFormat::Json),
+            Err(GatewayError::Malformed { .. })
+        ));
+        assert!(matches!(
+            batch_body(b"{", BodyFormat::Json),
+            Err(GatewayError::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -213,9 +311,21 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(BodyFormat::from_content_type(Some("application/json; charset=utf-8")), Ok(BodyFormat::Json));
-        assert_eq!(BodyFormat::from_content_type(Some("application/x-ndjson")), Ok(BodyFormat::NdJson));
-        assert_eq!(BodyFormat::from_content_type(Some("text/plain")), Err(GatewayError::UnsupportedMediaType));
-        assert_eq!(BodyFormat::from_content_type(None), Err(GatewayError::UnsupportedMediaType));
+        assert_eq!(
+            BodyFormat::from_content_type(Some("application/json; charset=utf-8")),
+            Ok(BodyFormat::Json)
+        );
+        assert_eq!(
+            BodyFormat::from_content_type(Some("application/x-ndjson")),
+            Ok(BodyFormat::NdJson)
+        );
+        assert_eq!(
+            BodyFormat::from_content_type(Some("text/plain")),
+            Err(GatewayError::UnsupportedMediaType)
+        );
+        assert_eq!(
+            BodyFormat::from_content_type(None),
+            Err(GatewayError::UnsupportedMediaType)
+        );
     }
 }

@@ -33,7 +33,11 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Arc<Config>, batcher: BatcherHandle) -> Self {
-        AppState { config, batcher, metrics: Arc::default() }
+        AppState {
+            config,
+            batcher,
+            metrics: Arc::default(),
+        }
     }
 }
 
@@ -54,13 +58,21 @@ async fn send_emoji(State(state): State<AppState>, headers: HeaderMap, body: Bod
             return Err(GatewayError::UnsupportedMediaType);
         }
         let tap = parse::seed_body(&read_body(body, SINGLE_BODY_LIMIT).await?)?;
-        state.batcher.submit(DEFAULT_STREAM, std::slice::from_ref(&tap)).await
+        state
+            .batcher
+            .submit(DEFAULT_STREAM, std::slice::from_ref(&tap))
+            .await
     }
     .await;
     respond(&state, "/send_emoji", result)
 }
 
-async fn stream_emojis(State(state): State<AppState>, Path(stream): Path<String>, headers: HeaderMap, body: Body) -> Response {
+async fn stream_emojis(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let result = async {
         parse::stream_id(&stream)?;
         let format = BodyFormat::from_content_type(content_type(&headers))?;
@@ -71,7 +83,11 @@ async fn stream_emojis(State(state): State<AppState>, Path(stream): Path<String>
     respond(&state, "/v1/streams/{stream}/emojis", result)
 }
 
-fn respond(state: &AppState, route: &'static str, result: Result<emostream_protocol::wire::Accepted, GatewayError>) -> Response {
+fn respond(
+    state: &AppState,
+    route: &'static str,
+    result: Result<emostream_protocol::wire::Accepted, GatewayError>,
+) -> Response {
     let response = match result {
         Ok(accepted) => {
             state.metrics.accepted(accepted.accepted);
@@ -84,17 +100,24 @@ fn respond(state: &AppState, route: &'static str, result: Result<emostream_proto
 }
 
 fn content_type(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.downcast_ref::<http_body_util::LengthLimitError>().is_some());
+        let too_large = std::error::Error::source(&e).is_some_and(|s| {
+            s.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+        });
         if too_large {
             GatewayError::TooLarge { limit }
         } else {
-            GatewayError::Malformed { reason: format!("could not read the body: {e}"), field: None }
+            GatewayError::Malformed {
+                reason: format!("could not read the body: {e}"),
+                field: None,
+            }
         }
     })
 }
@@ -105,8 +128,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let brokers = state.config.kafka.brokers.clone();
     let topic = state.config.kafka.events_topic.clone();
     let check = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create().map_err(|e| e.to_string())?;
-        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .map_err(|e| e.to_string())?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
         match metadata.topics().first() {
             Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
             _ => Err(format!("topic {topic} is missing")),
@@ -115,15 +143,40 @@ async fn readyz(State(state): State<AppState>) -> Response {
     .await;
     match check {
         Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
-        Ok(Err(reason)) => (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error: reason, field: None })).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error: e.to_string(), field: None })).into_response(),
+        Ok(Err(reason)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ErrorBody {
+                error: reason,
+                field: None,
+            }),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ErrorBody {
+                error: e.to_string(),
+                field: None,
+            }),
+        )
+            .into_response(),
     }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, Json(ErrorBody { error: "no such route".into(), field: None })).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(ErrorBody {
+            error: "no such route".into(),
+            field: None,
+        }),
+    )
+        .into_response()
 }

@@ -166,7 +166,9 @@ impl BroadcasterConfig {
 
     /// The cluster a subscriber belongs to, by the subscriber's listen address.
     pub fn cluster_of(&self, subscriber: &str) -> Option<&ClusterConfig> {
-        self.clusters.iter().find(|c| c.subscribers.iter().any(|s| s == subscriber))
+        self.clusters
+            .iter()
+            .find(|c| c.subscribers.iter().any(|s| s == subscriber))
     }
 }
 
@@ -211,11 +213,20 @@ impl Config {
     }
 
     /// Parses `text`, then applies the overrides found in `env`.
-    pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         for (key, value) in env {
-            let Some(path) = key.strip_prefix(ENV_PREFIX) else { continue };
-            let Some((section, field)) = path.split_once("__") else { continue };
+            let Some(path) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let Some((section, field)) = path.split_once("__") else {
+                continue;
+            };
             let (section, field) = (section.to_ascii_lowercase(), field.to_ascii_lowercase());
             // A value that parses as TOML keeps its type (numbers, arrays); anything else is text.
             let parsed = format!("v = {value}")
@@ -227,7 +238,9 @@ impl Config {
                 .entry(section.clone())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
                 .as_table_mut()
-                .ok_or_else(|| ConfigError::Invalid(format!("{key}: [{section}] is not a table")))?;
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!("{key}: [{section}] is not a table"))
+                })?;
             table.insert(field, parsed);
         }
         let config: Config = toml::Value::Table(doc)
@@ -283,21 +296,40 @@ subscribers = ["127.0.0.1:9011"]
     #[test]
     fn defaults_fill_what_the_file_leaves_out() {
         let c = Config::from_toml(SAMPLE, []).unwrap();
-        assert_eq!(c.epochs, EpochConfig { window_ms: 2000, allowed_lateness_ms: 350, divisor: 1000 });
+        assert_eq!(
+            c.epochs,
+            EpochConfig {
+                window_ms: 2000,
+                allowed_lateness_ms: 350,
+                divisor: 1000
+            }
+        );
         assert_eq!(c.kafka.events_topic, "emoji-events");
         assert_eq!(c.kafka.events_partitions, 4);
         assert_eq!(c.gateway.flush_ms, 100);
         assert_eq!(c.dataflow.threads, 1);
         assert_eq!(c.broadcaster.ring_epochs, 60);
-        assert_eq!(c.broadcaster.cluster_of("127.0.0.1:9011").unwrap().name, "c0");
+        assert_eq!(
+            c.broadcaster.cluster_of("127.0.0.1:9011").unwrap().name,
+            "c0"
+        );
     }
 
     #[test]
     fn environment_overrides_keep_types() {
         let env = [
-            ("EMOSTREAM_KAFKA__BROKERS".to_string(), "10.0.0.5:9092".to_string()),
-            ("EMOSTREAM_EPOCHS__WINDOW_MS".to_string(), "1000".to_string()),
-            ("EMOSTREAM_DATAFLOW__PROCESSES".to_string(), r#"["h1:2101"]"#.to_string()),
+            (
+                "EMOSTREAM_KAFKA__BROKERS".to_string(),
+                "10.0.0.5:9092".to_string(),
+            ),
+            (
+                "EMOSTREAM_EPOCHS__WINDOW_MS".to_string(),
+                "1000".to_string(),
+            ),
+            (
+                "EMOSTREAM_DATAFLOW__PROCESSES".to_string(),
+                r#"["h1:2101"]"#.to_string(),
+            ),
             ("UNRELATED".to_string(), "x".to_string()),
         ];
         let c = Config::from_toml(SAMPLE, env).unwrap();
@@ -316,6 +348,9 @@ subscribers = ["127.0.0.1:9011"]
     fn zero_divisor_is_refused() {
         let env = [("EMOSTREAM_EPOCHS__DIVISOR".to_string(), "0".to_string())];
         let err = Config::from_toml(SAMPLE, env).unwrap_err();
-        assert_eq!(err.to_string(), "invalid configuration: epochs.divisor must be at least 1");
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: epochs.divisor must be at least 1"
+        );
     }
 }

@@ -47,7 +47,13 @@ mod tests {
 
     #[test]
     fn reduction_with_custom_divisor() {
-        let cases = [(1, Some(1)), (99, Some(1)), (100, Some(1)), (250, Some(2)), (3785, Some(37))];
+        let cases = [
+            (1, Some(1)),
+            (99, Some(1)),
+            (100, Some(1)),
+            (250, Some(2)),
+            (3785, Some(37)),
+        ];
         for (n, want) in cases {
             assert_eq!(scaled(n, 100), want, "scaled({n}, 100)");
         }

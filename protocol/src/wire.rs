@@ -134,9 +134,16 @@ pub struct Member {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LinkUp {
     /// A subscriber's heartbeat to its cluster publisher.
-    Subscriber { name: String, url: String, viewers: u64 },
+    Subscriber {
+        name: String,
+        url: String,
+        viewers: u64,
+    },
     /// A cluster publisher's heartbeat to the main publisher, listing its live subscribers.
-    Cluster { name: String, subscribers: Vec<Member> },
+    Cluster {
+        name: String,
+        subscribers: Vec<Member>,
+    },
 }
 
 #[cfg(test)]
@@ -153,7 +160,11 @@ mod tests {
             end_ms: 1762469136000,
             total: 4123,
             late: 0,
-            emojis: vec![EmojiCount { emoji: "🔥".into(), count: 3785, scaled: 3 }],
+            emojis: vec![EmojiCount {
+                emoji: "🔥".into(),
+                count: 3785,
+                scaled: 3,
+            }],
         };
         assert_eq!(
             serde_json::to_string(&frame).unwrap(),
@@ -172,7 +183,9 @@ mod tests {
 
     #[test]
     fn client_ts_accepts_millis_and_text() {
-        let a: SendEmoji = serde_json::from_str(r#"{"user_id":"u","emoji_type":"🔥","timestamp":1730800000000}"#).unwrap();
+        let a: SendEmoji =
+            serde_json::from_str(r#"{"user_id":"u","emoji_type":"🔥","timestamp":1730800000000}"#)
+                .unwrap();
         assert_eq!(a.timestamp, Some(ClientTs::Millis(1730800000000)));
         let b: SendEmoji = serde_json::from_str(r#"{"user_id":"u","emoji_type":"🔥"}"#).unwrap();
         assert_eq!(b.timestamp, None);
