@@ -4,27 +4,42 @@
 //! # Layout
 //! - [`ownership`]: which worker owns which Kafka partition.
 //! - [`watermark`]: per-partition watermarks and the idle rule.
-//! - [`source`]: the Kafka source operator (never blocks; pre-counts per epoch).
+//! - [`partition`]: one partition's floor, epoch assignment, marks and replay rule.
+//! - [`recovery`]: reading the last progress record at start.
+//! - [`source`]: the Kafka source operator (never blocks; pre-counts per epoch; emits marks).
 //! - [`count`]: `CountEpochs`, exchange by stream and close each epoch on the frontier.
 //! - [`reduce`]: `PerThousand`, the per-1000 reduction into viewer frames.
-//! - [`publish`]: the sink and the producer for `emoji-epochs`.
+//! - [`publish`]: `PublishEpochs`, gated, acknowledged publication to `emoji-epochs`.
+//! - [`progress`]: `WriteProgress`, the progress record and the gate it feeds back.
+//!
+//! ```text
+//! KafkaSource ─┬─ counts ─▶ CountEpochs ─▶ PerThousand ─▶ PublishEpochs ─▶ (published frontier)
+//!              └─ marks ──────────────────────────────────────▶ WriteProgress ◀──┘
+//!                                          gate ◀── feedback(+1 epoch) ──┘
+//! ```
 
 pub mod count;
 pub mod ownership;
+pub mod partition;
+pub mod progress;
 pub mod publish;
+pub mod recovery;
 pub mod reduce;
 pub mod source;
 pub mod watermark;
 
 use count::CountEpochs;
 use emostream_protocol::Config;
-use publish::{Outbox, PublishEpochs, Publisher};
+use partition::Partition;
+use progress::WriteProgress;
+use publish::{AckedProducer, PublishEpochs};
 use reduce::PerThousand;
 use serde::{Deserialize, Serialize};
-use source::SourceSettings;
+use source::{SourceItem, SourceSettings};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
+use timely::dataflow::operators::{ConnectLoop, Feedback, OkErr};
 use timely::worker::Worker;
 
 /// A source's pre-count of one (stream, emoji) in one epoch (the epoch is the timely time).
@@ -47,8 +62,8 @@ pub struct EpochCount {
     pub emojis: Vec<(String, u64)>,
 }
 
-/// Builds the dataflow on this worker and runs it until `stop` is set and the last closed
-/// epoch has been acknowledged by the broker.
+/// Builds the dataflow on this worker and runs it until `stop` is set and every closed epoch
+/// has been published and acknowledged.
 pub fn run_worker(
     worker: &mut Worker,
     config: &Config,
@@ -56,19 +71,28 @@ pub fn run_worker(
 ) -> Result<(), String> {
     let index = worker.index();
     let peers = worker.peers();
-    let partitions = ownership::owned_partitions(index, peers, config.kafka.events_partitions);
-    tracing::info!(worker = index, peers, ?partitions, "worker starting");
+    let kafka = &config.kafka;
+    let owned = ownership::owned_partitions(index, peers, kafka.events_partitions);
+    let progress = recovery::last_progress(&kafka.brokers, &kafka.progress_topic)?;
+    let partitions: Vec<Partition> = owned
+        .iter()
+        .map(|p| match &progress {
+            Some(progress) => Partition::resume(*p, progress),
+            None => Partition::fresh(*p),
+        })
+        .collect();
+    let first_epoch = progress.as_ref().map_or(0, |p| p.epoch + 1);
+    tracing::info!(
+        worker = index,
+        peers,
+        partitions = ?partitions.iter().map(|p| (p.id(), p.position())).collect::<Vec<_>>(),
+        first_epoch,
+        "worker starting"
+    );
 
-    let outbox = Outbox::default();
-    let publisher = Publisher::new(
-        &config.kafka.brokers,
-        &config.kafka.epochs_topic,
-        outbox.clone(),
-    )
-    .map_err(|e| e.to_string())?;
     let settings = SourceSettings {
-        brokers: config.kafka.brokers.clone(),
-        topic: config.kafka.events_topic.clone(),
+        brokers: kafka.brokers.clone(),
+        topic: kafka.events_topic.clone(),
         partitions,
         window_ms: config.epochs.window_ms,
         allowed_lateness_ms: config.epochs.allowed_lateness_ms,
@@ -76,20 +100,42 @@ pub fn run_worker(
         stop,
     };
     let epochs = config.epochs;
+    let publisher = AckedProducer::connect(&kafka.brokers, &kafka.epochs_topic)?;
+    let progress_writer = if index == 0 {
+        Some(AckedProducer::connect(
+            &kafka.brokers,
+            &kafka.progress_topic,
+        )?)
+    } else {
+        None
+    };
     worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
-        source::kafka_source(scope, settings)
+        let (gate_handle, gate) = scope.feedback::<Vec<()>>(1);
+        let (counts, marks) = source::kafka_source(scope, settings)
             .map_err(|e| e.to_string())?
+            .ok_err(|item| match item {
+                SourceItem::Count(c) => Ok(c),
+                SourceItem::Mark(m) => Err(m),
+            });
+        let published = counts
+            .container::<Vec<PartialCount>>()
             .count_epochs()
             .per_thousand(epochs.divisor, epochs.window_ms)
-            .publish_to(outbox);
+            .publish_epochs(gate, publisher);
+        marks
+            .container::<Vec<partition::Mark>>()
+            .write_progress(
+                published,
+                kafka.events_partitions,
+                first_epoch,
+                progress_writer,
+            )
+            .connect_loop(gate_handle);
         Ok(())
     })?;
 
     let park = Duration::from_millis(config.dataflow.idle_poll_ms);
-    while worker.step_or_park(Some(park)) {
-        publisher.pump();
-    }
-    publisher.flush();
+    while worker.step_or_park(Some(park)) {}
     tracing::info!(worker = index, "worker stopped");
     Ok(())
 }

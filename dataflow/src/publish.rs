@@ -1,106 +1,245 @@
-//! Closed epochs → `emoji-epochs`. The sink operator only hands frames to an outbox; the worker
-//! loop moves them into librdkafka's queue between steps, so no Kafka call ever runs inside an
-//! operator and a full producer queue delays publication instead of blocking the worker.
+//! Closed epochs → `emoji-epochs`, exactly once across restarts.
+//!
+//! The operator keeps each epoch's capability until the broker has acknowledged every frame of
+//! it, so its output frontier says "every epoch before this is durably published" on all workers.
+//! It publishes epoch `e` only once the gate (the progress writer's frontier, fed back one epoch
+//! later) says the progress record for `e - 1` is acknowledged: so at any crash at most one epoch
+//! beyond the last progress record is out, and the replay rule reproduces exactly that one.
+//! No Kafka call blocks: sends only enqueue, acknowledgements arrive on librdkafka's thread and
+//! wake the operator.
 
 use emostream_protocol::wire::EpochFrame;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
-use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::rc::Rc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
+use timely::scheduling::SyncActivator;
 
-/// Frames waiting for the producer, shared by the sink operator and the worker loop of one
-/// worker thread (hence `Rc<RefCell>`, never shared across threads).
-pub type Outbox = Rc<RefCell<VecDeque<EpochFrame>>>;
+/// How often an operator waiting on the broker looks again if no callback woke it.
+const ACK_POLL: Duration = Duration::from_millis(10);
 
-pub trait PublishEpochs {
-    /// Queues every frame in `outbox`, in the order epochs close.
-    fn publish_to(self, outbox: Outbox);
+/// Outstanding deliveries per epoch, shared with librdkafka's callback thread.
+#[derive(Default)]
+pub struct AckBook {
+    state: Mutex<AckState>,
 }
 
-impl PublishEpochs for Stream<'_, u64, Vec<EpochFrame>> {
-    fn publish_to(self, outbox: Outbox) {
-        self.sink(Pipeline, "PublishEpochs", move |(input, _frontier)| {
-            input.for_each_stamp(|_stamp, data| {
-                let mut outbox = outbox.borrow_mut();
-                for batch in data {
-                    outbox.extend(batch.drain(..));
+#[derive(Default)]
+struct AckState {
+    outstanding: HashMap<u64, u64>,
+    failure: Option<String>,
+}
+
+impl AckBook {
+    pub fn sent(&self, epoch: u64) {
+        *self.lock().outstanding.entry(epoch).or_default() += 1;
+    }
+
+    fn delivered(&self, epoch: u64, result: Result<(), String>) {
+        let mut state = self.lock();
+        match result {
+            Ok(()) => {
+                if let Some(n) = state.outstanding.get_mut(&epoch) {
+                    *n -= 1;
+                    if *n == 0 {
+                        state.outstanding.remove(&epoch);
+                    }
                 }
-            });
-        });
+            }
+            Err(e) => state.failure = Some(format!("epoch {epoch}: {e}")),
+        }
+    }
+
+    pub fn acknowledged(&self, epoch: u64) -> bool {
+        !self.lock().outstanding.contains_key(&epoch)
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failure.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
+        // The callback never panics while holding the lock; a poisoned lock still has valid counts.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Logs records the broker refused; librdkafka already retried them.
-pub struct DeliveryLog;
+/// Delivery reports for one producer: count them in the book and wake the operator that owns
+/// the producer (known only once the dataflow is built, hence the cell).
+pub struct AckContext {
+    book: Arc<AckBook>,
+    wake: Arc<OnceLock<SyncActivator>>,
+}
 
-impl ClientContext for DeliveryLog {}
+impl ClientContext for AckContext {}
 
-impl ProducerContext for DeliveryLog {
-    type DeliveryOpaque = ();
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Box<u64>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            tracing::error!(error = %e, "an epoch was not published");
+    fn delivery(&self, result: &DeliveryResult<'_>, epoch: Box<u64>) {
+        self.book.delivered(
+            *epoch,
+            result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string()),
+        );
+        if let Some(wake) = self.wake.get() {
+            // The worker may already be gone at shutdown; nothing is waiting then.
+            let _ = wake.activate();
         }
     }
 }
 
-/// The worker's producer for `emoji-epochs`.
-pub struct Publisher {
-    producer: ThreadedProducer<DeliveryLog>,
-    topic: String,
-    outbox: Outbox,
+/// A producer for one topic whose every record is acknowledged by all in-sync replicas, never
+/// duplicated by a retry, and sent at once (records are few and small; waiting to fill a batch
+/// only adds latency), with the book of its outstanding deliveries.
+pub struct AckedProducer {
+    pub producer: ThreadedProducer<AckContext>,
+    pub book: Arc<AckBook>,
+    pub topic: String,
+    wake: Arc<OnceLock<SyncActivator>>,
 }
 
-impl Publisher {
-    pub fn new(
-        brokers: &str,
-        topic: &str,
-        outbox: Outbox,
-    ) -> Result<Self, rdkafka::error::KafkaError> {
-        let producer = ClientConfig::new()
+impl AckedProducer {
+    /// Creates the producer and fetches the topic's metadata, so the first epoch does not pay
+    /// for it. This blocks: call it before the dataflow runs, never inside an operator.
+    pub fn connect(brokers: &str, topic: &str) -> Result<Self, String> {
+        let book = Arc::new(AckBook::default());
+        let wake = Arc::new(OnceLock::new());
+        let producer: ThreadedProducer<AckContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
-            // An epoch must not be lost or written twice by a retry.
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            // Epochs are small and few; send each at once rather than waiting to fill a batch.
             .set("linger.ms", "0")
-            .create_with_context(DeliveryLog)?;
-        Ok(Publisher {
+            .create_with_context(AckContext {
+                book: Arc::clone(&book),
+                wake: Arc::clone(&wake),
+            })
+            .map_err(|e| format!("{topic} producer: {e}"))?;
+        producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(15))
+            .map_err(|e| format!("{topic} metadata: {e}"))?;
+        Ok(AckedProducer {
             producer,
+            book,
             topic: topic.to_string(),
-            outbox,
+            wake,
         })
     }
 
-    /// Moves queued frames into librdkafka's queue; stops at the first full-queue refusal and
-    /// keeps the rest for the next call.
-    pub fn pump(&self) {
-        let mut outbox = self.outbox.borrow_mut();
-        while let Some(frame) = outbox.pop_front() {
-            let payload = serde_json::to_vec(&frame).expect("a frame always serializes");
-            let record = BaseRecord::to(&self.topic)
-                .key(frame.stream.as_bytes())
-                .payload(&payload)
-                .timestamp(frame.end_ms as i64);
-            if let Err((e, _)) = self.producer.send(record) {
-                tracing::warn!(error = %e, epoch = frame.epoch, "producer queue full, will retry");
-                outbox.push_front(frame);
-                break;
-            }
-        }
+    /// Routes delivery wake-ups to the operator at `address`.
+    pub fn wake(&self, activator: SyncActivator) {
+        // Set once, by the one operator that owns this producer.
+        let _ = self.wake.set(activator);
     }
+}
 
-    /// At shutdown: waits for the broker to acknowledge every published epoch.
-    pub fn flush(&self) {
-        self.pump();
-        if let Err(e) = self.producer.flush(Duration::from_secs(30)) {
-            tracing::error!(error = %e, "epochs not acknowledged at shutdown");
-        }
+pub trait PublishEpochs<'scope> {
+    /// Publishes each closed epoch's frames once the gate allows, and holds the epoch until the
+    /// broker acknowledged all of them. The returned stream carries no data: its frontier is the
+    /// first epoch not yet durably published.
+    fn publish_epochs(
+        self,
+        gate: Stream<'scope, u64, Vec<()>>,
+        producer: AckedProducer,
+    ) -> Stream<'scope, u64, Vec<()>>;
+}
+
+impl<'scope> PublishEpochs<'scope> for Stream<'scope, u64, Vec<EpochFrame>> {
+    fn publish_epochs(
+        self,
+        gate: Stream<'scope, u64, Vec<()>>,
+        producer: AckedProducer,
+    ) -> Stream<'scope, u64, Vec<()>> {
+        let scope = self.scope();
+        let mut builder = OperatorBuilder::new("PublishEpochs".to_owned(), scope);
+        let info = builder.operator_info();
+        let mut frames = builder.new_input(self, Pipeline);
+        let (output, published) = builder.new_output::<Vec<()>>();
+        // The gate only delays sends; it must not hold the published frontier back, or that
+        // frontier (which the gate itself waits on) could only creep one epoch per round trip.
+        let mut gate = builder.new_input_connection(gate, Pipeline, []);
+
+        builder.build(move |_initial| {
+            let activator = scope.activator_for(info.address.clone());
+            producer.wake(scope.worker().sync_activator_for(info.address.to_vec()));
+            let AckedProducer {
+                producer,
+                book,
+                topic,
+                ..
+            } = producer;
+            let mut waiting: BTreeMap<u64, (Capability<u64>, Vec<EpochFrame>)> = BTreeMap::new();
+            let mut sent: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+            // No data ever leaves on this output; its capabilities alone carry the frontier.
+            let _output = output;
+
+            move |frontiers| {
+                let (frames_frontier, gate_frontier) = (&frontiers[0], &frontiers[1]);
+                frames.for_each_stamp(|cap, data| {
+                    let Some(cap) = cap.retain_least(0) else {
+                        return;
+                    };
+                    let time = *cap.time();
+                    let entry = waiting.entry(time).or_insert_with(|| (cap, Vec::new()));
+                    for batch in data {
+                        entry.1.append(batch);
+                    }
+                });
+                gate.for_each_stamp(|_, _| {});
+                if let Some(failure) = book.failure() {
+                    // librdkafka gave up after its own retries. Crash: the supervisor restarts
+                    // the cluster and the progress record makes the replay exact.
+                    panic!("an epoch could not be published: {failure}");
+                }
+
+                while let Some(mut entry) = waiting.first_entry() {
+                    let epoch = *entry.key();
+                    if gate_frontier.less_equal(&epoch) {
+                        break; // the progress record for epoch - 1 is not acknowledged yet
+                    }
+                    let frames = &mut entry.get_mut().1;
+                    while let Some(frame) = frames.pop() {
+                        let payload =
+                            serde_json::to_vec(&frame).expect("a frame always serializes");
+                        let record = BaseRecord::with_opaque_to(&topic, Box::new(epoch))
+                            .key(frame.stream.as_bytes())
+                            .payload(&payload)
+                            .timestamp(frame.end_ms as i64);
+                        match producer.send(record) {
+                            Ok(()) => book.sent(epoch),
+                            Err((
+                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                                _,
+                            )) => {
+                                frames.push(frame);
+                                break;
+                            }
+                            Err((e, _)) => panic!("cannot enqueue epoch {epoch}: {e}"),
+                        }
+                    }
+                    if !entry.get().1.is_empty() {
+                        break; // the producer's queue is full: try again shortly
+                    }
+                    let (_, (cap, _)) = entry.remove_entry();
+                    tracing::debug!(epoch, "epoch sent");
+                    sent.insert(epoch, cap);
+                }
+
+                // Dropping an epoch's capability announces it as durably published.
+                sent.retain(|epoch, _| {
+                    !book.acknowledged(*epoch) || frames_frontier.less_equal(epoch)
+                });
+                if !sent.is_empty() || !waiting.is_empty() {
+                    activator.activate_after(ACK_POLL);
+                }
+            }
+        });
+        published
     }
 }

@@ -1,7 +1,7 @@
 //! The Kafka source: reads this worker's partitions without ever blocking, pre-counts taps per
 //! (epoch, stream, emoji) and holds its capability at the epoch of its partitions' watermark.
 
-use crate::watermark::{self, PartitionClock};
+use crate::partition::{Assignment, Mark, Partition};
 use crate::PartialCount;
 use emostream_protocol::epoch::epoch_of;
 use emostream_protocol::wire::EmojiEvent;
@@ -25,7 +25,8 @@ const READ_BUDGET: Duration = Duration::from_millis(20);
 pub struct SourceSettings {
     pub brokers: String,
     pub topic: String,
-    pub partitions: Vec<i32>,
+    /// This worker's partitions, fresh or resumed from the progress record.
+    pub partitions: Vec<Partition>,
     pub window_ms: u64,
     pub allowed_lateness_ms: u64,
     pub idle_poll_ms: u64,
@@ -33,24 +34,36 @@ pub struct SourceSettings {
     pub stop: Arc<AtomicBool>,
 }
 
+/// What the source emits: pre-counts for the epochs, and marks for the progress record.
+#[derive(Debug, Clone)]
+pub enum SourceItem {
+    Count(PartialCount),
+    Mark(Mark),
+}
+
 type Counts = HashMap<(u64, String, String), (u64, u64)>;
 
 pub fn kafka_source<'scope>(
     scope: Scope<'scope, u64>,
     settings: SourceSettings,
-) -> Result<Stream<'scope, u64, Vec<PartialCount>>, KafkaError> {
+) -> Result<Stream<'scope, u64, Vec<SourceItem>>, KafkaError> {
     let consumer = if settings.partitions.is_empty() {
         None
     } else {
         Some(consumer(&settings)?)
     };
-    let mut clocks: BTreeMap<i32, PartitionClock> = settings
+    let mut partitions: BTreeMap<i32, Partition> = settings
         .partitions
-        .iter()
-        .map(|p| (*p, PartitionClock::default()))
+        .into_iter()
+        .map(|p| (p.id(), p))
         .collect();
     let staleness_ms = FETCH_WAIT_MS + settings.idle_poll_ms;
     let idle = Duration::from_millis(settings.idle_poll_ms);
+    let (window_ms, lateness_ms, stop) = (
+        settings.window_ms,
+        settings.allowed_lateness_ms,
+        settings.stop,
+    );
 
     let stream = source(scope, "KafkaSource", move |capability, info| {
         let activator = scope.activator_for(info.address);
@@ -58,19 +71,19 @@ pub fn kafka_source<'scope>(
         let mut consumer = consumer;
         let mut counts: Counts = HashMap::new();
         let mut late_total: u64 = 0;
+        let mut skipped_total: u64 = 0;
 
         move |output| {
             let Some(cap) = capability.as_mut() else {
                 return;
             };
-            if settings.stop.load(Ordering::Relaxed) {
-                tracing::info!(late_total, "source stopping");
+            if stop.load(Ordering::Relaxed) {
+                tracing::info!(late_total, skipped_total, "source stopping");
                 capability = None;
                 consumer = None;
                 return;
             }
 
-            let open_epoch = *cap.time();
             let mut exhausted_budget = false;
             if let Some(consumer) = consumer.as_ref() {
                 let started = Instant::now();
@@ -78,22 +91,28 @@ pub fn kafka_source<'scope>(
                     match consumer.poll(Duration::ZERO) {
                         None => break,
                         Some(Ok(msg)) => {
+                            let Some(partition) = partitions.get_mut(&msg.partition()) else {
+                                continue;
+                            };
                             let ts = msg.timestamp().to_millis().unwrap_or(0).max(0) as u64;
-                            if let Some(clock) = clocks.get_mut(&msg.partition()) {
-                                clock.record(ts);
-                            }
+                            let offset = msg.offset();
+                            partition.begin_record(offset);
                             if let Some(payload) = msg.payload() {
-                                late_total += count_record(
+                                let tally = count_record(
                                     payload,
-                                    settings.window_ms,
-                                    open_epoch,
+                                    window_ms,
+                                    offset,
+                                    partition,
                                     &mut counts,
                                 );
+                                late_total += tally.late;
+                                skipped_total += tally.skipped;
                             }
+                            partition.end_record(offset, ts);
                         }
                         Some(Err(KafkaError::PartitionEOF(p))) => {
-                            if let Some(clock) = clocks.get_mut(&p) {
-                                clock.reached_end();
+                            if let Some(partition) = partitions.get_mut(&p) {
+                                partition.reached_end();
                             }
                         }
                         Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
@@ -106,14 +125,28 @@ pub fn kafka_source<'scope>(
             }
 
             // One session per epoch: sessions are not fused, so batching by epoch matters.
-            let mut by_epoch: BTreeMap<u64, Vec<PartialCount>> = BTreeMap::new();
+            let mut by_epoch: BTreeMap<u64, Vec<SourceItem>> = BTreeMap::new();
             for ((epoch, stream, emoji), (count, late)) in counts.drain() {
-                by_epoch.entry(epoch).or_default().push(PartialCount {
-                    stream,
-                    emoji,
-                    count,
-                    late,
-                });
+                by_epoch
+                    .entry(epoch)
+                    .or_default()
+                    .push(SourceItem::Count(PartialCount {
+                        stream,
+                        emoji,
+                        count,
+                        late,
+                    }));
+            }
+            let now = now_ms();
+            for partition in partitions.values_mut() {
+                partition.advance(now, lateness_ms, staleness_ms, window_ms);
+                // A mark is stamped with the floor it leaves, which the capability still covers.
+                for mark in partition.take_marks() {
+                    by_epoch
+                        .entry(mark.start)
+                        .or_default()
+                        .push(SourceItem::Mark(mark));
+                }
             }
             for (epoch, items) in by_epoch {
                 let at = cap.delayed(&epoch);
@@ -123,16 +156,13 @@ pub fn kafka_source<'scope>(
                 }
             }
 
-            if let Some(w) = watermark::combined(
-                clocks.values(),
-                now_ms(),
-                settings.allowed_lateness_ms,
-                staleness_ms,
-            ) {
-                let epoch = epoch_of(w, settings.window_ms);
-                if epoch > *cap.time() {
-                    cap.downgrade(&epoch);
-                }
+            let floor = match partitions.values().map(Partition::floor).min() {
+                Some(floor) => floor,
+                // A worker without partitions follows the wall clock, like an idle partition.
+                None => epoch_of(now.saturating_sub(lateness_ms + staleness_ms), window_ms),
+            };
+            if floor > *cap.time() {
+                cap.downgrade(&floor);
             }
 
             if exhausted_budget {
@@ -146,10 +176,22 @@ pub fn kafka_source<'scope>(
     Ok(stream)
 }
 
-/// Counts one batch record into `counts`; events whose epoch has already closed here are folded
-/// into `open_epoch` and counted as late. Returns the number of late events.
-fn count_record(payload: &[u8], window_ms: u64, open_epoch: u64, counts: &mut Counts) -> u64 {
-    let mut late = 0;
+/// What one record contributed.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    late: u64,
+    skipped: u64,
+}
+
+/// Counts one batch record into `counts`, each event in the epoch its partition assigns it.
+fn count_record(
+    payload: &[u8],
+    window_ms: u64,
+    offset: i64,
+    partition: &mut Partition,
+    counts: &mut Counts,
+) -> Tally {
+    let mut tally = Tally::default();
     for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let event: EmojiEvent = match serde_json::from_slice(line) {
             Ok(e) => e,
@@ -159,20 +201,19 @@ fn count_record(payload: &[u8], window_ms: u64, open_epoch: u64, counts: &mut Co
                 continue;
             }
         };
-        let own = epoch_of(event.recv_ms, window_ms);
-        let (epoch, is_late) = if own < open_epoch {
-            (open_epoch, 1)
-        } else {
-            (own, 0)
-        };
-        late += is_late;
-        let entry = counts
-            .entry((epoch, event.stream.into_owned(), event.emoji.into_owned()))
-            .or_default();
-        entry.0 += 1;
-        entry.1 += is_late;
+        match partition.assign(offset, epoch_of(event.recv_ms, window_ms)) {
+            Assignment::Skip => tally.skipped += 1,
+            Assignment::Count { epoch, late } => {
+                let entry = counts
+                    .entry((epoch, event.stream.into_owned(), event.emoji.into_owned()))
+                    .or_default();
+                entry.0 += 1;
+                entry.1 += u64::from(late);
+                tally.late += u64::from(late);
+            }
+        }
     }
-    late
+    tally
 }
 
 /// Reaching the end of a partition is news for the watermark (it arrives through `poll`), not
@@ -208,7 +249,8 @@ fn consumer(settings: &SourceSettings) -> Result<Arc<BaseConsumer<SourceContext>
         .create_with_context(SourceContext)?;
     let mut assignment = TopicPartitionList::new();
     for p in &settings.partitions {
-        assignment.add_partition_offset(&settings.topic, *p, Offset::Beginning)?;
+        // An offset below the log's start (retention) falls back to the earliest record.
+        assignment.add_partition_offset(&settings.topic, p.id(), Offset::Offset(p.position()))?;
     }
     consumer.assign(&assignment)?;
     Ok(Arc::new(consumer))
@@ -231,6 +273,10 @@ mod tests {
 
     #[test]
     fn counts_a_record_and_folds_late_events() {
+        let mut partition = Partition::fresh(0);
+        partition.begin_record(0);
+        partition.end_record(0, 4_100);
+        partition.advance(0, 0, 0, 2_000); // floor: epoch 2
         let payload = [
             line("a", "🔥", 4_100),
             line("a", "🔥", 4_200),
@@ -239,8 +285,14 @@ mod tests {
         ]
         .concat();
         let mut counts = Counts::new();
-        let late = count_record(payload.as_bytes(), 2_000, 2, &mut counts);
-        assert_eq!(late, 1);
+        let tally = count_record(payload.as_bytes(), 2_000, 1, &mut partition, &mut counts);
+        assert_eq!(
+            tally,
+            Tally {
+                late: 1,
+                skipped: 0
+            }
+        );
         let mut got: Vec<_> = counts.into_iter().collect();
         got.sort();
         assert_eq!(
@@ -257,7 +309,14 @@ mod tests {
     fn unreadable_lines_are_skipped() {
         let payload = format!("not json\n{}", line("a", "🔥", 0));
         let mut counts = Counts::new();
-        assert_eq!(count_record(payload.as_bytes(), 2_000, 0, &mut counts), 0);
+        let tally = count_record(
+            payload.as_bytes(),
+            2_000,
+            0,
+            &mut Partition::fresh(0),
+            &mut counts,
+        );
+        assert_eq!(tally, Tally::default());
         assert_eq!(counts.len(), 1);
     }
 }

@@ -36,28 +36,6 @@ impl PartitionClock {
     }
 }
 
-/// The watermark of a set of partitions: the least of theirs. A worker that owns no partition
-/// follows the wall clock, like an idle partition.
-pub fn combined<'a>(
-    clocks: impl IntoIterator<Item = &'a PartitionClock>,
-    now_ms: u64,
-    lateness_ms: u64,
-    staleness_ms: u64,
-) -> Option<u64> {
-    let mut least: Option<u64> = None;
-    let mut any = false;
-    for clock in clocks {
-        any = true;
-        let w = clock.watermark(now_ms, lateness_ms, staleness_ms)?;
-        least = Some(least.map_or(w, |l| l.min(w)));
-    }
-    if any {
-        least
-    } else {
-        Some(now_ms.saturating_sub(lateness_ms + staleness_ms))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,20 +64,5 @@ mod tests {
         assert_eq!(c.watermark(8_000, 300, 60), Some(7_640));
         c.record(7_900);
         assert_eq!(c.watermark(20_000, 300, 60), Some(7_600));
-    }
-
-    #[test]
-    fn the_least_partition_decides() {
-        let mut a = PartitionClock::default();
-        let mut b = PartitionClock::default();
-        a.record(5_000);
-        assert_eq!(combined([&a, &b], 9_000, 300, 60), None, "b is unknown");
-        b.reached_end();
-        assert_eq!(combined([&a, &b], 9_000, 300, 60), Some(4_700));
-        assert_eq!(
-            combined([], 9_000, 300, 60),
-            Some(8_640),
-            "no partitions: the clock"
-        );
     }
 }

@@ -266,7 +266,8 @@ impl Drop for System {
             .args(["stop", "--data"])
             .arg(&self.broker_data)
             .status();
-        if !std::thread::panicking() {
+        // EMOSTREAM_KEEP_LOGS keeps a passing test's logs too, for looking at timings.
+        if !std::thread::panicking() && std::env::var_os("EMOSTREAM_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
             eprintln!("logs kept in {}", self.dir.display());

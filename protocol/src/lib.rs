@@ -3,11 +3,13 @@
 //! # Layout
 //! - [`config`]: `cluster.toml` as typed structs, with environment overrides.
 //! - [`epoch`]: the 2-second epoch grid and the per-1000 reduction rule.
+//! - [`progress`]: the dataflow's recovery record on the progress topic.
 //! - [`wire`]: the HTTP bodies, the Kafka records and the viewer frames.
 //! - [`shutdown`] (feature `signal`): one future that resolves on Ctrl-C or SIGTERM.
 
 pub mod config;
 pub mod epoch;
+pub mod progress;
 #[cfg(feature = "signal")]
 pub mod shutdown;
 pub mod wire;

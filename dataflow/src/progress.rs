@@ -1,0 +1,250 @@
+//! Worker 0 turns the sources' marks into the progress record, once every epoch it covers is
+//! durably published; its output frontier ("progress is acknowledged up to here") is the gate
+//! that lets the next epoch be published.
+
+use crate::partition::Mark;
+use crate::publish::AckedProducer;
+use emostream_protocol::progress::{PartitionProgress, Progress};
+use rdkafka::producer::BaseRecord;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::Stream;
+
+const ACK_POLL: Duration = Duration::from_millis(10);
+
+/// Every partition's marks, as far as they are still needed.
+#[derive(Debug, Default)]
+pub struct MarkLedger {
+    marks: BTreeMap<i32, Vec<Mark>>,
+}
+
+impl MarkLedger {
+    pub fn add(&mut self, mark: Mark) {
+        self.marks.entry(mark.partition).or_default().push(mark);
+    }
+
+    fn covering(&self, partition: i32, epoch: u64) -> Option<&Mark> {
+        self.marks
+            .get(&partition)?
+            .iter()
+            .find(|m| m.start <= epoch && epoch < m.end)
+    }
+
+    /// The progress record for `epoch` over partitions `0..partitions`, if every partition has
+    /// a mark covering it. `final_marks`: no more marks will come, so a partition whose floor
+    /// never passed `epoch + 1` needs no hold (that epoch can never close in this run).
+    pub fn progress(&self, epoch: u64, partitions: u32, final_marks: bool) -> Option<Progress> {
+        let mut out = Vec::with_capacity(partitions as usize);
+        for partition in 0..partitions as i32 {
+            let at = self.covering(partition, epoch)?;
+            let hold_until = match self.covering(partition, epoch + 1) {
+                Some(next) => next.position,
+                None if final_marks => at.position,
+                None => return None,
+            };
+            out.push(PartitionProgress {
+                partition,
+                resume_offset: at.resume,
+                skip_before: at.position,
+                hold_until,
+            });
+        }
+        Some(Progress {
+            epoch,
+            partitions: out,
+        })
+    }
+
+    /// The highest epoch every partition's floor has passed (the last that could have closed).
+    fn last_closed(&self, partitions: u32) -> Option<u64> {
+        (0..partitions as i32)
+            .map(|p| {
+                self.marks
+                    .get(&p)
+                    .and_then(|m| m.iter().map(|m| m.end).max())
+            })
+            .min()??
+            .checked_sub(1)
+    }
+
+    /// Forgets marks that no later record can need (those ending at or before `epoch`).
+    fn forget_through(&mut self, epoch: u64) {
+        for marks in self.marks.values_mut() {
+            marks.retain(|m| m.end > epoch);
+        }
+    }
+}
+
+pub trait WriteProgress<'scope> {
+    /// Writes the progress record with `producer` (given to worker 0 only; the others pass
+    /// `None`) and returns the gate stream, whose frontier is the first epoch whose progress is
+    /// not yet acknowledged.
+    fn write_progress(
+        self,
+        published: Stream<'scope, u64, Vec<()>>,
+        partitions: u32,
+        first_epoch: u64,
+        producer: Option<AckedProducer>,
+    ) -> Stream<'scope, u64, Vec<()>>;
+}
+
+impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
+    fn write_progress(
+        self,
+        published: Stream<'scope, u64, Vec<()>>,
+        partitions: u32,
+        first_epoch: u64,
+        producer: Option<AckedProducer>,
+    ) -> Stream<'scope, u64, Vec<()>> {
+        let scope = self.scope();
+        let writer = producer.is_some();
+        let to_worker_zero = Exchange::new(|_: &Mark| 0);
+        self.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(published, to_worker_zero, Pipeline, "WriteProgress", move |initial, info| {
+            let activator = scope.activator_for(info.address.clone());
+            if let Some(p) = producer.as_ref() {
+                p.wake(scope.worker().sync_activator_for(info.address.to_vec()));
+            }
+            // Only worker 0's capability matters; the others give theirs up at once.
+            let mut cap = writer.then(|| initial.delayed(&first_epoch));
+            let mut ledger = MarkLedger::default();
+            let mut in_flight: Option<u64> = None;
+
+            move |(marks, marks_frontier), (acks, acks_frontier), _output| {
+                marks.for_each_stamp(|_, data| {
+                    for batch in data {
+                        for mark in batch.drain(..) {
+                            ledger.add(mark);
+                        }
+                    }
+                });
+                acks.for_each_stamp(|_, _| {});
+                let (Some(held), Some(AckedProducer { producer, book, topic, .. })) = (cap.as_mut(), producer.as_ref()) else { return };
+                if let Some(failure) = book.failure() {
+                    panic!("a progress record could not be written: {failure}");
+                }
+                if let Some(epoch) = in_flight {
+                    if !book.acknowledged(epoch) {
+                        activator.activate_after(ACK_POLL);
+                        return;
+                    }
+                    in_flight = None;
+                    tracing::debug!(epoch, "progress acknowledged");
+                    held.downgrade(&(epoch + 1));
+                }
+
+                let next = *held.time();
+                let final_marks = marks_frontier.frontier().is_empty();
+                let Some(&acked) = acks_frontier.frontier().first() else {
+                    cap = None; // everything is published and nothing more will come
+                    return;
+                };
+                // Everything before `acked` is durably published; the marks of epoch + 1 must be
+                // in so the record can say where the next run holds its floor.
+                let mut epoch = match acked.checked_sub(1) {
+                    Some(e) => e,
+                    None => return,
+                };
+                if let Some(&m) = marks_frontier.frontier().first() {
+                    match m.checked_sub(2) {
+                        Some(limit) => epoch = epoch.min(limit),
+                        None => return,
+                    }
+                }
+                if final_marks {
+                    match ledger.last_closed(partitions) {
+                        Some(last) if last >= next => epoch = epoch.min(last),
+                        // No epoch beyond the last record can close any more: stop gating.
+                        _ => {
+                            cap = None;
+                            return;
+                        }
+                    }
+                }
+                if epoch < next {
+                    return;
+                }
+                let Some(progress) = ledger.progress(epoch, partitions, final_marks) else {
+                    activator.activate_after(ACK_POLL);
+                    return;
+                };
+                let payload = serde_json::to_vec(&progress).expect("progress always serializes");
+                match producer.send(BaseRecord::<(), _, _>::with_opaque_to(topic, Box::new(epoch)).payload(&payload)) {
+                    Ok(()) => {
+                        tracing::debug!(epoch, "progress sent");
+                        book.sent(epoch);
+                        in_flight = Some(epoch);
+                        ledger.forget_through(epoch);
+                    }
+                    Err((e, _)) => tracing::warn!(error = %e, epoch, "progress record not enqueued; retrying"),
+                }
+                activator.activate_after(ACK_POLL);
+            }
+        })
+        .container::<Vec<()>>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(partition: i32, start: u64, end: u64, position: i64, resume: i64) -> Mark {
+        Mark {
+            partition,
+            start,
+            end,
+            position,
+            resume,
+        }
+    }
+
+    #[test]
+    fn progress_takes_the_marks_covering_the_epoch_and_the_next() {
+        let mut ledger = MarkLedger::default();
+        ledger.add(mark(0, 0, 5, 10, 0));
+        ledger.add(mark(0, 5, 6, 14, 9));
+        ledger.add(mark(0, 6, 9, 20, 13));
+        ledger.add(mark(1, 0, 7, 3, 3));
+        assert_eq!(
+            ledger.progress(5, 2, false),
+            Some(Progress {
+                epoch: 5,
+                partitions: vec![
+                    PartitionProgress {
+                        partition: 0,
+                        resume_offset: 9,
+                        skip_before: 14,
+                        hold_until: 20
+                    },
+                    PartitionProgress {
+                        partition: 1,
+                        resume_offset: 3,
+                        skip_before: 3,
+                        hold_until: 3
+                    },
+                ],
+            })
+        );
+        assert_eq!(
+            ledger.progress(6, 2, false),
+            None,
+            "partition 1 has no mark covering 7 yet"
+        );
+        assert_eq!(
+            ledger.progress(6, 2, true).unwrap().partitions[1].hold_until,
+            3
+        );
+        assert_eq!(
+            ledger.progress(5, 3, false),
+            None,
+            "partition 2 has no marks at all"
+        );
+        assert_eq!(ledger.last_closed(2), Some(6));
+        ledger.forget_through(6);
+        assert_eq!(ledger.covering(0, 5), None);
+        assert_eq!(ledger.covering(0, 7).map(|m| m.position), Some(20));
+    }
+}

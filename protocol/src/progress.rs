@@ -1,0 +1,35 @@
+//! The dataflow's recovery state on the progress topic: one record per acknowledged epoch,
+//! written by worker 0 only after every frame of every epoch up to `epoch` is acknowledged on
+//! `emoji-epochs`. A restart reads the last record and nothing else.
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a restarted cluster needs to publish each epoch after `epoch` exactly as before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Every epoch up to and including this one is published and acknowledged.
+    pub epoch: u64,
+    pub partitions: Vec<PartitionProgress>,
+}
+
+/// One partition's part of [`Progress`].
+///
+/// On replay a record at offset `o` whose own epoch is `≤ epoch` and `o < skip_before` was already
+/// counted in a published epoch and is skipped; every other record is counted. Records below
+/// `hold_until` were read, in the run that wrote this, while the partition's floor was at most
+/// `epoch + 1`; holding it there again until `hold_until` makes epoch `epoch + 1` (which may
+/// already be published) come out identical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionProgress {
+    pub partition: i32,
+    /// Where to resume reading: no record below it is needed by an unpublished epoch.
+    pub resume_offset: i64,
+    pub skip_before: i64,
+    pub hold_until: i64,
+}
+
+impl Progress {
+    pub fn partition(&self, partition: i32) -> Option<&PartitionProgress> {
+        self.partitions.iter().find(|p| p.partition == partition)
+    }
+}
