@@ -3,6 +3,7 @@
 #
 #   scripts/run_workers.sh -n 4            # processes 0..3 (those whose host is this machine)
 #   scripts/run_workers.sh -n 4 -p 2       # only process 2 (run one per host across machines)
+#   scripts/run_workers.sh -n 4 -p 2,3     # processes 2 and 3 (this host's share)
 #   scripts/run_workers.sh -n 2 -w 2 -c other.toml
 #
 # Timely has no fault tolerance: when one process dies the others lose their connections, so the
@@ -14,7 +15,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 processes="" threads="" only="" config="$root/cluster.toml"
 bin="${EMOSTREAM_BIN_DIR:-$root/target/release}/emostream-dataflow"
 
-usage() { echo "usage: $0 -n PROCESSES [-w THREADS] [-p INDEX] [-c cluster.toml]" >&2; exit 2; }
+usage() { echo "usage: $0 -n PROCESSES [-w THREADS] [-p INDEX[,INDEX…]] [-c cluster.toml]" >&2; exit 2; }
 while getopts "n:w:p:c:" opt; do
   case $opt in
     n) processes=$OPTARG ;;
@@ -25,7 +26,8 @@ while getopts "n:w:p:c:" opt; do
   esac
 done
 [[ $processes =~ ^[1-9][0-9]*$ ]] || usage
-[[ -z $only || ( $only =~ ^[0-9]+$ && $only -lt $processes ) ]] || { echo "-p must be below -n" >&2; exit 2; }
+[[ -z $only || $only =~ ^[0-9]+(,[0-9]+)*$ ]] || usage
+for i in ${only//,/ }; do ((i < processes)) || { echo "-p $i must be below -n $processes" >&2; exit 2; }; done
 [[ -x $bin ]] || { echo "no $bin: build it first (cargo build --release -p emostream-dataflow)" >&2; exit 2; }
 
 # timely's hostfile: line i is process i.
@@ -47,7 +49,7 @@ mine=()
 for ((i = 0; i < processes; i++)); do
   line=$(sed -n "$((i + 1))p" "$hostfile")
   if [[ -n $only ]]; then
-    [[ $i -eq $only ]] && mine+=("$i")
+    [[ ",$only," == *",$i,"* ]] && mine+=("$i")
   elif is_local "$line"; then
     mine+=("$i")
   fi

@@ -7,6 +7,8 @@
 //! first).
 
 pub mod http;
+pub mod kafka;
+pub mod trace;
 pub mod viewer;
 
 use emostream_protocol::Config;
@@ -18,11 +20,41 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub worker_processes: usize,
+    /// Worker threads per process.
+    pub threads: usize,
+    /// The loopback address of each worker process, as if each address were its own host; one
+    /// `run_workers.sh -p …` supervisor runs per address. Empty: every process on 127.0.0.1,
+    /// under one supervisor.
+    pub worker_hosts: Vec<&'static str>,
     pub events_partitions: u32,
     pub window_ms: u64,
     pub allowed_lateness_ms: u64,
     /// Subscribers per cluster, one entry per cluster.
     pub clusters: Vec<usize>,
+}
+
+impl Default for Topology {
+    /// Two worker processes, four partitions, 1 s epochs, one cluster with one subscriber.
+    fn default() -> Self {
+        Topology {
+            worker_processes: 2,
+            threads: 1,
+            worker_hosts: Vec::new(),
+            events_partitions: 4,
+            window_ms: 1000,
+            allowed_lateness_ms: 1000,
+            clusters: vec![1],
+        }
+    }
+}
+
+impl Topology {
+    fn host_of(&self, process: usize) -> &'static str {
+        self.worker_hosts
+            .get(process)
+            .copied()
+            .unwrap_or("127.0.0.1")
+    }
 }
 
 pub struct System {
@@ -138,12 +170,28 @@ impl System {
                 .arg("--config")
                 .arg(&system.config_path),
         );
-        let mut workers = Command::new(repo_root().join("scripts/run_workers.sh"));
-        workers
-            .args(["-n", &topology.worker_processes.to_string(), "-c"])
-            .arg(&system.config_path)
-            .env("EMOSTREAM_BIN_DIR", bin_dir());
-        system.spawn("workers", &mut workers);
+        let mut hosts: Vec<&str> = (0..topology.worker_processes)
+            .map(|i| topology.host_of(i))
+            .collect();
+        hosts.dedup();
+        for host in &hosts {
+            let mut workers = Command::new(repo_root().join("scripts/run_workers.sh"));
+            workers
+                .args(["-n", &topology.worker_processes.to_string(), "-c"])
+                .arg(&system.config_path)
+                .env("EMOSTREAM_BIN_DIR", bin_dir());
+            let name = if hosts.len() == 1 {
+                "workers".to_string()
+            } else {
+                let mine: Vec<String> = (0..topology.worker_processes)
+                    .filter(|i| topology.host_of(*i) == *host)
+                    .map(|i| i.to_string())
+                    .collect();
+                workers.args(["-p", &mine.join(",")]);
+                format!("workers-{host}")
+            };
+            system.spawn(&name, &mut workers);
+        }
         let broadcaster = binary("emostream-broadcaster");
         system.spawn(
             "main",
@@ -229,6 +277,23 @@ impl System {
         &self.config.gateway.listen
     }
 
+    /// The pids of this system's running dataflow processes (children of the supervisors).
+    pub fn dataflow_pids(&self) -> Vec<u32> {
+        let config = self.config_path.to_string_lossy().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                    cmd.contains("emostream-dataflow") && cmd.contains(&config)
+                })
+            })
+            .collect()
+    }
+
     /// The pid of a child started by the harness, by name (`gateway`, `workers`, `c0-s1`, …).
     pub fn pid(&self, name: &str) -> Option<u32> {
         self.children
@@ -277,7 +342,7 @@ impl Drop for System {
 
 fn config_text(t: &Topology, broker_port: u16) -> String {
     let processes: Vec<String> = (0..t.worker_processes)
-        .map(|_| format!("\"127.0.0.1:{}\"", free_port()))
+        .map(|i| format!("\"{}:{}\"", t.host_of(i), free_port()))
         .collect();
     let mut text = format!(
         r#"[kafka]
@@ -291,7 +356,7 @@ divisor = 1000
 listen = "127.0.0.1:{gateway}"
 [dataflow]
 processes = [{processes}]
-threads = 1
+threads = {threads}
 [broadcaster]
 main = "127.0.0.1:{main}"
 "#,
@@ -300,6 +365,7 @@ main = "127.0.0.1:{main}"
         lateness = t.allowed_lateness_ms,
         gateway = free_port(),
         processes = processes.join(", "),
+        threads = t.threads,
         main = free_port(),
     );
     for (i, subscribers) in t.clusters.iter().enumerate() {

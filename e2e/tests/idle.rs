@@ -20,11 +20,9 @@ const EPOCHS: u64 = 5;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epochs_close_on_time_with_three_idle_partitions() {
     let system = System::start(Topology {
-        worker_processes: 2,
-        events_partitions: 4,
         window_ms: WINDOW_MS,
         allowed_lateness_ms: LATENESS_MS,
-        clusters: vec![1],
+        ..Topology::default()
     })
     .await;
     let viewer = Viewer::connect(&format!("ws://{}", system.subscribers()[0]), "solo").await;
