@@ -11,6 +11,7 @@
 //! - [`reduce`]: `PerThousand`, the per-1000 reduction into viewer frames.
 //! - [`publish`]: `PublishEpochs`, gated, acknowledged publication to `emoji-epochs`.
 //! - [`progress`]: `WriteProgress`, the progress record and the gate it feeds back.
+//! - [`metrics`]: per-process counters, served as Prometheus text.
 //!
 //! ```text
 //! KafkaSource ─┬─ counts ─▶ CountEpochs ─▶ PerThousand ─▶ PublishEpochs ─▶ (published frontier)
@@ -19,6 +20,7 @@
 //! ```
 
 pub mod count;
+pub mod metrics;
 pub mod ownership;
 pub mod partition;
 pub mod progress;
@@ -68,6 +70,7 @@ pub fn run_worker(
     worker: &mut Worker,
     config: &Config,
     stop: Arc<AtomicBool>,
+    metrics: Arc<metrics::Metrics>,
 ) -> Result<(), String> {
     let index = worker.index();
     let peers = worker.peers();
@@ -98,6 +101,7 @@ pub fn run_worker(
         allowed_lateness_ms: config.epochs.allowed_lateness_ms,
         idle_poll_ms: config.dataflow.idle_poll_ms,
         stop,
+        metrics: Arc::clone(&metrics),
     };
     let epochs = config.epochs;
     let publisher = AckedProducer::connect(&kafka.brokers, &kafka.epochs_topic)?;
@@ -121,7 +125,7 @@ pub fn run_worker(
             .container::<Vec<PartialCount>>()
             .count_epochs()
             .per_thousand(epochs.divisor, epochs.window_ms)
-            .publish_epochs(gate, publisher);
+            .publish_epochs(gate, publisher, epochs.window_ms, metrics);
         marks
             .container::<Vec<partition::Mark>>()
             .write_progress(

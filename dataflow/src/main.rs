@@ -6,6 +6,7 @@
 //! ```
 //! Timely's own flags (`-n`, `-p`, `-w`, `-h`, …) pass through unchanged.
 
+use emostream_dataflow::metrics::{self, Metrics};
 use emostream_protocol::Config;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -64,8 +65,17 @@ fn run() -> Result<(), String> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| e.to_string())?;
     }
+    let metrics = Arc::new(Metrics::default());
+    let process: usize = matches
+        .opt_str("p")
+        .map_or(Ok(0), |p| p.parse())
+        .map_err(|e| format!("-p: {e}"))?;
+    if let Some(addr) = config.dataflow.metrics.get(process) {
+        metrics::serve(addr, Arc::clone(&metrics))
+            .map_err(|e| format!("metrics on {addr}: {e}"))?;
+    }
     let guards = timely::execute(timely_config, move |worker| {
-        emostream_dataflow::run_worker(worker, &config, Arc::clone(&stop))
+        emostream_dataflow::run_worker(worker, &config, Arc::clone(&stop), Arc::clone(&metrics))
     })?;
     for result in guards.join() {
         result??;

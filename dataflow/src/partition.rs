@@ -102,6 +102,11 @@ impl Partition {
         self.floor
     }
 
+    /// The partition's watermark (Unix ms), once anything is known.
+    pub fn watermark_ms(&self, now_ms: u64, lateness_ms: u64, staleness_ms: u64) -> Option<u64> {
+        self.clock.watermark(now_ms, lateness_ms, staleness_ms)
+    }
+
     /// Call before assigning the events of the record at `offset`.
     pub fn begin_record(&mut self, offset: i64) {
         self.release_hold_at(offset);

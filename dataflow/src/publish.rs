@@ -8,6 +8,7 @@
 //! No Kafka call blocks: sends only enqueue, acknowledgements arrive on librdkafka's thread and
 //! wake the operator.
 
+use crate::metrics::Metrics;
 use emostream_protocol::wire::EpochFrame;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -54,6 +55,10 @@ impl AckBook {
             }
             Err(e) => state.failure = Some(format!("epoch {epoch}: {e}")),
         }
+    }
+
+    pub fn outstanding(&self, epoch: u64) -> u64 {
+        self.lock().outstanding.get(&epoch).copied().unwrap_or(0)
     }
 
     pub fn acknowledged(&self, epoch: u64) -> bool {
@@ -147,6 +152,8 @@ pub trait PublishEpochs<'scope> {
         self,
         gate: Stream<'scope, u64, Vec<()>>,
         producer: AckedProducer,
+        window_ms: u64,
+        metrics: Arc<Metrics>,
     ) -> Stream<'scope, u64, Vec<()>>;
 }
 
@@ -155,6 +162,8 @@ impl<'scope> PublishEpochs<'scope> for Stream<'scope, u64, Vec<EpochFrame>> {
         self,
         gate: Stream<'scope, u64, Vec<()>>,
         producer: AckedProducer,
+        window_ms: u64,
+        metrics: Arc<Metrics>,
     ) -> Stream<'scope, u64, Vec<()>> {
         let scope = self.scope();
         let mut builder = OperatorBuilder::new("PublishEpochs".to_owned(), scope);
@@ -175,7 +184,8 @@ impl<'scope> PublishEpochs<'scope> for Stream<'scope, u64, Vec<EpochFrame>> {
                 ..
             } = producer;
             let mut waiting: BTreeMap<u64, (Capability<u64>, Vec<EpochFrame>)> = BTreeMap::new();
-            let mut sent: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+            // epoch → (its capability, frames sent)
+            let mut sent: BTreeMap<u64, (Capability<u64>, u64)> = BTreeMap::new();
             // No data ever leaves on this output; its capabilities alone carry the frontier.
             let _output = output;
 
@@ -228,12 +238,17 @@ impl<'scope> PublishEpochs<'scope> for Stream<'scope, u64, Vec<EpochFrame>> {
                     }
                     let (_, (cap, _)) = entry.remove_entry();
                     tracing::debug!(epoch, "epoch sent");
-                    sent.insert(epoch, cap);
+                    sent.insert(epoch, (cap, book.outstanding(epoch)));
                 }
 
                 // Dropping an epoch's capability announces it as durably published.
-                sent.retain(|epoch, _| {
-                    !book.acknowledged(*epoch) || frames_frontier.less_equal(epoch)
+                sent.retain(|epoch, (_, frames)| {
+                    let keep = !book.acknowledged(*epoch) || frames_frontier.less_equal(epoch);
+                    if !keep {
+                        let end_ms = (epoch + 1) * window_ms;
+                        metrics.published(*frames, now_ms().saturating_sub(end_ms));
+                    }
+                    keep
                 });
                 if !sent.is_empty() || !waiting.is_empty() {
                     activator.activate_after(ACK_POLL);
@@ -242,4 +257,11 @@ impl<'scope> PublishEpochs<'scope> for Stream<'scope, u64, Vec<EpochFrame>> {
         });
         published
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as u64
 }

@@ -1,6 +1,7 @@
 //! The Kafka source: reads this worker's partitions without ever blocking, pre-counts taps per
 //! (epoch, stream, emoji) and holds its capability at the epoch of its partitions' watermark.
 
+use crate::metrics::Metrics;
 use crate::partition::{Assignment, Mark, Partition};
 use crate::PartialCount;
 use emostream_protocol::epoch::epoch_of;
@@ -32,6 +33,7 @@ pub struct SourceSettings {
     pub idle_poll_ms: u64,
     /// Set on SIGTERM: the source stops reading and releases its capability.
     pub stop: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// What the source emits: pre-counts for the epochs, and marks for the progress record.
@@ -59,11 +61,8 @@ pub fn kafka_source<'scope>(
         .collect();
     let staleness_ms = FETCH_WAIT_MS + settings.idle_poll_ms;
     let idle = Duration::from_millis(settings.idle_poll_ms);
-    let (window_ms, lateness_ms, stop) = (
-        settings.window_ms,
-        settings.allowed_lateness_ms,
-        settings.stop,
-    );
+    let (window_ms, lateness_ms) = (settings.window_ms, settings.allowed_lateness_ms);
+    let (stop, metrics) = (settings.stop, settings.metrics);
 
     let stream = source(scope, "KafkaSource", move |capability, info| {
         let activator = scope.activator_for(info.address);
@@ -85,6 +84,7 @@ pub fn kafka_source<'scope>(
             }
 
             let mut exhausted_budget = false;
+            let (mut records, mut tallied) = (0u64, Tally::default());
             if let Some(consumer) = consumer.as_ref() {
                 let started = Instant::now();
                 loop {
@@ -105,10 +105,12 @@ pub fn kafka_source<'scope>(
                                     partition,
                                     &mut counts,
                                 );
-                                late_total += tally.late;
-                                skipped_total += tally.skipped;
+                                tallied.counted += tally.counted;
+                                tallied.late += tally.late;
+                                tallied.skipped += tally.skipped;
                             }
                             partition.end_record(offset, ts);
+                            records += 1;
                         }
                         Some(Err(KafkaError::PartitionEOF(p))) => {
                             if let Some(partition) = partitions.get_mut(&p) {
@@ -123,6 +125,10 @@ pub fn kafka_source<'scope>(
                     }
                 }
             }
+
+            late_total += tallied.late;
+            skipped_total += tallied.skipped;
+            metrics.read(records, tallied.counted, tallied.late, tallied.skipped);
 
             // One session per epoch: sessions are not fused, so batching by epoch matters.
             let mut by_epoch: BTreeMap<u64, Vec<SourceItem>> = BTreeMap::new();
@@ -140,6 +146,10 @@ pub fn kafka_source<'scope>(
             let now = now_ms();
             for partition in partitions.values_mut() {
                 partition.advance(now, lateness_ms, staleness_ms, window_ms);
+                let lag = partition
+                    .watermark_ms(now, lateness_ms, staleness_ms)
+                    .map_or(now, |w| now.saturating_sub(w));
+                metrics.partition(partition.id(), lag, partition.floor());
                 // A mark is stamped with the floor it leaves, which the capability still covers.
                 for mark in partition.take_marks() {
                     by_epoch
@@ -179,6 +189,7 @@ pub fn kafka_source<'scope>(
 /// What one record contributed.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Tally {
+    counted: u64,
     late: u64,
     skipped: u64,
 }
@@ -204,6 +215,7 @@ fn count_record(
         match partition.assign(offset, epoch_of(event.recv_ms, window_ms)) {
             Assignment::Skip => tally.skipped += 1,
             Assignment::Count { epoch, late } => {
+                tally.counted += 1;
                 let entry = counts
                     .entry((epoch, event.stream.into_owned(), event.emoji.into_owned()))
                     .or_default();
@@ -289,6 +301,7 @@ mod tests {
         assert_eq!(
             tally,
             Tally {
+                counted: 4,
                 late: 1,
                 skipped: 0
             }
@@ -316,7 +329,14 @@ mod tests {
             &mut Partition::fresh(0),
             &mut counts,
         );
-        assert_eq!(tally, Tally::default());
+        assert_eq!(
+            tally,
+            Tally {
+                counted: 1,
+                late: 0,
+                skipped: 0
+            }
+        );
         assert_eq!(counts.len(), 1);
     }
 }

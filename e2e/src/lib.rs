@@ -344,6 +344,9 @@ fn config_text(t: &Topology, broker_port: u16) -> String {
     let processes: Vec<String> = (0..t.worker_processes)
         .map(|i| format!("\"{}:{}\"", t.host_of(i), free_port()))
         .collect();
+    let metrics: Vec<String> = (0..t.worker_processes)
+        .map(|i| format!("\"{}:{}\"", t.host_of(i), free_port()))
+        .collect();
     let mut text = format!(
         r#"[kafka]
 brokers = "127.0.0.1:{broker_port}"
@@ -357,6 +360,7 @@ listen = "127.0.0.1:{gateway}"
 [dataflow]
 processes = [{processes}]
 threads = {threads}
+metrics = [{metrics}]
 [broadcaster]
 main = "127.0.0.1:{main}"
 "#,
@@ -366,6 +370,7 @@ main = "127.0.0.1:{main}"
         gateway = free_port(),
         processes = processes.join(", "),
         threads = t.threads,
+        metrics = metrics.join(", "),
         main = free_port(),
     );
     for (i, subscribers) in t.clusters.iter().enumerate() {

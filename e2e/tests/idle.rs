@@ -96,6 +96,34 @@ async fn epochs_close_on_time_with_three_idle_partitions() {
         );
     }
     assert_eq!(got, truth);
+    // Each worker process reports its partitions' watermarks and what it published.
+    let mut published = 0;
+    for (process, addr) in system.config.dataflow.metrics.iter().enumerate() {
+        let text = http::get(addr, "/metrics")
+            .await
+            .expect("the dataflow serves metrics")
+            .body;
+        let value = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        published += value("emostream_dataflow_epochs_published_total");
+        let partitions = text
+            .lines()
+            .filter(|l| l.starts_with("emostream_dataflow_watermark_lag_ms{"))
+            .count();
+        assert_eq!(
+            partitions, 2,
+            "process {process} owns two of the four partitions:\n{text}"
+        );
+        assert_eq!(value("emostream_dataflow_late_events_total"), 0);
+    }
+    assert_eq!(
+        published,
+        got.len() as u64,
+        "frames acknowledged, summed over the processes"
+    );
     delays.sort();
     eprintln!(
         "epoch end → viewer: min {} ms, median {} ms, max {} ms over {} epochs (window {WINDOW_MS} ms, lateness {LATENESS_MS} ms)",

@@ -134,6 +134,9 @@ pub struct DataflowConfig {
     /// How often an idle source wakes to advance its watermark with the wall clock.
     #[serde(default = "DataflowConfig::idle_poll_ms")]
     pub idle_poll_ms: u64,
+    /// `host:port` where process i serves `/metrics` (entry i); empty: no metrics listener.
+    #[serde(default)]
+    pub metrics: Vec<String>,
 }
 
 impl DataflowConfig {
