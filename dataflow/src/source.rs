@@ -6,7 +6,7 @@ use crate::partition::{Assignment, Mark, Partition};
 use crate::PartialCount;
 use emostream_protocol::epoch::epoch_of;
 use emostream_protocol::wire::EmojiEvent;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
@@ -21,6 +21,8 @@ use timely::dataflow::{Scope, Stream};
 const FETCH_WAIT_MS: u64 = 50;
 /// One activation reads at most this long before yielding to the rest of the dataflow.
 const READ_BUDGET: Duration = Duration::from_millis(20);
+/// How often read positions are committed to the consumer group (for lag monitoring only).
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything the source needs, owned so the operator closure can keep it.
 pub struct SourceSettings {
@@ -62,7 +64,7 @@ pub fn kafka_source<'scope>(
     let staleness_ms = FETCH_WAIT_MS + settings.idle_poll_ms;
     let idle = Duration::from_millis(settings.idle_poll_ms);
     let (window_ms, lateness_ms) = (settings.window_ms, settings.allowed_lateness_ms);
-    let (stop, metrics) = (settings.stop, settings.metrics);
+    let (stop, metrics, topic) = (settings.stop, settings.metrics, settings.topic.clone());
 
     let stream = source(scope, "KafkaSource", move |capability, info| {
         let activator = scope.activator_for(info.address);
@@ -71,6 +73,7 @@ pub fn kafka_source<'scope>(
         let mut counts: Counts = HashMap::new();
         let mut late_total: u64 = 0;
         let mut skipped_total: u64 = 0;
+        let mut last_commit = Instant::now();
 
         move |output| {
             let Some(cap) = capability.as_mut() else {
@@ -78,6 +81,9 @@ pub fn kafka_source<'scope>(
             };
             if stop.load(Ordering::Relaxed) {
                 tracing::info!(late_total, skipped_total, "source stopping");
+                if let Some(consumer) = consumer.as_ref() {
+                    commit_positions(consumer, &topic, &partitions);
+                }
                 capability = None;
                 consumer = None;
                 return;
@@ -174,6 +180,12 @@ pub fn kafka_source<'scope>(
             if floor > *cap.time() {
                 cap.downgrade(&floor);
             }
+            if let Some(consumer) = consumer.as_ref() {
+                if last_commit.elapsed() >= COMMIT_EVERY {
+                    commit_positions(consumer, &topic, &partitions);
+                    last_commit = Instant::now();
+                }
+            }
 
             if exhausted_budget {
                 activator.activate();
@@ -184,6 +196,27 @@ pub fn kafka_source<'scope>(
         }
     });
     Ok(stream)
+}
+
+/// Commits each partition's read position to the consumer group, asynchronously. Recovery never
+/// reads these (it has the progress topic); they are there so standard tools can show lag.
+fn commit_positions(
+    consumer: &BaseConsumer<SourceContext>,
+    topic: &str,
+    partitions: &BTreeMap<i32, Partition>,
+) {
+    let mut positions = TopicPartitionList::new();
+    for p in partitions.values() {
+        if positions
+            .add_partition_offset(topic, p.id(), Offset::Offset(p.position()))
+            .is_err()
+        {
+            return;
+        }
+    }
+    if let Err(e) = consumer.commit(&positions, CommitMode::Async) {
+        tracing::debug!(error = %e, "offset commit for lag monitoring failed");
+    }
 }
 
 /// What one record contributed.
