@@ -167,18 +167,24 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
                     return;
                 }
                 let Some(progress) = ledger.progress(epoch, partitions, final_marks) else {
+                    tracing::debug!(epoch, next, acked, marks = ?ledger, "marks do not cover the epoch yet");
                     activator.activate_after(ACK_POLL);
                     return;
                 };
                 let payload = serde_json::to_vec(&progress).expect("progress always serializes");
+                // Counted before the send: the acknowledgement can arrive on librdkafka's thread
+                // before `send` even returns.
+                book.sent(epoch);
                 match producer.send(BaseRecord::<(), _, _>::with_opaque_to(topic, Box::new(epoch)).payload(&payload)) {
                     Ok(()) => {
                         tracing::debug!(epoch, "progress sent");
-                        book.sent(epoch);
                         in_flight = Some(epoch);
                         ledger.forget_through(epoch);
                     }
-                    Err((e, _)) => tracing::warn!(error = %e, epoch, "progress record not enqueued; retrying"),
+                    Err((e, _)) => {
+                        book.unsent(epoch);
+                        tracing::warn!(error = %e, epoch, "progress record not enqueued; retrying");
+                    }
                 }
                 activator.activate_after(ACK_POLL);
             }

@@ -57,8 +57,9 @@ impl AckBook {
         }
     }
 
-    pub fn outstanding(&self, epoch: u64) -> u64 {
-        self.lock().outstanding.get(&epoch).copied().unwrap_or(0)
+    /// Takes back a [`AckBook::sent`] whose record the producer refused.
+    pub fn unsent(&self, epoch: u64) {
+        self.delivered(epoch, Ok(()));
     }
 
     pub fn acknowledged(&self, epoch: u64) -> bool {
@@ -183,7 +184,9 @@ impl<'scope> PublishEpochs<'scope> for Stream<'scope, u64, Vec<EpochFrame>> {
                 topic,
                 ..
             } = producer;
-            let mut waiting: BTreeMap<u64, (Capability<u64>, Vec<EpochFrame>)> = BTreeMap::new();
+            // epoch → (its capability, frames not yet sent, frames received)
+            let mut waiting: BTreeMap<u64, (Capability<u64>, Vec<EpochFrame>, u64)> =
+                BTreeMap::new();
             // epoch → (its capability, frames sent)
             let mut sent: BTreeMap<u64, (Capability<u64>, u64)> = BTreeMap::new();
             // No data ever leaves on this output; its capabilities alone carry the frontier.
@@ -196,8 +199,9 @@ impl<'scope> PublishEpochs<'scope> for Stream<'scope, u64, Vec<EpochFrame>> {
                         return;
                     };
                     let time = *cap.time();
-                    let entry = waiting.entry(time).or_insert_with(|| (cap, Vec::new()));
+                    let entry = waiting.entry(time).or_insert_with(|| (cap, Vec::new(), 0));
                     for batch in data {
+                        entry.2 += batch.len() as u64;
                         entry.1.append(batch);
                     }
                 });
@@ -221,12 +225,16 @@ impl<'scope> PublishEpochs<'scope> for Stream<'scope, u64, Vec<EpochFrame>> {
                             .key(frame.stream.as_bytes())
                             .payload(&payload)
                             .timestamp(frame.end_ms as i64);
+                        // Counted before the send: the acknowledgement can arrive on librdkafka's
+                        // thread before `send` even returns.
+                        book.sent(epoch);
                         match producer.send(record) {
-                            Ok(()) => book.sent(epoch),
+                            Ok(()) => {}
                             Err((
                                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
                                 _,
                             )) => {
+                                book.unsent(epoch);
                                 frames.push(frame);
                                 break;
                             }
@@ -236,9 +244,9 @@ impl<'scope> PublishEpochs<'scope> for Stream<'scope, u64, Vec<EpochFrame>> {
                     if !entry.get().1.is_empty() {
                         break; // the producer's queue is full: try again shortly
                     }
-                    let (_, (cap, _)) = entry.remove_entry();
-                    tracing::debug!(epoch, "epoch sent");
-                    sent.insert(epoch, (cap, book.outstanding(epoch)));
+                    let (_, (cap, _, frames)) = entry.remove_entry();
+                    tracing::debug!(epoch, frames, "epoch sent");
+                    sent.insert(epoch, (cap, frames));
                 }
 
                 // Dropping an epoch's capability announces it as durably published.

@@ -303,18 +303,20 @@ impl System {
     }
 }
 
-impl Drop for System {
-    fn drop(&mut self) {
-        // Reverse order: viewers' side first, the broker last.
+impl System {
+    /// SIGTERM to every process (the broadcaster side first), then waits up to 15 s for each;
+    /// returns how each ended (`None`: it had to be killed). The broker keeps running.
+    pub fn stop(&mut self) -> Vec<(String, Option<std::process::ExitStatus>)> {
         for (_, child) in self.children.iter().rev() {
             // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         }
         let deadline = Instant::now() + Duration::from_secs(15);
-        for (name, child) in self.children.iter_mut().rev() {
-            loop {
+        let mut out = Vec::new();
+        for (name, mut child) in self.children.drain(..).rev() {
+            let status = loop {
                 match child.try_wait() {
-                    Ok(Some(_)) => break,
+                    Ok(Some(status)) => break Some(status),
                     Ok(None) if Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(20))
                     }
@@ -322,11 +324,24 @@ impl Drop for System {
                         eprintln!("{name} did not stop on SIGTERM; killing it");
                         let _ = child.kill();
                         let _ = child.wait();
-                        break;
+                        break None;
                     }
                 }
-            }
+            };
+            out.push((name, status));
         }
+        out
+    }
+
+    /// The log a child wrote (stdout and stderr), by name.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.stop();
         let _ = Command::new(repo_root().join("scripts/broker.sh"))
             .args(["stop", "--data"])
             .arg(&self.broker_data)
