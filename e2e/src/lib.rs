@@ -333,6 +333,38 @@ impl System {
         out
     }
 
+    /// Waits until `emoji-epochs` holds each stream's marker epoch (so, epochs being published
+    /// in order per stream, everything before it too) and returns every record read then, and
+    /// the distinct frames (checking that any re-published frame is byte-identical).
+    pub async fn published_through(
+        &self,
+        markers: &std::collections::BTreeMap<String, u64>,
+        deadline: Duration,
+    ) -> (
+        usize,
+        std::collections::BTreeMap<(String, u64), emostream_protocol::wire::EpochFrame>,
+    ) {
+        let (brokers, topic) = (
+            self.config.kafka.brokers.clone(),
+            self.config.kafka.epochs_topic.clone(),
+        );
+        wait_for("every marker epoch on emoji-epochs", deadline, || {
+            let (brokers, topic) = (brokers.clone(), topic.clone());
+            async move {
+                let payloads =
+                    tokio::task::spawn_blocking(move || kafka::read_all(&brokers, &topic))
+                        .await
+                        .expect("reader task");
+                let frames = trace::distinct_frames(&payloads);
+                markers
+                    .iter()
+                    .all(|(s, e)| frames.contains_key(&(s.clone(), *e)))
+                    .then_some((payloads.len(), frames))
+            }
+        })
+        .await
+    }
+
     /// The log a child wrote (stdout and stderr), by name.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()

@@ -20,7 +20,7 @@ pub type Truth = BTreeMap<(String, u64), BTreeMap<String, u64>>;
 pub struct Lcg(pub u64);
 
 impl Lcg {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)
@@ -30,7 +30,7 @@ impl Lcg {
 
     pub fn emoji(&mut self) -> &'static str {
         let total: u64 = WEIGHTS.iter().sum();
-        let mut pick = self.next() % total;
+        let mut pick = self.next_u64() % total;
         for (emoji, weight) in EMOJIS.iter().zip(WEIGHTS) {
             if pick < weight {
                 return emoji;

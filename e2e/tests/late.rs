@@ -96,24 +96,9 @@ async fn late_records_are_folded_in_and_reported() {
     let mut truth = load.await.expect("the load task");
     let markers = trace::markers(system.gateway(), &[STREAM], &mut truth).await;
 
-    let frames = wait_for(
-        "the marker epoch on emoji-epochs",
-        Duration::from_secs(60),
-        || {
-            let (brokers, topic, markers) = (brokers.clone(), topic.clone(), markers.clone());
-            async move {
-                let payloads = tokio::task::spawn_blocking(move || read_all(&brokers, &topic))
-                    .await
-                    .expect("reader task");
-                let frames = trace::distinct_frames(&payloads);
-                markers
-                    .iter()
-                    .all(|(s, e)| frames.contains_key(&(s.clone(), *e)))
-                    .then_some(frames)
-            }
-        },
-    )
-    .await;
+    let (_, frames) = system
+        .published_through(&markers, Duration::from_secs(60))
+        .await;
 
     let mut late_counted = 0;
     let mut late_reported = 0;

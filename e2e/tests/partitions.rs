@@ -2,9 +2,8 @@
 //! than workers (each worker reads several), and fewer (some workers read none and follow the
 //! clock). The epochs on `emoji-epochs` must equal the truth in both.
 
-use emostream_e2e::kafka::read_all;
 use emostream_e2e::trace::{self, Lcg, Request};
-use emostream_e2e::{wait_for, System, Topology};
+use emostream_e2e::{System, Topology};
 use std::time::Duration;
 
 const WINDOW_MS: u64 = 1000;
@@ -18,28 +17,9 @@ async fn exact_with(topology: Topology, what: &str) {
         .collect();
     let mut truth = trace::send_all(system.gateway(), requests, 16).await;
     let markers = trace::markers(system.gateway(), &STREAMS, &mut truth).await;
-    let (brokers, topic) = (
-        system.config.kafka.brokers.clone(),
-        system.config.kafka.epochs_topic.clone(),
-    );
-    let frames = wait_for(
-        "the marker epochs on emoji-epochs",
-        Duration::from_secs(60),
-        || {
-            let (brokers, topic, markers) = (brokers.clone(), topic.clone(), markers.clone());
-            async move {
-                let payloads = tokio::task::spawn_blocking(move || read_all(&brokers, &topic))
-                    .await
-                    .expect("reader task");
-                let frames = trace::distinct_frames(&payloads);
-                markers
-                    .iter()
-                    .all(|(s, e)| frames.contains_key(&(s.clone(), *e)))
-                    .then_some(frames)
-            }
-        },
-    )
-    .await;
+    let (_, frames) = system
+        .published_through(&markers, Duration::from_secs(60))
+        .await;
     trace::assert_exact(&frames, &truth, WINDOW_MS, what);
 }
 

@@ -4,7 +4,6 @@
 //! SIGKILL five times. Once the load has ended, `emoji-epochs` must hold exactly the truth: no
 //! epoch missing, no count doubled, and any epoch published twice published identically.
 
-use emostream_e2e::kafka::read_all;
 use emostream_e2e::trace::{self, Lcg};
 use emostream_e2e::{wait_for, wait_until, System, Topology};
 use std::time::Duration;
@@ -84,7 +83,7 @@ async fn killing_workers_never_loses_or_doubles_an_epoch() {
             },
         )
         .await;
-        let victim = pids[(rng.next() % pids.len() as u64) as usize];
+        let victim = pids[(rng.next_u64() % pids.len() as u64) as usize];
         // SAFETY: kill(2) on a pid of our own test's dataflow process.
         assert_eq!(
             unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) },
@@ -97,28 +96,9 @@ async fn killing_workers_never_loses_or_doubles_an_epoch() {
 
     let mut truth = load.await.expect("the load task");
     let markers = trace::markers(system.gateway(), &STREAMS, &mut truth).await;
-    let (brokers, topic) = (
-        system.config.kafka.brokers.clone(),
-        system.config.kafka.epochs_topic.clone(),
-    );
-    let published = wait_for(
-        "every marker epoch on emoji-epochs",
-        Duration::from_secs(90),
-        || {
-            let (brokers, topic, markers) = (brokers.clone(), topic.clone(), markers.clone());
-            async move {
-                let payloads = tokio::task::spawn_blocking(move || read_all(&brokers, &topic))
-                    .await
-                    .expect("reader task");
-                let frames = trace::distinct_frames(&payloads);
-                markers
-                    .iter()
-                    .all(|(s, e)| frames.contains_key(&(s.clone(), *e)))
-                    .then_some((payloads.len(), frames))
-            }
-        },
-    )
-    .await;
+    let published = system
+        .published_through(&markers, Duration::from_secs(90))
+        .await;
     let (records, frames) = published;
     eprintln!(
         "{} epochs published exactly, {} records on emoji-epochs ({} identical re-publications), {} emojis",

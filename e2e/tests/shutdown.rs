@@ -3,9 +3,8 @@
 //! broadcaster closes its sockets — and each exits 0 by itself. What was acknowledged before the
 //! stop is all published: a restarted cluster picks up from the progress record exactly.
 
-use emostream_e2e::kafka::read_all;
 use emostream_e2e::trace::{self, Lcg, Request};
-use emostream_e2e::{wait_for, System, Topology};
+use emostream_e2e::{System, Topology};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -21,28 +20,9 @@ async fn sigterm_stops_every_process_cleanly() {
         .collect();
     let mut truth = trace::send_all(system.gateway(), requests, 8).await;
     let markers = trace::markers(system.gateway(), &["calm"], &mut truth).await;
-    let (brokers, topic) = (
-        system.config.kafka.brokers.clone(),
-        system.config.kafka.epochs_topic.clone(),
-    );
-    let frames = wait_for(
-        "the marker epoch on emoji-epochs",
-        Duration::from_secs(60),
-        || {
-            let (brokers, topic, markers) = (brokers.clone(), topic.clone(), markers.clone());
-            async move {
-                let payloads = tokio::task::spawn_blocking(move || read_all(&brokers, &topic))
-                    .await
-                    .expect("reader task");
-                let frames = trace::distinct_frames(&payloads);
-                markers
-                    .iter()
-                    .all(|(s, e)| frames.contains_key(&(s.clone(), *e)))
-                    .then_some(frames)
-            }
-        },
-    )
-    .await;
+    let (_, frames) = system
+        .published_through(&markers, Duration::from_secs(60))
+        .await;
     trace::assert_exact(
         &frames,
         &truth,
