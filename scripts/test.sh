@@ -10,6 +10,9 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "broker: Tansu 0.6.0 (built once per machine, then reused)"
 scripts/broker.sh install
 
+step "browser test dependencies: Debian's chromium, an emoji font, node + playwright-core (once)"
+scripts/install_browser_deps.sh
+
 step "formatting"
 cargo fmt --all -- --check
 

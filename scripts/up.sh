@@ -110,6 +110,7 @@ for sub in "${subscriber_urls[@]}"; do wait_for subscriber "$sub"; done
 
 step "5/5 up"
 cat >&2 <<TXT
+    viewer page    http://${subscriber_urls[0]}/   (tap emojis, watch the swarm; every subscriber serves it)
     gateway        http://$gateway   (POST /send_emoji, POST /v1/streams/{stream}/emojis, GET /metrics)
     register       http://$main/register   (answers with a subscriber for a new viewer)
     topology       http://$main/v1/topology

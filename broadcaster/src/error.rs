@@ -26,6 +26,13 @@ pub enum Error {
     NoLiveSubscriber,
     /// No such route.
     NotFound,
+    /// A viewer without a valid token, or a link without the shared secret.
+    Unauthorized(&'static str),
+    /// A request field that parsed but is not acceptable.
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     /// The route exists but not for this method.
     MethodNotAllowed,
     /// A request axum could not extract (bad JSON, bad query, not a WebSocket upgrade …).
@@ -42,6 +49,8 @@ impl std::fmt::Display for Error {
             Error::Kafka(e) => write!(f, "cannot create the Kafka consumer: {e}"),
             Error::NoLiveSubscriber => write!(f, "no live subscriber"),
             Error::NotFound => write!(f, "not found"),
+            Error::Unauthorized(why) => write!(f, "{why}"),
+            Error::Invalid { message, .. } => write!(f, "{message}"),
             Error::MethodNotAllowed => write!(f, "method not allowed"),
             Error::Rejected { message, .. } => write!(f, "{message}"),
         }
@@ -95,6 +104,8 @@ impl IntoResponse for Error {
         let status = match &self {
             Error::NoLiveSubscriber => StatusCode::SERVICE_UNAVAILABLE,
             Error::NotFound => StatusCode::NOT_FOUND,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Rejected { status, .. } => *status,
             // Start-up failures never reach a handler; should one, say nothing about internals.
@@ -110,11 +121,15 @@ impl IntoResponse for Error {
                 return (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response();
             }
         };
+        let field = match &self {
+            Error::Invalid { field, .. } => Some((*field).to_owned()),
+            _ => None,
+        };
         (
             status,
             Json(ErrorBody {
                 error: self.to_string(),
-                field: None,
+                field,
             }),
         )
             .into_response()

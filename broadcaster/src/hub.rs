@@ -1,42 +1,86 @@
-//! One process's view of every stream: the newest epochs kept for resume, and the live feeds.
+//! One process's view of every stream: the newest epochs kept for resume, the live feeds, and
+//! which streams this process's own viewers watch.
 //!
-//! A frame enters once, as the exact text the dataflow wrote, and leaves as clones of the same
-//! refcounted bytes: a hub never parses more than a frame's head and never re-serializes it.
+//! A frame enters once, as the exact text the dataflow wrote, and leaves as clones of one
+//! refcounted [`FrameData`]: a hub never parses more than a frame's head and never re-serializes
+//! it. The SSE encoding is made here too, once per frame per tier, for the same reason.
 
 use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use emostream_protocol::wire::FrameHead;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use tokio::sync::broadcast;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{broadcast, watch};
 
-/// Frames a viewer may fall behind its stream before it lags: 16 epochs are 32 s of 2 s epochs,
-/// far longer than a healthy socket takes to drain one, and each slot is only a refcount.
+/// Frames a viewer task may fall behind its stream's feed before it lags. Viewer tasks move
+/// frames into their own outbox as soon as they arrive, and a viewer joins a stream new to this
+/// process only once its ring has arrived, so a healthy viewer never comes near it. Each slot
+/// keeps its last frame alive until overwritten, so this is also frames of memory per stream.
 pub const LIVE_CAPACITY: usize = 16;
 
 /// Frames, across all streams, a downstream link may fall behind before it has to resync from the
 /// ring. Links are few, so this can be generous.
 const LINK_CAPACITY: usize = 1024;
 
-/// A frame with the epoch it was routed by, so that readers never parse it again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
+/// One epoch of one stream, shared by every connection that sends it.
+#[derive(Debug)]
+pub struct FrameData {
+    pub stream: Arc<str>,
     pub epoch: u64,
+    /// The dataflow's exact bytes: what WebSocket viewers and lower tiers get.
     pub text: Utf8Bytes,
+    /// `id: <epoch>` and the text as `data:` lines: what SSE viewers get.
+    pub sse: Bytes,
+    /// When this tier got it, for the delivery-latency metric.
+    pub at: Instant,
+}
+
+pub type Frame = Arc<FrameData>;
+
+/// The SSE event for a frame: its epoch as the event id, so `Last-Event-ID` resumes after it.
+fn sse_event(epoch: u64, text: &str) -> Bytes {
+    let mut event = format!("id: {epoch}\n");
+    // A JSON frame is one line, but a line break inside one must not end the event early.
+    for line in text.split('\n') {
+        event.push_str("data: ");
+        event.push_str(line);
+        event.push('\n');
+    }
+    event.push('\n');
+    event.into()
 }
 
 struct StreamState {
     /// Strictly increasing epochs, at most `ring_epochs` of them; the back is the newest.
     ring: VecDeque<Frame>,
+    /// The newest epoch pushed out of the ring: a resume from before it has missed something.
+    evicted: Option<u64>,
     live: broadcast::Sender<Frame>,
+    /// Viewers of this process watching (or about to watch) this stream.
+    watchers: usize,
+    /// The tier above has sent its whole ring of this stream since it was last subscribed.
+    synced: bool,
 }
 
 impl StreamState {
     fn new() -> Self {
         Self {
             ring: VecDeque::new(),
+            evicted: None,
             live: broadcast::channel(LIVE_CAPACITY).0,
+            watchers: 0,
+            synced: false,
         }
     }
+}
+
+/// What a joining viewer gets: frames to send at once, its live feed, and whether its `since`
+/// could be served in full (`None` without `since`).
+pub struct Joined {
+    pub replay: Vec<Frame>,
+    pub live: broadcast::Receiver<Frame>,
+    pub resumed: Option<bool>,
 }
 
 pub struct Hub {
@@ -45,8 +89,12 @@ pub struct Hub {
     // frame arrives every couple of seconds per stream, so there is nothing to contend on.
     // Publishing and joining both happen under it, which is what makes "subscribe, then take the
     // ring" atomic: a joiner can neither miss a frame nor see one twice.
-    streams: Mutex<HashMap<String, StreamState>>,
-    links: broadcast::Sender<Utf8Bytes>,
+    streams: Mutex<HashMap<Arc<str>, StreamState>>,
+    links: broadcast::Sender<Frame>,
+    /// The watched streams, sorted: what a subscriber asks of the tier above.
+    wanted: watch::Sender<Vec<String>>,
+    /// Bumped whenever a stream becomes synced, waking viewers waiting to join it.
+    synced: watch::Sender<u64>,
 }
 
 impl Hub {
@@ -56,6 +104,8 @@ impl Hub {
             ring_epochs: ring_epochs.max(1),
             streams: Mutex::new(HashMap::new()),
             links: broadcast::channel(LINK_CAPACITY).0,
+            wanted: watch::channel(Vec::new()).0,
+            synced: watch::channel(0).0,
         }
     }
 
@@ -64,7 +114,20 @@ impl Hub {
     pub fn publish(&self, text: Utf8Bytes) -> Result<bool, serde_json::Error> {
         let head: FrameHead = serde_json::from_str(&text)?;
         let mut streams = self.lock();
-        let state = streams.entry(head.stream).or_insert_with(StreamState::new);
+        let (stream, state) = match streams.get_key_value(head.stream.as_str()) {
+            Some((name, _)) => {
+                let name = Arc::clone(name);
+                let state = streams.get_mut(&name).expect("just found");
+                (name, state)
+            }
+            None => {
+                let name: Arc<str> = head.stream.into();
+                let state = streams
+                    .entry(Arc::clone(&name))
+                    .or_insert_with(StreamState::new);
+                (name, state)
+            }
+        };
         if state
             .ring
             .back()
@@ -72,67 +135,156 @@ impl Hub {
         {
             return Ok(false);
         }
-        let frame = Frame {
+        let frame = Arc::new(FrameData {
+            stream,
             epoch: head.epoch,
+            sse: sse_event(head.epoch, &text),
             text,
-        };
+            at: Instant::now(),
+        });
         if state.ring.len() == self.ring_epochs {
-            state.ring.pop_front();
+            state.evicted = state.ring.pop_front().map(|f| f.epoch);
         }
-        state.ring.push_back(frame.clone());
+        state.ring.push_back(Arc::clone(&frame));
         // Both sends fail only when nobody listens, which is normal.
-        let _ = self.links.send(frame.text.clone());
+        let _ = self.links.send(Arc::clone(&frame));
         let _ = state.live.send(frame);
         Ok(true)
     }
 
-    /// A viewer joins `stream`: what to send at once, then its live feed. With `since`, that is
-    /// every ring frame after `since`; without, the latest frame alone.
-    pub fn join(
-        &self,
-        stream: &str,
-        since: Option<u64>,
-    ) -> (Vec<Frame>, broadcast::Receiver<Frame>) {
+    /// A viewer of this process is about to watch `stream`: the stream is wanted from upstream
+    /// until the returned guard is dropped.
+    pub fn watch(self: &Arc<Self>, stream: &str) -> Watching {
         let mut streams = self.lock();
         let state = streams
-            .entry(stream.to_owned())
+            .entry(stream.into())
             .or_insert_with(StreamState::new);
-        let replay = match since {
-            Some(since) => state
-                .ring
-                .iter()
-                .filter(|f| f.epoch > since)
-                .cloned()
-                .collect(),
-            None => state.ring.back().cloned().into_iter().collect(),
-        };
-        (replay, state.live.subscribe())
-    }
-
-    /// Drops a stream nobody has published to and nobody watches any more, so that viewers asking
-    /// for made-up stream names leave nothing behind. Call after dropping the viewer's receiver.
-    pub fn forget_if_idle(&self, stream: &str) {
-        let mut streams = self.lock();
-        if streams
-            .get(stream)
-            .is_some_and(|s| s.ring.is_empty() && s.live.receiver_count() == 0)
-        {
-            streams.remove(stream);
+        state.watchers += 1;
+        if state.watchers == 1 {
+            self.update_wanted(&streams);
+        }
+        Watching {
+            hub: Arc::clone(self),
+            stream: stream.into(),
         }
     }
 
-    /// A downstream tier joins: the whole ring (each stream in epoch order), then every frame.
-    pub fn link(&self) -> (Vec<Utf8Bytes>, broadcast::Receiver<Utf8Bytes>) {
-        let streams = self.lock();
-        (ring_of(&streams), self.links.subscribe())
+    fn unwatch(&self, stream: &str) {
+        let mut streams = self.lock();
+        let Some(state) = streams.get_mut(stream) else {
+            return;
+        };
+        state.watchers -= 1;
+        if state.watchers > 0 {
+            return;
+        }
+        // Frames stop coming once the tier above hears of this; a later watcher must wait for
+        // the ring again.
+        state.synced = false;
+        if state.ring.is_empty() {
+            // Nothing published and nobody watching: made-up stream names leave nothing behind.
+            streams.remove(stream);
+        }
+        self.update_wanted(&streams);
     }
 
-    /// The whole ring again, for a link that lagged: the far side's dedupe drops what it has.
-    pub fn ring(&self) -> Vec<Utf8Bytes> {
-        ring_of(&self.lock())
+    fn update_wanted(&self, streams: &HashMap<Arc<str>, StreamState>) {
+        let mut wanted: Vec<String> = streams
+            .iter()
+            .filter(|(_, s)| s.watchers > 0)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        wanted.sort();
+        self.wanted.send_replace(wanted);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, StreamState>> {
+    /// The streams this process's viewers watch, as it changes.
+    pub fn wanted(&self) -> watch::Receiver<Vec<String>> {
+        self.wanted.subscribe()
+    }
+
+    /// The tier above has sent its whole ring of `stream`.
+    pub fn mark_synced(&self, stream: &str) {
+        if let Some(state) = self.lock().get_mut(stream) {
+            state.synced = true;
+        }
+        self.synced.send_modify(|n| *n += 1);
+    }
+
+    /// Forgets every stream's sync: the link to the tier above is new, and will sync them again.
+    pub fn unsync_all(&self) {
+        for state in self.lock().values_mut() {
+            state.synced = false;
+        }
+    }
+
+    /// Waits until `stream` is synced or `wait` has passed, whichever is first; a joiner then
+    /// takes what the ring holds either way.
+    pub async fn until_synced(&self, stream: &str, wait: std::time::Duration) {
+        let mut changes = self.synced.subscribe();
+        let synced = async {
+            loop {
+                if self.lock().get(stream).is_some_and(|s| s.synced) {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(wait, synced).await;
+    }
+
+    /// A viewer joins `stream`: what to send at once, then its live feed. With `since`, that is
+    /// every ring frame after `since`; without, the latest frame alone.
+    pub fn join(&self, stream: &str, since: Option<u64>) -> Joined {
+        let mut streams = self.lock();
+        let state = streams
+            .entry(stream.into())
+            .or_insert_with(StreamState::new);
+        let (replay, resumed) = match since {
+            Some(since) => {
+                let replay = state
+                    .ring
+                    .iter()
+                    .filter(|f| f.epoch > since)
+                    .cloned()
+                    .collect();
+                // Served in full unless an epoch after `since` has already left the ring.
+                (replay, Some(state.evicted.is_none_or(|e| e <= since)))
+            }
+            None => (state.ring.back().cloned().into_iter().collect(), None),
+        };
+        Joined {
+            replay,
+            live: state.live.subscribe(),
+            resumed,
+        }
+    }
+
+    /// A downstream tier joins: its live feed of every stream. It asks for rings separately, once
+    /// it has said which streams it wants.
+    pub fn link(&self) -> broadcast::Receiver<Frame> {
+        self.links.subscribe()
+    }
+
+    /// Every stream's ring, each in epoch order.
+    pub fn ring(&self) -> Vec<Frame> {
+        self.lock()
+            .values()
+            .flat_map(|s| s.ring.iter().cloned())
+            .collect()
+    }
+
+    /// One stream's ring, in epoch order.
+    pub fn ring_of(&self, stream: &str) -> Vec<Frame> {
+        self.lock()
+            .get(stream)
+            .map(|s| s.ring.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, StreamState>> {
         // Nothing under this lock can panic half-way through an update, so a poisoned lock still
         // holds consistent state.
         self.streams
@@ -141,11 +293,16 @@ impl Hub {
     }
 }
 
-fn ring_of(streams: &HashMap<String, StreamState>) -> Vec<Utf8Bytes> {
-    streams
-        .values()
-        .flat_map(|s| s.ring.iter().map(|f| f.text.clone()))
-        .collect()
+/// A stream watched by one viewer; dropping it stops watching.
+pub struct Watching {
+    hub: Arc<Hub>,
+    stream: String,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.hub.unwatch(&self.stream);
+    }
 }
 
 #[cfg(test)]
@@ -160,25 +317,48 @@ mod tests {
         frames.iter().map(|f| f.epoch).collect()
     }
 
+    fn texts(frames: &[Frame]) -> Vec<Utf8Bytes> {
+        frames.iter().map(|f| f.text.clone()).collect()
+    }
+
     #[test]
     fn ring_keeps_only_the_newest_epochs() {
         let hub = Hub::new(3);
         for e in 1..=5 {
             assert!(hub.publish(frame("main", e)).unwrap());
         }
-        let (replay, _) = hub.join("main", Some(0));
-        assert_eq!(epochs(&replay), [3, 4, 5]);
-        assert_eq!(replay[0].text, frame("main", 3));
+        let joined = hub.join("main", Some(0));
+        assert_eq!(epochs(&joined.replay), [3, 4, 5]);
+        assert_eq!(joined.replay[0].text, frame("main", 3));
         assert_eq!(
-            hub.ring(),
+            texts(&hub.ring()),
             [frame("main", 3), frame("main", 4), frame("main", 5)]
         );
     }
 
     #[test]
+    fn a_resume_is_a_miss_only_when_a_wanted_epoch_left_the_ring() {
+        let hub = Hub::new(3);
+        assert_eq!(hub.join("main", Some(0)).resumed, Some(true), "empty ring");
+        for e in 1..=5 {
+            hub.publish(frame("main", e)).unwrap();
+        }
+        // Epochs 1 and 2 have left the ring.
+        let cases = [(0, false), (1, false), (2, true), (4, true), (9, true)];
+        for (since, served) in cases {
+            assert_eq!(
+                hub.join("main", Some(since)).resumed,
+                Some(served),
+                "{since}"
+            );
+        }
+        assert_eq!(hub.join("main", None).resumed, None);
+    }
+
+    #[test]
     fn an_epoch_already_passed_is_dropped() {
         let hub = Hub::new(8);
-        let (_, mut live) = hub.join("main", None);
+        let mut live = hub.join("main", None).live;
         assert!(hub.publish(frame("main", 10)).unwrap());
         assert!(!hub.publish(frame("main", 10)).unwrap());
         assert!(!hub.publish(frame("main", 9)).unwrap());
@@ -192,8 +372,7 @@ mod tests {
             live.try_recv(),
             Err(broadcast::error::TryRecvError::Empty)
         ));
-        let (replay, _) = hub.join("main", Some(0));
-        assert_eq!(epochs(&replay), [10, 11]);
+        assert_eq!(epochs(&hub.join("main", Some(0)).replay), [10, 11]);
     }
 
     #[test]
@@ -211,60 +390,66 @@ mod tests {
             (99, &[]),
         ];
         for (since, want) in cases {
-            let (replay, _) = hub.join("main", Some(since));
-            assert_eq!(epochs(&replay), want, "since={since}");
+            let joined = hub.join("main", Some(since));
+            assert_eq!(epochs(&joined.replay), want, "since={since}");
         }
     }
 
     #[test]
     fn joining_without_since_gets_the_latest_frame_only() {
         let hub = Hub::new(10);
-        let (replay, _) = hub.join("main", None);
-        assert!(replay.is_empty());
+        assert!(hub.join("main", None).replay.is_empty());
         hub.publish(frame("main", 1)).unwrap();
         hub.publish(frame("main", 2)).unwrap();
         hub.publish(frame("football", 7)).unwrap();
-        let (replay, _) = hub.join("main", None);
+        let joined = hub.join("main", None);
+        assert_eq!(texts(&joined.replay), [frame("main", 2)]);
         assert_eq!(
-            replay,
-            [Frame {
-                epoch: 2,
-                text: frame("main", 2)
-            }]
+            joined.replay[0].sse,
+            "id: 2\ndata: ".to_owned() + &frame("main", 2) + "\n\n"
         );
     }
 
     #[test]
-    fn a_link_gets_every_stream_in_epoch_order_then_live_frames() {
+    fn rings_come_per_stream_in_epoch_order_and_links_get_every_new_frame() {
         let hub = Hub::new(2);
         for (stream, e) in [("a", 1), ("b", 7), ("a", 2), ("a", 3), ("b", 8)] {
             hub.publish(frame(stream, e)).unwrap();
         }
-        let (mut ring, mut live) = hub.link();
-        ring.sort_by_key(|t| t.starts_with(r#"{"type":"epoch","stream":"b""#));
-        assert_eq!(
-            ring,
-            [frame("a", 2), frame("a", 3), frame("b", 7), frame("b", 8)]
-        );
+        assert_eq!(texts(&hub.ring_of("a")), [frame("a", 2), frame("a", 3)]);
+        assert_eq!(texts(&hub.ring_of("b")), [frame("b", 7), frame("b", 8)]);
+        assert!(hub.ring_of("c").is_empty());
+        let mut live = hub.link();
         hub.publish(frame("b", 9)).unwrap();
         hub.publish(frame("b", 9)).unwrap();
-        assert_eq!(live.try_recv().unwrap(), frame("b", 9));
+        assert_eq!(live.try_recv().unwrap().text, frame("b", 9));
         assert!(live.try_recv().is_err());
     }
 
-    #[test]
-    fn idle_streams_are_forgotten_and_streams_with_frames_are_not() {
-        let hub = Hub::new(2);
-        let (_, watcher) = hub.join("made-up", None);
-        hub.forget_if_idle("made-up");
-        assert_eq!(hub.lock().len(), 1, "still watched");
-        drop(watcher);
-        hub.forget_if_idle("made-up");
-        assert!(hub.lock().is_empty());
-
-        hub.publish(frame("main", 1)).unwrap();
-        hub.forget_if_idle("main");
-        assert!(!hub.publish(frame("main", 1)).unwrap(), "dedupe survives");
+    #[tokio::test]
+    async fn watched_streams_are_wanted_until_the_last_watcher_leaves() {
+        let hub = Arc::new(Hub::new(2));
+        let wanted = hub.wanted();
+        let a1 = hub.watch("a");
+        let a2 = hub.watch("a");
+        let b = hub.watch("b");
+        assert_eq!(*wanted.borrow(), ["a", "b"]);
+        hub.mark_synced("a");
+        hub.until_synced("a", std::time::Duration::from_secs(5))
+            .await;
+        drop(a1);
+        assert_eq!(*wanted.borrow(), ["a", "b"]);
+        drop(a2);
+        assert_eq!(*wanted.borrow(), ["b"]);
+        // Unwatched, "a" is no longer synced: frames for it stop coming.
+        let _a3 = hub.watch("a");
+        assert!(!hub.lock()["a"].synced);
+        drop(b);
+        assert_eq!(*wanted.borrow(), ["a"]);
+        assert!(
+            !hub.lock().contains_key("b"),
+            "made-up streams are forgotten"
+        );
     }
 
     #[test]

@@ -54,6 +54,9 @@ impl EpochSource {
             .set("enable.auto.commit", "false")
             // A partition truncated under us restarts at its oldest record rather than skipping.
             .set("auto.offset.reset", "earliest")
+            // An epoch is a few hundred bytes every 2 s: a broker holding an empty fetch for the
+            // default 500 ms would add that to every viewer's latency.
+            .set("fetch.wait.max.ms", "50")
             .create_with_context(QuietContext::default())?;
         Ok(Self {
             consumer: Arc::new(consumer),

@@ -5,28 +5,39 @@
 //!
 //! # Layout
 //! - `roles`: [`run`], and one module per role ([`main_publisher`], [`cluster_publisher`],
-//!   [`subscriber`]) with its routes; shared binding, health, 404 and shutdown.
-//! - `hub`: per-stream ring of recent epochs, dedupe by epoch, and the live broadcast feeds.
-//! - `link`: the WebSocket between two tiers, both the upper (serving) and lower (connecting) end.
-//! - `viewer`: one task per viewer socket; replay on join, live frames, lag notices, pings.
+//!   [`subscriber`]) with its routes; shared [`Settings`], binding, health, metrics, 404, shutdown.
+//! - `hub`: per-stream ring of recent epochs, dedupe by epoch, the live feeds, and which streams
+//!   this process's viewers watch.
+//! - `link`: the WebSocket between two tiers, both the upper (serving) and lower (connecting)
+//!   end: heartbeats and subscriptions up, rings and frames down.
+//! - `viewer`: one task per viewer (WebSocket or SSE); replay on join, a small conflating outbox,
+//!   lag notices, the byte budget, pings.
 //! - `roster`: which lower-tier members are alive, from their heartbeats.
+//! - `auth`: signed viewer tokens and the tiers' shared link secret.
+//! - `metrics`: each tier's counters as Prometheus text.
 //! - `kafka`: the main publisher's `emoji-epochs` consumer.
+//! - `synthetic`: a Kafka-free epoch source for benchmarks ([`synthetic_frame`]).
 //! - `socket`: write deadlines and the shutdown Close frame, shared by viewers and links.
 //! - `tasks`: stopping every socket task at shutdown and waiting for them all.
 //! - `error`: [`Error`], for start-up and for HTTP answers.
 
+mod auth;
 mod error;
 mod hub;
 mod kafka;
 mod link;
+mod metrics;
 mod roles;
 mod roster;
 mod socket;
+mod synthetic;
 mod tasks;
 mod viewer;
 
+pub use auth::TokenKey;
 pub use error::Error;
 pub use roles::cluster::cluster_publisher;
 pub use roles::main::main_publisher;
 pub use roles::subscriber::subscriber;
-pub use roles::{run, Role};
+pub use roles::{run, Launch, Role, Settings};
+pub use synthetic::{frame as synthetic_frame, Synthetic};

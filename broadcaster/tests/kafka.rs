@@ -2,9 +2,9 @@
 //! and data folder): it starts a little before the end of `emoji-epochs`, passes every epoch
 //! once, and hands the lower tier its ring and then live epochs over `/internal/link`.
 
-use emostream_broadcaster::{run, Role};
+use emostream_broadcaster::{run, Launch, Role};
 use emostream_protocol::Config;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use std::path::{Path, PathBuf};
@@ -148,7 +148,7 @@ subscribers = []
         produce(&producer, epoch).await;
     }
     let (stop, stopped) = oneshot::channel::<()>();
-    let main = tokio::spawn(run(config, Role::Main, async move {
+    let main = tokio::spawn(run(config, Launch::configured(Role::Main), async move {
         let _ = stopped.await;
     }));
 
@@ -165,6 +165,9 @@ subscribers = []
     })
     .await
     .expect("the main publisher listens");
+    // A link's first message says what it wants: a cluster's heartbeat asks for every stream.
+    let heartbeat = r#"{"type":"cluster","name":"c0","subscribers":[]}"#;
+    link.send(Message::text(heartbeat)).await.unwrap();
     for epoch in [1, 2, 3] {
         assert_eq!(next_text(&mut link).await, frame(epoch));
     }

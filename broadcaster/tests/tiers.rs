@@ -1,7 +1,7 @@
 //! All three tiers in one process on real sockets: a main publisher fed by a channel instead of
 //! Kafka, one cluster publisher, two subscribers, and WebSocket viewers.
 
-use emostream_broadcaster::{cluster_publisher, main_publisher, subscriber, Error};
+use emostream_broadcaster::{cluster_publisher, main_publisher, subscriber, Error, Settings};
 use emostream_protocol::wire::{Assignment, ErrorBody};
 use futures_util::StreamExt;
 use std::future::Future;
@@ -12,13 +12,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
 
 /// How long any one expected thing may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(10);
-const RING_EPOCHS: usize = 8;
+fn settings() -> Settings {
+    Settings {
+        ring_epochs: 8,
+        tokens: None,
+        link_secret: None,
+        page_gateway: None,
+        viewer_lag_budget_bytes: 64 * 1024,
+    }
+}
 
 type Viewer = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -119,7 +128,7 @@ async fn frames_flow_through_every_tier_exactly_once() {
     let (frames, frames_rx) = mpsc::channel(64);
     let mut roles: Vec<JoinHandle<Result<(), Error>>> = vec![tokio::spawn(main_publisher(
         main_l,
-        RING_EPOCHS,
+        settings(),
         frames_rx,
         until(&stopped),
     ))];
@@ -151,7 +160,7 @@ async fn frames_flow_through_every_tier_exactly_once() {
         cluster_l,
         "c0".into(),
         main.to_string(),
-        RING_EPOCHS,
+        settings(),
         until(&stopped),
     )));
     for (l, addr, name) in [(s0_l, s0, "c0-s0"), (s1_l, s1, "c0-s1")] {
@@ -161,7 +170,7 @@ async fn frames_flow_through_every_tier_exactly_once() {
             name.into(),
             cluster.to_string(),
             url,
-            RING_EPOCHS,
+            settings(),
             until(&stopped),
         );
         roles.push(tokio::spawn(serving));
@@ -183,7 +192,7 @@ async fn frames_flow_through_every_tier_exactly_once() {
         "{assignment:?}"
     );
     let both_idle = format!(
-        r#"{{"clusters":[{{"name":"c0","subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":0}},{{"name":"c0-s1","url":"ws://{s1}","viewers":0}}]}}]}}"#
+        r#"{{"viewers":0,"clusters":[{{"name":"c0","viewers":0,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":0}},{{"name":"c0-s1","url":"ws://{s1}","viewers":0}}]}}]}}"#
     );
     eventually("both subscribers in the topology", || async {
         (http(main, "GET", "/v1/topology", "").await == (200, both_idle.clone())).then_some(())
@@ -226,7 +235,7 @@ async fn frames_flow_through_every_tier_exactly_once() {
 
     // s0 holds three viewers and s1 one, so s1 is the least loaded once the counts arrive.
     let loaded = format!(
-        r#"{{"clusters":[{{"name":"c0","subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":3}},{{"name":"c0-s1","url":"ws://{s1}","viewers":1}}]}}]}}"#
+        r#"{{"viewers":4,"clusters":[{{"name":"c0","viewers":4,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":3}},{{"name":"c0-s1","url":"ws://{s1}","viewers":1}}]}}]}}"#
     );
     eventually("the viewer counts in the topology", || async {
         (http(main, "GET", "/v1/topology", "").await == (200, loaded.clone())).then_some(())
@@ -272,7 +281,7 @@ async fn a_restarted_cluster_publisher_heals_the_gap_from_the_ring() {
     let (frames, frames_rx) = mpsc::channel(64);
     let main_role = tokio::spawn(main_publisher(
         main_l,
-        RING_EPOCHS,
+        settings(),
         frames_rx,
         until(&stopped),
     ));
@@ -280,7 +289,7 @@ async fn a_restarted_cluster_publisher_heals_the_gap_from_the_ring() {
         cluster_l,
         "c0".into(),
         main.to_string(),
-        RING_EPOCHS,
+        settings(),
         until(&cluster_stopped),
     ));
     let s0_role = tokio::spawn(subscriber(
@@ -288,7 +297,7 @@ async fn a_restarted_cluster_publisher_heals_the_gap_from_the_ring() {
         "c0-s0".into(),
         cluster.to_string(),
         format!("ws://{s0}"),
-        RING_EPOCHS,
+        settings(),
         until(&stopped),
     ));
 
@@ -313,7 +322,7 @@ async fn a_restarted_cluster_publisher_heals_the_gap_from_the_ring() {
         cluster_l,
         "c0".into(),
         main.to_string(),
-        RING_EPOCHS,
+        settings(),
         until(&stopped),
     ));
     assert_eq!(next_text(&mut viewer).await, frame("main", 2));
@@ -323,6 +332,208 @@ async fn a_restarted_cluster_publisher_heals_the_gap_from_the_ring() {
 
     stop.send_replace(true);
     for role in [main_role, second_cluster, s0_role] {
+        timeout(DEADLINE, role)
+            .await
+            .expect("the role stops in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Reads an SSE response until `want` has appeared in its body (or the deadline passes).
+async fn sse_until(conn: &mut TcpStream, want: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    timeout(DEADLINE, async {
+        while !String::from_utf8_lossy(&seen).contains(want) {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "the SSE stream ended early: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {want:?} in {}", String::from_utf8_lossy(&seen)));
+    String::from_utf8(seen).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_secrets_sse_resume_and_clear_errors() {
+    use emostream_broadcaster::TokenKey;
+    use emostream_protocol::wire::Admission;
+    use std::time::SystemTime;
+
+    let (stop, stopped) = watch::channel(false);
+    let (main_l, main) = listener().await;
+    let (cluster_l, cluster) = listener().await;
+    let (s0_l, s0) = listener().await;
+    let ttl = Duration::from_secs(60);
+    let settings = Settings {
+        tokens: Some(TokenKey::new("viewer-key", ttl)),
+        link_secret: Some("tier-secret".into()),
+        ..settings()
+    };
+    let (frames, frames_rx) = mpsc::channel(64);
+    let mut roles: Vec<JoinHandle<Result<(), Error>>> = vec![tokio::spawn(main_publisher(
+        main_l,
+        settings.clone(),
+        frames_rx,
+        until(&stopped),
+    ))];
+    roles.push(tokio::spawn(cluster_publisher(
+        cluster_l,
+        "c0".into(),
+        main.to_string(),
+        settings.clone(),
+        until(&stopped),
+    )));
+    roles.push(tokio::spawn(subscriber(
+        s0_l,
+        "c0-s0".into(),
+        cluster.to_string(),
+        format!("ws://{s0}"),
+        settings,
+        until(&stopped),
+    )));
+
+    // A tier without the shared secret, or with another, is turned away.
+    for header in [None, Some("Bearer wrong")] {
+        let mut request = format!("ws://{cluster}/internal/link")
+            .into_client_request()
+            .unwrap();
+        if let Some(h) = header {
+            request
+                .headers_mut()
+                .insert("authorization", h.parse().unwrap());
+        }
+        match connect_async(request).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 401)
+            }
+            other => panic!("expected 401, got {other:?}"),
+        }
+    }
+
+    // With the right secret the tiers link, and registration hands out a signed token.
+    let admission: Admission = eventually("a live subscriber", || async {
+        let (status, body) = http(main, "POST", "/v1/viewers", r#"{"user_id":"u1"}"#).await;
+        (status == 200).then(|| serde_json::from_str(&body).unwrap())
+    })
+    .await;
+    let token = admission.token.expect("a token when viewer auth is on");
+    assert!(admission.token_expires_s.is_some());
+    for e in 1..=3 {
+        frames.send(frame("main", e).into()).await.unwrap();
+    }
+
+    // No token, a forged one, an expired one: 401 with a JSON reason; nothing upgrades.
+    let expired = TokenKey::new("viewer-key", ttl)
+        .issue("u1", SystemTime::now() - Duration::from_secs(3600))
+        .0;
+    let forged = TokenKey::new("not-the-key", ttl)
+        .issue("u1", SystemTime::now())
+        .0;
+    for (query, why) in [
+        (
+            String::new(),
+            "a viewer token is required: register at the main publisher",
+        ),
+        (
+            format!("?token={forged}"),
+            "the viewer token's signature does not match",
+        ),
+        (
+            format!("?token={expired}"),
+            "the viewer token has expired: register again",
+        ),
+        ("?token=garbage".into(), "the viewer token is malformed"),
+    ] {
+        let want = (401, format!(r#"{{"error":"{why}"}}"#));
+        for route in ["ws", "sse"] {
+            let path = format!("/v1/streams/main/{route}{query}");
+            assert_eq!(http(s0, "GET", &path, "").await, want, "{path}");
+        }
+        let url = format!("ws://{s0}/v1/streams/main/ws{query}");
+        assert!(connect_async(url).await.is_err());
+    }
+
+    // The real token works, as a query parameter for WebSocket…
+    let mut viewer = watch_stream(s0, "main", &format!("?token={token}&since=1")).await;
+    assert_eq!(next_text(&mut viewer).await, frame("main", 2));
+    assert_eq!(next_text(&mut viewer).await, frame("main", 3));
+
+    // …and as a bearer header for SSE, resuming after Last-Event-ID: epochs 2 and 3, then live.
+    let mut sse = TcpStream::connect(s0).await.unwrap();
+    let request = format!(
+        "GET /v1/streams/main/sse HTTP/1.1\r\nHost: {s0}\r\nAuthorization: Bearer {token}\r\n\
+         Last-Event-ID: 1\r\n\r\n"
+    );
+    sse.write_all(request.as_bytes()).await.unwrap();
+    let event = |e: u64| format!("id: {e}\ndata: {}\n\n", frame("main", e));
+    let seen = sse_until(&mut sse, &event(3)).await;
+    assert!(seen.starts_with("HTTP/1.1 200 OK\r\n"), "{seen}");
+    assert!(
+        seen.contains("content-type: text/event-stream\r\n"),
+        "{seen}"
+    );
+    assert!(!seen.contains("id: 1\n"), "{seen}");
+    assert!(
+        seen.find(&event(2)).unwrap() < seen.find(&event(3)).unwrap(),
+        "{seen}"
+    );
+    frames.send(frame("main", 4).into()).await.unwrap();
+    sse_until(&mut sse, &event(4)).await;
+    assert_eq!(next_text(&mut viewer).await, frame("main", 4));
+
+    // Clear errors for what cannot be served.
+    let bad_id = format!(
+        "GET /v1/streams/main/sse HTTP/1.1\r\nHost: {s0}\r\nAuthorization: Bearer {token}\r\n\
+         Last-Event-ID: yesterday\r\nConnection: close\r\n\r\n"
+    );
+    let mut conn = TcpStream::connect(s0).await.unwrap();
+    conn.write_all(bad_id.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 422"), "{answer}");
+    assert!(answer.ends_with(
+        r#"{"error":"Last-Event-ID must be an epoch (a whole number)","field":"Last-Event-ID"}"#
+    ));
+    assert_eq!(
+        http(
+            s0,
+            "GET",
+            &format!("/v1/streams/Main!/ws?token={token}"),
+            ""
+        )
+        .await,
+        (
+            422,
+            r#"{"error":"a stream id is 1 to 64 of [a-z0-9_-]","field":"stream"}"#.into()
+        )
+    );
+    assert_eq!(
+        http(s0, "GET", "/v2/anything", "").await,
+        (404, r#"{"error":"not found"}"#.into())
+    );
+    assert_eq!(
+        http(s0, "POST", "/metrics", "").await,
+        (405, r#"{"error":"method not allowed"}"#.into())
+    );
+    let (status, metrics) = http(s0, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    for line in [
+        r#"emostream_broadcaster_unauthorized_total{tier="subscriber"} 12"#,
+        r#"emostream_broadcaster_resume_hits_total{tier="subscriber"} 2"#,
+        r#"emostream_broadcaster_connections{tier="subscriber",conn="sse"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+
+    stop.send_replace(true);
+    for role in roles {
         timeout(DEADLINE, role)
             .await
             .expect("the role stops in time")

@@ -45,13 +45,8 @@ async fn a_tap_in_the_page_is_counted_on_screen() {
     let system = System::start(Topology::default()).await;
     let subscriber = system.subscribers()[0].clone();
     let viewer = Viewer::connect(&format!("ws://{subscriber}"), STREAM).await;
-    // Until subscribers serve the page themselves, it is served here and pointed at the
-    // subscriber; once they do, this line becomes
-    // `let page = format!("http://{subscriber}/?stream={STREAM}");`.
-    let page = format!(
-        "http://{}/?stream={STREAM}&subscriber=ws://{subscriber}",
-        serve_page(format!("http://{}", system.gateway())).await
-    );
+    // Each subscriber serves the page; it reads the gateway from the subscriber's /config.json.
+    let page = format!("http://{subscriber}/?stream={STREAM}");
 
     let shots = root.join("target/browser");
     let run = tokio::process::Command::new("node")
@@ -105,19 +100,4 @@ async fn a_tap_in_the_page_is_counted_on_screen() {
         assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{name} is a PNG");
     }
     eprintln!("screenshots in {}", shots.display());
-}
-
-/// Serves the viewer page on a free loopback port for as long as the test runs; returns its
-/// `host:port`.
-async fn serve_page(gateway_url: String) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a loopback port for the page");
-    let addr = listener.local_addr().expect("the page's address");
-    tokio::spawn(async move {
-        axum::serve(listener, emostream_web::routes::<()>(gateway_url))
-            .await
-            .expect("serving the page");
-    });
-    addr.to_string()
 }

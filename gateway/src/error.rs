@@ -1,9 +1,10 @@
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use emostream_protocol::wire::ErrorBody;
 
-/// Every way the gateway refuses a request. A refused request has counted nothing.
+/// Every way the gateway refuses a request. A refused request has counted nothing (except a
+/// timed-out one, whose events may still land: a non-2xx promises nothing either way).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
     /// The body is not the JSON (or NDJSON) it claims to be.
@@ -17,9 +18,27 @@ pub enum GatewayError {
     UnsupportedMediaType,
     /// Well-formed, but a field is missing or invalid.
     Invalid { reason: String, field: String },
-    /// The producer's queue is full or the broker did not acknowledge: nothing was counted.
-    Unavailable { reason: &'static str },
+    /// A token bucket is empty: the user's (`field` names it) or the client IP's (`field` None).
+    RateLimited {
+        field: Option<String>,
+        retry_after_s: u64,
+    },
+    /// The in-flight budget or the ingest queue is full: nothing was counted.
+    Overloaded { reason: &'static str },
+    /// The broker cannot be reached or did not acknowledge: nothing was counted.
+    BrokerUnavailable { reason: &'static str },
+    /// The request did not finish within `request_timeout_ms`.
+    Timeout { after_ms: u64 },
+    /// No route has this path.
+    NotFound,
+    /// The path exists, the method does not.
+    MethodNotAllowed,
 }
+
+/// The reason a response was refused, attached to the response so the metrics middleware can
+/// count rejections by reason without every handler doing it.
+#[derive(Debug, Clone, Copy)]
+pub struct Rejection(pub &'static str);
 
 impl GatewayError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
@@ -35,14 +54,59 @@ impl GatewayError {
             GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            GatewayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Overloaded { .. } | GatewayError::BrokerUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// The `reason` label of `emostream_gateway_rejections_total`: one of [`REASONS`].
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GatewayError::Malformed { .. } => "malformed",
+            GatewayError::TooLarge { .. } => "too_large",
+            GatewayError::UnsupportedMediaType => "unsupported_media_type",
+            GatewayError::Invalid { .. } => "invalid_field",
+            GatewayError::RateLimited { field: Some(_), .. } => "rate_limited_user",
+            GatewayError::RateLimited { field: None, .. } => "rate_limited_ip",
+            GatewayError::Overloaded { .. } => "overloaded",
+            GatewayError::BrokerUnavailable { .. } => "broker_unavailable",
+            GatewayError::Timeout { .. } => "timeout",
+            GatewayError::NotFound => "not_found",
+            GatewayError::MethodNotAllowed => "method_not_allowed",
         }
     }
 }
 
+/// Every rejection reason, so `/metrics` can show each one from the start (at zero).
+pub const REASONS: [&str; 11] = [
+    "malformed",
+    "too_large",
+    "unsupported_media_type",
+    "invalid_field",
+    "rate_limited_user",
+    "rate_limited_ip",
+    "overloaded",
+    "broker_unavailable",
+    "timeout",
+    "not_found",
+    "method_not_allowed",
+];
+
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let reason = self.reason();
+        let retry_after_s = match &self {
+            GatewayError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
+            // The broker's reconnect backoff and the flush interval are both well under a second.
+            GatewayError::Overloaded { .. } | GatewayError::BrokerUnavailable { .. } => Some(1),
+            _ => None,
+        };
         let body = match self {
             GatewayError::Malformed { reason, field } => ErrorBody {
                 error: reason,
@@ -60,17 +124,39 @@ impl IntoResponse for GatewayError {
                 error: reason,
                 field: Some(field),
             },
-            GatewayError::Unavailable { reason } => ErrorBody {
-                error: reason.into(),
+            GatewayError::RateLimited { field, .. } => ErrorBody {
+                error: match field {
+                    Some(_) => "too many emojis from this user, slow down".into(),
+                    None => "too many requests from this address, slow down".into(),
+                },
+                field,
+            },
+            GatewayError::Overloaded { reason } | GatewayError::BrokerUnavailable { reason } => {
+                ErrorBody {
+                    error: reason.into(),
+                    field: None,
+                }
+            }
+            GatewayError::Timeout { after_ms } => ErrorBody {
+                error: format!("request not finished within {after_ms} ms"),
+                field: None,
+            },
+            GatewayError::NotFound => ErrorBody {
+                error: "no such route".into(),
+                field: None,
+            },
+            GatewayError::MethodNotAllowed => ErrorBody {
+                error: "method not allowed on this route".into(),
                 field: None,
             },
         };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(s) = retry_after_s {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
+        response.extensions_mut().insert(Rejection(reason));
         response
     }
 }

@@ -1,40 +1,57 @@
 //! The ingest tier: emoji taps over HTTP in, acknowledged batch records on `emoji-events` out.
 //!
 //! # Layout
-//! - [`routes`]: the HTTP handlers and [`app`], the router they make.
-//! - `parse`: request bodies (JSON object, JSON array, NDJSON) into validated events.
-//! - `batcher`: packs the events of one (partition, stream, epoch) into one Kafka record and
-//!   answers each request once the broker has acknowledged the record that holds it.
+//! - [`routes`]: the HTTP handlers, the deadline-and-count middleware, and [`app`].
+//! - [`parse`]: request bodies (JSON object, JSON array, NDJSON) into validated taps (public for
+//!   the fuzz target in `gateway/fuzz`).
+//! - `limits`: token buckets per user id and per client IP.
+//! - `batcher`: the in-flight budget, and the packing of one (partition, stream, epoch) into one
+//!   Kafka record, answering each request once the broker has acknowledged its record.
+//! - `producer`: the Kafka producer and the broker's health (503 at once while it is down).
+//! - `listener`: the connection cap.
 //! - `error`: [`GatewayError`], every refusal as a status and a JSON reason.
-//! - `metrics`: counters served on `/metrics`.
+//! - `metrics`: counters, gauges and the broker-ack histogram served on `/metrics`.
 
 mod batcher;
 mod error;
+mod limits;
+mod listener;
 mod metrics;
-mod parse;
+pub mod parse;
+mod producer;
 mod routes;
 
 pub use batcher::{Batcher, BatcherHandle};
 pub use error::GatewayError;
+pub use listener::ClientAddr;
+pub use metrics::Metrics;
 pub use routes::{app, AppState};
 
 use emostream_protocol::Config;
+use listener::CappedListener;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Serves the gateway on `listener` until `shutdown` resolves, then finishes in-flight requests,
-/// flushes every open batch and waits for the broker's acknowledgements before returning.
+/// Serves the gateway on `listener` until `shutdown` resolves: then it stops accepting, lets
+/// in-flight requests finish (each still waits for its broker acknowledgement), flushes every
+/// open batch and waits for the broker's answers before returning.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (batcher, handle) = Batcher::start(&config).map_err(std::io::Error::other)?;
-    let state = AppState::new(Arc::new(config), handle);
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let metrics = Arc::new(Metrics::default());
+    let (batcher, handle) =
+        Batcher::start(&config, Arc::clone(&metrics)).map_err(std::io::Error::other)?;
+    let state = AppState::new(&config, handle, metrics).map_err(std::io::Error::other)?;
+    let listener = CappedListener::new(listener, state.connections());
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<ClientAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     // Every handler has returned, so every sender clone is gone: the batcher drains and stops.
     batcher.finish().await;
     Ok(())

@@ -1,21 +1,36 @@
-//! The HTTP surface: small handlers over one [`AppState`].
+//! The HTTP surface: small handlers over one [`AppState`], and one middleware that puts a
+//! deadline on every request and counts it.
 
 use crate::batcher::BatcherHandle;
-use crate::metrics::Metrics;
-use crate::parse::{self, BodyFormat};
+use crate::error::Rejection;
+use crate::limits::{retry_after_s, RateLimiter};
+use crate::listener::ClientAddr;
+use crate::metrics::{Gauges, Metrics};
+use crate::parse::{self, BodyFormat, Rules, Tap};
 use crate::GatewayError;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use emostream_protocol::wire::ErrorBody;
+use emostream_protocol::wire::{Accepted, ErrorBody};
 use emostream_protocol::Config;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tower_http::cors::{Any, CorsLayer};
+
+pub const SEND_EMOJI: &str = "/send_emoji";
+pub const STREAM_EMOJIS: &str = "/v1/streams/{stream}/emojis";
+pub const HEALTHZ: &str = "/healthz";
+pub const READYZ: &str = "/readyz";
+pub const HOME: &str = "/";
+pub const METRICS: &str = "/metrics";
+pub const OPENAPI: &str = "/openapi.json";
 
 /// The seed route carries one emoji; anything near this size is not one.
 const SINGLE_BODY_LIMIT: usize = 4 * 1024;
@@ -23,80 +38,189 @@ const SINGLE_BODY_LIMIT: usize = 4 * 1024;
 const BATCH_BODY_LIMIT: usize = 1024 * 1024;
 /// The stream of the seeds' route, which has no stream in its path.
 const DEFAULT_STREAM: &str = "main";
+/// The routes, described for clients; a test checks it names exactly the router's routes.
+const OPENAPI_DOC: &str = include_str!("../openapi.json");
 
+/// Everything a handler needs, behind one `Arc` so cloning it per request is one increment.
 #[derive(Clone)]
-pub struct AppState {
-    config: Arc<Config>,
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
     batcher: BatcherHandle,
     metrics: Arc<Metrics>,
+    rules: Rules,
+    users: RateLimiter<String>,
+    ips: RateLimiter<IpAddr>,
+    request_timeout: Duration,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+    /// `GET /`: links to the viewer page on each subscriber of the configured topology.
+    home: String,
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, batcher: BatcherHandle) -> Self {
-        AppState {
-            config,
+    /// Fails when the configuration's emoji allow-list names something that is not one emoji.
+    pub fn new(
+        config: &Config,
+        batcher: BatcherHandle,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let g = &config.gateway;
+        Ok(AppState(Arc::new(Inner {
             batcher,
-            metrics: Arc::default(),
+            metrics,
+            rules: Rules::new(&g.emoji_allow_list)?,
+            users: RateLimiter::new(g.user_taps_per_s, g.user_burst_taps),
+            ips: RateLimiter::new(g.ip_requests_per_s, g.ip_burst_requests),
+            request_timeout: Duration::from_millis(g.request_timeout_ms),
+            connections: Arc::new(Semaphore::new(g.max_connections)),
+            max_connections: g.max_connections,
+            home: home_page(config),
+        })))
+    }
+
+    /// The connection cap's permits, for the listener.
+    pub fn connections(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.0.connections)
+    }
+
+    fn admit_ip(&self, ip: Option<IpAddr>) -> Result<(), GatewayError> {
+        let Some(ip) = ip else { return Ok(()) };
+        self.0
+            .ips
+            .take(&ip, 1, Instant::now())
+            .map_err(|wait| GatewayError::RateLimited {
+                field: None,
+                retry_after_s: retry_after_s(wait),
+            })
+    }
+
+    /// Charges each tap to its user's bucket, then hands the request to the batcher.
+    async fn ingest(
+        &self,
+        stream: &str,
+        taps: &[Tap<'_>],
+        indexed: bool,
+    ) -> Result<Ingested, GatewayError> {
+        let now = Instant::now();
+        for (i, tap) in taps.iter().enumerate() {
+            if let Err(wait) = self.0.users.take(&*tap.user_id, 1, now) {
+                return Err(GatewayError::RateLimited {
+                    field: Some(if indexed {
+                        format!("items[{i}].user_id")
+                    } else {
+                        "user_id".into()
+                    }),
+                    retry_after_s: retry_after_s(wait),
+                });
+            }
         }
+        let accepted = self.0.batcher.submit(stream, taps).await?;
+        self.0.metrics.accepted(accepted.accepted);
+        Ok(Ingested(accepted))
     }
 }
 
 pub fn app(state: AppState) -> Router {
+    // The viewer page is served by the subscribers and posts taps here, cross-origin. CORS is
+    // the outermost layer so that even a 429 or 503 carries it (and Retry-After is readable).
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600));
     Router::new()
-        .route("/send_emoji", post(send_emoji))
-        .route("/v1/streams/{stream}/emojis", post(stream_emojis))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
+        .route(HOME, get(home))
+        .route(SEND_EMOJI, post(send_emoji))
+        .route(STREAM_EMOJIS, post(stream_emojis))
+        .route(HEALTHZ, get(|| async { "ok" }))
+        .route(READYZ, get(readyz))
+        .route(METRICS, get(metrics))
+        .route(OPENAPI, get(openapi))
+        .fallback(|| async { GatewayError::NotFound })
+        .method_not_allowed_fallback(|| async { GatewayError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(cors)
         .with_state(state)
 }
 
-async fn send_emoji(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let result = async {
-        if BodyFormat::from_content_type(content_type(&headers))? != BodyFormat::Json {
-            return Err(GatewayError::UnsupportedMediaType);
-        }
-        let tap = parse::seed_body(&read_body(body, SINGLE_BODY_LIMIT).await?)?;
-        state
-            .batcher
-            .submit(DEFAULT_STREAM, std::slice::from_ref(&tap))
-            .await
+async fn home(State(state): State<AppState>) -> Html<String> {
+    Html(state.0.home.clone())
+}
+
+/// A small page linking to the viewer page of every subscriber named in the configuration.
+fn home_page(config: &Config) -> String {
+    let links: String = config
+        .broadcaster
+        .clusters
+        .iter()
+        .flat_map(|c| c.subscribers.iter().map(move |s| (c.name.as_str(), s)))
+        .map(|(cluster, sub)| format!("<li><a href=\"http://{sub}/\">{sub}</a> ({cluster})</li>"))
+        .collect();
+    format!(
+        "<!doctype html><meta charset=utf-8><title>Emostream gateway</title>\
+         <h1>Emostream gateway</h1><p>Tap and watch on the viewer page of any subscriber:</p>\
+         <ul>{links}</ul><p>API: <a href=\"{OPENAPI}\">{OPENAPI}</a> · <a href=\"{METRICS}\">{METRICS}</a></p>"
+    )
+}
+
+/// The 202 of an ingest route.
+struct Ingested(Accepted);
+
+impl IntoResponse for Ingested {
+    fn into_response(self) -> Response {
+        (StatusCode::ACCEPTED, Json(self.0)).into_response()
     }
-    .await;
-    respond(&state, "/send_emoji", result)
+}
+
+/// The client's IP, when the server knows it (an in-process test request has none).
+struct ClientIp(Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<ClientAddr>>()
+                .map(|c| c.0 .0.ip()),
+        ))
+    }
+}
+
+async fn send_emoji(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Ingested, GatewayError> {
+    state.admit_ip(ip)?;
+    if BodyFormat::from_content_type(content_type(&headers))? != BodyFormat::Json {
+        return Err(GatewayError::UnsupportedMediaType);
+    }
+    let body = read_body(body, SINGLE_BODY_LIMIT).await?;
+    let tap = parse::seed_body(&body, &state.0.rules)?;
+    state
+        .ingest(DEFAULT_STREAM, std::slice::from_ref(&tap), false)
+        .await
 }
 
 async fn stream_emojis(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     Path(stream): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let result = async {
-        parse::stream_id(&stream)?;
-        let format = BodyFormat::from_content_type(content_type(&headers))?;
-        let taps = parse::batch_body(&read_body(body, BATCH_BODY_LIMIT).await?, format)?;
-        state.batcher.submit(&stream, &taps).await
-    }
-    .await;
-    respond(&state, "/v1/streams/{stream}/emojis", result)
-}
-
-fn respond(
-    state: &AppState,
-    route: &'static str,
-    result: Result<emostream_protocol::wire::Accepted, GatewayError>,
-) -> Response {
-    let response = match result {
-        Ok(accepted) => {
-            state.metrics.accepted(accepted.accepted);
-            (StatusCode::ACCEPTED, Json(accepted)).into_response()
-        }
-        Err(e) => e.into_response(),
-    };
-    state.metrics.request(route, response.status().as_u16());
-    response
+) -> Result<Ingested, GatewayError> {
+    state.admit_ip(ip)?;
+    parse::stream_id(&stream)?;
+    let format = BodyFormat::from_content_type(content_type(&headers))?;
+    let body = read_body(body, BATCH_BODY_LIMIT).await?;
+    let taps = parse::batch_body(&body, format, &state.0.rules)?;
+    let indexed = parse::is_list(&body, format);
+    state.ingest(&stream, &taps, indexed).await
 }
 
 fn content_type(headers: &HeaderMap) -> Option<&str> {
@@ -122,39 +246,13 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
     })
 }
 
-/// Ready when the broker answers and the events topic exists. The metadata call blocks, so it
-/// runs on the blocking pool.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let brokers = state.config.kafka.brokers.clone();
-    let topic = state.config.kafka.events_topic.clone();
-    let check = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .map_err(|e| e.to_string())?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(2))
-            .map_err(|e| e.to_string())?;
-        match metadata.topics().first() {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
-            _ => Err(format!("topic {topic} is missing")),
-        }
-    })
-    .await;
-    match check {
-        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
-        Ok(Err(reason)) => (
+    match state.0.batcher.ready().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(ErrorBody {
                 error: reason,
-                field: None,
-            }),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(ErrorBody {
-                error: e.to_string(),
                 field: None,
             }),
         )
@@ -163,20 +261,48 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let s = &state.0;
+    let (in_flight_events, in_flight_budget) = s.batcher.in_flight();
+    let gauges = Gauges {
+        producer_queue_depth: s.batcher.producer_queue(),
+        in_flight_events,
+        in_flight_budget,
+        open_connections: s.max_connections - s.connections.available_permits(),
+        broker_reachable: s.batcher.broker_reachable(),
+        tracked_users: s.users.tracked(),
+        tracked_ips: s.ips.tracked(),
+    };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        s.metrics.render(&gauges),
     )
         .into_response()
 }
 
-async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(ErrorBody {
-            error: "no such route".into(),
-            field: None,
-        }),
-    )
-        .into_response()
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_DOC).into_response()
+}
+
+/// Every request: a deadline (`request_timeout_ms`, body read included), then one count by
+/// matched route, status and, for a refusal, its reason.
+async fn observe(
+    State(state): State<AppState>,
+    route: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let deadline = state.0.request_timeout;
+    let response = match tokio::time::timeout(deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => GatewayError::Timeout {
+            after_ms: deadline.as_millis() as u64,
+        }
+        .into_response(),
+    };
+    state.0.metrics.request(
+        route.as_ref().map(MatchedPath::as_str),
+        response.status().as_u16(),
+        response.extensions().get::<Rejection>().map(|r| r.0),
+    );
+    response
 }

@@ -110,6 +110,51 @@ pub struct GatewayConfig {
     /// … or as soon as it holds this many events.
     #[serde(default = "GatewayConfig::flush_max_events")]
     pub flush_max_events: usize,
+    /// When a request is answered: after the broker's acknowledgement (`durable`, the default) or
+    /// as soon as its events are queued (`fire_and_forget`, which loses what a crash or a broker
+    /// failure catches unacknowledged).
+    #[serde(default)]
+    pub ack_mode: AckMode,
+    /// The only emojis accepted, when not empty; empty (the default) accepts any single emoji.
+    #[serde(default)]
+    pub emoji_allow_list: Vec<String>,
+    /// Events held at once between a request's arrival and the broker's acknowledgement (queued,
+    /// packed or sent). A request that does not fit is refused with 503 at once.
+    #[serde(default = "GatewayConfig::max_in_flight_events")]
+    pub max_in_flight_events: usize,
+    /// How long the producer may try to deliver a record before its requests get 503.
+    #[serde(default = "GatewayConfig::delivery_timeout_ms")]
+    pub delivery_timeout_ms: u64,
+    /// Deadline for a whole request, body read included; past it the answer is 408.
+    #[serde(default = "GatewayConfig::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Open client connections; further ones wait in the listen backlog until one closes.
+    #[serde(default = "GatewayConfig::max_connections")]
+    pub max_connections: usize,
+    /// Token bucket per `user_id`: taps per second refilled …
+    #[serde(default = "GatewayConfig::user_taps_per_s")]
+    pub user_taps_per_s: u32,
+    /// … and the most taps a user can send at once.
+    #[serde(default = "GatewayConfig::user_burst_taps")]
+    pub user_burst_taps: u32,
+    /// Token bucket per client IP: requests per second refilled …
+    #[serde(default = "GatewayConfig::ip_requests_per_s")]
+    pub ip_requests_per_s: u32,
+    /// … and the most requests one IP can send at once.
+    #[serde(default = "GatewayConfig::ip_burst_requests")]
+    pub ip_burst_requests: u32,
+}
+
+/// When the gateway answers a tap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckMode {
+    /// 2xx only after the broker acknowledged the record (acks=all): an answered tap is counted.
+    #[default]
+    Durable,
+    /// 2xx once queued, as the seeds and Hotstar do: lower latency, but taps still queued or
+    /// unacknowledged when the gateway crashes or the broker fails are lost.
+    FireAndForget,
 }
 
 impl GatewayConfig {
@@ -120,6 +165,38 @@ impl GatewayConfig {
     /// 20,000 events: the design's cap, so one record stays a few MB before compression.
     const fn flush_max_events() -> usize {
         20_000
+    }
+    /// About 100 MB of encoded events: a second of the 1 M taps/s target plus headroom.
+    const fn max_in_flight_events() -> usize {
+        1_000_000
+    }
+    /// 5 s: long enough to ride out a leader election, short enough for a client to retry.
+    const fn delivery_timeout_ms() -> u64 {
+        5_000
+    }
+    /// Twice the delivery timeout, so a slow broker answers 503 before a request times out.
+    const fn request_timeout_ms() -> u64 {
+        10_000
+    }
+    /// Half the 20,000 open files a process may hold here, leaving room for the producer.
+    const fn max_connections() -> usize {
+        10_000
+    }
+    /// Five times a frantic human's ~10 taps/s: only scripts hit it.
+    const fn user_taps_per_s() -> u32 {
+        50
+    }
+    /// A phone that bundles two seconds of taps into one batch.
+    const fn user_burst_taps() -> u32 {
+        100
+    }
+    /// Many viewers share an IP behind carrier-grade NAT, so this is per crowd, not per person.
+    const fn ip_requests_per_s() -> u32 {
+        5_000
+    }
+    /// Two seconds of the per-IP rate.
+    const fn ip_burst_requests() -> u32 {
+        10_000
     }
 }
 
@@ -158,13 +235,41 @@ pub struct BroadcasterConfig {
     /// Recent epochs kept per stream at every tier, for `since` resumes.
     #[serde(default = "BroadcasterConfig::ring_epochs")]
     pub ring_epochs: usize,
+    /// The tiers known in advance; more can join at run time (`--listen`/`--upstream`).
     pub clusters: Vec<ClusterConfig>,
+    /// HMAC-SHA256 key for viewer tokens. When set, `/register` and `/v1/viewers` hand out a
+    /// signed token and subscribers refuse a viewer without a valid, unexpired one (401); when
+    /// absent, viewers connect without a token.
+    #[serde(default)]
+    pub viewer_token_secret: Option<String>,
+    /// How long a viewer token stays valid after it is issued.
+    #[serde(default = "BroadcasterConfig::viewer_token_ttl_s")]
+    pub viewer_token_ttl_s: u64,
+    /// Shared secret a lower tier presents on its link to the tier above (`Authorization:
+    /// Bearer`); the upper tier refuses any other with 401. Absent: links are not authenticated.
+    #[serde(default)]
+    pub link_secret: Option<String>,
+    /// Bytes a viewer may fall behind (frames waiting behind a write it has not taken, plus
+    /// frames conflated away) before it is closed as too slow; it can resume with `since`.
+    #[serde(default = "BroadcasterConfig::viewer_lag_budget_bytes")]
+    pub viewer_lag_budget_bytes: usize,
 }
 
 impl BroadcasterConfig {
     /// Two minutes of 2 s epochs.
     const fn ring_epochs() -> usize {
         60
+    }
+
+    /// An hour: a viewer registers again (and gets a fresh token) far more often than that.
+    const fn viewer_token_ttl_s() -> u64 {
+        3600
+    }
+
+    /// 64 KiB: a couple of hundred ~300-byte epochs, several minutes of a 2 s stream, yet small
+    /// next to what a stuck socket would otherwise pin per connection (Centrifugo allows 1 MiB).
+    const fn viewer_lag_budget_bytes() -> usize {
+        64 * 1024
     }
 
     /// The cluster a subscriber belongs to, by the subscriber's listen address.
@@ -272,6 +377,28 @@ impl Config {
         }
         if self.gateway.flush_max_events == 0 {
             return bad("gateway.flush_max_events must be at least 1");
+        }
+        let g = &self.gateway;
+        if g.max_in_flight_events < g.flush_max_events {
+            return bad("gateway.max_in_flight_events must be at least gateway.flush_max_events");
+        }
+        if g.request_timeout_ms <= g.delivery_timeout_ms + g.flush_ms {
+            return bad(
+                "gateway.request_timeout_ms must exceed gateway.delivery_timeout_ms + gateway.flush_ms",
+            );
+        }
+        if g.max_connections == 0 {
+            return bad("gateway.max_connections must be at least 1");
+        }
+        if [
+            g.user_taps_per_s,
+            g.user_burst_taps,
+            g.ip_requests_per_s,
+            g.ip_burst_requests,
+        ]
+        .contains(&0)
+        {
+            return bad("gateway rate limits (user_*, ip_*) must be at least 1");
         }
         Ok(())
     }

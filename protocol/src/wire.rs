@@ -146,6 +146,53 @@ pub enum LinkUp {
     },
 }
 
+/// A subscriber's subscription, sent up its link at open and whenever the set changes: the streams
+/// it wants frames of, replacing the previous set. A lower tier that never sends one gets every
+/// stream (cluster publishers do: they are few, and their subscribers' streams change often).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "subscribe")]
+pub struct Subscribe {
+    pub streams: Vec<String>,
+}
+
+/// Sent down a link once the ring of a newly subscribed stream has been sent: the lower tier now
+/// holds every epoch the upper tier had for that stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "synced")]
+pub struct Synced {
+    pub stream: String,
+}
+
+/// What `/register` and `/v1/viewers` answer: the [`Assignment`], plus a signed viewer token when
+/// viewer auth is on (pass it as `?token=` or `Authorization: Bearer`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    #[serde(flatten)]
+    pub assignment: Assignment,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// When the token expires, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_s: Option<u64>,
+}
+
+/// One live cluster publisher in `GET /v1/topology`, with its live subscribers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopologyCluster {
+    pub name: String,
+    /// Viewers over all its subscribers.
+    pub viewers: u64,
+    pub subscribers: Vec<Member>,
+}
+
+/// `GET /v1/topology` on the main publisher: the live tiers below it and their viewer counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopologyView {
+    /// Viewers over every live subscriber.
+    pub viewers: u64,
+    pub clusters: Vec<TopologyCluster>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

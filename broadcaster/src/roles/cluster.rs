@@ -1,9 +1,10 @@
 //! A cluster publisher: one link up to the main publisher, a link down to each subscriber.
 
-use super::{finish, link_routes, serve};
+use super::{finish, link_routes, serve, LinkState, Settings};
 use crate::error::Error;
 use crate::hub::Hub;
-use crate::link;
+use crate::link::{self, Upstream};
+use crate::metrics::Metrics;
 use crate::roster::Roster;
 use crate::tasks::Tasks;
 use emostream_protocol::wire::{LinkUp, Member};
@@ -17,23 +18,47 @@ pub async fn cluster_publisher(
     listener: TcpListener,
     name: String,
     main: String,
-    ring_epochs: usize,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let hub = Arc::new(Hub::new(ring_epochs));
+    let hub = Arc::new(Hub::new(settings.ring_epochs));
     let roster = Arc::new(Roster::default());
+    let metrics = Arc::new(Metrics::new("cluster"));
     let tasks = Tasks::new();
-    let upstream = format!("ws://{main}{}", link::PATH);
-    let (up_hub, up_roster, stop) = (Arc::clone(&hub), Arc::clone(&roster), tasks.stop_handle());
+    let upstream = Upstream {
+        url: format!("ws://{main}{}", link::PATH),
+        secret: settings.link_secret.clone(),
+        // Few clusters, tiny frames: a cluster takes every stream so its subscribers' new
+        // subscriptions are served from its ring at once.
+        subscribe: false,
+    };
+    let (up_hub, up_roster, up_metrics, stop) = (
+        Arc::clone(&hub),
+        Arc::clone(&roster),
+        Arc::clone(&metrics),
+        tasks.stop_handle(),
+    );
     tokio::spawn(async move {
         let heartbeat = || LinkUp::Cluster {
             name: name.clone(),
             subscribers: live_subscribers(&up_roster),
         };
-        link::keep_upstream(upstream, &up_hub, heartbeat, stop).await;
+        link::keep_upstream(upstream, &up_hub, &up_metrics, heartbeat, stop).await;
     });
-    let app = link_routes(hub, roster, tasks.stop_handle());
-    serve(listener, finish(app), tasks, shutdown).await
+    let link = LinkState {
+        hub,
+        roster,
+        metrics: Arc::clone(&metrics),
+        secret: settings.link_secret,
+        stop: tasks.stop_handle(),
+    };
+    serve(
+        listener,
+        finish(link_routes(link), metrics),
+        tasks,
+        shutdown,
+    )
+    .await
 }
 
 fn live_subscribers(roster: &Roster) -> Vec<Member> {

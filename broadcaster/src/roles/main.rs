@@ -1,9 +1,11 @@
 //! The main publisher: frames from its source into the hub and on to every cluster publisher,
 //! and the viewers' front door (`/register`).
 
-use super::{finish, link_routes, serve};
+use super::{finish, link_routes, serve, LinkState, Settings};
+use crate::auth::TokenKey;
 use crate::error::Error;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::roster::{Roster, SILENCE};
 use crate::tasks::{Stop, Tasks};
 use axum::extract::rejection::JsonRejection;
@@ -11,11 +13,13 @@ use axum::extract::ws::Utf8Bytes;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use emostream_protocol::wire::{Assignment, LinkUp, Member, Register};
-use serde::Serialize;
+use emostream_protocol::wire::{
+    Admission, Assignment, LinkUp, Member, Register, TopologyCluster, TopologyView,
+};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -24,29 +28,48 @@ use tokio::time::Instant;
 /// `frames`: Kafka in production, a channel in tests.
 pub async fn main_publisher(
     listener: TcpListener,
-    ring_epochs: usize,
+    settings: Settings,
     frames: mpsc::Receiver<Utf8Bytes>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let hub = Arc::new(Hub::new(ring_epochs));
+    let hub = Arc::new(Hub::new(settings.ring_epochs));
     let roster = Arc::new(Roster::default());
+    let metrics = Arc::new(Metrics::new("main"));
     let tasks = Tasks::new();
-    tokio::spawn(ingest(frames, Arc::clone(&hub), tasks.stop_handle()));
+    tokio::spawn(ingest(
+        frames,
+        Arc::clone(&hub),
+        Arc::clone(&metrics),
+        tasks.stop_handle(),
+    ));
     let placement = Arc::new(Placement {
         roster: Arc::clone(&roster),
         recent: Mutex::default(),
+        tokens: settings.tokens.clone(),
     });
+    let link = LinkState {
+        hub,
+        roster,
+        metrics: Arc::clone(&metrics),
+        secret: settings.link_secret.clone(),
+        stop: tasks.stop_handle(),
+    };
     let app = Router::new()
         .route("/register", post(register))
         .route("/v1/viewers", post(register))
         .route("/unregister", post(unregister))
         .route("/v1/topology", get(topology))
         .with_state(placement)
-        .merge(link_routes(hub, roster, tasks.stop_handle()));
-    serve(listener, finish(app), tasks, shutdown).await
+        .merge(link_routes(link));
+    serve(listener, finish(app, metrics), tasks, shutdown).await
 }
 
-async fn ingest(mut frames: mpsc::Receiver<Utf8Bytes>, hub: Arc<Hub>, mut stop: Stop) {
+async fn ingest(
+    mut frames: mpsc::Receiver<Utf8Bytes>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    mut stop: Stop,
+) {
     loop {
         let text = tokio::select! {
             text = frames.recv() => text,
@@ -57,7 +80,7 @@ async fn ingest(mut frames: mpsc::Receiver<Utf8Bytes>, hub: Arc<Hub>, mut stop: 
             return;
         };
         match hub.publish(text) {
-            Ok(true) => {}
+            Ok(true) => metrics.frame_in(),
             Ok(false) => tracing::debug!("epoch already passed on"),
             Err(e) => tracing::warn!(error = %e, "epoch record without a stream and epoch"),
         }
@@ -69,6 +92,8 @@ struct Placement {
     roster: Arc<Roster>,
     /// Assignments from the last [`SILENCE`], oldest first, with a count per subscriber name.
     recent: Mutex<Recent>,
+    /// Signs viewer tokens when viewer auth is on.
+    tokens: Option<TokenKey>,
 }
 
 /// Viewer counts reach the main publisher a heartbeat or two late, so a burst of registrations
@@ -129,19 +154,7 @@ impl Placement {
     }
 }
 
-/// What `GET /v1/topology` answers: the live clusters and their live subscribers, by name.
-#[derive(Debug, Serialize)]
-struct Topology {
-    clusters: Vec<ClusterView>,
-}
-
-#[derive(Debug, Serialize)]
-struct ClusterView {
-    name: String,
-    subscribers: Vec<Member>,
-}
-
-fn live_clusters(roster: &Roster) -> Vec<ClusterView> {
+fn live_clusters(roster: &Roster) -> Vec<TopologyCluster> {
     roster
         .live()
         .into_iter()
@@ -151,7 +164,11 @@ fn live_clusters(roster: &Roster) -> Vec<ClusterView> {
                 mut subscribers,
             } => {
                 subscribers.sort_by(|a, b| a.name.cmp(&b.name));
-                Some(ClusterView { name, subscribers })
+                Some(TopologyCluster {
+                    name,
+                    viewers: subscribers.iter().map(|m| m.viewers).sum(),
+                    subscribers,
+                })
             }
             // Only cluster publishers link to the main publisher.
             LinkUp::Subscriber { .. } => None,
@@ -162,15 +179,26 @@ fn live_clusters(roster: &Roster) -> Vec<ClusterView> {
 async fn register(
     State(placement): State<Arc<Placement>>,
     body: Result<Json<Register>, JsonRejection>,
-) -> Result<Json<Assignment>, Error> {
-    // Placement is by load alone; who asks does not change where they go.
+) -> Result<Json<Admission>, Error> {
+    // Placement is by load alone; who asks does not change where they go, only whose token it is.
     let Json(Register {
         user_id,
         group_id: _,
     }) = body?;
     let assignment = placement.assign().ok_or(Error::NoLiveSubscriber)?;
     tracing::debug!(%user_id, subscriber = %assignment.subscriber_name, "viewer assigned");
-    Ok(Json(assignment))
+    let (token, token_expires_s) = match &placement.tokens {
+        Some(key) => {
+            let (token, expires_s) = key.issue(&user_id, SystemTime::now());
+            (Some(token), Some(expires_s))
+        }
+        None => (None, None),
+    };
+    Ok(Json(Admission {
+        assignment,
+        token,
+        token_expires_s,
+    }))
 }
 
 /// Viewers are counted by their sockets at the subscribers, so leaving needs no bookkeeping here;
@@ -185,8 +213,10 @@ async fn unregister(
     Ok(Json(serde_json::json!({ "ok": true })))
 }
 
-async fn topology(State(placement): State<Arc<Placement>>) -> Json<Topology> {
-    Json(Topology {
-        clusters: live_clusters(&placement.roster),
+async fn topology(State(placement): State<Arc<Placement>>) -> Json<TopologyView> {
+    let clusters = live_clusters(&placement.roster);
+    Json(TopologyView {
+        viewers: clusters.iter().map(|c| c.viewers).sum(),
+        clusters,
     })
 }

@@ -1,24 +1,30 @@
-//! The three roles, one per process, and what they share: binding, the link route, health, the
-//! JSON 404, and shutdown.
+//! The three roles, one per process, and what they share: settings, binding, the link route,
+//! health, metrics, the JSON 404, and shutdown.
 
 pub mod cluster;
 pub mod main;
 pub mod subscriber;
 
+use crate::auth::TokenKey;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::kafka::EpochSource;
 use crate::link;
+use crate::metrics::Metrics;
 use crate::roster::Roster;
+use crate::synthetic::Synthetic;
 use crate::tasks::{Stop, Tasks};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{State, WebSocketUpgrade};
-use axum::response::Response;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use emostream_protocol::config::BroadcasterConfig;
 use emostream_protocol::Config;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -35,53 +41,140 @@ const FRAME_QUEUE: usize = 1024;
 pub enum Role {
     /// Reads `emoji-epochs`, feeds the cluster publishers, and assigns viewers to subscribers.
     Main,
-    /// A cluster publisher: a `[[broadcaster.clusters]]` entry, by name.
+    /// A cluster publisher: a `[[broadcaster.clusters]]` entry by name, or any name with `--listen`.
     Cluster { name: String },
-    /// A subscriber: `{cluster}-s{i}`, the i-th (from 0) address in its cluster's `subscribers`.
+    /// A subscriber: `{cluster}-s{i}`, the i-th (from 0) address in its cluster's `subscribers`,
+    /// or any name with `--listen` and `--upstream`.
     Subscriber { name: String },
 }
 
-/// Runs `role` as `config` places it until `shutdown` resolves, then closes every socket and
-/// returns.
+/// A role, and where it runs when that is not (only) what the configuration says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub role: Role,
+    /// `host:port` to serve on, instead of the configured one; lets a member not in the
+    /// configuration join at run time.
+    pub listen: Option<String>,
+    /// `host:port` of the tier above, instead of the configured one.
+    pub upstream: Option<String>,
+    /// `ws://host:port` viewers are sent to (subscribers); default `ws://{listen}`.
+    pub advertise: Option<String>,
+    /// The main publisher emits synthetic epochs instead of reading Kafka (benchmarks).
+    pub synthetic: Option<Synthetic>,
+}
+
+impl Launch {
+    /// `role` exactly as the configuration places it.
+    pub fn configured(role: Role) -> Self {
+        Self {
+            role,
+            listen: None,
+            upstream: None,
+            advertise: None,
+            synthetic: None,
+        }
+    }
+}
+
+/// What every tier takes from `[broadcaster]`.
+#[derive(Clone)]
+pub struct Settings {
+    pub ring_epochs: usize,
+    /// Issues (main) and checks (subscribers) viewer tokens; `None`: viewers need none.
+    pub tokens: Option<TokenKey>,
+    /// Presented to the tier above and required from the tier below.
+    pub link_secret: Option<String>,
+    pub viewer_lag_budget_bytes: usize,
+    /// Where the viewer page served by subscribers posts taps (`http://host:port` of a
+    /// gateway); `None`: subscribers serve no page.
+    pub page_gateway: Option<String>,
+}
+
+impl Settings {
+    pub fn from_config(config: &BroadcasterConfig) -> Self {
+        let BroadcasterConfig {
+            main: _,     // where the main publisher listens: placement, not a setting
+            clusters: _, // the same
+            ring_epochs,
+            viewer_token_secret,
+            viewer_token_ttl_s,
+            link_secret,
+            viewer_lag_budget_bytes,
+        } = config;
+        Self {
+            ring_epochs: *ring_epochs,
+            tokens: viewer_token_secret
+                .as_deref()
+                .map(|secret| TokenKey::new(secret, Duration::from_secs(*viewer_token_ttl_s))),
+            link_secret: link_secret.clone(),
+            viewer_lag_budget_bytes: *viewer_lag_budget_bytes,
+            page_gateway: None,
+        }
+    }
+}
+
+/// Runs the launched role until `shutdown` resolves, then closes every socket and returns.
 pub async fn run(
     config: Config,
-    role: Role,
+    launch: Launch,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let broadcaster = &config.broadcaster;
-    let ring_epochs = broadcaster.ring_epochs;
+    let settings = Settings {
+        page_gateway: Some(format!("http://{}", config.gateway.listen)),
+        ..Settings::from_config(broadcaster)
+    };
+    let Launch {
+        role,
+        listen,
+        upstream,
+        advertise,
+        synthetic,
+    } = launch;
     match role {
         Role::Main => {
-            let source = EpochSource::new(&config.kafka, ring_epochs)?;
-            let listener = bind(&broadcaster.main).await?;
+            if upstream.is_some() || advertise.is_some() {
+                return Err(Error::Role(
+                    "the main publisher has no --upstream or --advertise".into(),
+                ));
+            }
+            let listener = bind(listen.as_deref().unwrap_or(&broadcaster.main)).await?;
             let (frames_tx, frames) = mpsc::channel(FRAME_QUEUE);
-            let kafka = tokio::spawn(source.run(frames_tx));
-            let served = main::main_publisher(listener, ring_epochs, frames, shutdown).await;
-            kafka.abort();
+            let source = match synthetic {
+                Some(synthetic) => tokio::spawn(synthetic.run(frames_tx)),
+                None => tokio::spawn(
+                    EpochSource::new(&config.kafka, settings.ring_epochs)?.run(frames_tx),
+                ),
+            };
+            let served = main::main_publisher(listener, settings, frames, shutdown).await;
+            source.abort();
             // Waiting for the abort drops the consumer, which leaves its broker sessions cleanly.
-            let _ = kafka.await;
+            let _ = source.await;
             served
         }
+        _ if synthetic.is_some() => Err(Error::Role(
+            "only the main publisher takes --synthetic-ms".into(),
+        )),
         Role::Cluster { name } => {
-            let cluster = broadcaster
-                .clusters
-                .iter()
-                .find(|c| c.name == name)
-                .ok_or_else(|| {
-                    Error::Role(format!("no cluster named {name:?} in broadcaster.clusters"))
-                })?;
-            let listener = bind(&cluster.listen).await?;
-            cluster::cluster_publisher(
-                listener,
-                name,
-                broadcaster.main.clone(),
-                ring_epochs,
-                shutdown,
-            )
-            .await
+            if advertise.is_some() {
+                return Err(Error::Role("a cluster publisher has no --advertise".into()));
+            }
+            let configured = broadcaster.clusters.iter().find(|c| c.name == name);
+            let listen = match (listen, configured) {
+                (Some(listen), _) => listen,
+                (None, Some(c)) => c.listen.clone(),
+                (None, None) => {
+                    return Err(Error::Role(format!(
+                        "no cluster named {name:?} in broadcaster.clusters; give --listen to join one at run time"
+                    )))
+                }
+            };
+            let listener = bind(&listen).await?;
+            let main = upstream.unwrap_or_else(|| broadcaster.main.clone());
+            cluster::cluster_publisher(listener, name, main, settings, shutdown).await
         }
         Role::Subscriber { name } => {
-            let (cluster, listen) = broadcaster
+            let configured = broadcaster
                 .clusters
                 .iter()
                 .flat_map(|c| {
@@ -91,24 +184,21 @@ pub async fn run(
                         .map(move |(i, s)| (c, i, s))
                 })
                 .find(|(c, i, _)| format!("{}-s{i}", c.name) == name)
-                .map(|(c, _, s)| (c, s))
-                .ok_or_else(|| {
-                    Error::Role(format!(
+                .map(|(c, _, s)| (c.listen.clone(), s.clone()));
+            let (cluster, listen) = match (upstream, listen, configured) {
+                (Some(up), Some(listen), _) => (up, listen),
+                (up, listen, Some((c, s))) => (up.unwrap_or(c), listen.unwrap_or(s)),
+                (_, _, None) => {
+                    return Err(Error::Role(format!(
                         "no subscriber named {name:?}: subscribers are named {{cluster}}-s{{i}}, \
-                         i counting from 0 in the cluster's subscribers list"
-                    ))
-                })?;
-            let listener = bind(listen).await?;
-            let url = format!("ws://{listen}");
-            subscriber::subscriber(
-                listener,
-                name,
-                cluster.listen.clone(),
-                url,
-                ring_epochs,
-                shutdown,
-            )
-            .await
+                         i counting from 0 in the cluster's subscribers list; give --listen and \
+                         --upstream to join one at run time"
+                    )))
+                }
+            };
+            let listener = bind(&listen).await?;
+            let url = advertise.unwrap_or_else(|| format!("ws://{listen}"));
+            subscriber::subscriber(listener, name, cluster, url, settings, shutdown).await
         }
     }
 }
@@ -120,10 +210,20 @@ async fn bind(addr: &str) -> Result<TcpListener, Error> {
     })
 }
 
-/// Adds what every role answers: `/healthz`, and JSON errors for unknown routes and methods.
-fn finish(router: Router) -> Router {
+/// Adds what every role answers: `/healthz`, `/metrics`, and JSON errors for unknown routes and
+/// methods.
+fn finish(router: Router, metrics: Arc<Metrics>) -> Router {
     router
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.render(),
+                )
+            }),
+        )
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
 }
@@ -154,30 +254,47 @@ async fn serve(
     served
 }
 
-/// Applies the small read buffer to an upgrade.
+/// Applies the small read buffer to an upgrade, and makes every write go out at once: frames are
+/// written one flush at a time by their task, so tungstenite's 128 KiB write batching would only
+/// hold bytes back.
 fn lean(ws: WebSocketUpgrade) -> WebSocketUpgrade {
-    ws.read_buffer_size(READ_BUFFER_BYTES)
+    ws.read_buffer_size(READ_BUFFER_BYTES).write_buffer_size(0)
 }
 
+/// The upper tier's side of every link.
 #[derive(Clone)]
 struct LinkState {
     hub: Arc<Hub>,
     roster: Arc<Roster>,
+    metrics: Arc<Metrics>,
+    secret: Option<String>,
     stop: Stop,
 }
 
 /// `GET /internal/link`, where the tier below connects.
-fn link_routes(hub: Arc<Hub>, roster: Arc<Roster>, stop: Stop) -> Router {
+fn link_routes(state: LinkState) -> Router {
     Router::new()
         .route(link::PATH, get(link_upgrade))
-        .with_state(LinkState { hub, roster, stop })
+        .with_state(state)
 }
 
 async fn link_upgrade(
     State(s): State<LinkState>,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
-    Ok(lean(ws?).on_upgrade(move |socket| async move {
-        link::serve_downstream(socket, &s.hub, &s.roster, s.stop).await;
-    }))
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !link::authorized(s.secret.as_deref(), presented) {
+        s.metrics.unauthorized();
+        return Err(Error::Unauthorized(
+            "this link needs the tiers' shared secret",
+        ));
+    }
+    Ok(lean(ws?)
+        .on_upgrade(move |socket| async move {
+            link::serve_downstream(socket, &s.hub, &s.roster, &s.metrics, s.stop).await;
+        })
+        .into_response())
 }

@@ -1,0 +1,108 @@
+//! A frame source for benchmarks: the main publisher emits one epoch per stream every `every_ms`
+//! without Kafka, each stamped so that `end_ms` is the moment it is emitted. A viewer's
+//! `receipt - end_ms` is then exactly the main publisher's emit → receipt latency.
+
+use axum::extract::ws::Utf8Bytes;
+use emostream_protocol::wire::{EmojiCount, EpochFrame, FrameType};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// `--synthetic-ms` and `--synthetic-streams` of the main publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synthetic {
+    pub every_ms: u64,
+    pub streams: Vec<String>,
+}
+
+/// The frame of `stream`'s epoch `epoch` (the `every_ms` window ending at `(epoch + 1) *
+/// every_ms`): the size and shape of a real one, with fixed counts.
+pub fn frame(stream: &str, epoch: u64, every_ms: u64) -> String {
+    let emojis = [("🔥", 3785, 3), ("👍🏽", 338, 1), ("❤️", 12, 1)]
+        .into_iter()
+        .map(|(emoji, count, scaled)| EmojiCount {
+            emoji: emoji.into(),
+            count,
+            scaled,
+        })
+        .collect();
+    let frame = EpochFrame {
+        kind: FrameType::Epoch,
+        stream: stream.into(),
+        epoch,
+        start_ms: epoch * every_ms,
+        end_ms: (epoch + 1) * every_ms,
+        total: 4135,
+        late: 0,
+        emojis,
+    };
+    serde_json::to_string(&frame).expect("an epoch frame always serializes")
+}
+
+impl Synthetic {
+    /// Sends every stream's frame at the end of each window until the receiver is dropped. A
+    /// window that ends while the process is busy is sent late rather than skipped: consecutive
+    /// epochs are what viewers' gap checks rely on.
+    pub async fn run(self, frames: mpsc::Sender<Utf8Bytes>) {
+        let every_ms = self.every_ms.max(1);
+        let mut epoch = unix_ms() / every_ms;
+        loop {
+            let end_ms = (epoch + 1) * every_ms;
+            let wait_ms = end_ms.saturating_sub(unix_ms());
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            for stream in &self.streams {
+                if frames
+                    .send(frame(stream, epoch, every_ms).into())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            epoch += 1;
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_real_epoch_frames_ending_at_their_window() {
+        let text = frame("main", 7, 2000);
+        let parsed: EpochFrame = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (parsed.epoch, parsed.start_ms, parsed.end_ms),
+            (7, 14000, 16000)
+        );
+        assert!(text.starts_with(r#"{"type":"epoch","stream":"main","epoch":7,"#));
+    }
+
+    #[tokio::test]
+    async fn one_frame_per_stream_per_window_in_epoch_order() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let source = Synthetic {
+            every_ms: 50,
+            streams: vec!["a".into(), "b".into()],
+        };
+        let running = tokio::spawn(source.run(tx));
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let text = rx.recv().await.unwrap();
+            let f: EpochFrame = serde_json::from_str(&text).unwrap();
+            got.push((f.stream, f.epoch));
+        }
+        drop(rx);
+        running.await.unwrap();
+        assert_eq!((got[0].0.as_str(), got[1].0.as_str()), ("a", "b"));
+        assert_eq!(got[0].1, got[1].1);
+        assert_eq!(got[2].1, got[0].1 + 1);
+        assert_eq!(got[3], ("b".into(), got[0].1 + 1));
+    }
+}

@@ -1,0 +1,136 @@
+//! The Kafka producer and what the gateway knows about the broker's health.
+//!
+//! A request must get 503 at once while the broker is unreachable, not after a delivery timeout,
+//! so the producer's context watches librdkafka's "all brokers down" event and failed
+//! deliveries, and a probe task (a metadata request every 250 ms) says when the broker is back.
+
+use emostream_protocol::config::GatewayConfig;
+use emostream_protocol::Config;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, Producer};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// A batch record is sent once its lines pass this size, whatever its event count: records
+/// stay well under the broker's message size limit.
+pub const FLUSH_BYTES: usize = 8 * 1024 * 1024;
+
+/// How often a down broker is probed.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+pub type Kafka = FutureProducer<HealthContext>;
+
+/// Whether the broker is believed reachable. Starts optimistic: the first failure flips it.
+#[derive(Default)]
+pub struct Health {
+    down: AtomicBool,
+    went_down: Notify,
+}
+
+impl Health {
+    pub fn reachable(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
+    }
+
+    pub fn set_down(&self) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!("broker unreachable: refusing requests with 503 until it answers");
+            self.went_down.notify_one();
+        }
+    }
+
+    fn set_up(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!("broker reachable again");
+        }
+    }
+}
+
+/// The producer's context: librdkafka reports global errors here, on its own thread.
+pub struct HealthContext {
+    health: Arc<Health>,
+}
+
+impl ClientContext for HealthContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.set_down();
+        }
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+pub fn create(config: &Config, health: Arc<Health>) -> Result<Kafka, KafkaError> {
+    let GatewayConfig {
+        delivery_timeout_ms,
+        // The rest shape requests and batches, not the producer.
+        listen: _,
+        flush_max_events: _,
+        flush_ms: _,
+        ack_mode: _,
+        emoji_allow_list: _,
+        max_in_flight_events: _,
+        request_timeout_ms: _,
+        max_connections: _,
+        user_taps_per_s: _,
+        user_burst_taps: _,
+        ip_requests_per_s: _,
+        ip_burst_requests: _,
+    } = &config.gateway;
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        // acks=all + idempotence: an acknowledged record survives a broker failover and a
+        // retried send is never written twice.
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        // We batch ourselves; librdkafka only needs to coalesce the records of one flush tick.
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", delivery_timeout_ms.to_string())
+        // A record is flushed once it passes FLUSH_BYTES; the request that pushed it past can add
+        // the lines of a 1 MiB body (under 5 MiB), so twice that is always enough.
+        .set("message.max.bytes", (2 * FLUSH_BYTES).to_string())
+        // Reconnect quickly once a restarted broker answers (librdkafka's default backs off to 10 s).
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "1000")
+        .create_with_context(HealthContext { health })
+}
+
+/// Watches a down broker until it answers a metadata request for the events topic again.
+pub fn spawn_probe(producer: Kafka, topic: String, health: Arc<Health>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if health.reachable() {
+                health.went_down.notified().await;
+                continue;
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+            if topic_ready(&producer, &topic).await.is_ok() {
+                health.set_up();
+            }
+        }
+    })
+}
+
+/// The broker answers and the topic exists with partitions. The metadata call blocks, so it
+/// runs on the blocking pool.
+pub async fn topic_ready(producer: &Kafka, topic: &str) -> Result<(), String> {
+    let (producer, topic) = (producer.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(1))
+            .map_err(|e| format!("broker unreachable: {e}"))?;
+        match metadata.topics().first() {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+            _ => Err(format!("topic {topic} is missing")),
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}

@@ -1,0 +1,511 @@
+//! The gateway against a real Tansu broker (started by `scripts/broker.sh` on a free port):
+//! the seeds' request shape, the per-user rate limit, 503 while the broker is down and recovery
+//! when it returns, and SIGTERM under load. Every check counts the emojis in Kafka itself.
+
+use emostream_e2e::http::{self, Response};
+use emostream_e2e::{free_port, repo_root, wait_for, wait_until};
+use emostream_protocol::wire::{Accepted, ClientTs, EmojiEvent};
+use emostream_protocol::Config;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// A broker of this test's own, stopped on drop.
+struct Broker {
+    dir: PathBuf,
+    config_path: PathBuf,
+    port: u16,
+    config: Config,
+}
+
+impl Broker {
+    /// Writes a cluster.toml with `extra_gateway` lines in `[gateway]` and starts a broker for it.
+    fn start(extra_gateway: &str) -> Broker {
+        let dir = std::env::temp_dir().join(format!(
+            "emostream-gateway-test-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let text = format!(
+            r#"[kafka]
+brokers = "127.0.0.1:{port}"
+events_partitions = 4
+[gateway]
+listen = "127.0.0.1:{gateway}"
+{extra_gateway}
+[dataflow]
+processes = ["127.0.0.1:2101"]
+[broadcaster]
+main = "127.0.0.1:9000"
+clusters = []
+"#,
+            gateway = free_port()
+        );
+        let config_path = dir.join("cluster.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let broker = Broker {
+            config: Config::from_toml(&text, []).expect("a valid test configuration"),
+            dir,
+            config_path,
+            port,
+        };
+        broker.up();
+        broker
+    }
+
+    fn script(&self, action: &str) {
+        let status = Command::new(repo_root().join("scripts/broker.sh"))
+            .args([action, "--port", &self.port.to_string(), "--data"])
+            .arg(self.dir.join("broker"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .status()
+            .expect("scripts/broker.sh runs");
+        assert!(status.success(), "scripts/broker.sh {action} failed");
+    }
+
+    /// Starts (or restarts, on the same port and data) the broker.
+    fn up(&self) {
+        self.script("start");
+    }
+
+    fn down(&self) {
+        self.script("stop");
+    }
+
+    /// Every event line on the events topic, read to the end of each partition.
+    async fn events(&self) -> Vec<(String, String, String, Option<ClientTs>)> {
+        let (brokers, topic) = (
+            self.config.kafka.brokers.clone(),
+            self.config.kafka.events_topic.clone(),
+        );
+        let partitions = self.config.kafka.events_partitions as i32;
+        tokio::task::spawn_blocking(move || read_topic(&brokers, &topic, partitions))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.down();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("broker data kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// (stream, user_id, emoji, client ts) of every event line, partition by partition.
+fn read_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<(String, String, String, Option<ClientTs>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "gateway-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = HashMap::new();
+    for p in 0..partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        if high > 0 {
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+            remaining.insert(p, high);
+        }
+    }
+    let mut events = Vec::new();
+    if remaining.is_empty() {
+        return events;
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !remaining.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading {topic} timed out"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let Some(&high) = remaining.get(&message.partition()) else {
+            continue;
+        };
+        for line in message.payload().unwrap().split(|&b| b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            let e: EmojiEvent = serde_json::from_slice(line).unwrap();
+            events.push((e.stream.into(), e.user_id.into(), e.emoji.into(), e.ts));
+        }
+        if message.offset() + 1 >= high {
+            remaining.remove(&message.partition());
+        }
+    }
+    events
+}
+
+/// The gateway in this process, on a port-0 listener; `stop` triggers its graceful shutdown.
+struct Gateway {
+    addr: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Gateway {
+    async fn start(config: Config) -> Gateway {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(emostream_gateway::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        wait_ready(&addr).await;
+        Gateway {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn wait_ready(addr: &str) {
+    wait_until(
+        "the gateway to be ready",
+        Duration::from_secs(30),
+        || async {
+            http::get(addr, "/readyz")
+                .await
+                .is_ok_and(|r| r.status == 200)
+        },
+    )
+    .await;
+}
+
+fn accepted(r: &Response) -> Accepted {
+    assert_eq!(r.status, 202, "{}", r.body);
+    r.json()
+}
+
+#[tokio::test]
+async fn seeds_shape_lands_unchanged_and_a_user_past_the_limit_gets_429() {
+    let broker = Broker::start("user_taps_per_s = 1\nuser_burst_taps = 5");
+    let gw = Gateway::start(broker.config.clone()).await;
+
+    // The seeds' exact body: user_id, emoji_type, ISO timestamp; stream `main`.
+    let seed =
+        r#"{"user_id":"seed-user","emoji_type":"🔥","timestamp":"2024-11-05T10:00:00.123Z"}"#;
+    for _ in 0..5 {
+        let a = accepted(
+            &http::post_json(&gw.addr, "/send_emoji", seed)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(a.accepted, 1);
+    }
+    let r = http::post_json(&gw.addr, "/send_emoji", seed)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(
+        r.json::<emostream_protocol::wire::ErrorBody>()
+            .field
+            .as_deref(),
+        Some("user_id")
+    );
+
+    let batch = |users: &[&str]| {
+        let items: Vec<String> = users
+            .iter()
+            .map(|u| format!(r#"{{"user_id":"{u}","emoji":"👍🏽","timestamp":1730800000000}}"#))
+            .collect();
+        format!("[{}]", items.join(","))
+    };
+    let a = accepted(
+        &http::post_json(&gw.addr, "/v1/streams/cricket/emojis", &batch(&["b"; 5]))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(a.accepted, 5);
+    let r = http::post_json(&gw.addr, "/v1/streams/cricket/emojis", &batch(&["c", "b"]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(
+        r.json::<emostream_protocol::wire::ErrorBody>()
+            .field
+            .as_deref(),
+        Some("items[1].user_id")
+    );
+    let metrics = http::get(&gw.addr, "/metrics").await.unwrap().body;
+    for line in [
+        "emostream_gateway_emojis_accepted_total 10",
+        r#"emostream_gateway_rejections_total{reason="rate_limited_user"} 2"#,
+        r#"emostream_gateway_requests_total{route="/send_emoji",status="202"} 5"#,
+        "emostream_gateway_broker_reachable 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line}:\n{metrics}"
+        );
+    }
+    let acks: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("emostream_gateway_broker_ack_seconds_count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=6).contains(&acks),
+        "6 answered requests, {acks} acknowledged records"
+    );
+    gw.stop().await;
+
+    // Exactly the ten acknowledged taps, as sent.
+    let mut events = broker.events().await;
+    events.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(events.len(), 10, "{events:?}");
+    for e in &events[..5] {
+        assert_eq!(
+            e,
+            &(
+                "cricket".into(),
+                "b".into(),
+                "👍🏽".into(),
+                Some(ClientTs::Millis(1730800000000))
+            )
+        );
+    }
+    for e in &events[5..] {
+        assert_eq!(
+            e,
+            &(
+                "main".into(),
+                "seed-user".into(),
+                "🔥".into(),
+                Some(ClientTs::Iso("2024-11-05T10:00:00.123Z".into()))
+            )
+        );
+    }
+}
+
+#[tokio::test]
+async fn broker_down_is_503_at_once_and_ingest_recovers_when_it_returns() {
+    let broker = Broker::start("delivery_timeout_ms = 3000\nrequest_timeout_ms = 6000");
+    let gw = Gateway::start(broker.config.clone()).await;
+    // One tap from a new user each time, so Kafka's content can be matched tap by tap.
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let tap = || {
+        let user = format!(
+            "u{}",
+            next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let addr = gw.addr.clone();
+        async move {
+            let body = format!(r#"{{"user_id":"{user}","emoji_type":"🎉"}}"#);
+            (
+                http::post_json(&addr, "/send_emoji", &body).await.unwrap(),
+                user,
+            )
+        }
+    };
+    let acked = Mutex::new(HashSet::new());
+    let ack = |(r, user): (Response, String)| {
+        accepted(&r);
+        acked.lock().unwrap().insert(user);
+    };
+    for _ in 0..3 {
+        ack(tap().await);
+    }
+
+    broker.down();
+    let refused = wait_for(
+        "a 503 with the broker down",
+        Duration::from_secs(20),
+        || async {
+            match tap().await {
+                (r, _) if r.status == 503 => Some(r),
+                (r, user) => {
+                    // Sent before the gateway noticed: acknowledged only if it truly landed.
+                    if r.status == 202 {
+                        acked.lock().unwrap().insert(user);
+                    }
+                    None
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    // Once the gateway knows, it refuses at once rather than after a delivery timeout.
+    let started = std::time::Instant::now();
+    let (r, _) = tap().await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(http::get(&gw.addr, "/readyz").await.unwrap().status, 503);
+
+    broker.up();
+    wait_until(
+        "a 202 after the broker returns",
+        Duration::from_secs(30),
+        || async {
+            let (r, user) = tap().await;
+            if r.status == 202 {
+                acked.lock().unwrap().insert(user);
+            }
+            r.status == 202
+        },
+    )
+    .await;
+    // A record queued while the broker was away may still fail after it returns, which marks
+    // the broker down again until the next probe: so each further tap waits for its 202.
+    for i in 0..3 {
+        wait_until(
+            &format!("tap {i} after recovery"),
+            Duration::from_secs(10),
+            || async {
+                let (r, user) = tap().await;
+                if r.status == 202 {
+                    acked.lock().unwrap().insert(user);
+                }
+                r.status == 202
+            },
+        )
+        .await;
+    }
+    let acked = acked.into_inner().unwrap();
+    wait_ready(&gw.addr).await;
+    gw.stop().await;
+
+    // Every acknowledged tap is in Kafka, once.
+    let events = broker.events().await;
+    let users: Vec<&String> = events.iter().map(|e| &e.1).collect();
+    let unique: HashSet<&String> = users.iter().copied().collect();
+    assert_eq!(unique.len(), users.len(), "duplicates in {users:?}");
+    for user in &acked {
+        assert!(
+            unique.contains(user),
+            "{user} was acknowledged but is not in Kafka"
+        );
+    }
+}
+
+#[tokio::test]
+async fn after_sigterm_under_load_every_acknowledged_emoji_is_in_kafka() {
+    const CLIENTS: usize = 64;
+    const SIGTERM_AFTER: u64 = 3000;
+    let broker = Broker::start("");
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_emostream-gateway"))
+        .arg("--config")
+        .arg(&broker.config_path)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("the gateway binary starts");
+    let addr = broker.config.gateway.listen.clone();
+    wait_ready(&addr).await;
+
+    // Every tap has its own user id, so Kafka's content can be matched tap by tap.
+    let acked = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let (addr, acked, sent) = (addr.clone(), Arc::clone(&acked), Arc::clone(&sent));
+        clients.push(tokio::spawn(async move {
+            for seq in 0.. {
+                let users: Vec<String> = if seq % 2 == 0 {
+                    vec![format!("c{c}-{seq}")]
+                } else {
+                    (0..10).map(|j| format!("c{c}-{seq}-{j}")).collect()
+                };
+                let result = if users.len() == 1 {
+                    let body = format!(
+                        r#"{{"user_id":"{}","emoji_type":"🔥","timestamp":"2024-11-05T10:00:00Z"}}"#,
+                        users[0]
+                    );
+                    http::post_json(&addr, "/send_emoji", &body).await
+                } else {
+                    let items: Vec<String> = users
+                        .iter()
+                        .map(|u| format!(r#"{{"user_id":"{u}","emoji":"😂"}}"#))
+                        .collect();
+                    http::post_json(&addr, "/v1/streams/load/emojis", &format!("[{}]", items.join(",")))
+                        .await
+                };
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match result {
+                    Ok(r) if r.status == 202 => {
+                        assert_eq!(r.json::<Accepted>().accepted, users.len() as u64);
+                        acked.lock().unwrap().extend(users);
+                    }
+                    // A request caught by the shutdown may be refused; it is simply not acked.
+                    Ok(r) => assert_eq!(r.status, 503, "{}", r.body),
+                    // The listener is gone: the gateway is stopping.
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    wait_until("load to be acknowledged", Duration::from_secs(60), || {
+        let n = acked.lock().unwrap().len() as u64;
+        async move { n >= SIGTERM_AFTER }
+    })
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &gateway.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = wait_for("the gateway to exit", Duration::from_secs(30), || {
+        let exited = gateway.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    assert!(exit.success(), "the gateway exited with {exit}");
+    for client in clients {
+        client.await.unwrap();
+    }
+
+    let acked = acked.lock().unwrap().clone();
+    let events = broker.events().await;
+    let in_kafka: HashSet<&String> = events.iter().map(|e| &e.1).collect();
+    assert_eq!(in_kafka.len(), events.len(), "an event landed twice");
+    let missing: Vec<&String> = acked.iter().filter(|u| !in_kafka.contains(u)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged emojis are not in Kafka: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    eprintln!(
+        "SIGTERM under load: {} requests sent, {} emojis acknowledged, {} in Kafka, all acknowledged ones present",
+        sent.load(std::sync::atomic::Ordering::Relaxed),
+        acked.len(),
+        events.len()
+    );
+}

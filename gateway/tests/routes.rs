@@ -1,0 +1,359 @@
+//! Every refusal the gateway makes without a broker, through `app(state).oneshot(..)`: exact
+//! status, `field` and headers. The producer points at a port nobody listens on; no request
+//! here gets as far as Kafka.
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use emostream_gateway::{app, AppState, Batcher, Metrics};
+use emostream_protocol::wire::ErrorBody;
+use emostream_protocol::Config;
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+fn config(extra_gateway: &str) -> Config {
+    let text = format!(
+        r#"
+[kafka]
+brokers = "127.0.0.1:1"
+[gateway]
+listen = "127.0.0.1:0"
+{extra_gateway}
+[dataflow]
+processes = ["127.0.0.1:2101"]
+[broadcaster]
+main = "127.0.0.1:9000"
+clusters = []
+"#
+    );
+    Config::from_toml(&text, []).expect("a valid test configuration")
+}
+
+fn gateway(extra_gateway: &str) -> Router {
+    let config = config(extra_gateway);
+    let metrics = Arc::new(Metrics::default());
+    let (_batcher, handle) = Batcher::start(&config, Arc::clone(&metrics)).expect("a producer");
+    app(AppState::new(&config, handle, metrics).expect("valid rules"))
+}
+
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<String>,
+    body: String,
+}
+
+impl Answer {
+    fn error(&self) -> ErrorBody {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn field(&self) -> Option<String> {
+        self.error().field
+    }
+}
+
+async fn send(app: &Router, request: Request<Body>) -> Answer {
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_string());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        retry_after,
+        body: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+fn post(path: &str, content_type: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(path)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body.into())
+        .unwrap()
+}
+
+const JSON: &str = "application/json";
+const NDJSON: &str = "application/x-ndjson";
+
+#[tokio::test]
+async fn malformed_bodies_are_400() {
+    let app = gateway("");
+    let a = send(&app, post("/send_emoji", JSON, r#"{"user_id":"#)).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.field(), None);
+    assert!(a.error().error.starts_with("malformed JSON"), "{}", a.body);
+    let a = send(&app, post("/v1/streams/main/emojis", JSON, "[]")).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.error().error, "the body holds no emoji");
+    let nd = "{\"user_id\":\"a\",\"emoji\":\"🔥\"}\n{\"user_id\":\n";
+    let a = send(&app, post("/v1/streams/main/emojis", NDJSON, nd)).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.field().as_deref(), Some("items[1]"));
+    let a = send(
+        &app,
+        post("/v1/streams/main/emojis", NDJSON, vec![0xff, 0xfe]),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.error().error, "body is not UTF-8");
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413() {
+    let app = gateway("");
+    let big_seed = format!(
+        r#"{{"user_id":"u","emoji_type":"🔥","pad":"{}"}}"#,
+        "x".repeat(4096)
+    );
+    let a = send(&app, post("/send_emoji", JSON, big_seed)).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(a.error().error, "body larger than 4096 bytes");
+    assert_eq!(a.field(), None);
+    let item = r#"{"user_id":"u","emoji":"🔥"}"#;
+    let batch = format!("[{}]", vec![item; 1024 * 1024 / item.len() + 1].join(","));
+    let a = send(&app, post("/v1/streams/main/emojis", JSON, batch)).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(a.error().error, "body larger than 1048576 bytes");
+}
+
+#[tokio::test]
+async fn wrong_content_types_are_415() {
+    let app = gateway("");
+    let seed = r#"{"user_id":"u","emoji_type":"🔥"}"#;
+    for (path, ct) in [
+        ("/send_emoji", "text/plain"),
+        // The seeds' route is JSON only.
+        ("/send_emoji", NDJSON),
+        (
+            "/v1/streams/main/emojis",
+            "application/x-www-form-urlencoded",
+        ),
+    ] {
+        let a = send(&app, post(path, ct, seed)).await;
+        assert_eq!(a.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{path} {ct}");
+        assert_eq!(a.field(), None);
+    }
+    let no_type = Request::post("/send_emoji").body(Body::from(seed)).unwrap();
+    assert_eq!(
+        send(&app, no_type).await.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+}
+
+#[tokio::test]
+async fn invalid_fields_are_422_naming_the_field() {
+    let app = gateway(r#"emoji_allow_list = ["🔥", "👍🏽", "👨‍👩‍👧"]"#);
+    let long_user = "u".repeat(129);
+    let cases: Vec<(&str, &str, String, &str)> = vec![
+        ("/send_emoji", JSON, r#"{"emoji_type":"🔥"}"#.into(), "user_id"),
+        ("/send_emoji", JSON, r#"{"user_id":"","emoji_type":"🔥"}"#.into(), "user_id"),
+        ("/send_emoji", JSON, format!(r#"{{"user_id":"{long_user}","emoji_type":"🔥"}}"#), "user_id"),
+        ("/send_emoji", JSON, r#"{"user_id":"a\tb","emoji_type":"🔥"}"#.into(), "user_id"),
+        ("/send_emoji", JSON, r#"{"user_id":"u","emoji":"🔥"}"#.into(), "emoji_type"),
+        ("/send_emoji", JSON, r#"{"user_id":"u","emoji_type":"🔥🔥"}"#.into(), "emoji_type"),
+        ("/send_emoji", JSON, r#"{"user_id":"u","emoji_type":"x"}"#.into(), "emoji_type"),
+        // One emoji, but not on this gateway's allow-list.
+        ("/send_emoji", JSON, r#"{"user_id":"u","emoji_type":"😮"}"#.into(), "emoji_type"),
+        ("/send_emoji", JSON, r#"{"user_id":"u","emoji_type":"🔥","timestamp":"tuesday"}"#.into(), "timestamp"),
+        ("/send_emoji", JSON, r#"{"user_id":"u","emoji_type":"🔥","timestamp":-5}"#.into(), "timestamp"),
+        ("/v1/streams/Main/emojis", JSON, r#"{"user_id":"u","emoji":"🔥"}"#.into(), "stream"),
+        ("/v1/streams/a.b/emojis", JSON, r#"{"user_id":"u","emoji":"🔥"}"#.into(), "stream"),
+        ("/v1/streams/main/emojis", JSON, r#"{"user_id":"u","emoji":"🔥🔥"}"#.into(), "emoji"),
+        ("/v1/streams/main/emojis", JSON, r#"[{"user_id":"u","emoji":"🔥"},{"user_id":"u","emoji":"👍🏽"},{"user_id":"u"}]"#.into(), "items[2].emoji"),
+        ("/v1/streams/main/emojis", JSON, r#"[{"user_id":"u","emoji":"🔥"},7]"#.into(), "items[1]"),
+        ("/v1/streams/main/emojis", NDJSON, "{\"user_id\":\"u\",\"emoji\":\"🔥\"}\n{\"user_id\":\"u\",\"emoji\":\"🔥\",\"timestamp\":true}\n".into(), "items[1].timestamp"),
+        ("/v1/streams/main/emojis", NDJSON, "{\"user_id\":\"u\",\"emoji\":\"🔥\"}\n{\"user_id\":\" \",\"emoji\":\"🔥\"}\n".into(), "items[1].user_id"),
+    ];
+    for (path, ct, body, field) in cases {
+        let a = send(&app, post(path, ct, body.clone())).await;
+        assert_eq!(
+            a.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {body}: {}",
+            a.body
+        );
+        assert_eq!(
+            a.field().as_deref(),
+            Some(field),
+            "{path} {body}: {}",
+            a.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_ip_past_its_bucket_is_429_with_retry_after() {
+    let app = gateway("ip_requests_per_s = 1\nip_burst_requests = 2");
+    let from = |ip: &str| {
+        let mut r = post("/send_emoji", JSON, "{");
+        let addr = format!("{ip}:5000").parse().unwrap();
+        r.extensions_mut()
+            .insert(ConnectInfo(emostream_gateway::ClientAddr(addr)));
+        r
+    };
+    // The bucket is checked before the body is read: two malformed bodies spend it.
+    assert_eq!(
+        send(&app, from("10.0.0.1")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        send(&app, from("10.0.0.1")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let a = send(&app, from("10.0.0.1")).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.retry_after.as_deref(), Some("1"));
+    assert_eq!(a.field(), None);
+    assert_eq!(
+        a.error().error,
+        "too many requests from this address, slow down"
+    );
+    // Another address has its own bucket.
+    assert_eq!(
+        send(&app, from("10.0.0.2")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_is_408() {
+    let app = gateway("request_timeout_ms = 300\ndelivery_timeout_ms = 100\nflush_ms = 10");
+    // A client that sends headers and then nothing.
+    let stalled = Body::from_stream(futures_util::stream::pending::<
+        Result<axum::body::Bytes, std::io::Error>,
+    >());
+    let a = send(&app, post("/send_emoji", JSON, stalled)).await;
+    assert_eq!(a.status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(a.error().error, "request not finished within 300 ms");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let app = gateway("");
+    let a = send(&app, Request::get("/nope").body(Body::empty()).unwrap()).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.error().error, "no such route");
+    let a = send(
+        &app,
+        Request::get("/send_emoji").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(a.error().error, "method not allowed on this route");
+    let a = send(&app, Request::get("/healthz").body(Body::empty()).unwrap()).await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "ok"));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_rejections() {
+    let app = gateway("");
+    send(&app, post("/send_emoji", JSON, "{")).await;
+    send(&app, post("/send_emoji", "text/plain", "{")).await;
+    send(&app, post("/v1/streams/X/emojis", JSON, "{}")).await;
+    send(&app, Request::get("/nope").body(Body::empty()).unwrap()).await;
+    let m = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(m.status, StatusCode::OK);
+    for line in [
+        r#"emostream_gateway_requests_total{route="/send_emoji",status="400"} 1"#,
+        r#"emostream_gateway_requests_total{route="/send_emoji",status="415"} 1"#,
+        r#"emostream_gateway_requests_total{route="/v1/streams/{stream}/emojis",status="422"} 1"#,
+        r#"emostream_gateway_requests_total{route="unmatched",status="404"} 1"#,
+        r#"emostream_gateway_rejections_total{reason="malformed"} 1"#,
+        r#"emostream_gateway_rejections_total{reason="unsupported_media_type"} 1"#,
+        r#"emostream_gateway_rejections_total{reason="invalid_field"} 1"#,
+        r#"emostream_gateway_rejections_total{reason="rate_limited_user"} 0"#,
+        "emostream_gateway_emojis_accepted_total 0",
+        "# TYPE emostream_gateway_producer_queue_depth gauge",
+        "# TYPE emostream_gateway_open_connections gauge",
+        "emostream_gateway_in_flight_events 0",
+        "emostream_gateway_in_flight_budget_events 1000000",
+        "# TYPE emostream_gateway_broker_ack_seconds histogram",
+        r#"emostream_gateway_broker_ack_seconds_bucket{le="+Inf"} 0"#,
+    ] {
+        assert!(
+            m.body.lines().any(|l| l == line),
+            "missing {line}:\n{}",
+            m.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn openapi_names_exactly_the_routes_that_answer() {
+    let app = gateway("");
+    let doc = send(
+        &app,
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(doc.status, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_str(&doc.body).unwrap();
+    let mut documented = Vec::new();
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for method in methods.as_object().unwrap().keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    assert_eq!(
+        documented,
+        [
+            "GET /",
+            "GET /healthz",
+            "GET /metrics",
+            "GET /openapi.json",
+            "GET /readyz",
+            "POST /send_emoji",
+            "POST /v1/streams/{stream}/emojis",
+        ]
+    );
+    for route in documented {
+        let (method, path) = route.split_once(' ').unwrap();
+        let request = Request::builder()
+            .method(method)
+            .uri(path.replace("{stream}", "main"))
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::empty())
+            .unwrap();
+        let status = send(&app, request).await.status;
+        assert!(
+            status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+            "{route} is documented but answers {status}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_viewer_page_may_post_cross_origin() {
+    let app = gateway("");
+    let preflight = Request::builder()
+        .method("OPTIONS")
+        .uri("/v1/streams/main/emojis")
+        .header(header::ORIGIN, "http://127.0.0.1:9011")
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(preflight).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let h = response.headers();
+    assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    assert_eq!(h[header::ACCESS_CONTROL_ALLOW_HEADERS], "content-type");
+    // A refusal carries the headers too, with Retry-After readable by the page.
+    let refused = Request::post("/v1/streams/NOPE/emojis")
+        .header(header::ORIGIN, "http://127.0.0.1:9011")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let response = app.oneshot(refused).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    assert_eq!(
+        response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS],
+        "retry-after"
+    );
+}

@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Ingest benchmark (not a test): in one run on this machine
+#   1. POST /send_emoji from 1,000 concurrent wrk connections against the gateway (release build,
+#      default durable mode: every 202 waits for acks=all on a real Tansu broker), and the same
+#      load (same wrk script, same bodies) against an nginx `return 202` endpoint: both rates and
+#      their ratio;
+#   2. POST /v1/streams/{stream}/emojis with 10,000-emoji batches: emojis per second *landed in
+#      Kafka*, counted by reading the topic back (not from the replies).
+#
+#   scripts/bench_ingest.sh            # DURATION=10s CONNECTIONS=1000 BATCH_CONNECTIONS=16 by default
+#   PROFILE=1 scripts/bench_ingest.sh  # also: perf profile of the gateway in each gateway phase
+#
+# Each phase also prints the CPU seconds the gateway and the broker used, so the share of the two
+# cores that wrk (the load generator) and the broker take is visible next to the rates.
+#
+# Installs wrk and nginx with apt-get when missing. Everything runs on 127.0.0.1 and is stopped
+# at exit. Every tap carries a random user id out of ten million (the real load is many phones
+# each sending little), so the per-user token bucket stays in the path without tripping; the
+# per-IP bucket is raised, since all of wrk's connections come from one address.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-1000}
+BATCH_CONNECTIONS=${BATCH_CONNECTIONS:-16}
+THREADS=${THREADS:-2}
+
+say() { printf '[bench] %s\n' "$*" >&2; }
+
+need() {
+  local missing=()
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+  if ((${#missing[@]})); then
+    say "installing ${missing[*]}"
+    local sudo=; [[ $(id -u) == 0 ]] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+need
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+# 1,000 connections on each side of loopback, plus the gateway's own files; 20,000 is the cap here.
+ulimit -n 20000
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+work=$(mktemp -d /tmp/emostream-bench.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  scripts/broker.sh stop --data "$work/broker" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+say "building the gateway (release)"
+cargo build --release --locked -p emostream-gateway --bin emostream-gateway --example count_events >&2
+bin=$root/target/release
+
+broker_port=$(free_port) gateway_port=$(free_port) nginx_port=$(free_port)
+cat >"$work/cluster.toml" <<TOML
+[kafka]
+brokers = "127.0.0.1:$broker_port"
+events_partitions = 4
+[gateway]
+listen = "127.0.0.1:$gateway_port"
+ip_requests_per_s = 1000000000
+ip_burst_requests = 1000000000
+[dataflow]
+processes = ["127.0.0.1:2101"]
+[broadcaster]
+main = "127.0.0.1:9000"
+clusters = []
+TOML
+scripts/broker.sh start --port "$broker_port" --data "$work/broker" --config "$work/cluster.toml"
+
+RUST_LOG=warn "$bin/emostream-gateway" --config "$work/cluster.toml" >"$work/gateway.log" 2>&1 &
+pids+=($!)
+gateway_pid=$!
+
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<CONF
+worker_processes 2;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$nginx_port reuseport;
+    location / {
+      default_type application/json;
+      return 202 '{"accepted":1,"epoch":0}';
+    }
+  }
+}
+CONF
+"$nginx_bin" -c "$work/nginx/nginx.conf" -p "$work/nginx" &
+pids+=($!)
+
+until curl -fsS "http://127.0.0.1:$gateway_port/readyz" >/dev/null 2>&1; do
+  kill -0 "$gateway_pid" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
+  sleep 0.1
+done
+until curl -sS -o /dev/null "http://127.0.0.1:$nginx_port/" 2>/dev/null; do sleep 0.1; done
+
+# One script for both targets: the same bodies, the same per-request Lua cost on wrk's side.
+cat >"$work/single.lua" <<'LUA'
+local emojis = {"🔥", "👍🏽", "❤️", "😂", "👨‍👩‍👧", "🇮🇳"}
+local counter = 0
+init = function(args) math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16)) end
+request = function()
+  local body = string.format(
+    '{"user_id":"user-%d","emoji_type":"%s","timestamp":"2024-11-05T10:00:00.000Z"}',
+    math.random(1, 10000000), emojis[math.random(1, #emojis)])
+  return wrk.format("POST", "/send_emoji", {["Content-Type"] = "application/json"}, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, latency:percentile(50), latency:percentile(99)))
+end
+LUA
+
+# Batches of 10,000 emojis; 100 distinct bodies cover a million distinct users, so no user's
+# bucket (50 taps/s) runs dry at a million taps per second.
+cat >"$work/batch.lua" <<'LUA'
+local emojis = {"🔥", "👍🏽", "❤️", "😂", "👨‍👩‍👧", "🇮🇳"}
+local bodies = {}
+local n = 0
+init = function(args)
+  for b = 1, 100 do
+    local items = {}
+    for i = 1, 10000 do
+      items[i] = string.format('{"user_id":"user-%d","emoji":"%s"}', b * 10000 + i, emojis[(i % #emojis) + 1])
+    end
+    bodies[b] = "[" .. table.concat(items, ",") .. "]"
+  end
+  n = math.random(1, 100)
+end
+request = function()
+  n = n % 100 + 1
+  return wrk.format("POST", "/v1/streams/bench-batch/emojis", {["Content-Type"] = "application/json"}, bodies[n])
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, latency:percentile(50), latency:percentile(99)))
+end
+LUA
+
+broker_pid=$(cat "$work/broker/tansu.pid")
+# utime + stime of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+tick=$(getconf CLK_TCK)
+cpu_note() { # label gateway_ticks_before broker_ticks_before
+  local g b
+  g=$(( $(cpu_ticks "$gateway_pid") - $2 )) b=$(( $(cpu_ticks "$broker_pid") - $3 ))
+  say "$1: gateway used $(awk -v t="$g" -v k="$tick" 'BEGIN{printf "%.1f", t/k}') CPU s, broker $(awk -v t="$b" -v k="$tick" 'BEGIN{printf "%.1f", t/k}') CPU s"
+}
+
+# wrk's RESULT line: requests duration_us non2xx socket_errors p50_us p99_us
+run_wrk() { # url script connections [profile-name]
+  local g0 b0 perf_pid=
+  g0=$(cpu_ticks "$gateway_pid") b0=$(cpu_ticks "$broker_pid")
+  if [[ -n ${4:-} && -n ${PROFILE:-} ]]; then
+    perf record -F 499 -g -p "$gateway_pid" -o "$work/perf.$4" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
+  wrk -t"$THREADS" -c"$3" -d"$DURATION" --timeout 10s -s "$2" "$1" | tee -a "$work/wrk.log" | awk '/^RESULT/ {print $2, $3, $4, $5, $6, $7}'
+  [[ -n ${4:-} ]] && cpu_note "$4" "$g0" "$b0"
+  if [[ -n $perf_pid ]]; then
+    wait "$perf_pid" || true
+    say "perf: where the gateway's time goes ($4), self time by symbol"
+    perf report -i "$work/perf.$4" --no-children --sort symbol --percent-limit 1.5 --stdio 2>/dev/null \
+      | grep -E '^ +[0-9]' | head -25 >&2
+    say "perf: by shared object ($4)"
+    perf report -i "$work/perf.$4" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8 >&2
+  fi
+}
+rate() { awk -v r="$1" -v d="$2" -v bad="$3" 'BEGIN { printf "%.0f", (r - bad) / (d / 1e6) }'; }
+
+say "nginx return 202: $CONNECTIONS connections, $DURATION"
+read -r n_req n_dur n_bad n_err n_p50 n_p99 < <(run_wrk "http://127.0.0.1:$nginx_port/send_emoji" "$work/single.lua" "$CONNECTIONS")
+say "gateway POST /send_emoji (durable): $CONNECTIONS connections, $DURATION"
+read -r g_req g_dur g_bad g_err g_p50 g_p99 < <(run_wrk "http://127.0.0.1:$gateway_port/send_emoji" "$work/single.lua" "$CONNECTIONS" single)
+
+say "gateway POST /v1/streams/bench-batch/emojis, 10,000 emojis per request: $BATCH_CONNECTIONS connections, $DURATION"
+read -r b_req b_dur b_bad b_err b_p50 b_p99 < <(run_wrk "http://127.0.0.1:$gateway_port/v1/streams/bench-batch/emojis" "$work/batch.lua" "$BATCH_CONNECTIONS" batch)
+# Every tap of the batch phase, counted in Kafka once every reply is in, over the span of the
+# gateway receive times of its records (first to last record, plus the last one's flush).
+read -r landed records first_ms last_ms < <("$bin/examples/count_events" --brokers "127.0.0.1:$broker_port" \
+  --topic emoji-events --partitions 4 --stream bench-batch)
+
+nginx_rate=$(rate "$n_req" "$n_dur" "$n_bad")
+gateway_rate=$(rate "$g_req" "$g_dur" "$g_bad")
+landed_rate=$(awk -v e="$landed" -v a="$first_ms" -v b="$last_ms" 'BEGIN { printf "%.0f", e / ((b - a + 100) / 1e3) }')
+acked_batches=$((b_req - b_bad))
+cat <<REPORT
+
+== ingest benchmark ($(nproc) cores, $DURATION per run, wrk -t$THREADS) ==
+nginx return 202         : $nginx_rate req/s  (${n_req} requests, non-2xx $n_bad, socket errors $n_err, p50 ${n_p50} us, p99 ${n_p99} us)
+gateway /send_emoji      : $gateway_rate req/s  (${g_req} requests, non-2xx $g_bad, socket errors $g_err, p50 ${g_p50} us, p99 ${g_p99} us)
+ratio gateway / nginx    : $(awk -v g="$gateway_rate" -v n="$nginx_rate" 'BEGIN { printf "%.2f", g / n }')
+batch route, landed      : $landed_rate emojis/s in Kafka  ($landed emojis in $records records over $(( (last_ms - first_ms + 100) )) ms of receive time; $acked_batches batches of 10,000 answered 202, non-2xx $b_bad, socket errors $b_err, p50 ${b_p50} us, p99 ${b_p99} us)
+REPORT

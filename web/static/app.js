@@ -1,0 +1,579 @@
+// Emostream viewer page: tap emojis (POSTed to the gateway in small batches), watch each closed
+// epoch's swarm, the last minute of counts per emoji, and the connection's state.
+//
+// Query parameters: ?stream=<id> picks the stream; ?subscriber=ws://host:port watches another
+// subscriber than the one that served the page; ?gateway=http://host:port overrides
+// /config.json; ?token=… is passed on to the subscriber when viewer tokens are required.
+'use strict';
+
+// Single- and multi-codepoint emojis alike: a skin tone, VS16, a flag and a ZWJ family.
+const TAPS = ['🔥', '❤️', '😂', '👏', '😮', '🎉', '👍🏽', '🇮🇳', '👨‍👩‍👧', '🏏', '⚽', '😢'];
+const STREAM_RE = /^[a-z0-9_-]{1,64}$/;
+const CHART_MS = 60_000;
+// Taps within this long go out in one POST: fewer requests, still feels instant.
+const FLUSH_MS = 120;
+// Taps kept for a retry while the gateway refuses or is unreachable; beyond, the oldest go.
+const MAX_PENDING = 500;
+// Floating emojis alive at once, and released per epoch: a busy stream's 1000s of scaled
+// emojis would only stutter the page, so a frame's swarm is scaled down proportionally.
+const MAX_FLOATING = 350;
+const MAX_PER_EPOCH = 240;
+const EPOCH_ROWS = 12;
+const RESUMED_SHOW_MS = 5000;
+const PALETTE = ['#ff6a88', '#7b5cff', '#3ddc97', '#ffc857', '#4cc9f0', '#f72585', '#b8f35d', '#ff9f1c'];
+
+const $ = (id) => document.getElementById(id);
+const fmt = new Intl.NumberFormat();
+const params = new URLSearchParams(location.search);
+
+const state = {
+  gateway: '',
+  subscriber: '',
+  token: params.get('token'),
+  userId: userId(),
+  stream: 'main',
+  // Bumped on every stream switch, so callbacks of an older socket or request do nothing.
+  generation: 0,
+  ws: null,
+  attempt: 0,
+  retryTimer: 0,
+  resumedTimer: 0,
+  // The newest epoch received: the `since` of the next connection.
+  lastEpoch: null,
+  frames: new Map(), // epoch → frame, for the chart and the list
+  mine: new Map(), // epoch → Map(emoji → taps the gateway acknowledged for it)
+  lastMineEpoch: null,
+  pending: [],
+  flushTimer: 0,
+  sent: 0,
+  swarmQueue: [], // { at, emoji } sorted by `at`
+  swarmFrame: null, // the newest frame not yet released as a swarm
+  floating: 0,
+};
+
+function userId() {
+  const fresh = 'web-' + Array.from(crypto.getRandomValues(new Uint8Array(5)), (b) => b.toString(16).padStart(2, '0')).join('');
+  try {
+    let id = localStorage.getItem('emostream.user');
+    if (!id) {
+      id = fresh;
+      localStorage.setItem('emostream.user', id);
+    }
+    return id;
+  } catch {
+    // Storage can be off (private windows, strict settings); a per-load id works the same.
+    return fresh;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection: one WebSocket to a subscriber; on a drop, back off and resume with ?since.
+
+function setConn(kind, text) {
+  const el = $('conn');
+  el.dataset.state = kind;
+  $('conn-text').textContent = text;
+}
+
+function connect() {
+  const generation = state.generation;
+  const url = new URL(`${state.subscriber}/v1/streams/${encodeURIComponent(state.stream)}/ws`);
+  const resuming = state.lastEpoch !== null;
+  if (resuming) url.searchParams.set('since', String(state.lastEpoch));
+  if (state.token) url.searchParams.set('token', state.token);
+  let ws;
+  try {
+    ws = new WebSocket(url);
+  } catch (e) {
+    setConn('reconnecting', `Bad subscriber URL: ${e.message}`);
+    return;
+  }
+  state.ws = ws;
+  ws.onopen = () => {
+    if (generation !== state.generation) return;
+    state.attempt = 0;
+    clearTimeout(state.resumedTimer);
+    if (resuming) {
+      setConn('resumed', `Resumed after #${state.lastEpoch}`);
+      state.resumedTimer = setTimeout(() => {
+        if (generation === state.generation && state.ws === ws) setConn('live', 'Live');
+      }, RESUMED_SHOW_MS);
+    } else {
+      setConn('live', 'Live');
+    }
+  };
+  ws.onmessage = (ev) => {
+    if (generation !== state.generation) return;
+    let msg;
+    try {
+      msg = JSON.parse(ev.data);
+    } catch {
+      return;
+    }
+    if (msg.type === 'epoch') {
+      onFrame(msg);
+    } else if (msg.type === 'lagged') {
+      // The subscriber skipped frames this page was too slow for; the gap is still in its
+      // ring, so reconnecting with ?since fetches it.
+      ws.close(4000, 'lagged');
+    }
+  };
+  ws.onclose = () => {
+    if (generation !== state.generation || state.ws !== ws) return;
+    state.ws = null;
+    scheduleReconnect();
+  };
+}
+
+function scheduleReconnect() {
+  const generation = state.generation;
+  // Exponential backoff with jitter, so a restarted subscriber is not hit by every viewer at once.
+  const base = Math.min(8000, 500 * 2 ** state.attempt);
+  const delay = Math.round(base / 2 + Math.random() * base / 2);
+  state.attempt += 1;
+  setConn('reconnecting', `Reconnecting in ${Math.ceil(delay / 1000)} s…`);
+  clearTimeout(state.retryTimer);
+  state.retryTimer = setTimeout(() => {
+    if (generation === state.generation) connect();
+  }, delay);
+}
+
+window.addEventListener('online', () => {
+  if (!state.ws) {
+    clearTimeout(state.retryTimer);
+    connect();
+  }
+});
+
+function watch(stream) {
+  flush();
+  state.generation += 1;
+  clearTimeout(state.retryTimer);
+  clearTimeout(state.resumedTimer);
+  if (state.ws) state.ws.close(1000, 'switching stream');
+  Object.assign(state, {
+    stream, ws: null, attempt: 0, lastEpoch: null, frames: new Map(), mine: new Map(),
+    lastMineEpoch: null, swarmQueue: [], swarmFrame: null,
+  });
+  $('stream').value = stream;
+  const url = new URL(location.href);
+  url.searchParams.set('stream', stream);
+  history.replaceState(null, '', url);
+  document.title = `Emostream · ${stream}`;
+  setConn('connecting', 'Connecting…');
+  renderAll();
+  connect();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames.
+
+function onFrame(frame) {
+  if (frame.stream !== state.stream || state.frames.has(frame.epoch)) return;
+  state.frames.set(frame.epoch, frame);
+  if (state.lastEpoch === null || frame.epoch > state.lastEpoch) {
+    state.lastEpoch = frame.epoch;
+    state.swarmFrame = frame;
+  }
+  // Keep a little more than the chart shows, so its left edge is never blank.
+  const keepAfter = newestFrame().end_ms - CHART_MS - 10_000;
+  for (const [epoch, f] of state.frames) {
+    if (f.end_ms < keepAfter) state.frames.delete(epoch);
+  }
+  renderAll();
+}
+
+function newestFrame() {
+  return state.lastEpoch === null ? null : state.frames.get(state.lastEpoch);
+}
+
+function renderAll() {
+  renderNow();
+  renderEpochs();
+  renderMine();
+  drawChart();
+}
+
+function renderNow() {
+  const f = newestFrame();
+  $('now-epoch').textContent = f ? clock(f.start_ms) : '–';
+  $('now-epoch').title = f ? `epoch #${f.epoch}` : '';
+  $('now-total').textContent = `${fmt.format(f ? f.total : 0)} ${f && f.total === 1 ? 'tap' : 'taps'}`;
+  const list = $('now-emojis');
+  list.replaceChildren();
+  if (!f) {
+    list.append(el('li', { className: 'empty' }, 'Waiting for the first epoch…'));
+    return;
+  }
+  for (const e of f.emojis.slice(0, 10)) {
+    list.append(el('li', {}, el('span', { className: 'e' }, e.emoji), fmt.format(e.count)));
+  }
+}
+
+function renderEpochs() {
+  const list = $('epochs');
+  list.replaceChildren();
+  const epochs = [...state.frames.keys()].sort((a, b) => b - a).slice(0, EPOCH_ROWS);
+  if (epochs.length === 0) {
+    list.append(el('li', { className: 'empty' }, 'No epochs yet'));
+    return;
+  }
+  for (const epoch of epochs) {
+    const f = state.frames.get(epoch);
+    const row = el('li', { className: state.mine.has(epoch) ? 'has-mine' : '' });
+    row.dataset.epoch = String(epoch);
+    row.dataset.total = String(f.total);
+    const items = f.emojis.map((e) => {
+      const item = el('span', { className: 'emoji-count', title: `scaled ×${e.scaled}` }, el('span', { className: 'e' }, e.emoji), ` ${fmt.format(e.count)}`);
+      item.dataset.emoji = e.emoji;
+      item.dataset.count = String(e.count);
+      return item;
+    });
+    const total = el('span', { className: 'total' }, fmt.format(f.total));
+    if (f.late > 0) total.append(el('span', { className: 'late', title: 'late taps folded in' }, `+${fmt.format(f.late)} late`));
+    row.append(el('span', { className: 'id', title: `epoch #${epoch}` }, clock(f.start_ms)), el('span', { className: 'list' }, ...items), total);
+    list.append(row);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tapping: taps are batched for FLUSH_MS and POSTed as one JSON array.
+
+function tap(emoji, button) {
+  state.pending.push({ user_id: state.userId, emoji, timestamp: Date.now() });
+  if (state.pending.length > MAX_PENDING) state.pending.splice(0, state.pending.length - MAX_PENDING);
+  state.sent += 1;
+  $('sent').textContent = fmt.format(state.sent);
+  ownFloat(emoji, button);
+  button.classList.add('hit');
+  setTimeout(() => button.classList.remove('hit'), 90);
+  if (!state.flushTimer) state.flushTimer = setTimeout(flush, FLUSH_MS);
+}
+
+async function flush() {
+  clearTimeout(state.flushTimer);
+  state.flushTimer = 0;
+  if (state.pending.length === 0) return;
+  const batch = state.pending.splice(0);
+  const { stream, generation } = state;
+  const retry = (ms) => {
+    // Only a batch of the stream still watched is worth retrying.
+    if (generation !== state.generation) return;
+    state.pending.unshift(...batch);
+    clearTimeout(state.flushTimer);
+    state.flushTimer = setTimeout(flush, ms);
+  };
+  let response;
+  try {
+    response = await fetch(`${state.gateway}/v1/streams/${encodeURIComponent(stream)}/emojis`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(batch),
+    });
+  } catch {
+    showTapError(`Can't reach the gateway at ${state.gateway}; retrying…`);
+    retry(2000);
+    return;
+  }
+  if (response.status === 202) {
+    hideTapError();
+    const ack = await response.json();
+    if (generation !== state.generation) return;
+    const counts = state.mine.get(ack.epoch) || new Map();
+    for (const t of batch) counts.set(t.emoji, (counts.get(t.emoji) || 0) + 1);
+    state.mine.set(ack.epoch, counts);
+    if (state.lastMineEpoch === null || ack.epoch >= state.lastMineEpoch) state.lastMineEpoch = ack.epoch;
+    renderMine();
+    renderEpochs();
+    return;
+  }
+  const body = await response.json().catch(() => ({}));
+  if (response.status === 429 || response.status === 503) {
+    const seconds = Number(response.headers.get('retry-after')) || 1;
+    showTapError(response.status === 429
+      ? `Slow down! Retrying in ${seconds} s`
+      : `The gateway is busy; retrying in ${seconds} s`);
+    retry(seconds * 1000);
+  } else {
+    showTapError(`Refused (${response.status}): ${body.error || 'unknown error'}`);
+  }
+}
+
+function showTapError(text) {
+  const box = $('tap-error');
+  box.textContent = text;
+  box.hidden = false;
+}
+
+function hideTapError() {
+  $('tap-error').hidden = true;
+}
+
+// The acknowledged taps of an epoch are "counted" once that epoch's frame holds at least them.
+function isCounted(epoch) {
+  const frame = state.frames.get(epoch);
+  const mine = state.mine.get(epoch);
+  if (!frame || !mine) return false;
+  for (const [emoji, n] of mine) {
+    const got = frame.emojis.find((e) => e.emoji === emoji);
+    if (!got || got.count < n) return false;
+  }
+  return true;
+}
+
+function renderMine() {
+  let counted = 0;
+  for (const [epoch, taps] of state.mine) {
+    if (isCounted(epoch)) for (const n of taps.values()) counted += n;
+  }
+  $('counted').textContent = fmt.format(counted);
+  const box = $('mine');
+  const epoch = state.lastMineEpoch;
+  if (epoch === null) {
+    box.hidden = true;
+    return;
+  }
+  const taps = state.mine.get(epoch);
+  const n = [...taps.values()].reduce((a, b) => a + b, 0);
+  const plural = n === 1 ? 'tap' : 'taps';
+  box.hidden = false;
+  box.dataset.epoch = String(epoch);
+  if (isCounted(epoch)) {
+    const frame = state.frames.get(epoch);
+    const parts = [...taps.keys()].map((emoji) => {
+      const count = frame.emojis.find((e) => e.emoji === emoji).count;
+      return [el('span', { className: 'e' }, emoji), ` ${fmt.format(count)}`];
+    });
+    box.dataset.state = 'counted';
+    box.className = 'mine counted';
+    box.replaceChildren(`✓ Your ${n} ${plural} counted in the ${clock(frame.start_ms)} epoch: `, ...parts.flatMap((p, i) => (i ? [' · ', ...p] : p)));
+  } else {
+    box.dataset.state = 'waiting';
+    box.className = 'mine';
+    box.textContent = `Your ${n} ${plural} went into epoch #${epoch}; waiting for it to close…`;
+    box.title = `epoch #${epoch}`;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The swarm: each emoji's `scaled` count, released as floating emojis spread over the epoch.
+
+function releaseSwarm(frame, now) {
+  const window = Math.max(500, frame.end_ms - frame.start_ms);
+  const wanted = frame.emojis.reduce((a, e) => a + e.scaled, 0);
+  const factor = Math.min(1, MAX_PER_EPOCH / Math.max(1, wanted));
+  const items = [];
+  for (const e of frame.emojis) {
+    // Every emoji present gets at least one, however much the swarm is scaled down.
+    const copies = Math.max(1, Math.round(e.scaled * factor));
+    for (let i = 0; i < copies; i++) items.push({ at: now + Math.random() * window, emoji: e.emoji });
+  }
+  // A new epoch replaces what is left of the previous one's swarm, so the swarm never lags.
+  state.swarmQueue = items.sort((a, b) => a.at - b.at);
+}
+
+function tick(now) {
+  if (state.swarmFrame) {
+    // Only the newest frame since the last tick: a resume's replay of older epochs is listed
+    // and charted, not flown.
+    if (!document.hidden) releaseSwarm(state.swarmFrame, now);
+    state.swarmFrame = null;
+  }
+  const q = state.swarmQueue;
+  let i = 0;
+  while (i < q.length && q[i].at <= now) {
+    if (state.floating < MAX_FLOATING) spawnFloat(q[i].emoji, Math.random() * 92 + 2, false);
+    i++;
+  }
+  if (i) q.splice(0, i);
+  requestAnimationFrame(tick);
+}
+
+function spawnFloat(emoji, leftPercent, own) {
+  const stage = $('stage');
+  const height = stage.clientHeight || 300;
+  const size = own ? 44 : 22 + Math.random() * 20;
+  const span = el('span', { className: own ? 'float own' : 'float' }, emoji);
+  span.style.left = `${leftPercent}%`;
+  span.style.fontSize = `${size}px`;
+  span.style.setProperty('--dur', `${(2.4 + Math.random() * 1.6).toFixed(2)}s`);
+  span.style.setProperty('--dx', `${Math.round((Math.random() - 0.5) * 120)}px`);
+  span.style.setProperty('--rise', `${Math.round(height * (0.75 + Math.random() * 0.35))}px`);
+  span.style.setProperty('--spin', `${Math.round((Math.random() - 0.5) * 50)}deg`);
+  state.floating += 1;
+  span.addEventListener('animationend', () => {
+    span.remove();
+    state.floating -= 1;
+  }, { once: true });
+  stage.append(span);
+}
+
+function ownFloat(emoji, button) {
+  const stage = $('stage').getBoundingClientRect();
+  const b = button.getBoundingClientRect();
+  const left = ((b.left + b.width / 2 - stage.left) / Math.max(1, stage.width)) * 100;
+  spawnFloat(emoji, Math.min(92, Math.max(2, left - 3)), true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chart: taps per epoch for the busiest emojis of the last minute, on a plain canvas.
+
+function drawChart() {
+  const canvas = $('chart');
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth;
+  const height = canvas.clientHeight;
+  if (!width || !height) return;
+  if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+  }
+  const ctx = canvas.getContext('2d');
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+
+  const newest = newestFrame();
+  const pad = { left: 40, right: 10, top: 8, bottom: 20 };
+  const plotW = width - pad.left - pad.right;
+  const plotH = height - pad.top - pad.bottom;
+  // The right edge follows the wall clock, so the chart scrolls even between frames.
+  const right = Date.now();
+  const left = right - CHART_MS;
+  const x = (t) => pad.left + ((t - left) / CHART_MS) * plotW;
+
+  const frames = [...state.frames.values()].filter((f) => f.end_ms >= left).sort((a, b) => a.epoch - b.epoch);
+  const totals = new Map();
+  for (const f of frames) for (const e of f.emojis) totals.set(e.emoji, (totals.get(e.emoji) || 0) + e.count);
+  const top = [...totals.entries()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, PALETTE.length).map(([e]) => e);
+  let max = 0;
+  for (const f of frames) for (const e of f.emojis) if (top.includes(e.emoji)) max = Math.max(max, e.count);
+  const yMax = niceMax(max);
+  const y = (v) => pad.top + plotH - (v / yMax) * plotH;
+
+  ctx.font = '11px system-ui, sans-serif';
+  ctx.fillStyle = 'rgba(169, 164, 201, 0.9)';
+  ctx.strokeStyle = 'rgba(255, 255, 255, 0.08)';
+  ctx.lineWidth = 1;
+  ctx.textAlign = 'right';
+  ctx.textBaseline = 'middle';
+  for (let i = 0; i <= 4; i++) {
+    const v = (yMax / 4) * i;
+    ctx.beginPath();
+    ctx.moveTo(pad.left, Math.round(y(v)) + 0.5);
+    ctx.lineTo(width - pad.right, Math.round(y(v)) + 0.5);
+    ctx.stroke();
+    ctx.fillText(compact(v), pad.left - 6, y(v));
+  }
+  ctx.textAlign = 'center';
+  ctx.textBaseline = 'top';
+  for (const s of [60, 45, 30, 15, 0]) ctx.fillText(s ? `-${s}s` : 'now', x(right - s * 1000), height - pad.bottom + 5);
+
+  const legend = $('legend');
+  legend.replaceChildren();
+  if (!newest || frames.length === 0) {
+    ctx.textBaseline = 'middle';
+    ctx.fillText('Counts appear here as epochs close', pad.left + plotW / 2, pad.top + plotH / 2);
+    return;
+  }
+  // Epochs without a frame had no taps: draw them as zero, but only up to the newest closed one.
+  const windowMs = newest.end_ms - newest.start_ms;
+  const byEpoch = new Map(frames.map((f) => [f.epoch, f]));
+  const first = Math.max(frames[0].epoch, Math.floor(left / windowMs));
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(pad.left, 0, plotW, height);
+  ctx.clip();
+  top.forEach((emoji, i) => {
+    const color = PALETTE[i];
+    ctx.strokeStyle = color;
+    ctx.lineWidth = i === 0 ? 2.5 : 1.75;
+    ctx.lineJoin = 'round';
+    ctx.beginPath();
+    let last = null;
+    for (let epoch = first; epoch <= newest.epoch; epoch++) {
+      const f = byEpoch.get(epoch);
+      const count = f ? (f.emojis.find((e) => e.emoji === emoji) || { count: 0 }).count : 0;
+      const px = x((epoch + 1) * windowMs);
+      if (last === null) ctx.moveTo(px, y(count));
+      else ctx.lineTo(px, y(count));
+      last = { px, py: y(count), count };
+    }
+    ctx.stroke();
+    if (last) {
+      ctx.fillStyle = color;
+      ctx.beginPath();
+      ctx.arc(last.px, last.py, 3, 0, Math.PI * 2);
+      ctx.fill();
+    }
+    const item = el('li', {}, el('span', { className: 'swatch' }), el('span', { className: 'e' }, emoji), fmt.format(totals.get(emoji)));
+    item.firstChild.style.background = color;
+    legend.append(item);
+  });
+  ctx.restore();
+}
+
+function niceMax(v) {
+  if (v <= 4) return 4;
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+  return 10 * p;
+}
+
+function compact(v) {
+  if (v >= 1e6) return `${+(v / 1e6).toFixed(1)}M`;
+  if (v >= 1e3) return `${+(v / 1e3).toFixed(1)}k`;
+  return String(Math.round(v));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function el(tag, props, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+}
+
+// An epoch's start as the viewer's wall-clock time: easier to follow than its number.
+function clock(ms) {
+  return new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23' });
+}
+
+function wsBase(url) {
+  return url.replace(/^http(s?):/, 'ws$1:').replace(/\/+$/, '');
+}
+
+async function start() {
+  let config = {};
+  try {
+    config = await (await fetch('config.json', { cache: 'no-cache' })).json();
+  } catch {
+    // Served without /config.json (a plain file server): the gateway is then this origin.
+  }
+  state.gateway = (params.get('gateway') || config.gateway || location.origin).replace(/\/+$/, '');
+  state.subscriber = wsBase(params.get('subscriber') || location.origin);
+  $('user').textContent = state.userId;
+
+  const buttons = $('tap-buttons');
+  for (const emoji of TAPS) {
+    const b = el('button', { type: 'button', title: `Tap ${emoji}` }, emoji);
+    b.setAttribute('aria-label', `Tap ${emoji}`);
+    b.dataset.emoji = emoji;
+    b.addEventListener('click', () => tap(emoji, b));
+    buttons.append(b);
+  }
+  $('stream-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const stream = $('stream').value.trim();
+    if (STREAM_RE.test(stream) && stream !== state.stream) watch(stream);
+  });
+  new ResizeObserver(drawChart).observe($('chart'));
+  // Redrawn twice a second so the minute scrolls between epochs.
+  setInterval(drawChart, 500);
+  window.addEventListener('pagehide', flush);
+  requestAnimationFrame(tick);
+
+  const wanted = params.get('stream');
+  watch(wanted && STREAM_RE.test(wanted) ? wanted : 'main');
+}
+
+start();
