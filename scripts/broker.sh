@@ -60,6 +60,7 @@ topics() {
   echo "$(kafka_setting events_topic emoji-events) $(kafka_setting events_partitions 4)"
   echo "$(kafka_setting epochs_topic emoji-epochs) $(kafka_setting epochs_partitions 2)"
   echo "$(kafka_setting progress_topic emoji-progress) 1"
+  echo "$(kafka_setting trends_topic emoji-trends) 2"
 }
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }

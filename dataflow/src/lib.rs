@@ -11,10 +11,13 @@
 //! - [`reduce`]: `PerThousand`, the per-1000 reduction into viewer frames.
 //! - [`publish`]: `PublishEpochs`, gated, acknowledged publication to `emoji-epochs`.
 //! - [`progress`]: `WriteProgress`, the progress record and the gate it feeds back.
+//! - [`trends`]: sliding-window trends (top emojis, sentiment, popular streams) with differential
+//!   dataflow, published on their own topic.
 //! - [`metrics`]: per-process counters, served as Prometheus text.
 //!
 //! ```text
 //! KafkaSource ─┬─ counts ─▶ CountEpochs ─▶ PerThousand ─▶ PublishEpochs ─▶ (published frontier)
+//!              │                 └─▶ Trends ─▶ PublishTrends       │
 //!              └─ marks ──────────────────────────────────────▶ WriteProgress ◀──┘
 //!                                          gate ◀── feedback(+1 epoch) ──┘
 //! ```
@@ -28,9 +31,11 @@ pub mod publish;
 pub mod recovery;
 pub mod reduce;
 pub mod source;
+pub mod trends;
 pub mod watermark;
 
 use count::CountEpochs;
+use emostream_protocol::trends::TRENDS_TOPIC;
 use emostream_protocol::Config;
 use partition::Partition;
 use progress::WriteProgress;
@@ -43,6 +48,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use timely::dataflow::operators::{ConnectLoop, Feedback, OkErr};
 use timely::worker::Worker;
+use trends::publish::{PublishTrends, TrendsProducer};
+use trends::{TrendSettings, Trends};
 
 /// A source's pre-count of one (stream, emoji) in one epoch (the epoch is the timely time).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +120,9 @@ pub fn run_worker(
     } else {
         None
     };
+    // Trends read the closed epochs and publish elsewhere; nothing on the epochs' path waits
+    // for them, and without their topic they are off.
+    let trends_publisher = TrendsProducer::connect(&kafka.brokers, TRENDS_TOPIC)?;
     worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
         let (gate_handle, gate) = scope.feedback::<Vec<()>>(1);
         let (counts, marks) = source::kafka_source(scope, settings)
@@ -121,9 +131,16 @@ pub fn run_worker(
                 SourceItem::Count(c) => Ok(c),
                 SourceItem::Mark(m) => Err(m),
             });
-        let published = counts
-            .container::<Vec<PartialCount>>()
-            .count_epochs()
+        let closed = counts.container::<Vec<PartialCount>>().count_epochs();
+        if let Some(producer) = trends_publisher {
+            // Not exactly-once: the output's frontier (frames answered) only keeps a graceful
+            // stop waiting for the broker; nothing else depends on it.
+            let _answered = closed
+                .clone()
+                .trends(TrendSettings::new(epochs.window_ms))
+                .publish_trends(producer);
+        }
+        let published = closed
             .per_thousand(epochs.divisor, epochs.window_ms)
             .publish_epochs(gate, publisher, epochs.window_ms, metrics);
         marks

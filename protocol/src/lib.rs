@@ -4,6 +4,7 @@
 //! - [`config`]: `cluster.toml` as typed structs, with environment overrides.
 //! - [`epoch`]: the 2-second epoch grid and the per-1000 reduction rule.
 //! - [`progress`]: the dataflow's recovery record on the progress topic.
+//! - [`trends`]: the trend frames (trending, sentiment, popular) on `emoji-trends`.
 //! - [`wire`]: the HTTP bodies, the Kafka records and the viewer frames.
 //! - [`shutdown`] (feature `signal`): one future that resolves on Ctrl-C or SIGTERM.
 
@@ -12,6 +13,7 @@ pub mod epoch;
 pub mod progress;
 #[cfg(feature = "signal")]
 pub mod shutdown;
+pub mod trends;
 pub mod wire;
 
 pub use config::Config;

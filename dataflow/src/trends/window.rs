@@ -13,9 +13,11 @@ use timely::dataflow::Stream;
 pub trait SlideWindow<'scope> {
     /// The epochs of the last `epochs` epochs as a collection (diff `+1` while inside).
     ///
-    /// A retraction is emitted once the frontier reaches its time rather than at once, so that at
-    /// shutdown (the frontier empties without the later epochs closing) a window is never shown
-    /// draining: only retractions due by the newest epoch this worker saw are let out then.
+    /// Both the entry and the exit of an epoch wait until the frontier has passed their time:
+    /// then every worker agrees that the time is over, and at a stop (the frontier empties at
+    /// once) nothing pending is let out, so a window is never shown draining while the epochs
+    /// simply stopped being counted. The cost is that an epoch closed in the same instant as a
+    /// stop gets no trends; the epochs' own frames are unaffected.
     fn slide(self, epochs: u64) -> VecCollection<'scope, u64, EpochCount, i64>;
 }
 
@@ -25,46 +27,46 @@ impl<'scope> SlideWindow<'scope> for Stream<'scope, u64, Vec<EpochCount>> {
         // The input is already exchanged by stream (CountEpochs), and the collections built on
         // this one are exchanged by their own keys: no exchange here.
         self.unary_frontier(Pipeline, "SlideWindow", move |_cap, _info| {
-            // retraction time → (its capability, the epochs leaving then)
-            let mut leaving: BTreeMap<u64, (Capability<u64>, Vec<EpochCount>)> = BTreeMap::new();
-            let mut newest: Option<u64> = None;
+            // time → (its capability, the epochs entering (+1) or leaving (-1) then)
+            type Moves = Vec<(EpochCount, i64)>;
+            let mut pending: BTreeMap<u64, (Capability<u64>, Moves)> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(cap) = cap.retain_least(output.output_index()) else {
                         return;
                     };
-                    let epoch = *cap.time();
-                    newest = newest.max(Some(epoch));
-                    let leaves = epoch + epochs;
-                    let (_, gone) = leaving
-                        .entry(leaves)
-                        .or_insert_with(|| (cap.delayed(&leaves), Vec::new()));
-                    let mut session = output.session(&cap);
-                    for batch in data {
-                        for count in batch.drain(..) {
-                            gone.push(count.clone());
-                            session.give((count, epoch, 1));
+                    let (enters, leaves) = (*cap.time(), *cap.time() + epochs);
+                    let mut exits = Vec::new();
+                    {
+                        let (_, entries) = pending
+                            .entry(enters)
+                            .or_insert_with(|| (cap.clone(), Vec::new()));
+                        for batch in data {
+                            for count in batch.drain(..) {
+                                exits.push((count.clone(), -1));
+                                entries.push((count, 1));
+                            }
                         }
                     }
+                    pending
+                        .entry(leaves)
+                        .or_insert_with(|| (cap.delayed(&leaves), Vec::new()))
+                        .1
+                        .append(&mut exits);
                 });
-                let shutdown = frontier.frontier().is_empty();
-                while let Some(entry) = leaving.first_entry() {
+                if frontier.frontier().is_empty() {
+                    pending.clear(); // a stop: see above
+                    return;
+                }
+                while let Some(entry) = pending.first_entry() {
                     let time = *entry.key();
-                    let due = if shutdown {
-                        newest.is_some_and(|n| time <= n)
-                    } else {
-                        !frontier.less_than(&time)
-                    };
-                    if !due {
+                    if frontier.less_equal(&time) {
                         break;
                     }
-                    let (cap, gone) = entry.remove();
+                    let (cap, moves) = entry.remove();
                     output
                         .session(&cap)
-                        .give_iterator(gone.into_iter().map(|count| (count, time, -1)));
-                }
-                if shutdown {
-                    leaving.clear();
+                        .give_iterator(moves.into_iter().map(|(count, diff)| (count, time, diff)));
                 }
             }
         })

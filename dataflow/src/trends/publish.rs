@@ -1,0 +1,208 @@
+//! `PublishTrends`: trends frames → the trends topic (key: the frame's stream), acknowledged.
+//!
+//! Delivery is at least once within a run and best effort across runs: each epoch's capability is
+//! held until the broker answered every frame of it, so a graceful stop waits for them; a frame
+//! the broker refuses after librdkafka's retries is logged and dropped rather than crashing the
+//! worker, because trends are derived, disposable data and must never stop the epochs' path. The
+//! producer is the same as the epochs' (idempotent, acks=all, no linger), with its own books.
+
+use emostream_protocol::trends::TrendFrame;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+use timely::scheduling::SyncActivator;
+
+/// How often the operator looks again at unanswered frames if no delivery report woke it.
+const ACK_POLL: Duration = Duration::from_millis(10);
+
+/// Frames sent and not yet answered, per epoch; shared with librdkafka's callback thread.
+#[derive(Default)]
+struct Deliveries {
+    outstanding: Mutex<HashMap<u64, u64>>,
+}
+
+impl Deliveries {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
+        // Nothing panics while holding the lock; a poisoned lock still has valid counts.
+        self.outstanding.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sent(&self, epoch: u64) {
+        *self.lock().entry(epoch).or_default() += 1;
+    }
+
+    fn answered(&self, epoch: u64) {
+        let mut outstanding = self.lock();
+        if let Some(n) = outstanding.get_mut(&epoch) {
+            *n -= 1;
+            if *n == 0 {
+                outstanding.remove(&epoch);
+            }
+        }
+    }
+
+    fn settled(&self, epoch: u64) -> bool {
+        !self.lock().contains_key(&epoch)
+    }
+}
+
+pub struct TrendsContext {
+    deliveries: Arc<Deliveries>,
+    wake: Arc<OnceLock<SyncActivator>>,
+}
+
+impl ClientContext for TrendsContext {}
+
+impl ProducerContext for TrendsContext {
+    type DeliveryOpaque = Box<u64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, epoch: Box<u64>) {
+        if let Err((error, _)) = result {
+            tracing::warn!(epoch = *epoch, %error, "a trends frame was not delivered");
+        }
+        self.deliveries.answered(*epoch);
+        if let Some(wake) = self.wake.get() {
+            // The worker may already be gone at shutdown; nothing is waiting then.
+            let _ = wake.activate();
+        }
+    }
+}
+
+/// The trends topic's producer.
+pub struct TrendsProducer {
+    producer: ThreadedProducer<TrendsContext>,
+    deliveries: Arc<Deliveries>,
+    topic: String,
+    wake: Arc<OnceLock<SyncActivator>>,
+}
+
+impl TrendsProducer {
+    /// Creates the producer and fetches the topic's metadata (blocking: call it before the
+    /// dataflow runs). `Ok(None)` when the broker does not have the topic: trends are then off
+    /// for this run, with a warning, and the epochs flow as before.
+    pub fn connect(brokers: &str, topic: &str) -> Result<Option<Self>, String> {
+        let deliveries = Arc::new(Deliveries::default());
+        let wake = Arc::new(OnceLock::new());
+        let producer: ThreadedProducer<TrendsContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            // As for epochs: a retry never duplicates a frame, and every replica has it.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // A few frames per epoch: waiting to fill a batch only adds latency.
+            .set("linger.ms", "0")
+            .create_with_context(TrendsContext {
+                deliveries: Arc::clone(&deliveries),
+                wake: Arc::clone(&wake),
+            })
+            .map_err(|e| format!("{topic} producer: {e}"))?;
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(15))
+            .map_err(|e| format!("{topic} metadata: {e}"))?;
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        if !exists {
+            tracing::warn!(topic, "the trends topic does not exist: trends are off");
+            return Ok(None);
+        }
+        Ok(Some(TrendsProducer {
+            producer,
+            deliveries,
+            topic: topic.to_string(),
+            wake,
+        }))
+    }
+}
+
+pub trait PublishTrends<'scope> {
+    /// Publishes each epoch's trends frames as soon as they arrive and holds the epoch until the
+    /// broker answered all of them. The returned stream carries no data; its frontier is the
+    /// first epoch whose frames are not all answered.
+    fn publish_trends(self, producer: TrendsProducer) -> Stream<'scope, u64, Vec<()>>;
+}
+
+impl<'scope> PublishTrends<'scope> for Stream<'scope, u64, Vec<TrendFrame>> {
+    fn publish_trends(self, producer: TrendsProducer) -> Stream<'scope, u64, Vec<()>> {
+        let scope = self.scope();
+        let mut builder = OperatorBuilder::new("PublishTrends".to_owned(), scope);
+        let info = builder.operator_info();
+        let mut frames = builder.new_input(self, Pipeline);
+        let (output, answered) = builder.new_output::<Vec<()>>();
+
+        builder.build(move |_initial| {
+            let activator = scope.activator_for(info.address.clone());
+            // Set once, by the one operator that owns this producer.
+            let _ = producer
+                .wake
+                .set(scope.worker().sync_activator_for(info.address.to_vec()));
+            let TrendsProducer {
+                producer,
+                deliveries,
+                topic,
+                ..
+            } = producer;
+            // epoch → (its capability, frames not yet enqueued)
+            let mut unsent: BTreeMap<u64, (Capability<u64>, Vec<TrendFrame>)> = BTreeMap::new();
+            // No data ever leaves on this output; its capabilities alone carry the frontier.
+            let _output = output;
+
+            move |_frontiers| {
+                frames.for_each_stamp(|cap, data| {
+                    let Some(cap) = cap.retain_least(0) else {
+                        return;
+                    };
+                    let entry = unsent
+                        .entry(*cap.time())
+                        .or_insert_with(|| (cap, Vec::new()));
+                    for batch in data {
+                        entry.1.append(batch);
+                    }
+                });
+                let mut full = false;
+                for (epoch, (_, frames)) in unsent.iter_mut() {
+                    while let Some(frame) = frames.pop() {
+                        let payload =
+                            serde_json::to_vec(&frame).expect("a trends frame always serializes");
+                        let record = BaseRecord::with_opaque_to(&topic, Box::new(*epoch))
+                            .key(frame.stream().as_bytes())
+                            .payload(&payload)
+                            .timestamp(frame.end_ms() as i64);
+                        match producer.send(record) {
+                            Ok(()) => deliveries.sent(*epoch),
+                            Err((
+                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                                _,
+                            )) => {
+                                frames.push(frame);
+                                full = true;
+                                break;
+                            }
+                            Err((error, _)) => {
+                                tracing::warn!(epoch, %error, "a trends frame was not enqueued");
+                            }
+                        }
+                    }
+                    if full {
+                        break; // the producer's queue is full: try again shortly
+                    }
+                }
+                // Dropping an epoch's capability says all its frames were answered.
+                unsent
+                    .retain(|epoch, (_, frames)| !frames.is_empty() || !deliveries.settled(*epoch));
+                if !unsent.is_empty() {
+                    activator.activate_after(ACK_POLL);
+                }
+            }
+        });
+        answered
+    }
+}
