@@ -1,5 +1,9 @@
-//! One process's view of every stream: the newest epochs kept for resume, the live feeds, and
-//! which streams this process's own viewers watch.
+//! One process's view of every stream: the newest epochs kept for resume, the newest trend frame
+//! of each kind, the live feeds, and which streams this process's own viewers watch.
+//!
+//! Epoch frames and trend frames carry the same epoch numbers, so they are kept apart: epochs go
+//! through the per-stream ring and its dedupe, trend frames replace the stored one of their
+//! `(stream, type)`. Both reach a stream's viewers through the same live feed, in arrival order.
 //!
 //! A frame enters once, as the exact text the dataflow wrote, and leaves as clones of one
 //! refcounted [`FrameData`]: a hub never parses more than a frame's head and never re-serializes
@@ -7,7 +11,8 @@
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use emostream_protocol::wire::FrameHead;
+use emostream_protocol::trends::ALL_STREAMS;
+use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -23,14 +28,55 @@ pub const LIVE_CAPACITY: usize = 16;
 /// ring. Links are few, so this can be generous.
 const LINK_CAPACITY: usize = 1024;
 
-/// One epoch of one stream, shared by every connection that sends it.
+/// What a frame is, by its `type`: how the hub keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Trending,
+    Sentiment,
+    Popular,
+    /// `epoch`, and any type this tier does not know: those go through the ring, as every frame
+    /// did before trend frames existed.
+    #[serde(other)]
+    Epoch,
+}
+
+impl Kind {
+    /// The slot of [`StreamState::latest`] a trend frame lives in; `None` for the ring's frames.
+    fn trend_slot(self) -> Option<usize> {
+        match self {
+            Kind::Trending => Some(0),
+            Kind::Sentiment => Some(1),
+            Kind::Popular => Some(2),
+            Kind::Epoch => None,
+        }
+    }
+}
+
+/// Just enough of any frame to route it. Missing `type` means an epoch, as before it was read.
+#[derive(Deserialize)]
+struct Head {
+    #[serde(rename = "type", default = "Head::epoch")]
+    kind: Kind,
+    stream: String,
+    epoch: u64,
+}
+
+impl Head {
+    fn epoch() -> Kind {
+        Kind::Epoch
+    }
+}
+
+/// One frame of one stream (an epoch, or a trend frame as of an epoch), shared by every
+/// connection that sends it.
 #[derive(Debug)]
 pub struct FrameData {
     pub stream: Arc<str>,
     pub epoch: u64,
     /// The dataflow's exact bytes: what WebSocket viewers and lower tiers get.
     pub text: Utf8Bytes,
-    /// `id: <epoch>` and the text as `data:` lines: what SSE viewers get.
+    /// The text as `data:` lines, after `id: <epoch>` for an epoch frame: what SSE viewers get.
     pub sse: Bytes,
     /// When this tier got it, for the delivery-latency metric.
     pub at: Instant,
@@ -38,9 +84,14 @@ pub struct FrameData {
 
 pub type Frame = Arc<FrameData>;
 
-/// The SSE event for a frame: its epoch as the event id, so `Last-Event-ID` resumes after it.
-fn sse_event(epoch: u64, text: &str) -> Bytes {
-    let mut event = format!("id: {epoch}\n");
+/// The SSE event for a frame. An epoch frame's id is its epoch, so `Last-Event-ID` resumes after
+/// it; a trend frame has none, so that the browser keeps resuming from the last epoch frame (a
+/// trend frame of epoch E can arrive before epoch E's own frame).
+fn sse_event(id: Option<u64>, text: &str) -> Bytes {
+    let mut event = match id {
+        Some(epoch) => format!("id: {epoch}\n"),
+        None => String::new(),
+    };
     // A JSON frame is one line, but a line break inside one must not end the event early.
     for line in text.split('\n') {
         event.push_str("data: ");
@@ -56,6 +107,9 @@ struct StreamState {
     ring: VecDeque<Frame>,
     /// The newest epoch pushed out of the ring: a resume from before it has missed something.
     evicted: Option<u64>,
+    /// The newest trend frame of each kind, by [`Kind::trend_slot`]; `popular` only under
+    /// [`ALL_STREAMS`].
+    latest: [Option<Frame>; 3],
     live: broadcast::Sender<Frame>,
     /// Viewers of this process watching (or about to watch) this stream.
     watchers: usize,
@@ -68,6 +122,7 @@ impl StreamState {
         Self {
             ring: VecDeque::new(),
             evicted: None,
+            latest: Default::default(),
             live: broadcast::channel(LIVE_CAPACITY).0,
             watchers: 0,
             synced: false,
@@ -109,10 +164,13 @@ impl Hub {
         }
     }
 
-    /// Routes one frame by its head. Returns `Ok(false)` for an epoch this stream has already
-    /// passed: re-published epochs and ring replays from the tier above are dropped here.
+    /// Routes one frame by its head. Returns `Ok(false)` for a frame this tier already has or
+    /// has passed: an epoch at or before the stream's newest (re-published epochs, ring replays
+    /// from the tier above), or a trend frame older than the stored one of its `(stream, type)`
+    /// or identical to it. A trend frame of the same epoch with other content replaces it: the
+    /// dataflow re-published that epoch after a restart, and the newest wins.
     pub fn publish(&self, text: Utf8Bytes) -> Result<bool, serde_json::Error> {
-        let head: FrameHead = serde_json::from_str(&text)?;
+        let head: Head = serde_json::from_str(&text)?;
         let mut streams = self.lock();
         let (stream, state) = match streams.get_key_value(head.stream.as_str()) {
             Some((name, _)) => {
@@ -128,27 +186,52 @@ impl Hub {
                 (name, state)
             }
         };
-        if state
-            .ring
-            .back()
-            .is_some_and(|newest| newest.epoch >= head.epoch)
-        {
-            return Ok(false);
+        let Some(slot) = head.kind.trend_slot() else {
+            if state
+                .ring
+                .back()
+                .is_some_and(|newest| newest.epoch >= head.epoch)
+            {
+                return Ok(false);
+            }
+            let frame = Arc::new(FrameData {
+                stream,
+                epoch: head.epoch,
+                sse: sse_event(Some(head.epoch), &text),
+                text,
+                at: Instant::now(),
+            });
+            if state.ring.len() == self.ring_epochs {
+                state.evicted = state.ring.pop_front().map(|f| f.epoch);
+            }
+            state.ring.push_back(Arc::clone(&frame));
+            // Both sends fail only when nobody listens, which is normal.
+            let _ = self.links.send(Arc::clone(&frame));
+            let _ = state.live.send(frame);
+            return Ok(true);
+        };
+        if let Some(stored) = &state.latest[slot] {
+            if stored.epoch > head.epoch || (stored.epoch == head.epoch && stored.text == text) {
+                return Ok(false);
+            }
         }
         let frame = Arc::new(FrameData {
             stream,
             epoch: head.epoch,
-            sse: sse_event(head.epoch, &text),
+            sse: sse_event(None, &text),
             text,
             at: Instant::now(),
         });
-        if state.ring.len() == self.ring_epochs {
-            state.evicted = state.ring.pop_front().map(|f| f.epoch);
-        }
-        state.ring.push_back(Arc::clone(&frame));
-        // Both sends fail only when nobody listens, which is normal.
+        state.latest[slot] = Some(Arc::clone(&frame));
         let _ = self.links.send(Arc::clone(&frame));
-        let _ = state.live.send(frame);
+        if &*frame.stream == ALL_STREAMS {
+            // About every stream, so every stream's viewers get it.
+            for state in streams.values() {
+                let _ = state.live.send(Arc::clone(&frame));
+            }
+        } else {
+            let _ = state.live.send(frame);
+        }
         Ok(true)
     }
 
@@ -181,7 +264,7 @@ impl Hub {
         // Frames stop coming once the tier above hears of this; a later watcher must wait for
         // the ring again.
         state.synced = false;
-        if state.ring.is_empty() {
+        if state.ring.is_empty() && state.latest.iter().all(Option::is_none) {
             // Nothing published and nobody watching: made-up stream names leave nothing behind.
             streams.remove(stream);
         }
@@ -236,13 +319,16 @@ impl Hub {
     }
 
     /// A viewer joins `stream`: what to send at once, then its live feed. With `since`, that is
-    /// every ring frame after `since`; without, the latest frame alone.
+    /// every ring frame after `since`; without, the latest frame alone. Either way the newest
+    /// trend frames a viewer of `stream` gets follow: they are state, not history, so a resuming
+    /// viewer needs them as much as a new one.
     pub fn join(&self, stream: &str, since: Option<u64>) -> Joined {
         let mut streams = self.lock();
+        let popular = popular(&streams);
         let state = streams
             .entry(stream.into())
             .or_insert_with(StreamState::new);
-        let (replay, resumed) = match since {
+        let (mut replay, resumed): (Vec<Frame>, _) = match since {
             Some(since) => {
                 let replay = state
                     .ring
@@ -255,6 +341,7 @@ impl Hub {
             }
             None => (state.ring.back().cloned().into_iter().collect(), None),
         };
+        replay.extend(state.latest.iter().flatten().cloned().chain(popular));
         Joined {
             replay,
             live: state.live.subscribe(),
@@ -268,20 +355,26 @@ impl Hub {
         self.links.subscribe()
     }
 
-    /// Every stream's ring, each in epoch order.
-    pub fn ring(&self) -> Vec<Frame> {
-        self.lock()
+    /// What a downstream tier taking every stream needs to catch up: every stream's ring, each in
+    /// epoch order, and every newest trend frame.
+    pub fn backlog(&self) -> Vec<Frame> {
+        let streams = self.lock();
+        let rings = streams.values().flat_map(|s| s.ring.iter().cloned());
+        let trends = streams
             .values()
-            .flat_map(|s| s.ring.iter().cloned())
-            .collect()
+            .flat_map(|s| s.latest.iter().flatten().cloned());
+        rings.chain(trends).collect()
     }
 
-    /// One stream's ring, in epoch order.
-    pub fn ring_of(&self, stream: &str) -> Vec<Frame> {
-        self.lock()
-            .get(stream)
-            .map(|s| s.ring.iter().cloned().collect())
-            .unwrap_or_default()
+    /// What a downstream tier starting to want `stream` needs: its ring in epoch order, then the
+    /// newest trend frames its viewers get (the stream's own and `popular`).
+    pub fn backlog_of(&self, stream: &str) -> Vec<Frame> {
+        let streams = self.lock();
+        let own = streams.get(stream).into_iter().flat_map(|s| {
+            let trends = s.latest.iter().flatten();
+            s.ring.iter().chain(trends).cloned()
+        });
+        own.chain(popular(&streams)).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, StreamState>> {
@@ -291,6 +384,14 @@ impl Hub {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The newest `popular` frame, which every stream's viewers get.
+fn popular(streams: &HashMap<Arc<str>, StreamState>) -> Option<Frame> {
+    let slot = Kind::Popular
+        .trend_slot()
+        .expect("popular is a trend frame");
+    streams.get(ALL_STREAMS)?.latest[slot].clone()
 }
 
 /// A stream watched by one viewer; dropping it stops watching.
@@ -331,7 +432,7 @@ mod tests {
         assert_eq!(epochs(&joined.replay), [3, 4, 5]);
         assert_eq!(joined.replay[0].text, frame("main", 3));
         assert_eq!(
-            texts(&hub.ring()),
+            texts(&hub.backlog()),
             [frame("main", 3), frame("main", 4), frame("main", 5)]
         );
     }
@@ -416,9 +517,9 @@ mod tests {
         for (stream, e) in [("a", 1), ("b", 7), ("a", 2), ("a", 3), ("b", 8)] {
             hub.publish(frame(stream, e)).unwrap();
         }
-        assert_eq!(texts(&hub.ring_of("a")), [frame("a", 2), frame("a", 3)]);
-        assert_eq!(texts(&hub.ring_of("b")), [frame("b", 7), frame("b", 8)]);
-        assert!(hub.ring_of("c").is_empty());
+        assert_eq!(texts(&hub.backlog_of("a")), [frame("a", 2), frame("a", 3)]);
+        assert_eq!(texts(&hub.backlog_of("b")), [frame("b", 7), frame("b", 8)]);
+        assert!(hub.backlog_of("c").is_empty());
         let mut live = hub.link();
         hub.publish(frame("b", 9)).unwrap();
         hub.publish(frame("b", 9)).unwrap();
@@ -449,6 +550,94 @@ mod tests {
         assert!(
             !hub.lock().contains_key("b"),
             "made-up streams are forgotten"
+        );
+    }
+
+    /// A trend frame of `kind`; `n` stands for its content.
+    fn trend(kind: &str, stream: &str, epoch: u64, n: u64) -> Utf8Bytes {
+        format!(r#"{{"type":"{kind}","stream":"{stream}","epoch":{epoch},"n":{n}}}"#).into()
+    }
+
+    #[test]
+    fn trend_frames_keep_the_newest_per_stream_and_type_beside_the_ring() {
+        let hub = Hub::new(4);
+        let mut main = hub.join("main", None).live;
+        let mut football = hub.join("football", None).live;
+        assert!(hub.publish(frame("main", 10)).unwrap());
+        // The same epoch as the ring's newest: trend frames do not go through its dedupe.
+        assert!(hub.publish(trend("trending", "main", 10, 1)).unwrap());
+        assert!(hub.publish(trend("sentiment", "main", 10, 1)).unwrap());
+        assert!(hub.publish(trend("popular", "*", 10, 1)).unwrap());
+        assert!(
+            !hub.publish(trend("trending", "main", 10, 1)).unwrap(),
+            "a repeat"
+        );
+        assert!(
+            hub.publish(trend("trending", "main", 10, 2)).unwrap(),
+            "the same epoch re-published with other content wins"
+        );
+        assert!(
+            !hub.publish(trend("trending", "main", 9, 3)).unwrap(),
+            "older"
+        );
+        assert!(hub.publish(trend("trending", "football", 9, 1)).unwrap());
+        assert!(
+            hub.publish(frame("main", 11)).unwrap(),
+            "epochs are unaffected"
+        );
+
+        let mut got = Vec::new();
+        while let Ok(f) = main.try_recv() {
+            got.push(f.text.clone());
+        }
+        assert_eq!(
+            got,
+            [
+                frame("main", 10),
+                trend("trending", "main", 10, 1),
+                trend("sentiment", "main", 10, 1),
+                trend("popular", "*", 10, 1),
+                trend("trending", "main", 10, 2),
+                frame("main", 11),
+            ]
+        );
+        let mut got = Vec::new();
+        while let Ok(f) = football.try_recv() {
+            got.push(f.text.clone());
+        }
+        assert_eq!(
+            got,
+            [
+                trend("popular", "*", 10, 1),
+                trend("trending", "football", 9, 1)
+            ]
+        );
+
+        // A joiner gets the epoch replay, then the newest of each trend frame it sees.
+        let latest = [
+            trend("trending", "main", 10, 2),
+            trend("sentiment", "main", 10, 1),
+            trend("popular", "*", 10, 1),
+        ];
+        let joined = hub.join("main", None);
+        assert_eq!(texts(&joined.replay)[0], frame("main", 11));
+        assert_eq!(texts(&joined.replay)[1..], latest);
+        let resumed = hub.join("main", Some(9));
+        assert_eq!(epochs(&resumed.replay[..2]), [10, 11]);
+        assert_eq!(texts(&resumed.replay)[2..], latest);
+        assert_eq!(texts(&hub.backlog_of("main"))[2..], latest);
+        assert_eq!(
+            texts(&hub.join("football", None).replay),
+            [
+                trend("trending", "football", 9, 1),
+                trend("popular", "*", 10, 1)
+            ]
+        );
+        assert_eq!(hub.backlog().len(), 2 + 4);
+        // No SSE id: `Last-Event-ID` stays the last epoch frame's.
+        assert_eq!(
+            joined.replay[1].sse,
+            "data: ".to_owned() + &latest[0] + "\n\n"
         );
     }
 

@@ -1,13 +1,15 @@
-//! The main publisher's source: every record of `emoji-epochs`, as the exact text the dataflow
-//! wrote.
+//! The main publisher's sources: every record of `emoji-epochs` and of `emoji-trends`, as the
+//! exact text the dataflow wrote. One consumer per topic, so that a topic missing (an older
+//! broker set-up without `emoji-trends`) holds back only its own frames.
 //!
 //! Partitions are taken by `assign`, not by joining a consumer group: every main publisher needs
-//! every epoch, and nothing is committed because the start position is derived from the ring.
+//! every frame, and nothing is committed because the start position is derived from the ring.
 
 use crate::error::Error;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use emostream_protocol::config::KafkaConfig;
+use emostream_protocol::trends::TRENDS_TOPIC;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
@@ -21,22 +23,25 @@ const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// Records read back per ring slot: the ring holds `ring_epochs` epochs of each stream, and one
 /// partition carries several streams, so this many records per slot refills the ring for up to
-/// 16 streams per partition.
+/// 16 streams per partition. On `emoji-trends` the same read-back finds each stream's newest
+/// trend frames unless they are older than that many of the partition's records.
 const STREAMS_PER_PARTITION: i64 = 16;
 
 /// One line per kind of client error in this long is enough to say the brokers are away.
 const REPEAT_QUIET: Duration = Duration::from_secs(30);
 
-pub struct EpochSource {
+pub struct FrameSource {
     consumer: Arc<StreamConsumer<QuietContext>>,
     topic: String,
-    partitions: u32,
+    /// `None`: read from the topic's metadata.
+    partitions: Option<u32>,
     ring_epochs: usize,
 }
 
-impl EpochSource {
-    /// Creates the consumer; nothing talks to the brokers until [`EpochSource::run`].
-    pub fn new(kafka: &KafkaConfig, ring_epochs: usize) -> Result<Self, Error> {
+impl FrameSource {
+    /// The sources of every frame the main publisher passes on: `emoji-epochs`, then
+    /// `emoji-trends`. Nothing talks to the brokers until [`FrameSource::run`].
+    pub fn all(kafka: &KafkaConfig, ring_epochs: usize) -> Result<[Self; 2], Error> {
         let KafkaConfig {
             brokers,
             epochs_topic,
@@ -45,6 +50,20 @@ impl EpochSource {
             progress_topic: _,    // the dataflow's recovery state
             events_partitions: _, // the dataflow's input
         } = kafka;
+        Ok([
+            Self::new(brokers, epochs_topic, Some(*epochs_partitions), ring_epochs)?,
+            // Its partition count is not configured (scripts/broker.sh creates it with 2); the
+            // topic's metadata says.
+            Self::new(brokers, TRENDS_TOPIC, None, ring_epochs)?,
+        ])
+    }
+
+    fn new(
+        brokers: &str,
+        topic: &str,
+        partitions: Option<u32>,
+        ring_epochs: usize,
+    ) -> Result<Self, Error> {
         let consumer: StreamConsumer<QuietContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             // librdkafka's consumer will not start without a group id; with `assign` and no
@@ -54,14 +73,14 @@ impl EpochSource {
             .set("enable.auto.commit", "false")
             // A partition truncated under us restarts at its oldest record rather than skipping.
             .set("auto.offset.reset", "earliest")
-            // An epoch is a few hundred bytes every 2 s: a broker holding an empty fetch for the
+            // A frame is a few hundred bytes every 2 s: a broker holding an empty fetch for the
             // default 500 ms would add that to every viewer's latency.
             .set("fetch.wait.max.ms", "50")
             .create_with_context(QuietContext::default())?;
         Ok(Self {
             consumer: Arc::new(consumer),
-            topic: epochs_topic.clone(),
-            partitions: *epochs_partitions,
+            topic: topic.to_owned(),
+            partitions,
             ring_epochs,
         })
     }
@@ -80,7 +99,7 @@ impl EpochSource {
                     // in its queue until the consumer closes.
                     polled = self.consumer.recv() => {
                         if let Err(e) = polled {
-                            tracing::debug!(error = %e, "epoch consumer error before assignment");
+                            tracing::debug!(topic = %self.topic, error = %e, "consumer error before assignment");
                         }
                     }
                 }
@@ -91,7 +110,7 @@ impl EpochSource {
             tracing::error!(error = %e, topic = %self.topic, "cannot assign partitions");
             return;
         }
-        tracing::info!(topic = %self.topic, partitions = self.partitions, "reading epochs");
+        tracing::info!(topic = %self.topic, partitions = assignment.count(), "reading frames");
         loop {
             let text = match self.consumer.recv().await {
                 Ok(msg) => {
@@ -101,13 +120,13 @@ impl EpochSource {
                     match Utf8Bytes::try_from(Bytes::copy_from_slice(payload)) {
                         Ok(text) => text,
                         Err(e) => {
-                            tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "epoch record is not UTF-8");
+                            tracing::warn!(topic = %self.topic, partition = msg.partition(), offset = msg.offset(), error = %e, "record is not UTF-8");
                             continue;
                         }
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "epoch consumer error");
+                    tracing::warn!(topic = %self.topic, error = %e, "consumer error");
                     continue;
                 }
             };
@@ -117,7 +136,8 @@ impl EpochSource {
         }
     }
 
-    /// `max(low, high - ring_epochs * 16)` for every partition, retrying until the topic exists.
+    /// `max(low, high - ring_epochs * 16)` for every partition, retrying until the topic exists
+    /// (and, without a configured count, has partitions).
     async fn start_positions(&self) -> TopicPartitionList {
         let back = i64::try_from(self.ring_epochs)
             .unwrap_or(i64::MAX)
@@ -127,7 +147,22 @@ impl EpochSource {
             let (topic, partitions) = (self.topic.clone(), self.partitions);
             // fetch_watermarks blocks on the network; keep it off the runtime's workers.
             let marks = tokio::task::spawn_blocking(move || {
-                (0..partitions as i32)
+                let partitions = match partitions {
+                    Some(n) => n as i32,
+                    None => {
+                        let metadata = consumer.fetch_metadata(Some(&topic), WATERMARK_TIMEOUT)?;
+                        let found = metadata.topics().iter().find(|t| t.name() == topic);
+                        match found {
+                            Some(t) if !t.partitions().is_empty() => t.partitions().len() as i32,
+                            _ => {
+                                return Err(KafkaError::MetadataFetch(
+                                    RDKafkaErrorCode::UnknownTopic,
+                                ))
+                            }
+                        }
+                    }
+                };
+                (0..partitions)
                     .map(|p| {
                         consumer
                             .fetch_watermarks(&topic, p, WATERMARK_TIMEOUT)
@@ -142,14 +177,14 @@ impl EpochSource {
                     let mut list = TopicPartitionList::new();
                     for (p, (low, high)) in marks {
                         let start = low.max(high.saturating_sub(back));
-                        tracing::info!(partition = p, low, high, start, "epochs start offset");
+                        tracing::info!(topic = %self.topic, partition = p, low, high, start, "start offset");
                         list.add_partition_offset(&self.topic, p, Offset::Offset(start))
                             .expect("an explicit offset is always accepted");
                     }
                     return list;
                 }
                 Err(e) => {
-                    tracing::warn!(topic = %self.topic, error = %e, retry_in = ?RETRY_EVERY, "cannot read epoch watermarks; is the topic created?");
+                    tracing::warn!(topic = %self.topic, error = %e, retry_in = ?RETRY_EVERY, "cannot read the topic's watermarks; is it created?");
                     tokio::time::sleep(RETRY_EVERY).await;
                 }
             }

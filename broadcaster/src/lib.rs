@@ -1,13 +1,14 @@
-//! Tiered fan-out of closed epochs to viewers: a main publisher reads `emoji-epochs` and feeds
-//! cluster publishers, which feed subscribers, which hold the viewers' WebSockets. Every role is
+//! Tiered fan-out of closed epochs and trend frames to viewers: a main publisher reads
+//! `emoji-epochs` and `emoji-trends` and feeds cluster publishers, which feed subscribers, which
+//! hold the viewers' WebSockets. Every role is
 //! its own process ([`run`] with a [`Role`]); every frame is the dataflow's exact JSON text,
 //! shared by reference from the moment it is read until the last viewer's socket.
 //!
 //! # Layout
 //! - `roles`: [`run`], and one module per role ([`main_publisher`], [`cluster_publisher`],
 //!   [`subscriber`]) with its routes; shared [`Settings`], binding, health, metrics, 404, shutdown.
-//! - `hub`: per-stream ring of recent epochs, dedupe by epoch, the live feeds, and which streams
-//!   this process's viewers watch.
+//! - `hub`: per-stream ring of recent epochs, dedupe by epoch, the newest trend frame per
+//!   `(stream, type)`, the live feeds, and which streams this process's viewers watch.
 //! - `link`: the WebSocket between two tiers, both the upper (serving) and lower (connecting)
 //!   end: heartbeats and subscriptions up, rings and frames down.
 //! - `viewer`: one task per viewer (WebSocket or SSE); replay on join, a small conflating outbox,
@@ -15,7 +16,7 @@
 //! - `roster`: which lower-tier members are alive, from their heartbeats.
 //! - `auth`: signed viewer tokens and the tiers' shared link secret.
 //! - `metrics`: each tier's counters as Prometheus text.
-//! - `kafka`: the main publisher's `emoji-epochs` consumer.
+//! - `kafka`: the main publisher's consumers of `emoji-epochs` and `emoji-trends`.
 //! - `synthetic`: a Kafka-free epoch source for benchmarks ([`synthetic_frame`]).
 //! - `socket`: write deadlines and the shutdown Close frame, shared by viewers and links.
 //! - `tasks`: stopping every socket task at shutdown and waiting for them all.

@@ -3,10 +3,11 @@
 //! Frames flow down; heartbeats ([`LinkUp`]) and subscriptions ([`Subscribe`]) flow up. The lower
 //! tier's first message says what it wants: a subscriber sends a [`Subscribe`] naming the streams
 //! its viewers watch, and gets only those; a cluster publisher sends its heartbeat, and gets every
-//! stream. For each stream it starts to want, the upper tier sends that stream's ring and then
-//! [`Synced`]; after that, every new frame of it. The lower tier feeds everything into its own
-//! hub, whose dedupe drops what it already had, so a reconnect after any outage heals every gap
-//! the ring still covers.
+//! stream. For each stream it starts to want, the upper tier sends that stream's ring and newest
+//! trend frames, then [`Synced`]; after that, every new frame of it. `popular` trend frames are
+//! about every stream, so every lower tier gets them. The lower tier feeds everything into its
+//! own hub, whose dedupe drops what it already had, so a reconnect after any outage heals every
+//! gap the ring still covers and brings every trend up to date.
 
 use crate::auth;
 use crate::hub::{Frame, Hub};
@@ -16,6 +17,7 @@ use crate::socket::{self, going_away, WriteFailed};
 use crate::tasks::Stop;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
+use emostream_protocol::trends::ALL_STREAMS;
 use emostream_protocol::wire::{LinkUp, Subscribe, Synced};
 use futures_util::{Sink, SinkExt, StreamExt};
 use std::collections::HashSet;
@@ -44,7 +46,7 @@ enum Wants {
     Undeclared,
     /// Every stream (a cluster publisher).
     All,
-    /// Only these (a subscriber).
+    /// Only these, and the frames about all streams (a subscriber).
     Streams(HashSet<Arc<str>>),
 }
 
@@ -53,7 +55,9 @@ impl Wants {
         match self {
             Wants::Undeclared => false,
             Wants::All => true,
-            Wants::Streams(streams) => streams.contains(&frame.stream),
+            Wants::Streams(streams) => {
+                streams.contains(&frame.stream) || &*frame.stream == ALL_STREAMS
+            }
         }
     }
 }
@@ -121,9 +125,9 @@ async fn downstream_session(
                 Ok(frame) if wants.includes(&frame) => send_frames(&mut tx, vec![frame], metrics).await,
                 Ok(_) => Ok(()),
                 Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(link, missed, "downstream link lagged; resending the ring");
-                    let ring = hub.ring().into_iter().filter(|f| wants.includes(f)).collect();
-                    send_frames(&mut tx, ring, metrics).await
+                    tracing::warn!(link, missed, "downstream link lagged; resending the rings and trends");
+                    let backlog = hub.backlog().into_iter().filter(|f| wants.includes(f)).collect();
+                    send_frames(&mut tx, backlog, metrics).await
                 }
                 Err(RecvError::Closed) => return Ended::Stopped,
             },
@@ -184,7 +188,7 @@ where
         );
         *wants = Wants::Streams(streams);
         for stream in added {
-            send_frames(tx, hub.ring_of(&stream), metrics).await?;
+            send_frames(tx, hub.backlog_of(&stream), metrics).await?;
             let synced = serde_json::to_string(&Synced {
                 stream: stream.to_string(),
             })
@@ -199,7 +203,7 @@ where
             if matches!(wants, Wants::Undeclared) {
                 // A heartbeat first: a cluster publisher, which takes every stream.
                 *wants = Wants::All;
-                return send_frames(tx, hub.ring(), metrics).await;
+                return send_frames(tx, hub.backlog(), metrics).await;
             }
         }
         Err(e) => tracing::warn!(link, error = %e, "unreadable message from a lower tier"),

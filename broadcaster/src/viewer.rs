@@ -27,9 +27,9 @@ use tokio::time::Instant;
 /// the connection; a WebSocket viewer that answers nothing by the next ping is gone.
 pub const PING_EVERY: Duration = Duration::from_secs(25);
 
-/// Frames waiting behind a write the peer has not taken. Epochs come every 2 s, so a healthy
-/// viewer never has more than one waiting; four absorb a stall of several seconds before
-/// conflating starts.
+/// Frames waiting behind a write the peer has not taken. An epoch comes every 2 s with at most
+/// three trend frames (trending, sentiment, popular) beside it, so a healthy viewer never has
+/// more than four waiting; a longer stall conflates, and the viewer resumes with `since`.
 pub const OUTBOX_FRAMES: usize = 4;
 
 /// What the live feed has for a viewer next.
@@ -527,7 +527,7 @@ mod tests {
         let metrics = Metrics::new("subscriber");
         let tasks = Tasks::new();
         hub.publish(frame(1)).unwrap();
-        let frame_len = Sse::frame_bytes(&hub.ring_of("main")[0]);
+        let frame_len = Sse::frame_bytes(&hub.backlog_of("main")[0]);
         // Budget: four frames' worth behind the stuck write.
         let budget_bytes = 4 * frame_len;
         let viewer = Viewer {

@@ -541,3 +541,182 @@ async fn tokens_secrets_sse_resume_and_clear_errors() {
             .unwrap();
     }
 }
+
+/// Trend frames as the dataflow writes them, spaced oddly like [`frame`] so that a
+/// re-serialization would show. `n` stands for the content.
+fn trending(stream: &str, epoch: u64, n: u64) -> String {
+    format!(
+        r#"{{"type":"trending", "stream":"{stream}","epoch":{epoch},"start_ms":{},"end_ms":{},"window_epochs":15,"emojis":[{{"emoji":"🔥","count":{n}}}]}}"#,
+        epoch.saturating_sub(14) * 2000,
+        epoch * 2000 + 2000
+    )
+}
+
+fn sentiment(stream: &str, epoch: u64, index: &str) -> String {
+    format!(
+        r#"{{"type":"sentiment", "stream":"{stream}","epoch":{epoch},"start_ms":{},"end_ms":{},"window_epochs":15,"this_epoch":{{"index":null,"scored":0,"taps":2}},"window":{{"index":{index},"scored":10,"taps":12}}}}"#,
+        epoch.saturating_sub(14) * 2000,
+        epoch * 2000 + 2000
+    )
+}
+
+fn popular(epoch: u64, taps: u64) -> String {
+    format!(
+        r#"{{"type":"popular", "stream":"*","epoch":{epoch},"start_ms":{},"end_ms":{},"window_epochs":15,"streams":[{{"stream":"main","taps":{taps},"taps_per_epoch":2.0}}]}}"#,
+        epoch.saturating_sub(14) * 2000,
+        epoch * 2000 + 2000
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trend_frames_reach_the_viewers_of_their_stream_newest_first_at_join() {
+    let (stop, stopped) = watch::channel(false);
+    let (main_l, main) = listener().await;
+    let (cluster_l, cluster) = listener().await;
+    let (s0_l, s0) = listener().await;
+    let (s1_l, s1) = listener().await;
+    let (frames, frames_rx) = mpsc::channel(64);
+    let mut roles: Vec<JoinHandle<Result<(), Error>>> = vec![
+        tokio::spawn(main_publisher(
+            main_l,
+            settings(),
+            frames_rx,
+            until(&stopped),
+        )),
+        tokio::spawn(cluster_publisher(
+            cluster_l,
+            "c0".into(),
+            main.to_string(),
+            settings(),
+            until(&stopped),
+        )),
+    ];
+    for (l, addr, name) in [(s0_l, s0, "c0-s0"), (s1_l, s1, "c0-s1")] {
+        roles.push(tokio::spawn(subscriber(
+            l,
+            name.into(),
+            cluster.to_string(),
+            format!("ws://{addr}"),
+            settings(),
+            until(&stopped),
+        )));
+    }
+    let send = |text: String| {
+        let frames = frames.clone();
+        async move { frames.send(text.into()).await.unwrap() }
+    };
+
+    // Each viewer's first epoch frame proves it joined: everything after reaches it live.
+    let mut vm = watch_stream(s0, "main", "").await;
+    let mut vf = watch_stream(s0, "football", "").await;
+    send(frame("main", 10)).await;
+    send(frame("football", 10)).await;
+    assert_eq!(next_text(&mut vm).await, frame("main", 10));
+    assert_eq!(next_text(&mut vf).await, frame("football", 10));
+
+    // Trend frames carry the epochs of epoch frames, and each kind has its own "newest": none of
+    // these is a duplicate of another.
+    for text in [
+        trending("main", 10, 5),
+        sentiment("main", 10, "0.220923"),
+        trending("football", 10, 7),
+        popular(10, 30),
+        frame("main", 11),
+        trending("main", 11, 6),
+    ] {
+        send(text).await;
+    }
+    for want in [
+        trending("main", 10, 5),
+        sentiment("main", 10, "0.220923"),
+        popular(10, 30),
+        frame("main", 11),
+        trending("main", 11, 6),
+    ] {
+        assert_eq!(next_text(&mut vm).await, want);
+    }
+    assert_eq!(next_text(&mut vf).await, trending("football", 10, 7));
+    assert_eq!(next_text(&mut vf).await, popular(10, 30));
+
+    // An older trend epoch and a repeat are dropped; the same epoch with new content (a
+    // re-publication after a restart) replaces the stored one; epoch frames are unaffected.
+    for text in [
+        trending("main", 9, 99),
+        sentiment("main", 10, "0.220923"),
+        popular(9, 1),
+        sentiment("main", 10, "-0.5"),
+        frame("main", 12),
+    ] {
+        send(text).await;
+    }
+    assert_eq!(next_text(&mut vm).await, sentiment("main", 10, "-0.5"));
+    assert_eq!(next_text(&mut vm).await, frame("main", 12));
+
+    // A viewer joining gets the epoch replay, then the newest of each trend frame it sees: from
+    // s0's own hub, and from s1, new to the stream, through the cluster's backlog.
+    let latest = [
+        trending("main", 11, 6),
+        sentiment("main", 10, "-0.5"),
+        popular(10, 30),
+    ];
+    let mut joiners = vec![
+        (watch_stream(s0, "main", "").await, vec![frame("main", 12)]),
+        (
+            watch_stream(s1, "main", "?since=10").await,
+            vec![frame("main", 11), frame("main", 12)],
+        ),
+    ];
+    for (viewer, epochs) in &mut joiners {
+        for want in epochs.iter().chain(&latest) {
+            assert_eq!(&next_text(viewer).await, want);
+        }
+    }
+    let mut fresh = watch_stream(s1, "football", "").await;
+    assert_eq!(next_text(&mut fresh).await, frame("football", 10));
+    assert_eq!(next_text(&mut fresh).await, trending("football", 10, 7));
+    assert_eq!(next_text(&mut fresh).await, popular(10, 30));
+
+    // SSE: trend frames are events without an id, so Last-Event-ID stays an epoch.
+    let mut sse = TcpStream::connect(s1).await.unwrap();
+    let request =
+        format!("GET /v1/streams/main/sse HTTP/1.1\r\nHost: {s1}\r\nLast-Event-ID: 11\r\n\r\n");
+    sse.write_all(request.as_bytes()).await.unwrap();
+    let seen = sse_until(&mut sse, &format!("data: {}\n\n", popular(10, 30))).await;
+    // Each event is one chunk of the chunked body, in this order.
+    let at: Vec<usize> = [
+        format!("id: 12\ndata: {}\n\n", frame("main", 12)),
+        format!("data: {}\n\n", latest[0]),
+        format!("data: {}\n\n", latest[1]),
+        format!("data: {}\n\n", latest[2]),
+    ]
+    .iter()
+    .map(|event| {
+        seen.find(event)
+            .unwrap_or_else(|| panic!("{event:?} in {seen}"))
+    })
+    .collect();
+    assert!(at.is_sorted(), "{seen}");
+    assert_eq!(seen.matches("id: ").count(), 1, "{seen}");
+
+    // The next frame every viewer of a stream gets is the next one published: nothing was sent
+    // twice, and no other stream's trend frame came in between.
+    send(trending("football", 13, 8)).await;
+    send(popular(13, 31)).await;
+    for viewer in [&mut vf, &mut fresh] {
+        assert_eq!(next_text(viewer).await, trending("football", 13, 8));
+        assert_eq!(next_text(viewer).await, popular(13, 31));
+    }
+    for viewer in std::iter::once(&mut vm).chain(joiners.iter_mut().map(|(v, _)| v)) {
+        assert_eq!(next_text(viewer).await, popular(13, 31));
+    }
+    sse_until(&mut sse, &format!("data: {}\n\n", popular(13, 31))).await;
+
+    stop.send_replace(true);
+    for role in roles {
+        timeout(DEADLINE, role)
+            .await
+            .expect("the role stops in time")
+            .unwrap()
+            .unwrap();
+    }
+}

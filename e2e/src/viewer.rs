@@ -51,6 +51,26 @@ impl Viewer {
     pub fn frames(&self) -> Vec<Received> {
         self.frames.lock().expect("viewer lock").clone()
     }
+
+    /// The `{"type":"epoch",…}` frames only: viewers also receive trend frames (`trending`,
+    /// `sentiment`, `popular`) and lag notices on the same socket.
+    pub fn epoch_frames(&self) -> Vec<Received> {
+        self.frames()
+            .into_iter()
+            .filter(|r| {
+                serde_json::from_str::<serde_json::Value>(&r.text)
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "{} sent a frame that is not JSON ({e}): {}",
+                            self.url, r.text
+                        )
+                    })
+                    .get("type")
+                    .and_then(|t| t.as_str())
+                    == Some("epoch")
+            })
+            .collect()
+    }
 }
 
 impl Drop for Viewer {

@@ -70,7 +70,7 @@ async fn epochs_close_on_time_with_three_idle_partitions() {
     let last = *truth.keys().last().expect("some epochs");
     wait_until(&format!("epoch {last}"), Duration::from_secs(30), || {
         let done = viewer
-            .frames()
+            .epoch_frames()
             .iter()
             .any(|f| serde_json::from_str::<EpochFrame>(&f.text).is_ok_and(|e| e.epoch == last));
         async move { done }
@@ -79,7 +79,7 @@ async fn epochs_close_on_time_with_three_idle_partitions() {
 
     let mut delays = Vec::new();
     let mut got = BTreeMap::new();
-    for received in viewer.frames() {
+    for received in viewer.epoch_frames() {
         let frame: EpochFrame = serde_json::from_str(&received.text).expect("an epoch frame");
         let delay = received.at_ms.saturating_sub(frame.end_ms);
         assert!(

@@ -39,7 +39,7 @@ fn requests() -> Vec<Request> {
 /// The frames a viewer received, by (stream, epoch); panics on a (stream, epoch) received twice.
 fn by_epoch(viewer: &Viewer, stream: &str) -> BTreeMap<(String, u64), EpochFrame> {
     let mut out = BTreeMap::new();
-    for received in viewer.frames() {
+    for received in viewer.epoch_frames() {
         let frame: EpochFrame = serde_json::from_str(&received.text)
             .unwrap_or_else(|e| panic!("{e}: {}", received.text));
         assert_eq!(

@@ -1,5 +1,6 @@
 // Emostream viewer page: tap emojis (POSTed to the gateway in small batches), watch each closed
-// epoch's swarm, the last minute of counts per emoji, and the connection's state.
+// epoch's swarm, the last minute of counts per emoji, the trending emojis, the sentiment line,
+// the popular streams, and the connection's state.
 //
 // Query parameters: ?stream=<id> picks the stream; ?subscriber=ws://host:port watches another
 // subscriber than the one that served the page; ?gateway=http://host:port overrides
@@ -20,6 +21,11 @@ const MAX_FLOATING = 350;
 const MAX_PER_EPOCH = 240;
 const EPOCH_ROWS = 12;
 const RESUMED_SHOW_MS = 5000;
+const TRENDING_ROWS = 5;
+const POPULAR_ROWS = 6;
+// A window sentiment index within this of 0 reads "neutral": single taps of mildly positive
+// emojis (🔥, 😮) should not flip the word back and forth.
+const NEUTRAL_BAND = 0.1;
 const PALETTE = ['#ff6a88', '#7b5cff', '#3ddc97', '#ffc857', '#4cc9f0', '#f72585', '#b8f35d', '#ff9f1c'];
 
 const $ = (id) => document.getElementById(id);
@@ -49,6 +55,11 @@ const state = {
   swarmQueue: [], // { at, emoji } sorted by `at`
   swarmFrame: null, // the newest frame not yet released as a swarm
   floating: 0,
+  // The newest trend frame of each kind: the subscriber sends the latest at join and every
+  // change after; a repeated or older one (after a reconnect) is ignored.
+  trending: null,
+  popular: null,
+  sentiment: new Map(), // epoch → sentiment frame, for the last minute's sparkline
 };
 
 function userId() {
@@ -112,6 +123,8 @@ function connect() {
     }
     if (msg.type === 'epoch') {
       onFrame(msg);
+    } else if (msg.type === 'trending' || msg.type === 'sentiment' || msg.type === 'popular') {
+      onTrend(msg);
     } else if (msg.type === 'lagged') {
       // The subscriber skipped frames this page was too slow for; the gap is still in its
       // ring, so reconnecting with ?since fetches it.
@@ -153,7 +166,7 @@ function watch(stream) {
   if (state.ws) state.ws.close(1000, 'switching stream');
   Object.assign(state, {
     stream, ws: null, attempt: 0, lastEpoch: null, frames: new Map(), mine: new Map(),
-    lastMineEpoch: null, swarmQueue: [], swarmFrame: null,
+    lastMineEpoch: null, swarmQueue: [], swarmFrame: null, trending: null, sentiment: new Map(),
   });
   $('stream').value = stream;
   const url = new URL(location.href);
@@ -192,6 +205,9 @@ function renderAll() {
   renderEpochs();
   renderMine();
   drawChart();
+  renderTrending();
+  renderSentiment();
+  renderPopular();
 }
 
 function renderNow() {
@@ -234,6 +250,154 @@ function renderEpochs() {
     row.append(el('span', { className: 'id', title: `epoch #${epoch}` }, clock(f.start_ms)), el('span', { className: 'list' }, ...items), total);
     list.append(row);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trend frames: the newest of each kind wins. `popular` is about every stream (stream "*").
+
+function onTrend(frame) {
+  if (frame.type === 'popular') {
+    if (state.popular && frame.epoch < state.popular.epoch) return;
+    state.popular = frame;
+    renderPopular();
+    return;
+  }
+  if (frame.stream !== state.stream) return;
+  if (frame.type === 'trending') {
+    if (state.trending && frame.epoch < state.trending.epoch) return;
+    state.trending = frame;
+    renderTrending();
+    return;
+  }
+  const newest = newestSentiment();
+  if (newest && frame.epoch < newest.epoch) return;
+  state.sentiment.set(frame.epoch, frame);
+  const keepAfter = frame.end_ms - CHART_MS - 10_000;
+  for (const [epoch, f] of state.sentiment) {
+    if (f.end_ms < keepAfter) state.sentiment.delete(epoch);
+  }
+  renderSentiment();
+}
+
+function newestSentiment() {
+  let newest = null;
+  for (const f of state.sentiment.values()) if (!newest || f.epoch > newest.epoch) newest = f;
+  return newest;
+}
+
+function renderTrending() {
+  const f = state.trending;
+  if (f) $('trend-window').textContent = `last ${Math.round((f.end_ms - f.start_ms) / 1000)} s`;
+  const list = $('trending');
+  list.replaceChildren();
+  const top = f ? f.emojis.slice(0, TRENDING_ROWS) : [];
+  if (top.length === 0) {
+    list.append(el('li', { className: 'empty' }, f ? 'No taps in the window' : 'Waiting for trends…'));
+    return;
+  }
+  const max = top[0].count;
+  for (const e of top) {
+    const bar = el('span', { className: 'bar-fill' });
+    bar.style.width = `${Math.max(4, (e.count / max) * 100)}%`;
+    const row = el('li', {}, el('span', { className: 'e' }, e.emoji), el('span', { className: 'bar-track' }, bar), el('span', { className: 'n' }, fmt.format(e.count)));
+    row.dataset.emoji = e.emoji;
+    row.dataset.count = String(e.count);
+    list.append(row);
+  }
+}
+
+function mood(index) {
+  if (index === null || index === undefined) return 'none';
+  if (index > NEUTRAL_BAND) return 'positive';
+  if (index < -NEUTRAL_BAND) return 'negative';
+  return 'neutral';
+}
+
+function renderSentiment() {
+  const newest = newestSentiment();
+  const index = newest ? newest.window.index : null;
+  const m = mood(index);
+  $('sentiment').dataset.mood = m;
+  $('sentiment-value').textContent = index === null ? '–' : `${index > 0 ? '+' : ''}${index.toFixed(2)}`;
+  $('sentiment-value').title = newest ? `${newest.window.scored} of ${newest.window.taps} taps scored` : '';
+  $('sentiment-word').textContent = m === 'none' ? 'no data' : m;
+  drawSpark();
+}
+
+// The window index over the last minute on a fixed −1…+1 scale, so the line's height means the
+// same from minute to minute. A frame is sent only when the index changed, so each value holds
+// until the next one: a step line.
+function drawSpark() {
+  const canvas = $('spark');
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth;
+  const height = canvas.clientHeight;
+  if (!width || !height) return;
+  if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+  }
+  const ctx = canvas.getContext('2d');
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+  const right = Date.now();
+  const left = right - CHART_MS;
+  const x = (t) => ((Math.min(right, Math.max(left, t)) - left) / CHART_MS) * width;
+  const y = (v) => 2 + (1 - (v + 1) / 2) * (height - 4);
+  ctx.strokeStyle = 'rgba(255, 255, 255, 0.15)';
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.moveTo(0, Math.round(y(0)) + 0.5);
+  ctx.lineTo(width, Math.round(y(0)) + 0.5);
+  ctx.stroke();
+  const points = [...state.sentiment.values()].sort((a, b) => a.epoch - b.epoch);
+  const color = getComputedStyle($('sentiment')).getPropertyValue('--mood').trim() || '#a9a4c9';
+  ctx.strokeStyle = color;
+  ctx.lineWidth = 2;
+  ctx.lineJoin = 'round';
+  ctx.beginPath();
+  let last = null;
+  points.forEach((f, i) => {
+    const until = i + 1 < points.length ? points[i + 1].end_ms : right;
+    if (until < left) return;
+    if (f.window.index === null) {
+      last = null;
+      return;
+    }
+    const py = y(f.window.index);
+    if (last === null) ctx.moveTo(x(f.end_ms), py);
+    else ctx.lineTo(x(f.end_ms), py);
+    ctx.lineTo(x(until), py);
+    last = { px: x(until), py };
+  });
+  ctx.stroke();
+  if (last) {
+    ctx.fillStyle = color;
+    ctx.beginPath();
+    ctx.arc(Math.min(last.px, width - 3), last.py, 2.5, 0, Math.PI * 2);
+    ctx.fill();
+  }
+}
+
+function renderPopular() {
+  const list = $('popular');
+  list.replaceChildren();
+  const streams = state.popular ? state.popular.streams.slice(0, POPULAR_ROWS) : [];
+  if (streams.length === 0) {
+    list.append(el('li', { className: 'empty' }, state.popular ? 'No taps anywhere right now' : 'Waiting for trends…'));
+    return;
+  }
+  streams.forEach((s, i) => {
+    const name = el('button', { type: 'button', className: 'name', title: `Watch ${s.stream}` }, s.stream);
+    name.addEventListener('click', () => {
+      if (s.stream !== state.stream) watch(s.stream);
+    });
+    const row = el('li', { className: s.stream === state.stream ? 'current' : '' },
+      el('span', { className: 'rank' }, String(i + 1)), name,
+      el('span', { className: 'n', title: `${fmt.format(s.taps)} taps in the window` }, s.taps_per_epoch.toFixed(1)));
+    row.dataset.stream = s.stream;
+    list.append(row);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -567,8 +731,12 @@ async function start() {
     if (STREAM_RE.test(stream) && stream !== state.stream) watch(stream);
   });
   new ResizeObserver(drawChart).observe($('chart'));
+  new ResizeObserver(drawSpark).observe($('spark'));
   // Redrawn twice a second so the minute scrolls between epochs.
-  setInterval(drawChart, 500);
+  setInterval(() => {
+    drawChart();
+    drawSpark();
+  }, 500);
   window.addEventListener('pagehide', flush);
   requestAnimationFrame(tick);
 

@@ -24,8 +24,9 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// Serves the main publisher on `listener`, taking frames (each an epoch's exact JSON) from
-/// `frames`: Kafka in production, a channel in tests.
+/// Serves the main publisher on `listener`, taking frames (each an epoch's or a trend frame's
+/// exact JSON; the hub tells them apart by `type`) from `frames`: Kafka's `emoji-epochs` and
+/// `emoji-trends` in production, a channel in tests.
 pub async fn main_publisher(
     listener: TcpListener,
     settings: Settings,
@@ -76,13 +77,13 @@ async fn ingest(
             _ = stop.stopped() => return,
         };
         let Some(text) = text else {
-            tracing::warn!("the epoch source ended; serving what the ring holds");
+            tracing::warn!("the frame source ended; serving what the hub holds");
             return;
         };
         match hub.publish(text) {
             Ok(true) => metrics.frame_in(),
-            Ok(false) => tracing::debug!("epoch already passed on"),
-            Err(e) => tracing::warn!(error = %e, "epoch record without a stream and epoch"),
+            Ok(false) => tracing::debug!("frame already passed on"),
+            Err(e) => tracing::warn!(error = %e, "record without a stream and epoch"),
         }
     }
 }

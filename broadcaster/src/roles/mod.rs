@@ -8,7 +8,7 @@ pub mod subscriber;
 use crate::auth::TokenKey;
 use crate::error::Error;
 use crate::hub::Hub;
-use crate::kafka::EpochSource;
+use crate::kafka::FrameSource;
 use crate::link;
 use crate::metrics::Metrics;
 use crate::roster::Roster;
@@ -32,14 +32,15 @@ use tokio::sync::mpsc;
 /// heartbeats and pongs, and a subscriber holds many thousands of sockets.
 const READ_BUFFER_BYTES: usize = 4096;
 
-/// Frames read from Kafka but not yet in the hub. Epochs arrive a few per second, so this only
+/// Frames read from Kafka but not yet in the hub. Frames arrive a few per second, so this only
 /// fills while the ring is being refilled at start-up.
 const FRAME_QUEUE: usize = 1024;
 
 /// Which tier this process is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
-    /// Reads `emoji-epochs`, feeds the cluster publishers, and assigns viewers to subscribers.
+    /// Reads `emoji-epochs` and `emoji-trends`, feeds the cluster publishers, and assigns viewers
+    /// to subscribers.
     Main,
     /// A cluster publisher: a `[[broadcaster.clusters]]` entry by name, or any name with `--listen`.
     Cluster { name: String },
@@ -140,16 +141,23 @@ pub async fn run(
             }
             let listener = bind(listen.as_deref().unwrap_or(&broadcaster.main)).await?;
             let (frames_tx, frames) = mpsc::channel(FRAME_QUEUE);
-            let source = match synthetic {
-                Some(synthetic) => tokio::spawn(synthetic.run(frames_tx)),
-                None => tokio::spawn(
-                    EpochSource::new(&config.kafka, settings.ring_epochs)?.run(frames_tx),
-                ),
+            let sources = match synthetic {
+                Some(synthetic) => vec![tokio::spawn(synthetic.run(frames_tx))],
+                None => {
+                    let sources = FrameSource::all(&config.kafka, settings.ring_epochs)?
+                        .map(|source| tokio::spawn(source.run(frames_tx.clone())));
+                    // Only the sources hold senders, so the hub hears when both have ended.
+                    drop(frames_tx);
+                    sources.into()
+                }
             };
             let served = main::main_publisher(listener, settings, frames, shutdown).await;
-            source.abort();
-            // Waiting for the abort drops the consumer, which leaves its broker sessions cleanly.
-            let _ = source.await;
+            for source in sources {
+                source.abort();
+                // Waiting for the abort drops the consumer, which leaves its broker sessions
+                // cleanly.
+                let _ = source.await;
+            }
             served
         }
         _ if synthetic.is_some() => Err(Error::Role(

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The dataflow benchmark (issue 7): preloads emoji-events on a fresh local Tansu broker, then times
+# a bare rdkafka consume of the topic against the dataflow with 1 and 2 processes catching up to
+# the last epoch, and measures epoch end -> publication under a steady load.
+#
+#   scripts/bench_dataflow.sh                    # 20,000,000 taps (several minutes on 2 cores)
+#   scripts/bench_dataflow.sh --events 2000000   # a quick run
+#   scripts/bench_dataflow.sh --help             # every option (span, streams, partitions, ...)
+#
+# Options go to dataflow/benches/throughput.rs, whose header explains each number it prints.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "broker: Tansu 0.6.0 (built once per machine, then reused)"
+scripts/broker.sh install
+
+step "building the release binaries the benchmark runs"
+cargo build --release --locked --workspace --bins
+
+step "running the benchmark"
+# The bench starts target/release/emostream-dataflow through scripts/run_workers.sh.
+EMOSTREAM_BIN_DIR="$PWD/target/release" \
+  exec cargo bench --locked -p emostream-dataflow --bench throughput -- "$@"
