@@ -9,7 +9,7 @@
 //! One run starts its own Tansu broker (`scripts/broker.sh`, SQLite storage, a free loopback
 //! port) and preloads `emoji-events` with `--events` taps written exactly as the gateway writes
 //! them: batch records of NDJSON lines (`protocol::wire::EmojiEvent`), at most `--record-events`
-//! per record, one (stream, epoch) per record, key = stream, record timestamp = the first tap's
+//! per record, one (stream, epoch) per record, key = stream, record timestamp = the newest tap's
 //! `recv_ms`, lz4, spread round-robin over the partitions. The taps' receive times cover
 //! `--span-epochs` contiguous epochs ending a minute ago, so every epoch closes by watermark while
 //! the dataflow catches up. Then it measures, on that same topic:
@@ -728,7 +728,7 @@ clusters = []
                     .partition((records % u64::from(a.partitions)) as i32)
                     .key(self.streams[s].as_bytes())
                     .payload(&buf[..])
-                    .timestamp(from_ms as i64);
+                    .timestamp((from_ms + n.saturating_sub(1) * span_ms / n.max(1)) as i64);
                 send(&producer, record);
                 records += 1;
                 bytes += buf.len() as u64;
@@ -982,7 +982,8 @@ clusters = []
                         .partition(partition)
                         .key(stream.as_bytes())
                         .payload(&buf[..])
-                        .timestamp(at as i64);
+                        // The newest receive time in the record, as the gateway stamps it.
+                        .timestamp((at + share.saturating_sub(1) * (boundary - at) / share.max(1)) as i64);
                     send(&producer, record);
                     records += 1;
                     produced += share;

@@ -218,7 +218,10 @@ struct BatchKey {
 }
 
 struct OpenBatch {
-    first_recv_ms: u64,
+    /// The newest receive time in the batch: the record's timestamp, which the dataflow's
+    /// watermark follows. (The first receive time would trail it by up to `flush_ms`, and every
+    /// epoch would close that much later.)
+    newest_recv_ms: u64,
     events: usize,
     lines: Vec<u8>,
     acks: Vec<Ack>,
@@ -273,7 +276,7 @@ impl Packer {
         let mut entry = match self.open.entry(key) {
             Entry::Occupied(e) => e,
             Entry::Vacant(e) => e.insert_entry(OpenBatch {
-                first_recv_ms: s.recv_ms,
+                newest_recv_ms: s.recv_ms,
                 events: 0,
                 lines: Vec::with_capacity(s.lines.len() * 4),
                 acks: Vec::new(),
@@ -281,6 +284,7 @@ impl Packer {
             }),
         };
         let batch = entry.get_mut();
+        batch.newest_recv_ms = batch.newest_recv_ms.max(s.recv_ms);
         batch.events += s.events;
         batch.lines.extend_from_slice(&s.lines);
         batch.acks.extend(s.ack);
@@ -323,7 +327,7 @@ impl Packer {
             .partition(key.partition)
             .key(key.stream.as_bytes())
             .payload(&batch.lines)
-            .timestamp(batch.first_recv_ms as i64);
+            .timestamp(batch.newest_recv_ms as i64);
         let OpenBatch {
             events,
             acks,
