@@ -983,7 +983,9 @@ clusters = []
                         .key(stream.as_bytes())
                         .payload(&buf[..])
                         // The newest receive time in the record, as the gateway stamps it.
-                        .timestamp((at + share.saturating_sub(1) * (boundary - at) / share.max(1)) as i64);
+                        .timestamp(
+                            (at + share.saturating_sub(1) * (boundary - at) / share.max(1)) as i64,
+                        );
                     send(&producer, record);
                     records += 1;
                     produced += share;
