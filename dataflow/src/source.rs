@@ -18,7 +18,7 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
 /// The broker may hold an empty fetch this long; it bounds how stale "at the end" can be.
-const FETCH_WAIT_MS: u64 = 50;
+const FETCH_WAIT_MS: u64 = 20;
 /// One activation reads at most this long before yielding to the rest of the dataflow.
 const READ_BUDGET: Duration = Duration::from_millis(20);
 /// How often read positions are committed to the consumer group (for lag monitoring only).

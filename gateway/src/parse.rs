@@ -199,13 +199,9 @@ pub fn is_list(body: &[u8], format: BodyFormat) -> bool {
     format == BodyFormat::NdJson || body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
 }
 
-/// A stream id: `[a-z0-9_-]{1,64}`, so it is safe in a URL, a Kafka key and a metric label.
+/// Refuses a stream id other than [`emostream_protocol::wire::is_stream_id`]'s.
 pub fn stream_id(stream: &str) -> Result<(), GatewayError> {
-    let ok = (1..=64).contains(&stream.len())
-        && stream
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if ok {
+    if emostream_protocol::wire::is_stream_id(stream) {
         Ok(())
     } else {
         Err(GatewayError::invalid(

@@ -7,6 +7,15 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A stream id is `[a-z0-9_-]{1,64}`: safe in a URL path, a Kafka key and a metric label. The
+/// gateway refuses taps for any other id, so no tier can ever hold epochs of one.
+pub fn is_stream_id(stream: &str) -> bool {
+    (1..=64).contains(&stream.len())
+        && stream
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// The client's own timestamp: ISO-8601 text or Unix milliseconds. Kept, never used for windowing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

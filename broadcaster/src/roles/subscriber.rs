@@ -149,11 +149,7 @@ impl Viewers {
 /// Stream ids as the gateway accepts them; anything else cannot have epochs, and would only make
 /// the tier above track a made-up name.
 fn valid_stream(stream: &str) -> Result<(), Error> {
-    let ok = (1..=64).contains(&stream.len())
-        && stream
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if ok {
+    if emostream_protocol::wire::is_stream_id(stream) {
         Ok(())
     } else {
         Err(Error::Invalid {
