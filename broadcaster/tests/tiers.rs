@@ -615,28 +615,24 @@ async fn trend_frames_reach_the_viewers_of_their_stream_newest_first_at_join() {
     assert_eq!(next_text(&mut vf).await, frame("football", 10));
 
     // Trend frames carry the epochs of epoch frames, and each kind has its own "newest": none of
-    // these is a duplicate of another.
-    for text in [
-        trending("main", 10, 5),
-        sentiment("main", 10, "0.220923"),
-        trending("football", 10, 7),
-        popular(10, 30),
-        frame("main", 11),
-        trending("main", 11, 6),
+    // these is a duplicate of another. One frame at a time, each awaited where it must arrive:
+    // a viewer's outbox conflates past 4 frames, and this test is about routing, not bursts.
+    for (text, to_main, to_football) in [
+        (trending("main", 10, 5), true, false),
+        (sentiment("main", 10, "0.220923"), true, false),
+        (trending("football", 10, 7), false, true),
+        (popular(10, 30), true, true),
+        (frame("main", 11), true, false),
+        (trending("main", 11, 6), true, false),
     ] {
-        send(text).await;
+        send(text.clone()).await;
+        if to_main {
+            assert_eq!(next_text(&mut vm).await, text);
+        }
+        if to_football {
+            assert_eq!(next_text(&mut vf).await, text);
+        }
     }
-    for want in [
-        trending("main", 10, 5),
-        sentiment("main", 10, "0.220923"),
-        popular(10, 30),
-        frame("main", 11),
-        trending("main", 11, 6),
-    ] {
-        assert_eq!(next_text(&mut vm).await, want);
-    }
-    assert_eq!(next_text(&mut vf).await, trending("football", 10, 7));
-    assert_eq!(next_text(&mut vf).await, popular(10, 30));
 
     // An older trend epoch and a repeat are dropped; the same epoch with new content (a
     // re-publication after a restart) replaces the stored one; epoch frames are unaffected.
