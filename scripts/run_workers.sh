@@ -33,7 +33,9 @@ for i in ${only//,/ }; do ((i < processes)) || { echo "-p $i must be below -n $p
 # timely's hostfile: line i is process i.
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/emostream-workers.XXXXXX")
 hostfile="$run_dir/hostfile"
-"$bin" --config "$config" --print-hostfile | head -n "$processes" > "$hostfile"
+# Through a file, not a pipe into head: head closing the pipe early would fail the writer.
+"$bin" --config "$config" --print-hostfile > "$run_dir/processes"
+head -n "$processes" "$run_dir/processes" > "$hostfile"
 if [[ $(wc -l < "$hostfile") -lt $processes ]]; then
   echo "cluster.toml lists fewer than $processes dataflow processes" >&2; exit 2
 fi

@@ -81,11 +81,13 @@ pub fn kafka_source<'scope>(
             };
             if stop.load(Ordering::Relaxed) {
                 tracing::info!(late_total, skipped_total, "source stopping");
-                if let Some(consumer) = consumer.as_ref() {
-                    commit_positions(consumer, &topic, &partitions);
-                }
                 capability = None;
-                consumer = None;
+                if let Some(consumer) = consumer.take() {
+                    commit_positions(&consumer, &topic, &partitions);
+                    // Closing a consumer blocks until librdkafka has wound down (the commit above
+                    // included); on this thread that would hold the whole dataflow open.
+                    std::thread::spawn(move || drop(consumer));
+                }
                 return;
             }
 

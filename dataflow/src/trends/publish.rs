@@ -176,17 +176,23 @@ impl<'scope> PublishTrends<'scope> for Stream<'scope, u64, Vec<TrendFrame>> {
                             .key(frame.stream().as_bytes())
                             .payload(&payload)
                             .timestamp(frame.end_ms() as i64);
+                        // Counted before the send: the answer can arrive on librdkafka's thread
+                        // before `send` even returns, and a lost answer would hold the epoch (and
+                        // so a graceful stop) forever.
+                        deliveries.sent(*epoch);
                         match producer.send(record) {
-                            Ok(()) => deliveries.sent(*epoch),
+                            Ok(()) => {}
                             Err((
                                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
                                 _,
                             )) => {
+                                deliveries.answered(*epoch);
                                 frames.push(frame);
                                 full = true;
                                 break;
                             }
                             Err((error, _)) => {
+                                deliveries.answered(*epoch);
                                 tracing::warn!(epoch, %error, "a trends frame was not enqueued");
                             }
                         }
