@@ -59,6 +59,12 @@ impl AckBook {
 
     /// Takes back a [`AckBook::sent`] whose record the producer refused.
     pub fn unsent(&self, epoch: u64) {
+        self.settle(epoch);
+    }
+
+    /// One record of `epoch` is answered, whatever the outcome: for records whose loss is logged
+    /// rather than fatal (trend frames).
+    pub fn settle(&self, epoch: u64) {
         self.delivered(epoch, Ok(()));
     }
 

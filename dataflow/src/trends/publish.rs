@@ -6,12 +6,13 @@
 //! worker, because trends are derived, disposable data and must never stop the epochs' path. The
 //! producer is the same as the epochs' (idempotent, acks=all, no linger), with its own books.
 
+use crate::publish::AckBook;
 use emostream_protocol::trends::TrendFrame;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -22,39 +23,8 @@ use timely::scheduling::SyncActivator;
 /// How often the operator looks again at unanswered frames if no delivery report woke it.
 const ACK_POLL: Duration = Duration::from_millis(10);
 
-/// Frames sent and not yet answered, per epoch; shared with librdkafka's callback thread.
-#[derive(Default)]
-struct Deliveries {
-    outstanding: Mutex<HashMap<u64, u64>>,
-}
-
-impl Deliveries {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
-        // Nothing panics while holding the lock; a poisoned lock still has valid counts.
-        self.outstanding.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn sent(&self, epoch: u64) {
-        *self.lock().entry(epoch).or_default() += 1;
-    }
-
-    fn answered(&self, epoch: u64) {
-        let mut outstanding = self.lock();
-        if let Some(n) = outstanding.get_mut(&epoch) {
-            *n -= 1;
-            if *n == 0 {
-                outstanding.remove(&epoch);
-            }
-        }
-    }
-
-    fn settled(&self, epoch: u64) -> bool {
-        !self.lock().contains_key(&epoch)
-    }
-}
-
 pub struct TrendsContext {
-    deliveries: Arc<Deliveries>,
+    deliveries: Arc<AckBook>,
     wake: Arc<OnceLock<SyncActivator>>,
 }
 
@@ -67,7 +37,7 @@ impl ProducerContext for TrendsContext {
         if let Err((error, _)) = result {
             tracing::warn!(epoch = *epoch, %error, "a trends frame was not delivered");
         }
-        self.deliveries.answered(*epoch);
+        self.deliveries.settle(*epoch);
         if let Some(wake) = self.wake.get() {
             // The worker may already be gone at shutdown; nothing is waiting then.
             let _ = wake.activate();
@@ -78,7 +48,7 @@ impl ProducerContext for TrendsContext {
 /// The trends topic's producer.
 pub struct TrendsProducer {
     producer: ThreadedProducer<TrendsContext>,
-    deliveries: Arc<Deliveries>,
+    deliveries: Arc<AckBook>,
     topic: String,
     wake: Arc<OnceLock<SyncActivator>>,
 }
@@ -88,7 +58,7 @@ impl TrendsProducer {
     /// dataflow runs). `Ok(None)` when the broker does not have the topic: trends are then off
     /// for this run, with a warning, and the epochs flow as before.
     pub fn connect(brokers: &str, topic: &str) -> Result<Option<Self>, String> {
-        let deliveries = Arc::new(Deliveries::default());
+        let deliveries = Arc::new(AckBook::default());
         let wake = Arc::new(OnceLock::new());
         let producer: ThreadedProducer<TrendsContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -186,13 +156,13 @@ impl<'scope> PublishTrends<'scope> for Stream<'scope, u64, Vec<TrendFrame>> {
                                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
                                 _,
                             )) => {
-                                deliveries.answered(*epoch);
+                                deliveries.unsent(*epoch);
                                 frames.push(frame);
                                 full = true;
                                 break;
                             }
                             Err((error, _)) => {
-                                deliveries.answered(*epoch);
+                                deliveries.unsent(*epoch);
                                 tracing::warn!(epoch, %error, "a trends frame was not enqueued");
                             }
                         }
@@ -202,8 +172,9 @@ impl<'scope> PublishTrends<'scope> for Stream<'scope, u64, Vec<TrendFrame>> {
                     }
                 }
                 // Dropping an epoch's capability says all its frames were answered.
-                unsent
-                    .retain(|epoch, (_, frames)| !frames.is_empty() || !deliveries.settled(*epoch));
+                unsent.retain(|epoch, (_, frames)| {
+                    !frames.is_empty() || !deliveries.acknowledged(*epoch)
+                });
                 if !unsent.is_empty() {
                     activator.activate_after(ACK_POLL);
                 }
