@@ -43,7 +43,8 @@ main="127.0.0.1:$BASE_PORT"
 per_cluster=$(( (SUBSCRIBERS + 1) / 2 ))
 {
     printf '[kafka]\nbrokers = "127.0.0.1:1"\n[gateway]\nlisten = "127.0.0.1:0"\n'
-    printf '[dataflow]\nprocesses = ["127.0.0.1:0"]\n[broadcaster]\nmain = "%s"\n' "$main"
+    # The subscribers share the machine's cores, and their fan-outs run at once: one lane each.
+    printf '[dataflow]\nprocesses = ["127.0.0.1:0"]\n[broadcaster]\nmain = "%s"\nfanout_lanes = 1\n' "$main"
     for c in 0 1; do
         printf '[[broadcaster.clusters]]\nname = "c%d"\nlisten = "127.0.0.1:%d"\nsubscribers = [' \
             "$c" $((BASE_PORT + 10 * (c + 1)))
@@ -60,7 +61,7 @@ per_cluster=$(( (SUBSCRIBERS + 1) / 2 ))
 
 start() { # name, args…
     local name=$1; shift
-    RUST_LOG=warn "$bin/emostream-broadcaster" --config "$work/cluster.toml" "$@" >"$work/$name.log" 2>&1 &
+    RUST_LOG=${BENCH_LOG:-warn} "$bin/emostream-broadcaster" --config "$work/cluster.toml" "$@" >"$work/$name.log" 2>&1 &
     pids+=($!)
     echo $! >"$work/$name.pid"
 }

@@ -3,29 +3,27 @@
 //!
 //! Epoch frames and trend frames carry the same epoch numbers, so they are kept apart: epochs go
 //! through the per-stream ring and its dedupe, trend frames replace the stored one of their
-//! `(stream, type)`. Both reach a stream's viewers through the same live feed, in arrival order.
+//! `(stream, type)`. Both reach every downstream link and this process's fan-out through one
+//! feed, in publication order, each numbered in that order so a joining viewer knows where its
+//! replay ends and its live frames begin.
 //!
 //! A frame enters once, as the exact text the dataflow wrote, and leaves as clones of one
 //! refcounted [`FrameData`]: a hub never parses more than a frame's head and never re-serializes
-//! it. The SSE encoding is made here too, once per frame per tier, for the same reason.
+//! it. The WebSocket frame and the SSE event are made here too, once per frame per tier, for the
+//! same reason.
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use emostream_protocol::trends::ALL_STREAMS;
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{broadcast, watch};
 
-/// Frames a viewer task may fall behind its stream's feed before it lags. Viewer tasks move
-/// frames into their own outbox as soon as they arrive, and a viewer joins a stream new to this
-/// process only once its ring has arrived, so a healthy viewer never comes near it. Each slot
-/// keeps its last frame alive until overwritten, so this is also frames of memory per stream.
-pub const LIVE_CAPACITY: usize = 16;
-
-/// Frames, across all streams, a downstream link may fall behind before it has to resync from the
-/// ring. Links are few, so this can be generous.
+/// Frames, across all streams, a downstream link or a fan-out lane may fall behind before it
+/// loses some. They are few and read as soon as frames come, so this can be generous.
 const LINK_CAPACITY: usize = 1024;
 
 /// What a frame is, by its `type`: how the hub keeps it.
@@ -74,8 +72,12 @@ impl Head {
 pub struct FrameData {
     pub stream: Arc<str>,
     pub epoch: u64,
-    /// The dataflow's exact bytes: what WebSocket viewers and lower tiers get.
+    /// Where the frame falls in this hub's publication order, counting from 1.
+    pub seq: u64,
+    /// The dataflow's exact bytes: what lower tiers get.
     pub text: Utf8Bytes,
+    /// The text as a WebSocket text frame: what WebSocket viewers get.
+    pub ws: Bytes,
     /// The text as `data:` lines, after `id: <epoch>` for an epoch frame: what SSE viewers get.
     pub sse: Bytes,
     /// When this tier got it, for the delivery-latency metric.
@@ -110,7 +112,6 @@ struct StreamState {
     /// The newest trend frame of each kind, by [`Kind::trend_slot`]; `popular` only under
     /// [`ALL_STREAMS`].
     latest: [Option<Frame>; 3],
-    live: broadcast::Sender<Frame>,
     /// Viewers of this process watching (or about to watch) this stream.
     watchers: usize,
     /// The tier above has sent its whole ring of this stream since it was last subscribed.
@@ -123,19 +124,10 @@ impl StreamState {
             ring: VecDeque::new(),
             evicted: None,
             latest: Default::default(),
-            live: broadcast::channel(LIVE_CAPACITY).0,
             watchers: 0,
             synced: false,
         }
     }
-}
-
-/// What a joining viewer gets: frames to send at once, its live feed, and whether its `since`
-/// could be served in full (`None` without `since`).
-pub struct Joined {
-    pub replay: Vec<Frame>,
-    pub live: broadcast::Receiver<Frame>,
-    pub resumed: Option<bool>,
 }
 
 pub struct Hub {
@@ -145,6 +137,9 @@ pub struct Hub {
     // Publishing and joining both happen under it, which is what makes "subscribe, then take the
     // ring" atomic: a joiner can neither miss a frame nor see one twice.
     streams: Mutex<HashMap<Arc<str>, StreamState>>,
+    /// Frames published so far; changed only under `streams`' lock.
+    published: AtomicU64,
+    /// Every published frame, in order: for links to lower tiers and the viewers' fan-out.
     links: broadcast::Sender<Frame>,
     /// The watched streams, sorted: what a subscriber asks of the tier above.
     wanted: watch::Sender<Vec<String>>,
@@ -158,6 +153,7 @@ impl Hub {
         Self {
             ring_epochs: ring_epochs.max(1),
             streams: Mutex::new(HashMap::new()),
+            published: AtomicU64::new(0),
             links: broadcast::channel(LINK_CAPACITY).0,
             wanted: watch::channel(Vec::new()).0,
             synced: watch::channel(0).0,
@@ -186,53 +182,51 @@ impl Hub {
                 (name, state)
             }
         };
-        let Some(slot) = head.kind.trend_slot() else {
-            if state
-                .ring
-                .back()
-                .is_some_and(|newest| newest.epoch >= head.epoch)
-            {
-                return Ok(false);
+        let frame = match head.kind.trend_slot() {
+            None => {
+                if state
+                    .ring
+                    .back()
+                    .is_some_and(|newest| newest.epoch >= head.epoch)
+                {
+                    return Ok(false);
+                }
+                let frame = self.frame(stream, head.epoch, text, Some(head.epoch));
+                if state.ring.len() == self.ring_epochs {
+                    state.evicted = state.ring.pop_front().map(|f| f.epoch);
+                }
+                state.ring.push_back(Arc::clone(&frame));
+                frame
             }
-            let frame = Arc::new(FrameData {
-                stream,
-                epoch: head.epoch,
-                sse: sse_event(Some(head.epoch), &text),
-                text,
-                at: Instant::now(),
-            });
-            if state.ring.len() == self.ring_epochs {
-                state.evicted = state.ring.pop_front().map(|f| f.epoch);
+            Some(slot) => {
+                if let Some(stored) = &state.latest[slot] {
+                    if stored.epoch > head.epoch
+                        || (stored.epoch == head.epoch && stored.text == text)
+                    {
+                        return Ok(false);
+                    }
+                }
+                let frame = self.frame(stream, head.epoch, text, None);
+                state.latest[slot] = Some(Arc::clone(&frame));
+                frame
             }
-            state.ring.push_back(Arc::clone(&frame));
-            // Both sends fail only when nobody listens, which is normal.
-            let _ = self.links.send(Arc::clone(&frame));
-            let _ = state.live.send(frame);
-            return Ok(true);
         };
-        if let Some(stored) = &state.latest[slot] {
-            if stored.epoch > head.epoch || (stored.epoch == head.epoch && stored.text == text) {
-                return Ok(false);
-            }
-        }
-        let frame = Arc::new(FrameData {
+        // Fails only when nobody listens, which is normal.
+        let _ = self.links.send(frame);
+        Ok(true)
+    }
+
+    /// The next frame in publication order; `sse_id` is its SSE event id. Called under the lock.
+    fn frame(&self, stream: Arc<str>, epoch: u64, text: Utf8Bytes, sse_id: Option<u64>) -> Frame {
+        Arc::new(FrameData {
             stream,
-            epoch: head.epoch,
-            sse: sse_event(None, &text),
+            epoch,
+            seq: self.published.fetch_add(1, Ordering::Relaxed) + 1,
+            sse: sse_event(sse_id, &text),
+            ws: crate::websocket::text(&text),
             text,
             at: Instant::now(),
-        });
-        state.latest[slot] = Some(Arc::clone(&frame));
-        let _ = self.links.send(Arc::clone(&frame));
-        if &*frame.stream == ALL_STREAMS {
-            // About every stream, so every stream's viewers get it.
-            for state in streams.values() {
-                let _ = state.live.send(Arc::clone(&frame));
-            }
-        } else {
-            let _ = state.live.send(frame);
-        }
-        Ok(true)
+        })
     }
 
     /// A viewer of this process is about to watch `stream`: the stream is wanted from upstream
@@ -318,11 +312,18 @@ impl Hub {
         let _ = tokio::time::timeout(wait, synced).await;
     }
 
-    /// A viewer joins `stream`: what to send at once, then its live feed. With `since`, that is
-    /// every ring frame after `since`; without, the latest frame alone. Either way the newest
-    /// trend frames a viewer of `stream` gets follow: they are state, not history, so a resuming
-    /// viewer needs them as much as a new one.
-    pub fn join(&self, stream: &str, since: Option<u64>) -> Joined {
+    /// A viewer joins `stream`. With `since`, its replay is every ring frame after `since`;
+    /// without, the latest frame alone. Either way the newest trend frames a viewer of `stream`
+    /// gets follow: they are state, not history, so a resuming viewer needs them as much as a new
+    /// one. `attach` gets the replay and the publication number it runs up to, under this hub's
+    /// lock: a viewer attached to the fan-out there misses no later frame and gets none twice.
+    /// Returns whether `since` could be served in full (`None` without `since`).
+    pub fn join(
+        &self,
+        stream: &str,
+        since: Option<u64>,
+        attach: impl FnOnce(u64, Vec<Frame>),
+    ) -> Option<bool> {
         let mut streams = self.lock();
         let popular = popular(&streams);
         let state = streams
@@ -342,15 +343,12 @@ impl Hub {
             None => (state.ring.back().cloned().into_iter().collect(), None),
         };
         replay.extend(state.latest.iter().flatten().cloned().chain(popular));
-        Joined {
-            replay,
-            live: state.live.subscribe(),
-            resumed,
-        }
+        attach(self.published.load(Ordering::Relaxed), replay);
+        resumed
     }
 
-    /// A downstream tier joins: its live feed of every stream. It asks for rings separately, once
-    /// it has said which streams it wants.
+    /// Every frame published from now on, in order: a downstream tier's live feed (it asks for
+    /// rings separately, once it has said which streams it wants), or a fan-out lane's.
     pub fn link(&self) -> broadcast::Receiver<Frame> {
         self.links.subscribe()
     }
@@ -422,13 +420,33 @@ mod tests {
         frames.iter().map(|f| f.text.clone()).collect()
     }
 
+    /// What [`Hub::join`] hands a viewer.
+    struct Joined {
+        replay: Vec<Frame>,
+        after: u64,
+        resumed: Option<bool>,
+    }
+
+    fn join(hub: &Hub, stream: &str, since: Option<u64>) -> Joined {
+        let mut attached = None;
+        let resumed = hub.join(stream, since, |after, replay| {
+            attached = Some((after, replay));
+        });
+        let (after, replay) = attached.expect("attach runs on every join");
+        Joined {
+            replay,
+            after,
+            resumed,
+        }
+    }
+
     #[test]
     fn ring_keeps_only_the_newest_epochs() {
         let hub = Hub::new(3);
         for e in 1..=5 {
             assert!(hub.publish(frame("main", e)).unwrap());
         }
-        let joined = hub.join("main", Some(0));
+        let joined = join(&hub, "main", Some(0));
         assert_eq!(epochs(&joined.replay), [3, 4, 5]);
         assert_eq!(joined.replay[0].text, frame("main", 3));
         assert_eq!(
@@ -440,7 +458,11 @@ mod tests {
     #[test]
     fn a_resume_is_a_miss_only_when_a_wanted_epoch_left_the_ring() {
         let hub = Hub::new(3);
-        assert_eq!(hub.join("main", Some(0)).resumed, Some(true), "empty ring");
+        assert_eq!(
+            join(&hub, "main", Some(0)).resumed,
+            Some(true),
+            "empty ring"
+        );
         for e in 1..=5 {
             hub.publish(frame("main", e)).unwrap();
         }
@@ -448,18 +470,18 @@ mod tests {
         let cases = [(0, false), (1, false), (2, true), (4, true), (9, true)];
         for (since, served) in cases {
             assert_eq!(
-                hub.join("main", Some(since)).resumed,
+                join(&hub, "main", Some(since)).resumed,
                 Some(served),
                 "{since}"
             );
         }
-        assert_eq!(hub.join("main", None).resumed, None);
+        assert_eq!(join(&hub, "main", None).resumed, None);
     }
 
     #[test]
     fn an_epoch_already_passed_is_dropped() {
         let hub = Hub::new(8);
-        let mut live = hub.join("main", None).live;
+        let mut live = hub.link();
         assert!(hub.publish(frame("main", 10)).unwrap());
         assert!(!hub.publish(frame("main", 10)).unwrap());
         assert!(!hub.publish(frame("main", 9)).unwrap());
@@ -469,11 +491,12 @@ mod tests {
 
         assert_eq!(live.try_recv().unwrap().epoch, 10);
         assert_eq!(live.try_recv().unwrap().epoch, 11);
+        assert_eq!(live.try_recv().unwrap().epoch, 9);
         assert!(matches!(
             live.try_recv(),
             Err(broadcast::error::TryRecvError::Empty)
         ));
-        assert_eq!(epochs(&hub.join("main", Some(0)).replay), [10, 11]);
+        assert_eq!(epochs(&join(&hub, "main", Some(0)).replay), [10, 11]);
     }
 
     #[test]
@@ -491,7 +514,7 @@ mod tests {
             (99, &[]),
         ];
         for (since, want) in cases {
-            let joined = hub.join("main", Some(since));
+            let joined = join(&hub, "main", Some(since));
             assert_eq!(epochs(&joined.replay), want, "since={since}");
         }
     }
@@ -499,11 +522,11 @@ mod tests {
     #[test]
     fn joining_without_since_gets_the_latest_frame_only() {
         let hub = Hub::new(10);
-        assert!(hub.join("main", None).replay.is_empty());
+        assert!(join(&hub, "main", None).replay.is_empty());
         hub.publish(frame("main", 1)).unwrap();
         hub.publish(frame("main", 2)).unwrap();
         hub.publish(frame("football", 7)).unwrap();
-        let joined = hub.join("main", None);
+        let joined = join(&hub, "main", None);
         assert_eq!(texts(&joined.replay), [frame("main", 2)]);
         assert_eq!(
             joined.replay[0].sse,
@@ -561,8 +584,7 @@ mod tests {
     #[test]
     fn trend_frames_keep_the_newest_per_stream_and_type_beside_the_ring() {
         let hub = Hub::new(4);
-        let mut main = hub.join("main", None).live;
-        let mut football = hub.join("football", None).live;
+        let mut live = hub.link();
         assert!(hub.publish(frame("main", 10)).unwrap());
         // The same epoch as the ring's newest: trend frames do not go through its dedupe.
         assert!(hub.publish(trend("trending", "main", 10, 1)).unwrap());
@@ -586,32 +608,23 @@ mod tests {
             "epochs are unaffected"
         );
 
-        let mut got = Vec::new();
-        while let Ok(f) = main.try_recv() {
-            got.push(f.text.clone());
-        }
+        // Every accepted frame goes out once, numbered in publication order; which viewers get
+        // it is the fan-out's business.
+        let got: Vec<Frame> = std::iter::from_fn(|| live.try_recv().ok()).collect();
         assert_eq!(
-            got,
+            texts(&got),
             [
                 frame("main", 10),
                 trend("trending", "main", 10, 1),
                 trend("sentiment", "main", 10, 1),
                 trend("popular", "*", 10, 1),
                 trend("trending", "main", 10, 2),
+                trend("trending", "football", 9, 1),
                 frame("main", 11),
             ]
         );
-        let mut got = Vec::new();
-        while let Ok(f) = football.try_recv() {
-            got.push(f.text.clone());
-        }
-        assert_eq!(
-            got,
-            [
-                trend("popular", "*", 10, 1),
-                trend("trending", "football", 9, 1)
-            ]
-        );
+        let seqs: Vec<u64> = got.iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6, 7]);
 
         // A joiner gets the epoch replay, then the newest of each trend frame it sees.
         let latest = [
@@ -619,15 +632,19 @@ mod tests {
             trend("sentiment", "main", 10, 1),
             trend("popular", "*", 10, 1),
         ];
-        let joined = hub.join("main", None);
+        let joined = join(&hub, "main", None);
+        assert_eq!(
+            joined.after, 7,
+            "its replay runs up to the last frame published"
+        );
         assert_eq!(texts(&joined.replay)[0], frame("main", 11));
         assert_eq!(texts(&joined.replay)[1..], latest);
-        let resumed = hub.join("main", Some(9));
+        let resumed = join(&hub, "main", Some(9));
         assert_eq!(epochs(&resumed.replay[..2]), [10, 11]);
         assert_eq!(texts(&resumed.replay)[2..], latest);
         assert_eq!(texts(&hub.backlog_of("main"))[2..], latest);
         assert_eq!(
-            texts(&hub.join("football", None).replay),
+            texts(&join(&hub, "football", None).replay),
             [
                 trend("trending", "football", 9, 1),
                 trend("popular", "*", 10, 1)

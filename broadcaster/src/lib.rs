@@ -8,11 +8,17 @@
 //! - `roles`: [`run`], and one module per role ([`main_publisher`], [`cluster_publisher`],
 //!   [`subscriber`]) with its routes; shared [`Settings`], binding, health, metrics, 404, shutdown.
 //! - `hub`: per-stream ring of recent epochs, dedupe by epoch, the newest trend frame per
-//!   `(stream, type)`, the live feeds, and which streams this process's viewers watch.
+//!   `(stream, type)`, the feed of every frame in publication order, and which streams this
+//!   process's viewers watch.
 //! - `link`: the WebSocket between two tiers, both the upper (serving) and lower (connecting)
 //!   end: heartbeats and subscriptions up, rings and frames down.
-//! - `viewer`: one task per viewer (WebSocket or SSE); replay on join, a small conflating outbox,
-//!   lag notices, the byte budget, pings.
+//! - `fanout`: a subscriber's lanes, which offer every frame to every viewer of its stream.
+//! - `outlet`: one viewer's sending side: frames written straight into its socket while it keeps
+//!   up, a small conflating backlog when it does not, lag notices, the byte budget.
+//! - `viewer`: one task per viewer (WebSocket or SSE): drains the backlog, pings, reads what a
+//!   WebSocket viewer says, and closes.
+//! - `websocket`: the viewers' side of RFC 6455: the upgrade handing over the raw socket, frames
+//!   encoded once, a reader for pongs and Close.
 //! - `roster`: which lower-tier members are alive, from their heartbeats.
 //! - `auth`: signed viewer tokens and the tiers' shared link secret.
 //! - `metrics`: each tier's counters as Prometheus text.
@@ -24,16 +30,19 @@
 
 mod auth;
 mod error;
+mod fanout;
 mod hub;
 mod kafka;
 mod link;
 mod metrics;
+mod outlet;
 mod roles;
 mod roster;
 mod socket;
 mod synthetic;
 mod tasks;
 mod viewer;
+mod websocket;
 
 pub use auth::TokenKey;
 pub use error::Error;

@@ -50,6 +50,38 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
 }
 
+/// Deliveries counted locally, then added to [`Metrics`] at once: a fan-out pass writes thousands
+/// of frames, and shared counters bumped for each would bounce their cache lines between the
+/// threads writing.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    frames: [u64; 3],
+    bytes: [u64; 3],
+    latency_buckets: [u64; LATENCY_BUCKETS_S.len()],
+    latency_count: u64,
+    latency_sum_us: u64,
+    conflated: u64,
+}
+
+impl Deliveries {
+    /// A frame fully written to a peer, `latency` after this tier got it.
+    pub fn sent(&mut self, conn: Conn, bytes: usize, latency: Duration) {
+        self.frames[conn.index()] += 1;
+        self.bytes[conn.index()] += bytes as u64;
+        let s = latency.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS_S.iter().position(|b| s <= *b) {
+            self.latency_buckets[i] += 1;
+        }
+        self.latency_count += 1;
+        self.latency_sum_us += u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    }
+
+    /// Frames a slow viewer skipped.
+    pub fn conflated(&mut self, frames: u64) {
+        self.conflated += frames;
+    }
+}
+
 /// One open connection, counted for as long as it is held.
 pub struct Open<'a> {
     metrics: &'a Metrics,
@@ -104,24 +136,33 @@ impl Metrics {
 
     /// A frame fully written to a peer, `latency` after this tier got it.
     pub fn sent(&self, conn: Conn, bytes: usize, latency: Duration) {
-        self.frames_sent[conn.index()].fetch_add(1, Ordering::Relaxed);
-        self.bytes_sent[conn.index()].fetch_add(bytes as u64, Ordering::Relaxed);
-        let s = latency.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS_S.iter().position(|b| s <= *b) {
-            self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+        let mut one = Deliveries::default();
+        one.sent(conn, bytes, latency);
+        self.add(&one);
+    }
+
+    /// Adds what a fan-out pass counted locally.
+    pub fn add(&self, d: &Deliveries) {
+        let add = |counter: &AtomicU64, n: u64| {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        for i in 0..CONNS.len() {
+            add(&self.frames_sent[i], d.frames[i]);
+            add(&self.bytes_sent[i], d.bytes[i]);
         }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+        for (counter, n) in self.latency_buckets.iter().zip(d.latency_buckets) {
+            add(counter, n);
+        }
+        add(&self.latency_count, d.latency_count);
+        add(&self.latency_sum_us, d.latency_sum_us);
+        add(&self.conflated, d.conflated);
     }
 
     /// Bytes written that carry no frame (lag notices, pings): traffic, but not deliveries.
     pub fn overhead(&self, conn: Conn, bytes: usize) {
         self.bytes_sent[conn.index()].fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-
-    pub fn conflated(&self, frames: u64) {
-        self.conflated.fetch_add(frames, Ordering::Relaxed);
     }
 
     pub fn lag_close(&self) {
@@ -264,22 +305,26 @@ mod tests {
         m.sent(Conn::Link, 7, Duration::from_secs(60));
         m.resumed(true);
         m.resumed(false);
-        m.conflated(3);
+        let mut batch = Deliveries::default();
+        batch.conflated(3);
+        batch.sent(Conn::Sse, 20, Duration::from_millis(2));
+        m.add(&batch);
         let text = m.render();
         for line in [
             r#"emostream_broadcaster_connections{tier="subscriber",conn="ws"} 1"#,
             r#"emostream_broadcaster_frames_sent_total{tier="subscriber",conn="ws"} 2"#,
             r#"emostream_broadcaster_bytes_sent_total{tier="subscriber",conn="ws"} 150"#,
             r#"emostream_broadcaster_bytes_sent_total{tier="subscriber",conn="link"} 7"#,
+            r#"emostream_broadcaster_frames_sent_total{tier="subscriber",conn="sse"} 1"#,
             r#"emostream_broadcaster_conflated_total{tier="subscriber"} 3"#,
             r#"emostream_broadcaster_resume_hits_total{tier="subscriber"} 1"#,
             r#"emostream_broadcaster_resume_misses_total{tier="subscriber"} 1"#,
             r#"emostream_broadcaster_delivery_seconds_bucket{tier="subscriber",le="0.001"} 0"#,
-            r#"emostream_broadcaster_delivery_seconds_bucket{tier="subscriber",le="0.005"} 1"#,
-            r#"emostream_broadcaster_delivery_seconds_bucket{tier="subscriber",le="0.2"} 2"#,
-            r#"emostream_broadcaster_delivery_seconds_bucket{tier="subscriber",le="10"} 2"#,
-            r#"emostream_broadcaster_delivery_seconds_bucket{tier="subscriber",le="+Inf"} 3"#,
-            r#"emostream_broadcaster_delivery_seconds_count{tier="subscriber"} 3"#,
+            r#"emostream_broadcaster_delivery_seconds_bucket{tier="subscriber",le="0.005"} 2"#,
+            r#"emostream_broadcaster_delivery_seconds_bucket{tier="subscriber",le="0.2"} 3"#,
+            r#"emostream_broadcaster_delivery_seconds_bucket{tier="subscriber",le="10"} 3"#,
+            r#"emostream_broadcaster_delivery_seconds_bucket{tier="subscriber",le="+Inf"} 4"#,
+            r#"emostream_broadcaster_delivery_seconds_count{tier="subscriber"} 4"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

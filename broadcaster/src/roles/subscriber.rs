@@ -1,18 +1,20 @@
 //! A subscriber: one link up to its cluster publisher, and the viewers' WebSockets and SSE
 //! streams.
 
-use super::{finish, lean, serve, Settings};
+use super::{finish, serve, Settings};
 use crate::auth::{self, TokenKey};
 use crate::error::Error;
-use crate::hub::{Hub, Joined, Watching};
+use crate::fanout::Fanout;
+use crate::hub::{Hub, Watching};
 use crate::link::{self, Upstream};
 use crate::metrics::{Conn, Metrics};
+use crate::outlet::{Offer, Outlet, SseWire, Wire, WsWire};
 use crate::tasks::{Stop, Tasks};
-use crate::viewer::{self, Feed, Sse, Viewer, Ws};
+use crate::viewer;
+use crate::websocket::Upgrade;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,9 +29,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
-
-/// Viewers have nothing to say beyond pongs and Close; a larger message is refused.
-const MAX_VIEWER_MESSAGE_BYTES: usize = 4096;
 
 /// How long a viewer of a stream this subscriber did not carry yet waits for the tier above to
 /// send the stream's ring; past it, the viewer gets what is here and the rest live.
@@ -68,8 +67,14 @@ pub async fn subscriber(
         };
         link::keep_upstream(upstream, &up_hub, &up_metrics, heartbeat, stop).await;
     });
+    let lanes = match settings.fanout_lanes {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let fanout = Arc::new(Fanout::start(&hub, lanes, Arc::clone(&metrics)));
     let state = Viewers {
         hub,
+        fanout,
         count: viewers,
         metrics: Arc::clone(&metrics),
         tokens: settings.tokens,
@@ -90,6 +95,7 @@ pub async fn subscriber(
 #[derive(Clone)]
 struct Viewers {
     hub: Arc<Hub>,
+    fanout: Arc<Fanout>,
     count: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     tokens: Option<TokenKey>,
@@ -124,25 +130,27 @@ impl Viewers {
     }
 
     /// Starts watching `stream` and, if this subscriber did not carry it yet, waits for the tier
-    /// above to send its ring; then joins.
-    async fn join(&self, stream: &str, since: Option<u64>) -> (Watching, Joined) {
+    /// above to send its ring; then joins: `outlet` gets the replay, then every later frame.
+    async fn join<W: Wire>(
+        &self,
+        stream: &str,
+        since: Option<u64>,
+        outlet: &Arc<Outlet<W>>,
+    ) -> Watching
+    where
+        Outlet<W>: Offer,
+    {
         let watching = self.hub.watch(stream);
         self.hub.until_synced(stream, SYNC_WAIT).await;
-        let joined = self.hub.join(stream, since);
-        if let Some(in_full) = joined.resumed {
+        let resumed = self.hub.join(stream, since, |after, replay| {
+            outlet.start(after, replay);
+            self.fanout
+                .add(stream, Arc::clone(outlet) as Arc<dyn Offer>);
+        });
+        if let Some(in_full) = resumed {
             self.metrics.resumed(in_full);
         }
-        (watching, joined)
-    }
-
-    fn viewer(&self, joined: Joined) -> Viewer<'_> {
-        Viewer {
-            replay: joined.replay,
-            feed: Feed::new(joined.live),
-            metrics: &self.metrics,
-            budget_bytes: self.budget_bytes,
-            stop: self.stop.clone(),
-        }
+        watching
     }
 }
 
@@ -164,22 +172,30 @@ async fn watch_ws(
     stream: Result<Path<String>, PathRejection>,
     query: Result<Query<ViewerQuery>, QueryRejection>,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<Upgrade, Error>,
 ) -> Result<Response, Error> {
     let Path(stream) = stream?;
     valid_stream(&stream)?;
     let Query(query) = query?;
     viewers.admit(&query, &headers)?;
-    let ws = lean(ws?)
-        .max_message_size(MAX_VIEWER_MESSAGE_BYTES)
-        .max_frame_size(MAX_VIEWER_MESSAGE_BYTES);
-    Ok(ws.on_upgrade(move |socket| async move {
+    Ok(upgrade?.on_upgrade(move |socket, early| async move {
         let _counted = Counted::enter(Arc::clone(&viewers.count));
         let _open = viewers.metrics.open(Conn::Ws);
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(error = %e, "viewer socket");
+        }
+        let socket = Arc::new(socket);
+        let outlet = Outlet::new(WsWire(Arc::clone(&socket)), viewers.budget_bytes);
         // Joined only now, after the upgrade, so the replay is as fresh as the socket.
-        let (_watching, joined) = viewers.join(&stream, query.since).await;
-        let (tx, rx) = socket.split();
-        viewer::serve::<Ws, _, _>(tx, rx, viewers.viewer(joined)).await;
+        let _watching = viewers.join(&stream, query.since, &outlet).await;
+        viewer::serve_ws(
+            socket,
+            early,
+            outlet,
+            &viewers.metrics,
+            viewers.stop.clone(),
+        )
+        .await;
     }))
 }
 
@@ -209,16 +225,15 @@ async fn watch_sse(
     };
     let since = last_event_id.or(query.since);
     let counted = Counted::enter(Arc::clone(&viewers.count));
-    let (watching, joined) = viewers.join(&stream, since).await;
-    // Capacity 0 gives each sender one slot: the viewer task hands over a frame only once hyper
-    // has taken the previous one for the socket, so a stalled reader backs up into its outbox,
-    // where it is conflated and budgeted like a WebSocket viewer.
+    // Capacity 0 gives the sender one slot: the fan-out hands over a frame only once hyper has
+    // taken the previous one for the socket, so a stalled reader backs up into the outlet.
     let (tx, body) = futures_channel::mpsc::channel::<Bytes>(0);
+    let outlet = Outlet::new(SseWire(tx), viewers.budget_bytes);
+    let watching = viewers.join(&stream, since, &outlet).await;
     tokio::spawn(async move {
         let _held = (counted, watching);
         let _open = viewers.metrics.open(Conn::Sse);
-        viewer::serve::<Sse, _, _>(tx, futures_util::stream::pending(), viewers.viewer(joined))
-            .await;
+        viewer::serve_sse(outlet, &viewers.metrics, viewers.stop.clone()).await;
     });
     let body = Body::from_stream(body.map(Ok::<_, Infallible>));
     Ok((

@@ -11,21 +11,17 @@
 //! processes, each with `--out FILE`, merged afterwards.
 
 use emostream_protocol::wire::Admission;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+
+mod client;
+use client::{Client, Event};
 
 /// Latency buckets of 1 ms up to 10 s; the last bucket holds everything slower.
 const BUCKETS: usize = 10_001;
-
-/// Viewers read 300-byte frames and send nothing: a small read buffer keeps a 20,000-socket
-/// swarm process from spending 2.5 GB on tungstenite's 128 KiB default.
-const READ_BUFFER_BYTES: usize = 4096;
 
 #[derive(Default)]
 struct Tally {
@@ -122,9 +118,9 @@ fn now_ms() -> u64 {
 }
 
 #[derive(Deserialize)]
-struct Head {
-    #[serde(rename = "type")]
-    kind: String,
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
     epoch: Option<u64>,
     end_ms: Option<u64>,
 }
@@ -153,34 +149,30 @@ async fn register(main: &str, user: usize) -> Option<String> {
     ))
 }
 
-async fn viewer(url: String, tally: Arc<Tally>) {
-    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-    let mut socket = None;
+async fn viewer(url: String, seed: u64, tally: Arc<Tally>) {
+    let mut client = None;
     for attempt in 0..5 {
-        match tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), false).await
-        {
-            Ok((s, _)) => {
-                socket = Some(s);
+        match Client::connect(&url, seed).await {
+            Ok(c) => {
+                client = Some(c);
                 break;
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200 << attempt)).await,
         }
     }
-    let Some(mut socket) = socket else {
+    let Some(mut client) = client else {
         tally.failed.fetch_add(1, Ordering::Relaxed);
         return;
     };
     tally.connected.fetch_add(1, Ordering::Relaxed);
     let mut last: Option<u64> = None;
-    while let Some(msg) = socket.next().await {
-        let Ok(Message::Text(text)) = msg else {
-            if msg.is_err() {
-                break;
-            }
-            continue;
+    let mut received = 0;
+    loop {
+        let text = match client.next(|| received = now_ms()).await {
+            Ok(Event::Text(text)) => text,
+            Ok(Event::Closed) | Err(_) => break,
         };
-        let received = now_ms();
-        let Ok(head) = serde_json::from_str::<Head>(&text) else {
+        let Ok(head) = serde_json::from_slice::<Head>(text) else {
             continue;
         };
         if head.kind == "lagged" {
@@ -288,7 +280,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts at process start");
+    // One thread: the swarm shares the machine with what it measures, and a second worker would
+    // only add cross-thread wake-ups to every frame.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts at process start");
     let report = runtime.block_on(swarm.run());
     print!("{}", report.table());
     if let Some(out) = &swarm.out {
@@ -367,7 +364,7 @@ impl Swarm {
             };
             match url {
                 Some(url) => {
-                    tokio::spawn(viewer(url, Arc::clone(&tally)));
+                    tokio::spawn(viewer(url, i as u64, Arc::clone(&tally)));
                 }
                 None => {
                     tally.failed.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,344 @@
+//! The server side of RFC 6455 for viewers, kept to what a viewer connection needs: the opening
+//! handshake handed off as the raw `TcpStream`, server frames encoded once and shared, and a
+//! reader for what viewers send (pongs, pings, Close).
+//!
+//! Viewers do not go through axum's `WebSocket`: its socket sits behind a sink that one task must
+//! drive, so every frame to every viewer cost a task wake-up, a poll of that task's whole select,
+//! a lock between the socket's halves and an encoding pass. Owning the socket lets the fan-out
+//! write a frame's shared bytes straight into each socket ([`crate::outlet`]); links between
+//! tiers, a handful of sockets, still use axum's.
+
+use crate::error::Error;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// Close codes a viewer may get.
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const POLICY: u16 = 1008;
+    pub const SIZE: u16 = 1009;
+}
+
+/// A valid WebSocket upgrade request, before the answer.
+pub struct Upgrade {
+    accept: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+fn reject(status: StatusCode, message: &str) -> Error {
+    Error::Rejected {
+        status,
+        message: message.to_owned(),
+    }
+}
+
+/// Whether a comma-separated header holds `token`, case-insensitively (`Connection: keep-alive,
+/// Upgrade` is an upgrade).
+fn has_token(value: Option<&HeaderValue>, token: &str) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
+        if parts.method != Method::GET {
+            return Err(reject(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "a WebSocket upgrade is a GET",
+            ));
+        }
+        let headers = &parts.headers;
+        if !has_token(headers.get(header::CONNECTION), "upgrade") {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "Connection header did not include 'upgrade'",
+            ));
+        }
+        if !has_token(headers.get(header::UPGRADE), "websocket") {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "`Upgrade` header did not include 'websocket'",
+            ));
+        }
+        if headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(|v| v.as_bytes())
+            != Some(b"13")
+        {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "`Sec-WebSocket-Version` header did not include '13'",
+            ));
+        }
+        let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "`Sec-WebSocket-Key` header missing",
+            ));
+        };
+        let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+            .expect("base64 is a valid header value");
+        let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            return Err(reject(
+                StatusCode::UPGRADE_REQUIRED,
+                "WebSocket request couldn't be upgraded since no upgrade state was present",
+            ));
+        };
+        Ok(Self { accept, on_upgrade })
+    }
+}
+
+impl Upgrade {
+    /// Answers 101 and, once the client has the answer, runs `serve` with the connection's socket
+    /// and any bytes the client sent after its request.
+    pub fn on_upgrade<F, Fut>(self, serve: F) -> Response
+    where
+        F: FnOnce(TcpStream, Bytes) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    return;
+                }
+            };
+            // axum serves plain TCP here, through hyper-util's HTTP/1-or-2 connection, which
+            // wraps the socket in a type of its own that only this helper can see through.
+            match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded)
+            {
+                Ok(parts) => serve(parts.io.into_inner(), parts.read_buf).await,
+                Err(_) => tracing::warn!("an upgraded connection that is not a TCP socket"),
+            }
+        });
+        (
+            StatusCode::SWITCHING_PROTOCOLS,
+            [
+                (header::CONNECTION, HeaderValue::from_static("upgrade")),
+                (header::UPGRADE, HeaderValue::from_static("websocket")),
+                (header::SEC_WEBSOCKET_ACCEPT, self.accept),
+            ],
+        )
+            .into_response()
+    }
+}
+
+/// A server frame: never masked, never fragmented.
+fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    out.put_u8(0x80 | opcode);
+    match payload.len() {
+        len @ 0..=125 => out.put_u8(len as u8),
+        len @ 126..=0xffff => {
+            out.put_u8(126);
+            out.put_u16(len as u16);
+        }
+        len => {
+            out.put_u8(127);
+            out.put_u64(len as u64);
+        }
+    }
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// A text frame: how an epoch or trend frame goes to every WebSocket viewer.
+pub fn text(payload: &str) -> Bytes {
+    frame(OP_TEXT, payload.as_bytes())
+}
+
+pub fn ping() -> Bytes {
+    frame(OP_PING, &[])
+}
+
+/// Control frames carry at most 125 bytes; a longer reason is cut.
+pub fn close(code: u16, reason: &str) -> Bytes {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
+    frame(OP_CLOSE, &payload)
+}
+
+fn pong(payload: &[u8]) -> Bytes {
+    frame(OP_PONG, payload)
+}
+
+/// What a viewer sent, as far as the server cares.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FromViewer {
+    /// A ping: the answer to send.
+    Ping(Bytes),
+    /// The viewer is closing; its code, if it gave one.
+    Close(Option<u16>),
+    /// A pong, or data a viewer has no reason to send: it is alive, and that is all.
+    Alive,
+}
+
+/// Why a viewer's connection has to be failed, as the Close code it gets.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Violation(pub u16);
+
+/// Parses frames from a viewer out of what its socket has delivered so far.
+pub struct Reader {
+    buf: Vec<u8>,
+    max_payload: usize,
+}
+
+impl Reader {
+    pub fn new(max_payload: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            max_payload,
+        }
+    }
+
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame, if one has arrived.
+    pub fn next(&mut self) -> Result<Option<FromViewer>, Violation> {
+        let buf = &self.buf;
+        let [b0, b1, ..] = *buf.as_slice() else {
+            return Ok(None);
+        };
+        if b1 & 0x80 == 0 {
+            // RFC 6455 5.1: a server must fail a connection whose client frames are unmasked.
+            return Err(Violation(close_code::PROTOCOL));
+        }
+        let (len_bytes, len) = match b1 & 0x7f {
+            126 if buf.len() >= 4 => (2, u64::from(u16::from_be_bytes([buf[2], buf[3]]))),
+            127 if buf.len() >= 10 => (8, u64::from_be_bytes(buf[2..10].try_into().expect("8"))),
+            126 | 127 => return Ok(None),
+            len => (0, u64::from(len)),
+        };
+        if len > self.max_payload as u64 {
+            return Err(Violation(close_code::SIZE));
+        }
+        let start = 2 + len_bytes + 4;
+        let end = start + len as usize;
+        if buf.len() < end {
+            return Ok(None);
+        }
+        let mask: [u8; 4] = buf[start - 4..start].try_into().expect("4 bytes");
+        let payload: Vec<u8> = buf[start..end]
+            .iter()
+            .zip(mask.iter().cycle())
+            .map(|(b, m)| b ^ m)
+            .collect();
+        let opcode = b0 & 0x0f;
+        let control = opcode & 0x8 != 0;
+        if control && (b0 & 0x80 == 0 || len > 125) {
+            return Err(Violation(close_code::PROTOCOL));
+        }
+        let got = match opcode {
+            OP_PING => FromViewer::Ping(pong(&payload)),
+            OP_CLOSE => FromViewer::Close(
+                (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+            ),
+            OP_PONG | OP_TEXT | OP_BINARY | OP_CONTINUATION => FromViewer::Alive,
+            _ => return Err(Violation(close_code::PROTOCOL)),
+        };
+        self.buf.drain(..end);
+        if self.buf.is_empty() {
+            // An idle viewer keeps no buffer.
+            self.buf = Vec::new();
+        }
+        Ok(Some(got))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client frame, masked as clients must.
+    fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut out = vec![b0];
+        match payload.len() {
+            len @ 0..=125 => out.push(0x80 | len as u8),
+            len => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        out
+    }
+
+    #[test]
+    fn server_frames_carry_the_payload_unmasked_with_the_shortest_length() {
+        assert_eq!(&text("hi")[..], b"\x81\x02hi");
+        let long = "x".repeat(300);
+        let frame = text(&long);
+        assert_eq!(&frame[..4], [0x81, 126, 1, 44]);
+        assert_eq!(&frame[4..], long.as_bytes());
+        let huge = "y".repeat(70_000);
+        assert_eq!(
+            &text(&huge)[..10],
+            [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]
+        );
+        assert_eq!(&ping()[..], [0x89, 0]);
+        assert_eq!(&close(1001, "bye")[..], b"\x88\x05\x03\xe9bye");
+    }
+
+    #[test]
+    fn a_reader_takes_frames_as_they_arrive_in_pieces() {
+        let mut reader = Reader::new(4096);
+        let mut bytes = masked(0x89, b"abc");
+        bytes.extend(masked(0x8A, b""));
+        bytes.extend(masked(0x88, &1000u16.to_be_bytes()));
+        let (first, rest) = bytes.split_at(3);
+        reader.extend(first);
+        assert_eq!(reader.next(), Ok(None));
+        reader.extend(rest);
+        assert_eq!(reader.next(), Ok(Some(FromViewer::Ping(pong(b"abc")))));
+        assert_eq!(reader.next(), Ok(Some(FromViewer::Alive)));
+        assert_eq!(reader.next(), Ok(Some(FromViewer::Close(Some(1000)))));
+        assert_eq!(reader.next(), Ok(None));
+        assert_eq!(reader.buf.capacity(), 0);
+    }
+
+    #[test]
+    fn a_reader_fails_unmasked_oversized_and_unknown_frames() {
+        let mut unmasked = Reader::new(4096);
+        unmasked.extend(b"\x81\x02hi");
+        assert_eq!(unmasked.next(), Err(Violation(close_code::PROTOCOL)));
+
+        let mut big = Reader::new(100);
+        big.extend(&masked(0x81, &[b'x'; 101]));
+        assert_eq!(big.next(), Err(Violation(close_code::SIZE)));
+        let mut fits = Reader::new(300);
+        fits.extend(&masked(0x81, &[b'x'; 300]));
+        assert_eq!(fits.next(), Ok(Some(FromViewer::Alive)));
+
+        let mut unknown = Reader::new(4096);
+        unknown.extend(&masked(0x83, b""));
+        assert_eq!(unknown.next(), Err(Violation(close_code::PROTOCOL)));
+        let mut fragmented_ping = Reader::new(4096);
+        fragmented_ping.extend(&masked(0x09, b""));
+        assert_eq!(fragmented_ping.next(), Err(Violation(close_code::PROTOCOL)));
+    }
+}
