@@ -76,6 +76,11 @@ impl Deliveries {
         self.latency_sum_us += u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
     }
 
+    /// Bytes written that carry no frame (a ping).
+    pub fn overhead(&mut self, conn: Conn, bytes: usize) {
+        self.bytes[conn.index()] += bytes as u64;
+    }
+
     /// Frames a slow viewer skipped.
     pub fn conflated(&mut self, frames: u64) {
         self.conflated += frames;

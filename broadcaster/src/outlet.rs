@@ -41,8 +41,9 @@ pub trait Wire: Send + 'static {
     fn frame(frame: &FrameData) -> &Bytes;
     fn lagged(missed: u64) -> Bytes;
     fn ping() -> Bytes;
-    /// Writes what the peer takes now, without waiting: `Ok(0)` when it takes nothing.
-    fn try_write(&mut self, bytes: &Bytes) -> io::Result<usize>;
+    /// Writes what the peer takes now of `parts`, in order, without waiting: `Ok(0)` when it
+    /// takes nothing.
+    fn try_write(&mut self, parts: &[&Bytes]) -> io::Result<usize>;
     /// Ready once [`Wire::try_write`] may make progress.
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
@@ -65,19 +66,20 @@ impl Wire for WsWire {
         crate::websocket::ping()
     }
 
-    fn try_write(&mut self, bytes: &Bytes) -> io::Result<usize> {
+    fn try_write(&mut self, parts: &[&Bytes]) -> io::Result<usize> {
+        let slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
         // The socket is non-blocking, so a plain send is the same write tokio would make, minus
         // its readiness bookkeeping: one less cold cache line per viewer per frame. Only when the
         // socket is full does the write go through tokio, so that tokio learns it is no longer
         // writable and `poll_write_ready` waits for it to drain.
-        let written = match socket2::SockRef::from(&*self.0).send(bytes) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.0.try_write(bytes),
+        let written = match socket2::SockRef::from(&*self.0).send_vectored(&slices) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.0.try_write_vectored(&slices),
             other => other,
         };
         match written {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
             // A peer that has closed its end takes nothing more, ever.
-            Ok(0) if !bytes.is_empty() => Err(io::ErrorKind::WriteZero.into()),
+            Ok(0) if parts.iter().any(|p| !p.is_empty()) => Err(io::ErrorKind::WriteZero.into()),
             other => other,
         }
     }
@@ -108,9 +110,14 @@ impl Wire for SseWire {
         Bytes::from_static(b": ping\n\n")
     }
 
-    fn try_write(&mut self, bytes: &Bytes) -> io::Result<usize> {
-        match self.0.try_send(bytes.clone()) {
-            Ok(()) => Ok(bytes.len()),
+    fn try_write(&mut self, parts: &[&Bytes]) -> io::Result<usize> {
+        let chunk = match parts {
+            [one] => Bytes::clone(one),
+            _ => parts.iter().flat_map(|p| p.iter().copied()).collect(),
+        };
+        let len = chunk.len();
+        match self.0.try_send(chunk) {
+            Ok(()) => Ok(len),
             Err(e) if e.is_full() => Ok(0),
             Err(_) => Err(io::ErrorKind::BrokenPipe.into()),
         }
@@ -172,6 +179,8 @@ struct Backlog<W> {
     missed_bytes: usize,
     /// Since when the backlog has held something the peer has not taken.
     busy_since: Option<Instant>,
+    /// The viewer's task asked for a ping: it goes out with the next frame, in the same write.
+    ping_due: bool,
     standing: Standing,
 }
 
@@ -237,6 +246,7 @@ impl<W: Wire> Outlet<W> {
                 missed: 0,
                 missed_bytes: 0,
                 busy_since: None,
+                ping_due: false,
                 standing: Standing::Open,
             }),
             wake: Notify::new(),
@@ -278,6 +288,21 @@ impl<W: Wire> Outlet<W> {
         self.wake.notified().await;
     }
 
+    /// Asks for a ping to ride along with the next frame, so that pinging a viewer of a live
+    /// stream costs no write of its own.
+    pub fn request_ping(&self) {
+        self.lock().ping_due = true;
+    }
+
+    /// Queues the requested ping now, if no frame has taken it yet (a quiet stream).
+    pub fn ping_now(&self) {
+        let mut b = self.lock();
+        if std::mem::take(&mut b.ping_due) && b.standing != Standing::Gone {
+            b.queue.push_back(Item::Control(W::ping()));
+            b.busy_since.get_or_insert_with(Instant::now);
+        }
+    }
+
     /// Queues a ping, a pong or a notice behind what waits.
     pub fn push_control(&self, bytes: Bytes) {
         let mut b = self.lock();
@@ -308,9 +333,9 @@ impl<W: Wire> Outlet<W> {
             };
             let bytes = front.bytes::<W>();
             let n = if b.written == 0 {
-                wire.try_write(bytes)?
+                wire.try_write(&[bytes])?
             } else {
-                wire.try_write(&bytes.slice(b.written..))?
+                wire.try_write(&[&bytes.slice(b.written..)])?
             };
             if n == 0 {
                 ready!(wire.poll_write_ready(cx))?;
@@ -371,23 +396,48 @@ impl<W: Wire> Offer for Outlet<W> {
                 return false;
             };
             let bytes = W::frame(frame);
-            match wire.try_write(bytes) {
-                Ok(n) if n == bytes.len() => {
-                    sent.sent(W::CONN, n, frame.at.elapsed());
-                    return true;
-                }
-                Ok(n) => {
-                    b.written = n;
-                    b.queue.push_back(Item::Frame(Arc::clone(frame)));
-                    b.busy_since = Some(Instant::now());
-                }
+            let ping = b.ping_due.then(W::ping);
+            let written = match &ping {
+                Some(ping) => wire.try_write(&[bytes, ping]),
+                None => wire.try_write(&[bytes]),
+            };
+            let n = match written {
+                Ok(n) => n,
                 Err(e) => {
                     tracing::debug!(error = %e, "viewer dropped");
                     b.standing = Standing::Gone;
+                    drop(guard);
+                    self.wake.notify_one();
+                    return false;
+                }
+            };
+            if n >= bytes.len() {
+                sent.sent(W::CONN, bytes.len(), frame.at.elapsed());
+            } else {
+                b.written = n;
+                b.queue.push_back(Item::Frame(Arc::clone(frame)));
+            }
+            if let Some(ping) = ping {
+                b.ping_due = false;
+                let ping_written = n.saturating_sub(bytes.len());
+                if ping_written == ping.len() {
+                    sent.overhead(W::CONN, ping.len());
+                } else {
+                    if b.queue.is_empty() {
+                        b.written = ping_written;
+                    }
+                    b.queue.push_back(Item::Control(ping));
                 }
             }
+            if b.queue.is_empty() {
+                return true;
+            }
+            b.busy_since = Some(Instant::now());
         } else {
             b.push(Arc::clone(frame), sent);
+            if std::mem::take(&mut b.ping_due) {
+                b.queue.push_back(Item::Control(W::ping()));
+            }
             if b.behind_bytes() > self.budget_bytes {
                 b.standing = Standing::TooSlow;
             }
@@ -431,10 +481,11 @@ mod tests {
         fn ping() -> Bytes {
             Bytes::from_static(b": ping\n\n")
         }
-        fn try_write(&mut self, bytes: &Bytes) -> io::Result<usize> {
+        fn try_write(&mut self, parts: &[&Bytes]) -> io::Result<usize> {
             if self.blocked.load(Ordering::Relaxed) {
                 return Ok(0);
             }
+            let bytes: Bytes = parts.iter().flat_map(|p| p.iter().copied()).collect();
             let limit = self.limit.swap(0, Ordering::Relaxed);
             let n = if limit == 0 {
                 bytes.len()
@@ -563,6 +614,41 @@ mod tests {
         assert!(matches!(drain(&patient, &metrics), Poll::Ready(Ok(()))));
         let want = lagged_notice(4) + &f[4..=7].iter().map(sse).collect::<String>();
         assert_eq!(other.text(), want);
+    }
+
+    #[test]
+    fn a_requested_ping_rides_along_with_the_next_frame_or_goes_alone() {
+        let hub = Hub::new(60);
+        let f = frames(&hub, 1..=3);
+        let wire = Recorder::default();
+        let outlet = Outlet::new(wire.clone(), 1 << 20);
+        outlet.start(0, Vec::new());
+        let mut sent = Deliveries::default();
+        outlet.request_ping();
+        assert!(outlet.offer(&f[0], &mut sent));
+        // One write: the frame and the ping behind it; nothing waits.
+        assert_eq!(wire.taken.lock().unwrap().len(), 1);
+        assert_eq!(wire.text(), sse(&f[0]) + ": ping\n\n");
+        assert_eq!(outlet.busy_since(), None);
+        outlet.ping_now();
+        assert_eq!(outlet.busy_since(), None, "already sent");
+
+        // The socket takes the frame and half the ping: the rest waits for the task.
+        outlet.request_ping();
+        wire.limit.store(f[1].sse.len() + 4, Ordering::Relaxed);
+        assert!(outlet.offer(&f[1], &mut sent));
+        assert!(outlet.busy_since().is_some());
+        let metrics = Metrics::new("subscriber");
+        assert!(matches!(drain(&outlet, &metrics), Poll::Ready(Ok(()))));
+        assert_eq!(wire.text(), sse(&f[0]) + ": ping\n\n" + &sse(&f[1]) + ": ping\n\n");
+
+        // A quiet stream: the ping goes alone.
+        outlet.request_ping();
+        outlet.ping_now();
+        assert!(matches!(drain(&outlet, &metrics), Poll::Ready(Ok(()))));
+        assert!(outlet.offer(&f[2], &mut sent));
+        assert!(wire.text().ends_with(&(": ping\n\n".to_owned() + &sse(&f[2]))));
+        assert_eq!(wire.text().matches(": ping").count(), 3);
     }
 
     #[test]

@@ -21,6 +21,10 @@ use tokio::time::Instant;
 /// the connection; a WebSocket viewer that answers nothing by the next ping is gone.
 pub const PING_EVERY: Duration = Duration::from_secs(25);
 
+/// How long a requested ping waits for a frame to ride along with before it goes out alone: a
+/// live stream has one every 2 s, a quiet one none.
+const PING_ALONE_AFTER: Duration = Duration::from_secs(5);
+
 /// Viewers have nothing to say beyond pongs and Close; a larger message is refused.
 pub const MAX_VIEWER_MESSAGE_BYTES: usize = 4096;
 
@@ -142,6 +146,7 @@ async fn serve<W: Wire>(
     let pongs = matches!(incoming, Incoming::Ws { .. });
     let mut ping = tokio::time::interval_at(Instant::now() + first_ping(), PING_EVERY);
     let mut awaiting_pong = false;
+    let mut ping_alone_at = None;
     loop {
         match outlet.standing() {
             Standing::Open => {}
@@ -180,10 +185,12 @@ async fn serve<W: Wire>(
                     return End::Silent;
                 }
                 awaiting_pong = pongs;
-                // A viewer with frames on the way is being written to anyway.
-                if busy_since.is_none() {
-                    outlet.push_control(W::ping());
-                }
+                outlet.request_ping();
+                ping_alone_at = Some(Instant::now() + PING_ALONE_AFTER);
+            }
+            () = tokio::time::sleep_until(ping_alone_at.unwrap_or_else(Instant::now)), if ping_alone_at.is_some() => {
+                outlet.ping_now();
+                ping_alone_at = None;
             }
             () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 tracing::debug!("viewer took no data for {WRITE_DEADLINE:?}; closing");

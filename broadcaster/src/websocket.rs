@@ -168,8 +168,9 @@ pub fn text(payload: &str) -> Bytes {
     frame(OP_TEXT, payload.as_bytes())
 }
 
+/// An empty ping, the same two bytes every time.
 pub fn ping() -> Bytes {
-    frame(OP_PING, &[])
+    Bytes::from_static(&[0x80 | OP_PING, 0])
 }
 
 /// Control frames carry at most 125 bytes; a longer reason is cut.

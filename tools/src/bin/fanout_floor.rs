@@ -1,0 +1,123 @@
+//! `emostream-fanout-floor`: the least work a fan-out can do, as the yardstick for the
+//! broadcaster's. It takes WebSocket viewers like a subscriber (a minimal handshake, enough for
+//! `emostream-swarm`) and, at the end of every `--every-ms` window, writes the same synthetic
+//! epoch frame the main publisher's `--synthetic-ms` emits to every socket, one `write` each, from
+//! one thread: no tiers, no hub, no runtime, no per-viewer state, no pings.
+//!
+//! ```text
+//! emostream-fanout-floor --listen 127.0.0.1:19200 [--every-ms 2000]
+//! ```
+//! `scripts/bench_fanout.sh` runs the same swarm against these and against the broadcaster, in the
+//! same run, and reports the ratio.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A handshake request is a few hundred bytes; anything longer is not our swarm.
+const MAX_REQUEST: usize = 4096;
+
+const USAGE: &str = "Usage: emostream-fanout-floor --listen HOST:PORT [--every-ms 2000]";
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut opts = getopts::Options::new();
+    opts.reqopt("", "listen", "where viewers connect", "HOST:PORT");
+    opts.optopt("", "every-ms", "one frame per window of this length", "MS");
+    let parsed = opts.parse(&args).map_err(|e| e.to_string()).and_then(|m| {
+        let every_ms = match m.opt_str("every-ms") {
+            Some(v) => v.parse::<u64>().map_err(|_| "--every-ms takes a number")?,
+            None => 2000,
+        };
+        Ok((m.opt_str("listen").expect("required"), every_ms.max(1)))
+    });
+    let (listen, every_ms) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("emostream-fanout-floor: {e}\n{USAGE}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let listener = match TcpListener::bind(&listen) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("emostream-fanout-floor: cannot listen on {listen}: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let viewers = Arc::new(Mutex::new(Vec::new()));
+    let writer = Arc::clone(&viewers);
+    std::thread::spawn(move || write_every_window(&writer, every_ms));
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        match handshake(conn) {
+            Ok(conn) => viewers.lock().expect("never poisoned").push(conn),
+            Err(e) => eprintln!("emostream-fanout-floor: handshake: {e}"),
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+/// Reads the upgrade request and answers 101. The swarm does not check the accept key, so none is
+/// computed: this is a yardstick, not a server.
+fn handshake(mut conn: TcpStream) -> std::io::Result<TcpStream> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut chunk)?;
+        if n == 0 || request.len() > MAX_REQUEST {
+            return Err(ErrorKind::InvalidData.into());
+        }
+        request.extend_from_slice(&chunk[..n]);
+    }
+    conn.write_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Accept: floor\r\n\r\n",
+    )?;
+    conn.set_nodelay(true)?;
+    conn.set_nonblocking(true)?;
+    Ok(conn)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// At each window's end, one write of the window's frame to every viewer. A viewer whose socket
+/// does not take the whole frame at once is dropped: the floor is the cost of the writes that
+/// succeed, and the swarm reports what went missing.
+fn write_every_window(viewers: &Mutex<Vec<TcpStream>>, every_ms: u64) {
+    let mut epoch = unix_ms() / every_ms;
+    loop {
+        let end_ms = (epoch + 1) * every_ms;
+        std::thread::sleep(Duration::from_millis(end_ms.saturating_sub(unix_ms())));
+        let text = emostream_broadcaster::synthetic_frame("main", epoch, every_ms);
+        let frame = websocket_text(text.as_bytes());
+        let mut viewers = viewers.lock().expect("never poisoned");
+        viewers.retain_mut(|v| matches!(v.write(&frame), Ok(n) if n == frame.len()));
+        drop(viewers);
+        epoch += 1;
+    }
+}
+
+/// A server's text frame: unmasked, unfragmented.
+fn websocket_text(payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x81];
+    match payload.len() {
+        len @ 0..=125 => frame.push(len as u8),
+        len @ 126..=0xffff => {
+            frame.push(126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(payload);
+    frame
+}
