@@ -158,7 +158,7 @@ for n in $LEVELS; do
     b_connected=$connected; b_missing=$missing; b_p50=$p50; b_p99=$p99
     step "level $n viewers: the floor ($SUBSCRIBERS emostream-fanout-floor processes, the same swarms)"
     swarm floor "$n" "$floor_csv"
-    ratio=$(awk -v a="$b_p99" -v b="$p99" 'BEGIN { printf "%.2f", b > 0 ? a / b : 0 }')
+    ratio=$(awk -v a="$b_p99" -v b="$p99" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
     printf '| %d | %d | %d | %d ms | %d ms | %d ms | %s | %s | %s |\n' "$n" "$b_connected" "$b_missing" \
         "$b_p50" "$b_p99" "$p99" "$ratio" "$per_rss" "$per_sock" >>"$results"
     if (( ! held )); then

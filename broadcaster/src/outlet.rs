@@ -526,6 +526,17 @@ mod tests {
         std::iter::from_fn(|| link.try_recv().ok()).collect()
     }
 
+    /// `n` published frames, and an outlet on a recording wire that takes live frames after
+    /// none, within `budget_bytes`.
+    fn fixture(n: u64, budget_bytes: usize) -> (Vec<Frame>, Recorder, Arc<Outlet<Recorder>>) {
+        let hub = Hub::new(60);
+        let f = frames(&hub, 1..=n);
+        let wire = Recorder::default();
+        let outlet = Outlet::new(wire.clone(), budget_bytes);
+        outlet.start(0, Vec::new());
+        (f, wire, outlet)
+    }
+
     fn drain(outlet: &Outlet<Recorder>, metrics: &Metrics) -> Poll<io::Result<()>> {
         let waker = futures_util::task::noop_waker();
         outlet.poll_drain(&mut Context::from_waker(&waker), metrics)
@@ -558,11 +569,7 @@ mod tests {
 
     #[test]
     fn a_partial_write_is_finished_before_anything_else() {
-        let hub = Hub::new(60);
-        let f = frames(&hub, 1..=2);
-        let wire = Recorder::default();
-        let outlet = Outlet::new(wire.clone(), 1 << 20);
-        outlet.start(0, Vec::new());
+        let (f, wire, outlet) = fixture(2, 1 << 20);
         let mut sent = Deliveries::default();
         wire.limit.store(5, Ordering::Relaxed);
         assert!(outlet.offer(&f[0], &mut sent));
@@ -618,11 +625,7 @@ mod tests {
 
     #[test]
     fn a_requested_ping_rides_along_with_the_next_frame_or_goes_alone() {
-        let hub = Hub::new(60);
-        let f = frames(&hub, 1..=3);
-        let wire = Recorder::default();
-        let outlet = Outlet::new(wire.clone(), 1 << 20);
-        outlet.start(0, Vec::new());
+        let (f, wire, outlet) = fixture(3, 1 << 20);
         let mut sent = Deliveries::default();
         outlet.request_ping();
         assert!(outlet.offer(&f[0], &mut sent));
@@ -640,24 +643,25 @@ mod tests {
         assert!(outlet.busy_since().is_some());
         let metrics = Metrics::new("subscriber");
         assert!(matches!(drain(&outlet, &metrics), Poll::Ready(Ok(()))));
-        assert_eq!(wire.text(), sse(&f[0]) + ": ping\n\n" + &sse(&f[1]) + ": ping\n\n");
+        assert_eq!(
+            wire.text(),
+            sse(&f[0]) + ": ping\n\n" + &sse(&f[1]) + ": ping\n\n"
+        );
 
         // A quiet stream: the ping goes alone.
         outlet.request_ping();
         outlet.ping_now();
         assert!(matches!(drain(&outlet, &metrics), Poll::Ready(Ok(()))));
         assert!(outlet.offer(&f[2], &mut sent));
-        assert!(wire.text().ends_with(&(": ping\n\n".to_owned() + &sse(&f[2]))));
+        assert!(wire
+            .text()
+            .ends_with(&(": ping\n\n".to_owned() + &sse(&f[2]))));
         assert_eq!(wire.text().matches(": ping").count(), 3);
     }
 
     #[test]
     fn finishing_keeps_the_frame_being_written_and_then_the_farewell() {
-        let hub = Hub::new(60);
-        let f = frames(&hub, 1..=3);
-        let wire = Recorder::default();
-        let outlet = Outlet::new(wire.clone(), 1 << 20);
-        outlet.start(0, Vec::new());
+        let (f, wire, outlet) = fixture(3, 1 << 20);
         let mut sent = Deliveries::default();
         wire.limit.store(4, Ordering::Relaxed);
         outlet.offer(&f[0], &mut sent);

@@ -13,18 +13,14 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+use emostream_protocol::websocket::{
+    server_frame, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
+};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
 
 /// Close codes a viewer may get.
 pub mod close_code {
@@ -144,23 +140,8 @@ impl Upgrade {
     }
 }
 
-/// A server frame: never masked, never fragmented.
 fn frame(opcode: u8, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(payload.len() + 10);
-    out.put_u8(0x80 | opcode);
-    match payload.len() {
-        len @ 0..=125 => out.put_u8(len as u8),
-        len @ 126..=0xffff => {
-            out.put_u8(126);
-            out.put_u16(len as u16);
-        }
-        len => {
-            out.put_u8(127);
-            out.put_u64(len as u64);
-        }
-    }
-    out.put_slice(payload);
-    out.freeze()
+    server_frame(opcode, payload).into()
 }
 
 /// A text frame: how an epoch or trend frame goes to every WebSocket viewer.
@@ -290,19 +271,11 @@ mod tests {
     }
 
     #[test]
-    fn server_frames_carry_the_payload_unmasked_with_the_shortest_length() {
+    fn control_frames_are_what_viewers_expect() {
         assert_eq!(&text("hi")[..], b"\x81\x02hi");
-        let long = "x".repeat(300);
-        let frame = text(&long);
-        assert_eq!(&frame[..4], [0x81, 126, 1, 44]);
-        assert_eq!(&frame[4..], long.as_bytes());
-        let huge = "y".repeat(70_000);
-        assert_eq!(
-            &text(&huge)[..10],
-            [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]
-        );
         assert_eq!(&ping()[..], [0x89, 0]);
         assert_eq!(&close(1001, "bye")[..], b"\x88\x05\x03\xe9bye");
+        assert_eq!(close(1008, &"x".repeat(200)).len(), 2 + 125);
     }
 
     #[test]

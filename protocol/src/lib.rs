@@ -5,6 +5,7 @@
 //! - [`epoch`]: the 2-second epoch grid and the per-1000 reduction rule.
 //! - [`progress`]: the dataflow's recovery record on the progress topic.
 //! - [`trends`]: the trend frames (trending, sentiment, popular) on `emoji-trends`.
+//! - [`websocket`]: WebSocket opcodes and the server's frame encoding, for viewers' sockets.
 //! - [`wire`]: the HTTP bodies, the Kafka records and the viewer frames.
 //! - [`shutdown`] (feature `signal`): one future that resolves on Ctrl-C or SIGTERM.
 
@@ -14,6 +15,7 @@ pub mod progress;
 #[cfg(feature = "signal")]
 pub mod shutdown;
 pub mod trends;
+pub mod websocket;
 pub mod wire;
 
 pub use config::Config;

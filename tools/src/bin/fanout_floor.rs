@@ -10,6 +10,7 @@
 //! `scripts/bench_fanout.sh` runs the same swarm against these and against the broadcaster, in the
 //! same run, and reports the ratio.
 
+use emostream_protocol::websocket::{server_frame, OP_TEXT};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -96,28 +97,10 @@ fn write_every_window(viewers: &Mutex<Vec<TcpStream>>, every_ms: u64) {
         let end_ms = (epoch + 1) * every_ms;
         std::thread::sleep(Duration::from_millis(end_ms.saturating_sub(unix_ms())));
         let text = emostream_broadcaster::synthetic_frame("main", epoch, every_ms);
-        let frame = websocket_text(text.as_bytes());
+        let frame = server_frame(OP_TEXT, text.as_bytes());
         let mut viewers = viewers.lock().expect("never poisoned");
         viewers.retain_mut(|v| matches!(v.write(&frame), Ok(n) if n == frame.len()));
         drop(viewers);
         epoch += 1;
     }
-}
-
-/// A server's text frame: unmasked, unfragmented.
-fn websocket_text(payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0x81];
-    match payload.len() {
-        len @ 0..=125 => frame.push(len as u8),
-        len @ 126..=0xffff => {
-            frame.push(126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            frame.push(127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(payload);
-    frame
 }

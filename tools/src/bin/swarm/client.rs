@@ -18,12 +18,9 @@ const READ_CHUNK: usize = 1024;
 /// The handshake response is a few headers; anything longer is not our server.
 const MAX_RESPONSE_HEAD: usize = 4096;
 
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+use emostream_protocol::websocket::{
+    OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
+};
 
 /// One open viewer connection.
 pub struct Client {
