@@ -175,9 +175,14 @@ async fn viewer(url: String, seed: u64, tally: Arc<Tally>) {
         let Ok(head) = serde_json::from_slice::<Head>(text) else {
             continue;
         };
-        if head.kind == "lagged" {
-            tally.lagged.fetch_add(1, Ordering::Relaxed);
-            continue;
+        match head.kind {
+            "lagged" => {
+                tally.lagged.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // Trend frames are state about an epoch, not the epoch sequence gaps are counted in.
+            "epoch" => {}
+            _ => continue,
         }
         let (Some(epoch), Some(end_ms)) = (head.epoch, head.end_ms) else {
             continue;
