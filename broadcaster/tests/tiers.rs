@@ -717,3 +717,98 @@ async fn trend_frames_reach_the_viewers_of_their_stream_newest_first_at_join() {
             .unwrap();
     }
 }
+
+/// A raw WebSocket handshake on its own connection; returns the socket once the 101 is read,
+/// after checking the accept key the way RFC 6455 says a client must.
+async fn raw_upgrade(subscriber: SocketAddr, stream: &str) -> TcpStream {
+    let mut conn = TcpStream::connect(subscriber).await.unwrap();
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let request = format!(
+        "GET /v1/streams/{stream}/ws HTTP/1.1\r\nHost: {subscriber}\r\nUpgrade: websocket\r\n\
+         Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        timeout(DEADLINE, conn.read_exact(&mut byte))
+            .await
+            .expect("the answer in time")
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // The RFC's own example key and accept value.
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{head}"
+    );
+    conn
+}
+
+/// Everything the subscriber sends until it closes the connection.
+async fn read_to_close(conn: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    timeout(DEADLINE, conn.read_to_end(&mut got))
+        .await
+        .expect("the subscriber closes in time")
+        .unwrap();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_speak_websocket_and_a_broken_client_gets_its_close_code() {
+    let (stop, stopped) = watch::channel(false);
+    let (s_l, s) = listener().await;
+    // No tier above: viewers join after the sync wait with an empty ring, which is all this
+    // test needs.
+    let (_, nobody) = listener().await;
+    let role = tokio::spawn(subscriber(
+        s_l,
+        "s".into(),
+        nobody.to_string(),
+        format!("ws://{s}"),
+        settings(),
+        until(&stopped),
+    ));
+
+    // A well-behaved client: its ping is answered with the same payload, its Close is echoed.
+    let mut viewer = watch_stream(s, "main", "").await;
+    use futures_util::SinkExt;
+    viewer
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = timeout(DEADLINE, viewer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, Message::Pong(b"are you there".to_vec().into()));
+    viewer.close(None).await.unwrap();
+    match timeout(DEADLINE, viewer.next()).await.unwrap() {
+        Some(Ok(Message::Close(Some(close)))) => assert_eq!(close.code, CloseCode::Normal),
+        other => panic!("expected the Close echoed, got {other:?}"),
+    }
+
+    // Unmasked client frames fail the connection with 1002; a message over 4 KiB with 1009.
+    let mut unmasked = raw_upgrade(s, "main").await;
+    unmasked.write_all(b"\x81\x02hi").await.unwrap();
+    assert_eq!(read_to_close(&mut unmasked).await, b"\x88\x02\x03\xea");
+    let mut oversized = raw_upgrade(s, "main").await;
+    oversized
+        .write_all(&[0x81, 0x80 | 126, 0x13, 0x88, 1, 2, 3, 4])
+        .await
+        .unwrap();
+    assert_eq!(read_to_close(&mut oversized).await, b"\x88\x02\x03\xf1");
+
+    // A plain GET on the WebSocket route: a clear 400, not a hang or a 200.
+    let (status, body) = http(s, "GET", "/v1/streams/main/ws", "").await;
+    assert_eq!(status, 400);
+    let error: ErrorBody = serde_json::from_str(&body).unwrap();
+    assert_eq!(error.error, "Connection header did not include 'upgrade'");
+
+    stop.send_replace(true);
+    timeout(DEADLINE, role).await.unwrap().unwrap().unwrap();
+}
