@@ -150,15 +150,18 @@ pub enum Standing {
 
 enum Item {
     Frame(Frame),
-    /// A lag notice, ping, pong or Close: bytes, but not a delivery.
+    /// A lag notice, ping or Close: bytes, but not a delivery.
     Control(Bytes),
+    /// The answer to a viewer's ping. Only the newest unsent one is kept (RFC 6455 5.5.3), so a
+    /// viewer pinging fast and reading nothing cannot make its backlog grow.
+    Pong(Bytes),
 }
 
 impl Item {
     fn bytes<W: Wire>(&self) -> &Bytes {
         match self {
             Item::Frame(frame) => W::frame(frame),
-            Item::Control(bytes) => bytes,
+            Item::Control(bytes) | Item::Pong(bytes) => bytes,
         }
     }
 }
@@ -177,7 +180,9 @@ struct Backlog<W> {
     missed: u64,
     /// Bytes conflated away since the viewer last caught up.
     missed_bytes: usize,
-    /// Since when the backlog has held something the peer has not taken.
+    /// While something waits: since when the peer has taken nothing. The write deadline runs
+    /// from here, so a viewer that reads slowly but steadily is conflated and budgeted, not
+    /// taken for gone.
     busy_since: Option<Instant>,
     /// The viewer's task asked for a ping: it goes out with the next frame, in the same write.
     ping_due: bool,
@@ -303,13 +308,22 @@ impl<W: Wire> Outlet<W> {
         }
     }
 
-    /// Queues a ping, a pong or a notice behind what waits.
-    pub fn push_control(&self, bytes: Bytes) {
+    /// Queues the answer to a viewer's ping, replacing one not yet started.
+    pub fn push_pong(&self, pong: Bytes) {
         let mut b = self.lock();
         if b.standing == Standing::Gone {
             return;
         }
-        b.queue.push_back(Item::Control(bytes));
+        let started = usize::from(b.written > 0);
+        let unsent = b
+            .queue
+            .iter()
+            .skip(started)
+            .position(|item| matches!(item, Item::Pong(_)));
+        match unsent {
+            Some(i) => b.queue[started + i] = Item::Pong(pong),
+            None => b.queue.push_back(Item::Pong(pong)),
+        }
         b.busy_since.get_or_insert_with(Instant::now);
     }
 
@@ -341,6 +355,8 @@ impl<W: Wire> Outlet<W> {
                 ready!(wire.poll_write_ready(cx))?;
                 continue;
             }
+            // The peer took something: the write deadline counts from here.
+            b.busy_since = Some(Instant::now());
             b.written += n;
             if b.written < bytes.len() {
                 continue;
@@ -350,7 +366,9 @@ impl<W: Wire> Outlet<W> {
                 Some(Item::Frame(frame)) => {
                     metrics.sent(W::CONN, W::frame(&frame).len(), frame.at.elapsed())
                 }
-                Some(Item::Control(bytes)) => metrics.overhead(W::CONN, bytes.len()),
+                Some(Item::Control(bytes) | Item::Pong(bytes)) => {
+                    metrics.overhead(W::CONN, bytes.len())
+                }
                 None => unreachable!("the front was just written"),
             }
         }
@@ -391,7 +409,9 @@ impl<W: Wire> Offer for Outlet<W> {
         if frame.seq <= b.after {
             return true;
         }
-        if b.queue.is_empty() {
+        // After frames the fan-out itself lost, the next frame goes through the backlog, which puts
+        // the lag notice in front of it.
+        if b.queue.is_empty() && b.missed == 0 {
             let Some(wire) = b.wire.as_mut() else {
                 return false;
             };
@@ -448,6 +468,8 @@ impl<W: Wire> Offer for Outlet<W> {
         keep
     }
 
+    /// Every viewer of the lane is told, whichever streams the lost frames were of: the lane no
+    /// longer knows, and a viewer told too much resumes with `since` and gets nothing twice.
     fn missed(&self, frames: u64, sent: &mut Deliveries) -> bool {
         let mut b = self.lock();
         b.conflate(frames, 0, sent);
@@ -573,12 +595,14 @@ mod tests {
         let mut sent = Deliveries::default();
         wire.limit.store(5, Ordering::Relaxed);
         assert!(outlet.offer(&f[0], &mut sent));
-        outlet.push_control(Bytes::from_static(b": ping\n\n"));
+        outlet.push_pong(Bytes::from_static(b"pong;"));
+        outlet.push_pong(Bytes::from_static(b"newer pong;"));
         assert!(outlet.offer(&f[1], &mut sent));
         assert_eq!(wire.text(), sse(&f[0])[..5]);
         let metrics = Metrics::new("subscriber");
         assert!(matches!(drain(&outlet, &metrics), Poll::Ready(Ok(()))));
-        assert_eq!(wire.text(), sse(&f[0]) + ": ping\n\n" + &sse(&f[1]));
+        // Only the newest unsent pong is kept.
+        assert_eq!(wire.text(), sse(&f[0]) + "newer pong;" + &sse(&f[1]));
     }
 
     #[test]

@@ -173,7 +173,7 @@ async fn serve<W: Wire>(
                 Ok(FromViewer::Alive) => awaiting_pong = false,
                 Ok(FromViewer::Ping(pong)) => {
                     awaiting_pong = false;
-                    outlet.push_control(pong);
+                    outlet.push_pong(pong);
                 }
                 Ok(FromViewer::Close(code)) => return End::ViewerClosed(code),
                 Err(end) => return end,
