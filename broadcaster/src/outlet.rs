@@ -41,9 +41,9 @@ pub trait Wire: Send + 'static {
     fn frame(frame: &FrameData) -> &Bytes;
     fn lagged(missed: u64) -> Bytes;
     fn ping() -> Bytes;
-    /// Writes what the peer takes now of `parts`, in order, without waiting: `Ok(0)` when it
-    /// takes nothing.
-    fn try_write(&mut self, parts: &[&Bytes]) -> io::Result<usize>;
+    /// Writes what the peer takes now of `bytes`, then of `then` (a ping riding along), in one
+    /// write and without waiting: `Ok(0)` when it takes nothing.
+    fn try_write(&mut self, bytes: &Bytes, then: Option<&Bytes>) -> io::Result<usize>;
     /// Ready once [`Wire::try_write`] may make progress.
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
@@ -66,20 +66,25 @@ impl Wire for WsWire {
         crate::websocket::ping()
     }
 
-    fn try_write(&mut self, parts: &[&Bytes]) -> io::Result<usize> {
-        let slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+    fn try_write(&mut self, bytes: &Bytes, then: Option<&Bytes>) -> io::Result<usize> {
+        // On the stack: this runs once per viewer per frame.
+        let both = [
+            io::IoSlice::new(bytes),
+            io::IoSlice::new(then.map_or(&[], |t| t)),
+        ];
+        let slices = &both[..if then.is_some() { 2 } else { 1 }];
         // The socket is non-blocking, so a plain send is the same write tokio would make, minus
         // its readiness bookkeeping: one less cold cache line per viewer per frame. Only when the
         // socket is full does the write go through tokio, so that tokio learns it is no longer
         // writable and `poll_write_ready` waits for it to drain.
-        let written = match socket2::SockRef::from(&*self.0).send_vectored(&slices) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.0.try_write_vectored(&slices),
+        let written = match socket2::SockRef::from(&*self.0).send_vectored(slices) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.0.try_write_vectored(slices),
             other => other,
         };
         match written {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
             // A peer that has closed its end takes nothing more, ever.
-            Ok(0) if parts.iter().any(|p| !p.is_empty()) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(0) if !bytes.is_empty() => Err(io::ErrorKind::WriteZero.into()),
             other => other,
         }
     }
@@ -110,10 +115,11 @@ impl Wire for SseWire {
         Bytes::from_static(b": ping\n\n")
     }
 
-    fn try_write(&mut self, parts: &[&Bytes]) -> io::Result<usize> {
-        let chunk = match parts {
-            [one] => Bytes::clone(one),
-            _ => parts.iter().flat_map(|p| p.iter().copied()).collect(),
+    fn try_write(&mut self, bytes: &Bytes, then: Option<&Bytes>) -> io::Result<usize> {
+        // One chunk, so that hyper writes both at once; a ping rides along every 25 s at most.
+        let chunk = match then {
+            None => Bytes::clone(bytes),
+            Some(then) => [&bytes[..], &then[..]].concat().into(),
         };
         let len = chunk.len();
         match self.0.try_send(chunk) {
@@ -347,9 +353,9 @@ impl<W: Wire> Outlet<W> {
             };
             let bytes = front.bytes::<W>();
             let n = if b.written == 0 {
-                wire.try_write(&[bytes])?
+                wire.try_write(bytes, None)?
             } else {
-                wire.try_write(&[&bytes.slice(b.written..)])?
+                wire.try_write(&bytes.slice(b.written..), None)?
             };
             if n == 0 {
                 ready!(wire.poll_write_ready(cx))?;
@@ -418,8 +424,8 @@ impl<W: Wire> Offer for Outlet<W> {
             let bytes = W::frame(frame);
             let ping = b.ping_due.then(W::ping);
             let written = match &ping {
-                Some(ping) => wire.try_write(&[bytes, ping]),
-                None => wire.try_write(&[bytes]),
+                Some(ping) => wire.try_write(bytes, Some(ping)),
+                None => wire.try_write(bytes, None),
             };
             let n = match written {
                 Ok(n) => n,
@@ -503,11 +509,13 @@ mod tests {
         fn ping() -> Bytes {
             Bytes::from_static(b": ping\n\n")
         }
-        fn try_write(&mut self, parts: &[&Bytes]) -> io::Result<usize> {
+        fn try_write(&mut self, bytes: &Bytes, then: Option<&Bytes>) -> io::Result<usize> {
             if self.blocked.load(Ordering::Relaxed) {
                 return Ok(0);
             }
-            let bytes: Bytes = parts.iter().flat_map(|p| p.iter().copied()).collect();
+            let bytes: Bytes = [&bytes[..], then.map_or(&[][..], |t| &t[..])]
+                .concat()
+                .into();
             let limit = self.limit.swap(0, Ordering::Relaxed);
             let n = if limit == 0 {
                 bytes.len()

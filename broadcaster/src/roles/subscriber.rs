@@ -136,10 +136,7 @@ impl Viewers {
         stream: &str,
         since: Option<u64>,
         outlet: &Arc<Outlet<W>>,
-    ) -> Watching
-    where
-        Outlet<W>: Offer,
-    {
+    ) -> Watching {
         let watching = self.hub.watch(stream);
         self.hub.until_synced(stream, SYNC_WAIT).await;
         let resumed = self.hub.join(stream, since, |after, replay| {
