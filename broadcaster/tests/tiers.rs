@@ -55,6 +55,25 @@ fn until(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'sta
     }
 }
 
+/// Subscriber `name`, listening on `l` (which is `addr`) and linked to the cluster publisher at
+/// `cluster`, until `stopped`.
+fn spawn_subscriber(
+    (l, addr): (TcpListener, SocketAddr),
+    name: &str,
+    cluster: SocketAddr,
+    settings: Settings,
+    stopped: &watch::Receiver<bool>,
+) -> JoinHandle<Result<(), Error>> {
+    tokio::spawn(subscriber(
+        l,
+        name.into(),
+        cluster.to_string(),
+        format!("ws://{addr}"),
+        settings,
+        until(stopped),
+    ))
+}
+
 /// One HTTP/1.1 request on its own connection: the status and the body.
 async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut conn = TcpStream::connect(addr).await.unwrap();
@@ -165,16 +184,13 @@ async fn frames_flow_through_every_tier_exactly_once() {
         until(&stopped),
     )));
     for (l, addr, name) in [(s0_l, s0, "c0-s0"), (s1_l, s1, "c0-s1")] {
-        let url = format!("ws://{addr}");
-        let serving = subscriber(
-            l,
-            name.into(),
-            cluster.to_string(),
-            url,
+        roles.push(spawn_subscriber(
+            (l, addr),
+            name,
+            cluster,
             settings(),
-            until(&stopped),
-        );
-        roles.push(tokio::spawn(serving));
+            &stopped,
+        ));
     }
 
     // Heartbeats travel subscriber → cluster → main; registration works once one has arrived.
@@ -293,14 +309,7 @@ async fn a_restarted_cluster_publisher_heals_the_gap_from_the_ring() {
         settings(),
         until(&cluster_stopped),
     ));
-    let s0_role = tokio::spawn(subscriber(
-        s0_l,
-        "c0-s0".into(),
-        cluster.to_string(),
-        format!("ws://{s0}"),
-        settings(),
-        until(&stopped),
-    ));
+    let s0_role = spawn_subscriber((s0_l, s0), "c0-s0", cluster, settings(), &stopped);
 
     let mut viewer = watch_stream(s0, "main", "").await;
     frames.send(frame("main", 1).into()).await.unwrap();
@@ -391,14 +400,13 @@ async fn tokens_secrets_sse_resume_and_clear_errors() {
         settings.clone(),
         until(&stopped),
     )));
-    roles.push(tokio::spawn(subscriber(
-        s0_l,
-        "c0-s0".into(),
-        cluster.to_string(),
-        format!("ws://{s0}"),
+    roles.push(spawn_subscriber(
+        (s0_l, s0),
+        "c0-s0",
+        cluster,
         settings,
-        until(&stopped),
-    )));
+        &stopped,
+    ));
 
     // A tier without the shared secret, or with another, is turned away.
     for header in [None, Some("Bearer wrong")] {
@@ -593,14 +601,13 @@ async fn trend_frames_reach_the_viewers_of_their_stream_newest_first_at_join() {
         )),
     ];
     for (l, addr, name) in [(s0_l, s0, "c0-s0"), (s1_l, s1, "c0-s1")] {
-        roles.push(tokio::spawn(subscriber(
-            l,
-            name.into(),
-            cluster.to_string(),
-            format!("ws://{addr}"),
+        roles.push(spawn_subscriber(
+            (l, addr),
+            name,
+            cluster,
             settings(),
-            until(&stopped),
-        )));
+            &stopped,
+        ));
     }
     let send = |text: String| {
         let frames = frames.clone();
@@ -777,14 +784,7 @@ async fn viewers_speak_websocket_and_a_broken_client_gets_its_close_code() {
     // No tier above: viewers join after the sync wait with an empty ring, which is all this
     // test needs.
     let (_, nobody) = listener().await;
-    let role = tokio::spawn(subscriber(
-        s_l,
-        "s".into(),
-        nobody.to_string(),
-        format!("ws://{s}"),
-        settings(),
-        until(&stopped),
-    ));
+    let role = spawn_subscriber((s_l, s), "s", nobody, settings(), &stopped);
 
     // A well-behaved client: its ping is answered with the same payload, its Close is echoed.
     let mut viewer = watch_stream(s, "main", "").await;
