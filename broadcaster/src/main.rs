@@ -41,7 +41,16 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts at process start");
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // A subscriber's threads are its fan-out lanes (`subscriber_threads`, default one per core).
+    let threads = config.broadcaster.subscriber_threads;
+    if matches!(launch.role, Role::Subscriber { .. }) && threads > 0 {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts at process start");
     match runtime.block_on(run(config, launch, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

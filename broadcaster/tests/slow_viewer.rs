@@ -48,7 +48,7 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
         link_secret: None,
         page_gateway: None,
         viewer_lag_budget_bytes: 256 * 1024,
-        fanout_lanes: 0,
+        subscriber_threads: 0,
     };
     let main_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cluster_l = TcpListener::bind("127.0.0.1:0").await.unwrap();

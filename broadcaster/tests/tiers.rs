@@ -26,7 +26,7 @@ fn settings() -> Settings {
         link_secret: None,
         page_gateway: None,
         viewer_lag_budget_bytes: 64 * 1024,
-        fanout_lanes: 0,
+        subscriber_threads: 0,
     }
 }
 

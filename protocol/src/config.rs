@@ -253,10 +253,11 @@ pub struct BroadcasterConfig {
     /// frames conflated away) before it is closed as too slow; it can resume with `since`.
     #[serde(default = "BroadcasterConfig::viewer_lag_budget_bytes")]
     pub viewer_lag_budget_bytes: usize,
-    /// Threads a subscriber writes frames to its viewers on; 0 (the default): one per core. A
-    /// host running several subscribers gives each fewer, since their fan-outs run at once.
+    /// Threads a subscriber runs on, each writing frames to its share of the viewers (one fan-out
+    /// lane per thread); 0 (the default): one per core. A host running several subscribers
+    /// gives each fewer, since their fan-outs run at once and would only take turns on the cores.
     #[serde(default)]
-    pub fanout_lanes: usize,
+    pub subscriber_threads: usize,
 }
 
 impl BroadcasterConfig {

@@ -86,8 +86,8 @@ pub struct Settings {
     /// Presented to the tier above and required from the tier below.
     pub link_secret: Option<String>,
     pub viewer_lag_budget_bytes: usize,
-    /// Fan-out lanes per subscriber; 0: one per core.
-    pub fanout_lanes: usize,
+    /// A subscriber's threads, one fan-out lane each; 0: one per core.
+    pub subscriber_threads: usize,
     /// Where the viewer page served by subscribers posts taps (`http://host:port` of a
     /// gateway); `None`: subscribers serve no page.
     pub page_gateway: Option<String>,
@@ -103,7 +103,7 @@ impl Settings {
             viewer_token_ttl_s,
             link_secret,
             viewer_lag_budget_bytes,
-            fanout_lanes,
+            subscriber_threads,
         } = config;
         Self {
             ring_epochs: *ring_epochs,
@@ -112,7 +112,7 @@ impl Settings {
                 .map(|secret| TokenKey::new(secret, Duration::from_secs(*viewer_token_ttl_s))),
             link_secret: link_secret.clone(),
             viewer_lag_budget_bytes: *viewer_lag_budget_bytes,
-            fanout_lanes: *fanout_lanes,
+            subscriber_threads: *subscriber_threads,
             page_gateway: None,
         }
     }

@@ -67,7 +67,7 @@ pub async fn subscriber(
         };
         link::keep_upstream(upstream, &up_hub, &up_metrics, heartbeat, stop).await;
     });
-    let lanes = match settings.fanout_lanes {
+    let lanes = match settings.subscriber_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
@@ -182,7 +182,7 @@ async fn watch_ws(
             tracing::debug!(error = %e, "viewer socket");
         }
         let socket = Arc::new(socket);
-        let outlet = Outlet::new(WsWire(Arc::clone(&socket)), viewers.budget_bytes);
+        let outlet = Outlet::new(WsWire::new(Arc::clone(&socket)), viewers.budget_bytes);
         // Joined only now, after the upgrade, so the replay is as fresh as the socket.
         let _watching = viewers.join(&stream, query.since, &outlet).await;
         viewer::serve_ws(
