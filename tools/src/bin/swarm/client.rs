@@ -8,7 +8,8 @@
 //! the head of each frame.
 
 use std::io;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::os::fd::AsRawFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// Server frames here are a few hundred bytes; a longer one grows the buffer for as long as it
@@ -48,6 +49,8 @@ impl Client {
         let path = if path.is_empty() { "/" } else { path };
         let mut stream = TcpStream::connect(host).await?;
         stream.set_nodelay(true)?;
+        // Before the handshake: the server may send the latest epoch right behind its 101.
+        stamp_arrivals(&stream)?;
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -79,8 +82,9 @@ impl Client {
     }
 
     /// Reads until the next text frame or the close, answering pings on the way. `on_read` runs
-    /// after every read that returned bytes, before they are parsed: the receipt time.
-    pub async fn next(&mut self, mut on_read: impl FnMut()) -> io::Result<Event<'_>> {
+    /// after every read that returned bytes, before they are parsed, with the moment the kernel
+    /// received the last of them (Unix ms), when it said.
+    pub async fn next(&mut self, mut on_read: impl FnMut(Option<u64>)) -> io::Result<Event<'_>> {
         // The text frame returned last time was lent out of `pending`; it is dropped only now.
         self.pending.drain(..std::mem::take(&mut self.consumed));
         loop {
@@ -103,10 +107,11 @@ impl Client {
                     self.pending.drain(..len);
                 }
                 None => {
-                    if read_more(&mut self.stream, &mut self.pending).await? == 0 {
+                    let (n, arrived_ms) = read_stamped(&self.stream, &mut self.pending).await?;
+                    if n == 0 {
                         return Ok(Event::Closed);
                     }
-                    on_read();
+                    on_read(arrived_ms);
                 }
             }
         }
@@ -151,6 +156,77 @@ fn parse(buf: &[u8]) -> io::Result<Option<(u8, std::ops::Range<usize>, usize)>> 
     Ok(Some((b0 & 0x0f, header..header + len, header + len)))
 }
 
+/// Asks the kernel to stamp each packet this socket receives with the time it arrived
+/// (`SO_TIMESTAMPNS`), and to hand the stamp over with the data.
+fn stamp_arrivals(stream: &TcpStream) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket, and an option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            std::mem::size_of_val(&on) as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Like [`read_more`], and also the kernel's arrival stamp of the last packet read (Unix ms).
+async fn read_stamped(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<(usize, Option<u64>)> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+    loop {
+        stream.readable().await?;
+        match stream.try_io(Interest::READABLE, || recv_stamped(stream.as_raw_fd(), buf)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// One `recvmsg` into `buf`'s spare room, with its `SCM_TIMESTAMPNS`.
+fn recv_stamped(fd: libc::c_int, buf: &mut Vec<u8>) -> io::Result<(usize, Option<u64>)> {
+    let spare = buf.spare_capacity_mut();
+    let mut iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    // Room for one cmsghdr and a timespec, aligned for both.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: the iovec points at `buf`'s spare capacity, the control buffer at `control`.
+    let n = unsafe { libc::recvmsg(fd, &raw mut msg, libc::MSG_DONTWAIT) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    let mut arrived_ms = None;
+    // SAFETY: walking the control messages the kernel wrote, within msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                arrived_ms = Some(ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000);
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+        }
+    }
+    Ok((n, arrived_ms))
+}
+
 /// A client frame: clients must mask. The mask is fixed; it only has to be present.
 fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
     const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
@@ -186,4 +262,44 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 fn invalid(message: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64
+    }
+
+    #[tokio::test]
+    async fn a_read_carries_the_moment_its_bytes_arrived_not_the_moment_it_ran() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let viewer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        stamp_arrivals(&viewer).unwrap();
+
+        let before = now_ms();
+        server.write_all(b"frame").await.unwrap();
+        let after = now_ms();
+        // The delay under test: the viewer reads well after the bytes arrived.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut buf = Vec::new();
+        let (n, arrived) = read_stamped(&viewer, &mut buf).await.unwrap();
+        let read = now_ms();
+
+        assert_eq!((n, &buf[..]), (5, &b"frame"[..]));
+        let arrived = arrived.expect("the kernel stamps every packet once asked");
+        assert!(
+            (before..=after).contains(&arrived),
+            "arrived {arrived}, written between {before} and {after}"
+        );
+        assert!(read >= after + 50, "read {read} is after the delay");
+    }
 }

@@ -2,6 +2,12 @@
 //! `end_ms` → receipt (with the main publisher's `--synthetic-ms`, that is emit → receipt), with a
 //! progress line every second and a summary table at the end.
 //!
+//! Receipt is measured twice: when the frame's last packet reached the viewer's socket (the
+//! kernel's receive stamp, `SO_TIMESTAMPNS`), which is when it reached the viewer's machine, and
+//! when the swarm read it. On one machine the second adds the swarm's own wait for a core, which
+//! viewers on machines of their own would not have; `--idle` runs the swarm in the idle
+//! scheduling class, so that it takes nothing from the subscribers' cores either.
+//!
 //! ```text
 //! emostream-swarm --subscribers ws://127.0.0.1:9011,ws://127.0.0.1:9012 --viewers 10000 --seconds 20
 //! emostream-swarm --main 127.0.0.1:9000 --viewers 100            # placed by POST /v1/viewers
@@ -32,7 +38,10 @@ struct Tally {
     missing: AtomicU64,
     lagged: AtomicU64,
     measuring: AtomicBool,
+    /// End → on the viewer's socket, per 1 ms bucket.
     latency_ms: Vec<AtomicU64>,
+    /// End → read by the swarm.
+    read_latency_ms: Vec<AtomicU64>,
 }
 
 /// What one swarm reports, and what `merge` adds up.
@@ -45,8 +54,11 @@ struct Report {
     frames: u64,
     missing: u64,
     lagged: u64,
-    /// Count per 1 ms latency bucket.
+    /// Count per 1 ms bucket of end → on the viewer's socket.
     latency_ms: Vec<u64>,
+    /// Count per 1 ms bucket of end → read by the swarm.
+    #[serde(default)]
+    read_latency_ms: Vec<u64>,
 }
 
 impl Report {
@@ -58,29 +70,19 @@ impl Report {
         self.frames += other.frames;
         self.missing += other.missing;
         self.lagged += other.lagged;
-        if self.latency_ms.len() < other.latency_ms.len() {
-            self.latency_ms.resize(other.latency_ms.len(), 0);
-        }
-        for (a, b) in self.latency_ms.iter_mut().zip(other.latency_ms) {
-            *a += b;
-        }
+        add_buckets(&mut self.latency_ms, other.latency_ms);
+        add_buckets(&mut self.read_latency_ms, other.read_latency_ms);
     }
 
+    /// End → on the viewer's socket.
     fn percentile(&self, p: f64) -> Option<u64> {
-        let total: u64 = self.latency_ms.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = ((total as f64) * p).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        self.latency_ms.iter().enumerate().find_map(|(ms, n)| {
-            seen += n;
-            (seen >= rank).then_some(ms as u64)
-        })
+        percentile(&self.latency_ms, p)
     }
 
     fn table(&self) -> String {
         let ms = |p| self.percentile(p).map_or("-".into(), |v| format!("{v} ms"));
+        let read_ms =
+            |p| percentile(&self.read_latency_ms, p).map_or("-".into(), |v| format!("{v} ms"));
         let rows = [
             ("viewers asked", self.viewers.to_string()),
             ("connected", self.connected.to_string()),
@@ -89,16 +91,19 @@ impl Report {
             ("frames received", self.frames.to_string()),
             ("missing epochs", self.missing.to_string()),
             ("lag notices", self.lagged.to_string()),
-            ("p50 end → receipt", ms(0.50)),
-            ("p99 end → receipt", ms(0.99)),
-            ("max end → receipt", ms(1.0)),
+            ("p50 end → on the viewer's socket", ms(0.50)),
+            ("p99 end → on the viewer's socket", ms(0.99)),
+            ("max end → on the viewer's socket", ms(1.0)),
+            ("p50 end → read by the swarm", read_ms(0.50)),
+            ("p99 end → read by the swarm", read_ms(0.99)),
         ];
         let mut out = String::from("| what | value |\n|---|---|\n");
         for (what, value) in rows {
             out.push_str(&format!("| {what} | {value} |\n"));
         }
         out.push_str(&format!(
-            "SWARM connected={} failed={} frames={} missing={} lagged={} p50_ms={} p99_ms={}\n",
+            "SWARM connected={} failed={} frames={} missing={} lagged={} p50_ms={} p99_ms={} \
+             p50_read_ms={} p99_read_ms={}\n",
             self.connected,
             self.failed,
             self.frames,
@@ -106,9 +111,34 @@ impl Report {
             self.lagged,
             self.percentile(0.5).map_or(-1, |v| v as i64),
             self.percentile(0.99).map_or(-1, |v| v as i64),
+            percentile(&self.read_latency_ms, 0.5).map_or(-1, |v| v as i64),
+            percentile(&self.read_latency_ms, 0.99).map_or(-1, |v| v as i64),
         ));
         out
     }
+}
+
+fn add_buckets(into: &mut Vec<u64>, from: Vec<u64>) {
+    if into.len() < from.len() {
+        into.resize(from.len(), 0);
+    }
+    for (a, b) in into.iter_mut().zip(from) {
+        *a += b;
+    }
+}
+
+/// The `p` quantile of a histogram of 1 ms buckets.
+fn percentile(buckets: &[u64], p: f64) -> Option<u64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * p).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    buckets.iter().enumerate().find_map(|(ms, n)| {
+        seen += n;
+        (seen >= rank).then_some(ms as u64)
+    })
 }
 
 fn now_ms() -> u64 {
@@ -166,9 +196,15 @@ async fn viewer(url: String, seed: u64, tally: Arc<Tally>) {
     };
     tally.connected.fetch_add(1, Ordering::Relaxed);
     let mut last: Option<u64> = None;
-    let mut received = 0;
+    let (mut arrived, mut read) = (0, 0);
     loop {
-        let text = match client.next(|| received = now_ms()).await {
+        let text = match client
+            .next(|stamp| {
+                read = now_ms();
+                arrived = stamp.unwrap_or(read);
+            })
+            .await
+        {
             Ok(Event::Text(text)) => text,
             Ok(Event::Closed) | Err(_) => break,
         };
@@ -198,8 +234,9 @@ async fn viewer(url: String, seed: u64, tally: Arc<Tally>) {
         }
         last = Some(epoch);
         tally.frames.fetch_add(1, Ordering::Relaxed);
-        let ms = received.saturating_sub(end_ms).min(BUCKETS as u64 - 1) as usize;
-        tally.latency_ms[ms].fetch_add(1, Ordering::Relaxed);
+        let bucket = |at: u64| at.saturating_sub(end_ms).min(BUCKETS as u64 - 1) as usize;
+        tally.latency_ms[bucket(arrived)].fetch_add(1, Ordering::Relaxed);
+        tally.read_latency_ms[bucket(read)].fetch_add(1, Ordering::Relaxed);
     }
     if tally.measuring.load(Ordering::Relaxed) {
         tally.dropped.fetch_add(1, Ordering::Relaxed);
@@ -210,6 +247,7 @@ async fn viewer(url: String, seed: u64, tally: Arc<Tally>) {
 const USAGE: &str = "\
 Usage: emostream-swarm (--subscribers ws://H:P[,ws://H:P…] | --main HOST:PORT) --viewers N
                       [--stream main] [--seconds 20] [--connect-per-s 2000] [--offset 0] [--out FILE]
+                      [--idle]
        emostream-swarm merge FILE…";
 
 fn main() -> std::process::ExitCode {
@@ -257,6 +295,11 @@ fn main() -> std::process::ExitCode {
         "write the report here as JSON (for merge)",
         "FILE",
     );
+    opts.optflag(
+        "",
+        "idle",
+        "run in the idle scheduling class, as viewers on other machines would",
+    );
     let parsed = opts.parse(&args).map_err(|e| e.to_string()).and_then(|m| {
         let num = |name: &str, default: u64| -> Result<u64, String> {
             m.opt_str(name).map_or(Ok(default), |v| {
@@ -276,6 +319,7 @@ fn main() -> std::process::ExitCode {
             connect_per_s: num("connect-per-s", 2000)?.max(1),
             offset: num("offset", 0)? as usize,
             out: m.opt_str("out"),
+            idle: m.opt_present("idle"),
         })
     });
     let swarm = match parsed {
@@ -285,6 +329,17 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if swarm.idle {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: this process, a valid policy and parameter.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) } != 0 {
+            eprintln!(
+                "emostream-swarm: --idle: {}",
+                std::io::Error::last_os_error()
+            );
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     // One thread: the swarm shares the machine with what it measures, and a second worker would
     // only add cross-thread wake-ups to every frame.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -317,12 +372,14 @@ struct Swarm {
     connect_per_s: u64,
     offset: usize,
     out: Option<String>,
+    idle: bool,
 }
 
 impl Swarm {
     async fn run(&self) -> Report {
         let tally = Arc::new(Tally {
             latency_ms: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            read_latency_ms: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             ..Tally::default()
         });
         let started = Instant::now();
@@ -409,6 +466,7 @@ fn snapshot(tally: &Tally, viewers: u64) -> Report {
         missing: load(&tally.missing),
         lagged: load(&tally.lagged),
         latency_ms: tally.latency_ms.iter().map(load).collect(),
+        read_latency_ms: tally.read_latency_ms.iter().map(load).collect(),
     }
 }
 
