@@ -9,7 +9,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// Server frames here are a few hundred bytes; a longer one grows the buffer for as long as it
@@ -65,7 +65,7 @@ impl Client {
             if pending.len() > MAX_RESPONSE_HEAD {
                 return Err(invalid("handshake response too long"));
             }
-            if read_more(&mut stream, &mut pending).await? == 0 {
+            if read_stamped(&stream, &mut pending).await?.0 == 0 {
                 return Err(invalid("closed during the handshake"));
             }
         };
@@ -116,14 +116,6 @@ impl Client {
             }
         }
     }
-}
-
-/// Reads what the socket has into `buf`'s spare room; 0 at end of stream.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-        buf.reserve(READ_CHUNK);
-    }
-    stream.read_buf(buf).await
 }
 
 /// The first whole frame in `buf`: its opcode, where its payload is, and its whole length.
@@ -177,7 +169,8 @@ fn stamp_arrivals(stream: &TcpStream) -> io::Result<()> {
     }
 }
 
-/// Like [`read_more`], and also the kernel's arrival stamp of the last packet read (Unix ms).
+/// Reads what the socket has into `buf`'s spare room (0 at end of stream), with the kernel's
+/// arrival stamp of the last packet read (Unix ms).
 async fn read_stamped(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<(usize, Option<u64>)> {
     if buf.capacity() - buf.len() < READ_CHUNK / 2 {
         buf.reserve(READ_CHUNK);
