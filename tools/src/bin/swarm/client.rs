@@ -9,6 +9,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
@@ -169,6 +170,52 @@ fn stamp_arrivals(stream: &TcpStream) -> io::Result<()> {
     }
 }
 
+/// Proof that the kernel is stamping received packets, for as long as it is held.
+///
+/// Linux switches receive stamping on for the whole machine, and lazily: when no socket has it
+/// on, the first `SO_TIMESTAMPNS` only schedules the switch on a workqueue (`net_enable_timestamp`
+/// under `CONFIG_JUMP_LABEL`), and packets received before that work runs carry no stamp. On a busy
+/// machine that is milliseconds, long enough for a first frame to go unstamped. The switch stays on
+/// while any socket keeps the option, so this holds the probe connection that saw a stamp.
+pub struct StampingOn {
+    _probe: (TcpStream, TcpStream),
+}
+
+/// Waits until a packet received on a loopback probe connection comes with its arrival stamp.
+pub async fn kernel_stamping(within: Duration) -> io::Result<StampingOn> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let receiver = TcpStream::connect(listener.local_addr()?).await?;
+    let (mut sender, _) = listener.accept().await?;
+    stamp_arrivals(&receiver)?;
+    let probe = async {
+        // The workqueue gives no signal when it has run: each try sends one byte and looks at
+        // its stamp, a millisecond apart.
+        let mut tries = tokio::time::interval(Duration::from_millis(1));
+        let mut buf = Vec::new();
+        loop {
+            tries.tick().await;
+            sender.write_all(b"?").await?;
+            let (n, stamp) = read_stamped(&receiver, &mut buf).await?;
+            if n == 0 {
+                return Err(invalid("the probe connection closed"));
+            }
+            if stamp.is_some() {
+                return Ok(());
+            }
+        }
+    };
+    match tokio::time::timeout(within, probe).await {
+        Ok(Ok(())) => Ok(StampingOn {
+            _probe: (receiver, sender),
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the kernel did not stamp received packets within {within:?}"),
+        )),
+    }
+}
+
 /// Reads what the socket has into `buf`'s spare room (0 at end of stream), with the kernel's
 /// arrival stamp of the last packet read (Unix ms).
 async fn read_stamped(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<(usize, Option<u64>)> {
@@ -260,7 +307,7 @@ fn invalid(message: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     fn now_ms() -> u64 {
         SystemTime::now()
@@ -271,6 +318,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_carries_the_moment_its_bytes_arrived_not_the_moment_it_ran() {
+        // Without this, the first packets after the machine's first `SO_TIMESTAMPNS` may arrive
+        // before the kernel has switched stamping on (see `StampingOn`).
+        let _stamping = kernel_stamping(Duration::from_secs(10)).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let viewer = TcpStream::connect(listener.local_addr().unwrap())
             .await

@@ -346,7 +346,13 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime starts at process start");
-    let report = runtime.block_on(swarm.run());
+    let report = match runtime.block_on(swarm.run()) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("emostream-swarm: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     print!("{}", report.table());
     if let Some(out) = &swarm.out {
         std::fs::write(
@@ -376,7 +382,9 @@ struct Swarm {
 }
 
 impl Swarm {
-    async fn run(&self) -> Report {
+    async fn run(&self) -> Result<Report, std::io::Error> {
+        // Held to the end: while it lives, every viewer's frames carry their arrival stamps.
+        let _stamping = client::kernel_stamping(Duration::from_secs(10)).await?;
         let tally = Arc::new(Tally {
             latency_ms: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             read_latency_ms: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
@@ -451,7 +459,7 @@ impl Swarm {
         tokio::time::sleep(Duration::from_secs(self.seconds)).await;
         tally.measuring.store(false, Ordering::Relaxed);
         progress.abort();
-        snapshot(&tally, self.viewers)
+        Ok(snapshot(&tally, self.viewers))
     }
 }
 
