@@ -9,7 +9,7 @@ use crate::error::Error;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use emostream_protocol::config::KafkaConfig;
-use emostream_protocol::trends::TRENDS_TOPIC;
+use emostream_protocol::kafka::ClientRole;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
@@ -42,40 +42,34 @@ impl FrameSource {
     /// The sources of every frame the main publisher passes on: `emoji-epochs`, then
     /// `emoji-trends`. Nothing talks to the brokers until [`FrameSource::run`].
     pub fn all(kafka: &KafkaConfig, ring_epochs: usize) -> Result<[Self; 2], Error> {
-        let KafkaConfig {
-            brokers,
-            epochs_topic,
-            epochs_partitions,
-            events_topic: _,      // the dataflow's input
-            progress_topic: _,    // the dataflow's recovery state
-            events_partitions: _, // the dataflow's input
-        } = kafka;
         Ok([
-            Self::new(brokers, epochs_topic, Some(*epochs_partitions), ring_epochs)?,
-            // Its partition count is not configured (scripts/broker.sh creates it with 2); the
+            Self::new(
+                kafka,
+                &kafka.epochs_topic,
+                Some(kafka.epochs_partitions),
+                ring_epochs,
+            )?,
+            // `trends_partitions` is only what a development broker creates it with; the
             // topic's metadata says.
-            Self::new(brokers, TRENDS_TOPIC, None, ring_epochs)?,
+            Self::new(kafka, &kafka.trends_topic, None, ring_epochs)?,
         ])
     }
 
     fn new(
-        brokers: &str,
+        kafka: &KafkaConfig,
         topic: &str,
         partitions: Option<u32>,
         ring_epochs: usize,
     ) -> Result<Self, Error> {
-        let consumer: StreamConsumer<QuietContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            // librdkafka's consumer will not start without a group id; with `assign` and no
-            // commits it is never sent to the broker.
-            .set("group.id", "emostream-broadcaster")
-            // The start offset comes from the watermarks, not from committed offsets.
-            .set("enable.auto.commit", "false")
-            // A partition truncated under us restarts at its oldest record rather than skipping.
-            .set("auto.offset.reset", "earliest")
-            // A frame is a few hundred bytes every 2 s: a broker holding an empty fetch for the
-            // default 500 ms would add that to every viewer's latency.
-            .set("fetch.wait.max.ms", "50")
+        // The start offset comes from the watermarks; nothing is committed.
+        let consumer: StreamConsumer<QuietContext> =
+            ClientConfig::from_iter(kafka.client_settings(ClientRole::AssignedReader {
+                group: "emostream-broadcaster",
+                // A frame is a few hundred bytes every 2 s: a broker holding an empty fetch for
+                // the default 500 ms would add that to every viewer's latency.
+                fetch_wait_ms: 50,
+                partition_eof: false,
+            }))
             .create_with_context(QuietContext::default())?;
         Ok(Self {
             consumer: Arc::new(consumer),

@@ -35,7 +35,6 @@ pub mod trends;
 pub mod watermark;
 
 use count::CountEpochs;
-use emostream_protocol::trends::TRENDS_TOPIC;
 use emostream_protocol::Config;
 use partition::Partition;
 use progress::WriteProgress;
@@ -83,7 +82,7 @@ pub fn run_worker(
     let peers = worker.peers();
     let kafka = &config.kafka;
     let owned = ownership::owned_partitions(index, peers, kafka.events_partitions);
-    let progress = recovery::last_progress(&kafka.brokers, &kafka.progress_topic)?;
+    let progress = recovery::last_progress(kafka, &kafka.progress_topic)?;
     let partitions: Vec<Partition> = owned
         .iter()
         .map(|p| match &progress {
@@ -101,7 +100,7 @@ pub fn run_worker(
     );
 
     let settings = SourceSettings {
-        brokers: kafka.brokers.clone(),
+        kafka: kafka.clone(),
         topic: kafka.events_topic.clone(),
         partitions,
         window_ms: config.epochs.window_ms,
@@ -111,18 +110,19 @@ pub fn run_worker(
         metrics: Arc::clone(&metrics),
     };
     let epochs = config.epochs;
-    let publisher = AckedProducer::connect(&kafka.brokers, &kafka.epochs_topic)?;
+    let publisher = AckedProducer::connect(kafka, &kafka.epochs_topic)?;
+    publisher.expect_partitions(&kafka.events_topic, kafka.events_partitions)?;
+    publisher.expect_partitions(&kafka.epochs_topic, kafka.epochs_partitions)?;
     let progress_writer = if index == 0 {
-        Some(AckedProducer::connect(
-            &kafka.brokers,
-            &kafka.progress_topic,
-        )?)
+        let writer = AckedProducer::connect(kafka, &kafka.progress_topic)?;
+        writer.expect_partitions(&kafka.progress_topic, 1)?;
+        Some(writer)
     } else {
         None
     };
     // Trends read the closed epochs and publish elsewhere; nothing on the epochs' path waits
     // for them, and without their topic they are off.
-    let trends_publisher = TrendsProducer::connect(&kafka.brokers, TRENDS_TOPIC)?;
+    let trends_publisher = TrendsProducer::connect(kafka, &kafka.trends_topic)?;
     worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
         let (gate_handle, gate) = scope.feedback::<Vec<()>>(1);
         let (counts, marks) = source::kafka_source(scope, settings)

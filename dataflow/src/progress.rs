@@ -175,7 +175,10 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
                 // Counted before the send: the acknowledgement can arrive on librdkafka's thread
                 // before `send` even returns.
                 book.sent(epoch);
-                match producer.send(BaseRecord::<(), _, _>::with_opaque_to(topic, Box::new(epoch)).payload(&payload)) {
+                // Partition 0, where recovery reads the newest record (the topic has only that
+                // one; start-up checks it).
+                let record = BaseRecord::<(), _, _>::with_opaque_to(topic, Box::new(epoch)).partition(0).payload(&payload);
+                match producer.send(record) {
                     Ok(()) => {
                         tracing::debug!(epoch, "progress sent");
                         in_flight = Some(epoch);

@@ -9,6 +9,8 @@
 //! wake the operator.
 
 use crate::metrics::Metrics;
+use emostream_protocol::config::KafkaConfig;
+use emostream_protocol::kafka::ClientRole;
 use emostream_protocol::wire::EpochFrame;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -119,19 +121,16 @@ pub struct AckedProducer {
 impl AckedProducer {
     /// Creates the producer and fetches the topic's metadata, so the first epoch does not pay
     /// for it. This blocks: call it before the dataflow runs, never inside an operator.
-    pub fn connect(brokers: &str, topic: &str) -> Result<Self, String> {
+    pub fn connect(kafka: &KafkaConfig, topic: &str) -> Result<Self, String> {
         let book = Arc::new(AckBook::default());
         let wake = Arc::new(OnceLock::new());
-        let producer: ThreadedProducer<AckContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "0")
-            .create_with_context(AckContext {
-                book: Arc::clone(&book),
-                wake: Arc::clone(&wake),
-            })
-            .map_err(|e| format!("{topic} producer: {e}"))?;
+        let producer: ThreadedProducer<AckContext> =
+            ClientConfig::from_iter(kafka.client_settings(ClientRole::EpochProducer))
+                .create_with_context(AckContext {
+                    book: Arc::clone(&book),
+                    wake: Arc::clone(&wake),
+                })
+                .map_err(|e| format!("{topic} producer: {e}"))?;
         producer
             .client()
             .fetch_metadata(Some(topic), Duration::from_secs(15))
@@ -142,6 +141,31 @@ impl AckedProducer {
             topic: topic.to_string(),
             wake,
         })
+    }
+
+    /// Refuses to start when the brokers' `topic` does not have exactly `expected` partitions:
+    /// with fewer, a worker waits forever on a partition that is not there; with more, taps in
+    /// the extra ones are never read; and the progress topic's newest record is the recovery
+    /// state only if it has one partition.
+    pub fn expect_partitions(&self, topic: &str, expected: u32) -> Result<(), String> {
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(15))
+            .map_err(|e| format!("{topic} metadata: {e}"))?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if found == expected as usize {
+            Ok(())
+        } else {
+            Err(format!(
+                "topic {topic} has {found} partitions on the brokers; the configuration needs \
+                 {expected}"
+            ))
+        }
     }
 
     /// Routes delivery wake-ups to the operator at `address`.

@@ -1,6 +1,8 @@
 //! Reading the last progress record at start. This runs before the dataflow is built, on the
 //! main thread, so its blocking calls stall nothing.
 
+use emostream_protocol::config::KafkaConfig;
+use emostream_protocol::kafka::ClientRole;
 use emostream_protocol::progress::Progress;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -11,11 +13,13 @@ use std::time::{Duration, Instant};
 const PATIENCE: Duration = Duration::from_secs(15);
 
 /// The newest record of `topic` (partition 0), or `None` when it is empty (a first start).
-pub fn last_progress(brokers: &str, topic: &str) -> Result<Option<Progress>, String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "emostream-recovery")
-        .set("enable.auto.commit", "false")
+pub fn last_progress(kafka: &KafkaConfig, topic: &str) -> Result<Option<Progress>, String> {
+    let consumer: BaseConsumer =
+        ClientConfig::from_iter(kafka.client_settings(ClientRole::AssignedReader {
+            group: "emostream-recovery",
+            fetch_wait_ms: 100,
+            partition_eof: false,
+        }))
         .create()
         .map_err(|e| e.to_string())?;
     let (low, high) = consumer

@@ -4,7 +4,9 @@
 use crate::metrics::Metrics;
 use crate::partition::{Assignment, Mark, Partition};
 use crate::PartialCount;
+use emostream_protocol::config::KafkaConfig;
 use emostream_protocol::epoch::epoch_of;
+use emostream_protocol::kafka::ClientRole;
 use emostream_protocol::wire::EmojiEvent;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -26,7 +28,7 @@ const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything the source needs, owned so the operator closure can keep it.
 pub struct SourceSettings {
-    pub brokers: String,
+    pub kafka: KafkaConfig,
     pub topic: String,
     /// This worker's partitions, fresh or resumed from the progress record.
     pub partitions: Vec<Partition>,
@@ -282,17 +284,15 @@ impl ClientContext for SourceContext {
 impl ConsumerContext for SourceContext {}
 
 fn consumer(settings: &SourceSettings) -> Result<Arc<BaseConsumer<SourceContext>>, KafkaError> {
-    let consumer: BaseConsumer<SourceContext> = ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
-        // Offsets are committed to this group for lag monitoring only; partitions are assigned,
-        // never subscribed, so the group never rebalances.
-        .set("group.id", "emostream-dataflow")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        // End-of-partition events drive the idle rule.
-        .set("enable.partition.eof", "true")
-        // Bounds how stale "at the end" can be (see watermark.rs).
-        .set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string())
+    let consumer: BaseConsumer<SourceContext> =
+        ClientConfig::from_iter(settings.kafka.client_settings(ClientRole::AssignedReader {
+            // Read positions are committed here for lag monitoring only.
+            group: "emostream-dataflow",
+            // Bounds how stale "at the end" can be (see watermark.rs).
+            fetch_wait_ms: FETCH_WAIT_MS,
+            // End-of-partition events drive the idle rule.
+            partition_eof: true,
+        }))
         .create_with_context(SourceContext)?;
     let mut assignment = TopicPartitionList::new();
     for p in &settings.partitions {

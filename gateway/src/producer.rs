@@ -5,6 +5,7 @@
 //! deliveries, and a probe task (a metadata request every 250 ms) says when the broker is back.
 
 use emostream_protocol::config::GatewayConfig;
+use emostream_protocol::kafka::ClientRole;
 use emostream_protocol::Config;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -82,23 +83,13 @@ pub fn create(config: &Config, health: Arc<Health>) -> Result<Kafka, KafkaError>
         ip_requests_per_s: _,
         ip_burst_requests: _,
     } = &config.gateway;
-    ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
-        // acks=all + idempotence: an acknowledged record survives a broker failover and a
-        // retried send is never written twice.
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", "lz4")
-        // We batch ourselves; librdkafka only needs to coalesce the records of one flush tick.
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", delivery_timeout_ms.to_string())
-        // A record is flushed once it passes FLUSH_BYTES; the request that pushed it past can add
-        // the lines of a 1 MiB body (under 5 MiB), so twice that is always enough.
-        .set("message.max.bytes", (2 * FLUSH_BYTES).to_string())
-        // Reconnect quickly once a restarted broker answers (librdkafka's default backs off to 10 s).
-        .set("reconnect.backoff.ms", "50")
-        .set("reconnect.backoff.max.ms", "1000")
-        .create_with_context(HealthContext { health })
+    ClientConfig::from_iter(config.kafka.client_settings(ClientRole::BatchProducer {
+        delivery_timeout_ms: *delivery_timeout_ms,
+        // A record is flushed once it passes FLUSH_BYTES; the request that pushed it past can
+        // add the lines of a 1 MiB body (under 5 MiB), so twice that is always enough.
+        max_message_bytes: 2 * FLUSH_BYTES,
+    }))
+    .create_with_context(HealthContext { health })
 }
 
 /// Watches a down broker until it answers a metadata request for the events topic again.

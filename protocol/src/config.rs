@@ -4,6 +4,7 @@
 //! `EMOSTREAM_EPOCHS__WINDOW_MS=1000`, so one file serves every host.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -15,6 +16,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub dataflow: DataflowConfig,
     pub broadcaster: BroadcasterConfig,
+    #[serde(default)]
+    pub dev_broker: DevBrokerConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +40,17 @@ pub struct KafkaConfig {
     /// Partitions of `epochs_topic`.
     #[serde(default = "KafkaConfig::epochs_partitions")]
     pub epochs_partitions: u32,
+    /// Trend frames, written by the dataflow's trends stage, keyed by stream. Without this
+    /// topic on the brokers, trends are off and epochs flow as before.
+    #[serde(default = "KafkaConfig::trends_topic")]
+    pub trends_topic: String,
+    /// Partitions of `trends_topic`, for the development broker's topic creation.
+    #[serde(default = "KafkaConfig::trends_partitions")]
+    pub trends_partitions: u32,
+    /// librdkafka properties given to every client as they are (`security.protocol`, `sasl.*`,
+    /// `ssl.*`, `client.id`, tuning), after Emostream's own; see `crate::kafka`.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
 }
 
 impl KafkaConfig {
@@ -48,6 +62,13 @@ impl KafkaConfig {
     }
     fn progress_topic() -> String {
         "emoji-progress".into()
+    }
+    fn trends_topic() -> String {
+        "emoji-trends".into()
+    }
+    /// Like the epochs: a few records per epoch.
+    const fn trends_partitions() -> u32 {
+        2
     }
     /// Four partitions: one per worker of the default `run_workers.sh -n 4`.
     const fn events_partitions() -> u32 {
@@ -296,6 +317,34 @@ pub struct ClusterConfig {
     pub subscribers: Vec<String>,
 }
 
+/// The development broker `scripts/broker.sh` runs for the local system, the tests and the
+/// benchmarks. Production points `[kafka] brokers` at its own Kafka cluster and ignores this.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevBrokerConfig {
+    /// `host:port` the broker binds; `0.0.0.0:9092` lets workers on other hosts reach it.
+    /// Clients are told (advertised) the first address of `[kafka] brokers`. Default: that
+    /// address.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Where it keeps the log: `sqlite` (a file in its data folder), `postgres` (a PostgreSQL
+    /// server the script starts with its data in the same folder) or `memory` (nothing survives
+    /// a restart).
+    #[serde(default)]
+    pub storage: DevStorage,
+}
+
+/// The development broker's storage engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DevStorage {
+    /// Keeps acknowledged records across a broker restart, with nothing else to run.
+    #[default]
+    Sqlite,
+    Postgres,
+    Memory,
+}
+
 /// What can go wrong reading the configuration.
 #[derive(Debug)]
 pub enum ConfigError {
@@ -374,6 +423,7 @@ impl Config {
         if self.kafka.events_partitions == 0 {
             return bad("kafka.events_partitions must be at least 1");
         }
+        crate::kafka::check_pass_through(&self.kafka.client).map_err(ConfigError::Invalid)?;
         if self.dataflow.processes.is_empty() || self.dataflow.threads == 0 {
             return bad("dataflow.processes and dataflow.threads must not be empty");
         }

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: `cluster.toml` as typed structs, with environment overrides.
+//! - [`kafka`]: the librdkafka settings of every Kafka client the tiers build.
 //! - [`epoch`]: the 2-second epoch grid and the per-1000 reduction rule.
 //! - [`progress`]: the dataflow's recovery record on the progress topic.
 //! - [`trends`]: the trend frames (trending, sentiment, popular) on `emoji-trends`.
@@ -11,6 +12,7 @@
 
 pub mod config;
 pub mod epoch;
+pub mod kafka;
 pub mod progress;
 #[cfg(feature = "signal")]
 pub mod shutdown;

@@ -1,4 +1,4 @@
-//! The trends frames: what the dataflow's trends stage publishes on [`TRENDS_TOPIC`] (key: the
+//! The trends frames: what the dataflow's trends stage publishes on `[kafka] trends_topic` (key: the
 //! frame's `stream`), one JSON object per record, for viewers' trending list, sentiment line and
 //! stream directory.
 //!
@@ -10,12 +10,6 @@
 //! one wins.
 
 use serde::{Deserialize, Serialize};
-
-/// The topic the trends stage publishes on.
-///
-/// A constant rather than a `[kafka]` setting for now: the broadcaster destructures `KafkaConfig`
-/// exhaustively, so a new field there lands together with its change.
-pub const TRENDS_TOPIC: &str = "emoji-trends";
 
 /// The `stream` (and record key) of frames about all streams at once. Not a valid stream id
 /// (`[a-z0-9_-]{1,64}`), so it never collides with one.

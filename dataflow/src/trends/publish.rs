@@ -7,6 +7,8 @@
 //! producer is the same as the epochs' (idempotent, acks=all, no linger), with its own books.
 
 use crate::publish::AckBook;
+use emostream_protocol::config::KafkaConfig;
+use emostream_protocol::kafka::ClientRole;
 use emostream_protocol::trends::TrendFrame;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -57,21 +59,16 @@ impl TrendsProducer {
     /// Creates the producer and fetches the topic's metadata (blocking: call it before the
     /// dataflow runs). `Ok(None)` when the broker does not have the topic: trends are then off
     /// for this run, with a warning, and the epochs flow as before.
-    pub fn connect(brokers: &str, topic: &str) -> Result<Option<Self>, String> {
+    pub fn connect(kafka: &KafkaConfig, topic: &str) -> Result<Option<Self>, String> {
         let deliveries = Arc::new(AckBook::default());
         let wake = Arc::new(OnceLock::new());
-        let producer: ThreadedProducer<TrendsContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            // As for epochs: a retry never duplicates a frame, and every replica has it.
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            // A few frames per epoch: waiting to fill a batch only adds latency.
-            .set("linger.ms", "0")
-            .create_with_context(TrendsContext {
-                deliveries: Arc::clone(&deliveries),
-                wake: Arc::clone(&wake),
-            })
-            .map_err(|e| format!("{topic} producer: {e}"))?;
+        let producer: ThreadedProducer<TrendsContext> =
+            ClientConfig::from_iter(kafka.client_settings(ClientRole::EpochProducer))
+                .create_with_context(TrendsContext {
+                    deliveries: Arc::clone(&deliveries),
+                    wake: Arc::clone(&wake),
+                })
+                .map_err(|e| format!("{topic} producer: {e}"))?;
         let metadata = producer
             .client()
             .fetch_metadata(Some(topic), Duration::from_secs(15))

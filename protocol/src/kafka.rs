@@ -1,0 +1,248 @@
+//! Every Kafka client the tiers build gets its librdkafka settings here: what its role needs
+//! for Emostream's guarantees, then `[kafka.client]`, passed through as it is.
+//!
+//! The pass-through is how a deployment reaches any Kafka cluster by configuration alone
+//! (`security.protocol = "sasl_ssl"`, `sasl.mechanism`, `ssl.ca.location`, `client.id`, …). It may
+//! tune what is only tuning (`linger.ms`, `compression.type`, …), but never a key the guarantees
+//! rest on: those are refused when the configuration is read, not silently overridden.
+
+use crate::config::KafkaConfig;
+use std::collections::BTreeMap;
+
+/// What a client is for; each role adds the settings its guarantees need.
+#[derive(Debug, Clone, Copy)]
+pub enum ClientRole<'a> {
+    /// The gateway's producer of batch records: a 2xx waits for its acknowledgement.
+    BatchProducer {
+        /// librdkafka gives up on a record (and the gateway answers 503) after this long.
+        delivery_timeout_ms: u64,
+        /// The largest record the gateway can build.
+        max_message_bytes: usize,
+    },
+    /// The dataflow's producers of closed epochs, progress records and trend frames: a few small
+    /// records per epoch, each awaited before the next step.
+    EpochProducer,
+    /// A consumer of partitions it is assigned (never subscribed, so its group never
+    /// rebalances); where it starts comes from the caller, not from committed offsets.
+    AssignedReader {
+        /// The group offsets are committed to (for lag monitoring only), or none.
+        group: &'a str,
+        /// How long the broker may hold an empty fetch: it bounds how stale "nothing new" is.
+        fetch_wait_ms: u64,
+        /// Report the end of each partition (the dataflow's idle rule and "read to the end").
+        partition_eof: bool,
+    },
+}
+
+/// Keys Emostream sets for correctness; `[kafka.client]` may not change them.
+const GUARDED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set it with [kafka] brokers"),
+    (
+        "enable.idempotence",
+        "a retried send must never be written twice",
+    ),
+    (
+        "acks",
+        "an acknowledged record must be on every in-sync replica",
+    ),
+    (
+        "enable.auto.commit",
+        "positions are the dataflow's progress record, not committed offsets",
+    ),
+    ("group.id", "each reader's group is part of its role"),
+    (
+        "enable.partition.eof",
+        "the dataflow's idle rule depends on end-of-partition events",
+    ),
+    (
+        "auto.offset.reset",
+        "a position below the log start must restart at the oldest record",
+    ),
+];
+
+/// Refuses a pass-through table that would change a guarded key.
+pub fn check_pass_through(client: &BTreeMap<String, String>) -> Result<(), String> {
+    for (key, why) in GUARDED {
+        if client.contains_key(*key) {
+            return Err(format!(
+                "kafka.client.\"{key}\" cannot be set through the pass-through: {why}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl KafkaConfig {
+    /// The librdkafka properties of a client in `role`: feed them to
+    /// `rdkafka::ClientConfig::from_iter`.
+    pub fn client_settings(&self, role: ClientRole<'_>) -> Vec<(String, String)> {
+        let mut settings: Vec<(&str, String)> = vec![("bootstrap.servers", self.brokers.clone())];
+        match role {
+            ClientRole::BatchProducer {
+                delivery_timeout_ms,
+                max_message_bytes,
+            } => settings.extend([
+                // acks=all + idempotence: an acknowledged record survives a broker failover
+                // and a retried send is never written twice.
+                ("enable.idempotence", "true".into()),
+                ("acks", "all".into()),
+                // Batch records of NDJSON compress several times over.
+                ("compression.type", "lz4".into()),
+                // The gateway batches itself; librdkafka only coalesces one flush tick's records.
+                ("linger.ms", "5".into()),
+                ("message.timeout.ms", delivery_timeout_ms.to_string()),
+                ("message.max.bytes", max_message_bytes.to_string()),
+                // Reconnect quickly once a restarted broker answers (librdkafka's default
+                // backs off to 10 s, which the gateway would spend answering 503).
+                ("reconnect.backoff.ms", "50".into()),
+                ("reconnect.backoff.max.ms", "1000".into()),
+            ]),
+            ClientRole::EpochProducer => settings.extend([
+                // A retry never duplicates an epoch frame or a progress record, and every
+                // in-sync replica has it before the next step waits on it.
+                ("enable.idempotence", "true".into()),
+                ("acks", "all".into()),
+                // A few records per epoch: waiting to fill a batch only adds latency.
+                ("linger.ms", "0".into()),
+            ]),
+            ClientRole::AssignedReader {
+                group,
+                fetch_wait_ms,
+                partition_eof,
+            } => settings.extend([
+                // librdkafka's consumer will not start without one; with `assign` it only
+                // names where (optional) commits go.
+                ("group.id", group.to_string()),
+                ("enable.auto.commit", "false".into()),
+                // A position below the log's start (retention) restarts at the oldest record
+                // rather than skipping to the newest.
+                ("auto.offset.reset", "earliest".into()),
+                ("enable.partition.eof", partition_eof.to_string()),
+                ("fetch.wait.max.ms", fetch_wait_ms.to_string()),
+            ]),
+        }
+        let mut out: Vec<(String, String)> = settings
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        for (key, value) in &self.client {
+            match out.iter_mut().find(|(k, _)| k == key) {
+                Some(existing) => existing.1.clone_from(value),
+                None => out.push((key.clone(), value.clone())),
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    const SAMPLE: &str = r#"
+[kafka]
+brokers = "k1:9093,k2:9093"
+[kafka.client]
+"security.protocol" = "sasl_ssl"
+"sasl.mechanism" = "SCRAM-SHA-512"
+"ssl.ca.location" = "/etc/emostream/ca.pem"
+"linger.ms" = "20"
+[gateway]
+listen = "127.0.0.1:8080"
+[dataflow]
+processes = ["127.0.0.1:2101"]
+[broadcaster]
+main = "127.0.0.1:9000"
+clusters = []
+"#;
+
+    fn settings(config: &Config, role: ClientRole<'_>) -> Vec<(String, String)> {
+        config.kafka.client_settings(role)
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_producer_is_idempotent_and_takes_the_pass_through_last() {
+        let config = Config::from_toml(SAMPLE, []).unwrap();
+        let role = ClientRole::BatchProducer {
+            delivery_timeout_ms: 5000,
+            max_message_bytes: 8 << 20,
+        };
+        assert_eq!(
+            settings(&config, role),
+            pairs(&[
+                ("bootstrap.servers", "k1:9093,k2:9093"),
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("compression.type", "lz4"),
+                ("linger.ms", "20"),
+                ("message.timeout.ms", "5000"),
+                ("message.max.bytes", "8388608"),
+                ("reconnect.backoff.ms", "50"),
+                ("reconnect.backoff.max.ms", "1000"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("security.protocol", "sasl_ssl"),
+                ("ssl.ca.location", "/etc/emostream/ca.pem"),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_reader_names_its_group_and_never_commits_by_itself() {
+        let config = Config::from_toml(SAMPLE, []).unwrap();
+        let role = ClientRole::AssignedReader {
+            group: "emostream-dataflow",
+            fetch_wait_ms: 20,
+            partition_eof: true,
+        };
+        assert_eq!(
+            settings(&config, role),
+            pairs(&[
+                ("bootstrap.servers", "k1:9093,k2:9093"),
+                ("group.id", "emostream-dataflow"),
+                ("enable.auto.commit", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("enable.partition.eof", "true"),
+                ("fetch.wait.max.ms", "20"),
+                ("linger.ms", "20"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("security.protocol", "sasl_ssl"),
+                ("ssl.ca.location", "/etc/emostream/ca.pem"),
+            ])
+        );
+    }
+
+    #[test]
+    fn the_pass_through_comes_from_the_environment_too() {
+        let env = [(
+            "EMOSTREAM_KAFKA__CLIENT".to_string(),
+            r#"{ "security.protocol" = "ssl", "ssl.ca.location" = "/tmp/ca.pem" }"#.to_string(),
+        )];
+        let config = Config::from_toml(SAMPLE, env).unwrap();
+        let all = settings(&config, ClientRole::EpochProducer);
+        assert_eq!(
+            all[4..],
+            pairs(&[
+                ("security.protocol", "ssl"),
+                ("ssl.ca.location", "/tmp/ca.pem")
+            ])[..]
+        );
+    }
+
+    #[test]
+    fn the_pass_through_cannot_weaken_a_guarantee() {
+        let text = SAMPLE.replace(r#""linger.ms" = "20""#, r#"acks = "1""#);
+        let err = Config::from_toml(&text, []).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: kafka.client.\"acks\" cannot be set through the pass-through: \
+             an acknowledged record must be on every in-sync replica"
+        );
+    }
+}
