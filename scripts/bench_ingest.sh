@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Ingest benchmark (not a test): in one run on this machine
 #   1. POST /send_emoji from 1,000 concurrent wrk connections against the gateway (release build,
-#      default durable mode: every 202 waits for acks=all on a real Tansu broker), and the same
+#      default durable mode: every 202 waits for acks=all on the development broker), and the same
 #      load (same wrk script, same bodies) against an nginx `return 202` endpoint: both rates and
 #      their ratio;
 #   2. POST /v1/streams/{stream}/emojis with 10,000-emoji batches: emojis per second *landed in
-#      Kafka*, counted by reading the topic back (not from the replies).
+#      Kafka*, counted by reading the topic back (not from the replies), against the broker's own
+#      ceiling measured right after: the same records produced straight to the broker with the
+#      gateway's producer settings, all in flight (gateway/examples/produce_batches.rs).
 #
+# The broker is Nisshi 0.8.1 with the storage engine of STORAGE (sqlite, postgres or memory;
+# default: postgres, as cluster.toml), named in the report.
+#
+#   STORAGE=memory scripts/bench_ingest.sh
 #   scripts/bench_ingest.sh            # DURATION=10s CONNECTIONS=1000 BATCH_CONNECTIONS=16 by default
 #   PROFILE=1 scripts/bench_ingest.sh  # also: perf profile of the gateway in each gateway phase
 #
@@ -51,13 +57,15 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  scripts/broker.sh stop --data "$work/broker" 2>/dev/null || true
+  EMOSTREAM_BIN_DIR="$root/target/release" scripts/broker.sh stop --data "$work/broker" --config "$work/cluster.toml" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 say "building the gateway (release)"
-cargo build --release --locked -p emostream-gateway --bin emostream-gateway --example count_events >&2
+cargo build --release --locked -p emostream-gateway --bin emostream-gateway \
+  --example count_events --example produce_batches >&2
+cargo build --release --locked -p emostream-protocol --bin emostream-config >&2
 bin=$root/target/release
 
 broker_port=$(free_port) gateway_port=$(free_port) nginx_port=$(free_port)
@@ -75,7 +83,9 @@ processes = ["127.0.0.1:2101"]
 main = "127.0.0.1:9000"
 clusters = []
 TOML
-scripts/broker.sh start --port "$broker_port" --data "$work/broker" --config "$work/cluster.toml"
+if [[ -n ${STORAGE:-} ]]; then export EMOSTREAM_DEV_BROKER__STORAGE=$STORAGE; fi
+storage=$("$bin/emostream-config" --config "$work/cluster.toml" dev-broker | awk '{print $3}')
+EMOSTREAM_BIN_DIR="$bin" scripts/broker.sh start --port "$broker_port" --data "$work/broker" --config "$work/cluster.toml"
 
 RUST_LOG=warn "$bin/emostream-gateway" --config "$work/cluster.toml" >"$work/gateway.log" 2>&1 &
 pids+=($!)
@@ -155,9 +165,18 @@ done = function(summary, latency, requests)
 end
 LUA
 
-broker_pid=$(cat "$work/broker/tansu.pid")
-# utime + stime of a process, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+broker_pid=$(cat "$work/broker/broker.pid")
+# utime + stime of a process, in clock ticks; for the broker, with its PostgreSQL server's
+# processes (every process whose command line names the broker's data folder).
+cpu_ticks() {
+  local procs=$1
+  [[ $1 == "$broker_pid" ]] && procs="$1 $(pgrep -f "$work/broker" | tr '\n' ' ')"
+  local total=0 pid
+  for pid in $(echo "$procs" | tr ' ' '\n' | sort -u); do
+    [[ -r /proc/$pid/stat ]] && total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
 tick=$(getconf CLK_TCK)
 cpu_note() { # label gateway_ticks_before broker_ticks_before
   local g b
@@ -198,15 +217,25 @@ read -r b_req b_dur b_bad b_err b_p50 b_p99 < <(run_wrk "http://127.0.0.1:$gatew
 read -r landed records first_ms last_ms < <("$bin/examples/count_events" --brokers "127.0.0.1:$broker_port" \
   --topic emoji-events --partitions 4 --stream bench-batch)
 
+# The broker's own ceiling for the same taps: as many as the gateway landed (at least a million),
+# in 10,000-tap records produced straight to it, on a stream of their own.
+say "bare produce of 10,000-tap records with the gateway's producer settings"
+ceiling_records=$(( landed / 10000 > 100 ? landed / 10000 : 100 ))
+read -r p_taps p_secs < <("$bin/examples/produce_batches" --config "$work/cluster.toml" \
+  --stream bench-bare --records "$ceiling_records" --taps 10000)
+
 nginx_rate=$(rate "$n_req" "$n_dur" "$n_bad")
 gateway_rate=$(rate "$g_req" "$g_dur" "$g_bad")
 landed_rate=$(awk -v e="$landed" -v a="$first_ms" -v b="$last_ms" 'BEGIN { printf "%.0f", e / ((b - a + 100) / 1e3) }')
+bare_rate=$(awk -v t="$p_taps" -v s="$p_secs" 'BEGIN { printf "%.0f", t / s }')
 acked_batches=$((b_req - b_bad))
 cat <<REPORT
 
-== ingest benchmark ($(nproc) cores, $DURATION per run, wrk -t$THREADS) ==
+== ingest benchmark ($(nproc) cores, $DURATION per run, wrk -t$THREADS; broker Nisshi 0.8.1, storage $storage) ==
 nginx return 202         : $nginx_rate req/s  (${n_req} requests, non-2xx $n_bad, socket errors $n_err, p50 ${n_p50} us, p99 ${n_p99} us)
 gateway /send_emoji      : $gateway_rate req/s  (${g_req} requests, non-2xx $g_bad, socket errors $g_err, p50 ${g_p50} us, p99 ${g_p99} us)
 ratio gateway / nginx    : $(awk -v g="$gateway_rate" -v n="$nginx_rate" 'BEGIN { printf "%.2f", g / n }')
 batch route, landed      : $landed_rate emojis/s in Kafka  ($landed emojis in $records records over $(( (last_ms - first_ms + 100) )) ms of receive time; $acked_batches batches of 10,000 answered 202, non-2xx $b_bad, socket errors $b_err, p50 ${b_p50} us, p99 ${b_p99} us)
+bare produce, same broker: $bare_rate emojis/s  ($p_taps taps in $p_secs s, every record acknowledged)
+ratio landed / bare      : $(awk -v g="$landed_rate" -v n="$bare_rate" 'BEGIN { printf "%.2f", g / n }')
 REPORT

@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # README command 2: runs every test on a fresh machine that has the Rust toolchain.
-# Installs the broker once (into ~/.cache/emostream, reused afterwards), builds the binaries the
-# end-to-end tests start as real processes, then runs the whole workspace's tests.
+# Installs the build prerequisites and the broker once (the broker into ~/.cache/emostream,
+# reused afterwards), checks formatting and clippy, builds the binaries the end-to-end tests
+# start as real processes, then runs the whole workspace's tests and prints the time it took.
+#
+#   scripts/test.sh                      # everything
+#   scripts/test.sh -p emostream-e2e --test broker_restart   # one test target (cargo test args)
+#
+# The whole run is bounded (TEST_TIMEOUT, default 45 minutes) so a hung test fails CI with a
+# message instead of running into CI's own limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+started=$SECONDS
+step() { printf '\n==> [%dm%02ds] %s\n' $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)) "$*" >&2; }
 
-step "broker: Tansu 0.6.0 (built once per machine, then reused)"
+step "build prerequisites: a C toolchain, pkg-config, OpenSSL and zlib headers (once)"
+scripts/install_build_deps.sh
+
+step "broker: Nisshi 0.8.1 (built once per machine into ~/.cache/emostream, then reused)"
 scripts/broker.sh install
 
 step "browser test dependencies: Debian's chromium, an emoji font, node + playwright-core (once)"
@@ -16,10 +27,22 @@ scripts/install_browser_deps.sh
 step "formatting"
 cargo fmt --all -- --check
 
+step "clippy on every target (benches and tests included), warnings are errors"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
 step "building the binaries the end-to-end tests run"
 cargo build --locked --workspace --bins
 
-step "running every test"
+step "running the tests"
 # One test binary at a time: each end-to-end test starts a broker, a timely cluster and a
 # broadcaster topology of its own, and two of them at once would share two cores.
-cargo test --locked --workspace -- --test-threads=1
+which=(--workspace)
+(($#)) && which=("$@")
+status=0
+timeout --signal=TERM --kill-after=30s "${TEST_TIMEOUT:-45m}" \
+  cargo test --locked "${which[@]}" -- --test-threads=1 || status=$?
+if ((status == 124)); then
+  echo "the tests did not finish within ${TEST_TIMEOUT:-45m}" >&2
+fi
+step "done in $(((SECONDS - started) / 60)) min $(((SECONDS - started) % 60)) s (exit $status)"
+exit "$status"

@@ -26,25 +26,13 @@ mkdir -p "$logs"
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# `name = value` from a [section] of cluster.toml (plain awk: no TOML tool needed).
-setting() {
-  awk -v section="$1" -v field="$2" '
-    /^[[:space:]]*\[/ { here = ($0 ~ "^[[:space:]]*\\[" section "\\][[:space:]]*$") }
-    here && $0 ~ "^[[:space:]]*" field "[[:space:]]*=" {
-      sub(/^[^=]*=[[:space:]]*/, ""); sub(/[[:space:]]*#.*$/, ""); gsub(/"/, ""); print; exit
-    }' "$config"
-}
+# Settings as the tiers read them (cluster.toml plus EMOSTREAM_* overrides), through the project's
+# own binary, built in step 2.
+setting() { "$bin/emostream-config" --config "$config" get "$1"; }
 # Each cluster as "name listen sub1,sub2,…".
-clusters() {
-  awk '
-    /^\[\[broadcaster.clusters\]\]/ { if (name) print name, listen, subs; name = listen = subs = ""; next }
-    /^[[:space:]]*name[[:space:]]*=/ { gsub(/.*=[[:space:]]*|"/, ""); name = $0 }
-    /^[[:space:]]*listen[[:space:]]*=/ && name { gsub(/.*=[[:space:]]*|"/, ""); listen = $0 }
-    /^[[:space:]]*subscribers[[:space:]]*=/ { gsub(/.*\[|\].*|"|[[:space:]]/, ""); subs = $0 }
-    END { if (name) print name, listen, subs }' "$config"
-}
+clusters() { "$bin/emostream-config" --config "$config" clusters; }
 
-step "1/5 broker: Tansu 0.6.0 (built once per machine into ~/.cache/emostream, about 10 minutes)"
+step "1/5 broker: Nisshi 0.8.1 (built once per machine into ~/.cache/emostream, about 20 minutes)"
 scripts/broker.sh install
 
 step "2/5 building the release binaries (a few minutes the first time)"
@@ -61,7 +49,7 @@ stop_all() {
     wait "${pids[i]}" 2>/dev/null || true
     printf '    stopped %s\n' "${names[i]}" >&2
   done
-  scripts/broker.sh stop --data "$run/broker"
+  EMOSTREAM_BIN_DIR="$bin" scripts/broker.sh stop --data "$run/broker" --config "$config"
   exit 0
 }
 trap stop_all INT TERM
@@ -83,16 +71,15 @@ wait_for() {
   done
 }
 
-step "3/5 broker on $(setting kafka brokers)"
-broker_port=$(setting kafka brokers); broker_port=${broker_port##*:}
-scripts/broker.sh start --port "$broker_port" --data "$run/broker" --config "$config"
+step "3/5 broker for $(setting kafka.brokers)"
+EMOSTREAM_BIN_DIR="$bin" scripts/broker.sh start --data "$run/broker" --config "$config"
 
 step "4/5 gateway, $processes worker processes, broadcaster"
 start gateway "$bin/emostream-gateway" --config "$config"
 start workers env EMOSTREAM_BIN_DIR="$bin" scripts/run_workers.sh -n "$processes" -c "$config"
 start main "$bin/emostream-broadcaster" --config "$config" --role main
 subscriber_urls=()
-while read -r name listen subs; do
+while read -r name _listen subs; do
   start "$name" "$bin/emostream-broadcaster" --config "$config" --role cluster --name "$name"
   i=0
   for sub in ${subs//,/ }; do
@@ -102,8 +89,8 @@ while read -r name listen subs; do
   done
 done < <(clusters)
 
-gateway=$(setting gateway listen)
-main=$(setting broadcaster main)
+gateway=$(setting gateway.listen)
+main=$(setting broadcaster.main)
 wait_for gateway "$gateway"
 wait_for "main publisher" "$main"
 for sub in "${subscriber_urls[@]}"; do wait_for subscriber "$sub"; done

@@ -1,4 +1,4 @@
-//! The main publisher against a real broker (Tansu, started by `scripts/broker.sh` on its own port
+//! The main publisher against a real broker (started by `scripts/broker.sh` on its own port
 //! and data folder): it starts a little before the end of `emoji-epochs`, passes every epoch
 //! once, and hands the lower tier its ring and then live epochs over `/internal/link`.
 

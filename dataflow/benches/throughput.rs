@@ -6,8 +6,8 @@
 //! cargo bench -p emostream-dataflow --bench throughput -- --help
 //! ```
 //!
-//! One run starts its own Tansu broker (`scripts/broker.sh`, SQLite storage, a free loopback
-//! port) and preloads `emoji-events` with `--events` taps written exactly as the gateway writes
+//! One run starts its own broker (`scripts/broker.sh` on a free loopback port, the storage engine
+//! named by `EMOSTREAM_DEV_BROKER__STORAGE`, SQLite by default) and preloads `emoji-events` with `--events` taps written exactly as the gateway writes
 //! them: batch records of NDJSON lines (`protocol::wire::EmojiEvent`), at most `--record-events`
 //! per record, one (stream, epoch) per record, key = stream, record timestamp = the newest tap's
 //! `recv_ms`, lz4, spread round-robin over the partitions. The taps' receive times cover
@@ -253,7 +253,7 @@ fn now_ms() -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Processes: the broker and the worker clusters, stopped by Drop.
 
-/// A Tansu broker started by `scripts/broker.sh`; stopped (and its data removed) on drop.
+/// The development broker, started by `scripts/broker.sh`; stopped (and its data removed) on drop.
 struct Broker {
     port: u16,
     dir: PathBuf,
@@ -291,7 +291,7 @@ impl Broker {
     }
 
     fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.data().join("tansu.pid"))
+        std::fs::read_to_string(self.data().join("broker.pid"))
             .ok()?
             .trim()
             .parse()
@@ -657,7 +657,7 @@ clusters = []
         println!(
             "\nEmostream dataflow benchmark: {} taps, {} streams x {} epochs ({} s of receive time \
              ending {} s ago), {} records of <= {} taps, {} partitions, {:.0} MB of NDJSON; \
-             Tansu 0.6 (SQLite) on loopback; {} cores",
+             Nisshi 0.8.1 ({}) on loopback; {} cores",
             group(a.events),
             a.streams,
             preload.last_epoch - preload.first_epoch + 1,
@@ -667,6 +667,8 @@ clusters = []
             group(a.record_events),
             a.partitions,
             preload.bytes as f64 / 1e6,
+            // The scripts' broker reads the same variable; Config::load applied it here.
+            format!("{:?}", self.base.dev_broker.storage).to_lowercase(),
             std::thread::available_parallelism().map_or(0, |n| n.get()),
         );
         println!(

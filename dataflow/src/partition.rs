@@ -103,8 +103,16 @@ impl Partition {
     }
 
     /// The partition's watermark (Unix ms), once anything is known.
-    pub fn watermark_ms(&self, now_ms: u64, lateness_ms: u64, staleness_ms: u64) -> Option<u64> {
-        self.clock.watermark(now_ms, lateness_ms, staleness_ms)
+    pub fn watermark_ms(&self, lateness_ms: u64) -> Option<u64> {
+        self.clock.watermark(lateness_ms)
+    }
+
+    /// The broker answered a request sent at `asked_ms` with `high` as the partition's high
+    /// watermark: if every record below it has been read, the partition was read to its end.
+    pub fn end_reported(&mut self, high: i64, asked_ms: u64) {
+        if self.position >= high {
+            self.clock.read_to_end_at(asked_ms);
+        }
     }
 
     /// Call before assigning the events of the record at `offset`.
@@ -134,8 +142,8 @@ impl Partition {
         self.clock.record(timestamp_ms);
     }
 
+    /// The consumer read to the end of the log as it was at its last fetch.
     pub fn reached_end(&mut self) {
-        self.clock.reached_end();
         if let Some((_, until)) = self.hold {
             // The log ends before the offset the previous run held to: nothing left to hold for.
             tracing::warn!(
@@ -149,8 +157,8 @@ impl Partition {
     }
 
     /// Raises the floor to the epoch of the watermark (not past a hold).
-    pub fn advance(&mut self, now_ms: u64, lateness_ms: u64, staleness_ms: u64, window_ms: u64) {
-        let Some(watermark) = self.clock.watermark(now_ms, lateness_ms, staleness_ms) else {
+    pub fn advance(&mut self, lateness_ms: u64, window_ms: u64) {
+        let Some(watermark) = self.clock.watermark(lateness_ms) else {
             return;
         };
         let mut target = epoch_of(watermark, window_ms);
@@ -227,7 +235,7 @@ mod tests {
             read(&mut p, &[(0, 5, 5_100), (1, 5, 5_900)]),
             vec![count(5, false), count(5, false)]
         );
-        p.advance(0, 0, 0, W); // watermark 5_900 → floor 5
+        p.advance(0, W); // watermark 5_900 → floor 5
         assert_eq!(
             p.take_marks(),
             vec![Mark {
@@ -242,7 +250,7 @@ mod tests {
             read(&mut p, &[(2, 7, 7_200), (3, 4, 4_500)]),
             vec![count(7, false), count(5, true)]
         );
-        p.advance(0, 0, 0, W); // watermark 7_200 → floor 7
+        p.advance(0, W); // watermark 7_200 → floor 7
         assert_eq!(
             p.take_marks(),
             vec![Mark {
@@ -254,7 +262,7 @@ mod tests {
             }]
         );
         assert_eq!(p.floor(), 7);
-        p.advance(0, 0, 0, W);
+        p.advance(0, W);
         assert_eq!(p.take_marks(), vec![], "the floor did not move");
     }
 
@@ -265,8 +273,8 @@ mod tests {
             &mut p,
             &[(0, 1, 1_000), (1, 3, 3_000), (2, 2, 2_500), (3, 4, 4_100)],
         );
-        p.advance(0, 0, 0, W); // floor 0 → 4
-                               // Epoch 4 (offset 3) is at the new floor, so it is still needed.
+        p.advance(0, W); // floor 0 → 4
+                         // Epoch 4 (offset 3) is at the new floor, so it is still needed.
         assert_eq!(
             p.take_marks(),
             vec![Mark {
@@ -278,7 +286,7 @@ mod tests {
             }]
         );
         read(&mut p, &[(4, 6, 6_100)]);
-        p.advance(0, 0, 0, W); // floor 4 → 6: epoch 4's offset 3 is the least still held
+        p.advance(0, W); // floor 4 → 6: epoch 4's offset 3 is the least still held
         assert_eq!(
             p.take_marks(),
             vec![Mark {
@@ -289,8 +297,8 @@ mod tests {
                 resume: 3
             }]
         );
-        p.clock.reached_end();
-        p.advance(8_000, 0, 0, W); // idle: the clock moves the floor to 8
+        p.end_reported(p.position(), 8_000);
+        p.advance(0, W); // idle: the broker's confirmed clock moves the floor to 8
         assert_eq!(
             p.take_marks(),
             vec![Mark {
@@ -326,7 +334,7 @@ mod tests {
         for (i, record) in log.iter().enumerate() {
             assigned.extend(read(&mut first, std::slice::from_ref(record)));
             // The floor trails the newest timestamp by nothing; advance after every record.
-            first.advance(0, 0, 0, W);
+            first.advance(0, W);
             marks.extend(first.take_marks());
             assert!(first.floor() <= log[..=i].iter().map(|r| r.1).max().unwrap());
         }
@@ -357,7 +365,7 @@ mod tests {
         let mut again = Vec::new();
         for record in &replay {
             again.extend(read(&mut second, std::slice::from_ref(record)));
-            second.advance(0, 0, 0, W);
+            second.advance(0, W);
             second.take_marks();
         }
         let epoch_of_run = |offsets: &[i64], a: &[Assignment], e: u64| -> Vec<i64> {

@@ -13,14 +13,18 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
-/// The broker may hold an empty fetch this long; it bounds how stale "at the end" can be.
+/// The broker may hold an empty fetch this long: a record appended to an idle partition waits
+/// at most this long in the broker.
 const FETCH_WAIT_MS: u64 = 20;
+/// How often the end probe asks the broker for the owned partitions' high watermarks; with the
+/// round trip, how far an idle partition's watermark trails the clock.
+const END_PROBE_EVERY: Duration = Duration::from_millis(25);
 /// One activation reads at most this long before yielding to the rest of the dataflow.
 const READ_BUDGET: Duration = Duration::from_millis(20);
 /// How often read positions are committed to the consumer group (for lag monitoring only).
@@ -63,10 +67,13 @@ pub fn kafka_source<'scope>(
         .into_iter()
         .map(|p| (p.id(), p))
         .collect();
-    let staleness_ms = FETCH_WAIT_MS + settings.idle_poll_ms;
     let idle = Duration::from_millis(settings.idle_poll_ms);
     let (window_ms, lateness_ms) = (settings.window_ms, settings.allowed_lateness_ms);
     let (stop, metrics, topic) = (settings.stop, settings.metrics, settings.topic.clone());
+    let ends = consumer.as_ref().map(|consumer| {
+        let ids = partitions.keys().copied().collect();
+        EndProbe::spawn(Arc::clone(consumer), topic.clone(), ids, Arc::clone(&stop))
+    });
 
     let stream = source(scope, "KafkaSource", move |capability, info| {
         let activator = scope.activator_for(info.address);
@@ -154,10 +161,17 @@ pub fn kafka_source<'scope>(
                     }));
             }
             let now = now_ms();
+            if let Some(ends) = ends.as_ref() {
+                for (id, high, asked_ms) in ends.latest() {
+                    if let Some(partition) = partitions.get_mut(&id) {
+                        partition.end_reported(high, asked_ms);
+                    }
+                }
+            }
             for partition in partitions.values_mut() {
-                partition.advance(now, lateness_ms, staleness_ms, window_ms);
+                partition.advance(lateness_ms, window_ms);
                 let lag = partition
-                    .watermark_ms(now, lateness_ms, staleness_ms)
+                    .watermark_ms(lateness_ms)
                     .map_or(now, |w| now.saturating_sub(w));
                 metrics.partition(partition.id(), lag, partition.floor());
                 // A mark is stamped with the floor it leaves, which the capability still covers.
@@ -179,7 +193,7 @@ pub fn kafka_source<'scope>(
             let floor = match partitions.values().map(Partition::floor).min() {
                 Some(floor) => floor,
                 // A worker without partitions follows the wall clock, like an idle partition.
-                None => epoch_of(now.saturating_sub(lateness_ms + staleness_ms), window_ms),
+                None => epoch_of(now.saturating_sub(lateness_ms), window_ms),
             };
             if floor > *cap.time() {
                 cap.downgrade(&floor);
@@ -200,6 +214,82 @@ pub fn kafka_source<'scope>(
         }
     });
     Ok(stream)
+}
+
+/// Asks the broker, from a thread of its own (never the worker's), for the high watermarks of
+/// the worker's partitions every `END_PROBE_EVERY`, and keeps the newest answer with the moment
+/// its request was sent: the clock the idle rule may follow (see watermark.rs). A request the
+/// broker does not answer leaves the last answer as it was.
+struct EndProbe {
+    /// (partition, high watermark, when the request that reported it was sent; 0: never).
+    reports: Vec<(i32, AtomicI64, AtomicU64)>,
+}
+
+impl EndProbe {
+    fn spawn(
+        consumer: Arc<BaseConsumer<SourceContext>>,
+        topic: String,
+        partitions: Vec<i32>,
+        stop: Arc<AtomicBool>,
+    ) -> Arc<EndProbe> {
+        let probe = Arc::new(EndProbe {
+            reports: partitions
+                .iter()
+                .map(|p| (*p, AtomicI64::new(0), AtomicU64::new(0)))
+                .collect(),
+        });
+        let shared = Arc::clone(&probe);
+        std::thread::Builder::new()
+            .name("end-probe".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    shared.ask(&consumer, &topic);
+                    std::thread::sleep(END_PROBE_EVERY);
+                }
+            })
+            .expect("a thread for the end probe");
+        probe
+    }
+
+    /// One ListOffsets request for every partition at once.
+    fn ask(&self, consumer: &BaseConsumer<SourceContext>, topic: &str) {
+        let mut latest = TopicPartitionList::new();
+        for (p, _, _) in &self.reports {
+            if latest
+                // As a timestamp, -1 (`Offset::End`) asks for the high watermark.
+                .add_partition_offset(topic, *p, Offset::End)
+                .is_err()
+            {
+                return;
+            }
+        }
+        let asked_ms = now_ms();
+        let answer = match consumer.offsets_for_times(latest, Duration::from_secs(1)) {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::debug!(error = %e, "end probe: no answer");
+                return;
+            }
+        };
+        for element in answer.elements() {
+            let (Offset::Offset(high), Ok(())) = (element.offset(), element.error()) else {
+                continue;
+            };
+            if let Some((_, h, at)) = self.reports.iter().find(|r| r.0 == element.partition()) {
+                // The high first: a reader that sees this `asked_ms` sees this high or a newer one.
+                h.store(high, Ordering::Relaxed);
+                at.store(asked_ms, Ordering::Release);
+            }
+        }
+    }
+
+    /// (partition, high watermark, asked at) of every partition that has had an answer.
+    fn latest(&self) -> impl Iterator<Item = (i32, i64, u64)> + '_ {
+        self.reports.iter().filter_map(|(p, high, at)| {
+            let asked_ms = at.load(Ordering::Acquire);
+            (asked_ms > 0).then(|| (*p, high.load(Ordering::Relaxed), asked_ms))
+        })
+    }
 }
 
 /// Commits each partition's read position to the consumer group, asynchronously. Recovery never
@@ -288,9 +378,8 @@ fn consumer(settings: &SourceSettings) -> Result<Arc<BaseConsumer<SourceContext>
         ClientConfig::from_iter(settings.kafka.client_settings(ClientRole::AssignedReader {
             // Read positions are committed here for lag monitoring only.
             group: "emostream-dataflow",
-            // Bounds how stale "at the end" can be (see watermark.rs).
             fetch_wait_ms: FETCH_WAIT_MS,
-            // End-of-partition events drive the idle rule.
+            // End-of-partition events release a replay hold the log ends before (partition.rs).
             partition_eof: true,
         }))
         .create_with_context(SourceContext)?;
@@ -323,7 +412,7 @@ mod tests {
         let mut partition = Partition::fresh(0);
         partition.begin_record(0);
         partition.end_record(0, 4_100);
-        partition.advance(0, 0, 0, 2_000); // floor: epoch 2
+        partition.advance(0, 2_000); // floor: epoch 2
         let payload = [
             line("a", "🔥", 4_100),
             line("a", "🔥", 4_200),

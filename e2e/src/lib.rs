@@ -1,4 +1,4 @@
-//! Test harness: starts the real system — a Tansu broker through `scripts/broker.sh`, the
+//! Test harness: starts the real system — the development broker through `scripts/broker.sh`, the
 //! gateway, a multi-process timely cluster through `scripts/run_workers.sh`, and every
 //! broadcaster role as its own process — on free loopback ports, and talks to it over real
 //! sockets. Everything stops (SIGTERM, then SIGKILL) when the [`System`] is dropped.
@@ -6,6 +6,7 @@
 //! The binaries come from the same target directory as the test (`scripts/test.sh` builds them
 //! first).
 
+pub mod broker;
 pub mod http;
 pub mod kafka;
 pub mod trace;
@@ -61,8 +62,8 @@ pub struct System {
     pub config: Config,
     pub dir: PathBuf,
     config_path: PathBuf,
-    broker_data: PathBuf,
     children: Vec<(String, Child)>,
+    broker: broker::Broker,
 }
 
 pub fn repo_root() -> PathBuf {
@@ -81,7 +82,8 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn binary(name: &str) -> PathBuf {
+/// A binary of this workspace, from the target directory the test runs from.
+pub fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
         path.exists(),
@@ -146,23 +148,14 @@ impl System {
         std::fs::write(&config_path, &config_text).expect("writing the test's cluster.toml");
         let config =
             Config::from_toml(&config_text, []).expect("the generated configuration is valid");
-        let broker_data = dir.join("broker");
 
-        let status = Command::new(repo_root().join("scripts/broker.sh"))
-            .args(["start", "--port", &broker_port.to_string(), "--data"])
-            .arg(&broker_data)
-            .arg("--config")
-            .arg(&config_path)
-            .status()
-            .expect("scripts/broker.sh runs");
-        assert!(status.success(), "scripts/broker.sh start failed");
-
+        let broker = broker::Broker::start(broker_port, &dir.join("broker"), &config_path, &[]);
         let mut system = System {
             config,
             dir,
             config_path,
-            broker_data,
             children: Vec::new(),
+            broker,
         };
         system.spawn(
             "gateway",
@@ -365,6 +358,12 @@ impl System {
         .await
     }
 
+    /// Runs `scripts/broker.sh ACTION` (`start`, `stop`, `kill`) on this system's broker: its
+    /// port, data folder and configuration. `start` after `stop` resumes on the same data.
+    pub fn broker(&self, action: &str) {
+        self.broker.run(action);
+    }
+
     /// The log a child wrote (stdout and stderr), by name.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
@@ -374,10 +373,8 @@ impl System {
 impl Drop for System {
     fn drop(&mut self) {
         self.stop();
-        let _ = Command::new(repo_root().join("scripts/broker.sh"))
-            .args(["stop", "--data"])
-            .arg(&self.broker_data)
-            .status();
+        // Before its data folder goes with the rest.
+        self.broker.stop_quietly();
         // EMOSTREAM_KEEP_LOGS keeps a passing test's logs too, for looking at timings.
         if !std::thread::panicking() && std::env::var_os("EMOSTREAM_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);

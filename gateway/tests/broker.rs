@@ -1,4 +1,4 @@
-//! The gateway against a real Tansu broker (started by `scripts/broker.sh` on a free port):
+//! The gateway against a real broker (started by `scripts/broker.sh` on a free port):
 //! the seeds' request shape, the per-user rate limit, 503 while the broker is down and recovery
 //! when it returns, and SIGTERM under load. Every check counts the emojis in Kafka itself.
 

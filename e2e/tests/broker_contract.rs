@@ -1,0 +1,320 @@
+//! What Emostream relies on from its Kafka broker, checked against the development broker that
+//! `scripts/broker.sh` runs, with the clients built from the one `[kafka]` configuration:
+//! idempotent acks=all produce with CreateTime kept, exact high watermarks, `assign` with
+//! end-of-partition events, committed offsets (lag monitoring), and acknowledged records kept
+//! across a broker stop and a SIGKILL.
+
+use emostream_e2e::broker::Broker;
+use emostream_protocol::kafka::ClientRole;
+use emostream_protocol::Config;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, Timestamp};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Records per partition, different for each so that a watermark off by any amount shows.
+const WRITTEN: [i64; 4] = [50, 120, 7, 0];
+const BASE_TS: i64 = 1_730_000_000_000;
+
+fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("emostream-broker-{name}-{}", std::process::id()))
+}
+
+fn reader(config: &Config, group: &str, partition_eof: bool) -> BaseConsumer {
+    ClientConfig::from_iter(config.kafka.client_settings(ClientRole::AssignedReader {
+        group,
+        fetch_wait_ms: 20,
+        partition_eof,
+    }))
+    .create()
+    .expect("a consumer")
+}
+
+/// Writes `WRITTEN[p]` records to each partition `p` of the events topic, every one awaited:
+/// payload `p/i`, key `k{i}`, timestamp `BASE_TS + i`.
+async fn write(config: &Config) {
+    let producer: FutureProducer =
+        ClientConfig::from_iter(config.kafka.client_settings(ClientRole::BatchProducer {
+            delivery_timeout_ms: 10_000,
+            max_message_bytes: 1 << 20,
+        }))
+        .create()
+        .expect("a producer");
+    let topic = &config.kafka.events_topic;
+    for (p, n) in WRITTEN.iter().enumerate() {
+        let sends: Vec<_> = (0..*n)
+            .map(|i| {
+                let payload = format!("{p}/{i}");
+                let key = format!("k{i}");
+                let record = FutureRecord::to(topic)
+                    .partition(p as i32)
+                    .key(&key)
+                    .payload(&payload)
+                    .timestamp(BASE_TS + i);
+                producer.send_result(record).expect("queued")
+            })
+            .collect();
+        for (i, delivery) in sends.into_iter().enumerate() {
+            let delivered = delivery
+                .await
+                .expect("not cancelled")
+                .unwrap_or_else(|(e, _)| panic!("record {p}/{i}: {e}"));
+            assert_eq!(
+                (delivered.partition, delivered.offset),
+                (p as i32, i as i64),
+                "acknowledged in order"
+            );
+        }
+    }
+}
+
+/// Every record of partition `p` from `from`, then the end-of-partition event's position.
+fn read_partition(
+    consumer: &BaseConsumer,
+    topic: &str,
+    p: i32,
+    from: i64,
+) -> Vec<(i64, String, String, i64)> {
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, p, Offset::Offset(from))
+        .expect("assignment");
+    consumer.assign(&assignment).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "no end of partition {p} in 30 s");
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let ts = match m.timestamp() {
+                    Timestamp::CreateTime(t) => t,
+                    other => panic!("{p}/{}: {other:?}, not CreateTime", m.offset()),
+                };
+                out.push((
+                    m.offset(),
+                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                    ts,
+                ));
+            }
+            Some(Err(KafkaError::PartitionEOF(eof))) => {
+                assert_eq!(eof, p);
+                return out;
+            }
+            Some(Err(e)) => panic!("reading {p}: {e}"),
+            None => {}
+        }
+    }
+}
+
+fn expected(p: usize, from: i64) -> Vec<(i64, String, String, i64)> {
+    (from..WRITTEN[p])
+        .map(|i| (i, format!("k{i}"), format!("{p}/{i}"), BASE_TS + i))
+        .collect()
+}
+
+/// Watermarks equal what was written, and every record reads back as it was sent.
+fn assert_all_there(config: &Config) {
+    let topic = &config.kafka.events_topic;
+    let consumer = reader(config, "emostream-contract", true);
+    for (p, n) in WRITTEN.iter().enumerate() {
+        let marks = consumer
+            .fetch_watermarks(topic, p as i32, Duration::from_secs(10))
+            .expect("watermarks");
+        assert_eq!(marks, (0, *n), "watermarks of partition {p}");
+        assert_eq!(
+            read_partition(&consumer, topic, p as i32, 0),
+            expected(p, 0),
+            "partition {p}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn produce_watermarks_end_of_partition_and_commits_behave_as_the_tiers_need() {
+    let dir = scratch("contract");
+    let (broker, config) = Broker::standalone(&dir, "", &[]);
+    write(&config).await;
+    assert_all_there(&config);
+
+    // `assign` at an offset inside the log reads from there, then says the partition ended.
+    let topic = &config.kafka.events_topic;
+    let consumer = reader(&config, "emostream-contract", true);
+    assert_eq!(read_partition(&consumer, topic, 1, 100), expected(1, 100));
+    // An empty partition ends at once.
+    assert_eq!(read_partition(&consumer, topic, 3, 0), expected(3, 0));
+
+    // The dataflow commits its read positions for lag monitoring; they read back.
+    let mut positions = TopicPartitionList::new();
+    positions
+        .add_partition_offset(topic, 0, Offset::Offset(42))
+        .unwrap();
+    positions
+        .add_partition_offset(topic, 1, Offset::Offset(120))
+        .unwrap();
+    consumer
+        .commit(&positions, CommitMode::Sync)
+        .expect("a synchronous commit");
+    let mut asked = TopicPartitionList::new();
+    asked.add_partition(topic, 0);
+    asked.add_partition(topic, 1);
+    let committed = consumer
+        .committed_offsets(asked, Duration::from_secs(10))
+        .expect("committed offsets");
+    let got: Vec<(i32, Offset)> = committed
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset()))
+        .collect();
+    assert_eq!(got, vec![(0, Offset::Offset(42)), (1, Offset::Offset(120))]);
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn acknowledged_records_survive_a_broker_stop_and_a_sigkill() {
+    let dir = scratch("restart");
+    let (broker, config) = Broker::standalone(&dir, "", &[]);
+    write(&config).await;
+
+    broker.run("stop");
+    broker.run("start");
+    assert_all_there(&config);
+
+    let pid = broker.pid().expect("a running broker");
+    broker.run("kill");
+    // Gone, or a zombie its parent has not reaped yet.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains(") Z "),
+        "the broker still runs after kill: {state}"
+    );
+    broker.run("start");
+    assert_all_there(&config);
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, made with the openssl command.
+fn certificate(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success(), "openssl req failed");
+    (cert, key)
+}
+
+/// TLS by configuration alone: the broker listens only for TLS, and the gateway — a tier, as
+/// its own process — reaches it through `[kafka.client]` with nothing else changed.
+#[tokio::test]
+async fn a_tier_reaches_a_tls_broker_through_the_pass_through() {
+    use emostream_e2e::{binary, http, wait_until};
+    let dir = scratch("tls");
+    let (cert, key) = certificate(&dir);
+    let client = format!(
+        "[kafka.client]\n\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{}\"",
+        cert.display()
+    );
+    let (broker, config) = Broker::standalone(
+        &dir,
+        &client,
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    // Without the pass-through, the same client cannot read the brokers' metadata.
+    let plain: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .create()
+        .unwrap();
+    assert!(plain.fetch_metadata(None, Duration::from_secs(3)).is_err());
+    // The broker's own command-line client speaks plaintext only, so the script cannot create
+    // the topics of a TLS-only broker; an admin client built from the same settings does.
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::from_iter(config.kafka.client_settings(ClientRole::EpochProducer))
+            .create()
+            .expect("an admin client");
+    let topic = NewTopic::new(
+        &config.kafka.events_topic,
+        config.kafka.events_partitions as i32,
+        TopicReplication::Fixed(1),
+    );
+    let created = admin
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .expect("CreateTopics over TLS");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+
+    let mut gateway = std::process::Command::new(binary("emostream-gateway"))
+        .arg("--config")
+        .arg(dir.join("cluster.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("gateway.log")).unwrap())
+        .spawn()
+        .expect("the gateway starts");
+    let addr = config.gateway.listen.clone();
+    wait_until(
+        "the gateway to be ready over TLS",
+        Duration::from_secs(30),
+        || {
+            let addr = addr.clone();
+            async move {
+                http::get(&addr, "/readyz")
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+            }
+        },
+    )
+    .await;
+    let r = http::post_json(
+        &addr,
+        "/v1/streams/tls/emojis",
+        r#"{"user_id":"over-tls","emoji":"🔒"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    // SAFETY: kill(2) on the gateway this test spawned.
+    unsafe { libc::kill(gateway.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(
+        gateway.wait().unwrap().success(),
+        "the gateway stops cleanly"
+    );
+
+    let topic = config.kafka.events_topic.clone();
+    let lines: Vec<String> = {
+        let consumer = reader(&config, "emostream-contract", true);
+        (0..config.kafka.events_partitions as i32)
+            .flat_map(|p| read_partition(&consumer, &topic, p, 0))
+            .flat_map(|(_, _, payload, _)| payload.lines().map(str::to_owned).collect::<Vec<_>>())
+            .collect()
+    };
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains(r#""user_id":"over-tls""#), "{}", lines[0]);
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
