@@ -119,3 +119,60 @@ fn known_optional(key: &str) -> bool {
         "dev_broker.listen" | "broadcaster.viewer_token_secret" | "broadcaster.link_secret"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[kafka]
+brokers = "10.0.0.5:9092,10.0.0.6:9092"
+events_partitions = 8
+[dev_broker]
+listen = "0.0.0.0:9092"
+[gateway]
+listen = "127.0.0.1:8080"
+[dataflow]
+processes = ["127.0.0.1:2101"]
+[broadcaster]
+main = "127.0.0.1:9000"
+[[broadcaster.clusters]]
+name = "c0"
+listen = "127.0.0.1:9010"
+subscribers = ["127.0.0.1:9011", "127.0.0.1:9012"]
+"#;
+
+    #[test]
+    fn scripts_see_what_the_tiers_see_overrides_included() {
+        let env = [(
+            "EMOSTREAM_DEV_BROKER__STORAGE".to_string(),
+            "memory".to_string(),
+        )];
+        let config = Config::from_toml(SAMPLE, env).unwrap();
+        assert_eq!(dev_broker(&config), "0.0.0.0:9092 10.0.0.5:9092 memory\n");
+        assert_eq!(
+            topics(&config),
+            "emoji-events 8\nemoji-epochs 2\nemoji-progress 1\nemoji-trends 2\n"
+        );
+        assert_eq!(get(&config, "gateway.listen").unwrap(), "127.0.0.1:8080\n");
+        assert_eq!(
+            get(&config, "dataflow.processes").unwrap(),
+            "127.0.0.1:2101\n"
+        );
+        assert_eq!(get(&config, "broadcaster.link_secret").unwrap(), "");
+        assert_eq!(
+            get(&config, "kafka.nope").unwrap_err(),
+            "no setting kafka.nope"
+        );
+    }
+
+    #[test]
+    fn the_broker_listens_where_clients_connect_unless_told_otherwise() {
+        let config =
+            Config::from_toml(&SAMPLE.replace("listen = \"0.0.0.0:9092\"", ""), []).unwrap();
+        assert_eq!(
+            dev_broker(&config),
+            "10.0.0.5:9092 10.0.0.5:9092 postgres\n"
+        );
+    }
+}
