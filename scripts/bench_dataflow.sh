@@ -7,7 +7,7 @@
 #   scripts/bench_dataflow.sh --events 2000000   # a quick run
 #   scripts/bench_dataflow.sh --help             # every option (span, streams, partitions, ...)
 #   STORAGE=memory scripts/bench_dataflow.sh     # the broker's storage engine: postgres (default),
-#                                                # postgres or memory; the report names it
+#                                                # sqlite or memory; the report names it
 #
 # Options go to dataflow/benches/throughput.rs, whose header explains each number it prints.
 set -euo pipefail

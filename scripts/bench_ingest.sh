@@ -167,10 +167,13 @@ LUA
 
 broker_pid=$(cat "$work/broker/broker.pid")
 # utime + stime of a process, in clock ticks; for the broker, with its PostgreSQL server's
-# processes (every process whose command line names the broker's data folder).
+# processes (the postmaster and its children, whose command lines do not name the data folder).
 cpu_ticks() {
   local procs=$1
-  [[ $1 == "$broker_pid" ]] && procs="$1 $(pgrep -f "$work/broker" | tr '\n' ' ')"
+  if [[ $1 == "$broker_pid" && -f $work/broker/pg/postmaster.pid ]]; then
+    local postmaster; postmaster=$(head -1 "$work/broker/pg/postmaster.pid")
+    procs="$1 $postmaster $(pgrep -P "$postmaster" | tr '\n' ' ')"
+  fi
   local total=0 pid
   for pid in $(echo "$procs" | tr ' ' '\n' | sort -u); do
     [[ -r /proc/$pid/stat ]] && total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))

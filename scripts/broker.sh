@@ -155,7 +155,7 @@ wait_gone() {
 
 pg_bin=""
 find_postgres() {
-  pg_bin=$(find /usr/lib/postgresql -path '*/bin/initdb' 2>/dev/null | sort -V | tail -1)
+  pg_bin=$({ find /usr/lib/postgresql -path '*/bin/initdb' 2>/dev/null || true; } | sort -V | tail -1)
   pg_bin=${pg_bin%/initdb}
 }
 # initdb and pg_ctl refuse to run as root; root runs them as the postgres system user.
@@ -176,10 +176,11 @@ pg_running() {
 install_postgres() {
   find_postgres
   [[ -n $pg_bin ]] && return
-  ((EUID == 0)) || die "the postgres engine needs PostgreSQL: sudo apt-get install -y postgresql"
+  local sudo=()
+  ((EUID == 0)) || sudo=(sudo)
   say "installing PostgreSQL (apt-get install postgresql)"
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
+  "${sudo[@]}" apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq postgresql >&2
   find_postgres
   [[ -n $pg_bin ]] || die "apt-get installed postgresql but no /usr/lib/postgresql/*/bin/initdb"
 }
@@ -380,7 +381,8 @@ kill_broker() {
 
 cmd=${1:-}; shift || true
 case $cmd in
-  install) install ;;
+  # The default engine's server comes with the broker, so no test installs packages part-way.
+  install) install; install_postgres ;;
   start) parse_flags "$@"; start ;;
   stop) parse_flags "$@"; stop ;;
   kill) parse_flags "$@"; kill_broker ;;

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! One run starts its own broker (`scripts/broker.sh` on a free loopback port, the storage engine
-//! named by `EMOSTREAM_DEV_BROKER__STORAGE`, SQLite by default) and preloads `emoji-events` with `--events` taps written exactly as the gateway writes
+//! named by `EMOSTREAM_DEV_BROKER__STORAGE`, PostgreSQL by default) and preloads `emoji-events` with `--events` taps written exactly as the gateway writes
 //! them: batch records of NDJSON lines (`protocol::wire::EmojiEvent`), at most `--record-events`
 //! per record, one (stream, epoch) per record, key = stream, record timestamp = the newest tap's
 //! `recv_ms`, lz4, spread round-robin over the partitions. The taps' receive times cover

@@ -105,6 +105,7 @@ pub fn run_worker(
         partitions,
         window_ms: config.epochs.window_ms,
         allowed_lateness_ms: config.epochs.allowed_lateness_ms,
+        settle_ms: config.gateway.delivery_timeout_ms + config.epochs.allowed_lateness_ms,
         idle_poll_ms: config.dataflow.idle_poll_ms,
         stop,
         metrics: Arc::clone(&metrics),

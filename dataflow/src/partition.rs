@@ -110,9 +110,15 @@ impl Partition {
     /// The broker answered a request sent at `asked_ms` with `high` as the partition's high
     /// watermark: if every record below it has been read, the partition was read to its end.
     pub fn end_reported(&mut self, high: i64, asked_ms: u64) {
-        if self.position >= high {
-            self.clock.read_to_end_at(asked_ms);
-        }
+        let at_end = self.position >= high;
+        self.clock.broker_answered(asked_ms, at_end);
+    }
+
+    /// The broker failed to answer after answering a request sent at `last_answer_ms`; see
+    /// `PartitionClock::broker_was_away`.
+    pub fn broker_was_away(&mut self, last_answer_ms: u64, lateness_ms: u64, settle_ms: u64) {
+        self.clock
+            .broker_was_away(last_answer_ms, lateness_ms, settle_ms);
     }
 
     /// Call before assigning the events of the record at `offset`.
@@ -140,6 +146,12 @@ impl Partition {
     pub fn end_record(&mut self, offset: i64, timestamp_ms: u64) {
         self.position = self.position.max(offset + 1);
         self.clock.record(timestamp_ms);
+    }
+
+    /// The consumer stands at `offset` without having delivered the records before it: they
+    /// are gone (a log start moved by retention) or were never records (transaction markers).
+    pub fn skipped_to(&mut self, offset: i64) {
+        self.position = self.position.max(offset);
     }
 
     /// The consumer read to the end of the log as it was at its last fetch.

@@ -25,6 +25,8 @@ const FETCH_WAIT_MS: u64 = 20;
 /// How often the end probe asks the broker for the owned partitions' high watermarks; with the
 /// round trip, how far an idle partition's watermark trails the clock.
 const END_PROBE_EVERY: Duration = Duration::from_millis(25);
+/// How long the end probe goes unanswered before it says so.
+const PROBE_SILENCE: Duration = Duration::from_secs(2);
 /// One activation reads at most this long before yielding to the rest of the dataflow.
 const READ_BUDGET: Duration = Duration::from_millis(20);
 /// How often read positions are committed to the consumer group (for lag monitoring only).
@@ -38,6 +40,9 @@ pub struct SourceSettings {
     pub partitions: Vec<Partition>,
     pub window_ms: u64,
     pub allowed_lateness_ms: u64,
+    /// After the broker was out of reach, how long records received before may still land: the
+    /// gateways' delivery timeout plus the allowed lateness (see watermark.rs).
+    pub settle_ms: u64,
     pub idle_poll_ms: u64,
     /// Set on SIGTERM: the source stops reading and releases its capability.
     pub stop: Arc<AtomicBool>,
@@ -69,6 +74,7 @@ pub fn kafka_source<'scope>(
         .collect();
     let idle = Duration::from_millis(settings.idle_poll_ms);
     let (window_ms, lateness_ms) = (settings.window_ms, settings.allowed_lateness_ms);
+    let settle_ms = settings.settle_ms;
     let (stop, metrics, topic) = (settings.stop, settings.metrics, settings.topic.clone());
     let ends = consumer.as_ref().map(|consumer| {
         let ids = partitions.keys().copied().collect();
@@ -83,6 +89,7 @@ pub fn kafka_source<'scope>(
         let mut late_total: u64 = 0;
         let mut skipped_total: u64 = 0;
         let mut last_commit = Instant::now();
+        let mut outages_seen = 0;
 
         move |output| {
             let Some(cap) = capability.as_mut() else {
@@ -131,6 +138,9 @@ pub fn kafka_source<'scope>(
                         }
                         Some(Err(KafkaError::PartitionEOF(p))) => {
                             if let Some(partition) = partitions.get_mut(&p) {
+                                if let Some(at) = fetch_position(consumer, &topic, p) {
+                                    partition.skipped_to(at);
+                                }
                                 partition.reached_end();
                             }
                         }
@@ -162,6 +172,17 @@ pub fn kafka_source<'scope>(
             }
             let now = now_ms();
             if let Some(ends) = ends.as_ref() {
+                // Before the answers: an answer after an outage must not lift the floor.
+                if let Some(last_answer_ms) = ends.outage_since(&mut outages_seen) {
+                    tracing::warn!(
+                        last_answer_ms,
+                        settle_ms,
+                        "the broker was out of reach: floors hold until records sent before have landed"
+                    );
+                    for partition in partitions.values_mut() {
+                        partition.broker_was_away(last_answer_ms, lateness_ms, settle_ms);
+                    }
+                }
                 for (id, high, asked_ms) in ends.latest() {
                     if let Some(partition) = partitions.get_mut(&id) {
                         partition.end_reported(high, asked_ms);
@@ -216,13 +237,31 @@ pub fn kafka_source<'scope>(
     Ok(stream)
 }
 
+/// Where the consumer will fetch `partition` next; a local lookup, no request to the broker.
+fn fetch_position(
+    consumer: &BaseConsumer<SourceContext>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let positions = consumer.position().ok()?;
+    match positions.find_partition(topic, partition)?.offset() {
+        Offset::Offset(at) => Some(at),
+        _ => None,
+    }
+}
+
 /// Asks the broker, from a thread of its own (never the worker's), for the high watermarks of
 /// the worker's partitions every `END_PROBE_EVERY`, and keeps the newest answer with the moment
 /// its request was sent: the clock the idle rule may follow (see watermark.rs). A request the
-/// broker does not answer leaves the last answer as it was.
+/// broker does not answer leaves the last answer as it was. The thread ends with the source (or
+/// on SIGTERM), and it is the last holder of the consumer then, so it also closes it.
 struct EndProbe {
     /// (partition, high watermark, when the request that reported it was sent; 0: never).
     reports: Vec<(i32, AtomicI64, AtomicU64)>,
+    /// Outages so far (failed requests between two answers) …
+    outages: AtomicU64,
+    /// … and when the request of the last answer before the newest one was sent.
+    last_answer_before_outage_ms: AtomicU64,
 }
 
 impl EndProbe {
@@ -237,13 +276,53 @@ impl EndProbe {
                 .iter()
                 .map(|p| (*p, AtomicI64::new(0), AtomicU64::new(0)))
                 .collect(),
+            outages: AtomicU64::new(0),
+            last_answer_before_outage_ms: AtomicU64::new(0),
         });
-        let shared = Arc::clone(&probe);
+        let source = Arc::downgrade(&probe);
         std::thread::Builder::new()
             .name("end-probe".into())
             .spawn(move || {
+                let mut answered = Instant::now();
+                let (mut warned, mut failed) = (false, false);
+                // When the request of the newest answer was sent.
+                let mut last_answer_ms = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    shared.ask(&consumer, &topic);
+                    let Some(probe) = source.upgrade() else {
+                        return;
+                    };
+                    let asked_ms = now_ms();
+                    if probe.ask(&consumer, &topic, asked_ms) {
+                        if warned {
+                            tracing::info!("end probe: the broker answers again");
+                        }
+                        if failed && last_answer_ms > 0 {
+                            probe
+                                .last_answer_before_outage_ms
+                                .store(last_answer_ms, Ordering::Relaxed);
+                            probe.outages.fetch_add(1, Ordering::Release);
+                        }
+                        (answered, warned, failed) = (Instant::now(), false, false);
+                        last_answer_ms = asked_ms;
+                    } else if !failed {
+                        failed = true;
+                        // Held at once, not only when the broker is back: a late answer to a
+                        // request sent before the failure must not lift a floor meanwhile.
+                        if last_answer_ms > 0 {
+                            probe
+                                .last_answer_before_outage_ms
+                                .store(last_answer_ms, Ordering::Relaxed);
+                            probe.outages.fetch_add(1, Ordering::Release);
+                        }
+                    }
+                    if failed && !warned && answered.elapsed() >= PROBE_SILENCE {
+                        tracing::warn!(
+                            silent_s = answered.elapsed().as_secs(),
+                            "end probe: no answer from the broker; idle partitions hold their floors"
+                        );
+                        warned = true;
+                    }
+                    drop(probe);
                     std::thread::sleep(END_PROBE_EVERY);
                 }
             })
@@ -251,8 +330,9 @@ impl EndProbe {
         probe
     }
 
-    /// One ListOffsets request for every partition at once.
-    fn ask(&self, consumer: &BaseConsumer<SourceContext>, topic: &str) {
+    /// One ListOffsets request for every partition at once, sent at `asked_ms`; whether the
+    /// broker answered.
+    fn ask(&self, consumer: &BaseConsumer<SourceContext>, topic: &str, asked_ms: u64) -> bool {
         let mut latest = TopicPartitionList::new();
         for (p, _, _) in &self.reports {
             if latest
@@ -260,15 +340,14 @@ impl EndProbe {
                 .add_partition_offset(topic, *p, Offset::End)
                 .is_err()
             {
-                return;
+                return false;
             }
         }
-        let asked_ms = now_ms();
         let answer = match consumer.offsets_for_times(latest, Duration::from_secs(1)) {
             Ok(answer) => answer,
             Err(e) => {
                 tracing::debug!(error = %e, "end probe: no answer");
-                return;
+                return false;
             }
         };
         for element in answer.elements() {
@@ -281,6 +360,18 @@ impl EndProbe {
                 at.store(asked_ms, Ordering::Release);
             }
         }
+        true
+    }
+
+    /// The last answer's request time before an outage the caller has not seen yet (`seen`
+    /// counts the outages it has).
+    fn outage_since(&self, seen: &mut u64) -> Option<u64> {
+        let outages = self.outages.load(Ordering::Acquire);
+        if outages == *seen {
+            return None;
+        }
+        *seen = outages;
+        Some(self.last_answer_before_outage_ms.load(Ordering::Relaxed))
     }
 
     /// (partition, high watermark, asked at) of every partition that has had an answer.

@@ -53,6 +53,8 @@ impl Broker {
     pub fn run(&self, action: &str) {
         let mut command = Command::new(repo_root().join("scripts/broker.sh"));
         command
+            // The script reads the configuration with this build's emostream-config.
+            .env("EMOSTREAM_BIN_DIR", crate::bin_dir())
             .args([action, "--port", &self.port.to_string(), "--data"])
             .arg(&self.data)
             .arg("--config")
@@ -77,6 +79,7 @@ impl Broker {
     /// panics. Stopping a stopped broker does nothing.
     pub fn stop_quietly(&self) {
         let _ = Command::new(repo_root().join("scripts/broker.sh"))
+            .env("EMOSTREAM_BIN_DIR", crate::bin_dir())
             .args(["stop", "--data"])
             .arg(&self.data)
             .arg("--config")

@@ -36,8 +36,8 @@ fn reader(config: &Config, group: &str, partition_eof: bool) -> BaseConsumer {
 }
 
 /// Writes `WRITTEN[p]` records to each partition `p` of the events topic, every one awaited:
-/// payload `p/i`, key `k{i}`, timestamp `BASE_TS + i`.
-async fn write(config: &Config) {
+/// payload `p/i`, key `k{i}`, timestamp `BASE_TS + i`, at offsets `round * WRITTEN[p] + i`.
+async fn write(config: &Config, round: i64) {
     let producer: FutureProducer =
         ClientConfig::from_iter(config.kafka.client_settings(ClientRole::BatchProducer {
             delivery_timeout_ms: 10_000,
@@ -47,7 +47,7 @@ async fn write(config: &Config) {
         .expect("a producer");
     let topic = &config.kafka.events_topic;
     for (p, n) in WRITTEN.iter().enumerate() {
-        let sends: Vec<_> = (0..*n)
+        let sends: Vec<_> = (round * n..(round + 1) * n)
             .map(|i| {
                 let payload = format!("{p}/{i}");
                 let key = format!("k{i}");
@@ -59,14 +59,14 @@ async fn write(config: &Config) {
                 producer.send_result(record).expect("queued")
             })
             .collect();
-        for (i, delivery) in sends.into_iter().enumerate() {
+        for (i, delivery) in (round * n..).zip(sends) {
             let delivered = delivery
                 .await
                 .expect("not cancelled")
                 .unwrap_or_else(|(e, _)| panic!("record {p}/{i}: {e}"));
             assert_eq!(
                 (delivered.partition, delivered.offset),
-                (p as i32, i as i64),
+                (p as i32, i),
                 "acknowledged in order"
             );
         }
@@ -112,24 +112,25 @@ fn read_partition(
     }
 }
 
-fn expected(p: usize, from: i64) -> Vec<(i64, String, String, i64)> {
-    (from..WRITTEN[p])
+/// What `rounds` rounds of `write` leave in partition `p`, from offset `from`.
+fn expected(p: usize, from: i64, rounds: i64) -> Vec<(i64, String, String, i64)> {
+    (from..rounds * WRITTEN[p])
         .map(|i| (i, format!("k{i}"), format!("{p}/{i}"), BASE_TS + i))
         .collect()
 }
 
-/// Watermarks equal what was written, and every record reads back as it was sent.
-fn assert_all_there(config: &Config) {
+/// Watermarks equal what `rounds` rounds wrote, and every record reads back as it was sent.
+fn assert_all_there(config: &Config, rounds: i64) {
     let topic = &config.kafka.events_topic;
     let consumer = reader(config, "emostream-contract", true);
     for (p, n) in WRITTEN.iter().enumerate() {
         let marks = consumer
             .fetch_watermarks(topic, p as i32, Duration::from_secs(10))
             .expect("watermarks");
-        assert_eq!(marks, (0, *n), "watermarks of partition {p}");
+        assert_eq!(marks, (0, rounds * n), "watermarks of partition {p}");
         assert_eq!(
             read_partition(&consumer, topic, p as i32, 0),
-            expected(p, 0),
+            expected(p, 0, rounds),
             "partition {p}"
         );
     }
@@ -139,15 +140,18 @@ fn assert_all_there(config: &Config) {
 async fn produce_watermarks_end_of_partition_and_commits_behave_as_the_tiers_need() {
     let dir = scratch("contract");
     let (broker, config) = Broker::standalone(&dir, "", &[]);
-    write(&config).await;
-    assert_all_there(&config);
+    write(&config, 0).await;
+    assert_all_there(&config, 1);
 
     // `assign` at an offset inside the log reads from there, then says the partition ended.
     let topic = &config.kafka.events_topic;
     let consumer = reader(&config, "emostream-contract", true);
-    assert_eq!(read_partition(&consumer, topic, 1, 100), expected(1, 100));
+    assert_eq!(
+        read_partition(&consumer, topic, 1, 100),
+        expected(1, 100, 1)
+    );
     // An empty partition ends at once.
-    assert_eq!(read_partition(&consumer, topic, 3, 0), expected(3, 0));
+    assert_eq!(read_partition(&consumer, topic, 3, 0), expected(3, 0, 1));
 
     // The dataflow commits its read positions for lag monitoring; they read back.
     let mut positions = TopicPartitionList::new();
@@ -180,12 +184,14 @@ async fn produce_watermarks_end_of_partition_and_commits_behave_as_the_tiers_nee
 async fn acknowledged_records_survive_a_broker_stop_and_a_sigkill() {
     let dir = scratch("restart");
     let (broker, config) = Broker::standalone(&dir, "", &[]);
-    write(&config).await;
+    write(&config, 0).await;
 
     broker.run("stop");
     broker.run("start");
-    assert_all_there(&config);
+    assert_all_there(&config, 1);
 
+    // Records acknowledged just before the broker dies, with no clean stop to flush anything.
+    write(&config, 1).await;
     let pid = broker.pid().expect("a running broker");
     broker.run("kill");
     // Gone, or a zombie its parent has not reaped yet.
@@ -195,7 +201,7 @@ async fn acknowledged_records_survive_a_broker_stop_and_a_sigkill() {
         "the broker still runs after kill: {state}"
     );
     broker.run("start");
-    assert_all_there(&config);
+    assert_all_there(&config, 2);
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }

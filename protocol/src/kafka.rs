@@ -2,9 +2,11 @@
 //! for Emostream's guarantees, then `[kafka.client]`, passed through as it is.
 //!
 //! The pass-through is how a deployment reaches any Kafka cluster by configuration alone
-//! (`security.protocol = "sasl_ssl"`, `sasl.mechanism`, `ssl.ca.location`, `client.id`, …). It may
-//! tune what is only tuning (`linger.ms`, `compression.type`, …), but never a key the guarantees
-//! rest on: those are refused when the configuration is read, not silently overridden.
+//! (`security.protocol = "sasl_ssl"`, `sasl.mechanism`, `ssl.ca.location`, `client.id`, …). It
+//! goes to every client, producers and consumers alike (librdkafka ignores, with a warning, a
+//! producer key on a consumer). It may tune what is only tuning (`linger.ms`,
+//! `compression.type`, …), but never a key the guarantees rest on: those are refused when the
+//! configuration is read, not silently overridden.
 
 use crate::config::KafkaConfig;
 use std::collections::BTreeMap;
@@ -37,6 +39,15 @@ pub enum ClientRole<'a> {
 /// Keys Emostream sets for correctness; `[kafka.client]` may not change them.
 const GUARDED: &[(&str, &str)] = &[
     ("bootstrap.servers", "set it with [kafka] brokers"),
+    ("metadata.broker.list", "set it with [kafka] brokers"),
+    (
+        "message.timeout.ms",
+        "set it with [gateway] delivery_timeout_ms, which the request deadline is checked against",
+    ),
+    (
+        "delivery.timeout.ms",
+        "set it with [gateway] delivery_timeout_ms, which the request deadline is checked against",
+    ),
     (
         "enable.idempotence",
         "a retried send must never be written twice",
@@ -52,7 +63,7 @@ const GUARDED: &[(&str, &str)] = &[
     ("group.id", "each reader's group is part of its role"),
     (
         "enable.partition.eof",
-        "the dataflow's idle rule depends on end-of-partition events",
+        "the dataflow's source and the test readers act on end-of-partition events",
     ),
     (
         "auto.offset.reset",
@@ -92,10 +103,6 @@ impl KafkaConfig {
                 ("linger.ms", "5".into()),
                 ("message.timeout.ms", delivery_timeout_ms.to_string()),
                 ("message.max.bytes", max_message_bytes.to_string()),
-                // Reconnect quickly once a restarted broker answers (librdkafka's default
-                // backs off to 10 s, which the gateway would spend answering 503).
-                ("reconnect.backoff.ms", "50".into()),
-                ("reconnect.backoff.max.ms", "1000".into()),
             ]),
             ClientRole::EpochProducer => settings.extend([
                 // A retry never duplicates an epoch frame or a progress record, and every
@@ -121,6 +128,13 @@ impl KafkaConfig {
                 ("fetch.wait.max.ms", fetch_wait_ms.to_string()),
             ]),
         }
+        settings.extend([
+            // Every role: reconnect quickly once a restarted broker answers. librdkafka's
+            // default backs off to 10 s, which the gateway would spend answering 503 and the
+            // dataflow holding epochs open.
+            ("reconnect.backoff.ms", "50".into()),
+            ("reconnect.backoff.max.ms", "1000".into()),
+        ]);
         let mut out: Vec<(String, String)> = settings
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
@@ -210,6 +224,8 @@ clusters = []
                 ("auto.offset.reset", "earliest"),
                 ("enable.partition.eof", "true"),
                 ("fetch.wait.max.ms", "20"),
+                ("reconnect.backoff.ms", "50"),
+                ("reconnect.backoff.max.ms", "1000"),
                 ("linger.ms", "20"),
                 ("sasl.mechanism", "SCRAM-SHA-512"),
                 ("security.protocol", "sasl_ssl"),
@@ -227,7 +243,7 @@ clusters = []
         let config = Config::from_toml(SAMPLE, env).unwrap();
         let all = settings(&config, ClientRole::EpochProducer);
         assert_eq!(
-            all[4..],
+            all[6..],
             pairs(&[
                 ("security.protocol", "ssl"),
                 ("ssl.ca.location", "/tmp/ca.pem")
