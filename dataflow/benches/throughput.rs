@@ -31,8 +31,9 @@
 //!   frames. Latency = wall time the frame was consumed − the epoch's `end_ms`, over the frames
 //!   of the epochs that began after a warm-up and ended before the load stopped. It includes the
 //!   consume hop (broker fetch + this consumer, `fetch.wait.max.ms` = 5). Target: p99 ≤
-//!   `allowed_lateness_ms` + 100 ms. The design floor is `allowed_lateness_ms` + the source's
-//!   end-of-log staleness (fetch wait 20 ms + poll 10 ms): an epoch cannot close earlier.
+//!   `allowed_lateness_ms` + 100 ms. The design floor is `allowed_lateness_ms` + how far the
+//!   broker-confirmed clock of an idle partition trails (the end probe's 25 ms interval and its
+//!   round trip): an epoch cannot close earlier.
 //!
 //! Everything runs on loopback, every wait has a deadline, and the broker and the worker
 //! processes are stopped on exit, on panic and on SIGINT/SIGTERM.
@@ -1063,7 +1064,7 @@ clusters = []
         );
         println!(
             "  (includes the consume hop: broker fetch + this bench's consumer; the design floor \
-             is allowed lateness + the source's end-of-log staleness, {} + 30 ms)",
+             is allowed lateness + the end probe's interval and round trip, {} + 25 ms and more)",
             lateness
         );
     }
