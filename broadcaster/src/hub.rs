@@ -295,9 +295,9 @@ impl Hub {
         }
     }
 
-    /// Waits until `stream` is synced or `wait` has passed, whichever is first; a joiner then
-    /// takes what the ring holds either way.
-    pub async fn until_synced(&self, stream: &str, wait: std::time::Duration) {
+    /// Waits until `stream` is synced or `wait` has passed, whichever is first, and says which;
+    /// a joiner then takes what the ring holds either way.
+    pub async fn until_synced(&self, stream: &str, wait: std::time::Duration) -> bool {
         let mut changes = self.synced.subscribe();
         let synced = async {
             loop {
@@ -309,7 +309,8 @@ impl Hub {
                 }
             }
         };
-        let _ = tokio::time::timeout(wait, synced).await;
+        tokio::time::timeout(wait, synced).await.is_ok()
+            && self.lock().get(stream).is_some_and(|s| s.synced)
     }
 
     /// A viewer joins `stream`. With `since`, its replay is every ring frame after `since`;
@@ -558,9 +559,22 @@ mod tests {
         let a2 = hub.watch("a");
         let b = hub.watch("b");
         assert_eq!(*wanted.borrow(), ["a", "b"]);
-        hub.mark_synced("a");
-        hub.until_synced("a", std::time::Duration::from_secs(5))
-            .await;
+        // Not synced: the wait runs out and says so.
+        let short = std::time::Duration::from_millis(20);
+        assert!(!hub.until_synced("a", short).await);
+        // Synced from another task while waiting: the waiter wakes well before its deadline.
+        let marker = Arc::clone(&hub);
+        let mark = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            marker.mark_synced("a");
+        });
+        let started = std::time::Instant::now();
+        assert!(
+            hub.until_synced("a", std::time::Duration::from_secs(60))
+                .await
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        mark.await.unwrap();
         drop(a1);
         assert_eq!(*wanted.borrow(), ["a", "b"]);
         drop(a2);

@@ -18,6 +18,7 @@ pub struct Metrics {
     events: AtomicU64,
     late: AtomicU64,
     replay_skipped: AtomicU64,
+    unreadable: AtomicU64,
     epochs_published: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
     latency_count: AtomicU64,
@@ -27,11 +28,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn read(&self, records: u64, events: u64, late: u64, skipped: u64) {
+    pub fn read(&self, records: u64, events: u64, late: u64, skipped: u64, unreadable: u64) {
         self.records.fetch_add(records, Ordering::Relaxed);
         self.events.fetch_add(events, Ordering::Relaxed);
         self.late.fetch_add(late, Ordering::Relaxed);
         self.replay_skipped.fetch_add(skipped, Ordering::Relaxed);
+        self.unreadable.fetch_add(unreadable, Ordering::Relaxed);
     }
 
     pub fn partition(&self, partition: i32, watermark_lag_ms: u64, floor: u64) {
@@ -85,6 +87,12 @@ impl Metrics {
             "emostream_dataflow_replay_skipped_total",
             "Replayed taps already in published epochs.",
             &self.replay_skipped,
+        );
+        counter(
+            &mut out,
+            "emostream_dataflow_unreadable_events_total",
+            "Event lines that are not an event (a foreign producer's), skipped.",
+            &self.unreadable,
         );
         counter(
             &mut out,
@@ -164,7 +172,7 @@ mod tests {
     #[test]
     fn renders_counters_gauges_and_the_histogram() {
         let m = Metrics::default();
-        m.read(3, 120, 2, 0);
+        m.read(3, 120, 2, 5, 1);
         m.partition(1, 640, 42);
         m.published(2, 300);
         m.published(1, 5_000);
@@ -173,6 +181,8 @@ mod tests {
             "emostream_dataflow_records_total 3",
             "emostream_dataflow_events_total 120",
             "emostream_dataflow_late_events_total 2",
+            "emostream_dataflow_replay_skipped_total 5",
+            "emostream_dataflow_unreadable_events_total 1",
             "emostream_dataflow_epochs_published_total 3",
             "emostream_dataflow_watermark_lag_ms{partition=\"1\"} 640",
             "emostream_dataflow_floor_epoch{partition=\"1\"} 42",

@@ -132,6 +132,7 @@ pub fn kafka_source<'scope>(
                                 tallied.counted += tally.counted;
                                 tallied.late += tally.late;
                                 tallied.skipped += tally.skipped;
+                                tallied.unreadable += tally.unreadable;
                             }
                             partition.end_record(offset, ts);
                             records += 1;
@@ -155,7 +156,13 @@ pub fn kafka_source<'scope>(
 
             late_total += tallied.late;
             skipped_total += tallied.skipped;
-            metrics.read(records, tallied.counted, tallied.late, tallied.skipped);
+            metrics.read(
+                records,
+                tallied.counted,
+                tallied.late,
+                tallied.skipped,
+                tallied.unreadable,
+            );
 
             // One session per epoch: sessions are not fused, so batching by epoch matters.
             let mut by_epoch: BTreeMap<u64, Vec<SourceItem>> = BTreeMap::new();
@@ -409,7 +416,10 @@ fn commit_positions(
 struct Tally {
     counted: u64,
     late: u64,
+    /// Already counted in a published epoch (replay).
     skipped: u64,
+    /// Not an event line at all.
+    unreadable: u64,
 }
 
 /// Counts one batch record into `counts`, each event in the epoch its partition assigns it.
@@ -427,6 +437,7 @@ fn count_record(
             Err(e) => {
                 // The gateway validated every line; a bad one is a foreign producer's.
                 tracing::warn!(error = %e, "skipping an unreadable event line");
+                tally.unreadable += 1;
                 continue;
             }
         };
@@ -518,7 +529,8 @@ mod tests {
             Tally {
                 counted: 4,
                 late: 1,
-                skipped: 0
+                skipped: 0,
+                unreadable: 0,
             }
         );
         let mut got: Vec<_> = counts.into_iter().collect();
@@ -549,9 +561,13 @@ mod tests {
             Tally {
                 counted: 1,
                 late: 0,
-                skipped: 0
+                skipped: 0,
+                unreadable: 1,
             }
         );
-        assert_eq!(counts.len(), 1);
+        assert_eq!(
+            counts.into_iter().collect::<Vec<_>>(),
+            [((0, "a".into(), "🔥".into()), (1, 0))]
+        );
     }
 }

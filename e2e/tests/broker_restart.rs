@@ -98,23 +98,9 @@ async fn ready_status(gateway: &str) -> u16 {
     http::get(gateway, "/readyz").await.map_or(0, |r| r.status)
 }
 
-/// One tap on `stream`, which must be acknowledged; returns its epoch.
-async fn tap(gateway: &str, stream: &str, truth: &mut Truth) -> u64 {
-    let r = http::post_json(
-        gateway,
-        &format!("/v1/streams/{stream}/emojis"),
-        r#"{"user_id":"watcher","emoji":"🏁"}"#,
-    )
-    .await
-    .expect("the gateway answers");
-    assert_eq!(r.status, 202, "{}", r.body);
-    let epoch = r.json::<Accepted>().epoch;
-    *truth
-        .entry((stream.to_string(), epoch))
-        .or_default()
-        .entry("🏁".into())
-        .or_default() += 1;
-    epoch
+/// One 🏁 on the watched stream, which must be acknowledged; returns its epoch.
+async fn tap(gateway: &str, truth: &mut Truth) -> u64 {
+    trace::markers(gateway, &["watched"], truth).await["watched"]
 }
 
 /// The viewer's epoch frame for `epoch`, once it arrived.
@@ -144,7 +130,7 @@ async fn a_broker_restart_under_load_loses_and_doubles_nothing() {
     let subscriber = format!("ws://{}", system.subscribers()[0]);
     let viewer = Viewer::connect(&subscriber, "watched").await;
     let mut watched = Truth::new();
-    let before = tap(&gateway, "watched", &mut watched).await;
+    let before = tap(&gateway, &mut watched).await;
     viewer_frame(&viewer, before).await;
     let dataflow = {
         let mut pids = system.dataflow_pids();
@@ -206,7 +192,7 @@ async fn a_broker_restart_under_load_loses_and_doubles_nothing() {
     );
 
     // The broadcaster carries on: the viewer, connected all along, gets a new epoch.
-    let after = tap(&gateway, "watched", &mut watched).await;
+    let after = tap(&gateway, &mut watched).await;
     let seen = viewer_frame(&viewer, after).await;
 
     // What must be published: every accepted request, in the epoch it was told.

@@ -138,7 +138,12 @@ impl Viewers {
         outlet: &Arc<Outlet<W>>,
     ) -> Watching {
         let watching = self.hub.watch(stream);
-        self.hub.until_synced(stream, SYNC_WAIT).await;
+        if !self.hub.until_synced(stream, SYNC_WAIT).await {
+            tracing::debug!(
+                stream,
+                "joining before the stream synced: the ring may be short"
+            );
+        }
         let resumed = self.hub.join(stream, since, |after, replay| {
             outlet.start(after, replay);
             self.fanout
