@@ -78,7 +78,14 @@ pub fn kafka_source<'scope>(
     let (stop, metrics, topic) = (settings.stop, settings.metrics, settings.topic.clone());
     let ends = consumer.as_ref().map(|consumer| {
         let ids = partitions.keys().copied().collect();
-        EndProbe::spawn(Arc::clone(consumer), topic.clone(), ids, Arc::clone(&stop))
+        let slow_ms = settings.allowed_lateness_ms;
+        EndProbe::spawn(
+            Arc::clone(consumer),
+            topic.clone(),
+            ids,
+            slow_ms,
+            Arc::clone(&stop),
+        )
     });
 
     let stream = source(scope, "KafkaSource", move |capability, info| {
@@ -272,10 +279,13 @@ struct EndProbe {
 }
 
 impl EndProbe {
+    /// An answer that takes longer than `slow_ms` counts as an outage, as a failed request does:
+    /// the broker stalled, and gateways' producers may have been retrying meanwhile.
     fn spawn(
         consumer: Arc<BaseConsumer<SourceContext>>,
         topic: String,
         partitions: Vec<i32>,
+        slow_ms: u64,
         stop: Arc<AtomicBool>,
     ) -> Arc<EndProbe> {
         let probe = Arc::new(EndProbe {
@@ -303,7 +313,8 @@ impl EndProbe {
                         if warned {
                             tracing::info!("end probe: the broker answers again");
                         }
-                        if failed && last_answer_ms > 0 {
+                        let slow = now_ms().saturating_sub(asked_ms) > slow_ms;
+                        if (failed || slow) && last_answer_ms > 0 {
                             probe
                                 .last_answer_before_outage_ms
                                 .store(last_answer_ms, Ordering::Relaxed);
@@ -350,7 +361,10 @@ impl EndProbe {
                 return false;
             }
         }
-        let answer = match consumer.offsets_for_times(latest, Duration::from_secs(1)) {
+        // A generous timeout: only a failed request marks an outage (and holds every floor for
+        // the delivery timeout), so a broker that is merely slow on a loaded machine must not
+        // fail one. While a request hangs, no answer moves any floor either.
+        let answer = match consumer.offsets_for_times(latest, Duration::from_secs(5)) {
             Ok(answer) => answer,
             Err(e) => {
                 tracing::debug!(error = %e, "end probe: no answer");

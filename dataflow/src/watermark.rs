@@ -12,10 +12,11 @@
 //! An outage breaks the lateness bound for the records that were on their way when it began: a
 //! gateway's producer keeps retrying them and lands them once the broker is back, up to its
 //! delivery timeout after they were received, each with a 2xx that names its epoch. So after the
-//! broker failed to answer, the watermark stays where it was until the broker has answered
+//! broker failed to answer (or stalled), the watermark stays where it was until the broker has answered
 //! `settle_ms` (the delivery timeout plus the lateness) after its last answer before the failure:
-//! by then every such record has landed or failed. (A failed request, not a slow one, marks an
-//! outage: a source thread that was only kept from the cores must not hold epochs for seconds.)
+//! by then every such record has landed or failed. A failed request marks an outage, and so does
+//! an answer slower than the allowed lateness; the probe's timeout is generous (5 s) so that a
+//! broker merely slow on a loaded machine does not fail requests and hold epochs for seconds.
 
 /// What a source knows about one partition.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
