@@ -20,7 +20,8 @@
 #   sqlite    $DIR/nisshi.db (the broker runs inside DIR; the URL is relative)
 #   postgres  a private PostgreSQL server (Debian's postgresql package, installed when missing)
 #             with its cluster in $DIR/pg and its log in $DIR/postgres.log, listening on
-#             127.0.0.1 only, on the broker's port + 10000 (or the next free port); stop stops it
+#             127.0.0.1 only, on the broker's port - 10000 (+ 10000 below 11024, or the next
+#             free port); stop stops it
 #             too, kill leaves it running
 #   memory    nothing survives a stop
 # stop then start on the same DIR resumes with the same topics and records with postgres; sqlite
@@ -236,8 +237,11 @@ EOF
     pg_port=$(sed -n 4p "$pgdata/postmaster.pid")
     say "PostgreSQL already running on 127.0.0.1:$pg_port"
   else
-    pg_port=$((broker_port + 10000))
-    ((pg_port <= 65535)) || pg_port=$((broker_port - 10000))
+    # 10000 below the broker's port (above it for ports under 11024), so that with the tests'
+    # ports, which stay below the kernel's ephemeral range, it stays out of that range too: a port
+    # in it may be held by an outgoing connection that no `answers` probe sees.
+    pg_port=$((broker_port - 10000))
+    ((pg_port >= 1024)) || pg_port=$((broker_port + 10000))
     local tries=0
     while answers 127.0.0.1 "$pg_port"; do
       ((++tries < 100)) || die "no free port for PostgreSQL near $((pg_port - tries))"

@@ -72,13 +72,7 @@ impl Drop for Broker {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use emostream_e2e::free_port;
 
 fn frame(epoch: u64) -> String {
     format!(

@@ -237,12 +237,7 @@ fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
+use emostream_e2e::free_port;
 
 fn now_ms() -> u64 {
     SystemTime::now()

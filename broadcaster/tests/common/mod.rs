@@ -14,13 +14,7 @@ use tokio::time::{timeout, Instant};
 /// How long any one expected thing may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use emostream_e2e::free_port;
 
 /// A folder of this test's own, deleted however the test ends.
 pub struct Scratch(pub PathBuf);
