@@ -78,12 +78,11 @@ pub fn kafka_source<'scope>(
     let (stop, metrics, topic) = (settings.stop, settings.metrics, settings.topic.clone());
     let ends = consumer.as_ref().map(|consumer| {
         let ids = partitions.keys().copied().collect();
-        let slow_ms = settings.allowed_lateness_ms;
         EndProbe::spawn(
             Arc::clone(consumer),
             topic.clone(),
             ids,
-            slow_ms,
+            lateness_ms,
             Arc::clone(&stop),
         )
     });
@@ -272,7 +271,7 @@ fn fetch_position(
 struct EndProbe {
     /// (partition, high watermark, when the request that reported it was sent; 0: never).
     reports: Vec<(i32, AtomicI64, AtomicU64)>,
-    /// Outages so far (failed requests between two answers) …
+    /// Outages so far (a failed request, or an answer slower than the allowed lateness) …
     outages: AtomicU64,
     /// … and when the request of the last answer before the newest one was sent.
     last_answer_before_outage_ms: AtomicU64,
@@ -309,29 +308,26 @@ impl EndProbe {
                         return;
                     };
                     let asked_ms = now_ms();
-                    if probe.ask(&consumer, &topic, asked_ms) {
-                        if warned {
-                            tracing::info!("end probe: the broker answers again");
+                    match probe.ask(&consumer, &topic) {
+                        Some(highs) => {
+                            if warned {
+                                tracing::info!("end probe: the broker answers again");
+                            }
+                            // Flagged before the answer is published, so that the answer cannot
+                            // lift a floor first. (A failure was flagged when it happened.)
+                            if !failed && now_ms().saturating_sub(asked_ms) > slow_ms {
+                                probe.outage(last_answer_ms);
+                            }
+                            probe.publish(&highs, asked_ms);
+                            (answered, warned, failed) = (Instant::now(), false, false);
+                            last_answer_ms = asked_ms;
                         }
-                        let slow = now_ms().saturating_sub(asked_ms) > slow_ms;
-                        if (failed || slow) && last_answer_ms > 0 {
-                            probe
-                                .last_answer_before_outage_ms
-                                .store(last_answer_ms, Ordering::Relaxed);
-                            probe.outages.fetch_add(1, Ordering::Release);
+                        // Held at once, not only when the broker is back.
+                        None if !failed => {
+                            failed = true;
+                            probe.outage(last_answer_ms);
                         }
-                        (answered, warned, failed) = (Instant::now(), false, false);
-                        last_answer_ms = asked_ms;
-                    } else if !failed {
-                        failed = true;
-                        // Held at once, not only when the broker is back: a late answer to a
-                        // request sent before the failure must not lift a floor meanwhile.
-                        if last_answer_ms > 0 {
-                            probe
-                                .last_answer_before_outage_ms
-                                .store(last_answer_ms, Ordering::Relaxed);
-                            probe.outages.fetch_add(1, Ordering::Release);
-                        }
+                        None => {}
                     }
                     if failed && !warned && answered.elapsed() >= PROBE_SILENCE {
                         tracing::warn!(
@@ -348,40 +344,55 @@ impl EndProbe {
         probe
     }
 
-    /// One ListOffsets request for every partition at once, sent at `asked_ms`; whether the
-    /// broker answered.
-    fn ask(&self, consumer: &BaseConsumer<SourceContext>, topic: &str, asked_ms: u64) -> bool {
+    /// One ListOffsets request for every partition at once: (partition, high watermark) of each
+    /// the broker answered for, or `None` when it did not answer.
+    fn ask(&self, consumer: &BaseConsumer<SourceContext>, topic: &str) -> Option<Vec<(i32, i64)>> {
         let mut latest = TopicPartitionList::new();
         for (p, _, _) in &self.reports {
-            if latest
-                // As a timestamp, -1 (`Offset::End`) asks for the high watermark.
-                .add_partition_offset(topic, *p, Offset::End)
-                .is_err()
-            {
-                return false;
-            }
+            // As a timestamp, -1 (`Offset::End`) asks for the high watermark.
+            latest.add_partition_offset(topic, *p, Offset::End).ok()?;
         }
-        // A generous timeout: only a failed request marks an outage (and holds every floor for
-        // the delivery timeout), so a broker that is merely slow on a loaded machine must not
-        // fail one. While a request hangs, no answer moves any floor either.
+        // A generous timeout: a failed request marks an outage (and holds every floor for the
+        // delivery timeout), so a broker that is merely slow on a loaded machine must not fail
+        // one. While a request hangs, no answer moves any floor either.
         let answer = match consumer.offsets_for_times(latest, Duration::from_secs(5)) {
             Ok(answer) => answer,
             Err(e) => {
                 tracing::debug!(error = %e, "end probe: no answer");
-                return false;
+                return None;
             }
         };
-        for element in answer.elements() {
-            let (Offset::Offset(high), Ok(())) = (element.offset(), element.error()) else {
-                continue;
-            };
-            if let Some((_, h, at)) = self.reports.iter().find(|r| r.0 == element.partition()) {
+        Some(
+            answer
+                .elements()
+                .iter()
+                .filter_map(|e| match (e.offset(), e.error()) {
+                    (Offset::Offset(high), Ok(())) => Some((e.partition(), high)),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// Makes an answer to the request sent at `asked_ms` visible to the source.
+    fn publish(&self, highs: &[(i32, i64)], asked_ms: u64) {
+        for (partition, high) in highs {
+            if let Some((_, h, at)) = self.reports.iter().find(|r| r.0 == *partition) {
                 // The high first: a reader that sees this `asked_ms` sees this high or a newer one.
-                h.store(high, Ordering::Relaxed);
+                h.store(*high, Ordering::Relaxed);
                 at.store(asked_ms, Ordering::Release);
             }
         }
-        true
+    }
+
+    /// Tells the source that the broker failed or stalled after its answer to the request sent
+    /// at `last_answer_ms` (nothing before a first answer: no floor has moved on the probe yet).
+    fn outage(&self, last_answer_ms: u64) {
+        if last_answer_ms > 0 {
+            self.last_answer_before_outage_ms
+                .store(last_answer_ms, Ordering::Relaxed);
+            self.outages.fetch_add(1, Ordering::Release);
+        }
     }
 
     /// The last answer's request time before an outage the caller has not seen yet (`seen`
