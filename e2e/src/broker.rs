@@ -51,6 +51,14 @@ impl Broker {
     /// `scripts/broker.sh ACTION` for this broker: `start`, `stop` (SIGTERM, then SIGKILL if it
     /// lingers) or `kill` (SIGKILL).
     pub fn run(&self, action: &str) {
+        let status = self
+            .script(action)
+            .status()
+            .expect("scripts/broker.sh runs");
+        assert!(status.success(), "scripts/broker.sh {action} failed");
+    }
+
+    fn script(&self, action: &str) -> Command {
         let mut command = Command::new(repo_root().join("scripts/broker.sh"));
         command
             // The script reads the configuration with this build's emostream-config.
@@ -62,8 +70,7 @@ impl Broker {
         if action == "start" {
             command.args(&self.start_flags);
         }
-        let status = command.status().expect("scripts/broker.sh runs");
-        assert!(status.success(), "scripts/broker.sh {action} failed");
+        command
     }
 
     /// The broker's process id, from the script's pid file.
@@ -78,13 +85,7 @@ impl Broker {
     /// Stops the broker without asserting anything: for `Drop`, which may run while a test
     /// panics. Stopping a stopped broker does nothing.
     pub fn stop_quietly(&self) {
-        let _ = Command::new(repo_root().join("scripts/broker.sh"))
-            .env("EMOSTREAM_BIN_DIR", crate::bin_dir())
-            .args(["stop", "--data"])
-            .arg(&self.data)
-            .arg("--config")
-            .arg(&self.config_path)
-            .status();
+        let _ = self.script("stop").status();
     }
 }
 
