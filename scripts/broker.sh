@@ -142,11 +142,14 @@ alive() {
   exists "$1" && IFS= read -r -d '' argv0 <"/proc/$1/cmdline" 2>/dev/null && [[ $argv0 == *nisshi ]]
 }
 running_pid() { [[ -f $pidfile ]] && alive "$(<"$pidfile")" && cat "$pidfile"; }
-# Waits up to SECONDS (an integer) for PID to be gone; fails if it is still there.
+# Waits up to SECONDS (an integer) for PID, known to be the broker, to be gone; fails if it is
+# still there. It asks `exists`, not `alive`: a dying process loses its command line (the kernel
+# releases its memory first) while it still closes its files and sockets, and only then becomes
+# a zombie — callers rely on the port and the storage being free once this returns.
 now_us() { echo "${EPOCHREALTIME//[.,]/}"; }
 wait_gone() {
   local pid=$1 deadline=$(($(now_us) + $2 * 1000000))
-  while alive "$pid"; do
+  while exists "$pid"; do
     (($(now_us) < deadline)) || return 1
     sleep 0.02
   done
