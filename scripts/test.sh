@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # README command 2: runs every test on a fresh machine that has the Rust toolchain.
 # Installs the build prerequisites and the broker once (the broker into ~/.cache/emostream,
-# reused afterwards), checks formatting and clippy, builds the binaries the end-to-end tests
-# start as real processes, then runs the whole workspace's tests and prints the time it took.
+# reused afterwards), checks formatting and clippy, builds every target (benches included; the
+# end-to-end tests start the binaries as real processes), fuzzes the gateway's parser briefly,
+# then runs the whole workspace's tests and prints the time it took.
 #
 #   scripts/test.sh                      # everything
-#   scripts/test.sh -p emostream-e2e --test broker_restart   # one test target (cargo test args)
+#   scripts/test.sh -p emostream-e2e --test broker_restart   # one test target (cargo test args;
+#                                                            # no fuzz run then)
 #
 # The whole run is bounded (TEST_TIMEOUT, default 45 minutes) so a hung test fails CI with a
 # message instead of running into CI's own limit.
@@ -30,8 +32,13 @@ cargo fmt --all -- --check
 step "clippy on every target (benches and tests included), warnings are errors"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
-step "building the binaries the end-to-end tests run"
-cargo build --locked --workspace --bins
+step "building every target: the binaries the end-to-end tests run, the tests, benches and examples"
+cargo build --locked --workspace --all-targets
+
+if (($# == 0)); then
+  step "fuzzing the gateway's body parser for ${FUZZ_SECONDS:-30} s (nightly + cargo-fuzz, cached once)"
+  scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+fi
 
 step "running the tests"
 # One test binary at a time: each end-to-end test starts a broker, a timely cluster and a
