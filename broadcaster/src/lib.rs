@@ -23,7 +23,8 @@
 //! - `auth`: signed viewer tokens and the tiers' shared link secret.
 //! - `metrics`: each tier's counters as Prometheus text.
 //! - `kafka`: the main publisher's consumers of `emoji-epochs` and `emoji-trends`.
-//! - `synthetic`: a Kafka-free epoch source for benchmarks ([`synthetic_frame`]).
+//! - `synthetic`: a Kafka-free epoch source for benchmarks (frames from
+//!   `emostream_protocol::synthetic`).
 //! - `socket`: write deadlines and the shutdown Close frame, shared by viewers and links.
 //! - `tasks`: stopping every socket task at shutdown and waiting for them all.
 //! - `error`: [`Error`], for start-up and for HTTP answers.
@@ -50,4 +51,4 @@ pub use roles::cluster::cluster_publisher;
 pub use roles::main::main_publisher;
 pub use roles::subscriber::subscriber;
 pub use roles::{run, Launch, Role, Settings};
-pub use synthetic::{frame as synthetic_frame, Synthetic};
+pub use synthetic::Synthetic;
