@@ -9,12 +9,9 @@ use emostream_dataflow::partition::Mark;
 use emostream_dataflow::progress::WriteProgress;
 use emostream_dataflow::publish::{AckedProducer, PublishEpochs};
 use emostream_e2e::broker::Broker;
+use emostream_e2e::kafka::read_records;
 use emostream_protocol::wire::{EmojiCount, EpochFrame, FrameType};
 use emostream_protocol::Config;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,65 +162,18 @@ fn publish(config: &Config) {
     .unwrap();
 }
 
-/// Every record of `topic`, partition by partition, in offset order.
+/// Every record of `topic`, partition by partition, in offset order, its bytes as text.
 fn read_topic(config: &Config, topic: &str) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", "emostream-dataflow-test")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("a consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("topic metadata");
-    let mut pending: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for p in metadata.topics()[0].partitions().iter().map(|p| p.id()) {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .expect("watermarks");
-        if high > low {
-            assignment
-                .add_partition_offset(topic, p, Offset::Offset(low))
-                .expect("assignment");
-            pending.insert(p, (low, high));
-        }
-    }
-    let mut records: BTreeMap<(i32, i64), Record> = BTreeMap::new();
-    if pending.is_empty() {
-        return Vec::new();
-    }
-    consumer.assign(&assignment).expect("assign");
-    let deadline = Instant::now() + DEADLINE;
-    while pending.values().any(|(next, high)| next < high) {
-        assert!(
-            Instant::now() < deadline,
-            "reading {topic} within {DEADLINE:?}"
-        );
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(msg)) => {
-                let Some((next, high)) = pending.get_mut(&msg.partition()) else {
-                    continue;
-                };
-                if msg.offset() < *high {
-                    let text = |b: &[u8]| String::from_utf8(b.to_vec()).expect("UTF-8");
-                    records.insert(
-                        (msg.partition(), msg.offset()),
-                        Record {
-                            partition: msg.partition(),
-                            key: msg.key().map(text),
-                            timestamp: msg.timestamp().to_millis(),
-                            payload: msg.payload().map(text).unwrap_or_default(),
-                        },
-                    );
-                }
-                *next = (*next).max(msg.offset() + 1);
-            }
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-            None => {}
-        }
-    }
-    records.into_values().collect()
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("UTF-8");
+    read_records(&config.kafka.brokers, topic)
+        .into_iter()
+        .map(|r| Record {
+            partition: r.partition,
+            key: r.key.map(text),
+            timestamp: r.timestamp,
+            payload: text(r.payload),
+        })
+        .collect()
 }
 
 /// The epochs' records as the broker must hold them, by epoch.

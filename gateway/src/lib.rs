@@ -6,7 +6,8 @@
 //!   the fuzz target in `gateway/fuzz`).
 //! - `limits`: token buckets per user id and per client IP.
 //! - `batcher`: the in-flight budget, and the packing of one (partition, stream, epoch) into one
-//!   Kafka record, answering each request once the broker has acknowledged its record.
+//!   Kafka record, answering each request once the broker has acknowledged its record:
+//!   `batcher/batches` (when a batch is due) and `batcher/packer` (sending, answers).
 //! - `producer`: the Kafka producer and the broker's health (503 at once while it is down).
 //! - `listener`: the connection cap.
 //! - `error`: [`GatewayError`], every refusal as a status and a JSON reason.
