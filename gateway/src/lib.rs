@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`routes`]: the HTTP handlers, the deadline-and-count middleware, and [`app`].
 //! - [`parse`]: request bodies (JSON object, JSON array, NDJSON) into validated taps (public for
-//!   the fuzz target in `gateway/fuzz`).
+//!   the fuzz target in `gateway/fuzz`): `parse/fast` (borrowed structs), `parse/slow` (every
+//!   refusal names its field), `parse/validate` (the rules both share), `parse/emoji`.
 //! - `limits`: token buckets per user id and per client IP.
 //! - `batcher`: the in-flight budget, and the packing of one (partition, stream, epoch) into one
 //!   Kafka record, answering each request once the broker has acknowledged its record:
