@@ -14,7 +14,8 @@
 //!   end: heartbeats and subscriptions up, rings and frames down.
 //! - `fanout`: a subscriber's lanes, which offer every frame to every viewer of its stream.
 //! - `outlet`: one viewer's sending side: frames written straight into its socket while it keeps
-//!   up, a small conflating backlog when it does not, lag notices, the byte budget.
+//!   up, a small conflating backlog when it does not, lag notices, the byte budget;
+//!   `outlet/wire` (WebSocket and SSE sockets and their bytes), `outlet/backlog` (what waits).
 //! - `viewer`: one task per viewer (WebSocket or SSE): drains the backlog, pings, reads what a
 //!   WebSocket viewer says, and closes.
 //! - `websocket`: the viewers' side of RFC 6455: the upgrade handing over the raw socket, frames
