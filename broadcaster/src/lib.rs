@@ -14,7 +14,8 @@
 //!   end: heartbeats and subscriptions up, rings and frames down.
 //! - `fanout`: a subscriber's lanes, which offer every frame to every viewer of its stream.
 //! - `outlet`: one viewer's sending side: frames written straight into its socket while it keeps
-//!   up, a small conflating backlog when it does not, lag notices, the byte budget.
+//!   up, a small conflating backlog when it does not, lag notices, the byte budget;
+//!   `outlet/wire` (WebSocket and SSE sockets and their bytes), `outlet/backlog` (what waits).
 //! - `viewer`: one task per viewer (WebSocket or SSE): drains the backlog, pings, reads what a
 //!   WebSocket viewer says, and closes.
 //! - `websocket`: the viewers' side of RFC 6455: the upgrade handing over the raw socket, frames
@@ -23,7 +24,8 @@
 //! - `auth`: signed viewer tokens and the tiers' shared link secret.
 //! - `metrics`: each tier's counters as Prometheus text.
 //! - `kafka`: the main publisher's consumers of `emoji-epochs` and `emoji-trends`.
-//! - `synthetic`: a Kafka-free epoch source for benchmarks ([`synthetic_frame`]).
+//! - `synthetic`: a Kafka-free epoch source for benchmarks (frames from
+//!   `emostream_protocol::synthetic`).
 //! - `socket`: write deadlines and the shutdown Close frame, shared by viewers and links.
 //! - `tasks`: stopping every socket task at shutdown and waiting for them all.
 //! - `error`: [`Error`], for start-up and for HTTP answers.
@@ -50,4 +52,4 @@ pub use roles::cluster::cluster_publisher;
 pub use roles::main::main_publisher;
 pub use roles::subscriber::subscriber;
 pub use roles::{run, Launch, Role, Settings};
-pub use synthetic::{frame as synthetic_frame, Synthetic};
+pub use synthetic::Synthetic;

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{eventually, free_port, http, Proc, Scratch, DEADLINE};
-use emostream_broadcaster::synthetic_frame;
+use emostream_protocol::synthetic::frame as synthetic_frame;
 use emostream_protocol::wire::{Admission, TopologyView};
 use futures_util::StreamExt;
 use std::sync::{Arc, Mutex};

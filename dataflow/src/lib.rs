@@ -14,6 +14,7 @@
 //! - [`trends`]: sliding-window trends (top emojis, sentiment, popular streams) with differential
 //!   dataflow, published on their own topic.
 //! - [`metrics`]: per-process counters, served as Prometheus text.
+//! - [`error`]: [`Error`], every way a worker fails to start or to deliver.
 //!
 //! ```text
 //! KafkaSource ─┬─ counts ─▶ CountEpochs ─▶ PerThousand ─▶ PublishEpochs ─▶ (published frontier)
@@ -23,6 +24,7 @@
 //! ```
 
 pub mod count;
+pub mod error;
 pub mod metrics;
 pub mod ownership;
 pub mod partition;
@@ -36,6 +38,7 @@ pub mod watermark;
 
 use count::CountEpochs;
 use emostream_protocol::Config;
+pub use error::Error;
 use partition::Partition;
 use progress::WriteProgress;
 use publish::{AckedProducer, PublishEpochs};
@@ -77,7 +80,7 @@ pub fn run_worker(
     config: &Config,
     stop: Arc<AtomicBool>,
     metrics: Arc<metrics::Metrics>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let index = worker.index();
     let peers = worker.peers();
     let kafka = &config.kafka;
@@ -124,14 +127,12 @@ pub fn run_worker(
     // Trends read the closed epochs and publish elsewhere; nothing on the epochs' path waits
     // for them, and without their topic they are off.
     let trends_publisher = TrendsProducer::connect(kafka, &kafka.trends_topic)?;
-    worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
+    worker.dataflow::<u64, _, _>(|scope| -> Result<(), Error> {
         let (gate_handle, gate) = scope.feedback::<Vec<()>>(1);
-        let (counts, marks) = source::kafka_source(scope, settings)
-            .map_err(|e| e.to_string())?
-            .ok_err(|item| match item {
-                SourceItem::Count(c) => Ok(c),
-                SourceItem::Mark(m) => Err(m),
-            });
+        let (counts, marks) = source::kafka_source(scope, settings)?.ok_err(|item| match item {
+            SourceItem::Count(c) => Ok(c),
+            SourceItem::Mark(m) => Err(m),
+        });
         let closed = counts.container::<Vec<PartialCount>>().count_epochs();
         if let Some(producer) = trends_publisher {
             // Not exactly-once: the output's frontier (frames answered) only keeps a graceful

@@ -23,7 +23,7 @@ fn main() {
     }
 }
 
-fn run() -> Result<(), String> {
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut options = getopts::Options::new();
     timely::Config::install_options(&mut options);
     options.optopt(

@@ -8,6 +8,7 @@
 //! No Kafka call blocks: sends only enqueue, acknowledgements arrive on librdkafka's thread and
 //! wake the operator.
 
+use crate::error::Error;
 use crate::metrics::Metrics;
 use emostream_protocol::config::KafkaConfig;
 use emostream_protocol::kafka::ClientRole;
@@ -36,7 +37,7 @@ pub struct AckBook {
 #[derive(Default)]
 struct AckState {
     outstanding: HashMap<u64, u64>,
-    failure: Option<String>,
+    failure: Option<(u64, KafkaError)>,
 }
 
 impl AckBook {
@@ -44,7 +45,7 @@ impl AckBook {
         *self.lock().outstanding.entry(epoch).or_default() += 1;
     }
 
-    fn delivered(&self, epoch: u64, result: Result<(), String>) {
+    fn delivered(&self, epoch: u64, result: Result<(), KafkaError>) {
         let mut state = self.lock();
         match result {
             Ok(()) => {
@@ -55,7 +56,7 @@ impl AckBook {
                     }
                 }
             }
-            Err(e) => state.failure = Some(format!("epoch {epoch}: {e}")),
+            Err(e) => state.failure = Some((epoch, e)),
         }
     }
 
@@ -74,8 +75,10 @@ impl AckBook {
         !self.lock().outstanding.contains_key(&epoch)
     }
 
-    pub fn failure(&self) -> Option<String> {
-        self.lock().failure.clone()
+    /// The first delivery librdkafka gave up on, if any.
+    pub fn failure(&self) -> Option<Error> {
+        let (epoch, source) = self.lock().failure.clone()?;
+        Some(Error::Delivery { epoch, source })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
@@ -99,7 +102,7 @@ impl ProducerContext for AckContext {
     fn delivery(&self, result: &DeliveryResult<'_>, epoch: Box<u64>) {
         self.book.delivered(
             *epoch,
-            result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string()),
+            result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone()),
         );
         if let Some(wake) = self.wake.get() {
             // The worker may already be gone at shutdown; nothing is waiting then.
@@ -121,7 +124,7 @@ pub struct AckedProducer {
 impl AckedProducer {
     /// Creates the producer and fetches the topic's metadata, so the first epoch does not pay
     /// for it. This blocks: call it before the dataflow runs, never inside an operator.
-    pub fn connect(kafka: &KafkaConfig, topic: &str) -> Result<Self, String> {
+    pub fn connect(kafka: &KafkaConfig, topic: &str) -> Result<Self, Error> {
         let book = Arc::new(AckBook::default());
         let wake = Arc::new(OnceLock::new());
         let producer: ThreadedProducer<AckContext> =
@@ -130,11 +133,18 @@ impl AckedProducer {
                     book: Arc::clone(&book),
                     wake: Arc::clone(&wake),
                 })
-                .map_err(|e| format!("{topic} producer: {e}"))?;
+                .map_err(|source| Error::Client {
+                    topic: topic.to_string(),
+                    client: "producer",
+                    source,
+                })?;
         producer
             .client()
             .fetch_metadata(Some(topic), Duration::from_secs(15))
-            .map_err(|e| format!("{topic} metadata: {e}"))?;
+            .map_err(|source| Error::Metadata {
+                topic: topic.to_string(),
+                source,
+            })?;
         Ok(AckedProducer {
             producer,
             book,
@@ -147,12 +157,15 @@ impl AckedProducer {
     /// with fewer, a worker waits forever on a partition that is not there; with more, taps in
     /// the extra ones are never read; and the progress topic's newest record is the recovery
     /// state only if it has one partition.
-    pub fn expect_partitions(&self, topic: &str, expected: u32) -> Result<(), String> {
+    pub fn expect_partitions(&self, topic: &str, expected: u32) -> Result<(), Error> {
         let metadata = self
             .producer
             .client()
             .fetch_metadata(Some(topic), Duration::from_secs(15))
-            .map_err(|e| format!("{topic} metadata: {e}"))?;
+            .map_err(|source| Error::Metadata {
+                topic: topic.to_string(),
+                source,
+            })?;
         let found = metadata
             .topics()
             .iter()
@@ -161,10 +174,11 @@ impl AckedProducer {
         if found == expected as usize {
             Ok(())
         } else {
-            Err(format!(
-                "topic {topic} has {found} partitions on the brokers; the configuration needs \
-                 {expected}"
-            ))
+            Err(Error::Partitions {
+                topic: topic.to_string(),
+                found,
+                expected,
+            })
         }
     }
 

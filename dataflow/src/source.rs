@@ -1,6 +1,7 @@
 //! The Kafka source: reads this worker's partitions without ever blocking, pre-counts taps per
 //! (epoch, stream, emoji) and holds its capability at the epoch of its partitions' watermark.
 
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::partition::{Assignment, Mark, Partition};
 use crate::PartialCount;
@@ -61,11 +62,16 @@ type Counts = HashMap<(u64, String, String), (u64, u64)>;
 pub fn kafka_source<'scope>(
     scope: Scope<'scope, u64>,
     settings: SourceSettings,
-) -> Result<Stream<'scope, u64, Vec<SourceItem>>, KafkaError> {
+) -> Result<Stream<'scope, u64, Vec<SourceItem>>, Error> {
     let consumer = if settings.partitions.is_empty() {
         None
     } else {
-        Some(consumer(&settings)?)
+        let consumer = consumer(&settings).map_err(|source| Error::Client {
+            topic: settings.topic.clone(),
+            client: "source consumer",
+            source,
+        })?;
+        Some(consumer)
     };
     let mut partitions: BTreeMap<i32, Partition> = settings
         .partitions

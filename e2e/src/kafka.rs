@@ -6,9 +6,28 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// One record as the broker holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    /// The record's timestamp (CreateTime: what the producer set), in Unix ms.
+    pub timestamp: Option<i64>,
+    pub payload: Vec<u8>,
+}
+
 /// Every record of `topic` up to its high watermarks at the time of the call, partition by
 /// partition, in offset order (payloads only). Blocking: call it from `spawn_blocking`.
 pub fn read_all(brokers: &str, topic: &str) -> Vec<Vec<u8>> {
+    read_records(brokers, topic)
+        .into_iter()
+        .map(|r| r.payload)
+        .collect()
+}
+
+/// [`read_all`] with each record's partition, offset, key and timestamp.
+pub fn read_records(brokers: &str, topic: &str) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "emostream-e2e-reader")
@@ -32,7 +51,7 @@ pub fn read_all(brokers: &str, topic: &str) -> Vec<Vec<u8>> {
             pending.insert(p, (low, high));
         }
     }
-    let mut records: BTreeMap<(i32, i64), Vec<u8>> = BTreeMap::new();
+    let mut records: BTreeMap<(i32, i64), Record> = BTreeMap::new();
     if pending.is_empty() {
         return Vec::new();
     }
@@ -49,7 +68,13 @@ pub fn read_all(brokers: &str, topic: &str) -> Vec<Vec<u8>> {
                     if msg.offset() < *high {
                         records.insert(
                             (msg.partition(), msg.offset()),
-                            msg.payload().unwrap_or_default().to_vec(),
+                            Record {
+                                partition: msg.partition(),
+                                offset: msg.offset(),
+                                key: msg.key().map(<[u8]>::to_vec),
+                                timestamp: msg.timestamp().to_millis(),
+                                payload: msg.payload().unwrap_or_default().to_vec(),
+                            },
                         );
                     }
                     *next = (*next).max(msg.offset() + 1);

@@ -3,10 +3,12 @@
 //! # Layout
 //! - [`routes`]: the HTTP handlers, the deadline-and-count middleware, and [`app`].
 //! - [`parse`]: request bodies (JSON object, JSON array, NDJSON) into validated taps (public for
-//!   the fuzz target in `gateway/fuzz`).
+//!   the fuzz target in `gateway/fuzz`): `parse/fast` (borrowed structs), `parse/slow` (every
+//!   refusal names its field), `parse/validate` (the rules both share), `parse/emoji`.
 //! - `limits`: token buckets per user id and per client IP.
 //! - `batcher`: the in-flight budget, and the packing of one (partition, stream, epoch) into one
-//!   Kafka record, answering each request once the broker has acknowledged its record.
+//!   Kafka record, answering each request once the broker has acknowledged its record:
+//!   `batcher/batches` (when a batch is due) and `batcher/packer` (sending, answers).
 //! - `producer`: the Kafka producer and the broker's health (503 at once while it is down).
 //! - `listener`: the connection cap.
 //! - `error`: [`GatewayError`], every refusal as a status and a JSON reason.

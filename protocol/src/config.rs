@@ -426,7 +426,7 @@ impl Config {
         if self.kafka.events_partitions == 0 {
             return bad("kafka.events_partitions must be at least 1");
         }
-        crate::kafka::check_pass_through(&self.kafka.client).map_err(ConfigError::Invalid)?;
+        crate::kafka::check_pass_through(&self.kafka.client)?;
         if self.dataflow.processes.is_empty() || self.dataflow.threads == 0 {
             return bad("dataflow.processes and dataflow.threads must not be empty");
         }

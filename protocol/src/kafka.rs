@@ -8,7 +8,7 @@
 //! `compression.type`, …), but never a key the guarantees rest on: those are refused when the
 //! configuration is read, not silently overridden.
 
-use crate::config::KafkaConfig;
+use crate::config::{ConfigError, KafkaConfig};
 use std::collections::BTreeMap;
 
 /// What a client is for; each role adds the settings its guarantees need.
@@ -72,12 +72,12 @@ const GUARDED: &[(&str, &str)] = &[
 ];
 
 /// Refuses a pass-through table that would change a guarded key.
-pub fn check_pass_through(client: &BTreeMap<String, String>) -> Result<(), String> {
+pub fn check_pass_through(client: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     for (key, why) in GUARDED {
         if client.contains_key(*key) {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "kafka.client.\"{key}\" cannot be set through the pass-through: {why}"
-            ));
+            )));
         }
     }
     Ok(())

@@ -8,6 +8,7 @@
 //! - [`trends`]: the trend frames (trending, sentiment, popular) on `emoji-trends`.
 //! - [`websocket`]: WebSocket opcodes and the server's frame encoding, for viewers' sockets.
 //! - [`wire`]: the HTTP bodies, the Kafka records and the viewer frames.
+//! - [`synthetic`]: the fixed epoch frame the fan-out benchmark and its floor both send.
 //! - [`shutdown`] (feature `signal`): one future that resolves on Ctrl-C or SIGTERM.
 
 pub mod config;
@@ -16,6 +17,7 @@ pub mod kafka;
 pub mod progress;
 #[cfg(feature = "signal")]
 pub mod shutdown;
+pub mod synthetic;
 pub mod trends;
 pub mod websocket;
 pub mod wire;

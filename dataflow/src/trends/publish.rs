@@ -6,6 +6,7 @@
 //! worker, because trends are derived, disposable data and must never stop the epochs' path. The
 //! producer is the same as the epochs' (idempotent, acks=all, no linger), with its own books.
 
+use crate::error::Error;
 use crate::publish::AckBook;
 use emostream_protocol::config::KafkaConfig;
 use emostream_protocol::kafka::ClientRole;
@@ -59,7 +60,7 @@ impl TrendsProducer {
     /// Creates the producer and fetches the topic's metadata (blocking: call it before the
     /// dataflow runs). `Ok(None)` when the broker does not have the topic: trends are then off
     /// for this run, with a warning, and the epochs flow as before.
-    pub fn connect(kafka: &KafkaConfig, topic: &str) -> Result<Option<Self>, String> {
+    pub fn connect(kafka: &KafkaConfig, topic: &str) -> Result<Option<Self>, Error> {
         let deliveries = Arc::new(AckBook::default());
         let wake = Arc::new(OnceLock::new());
         let producer: ThreadedProducer<TrendsContext> =
@@ -68,11 +69,18 @@ impl TrendsProducer {
                     deliveries: Arc::clone(&deliveries),
                     wake: Arc::clone(&wake),
                 })
-                .map_err(|e| format!("{topic} producer: {e}"))?;
+                .map_err(|source| Error::Client {
+                    topic: topic.to_string(),
+                    client: "producer",
+                    source,
+                })?;
         let metadata = producer
             .client()
             .fetch_metadata(Some(topic), Duration::from_secs(15))
-            .map_err(|e| format!("{topic} metadata: {e}"))?;
+            .map_err(|source| Error::Metadata {
+                topic: topic.to_string(),
+                source,
+            })?;
         let exists = metadata
             .topics()
             .iter()

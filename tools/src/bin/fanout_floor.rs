@@ -96,7 +96,7 @@ fn write_every_window(viewers: &Mutex<Vec<TcpStream>>, every_ms: u64) {
     loop {
         let end_ms = (epoch + 1) * every_ms;
         std::thread::sleep(Duration::from_millis(end_ms.saturating_sub(unix_ms())));
-        let text = emostream_broadcaster::synthetic_frame("main", epoch, every_ms);
+        let text = emostream_protocol::synthetic::frame("main", epoch, every_ms);
         let frame = server_frame(OP_TEXT, text.as_bytes());
         let mut viewers = viewers.lock().expect("never poisoned");
         viewers.retain_mut(|v| matches!(v.write(&frame), Ok(n) if n == frame.len()));

@@ -13,22 +13,31 @@
 //! Memory is bounded by the in-flight budget: a request takes one permit per event before it is
 //! queued and the permits travel with its events until the broker has answered for them, so
 //! neither the queue nor librdkafka can grow past `max_in_flight_events`.
+//!
+//! - `batches`: which batches are due when (group commit, event and byte caps), apart from I/O.
+//! - `packer`: the task that sends due batches and passes each answer back to its requests.
+
+mod batches;
+mod packer;
+#[cfg(test)]
+mod tests;
 
 use crate::metrics::Metrics;
 use crate::parse::Tap;
 use crate::producer::{self, Health, Kafka, FLUSH_BYTES};
 use crate::GatewayError;
+use batches::Batches;
 use emostream_protocol::config::AckMode;
 use emostream_protocol::epoch::epoch_of;
 use emostream_protocol::wire::{Accepted, EmojiEvent};
 use emostream_protocol::Config;
+use packer::Packer;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::producer::Producer;
 use std::borrow::Cow;
-use std::collections::hash_map::{Entry, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -36,19 +45,19 @@ use tokio::task::{JoinHandle, JoinSet};
 /// ones cost the packer more than their events suggest). Full → 503 at once.
 const SUBMISSION_QUEUE: usize = 65_536;
 
-type Ack = oneshot::Sender<Result<(), GatewayError>>;
+pub(super) type Ack = oneshot::Sender<Result<(), GatewayError>>;
 
 /// One request's events, already encoded as NDJSON lines.
-struct Submission {
-    partition: i32,
-    stream: String,
-    epoch: u64,
-    recv_ms: u64,
-    events: usize,
-    lines: Vec<u8>,
+pub(super) struct Submission {
+    pub(super) partition: i32,
+    pub(super) stream: String,
+    pub(super) epoch: u64,
+    pub(super) recv_ms: u64,
+    pub(super) events: usize,
+    pub(super) lines: Vec<u8>,
     /// None in fire-and-forget mode: nobody waits.
-    ack: Option<Ack>,
-    permit: OwnedSemaphorePermit,
+    pub(super) ack: Option<Ack>,
+    pub(super) permit: OwnedSemaphorePermit,
 }
 
 /// The request handlers' side of the batcher.
@@ -150,7 +159,7 @@ impl BatcherHandle {
 
     /// A user's taps always land in the same partition, so load spreads over partitions with the
     /// audience rather than with the number of streams.
-    fn partition_for(&self, stream: &str, user_id: &str) -> i32 {
+    pub(super) fn partition_for(&self, stream: &str, user_id: &str) -> i32 {
         // SipHash with fixed keys: the same user maps to the same partition on every gateway.
         let mut h = std::hash::DefaultHasher::new();
         (stream, user_id).hash(&mut h);
@@ -189,10 +198,8 @@ impl Batcher {
         let packer = Packer {
             producer,
             topic,
-            max_events: config.gateway.flush_max_events,
-            open: HashMap::new(),
+            batches: Batches::new(config.gateway.flush_max_events, FLUSH_BYTES),
             in_flight: JoinSet::new(),
-            unacked: HashMap::new(),
             health,
             metrics,
         };
@@ -207,177 +214,6 @@ impl Batcher {
             tracing::error!(error = %e, "batcher task failed");
         }
         self.probe.abort();
-    }
-}
-
-#[derive(Clone, Hash, PartialEq, Eq)]
-struct BatchKey {
-    partition: i32,
-    stream: String,
-    epoch: u64,
-}
-
-struct OpenBatch {
-    /// The newest receive time in the batch: the record's timestamp, which the dataflow's
-    /// watermark follows. (The first receive time would trail it by up to `flush_ms`, and every
-    /// epoch would close that much later.)
-    newest_recv_ms: u64,
-    events: usize,
-    lines: Vec<u8>,
-    acks: Vec<Ack>,
-    permits: Vec<OwnedSemaphorePermit>,
-}
-
-struct Packer {
-    producer: Kafka,
-    topic: String,
-    max_events: usize,
-    open: HashMap<BatchKey, OpenBatch>,
-    /// Each task resolves to its record's partition once the broker has answered.
-    in_flight: JoinSet<i32>,
-    /// Records awaiting the broker, per partition.
-    unacked: HashMap<i32, usize>,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-}
-
-impl Packer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Submission>, flush_every: Duration) {
-        let mut tick = tokio::time::interval(flush_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                submission = rx.recv() => match submission {
-                    Some(s) => self.add(s),
-                    None => break,
-                },
-                // Flushing everything each tick bounds a batch's age by `flush_ms`.
-                _ = tick.tick() => self.flush_all(),
-                Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
-                    let partition = done.expect("a delivery task does not panic");
-                    self.acknowledged(partition);
-                }
-            }
-        }
-        self.flush_all();
-        while self.in_flight.join_next().await.is_some() {}
-        // Every record has been acknowledged or failed by now; this only drains librdkafka's own
-        // bookkeeping, so it blocks for a moment at most.
-        let producer = self.producer.clone();
-        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
-    }
-
-    fn add(&mut self, s: Submission) {
-        let key = BatchKey {
-            partition: s.partition,
-            stream: s.stream,
-            epoch: s.epoch,
-        };
-        let mut entry = match self.open.entry(key) {
-            Entry::Occupied(e) => e,
-            Entry::Vacant(e) => e.insert_entry(OpenBatch {
-                newest_recv_ms: s.recv_ms,
-                events: 0,
-                lines: Vec::with_capacity(s.lines.len() * 4),
-                acks: Vec::new(),
-                permits: Vec::new(),
-            }),
-        };
-        let batch = entry.get_mut();
-        batch.newest_recv_ms = batch.newest_recv_ms.max(s.recv_ms);
-        batch.events += s.events;
-        batch.lines.extend_from_slice(&s.lines);
-        batch.acks.extend(s.ack);
-        batch.permits.push(s.permit);
-        let full = batch.events >= self.max_events || batch.lines.len() >= FLUSH_BYTES;
-        let idle = self.unacked.get(&s.partition).is_none_or(|&n| n == 0);
-        if full || idle {
-            let (key, batch) = entry.remove_entry();
-            self.send(key, batch);
-        }
-    }
-
-    /// A record of `partition` was answered: if it was the last, what gathered meanwhile goes.
-    fn acknowledged(&mut self, partition: i32) {
-        let n = self.unacked.entry(partition).or_default();
-        *n -= 1;
-        if *n == 0 {
-            let ready: Vec<BatchKey> = self
-                .open
-                .keys()
-                .filter(|k| k.partition == partition)
-                .cloned()
-                .collect();
-            for key in ready {
-                let batch = self.open.remove(&key).expect("the key was just listed");
-                self.send(key, batch);
-            }
-        }
-    }
-
-    fn flush_all(&mut self) {
-        let open = std::mem::take(&mut self.open);
-        for (key, batch) in open {
-            self.send(key, batch);
-        }
-    }
-
-    fn send(&mut self, key: BatchKey, batch: OpenBatch) {
-        let record = FutureRecord::to(&self.topic)
-            .partition(key.partition)
-            .key(key.stream.as_bytes())
-            .payload(&batch.lines)
-            .timestamp(batch.newest_recv_ms as i64);
-        let OpenBatch {
-            events,
-            acks,
-            permits,
-            ..
-        } = batch;
-        let partition = key.partition;
-        match self.producer.send_result(record) {
-            Ok(delivery) => {
-                *self.unacked.entry(partition).or_default() += 1;
-                let (health, metrics) = (Arc::clone(&self.health), Arc::clone(&self.metrics));
-                let sent = Instant::now();
-                self.in_flight.spawn(async move {
-                    let outcome = match delivery.await {
-                        Ok(Ok(_)) => {
-                            metrics.broker_ack(sent.elapsed());
-                            Ok(())
-                        }
-                        Ok(Err((e, _))) => {
-                            tracing::warn!(error = %e, events, "broker did not acknowledge a batch");
-                            Err(GatewayError::BrokerUnavailable {
-                                reason: "broker did not acknowledge, retry shortly",
-                            })
-                        }
-                        Err(_) => Err(GatewayError::BrokerUnavailable {
-                            reason: "producer stopped",
-                        }),
-                    };
-                    if outcome.is_err() {
-                        health.set_down();
-                        metrics.undelivered(events as u64);
-                    }
-                    for ack in acks {
-                        let _ = ack.send(outcome.clone());
-                    }
-                    // The budget is returned only now: until here these events were in memory.
-                    drop(permits);
-                    partition
-                });
-            }
-            Err((e, _)) => {
-                tracing::warn!(error = %e, events, "producer refused a batch");
-                self.metrics.undelivered(events as u64);
-                for ack in acks {
-                    let _ = ack.send(Err(GatewayError::Overloaded {
-                        reason: "producer queue full, retry shortly",
-                    }));
-                }
-            }
-        }
     }
 }
 

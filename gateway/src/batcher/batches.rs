@@ -1,0 +1,105 @@
+//! The batching policy: which (partition, stream, epoch) batch is due when.
+
+use super::{Ack, Submission};
+use std::collections::hash_map::{Entry, HashMap};
+use tokio::sync::OwnedSemaphorePermit;
+
+#[derive(Clone, Hash, PartialEq, Eq)]
+pub(super) struct BatchKey {
+    pub(super) partition: i32,
+    pub(super) stream: String,
+    pub(super) epoch: u64,
+}
+
+pub(super) struct OpenBatch {
+    /// The newest receive time in the batch: the record's timestamp, which the dataflow's
+    /// watermark follows. (The first receive time would trail it by up to `flush_ms`, and every
+    /// epoch would close that much later.)
+    pub(super) newest_recv_ms: u64,
+    pub(super) events: usize,
+    pub(super) lines: Vec<u8>,
+    pub(super) acks: Vec<Ack>,
+    pub(super) permits: Vec<OwnedSemaphorePermit>,
+}
+
+/// Which batches go out when (the group commit and the caps), apart from the producer that
+/// sends them.
+pub(super) struct Batches {
+    max_events: usize,
+    max_bytes: usize,
+    open: HashMap<BatchKey, OpenBatch>,
+    /// Records awaiting the broker, per partition.
+    unacked: HashMap<i32, usize>,
+}
+
+impl Batches {
+    pub(super) fn new(max_events: usize, max_bytes: usize) -> Self {
+        Batches {
+            max_events,
+            max_bytes,
+            open: HashMap::new(),
+            unacked: HashMap::new(),
+        }
+    }
+
+    /// Adds a submission to its batch; the batch is due at once when it is full or its partition
+    /// has no record awaiting the broker.
+    pub(super) fn add(&mut self, s: Submission) -> Option<(BatchKey, OpenBatch)> {
+        let key = BatchKey {
+            partition: s.partition,
+            stream: s.stream,
+            epoch: s.epoch,
+        };
+        let mut entry = match self.open.entry(key) {
+            Entry::Occupied(e) => e,
+            Entry::Vacant(e) => e.insert_entry(OpenBatch {
+                newest_recv_ms: s.recv_ms,
+                events: 0,
+                lines: Vec::with_capacity(s.lines.len() * 4),
+                acks: Vec::new(),
+                permits: Vec::new(),
+            }),
+        };
+        let batch = entry.get_mut();
+        batch.newest_recv_ms = batch.newest_recv_ms.max(s.recv_ms);
+        batch.events += s.events;
+        batch.lines.extend_from_slice(&s.lines);
+        batch.acks.extend(s.ack);
+        batch.permits.push(s.permit);
+        let full = batch.events >= self.max_events || batch.lines.len() >= self.max_bytes;
+        let idle = self.unacked.get(&s.partition).is_none_or(|&n| n == 0);
+        (full || idle).then(|| entry.remove_entry())
+    }
+
+    /// A record of `partition` is now awaiting the broker.
+    pub(super) fn sent(&mut self, partition: i32) {
+        *self.unacked.entry(partition).or_default() += 1;
+    }
+
+    /// A record of `partition` was answered: if it was the last, what gathered meanwhile is due.
+    pub(super) fn acknowledged(&mut self, partition: i32) -> Vec<(BatchKey, OpenBatch)> {
+        let n = self.unacked.entry(partition).or_default();
+        *n -= 1;
+        if *n > 0 {
+            return Vec::new();
+        }
+        let ready: Vec<BatchKey> = self
+            .open
+            .keys()
+            .filter(|k| k.partition == partition)
+            .cloned()
+            .collect();
+        ready
+            .into_iter()
+            .map(|key| {
+                let batch = self.open.remove(&key).expect("the key was just listed");
+                (key, batch)
+            })
+            .collect()
+    }
+
+    /// Every open batch, due now (the flush tick and the shutdown).
+    pub(super) fn take_all(&mut self) -> Vec<(BatchKey, OpenBatch)> {
+        self.open.drain().collect()
+    }
+}

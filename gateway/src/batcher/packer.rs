@@ -1,0 +1,126 @@
+//! The packer task: adds submissions to batches, sends the due ones, and passes each record's
+//! answer back to every request whose events it holds.
+
+use super::batches::{BatchKey, Batches, OpenBatch};
+use super::Submission;
+use crate::metrics::Metrics;
+use crate::producer::{Health, Kafka};
+use crate::GatewayError;
+use rdkafka::producer::{FutureRecord, Producer};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+pub(super) struct Packer {
+    pub(super) producer: Kafka,
+    pub(super) topic: String,
+    pub(super) batches: Batches,
+    /// Each task resolves to its record's partition once the broker has answered.
+    pub(super) in_flight: JoinSet<i32>,
+    pub(super) health: Arc<Health>,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl Packer {
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Submission>, flush_every: Duration) {
+        let mut tick = tokio::time::interval(flush_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                submission = rx.recv() => match submission {
+                    Some(s) => self.add(s),
+                    None => break,
+                },
+                // Flushing everything each tick bounds a batch's age by `flush_ms`.
+                _ = tick.tick() => self.flush_all(),
+                Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    let partition = done.expect("a delivery task does not panic");
+                    self.acknowledged(partition);
+                }
+            }
+        }
+        self.flush_all();
+        while self.in_flight.join_next().await.is_some() {}
+        // Every record has been acknowledged or failed by now; this only drains librdkafka's own
+        // bookkeeping, so it blocks for a moment at most.
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+    }
+
+    fn add(&mut self, s: Submission) {
+        if let Some((key, batch)) = self.batches.add(s) {
+            self.send(key, batch);
+        }
+    }
+
+    fn acknowledged(&mut self, partition: i32) {
+        for (key, batch) in self.batches.acknowledged(partition) {
+            self.send(key, batch);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for (key, batch) in self.batches.take_all() {
+            self.send(key, batch);
+        }
+    }
+
+    fn send(&mut self, key: BatchKey, batch: OpenBatch) {
+        let record = FutureRecord::to(&self.topic)
+            .partition(key.partition)
+            .key(key.stream.as_bytes())
+            .payload(&batch.lines)
+            .timestamp(batch.newest_recv_ms as i64);
+        let OpenBatch {
+            events,
+            acks,
+            permits,
+            ..
+        } = batch;
+        let partition = key.partition;
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                self.batches.sent(partition);
+                let (health, metrics) = (Arc::clone(&self.health), Arc::clone(&self.metrics));
+                let sent = Instant::now();
+                self.in_flight.spawn(async move {
+                    let outcome = match delivery.await {
+                        Ok(Ok(_)) => {
+                            metrics.broker_ack(sent.elapsed());
+                            Ok(())
+                        }
+                        Ok(Err((e, _))) => {
+                            tracing::warn!(error = %e, events, "broker did not acknowledge a batch");
+                            Err(GatewayError::BrokerUnavailable {
+                                reason: "broker did not acknowledge, retry shortly",
+                            })
+                        }
+                        Err(_) => Err(GatewayError::BrokerUnavailable {
+                            reason: "producer stopped",
+                        }),
+                    };
+                    if outcome.is_err() {
+                        health.set_down();
+                        metrics.undelivered(events as u64);
+                    }
+                    for ack in acks {
+                        let _ = ack.send(outcome.clone());
+                    }
+                    // The budget is returned only now: until here these events were in memory.
+                    drop(permits);
+                    partition
+                });
+            }
+            Err((e, _)) => {
+                tracing::warn!(error = %e, events, "producer refused a batch");
+                self.metrics.undelivered(events as u64);
+                for ack in acks {
+                    let _ = ack.send(Err(GatewayError::Overloaded {
+                        reason: "producer queue full, retry shortly",
+                    }));
+                }
+            }
+        }
+    }
+}

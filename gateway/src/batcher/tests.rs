@@ -1,0 +1,323 @@
+//! The batching policy with exact values (no I/O), and the whole batcher against a real broker:
+//! every request answered only once its events are in Kafka, each event there exactly once.
+
+use super::batches::{BatchKey, Batches, OpenBatch};
+use super::{Batcher, Submission};
+use crate::metrics::Metrics;
+use crate::parse::Tap;
+use crate::GatewayError;
+use emostream_e2e::broker::Broker;
+use emostream_e2e::kafka::read_records;
+use emostream_protocol::wire::EmojiEvent;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::{oneshot, Semaphore};
+
+type Answer = oneshot::Receiver<Result<(), GatewayError>>;
+
+/// A request of `events` taps whose lines are `line` repeated, holding that many permits of
+/// `budget`; with a receiver for its answer unless it is fire-and-forget.
+fn submission(
+    budget: &Arc<Semaphore>,
+    (partition, stream, epoch): (i32, &str, u64),
+    recv_ms: u64,
+    events: usize,
+    line: &str,
+    waits: bool,
+) -> (Submission, Option<Answer>) {
+    let (ack, answer) = if waits {
+        let (tx, rx) = oneshot::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let submission = Submission {
+        partition,
+        stream: stream.into(),
+        epoch,
+        recv_ms,
+        events,
+        lines: line.repeat(events).into_bytes(),
+        ack,
+        permit: Arc::clone(budget)
+            .try_acquire_many_owned(events as u32)
+            .expect("the test's budget is large enough"),
+    };
+    (submission, answer)
+}
+
+/// (partition, stream, epoch, newest receive time, events, lines, acks, permits) of a due batch.
+fn shape(due: &(BatchKey, OpenBatch)) -> (i32, &str, u64, u64, usize, &str, usize, usize) {
+    let (key, batch) = due;
+    (
+        key.partition,
+        key.stream.as_str(),
+        key.epoch,
+        batch.newest_recv_ms,
+        batch.events,
+        std::str::from_utf8(&batch.lines).unwrap(),
+        batch.acks.len(),
+        batch.permits.len(),
+    )
+}
+
+#[test]
+fn a_batch_goes_at_once_to_a_partition_with_nothing_in_flight() {
+    let budget = Arc::new(Semaphore::new(100));
+    let mut batches = Batches::new(1000, 1 << 20);
+    let (s, _answer) = submission(&budget, (2, "main", 7), 14_001, 2, "a\n", true);
+    let due = batches.add(s).expect("partition 2 is idle");
+    assert_eq!(shape(&due), (2, "main", 7, 14_001, 2, "a\na\n", 1, 1));
+    assert!(batches.take_all().is_empty());
+}
+
+#[test]
+fn while_a_record_is_in_flight_its_partition_gathers_until_the_answer() {
+    let budget = Arc::new(Semaphore::new(100));
+    let mut batches = Batches::new(1000, 1 << 20);
+    batches.sent(0);
+    let (a, _) = submission(&budget, (0, "main", 7), 14_100, 2, "a\n", true);
+    let (b, _) = submission(&budget, (0, "main", 7), 14_050, 3, "b\n", true);
+    let (c, _) = submission(&budget, (0, "main", 7), 14_080, 1, "c\n", false);
+    assert!(batches.add(a).is_none());
+    assert!(batches.add(b).is_none());
+    assert!(batches.add(c).is_none());
+    // Another partition is not held back by partition 0's record.
+    let (other, _) = submission(&budget, (1, "main", 7), 14_090, 1, "o\n", true);
+    assert_eq!(
+        shape(&batches.add(other).expect("partition 1 is idle")),
+        (1, "main", 7, 14_090, 1, "o\n", 1, 1)
+    );
+
+    let due = batches.acknowledged(0);
+    assert_eq!(due.len(), 1);
+    // The newest receive time is the record's timestamp; the fire-and-forget request has no ack.
+    assert_eq!(
+        shape(&due[0]),
+        (0, "main", 7, 14_100, 6, "a\na\nb\nb\nb\nc\n", 2, 3)
+    );
+}
+
+#[test]
+fn the_answer_to_one_of_two_records_in_flight_releases_nothing() {
+    let budget = Arc::new(Semaphore::new(100));
+    let mut batches = Batches::new(1000, 1 << 20);
+    batches.sent(0);
+    batches.sent(0);
+    let (a, _) = submission(&budget, (0, "main", 7), 14_100, 1, "a\n", true);
+    assert!(batches.add(a).is_none());
+    assert!(batches.acknowledged(0).is_empty());
+    let due = batches.acknowledged(0);
+    assert_eq!(
+        due.iter().map(shape).collect::<Vec<_>>(),
+        [(0, "main", 7, 14_100, 1, "a\n", 1, 1)]
+    );
+}
+
+#[test]
+fn a_batch_never_mixes_streams_or_epochs() {
+    let budget = Arc::new(Semaphore::new(100));
+    let mut batches = Batches::new(1000, 1 << 20);
+    batches.sent(0);
+    for (stream, epoch, recv_ms, line) in [
+        ("main", 7, 15_990, "m7\n"),
+        ("cricket", 7, 15_991, "c7\n"),
+        ("main", 8, 16_000, "m8\n"),
+        ("main", 7, 15_999, "m7\n"),
+    ] {
+        let (s, _) = submission(&budget, (0, stream, epoch), recv_ms, 1, line, true);
+        assert!(batches.add(s).is_none());
+    }
+    let mut due = batches.acknowledged(0);
+    due.sort_by(|a, b| (&a.0.stream, a.0.epoch).cmp(&(&b.0.stream, b.0.epoch)));
+    assert_eq!(
+        due.iter().map(shape).collect::<Vec<_>>(),
+        [
+            (0, "cricket", 7, 15_991, 1, "c7\n", 1, 1),
+            (0, "main", 7, 15_999, 2, "m7\nm7\n", 2, 2),
+            (0, "main", 8, 16_000, 1, "m8\n", 1, 1),
+        ]
+    );
+}
+
+#[test]
+fn a_batch_reaching_the_event_cap_goes_even_while_its_partition_is_busy() {
+    let budget = Arc::new(Semaphore::new(100));
+    let mut batches = Batches::new(5, 1 << 20);
+    batches.sent(0);
+    let (a, _) = submission(&budget, (0, "main", 7), 14_000, 3, "a\n", true);
+    let (b, _) = submission(&budget, (0, "main", 7), 14_001, 2, "b\n", true);
+    let (c, _) = submission(&budget, (0, "main", 7), 14_002, 4, "c\n", true);
+    assert!(batches.add(a).is_none(), "3 of 5 events");
+    assert_eq!(
+        shape(&batches.add(b).expect("5 of 5 events")),
+        (0, "main", 7, 14_001, 5, "a\na\na\nb\nb\n", 2, 2)
+    );
+    assert!(batches.add(c).is_none(), "a new batch, 4 of 5 events");
+}
+
+#[test]
+fn a_batch_reaching_the_byte_cap_goes_even_while_its_partition_is_busy() {
+    let budget = Arc::new(Semaphore::new(100));
+    let mut batches = Batches::new(1000, 10);
+    batches.sent(0);
+    let (a, _) = submission(&budget, (0, "main", 7), 14_000, 2, "abc\n", true);
+    let (b, _) = submission(&budget, (0, "main", 7), 14_001, 1, "de\n", true);
+    assert!(batches.add(a).is_none(), "8 of 10 bytes");
+    assert_eq!(
+        shape(&batches.add(b).expect("11 bytes: past the cap")),
+        (0, "main", 7, 14_001, 3, "abc\nabc\nde\n", 2, 2)
+    );
+}
+
+#[test]
+fn the_flush_tick_takes_every_open_batch_of_every_partition() {
+    let budget = Arc::new(Semaphore::new(100));
+    let mut batches = Batches::new(1000, 1 << 20);
+    batches.sent(0);
+    batches.sent(3);
+    let (a, _) = submission(&budget, (0, "main", 7), 14_000, 1, "a\n", true);
+    let (b, _) = submission(&budget, (3, "main", 7), 14_001, 2, "b\n", true);
+    assert!(batches.add(a).is_none());
+    assert!(batches.add(b).is_none());
+    let mut due = batches.take_all();
+    due.sort_by_key(|d| d.0.partition);
+    assert_eq!(
+        due.iter().map(shape).collect::<Vec<_>>(),
+        [
+            (0, "main", 7, 14_000, 1, "a\n", 1, 1),
+            (3, "main", 7, 14_001, 2, "b\nb\n", 1, 1),
+        ]
+    );
+    assert!(batches.take_all().is_empty());
+}
+
+#[tokio::test]
+async fn a_batch_carries_each_waiting_request_its_answer_and_holds_the_budget_until_then() {
+    let budget = Arc::new(Semaphore::new(10));
+    let mut batches = Batches::new(1000, 1 << 20);
+    batches.sent(0);
+    let (a, answer_a) = submission(&budget, (0, "main", 7), 14_000, 2, "a\n", true);
+    let (b, answer_b) = submission(&budget, (0, "main", 7), 14_001, 3, "b\n", true);
+    assert!(batches.add(a).is_none());
+    assert!(batches.add(b).is_none());
+    assert_eq!(budget.available_permits(), 5);
+    let (_, batch) = batches.acknowledged(0).pop().expect("the gathered batch");
+    // What the packer does with the broker's answer for the record.
+    let refused = GatewayError::BrokerUnavailable { reason: REFUSED };
+    for ack in batch.acks {
+        ack.send(Err(refused.clone())).unwrap();
+    }
+    assert_eq!(
+        budget.available_permits(),
+        5,
+        "permits travel with the events"
+    );
+    drop(batch.permits);
+    assert_eq!(budget.available_permits(), 10);
+    for answer in [answer_a.unwrap(), answer_b.unwrap()] {
+        assert!(matches!(
+            answer.await.unwrap(),
+            Err(GatewayError::BrokerUnavailable { reason }) if reason == REFUSED
+        ));
+    }
+}
+
+const REFUSED: &str = "broker did not acknowledge, retry shortly";
+
+/// The whole batcher on a real broker: 24 concurrent requests of 1 to 3 taps from 8 users on
+/// 2 streams, each answered only once its record is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
+    let dir = std::env::temp_dir().join(format!("emostream-batcher-{}", std::process::id()));
+    let (broker, config) = Broker::standalone(&dir, "", &[]);
+    let metrics = Arc::new(Metrics::default());
+    let (batcher, handle) = Batcher::start(&config, metrics).expect("a producer");
+    let brokers = config.kafka.brokers.clone();
+    let topic = config.kafka.events_topic.clone();
+
+    // One request first: its answer means its record is already readable.
+    let tap = |user: &str, emoji: &str| Tap {
+        user_id: Cow::Owned(user.into()),
+        emoji: Cow::Owned(emoji.into()),
+        ts: None,
+    };
+    let first = handle.submit("main", &[tap("first", "🔥")]).await.unwrap();
+    assert_eq!(first.accepted, 1);
+    let (b, t) = (brokers.clone(), topic.clone());
+    let records = tokio::task::spawn_blocking(move || read_records(&b, &t))
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].key.as_deref(), Some(&b"main"[..]));
+
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..24u64 {
+        let handle = handle.clone();
+        requests.spawn(async move {
+            let stream = if i % 2 == 0 { "main" } else { "cricket" };
+            let user = format!("u{}", i % 8);
+            let taps: Vec<Tap> = (0..=i % 3).map(|_| tap(&user, "👍🏽")).collect();
+            let accepted = handle.submit(stream, &taps).await.unwrap();
+            (i, accepted.accepted)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(done) = requests.join_next().await {
+        answers.push(done.unwrap());
+    }
+    answers.sort();
+    let accepted: Vec<u64> = answers.iter().map(|a| a.1).collect();
+    assert_eq!(
+        accepted,
+        [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3]
+    );
+
+    let records = tokio::task::spawn_blocking(move || read_records(&brokers, &topic))
+        .await
+        .unwrap();
+    // (stream, user) → taps on the topic; every record keyed by its stream, on the user's
+    // partition, stamped with its newest receive time.
+    let mut taps: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for record in &records {
+        let text = std::str::from_utf8(&record.payload).unwrap();
+        let events: Vec<EmojiEvent> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let newest = events.iter().map(|e| e.recv_ms).max().unwrap();
+        assert_eq!(record.timestamp, Some(newest as i64));
+        for event in &events {
+            assert_eq!(record.key.as_deref(), Some(event.stream.as_bytes()));
+            assert_eq!(
+                record.partition,
+                handle.partition_for(&event.stream, &event.user_id)
+            );
+            *taps
+                .entry((event.stream.to_string(), event.user_id.to_string()))
+                .or_default() += 1;
+        }
+    }
+    let u = |stream: &str, user: &str, n: usize| ((stream.to_string(), user.to_string()), n);
+    // Request i: stream main if i is even, user u(i mod 8), 1 + i mod 3 taps.
+    assert_eq!(
+        taps,
+        BTreeMap::from([
+            u("main", "first", 1),
+            u("main", "u0", 1 + 2 + 3),
+            u("main", "u2", 3 + 1 + 2),
+            u("main", "u4", 2 + 3 + 1),
+            u("main", "u6", 1 + 2 + 3),
+            u("cricket", "u1", 2 + 3 + 1),
+            u("cricket", "u3", 1 + 2 + 3),
+            u("cricket", "u5", 3 + 1 + 2),
+            u("cricket", "u7", 2 + 3 + 1),
+        ])
+    );
+
+    drop(handle);
+    batcher.finish().await;
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,246 @@
+use super::*;
+
+#[test]
+fn emojis_that_are_one_cluster() {
+    for e in ["🔥", "👍🏽", "❤️", "❤", "👨‍👩‍👧", "🇮🇳", "1️⃣", "⭐", "🏳️‍🌈"]
+    {
+        assert!(is_one_emoji(e), "{e} should be accepted");
+    }
+}
+
+#[test]
+fn not_one_emoji() {
+    for e in ["", "a", "🔥🔥", "1", "#", "hi🔥", "👍 ", "\u{200D}"] {
+        assert!(!is_one_emoji(e), "{e:?} should be refused");
+    }
+}
+
+#[test]
+fn seed_body_as_the_seeds_send_it() {
+    let t = seed_body(br#"{"user_id":"user_42","emoji_type":"\ud83d\udd25","timestamp":"2024-11-05T10:00:00.123Z"}"#, &Rules::default()).unwrap();
+    assert_eq!(
+        t,
+        Tap {
+            user_id: "user_42".into(),
+            emoji: "🔥".into(),
+            ts: Some(ClientTs::Iso("2024-11-05T10:00:00.123Z".into()))
+        }
+    );
+}
+
+#[test]
+fn batch_refusal_names_the_item() {
+    let body = r#"[{"user_id":"a","emoji":"🔥"},{"user_id":"b","emoji":"xx"}]"#.as_bytes();
+    assert_eq!(
+        batch_body(body, BodyFormat::Json, &Rules::default()),
+        Err(GatewayError::invalid(
+            "items[1].emoji",
+            "emoji must be exactly one emoji"
+        ))
+    );
+    let nd = "{\"user_id\":\"a\",\"emoji\":\"🔥\"}\n{\"user_id\":\"\",\"emoji\":\"🔥\"}\n";
+    assert_eq!(
+        batch_body(nd.as_bytes(), BodyFormat::NdJson, &Rules::default()),
+        Err(GatewayError::invalid(
+            "items[1].user_id",
+            "user_id must be 1 to 128 visible characters"
+        ))
+    );
+}
+
+#[test]
+fn batch_forms() {
+    let one = batch_body(
+        br#"{"user_id":"a","emoji":"\u2764\ufe0f","timestamp":1730800000000}"#,
+        BodyFormat::Json,
+        &Rules::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        one,
+        vec![Tap {
+            user_id: "a".into(),
+            emoji: "❤️".into(),
+            ts: Some(ClientTs::Millis(1730800000000))
+        }]
+    );
+    let nd = "{\"user_id\":\"a\",\"emoji\":\"🔥\"}\n\n{\"user_id\":\"b\",\"emoji\":\"👍🏽\"}";
+    assert_eq!(
+        batch_body(nd.as_bytes(), BodyFormat::NdJson, &Rules::default())
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(matches!(
+        batch_body(b"[]", BodyFormat::Json, &Rules::default()),
+        Err(GatewayError::Malformed { .. })
+    ));
+    assert!(matches!(
+        batch_body(b"{", BodyFormat::Json, &Rules::default()),
+        Err(GatewayError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn allow_list_refuses_other_emojis() {
+    let rules = Rules::new(&["🔥".to_string(), "👍🏽".to_string()]).unwrap();
+    assert!(batch_body(
+        r#"{"user_id":"a","emoji":"👍🏽"}"#.as_bytes(),
+        BodyFormat::Json,
+        &rules
+    )
+    .is_ok());
+    assert_eq!(
+        batch_body(
+            r#"[{"user_id":"a","emoji":"🔥"},{"user_id":"a","emoji":"😮"}]"#.as_bytes(),
+            BodyFormat::Json,
+            &rules
+        ),
+        Err(GatewayError::invalid(
+            "items[1].emoji",
+            "emoji is not one of the emojis this gateway accepts"
+        ))
+    );
+    assert_eq!(
+        seed_body(r#"{"user_id":"a","emoji_type":"😮"}"#.as_bytes(), &rules),
+        Err(GatewayError::invalid(
+            "emoji_type",
+            "emoji_type is not one of the emojis this gateway accepts"
+        ))
+    );
+    assert!(Rules::new(&["ab".to_string()]).is_err());
+}
+
+#[test]
+fn fast_path_borrows_and_agrees_with_the_slow_path() {
+    let body = r#"[{"user_id":"a","emoji":"🔥","timestamp":5},{"user_id":"b\u0041","emoji":"❤️","timestamp":"2024-11-05T10:00:00Z"}]"#;
+    let rules = Rules::default();
+    let fast = fast_batch(body.as_bytes(), BodyFormat::Json, &rules).unwrap();
+    assert!(matches!(fast[0].user_id, Cow::Borrowed("a")));
+    assert_eq!(fast[1].user_id, "bA");
+    assert_eq!(
+        Ok(fast),
+        slow_batch(body.as_bytes(), BodyFormat::Json, &rules)
+    );
+    // Invalid UTF-8 in a field the fast path skips is still malformed (found by fuzzing).
+    let bad = b"{\"user_id\":\"a\",\"emoji\":\"\xf0\x9f\x94\xa5\",\"x\":\"\xe5\xff\"}";
+    assert!(matches!(
+        batch_body(bad, BodyFormat::Json, &rules),
+        Err(GatewayError::Malformed { .. })
+    ));
+    // So is a lone surrogate in an unknown field; known extra fields are fine.
+    let lone = br#"{"user_id":"a","emoji":"\ud83d\udd25","x":"\udd25"}"#;
+    assert!(matches!(
+        batch_body(lone, BodyFormat::Json, &rules),
+        Err(GatewayError::Malformed { .. })
+    ));
+    let extra = br#"{"user_id":"a","emoji":"\ud83d\udd25","x":[1]}"#;
+    assert_eq!(
+        batch_body(extra, BodyFormat::Json, &rules).unwrap()[0].emoji,
+        "🔥"
+    );
+    // A duplicate field is the slow path's call (the last one wins), as before.
+    let dup = r#"{"user_id":"a","user_id":"b","emoji":"🔥"}"#;
+    assert!(fast_batch(dup.as_bytes(), BodyFormat::Json, &rules).is_none());
+    assert_eq!(
+        batch_body(dup.as_bytes(), BodyFormat::Json, &rules).unwrap()[0].user_id,
+        "b"
+    );
+}
+
+#[test]
+fn every_field_refusal_names_its_field() {
+    let rules = Rules::default();
+    let cases: [(&str, &str, &str); 9] = [
+        (r#"{"emoji":"🔥"}"#, "user_id", "user_id is required"),
+        (
+            r#"{"user_id":7,"emoji":"🔥"}"#,
+            "user_id",
+            "user_id must be a string",
+        ),
+        (
+            r#"{"user_id":"a b","emoji":"🔥"}"#,
+            "user_id",
+            "user_id must be 1 to 128 visible characters",
+        ),
+        (
+            r#"{"user_id":"a\u200bb","emoji":"🔥"}"#,
+            "user_id",
+            "user_id must be 1 to 128 visible characters",
+        ),
+        (r#"{"user_id":"a"}"#, "emoji", "emoji is required"),
+        (
+            r#"{"user_id":"a","emoji":"🔥🔥"}"#,
+            "emoji",
+            "emoji must be exactly one emoji",
+        ),
+        (
+            r#"{"user_id":"a","emoji":"🔥","timestamp":-1}"#,
+            "timestamp",
+            "timestamp must be ISO-8601 or Unix milliseconds",
+        ),
+        (
+            r#"{"user_id":"a","emoji":"🔥","timestamp":"yesterday"}"#,
+            "timestamp",
+            "timestamp must be ISO-8601 or Unix milliseconds",
+        ),
+        (
+            r#"{"user_id":"a","emoji":"🔥","timestamp":true}"#,
+            "timestamp",
+            "timestamp must be ISO-8601 or Unix milliseconds",
+        ),
+    ];
+    for (body, field, error) in cases {
+        assert_eq!(
+            batch_body(body.as_bytes(), BodyFormat::Json, &rules),
+            Err(GatewayError::invalid(field, error)),
+            "{body}"
+        );
+    }
+    let long = format!(r#"{{"user_id":"{}","emoji":"🔥"}}"#, "x".repeat(129));
+    assert_eq!(
+        batch_body(long.as_bytes(), BodyFormat::Json, &rules),
+        Err(GatewayError::invalid(
+            "user_id",
+            "user_id must be 1 to 128 visible characters"
+        ))
+    );
+    let ok = format!(r#"{{"user_id":"{}","emoji":"🔥"}}"#, "é".repeat(128));
+    assert!(batch_body(ok.as_bytes(), BodyFormat::Json, &rules).is_ok());
+    assert_eq!(
+        batch_body(b"[1]", BodyFormat::Json, &rules),
+        Err(GatewayError::invalid(
+            "items[0]",
+            "each emoji must be a JSON object"
+        ))
+    );
+}
+
+#[test]
+fn stream_ids() {
+    assert!(stream_id("main").is_ok());
+    assert!(stream_id("ipl-2026_final").is_ok());
+    assert!(stream_id("").is_err());
+    assert!(stream_id("Main").is_err());
+    assert!(stream_id(&"a".repeat(65)).is_err());
+}
+
+#[test]
+fn content_types() {
+    assert_eq!(
+        BodyFormat::from_content_type(Some("application/json; charset=utf-8")),
+        Ok(BodyFormat::Json)
+    );
+    assert_eq!(
+        BodyFormat::from_content_type(Some("application/x-ndjson")),
+        Ok(BodyFormat::NdJson)
+    );
+    assert_eq!(
+        BodyFormat::from_content_type(Some("text/plain")),
+        Err(GatewayError::UnsupportedMediaType)
+    );
+    assert_eq!(
+        BodyFormat::from_content_type(None),
+        Err(GatewayError::UnsupportedMediaType)
+    );
+}
