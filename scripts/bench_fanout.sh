@@ -82,14 +82,14 @@ start() { # name, args…
 }
 
 step "starting main (synthetic, every 2000 ms), 2 clusters, $SUBSCRIBERS subscribers"
-start main --role main --synthetic-ms 2000
+start main main --synthetic-ms 2000
 urls=()
 sub_pids=()
 for c in 0 1; do
-    start "c$c" --role cluster --name "c$c"
+    start "c$c" cluster --name "c$c"
     for i in $(seq 0 $((per_cluster - 1))); do
         if (( c * per_cluster + i < SUBSCRIBERS )); then
-            start "c$c-s$i" --role subscriber --name "c$c-s$i"
+            start "c$c-s$i" subscriber --name "c$c-s$i"
             sub_pids+=("$(cat "$work/c$c-s$i.pid")")
             urls+=("ws://127.0.0.1:$((BASE_PORT + 10 * (c + 1) + i + 1))")
         fi

@@ -77,13 +77,13 @@ EMOSTREAM_BIN_DIR="$bin" scripts/broker.sh start --data "$run/broker" --config "
 step "4/5 gateway, $processes worker processes, broadcaster"
 start gateway "$bin/emostream-gateway" --config "$config"
 start workers env EMOSTREAM_BIN_DIR="$bin" scripts/run_workers.sh -n "$processes" -c "$config"
-start main "$bin/emostream-broadcaster" --config "$config" --role main
+start main "$bin/emostream-broadcaster" --config "$config" main
 subscriber_urls=()
 while read -r name _listen subs; do
-  start "$name" "$bin/emostream-broadcaster" --config "$config" --role cluster --name "$name"
+  start "$name" "$bin/emostream-broadcaster" --config "$config" cluster --name "$name"
   i=0
   for sub in ${subs//,/ }; do
-    start "$name-s$i" "$bin/emostream-broadcaster" --config "$config" --role subscriber --name "$name-s$i"
+    start "$name-s$i" "$bin/emostream-broadcaster" --config "$config" subscriber --name "$name-s$i"
     subscriber_urls+=("$sub")
     i=$((i + 1))
   done

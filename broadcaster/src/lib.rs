@@ -51,5 +51,5 @@ pub use error::Error;
 pub use roles::cluster::cluster_publisher;
 pub use roles::main::main_publisher;
 pub use roles::subscriber::subscriber;
-pub use roles::{run, Launch, Role, Settings};
+pub use roles::{run, Role, Settings};
 pub use synthetic::Synthetic;

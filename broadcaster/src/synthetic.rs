@@ -8,9 +8,27 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 /// `--synthetic-ms` and `--synthetic-streams` of the main publisher.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct Synthetic {
+    /// Emit one epoch per stream every MS instead of reading Kafka, each with end_ms = the
+    /// moment it is emitted (benchmarks).
+    #[arg(
+        long = "synthetic-ms",
+        value_name = "MS",
+        value_parser = clap::value_parser!(u64).range(1..),
+        // Required only with --synthetic-streams: the derive would otherwise require it even
+        // when no synthetic option is given at all.
+        required = false
+    )]
     pub every_ms: u64,
+    /// The streams of the synthetic epochs.
+    #[arg(
+        long = "synthetic-streams",
+        value_name = "A,B",
+        value_delimiter = ',',
+        default_value = "main",
+        requires = "every_ms"
+    )]
     pub streams: Vec<String>,
 }
 

@@ -2,7 +2,7 @@
 //! and data folder): it starts a little before the end of `emoji-epochs`, passes every epoch
 //! once, and hands the lower tier its ring and then live epochs over `/internal/link`.
 
-use emostream_broadcaster::{run, Launch, Role};
+use emostream_broadcaster::{run, Role};
 use emostream_protocol::Config;
 use futures_util::{SinkExt, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -142,9 +142,16 @@ subscribers = []
         produce(&producer, epoch).await;
     }
     let (stop, stopped) = oneshot::channel::<()>();
-    let main = tokio::spawn(run(config, Launch::configured(Role::Main), async move {
-        let _ = stopped.await;
-    }));
+    let main = tokio::spawn(run(
+        config,
+        Role::Main {
+            listen: None,
+            synthetic: None,
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
 
     // Connected as a cluster publisher would: the ring and the live frames, in order, each once.
     let url = format!("ws://127.0.0.1:{main_port}/internal/link");

@@ -90,32 +90,26 @@ async fn members_join_leave_and_die_while_viewers_watch() {
         &scratch,
         &config,
         "main",
-        &["--role", "main", "--synthetic-ms", &every],
+        &["main", "--synthetic-ms", &every],
     );
-    let _c0 = Proc::start(
-        &scratch,
-        &config,
-        "c0",
-        &["--role", "cluster", "--name", "c0"],
-    );
+    let _c0 = Proc::start(&scratch, &config, "c0", &["cluster", "--name", "c0"]);
     let mut s0 = Proc::start(
         &scratch,
         &config,
         "c0-s0",
-        &["--role", "subscriber", "--name", "c0-s0"],
+        &["subscriber", "--name", "c0-s0"],
     );
     let _cx = Proc::start(
         &scratch,
         &config,
         "cx",
-        &["--role", "cluster", "--name", "cx", "--listen", &cx],
+        &["cluster", "--name", "cx", "--listen", &cx],
     );
     let mut cx_sub = Proc::start(
         &scratch,
         &config,
         "cx-s0",
         &[
-            "--role",
             "subscriber",
             "--name",
             "cx-s0",
@@ -130,7 +124,6 @@ async fn members_join_leave_and_die_while_viewers_watch() {
         &config,
         "c0-late",
         &[
-            "--role",
             "subscriber",
             "--name",
             "c0-late",

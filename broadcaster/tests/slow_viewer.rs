@@ -74,7 +74,6 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
         &config,
         "s",
         &[
-            "--role",
             "subscriber",
             "--name",
             "s",

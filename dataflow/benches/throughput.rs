@@ -77,132 +77,69 @@ fn check_interrupted() {
     }
 }
 
-#[derive(Debug, Clone)]
+/// Dataflow throughput and epoch latency against a bare rdkafka consumer of the same topic.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(bin_name = "cargo bench -p emostream-dataflow --bench throughput --")]
 struct Args {
+    /// Taps to preload.
+    #[arg(long, value_name = "N", default_value = "20000000", value_parser = count)]
     events: u64,
+    /// Epochs the preload covers.
+    #[arg(long, value_name = "E", default_value = "50", value_parser = count)]
     span_epochs: u64,
+    /// Streams.
+    #[arg(long, value_name = "S", default_value = "8", value_parser = count)]
     streams: u64,
+    /// emoji-events partitions.
+    #[arg(long, value_name = "P", default_value = "4", value_parser = clap::value_parser!(u32).range(1..))]
     partitions: u32,
+    /// Taps per record at most.
+    #[arg(long, value_name = "N", default_value = "20000", value_parser = count)]
     record_events: u64,
+    /// Dataflow process counts, one catch-up run each.
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "1,2",
+        value_delimiter = ','
+    )]
     processes: Vec<usize>,
+    /// Steady load, taps/s.
+    #[arg(long, value_name = "R", default_value = "50000", value_parser = number)]
     steady_rate: u64,
+    /// Steady load duration; 0 skips it.
+    #[arg(long, value_name = "T", default_value = "30", value_parser = number)]
     steady_secs: u64,
+    /// Processes under steady load.
+    #[arg(long, value_name = "N", default_value_t = 2)]
     steady_processes: usize,
+    /// Deadline of each phase.
+    #[arg(long, value_name = "T", default_value = "900", value_parser = number)]
     timeout_secs: u64,
+    /// Ignored: `cargo bench` passes it to every bench.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// A number, written with `_` or `,` between digit groups if wanted (`20_000_000`).
+fn number(text: &str) -> Result<u64, String> {
+    text.replace(['_', ','], "")
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))
+}
+
+/// A [`number`] above 0.
+fn count(text: &str) -> Result<u64, String> {
+    match number(text)? {
+        0 => Err("must be above 0".into()),
+        n => Ok(n),
+    }
 }
 
 impl Args {
-    fn parse() -> Args {
-        let mut options = getopts::Options::new();
-        options.optopt("", "events", "taps to preload (default 20000000)", "N");
-        options.optopt(
-            "",
-            "span-epochs",
-            "epochs the preload covers (default 50)",
-            "E",
-        );
-        options.optopt("", "streams", "streams (default 8)", "S");
-        options.optopt("", "partitions", "emoji-events partitions (default 4)", "P");
-        options.optopt(
-            "",
-            "record-events",
-            "taps per record at most (default 20000)",
-            "N",
-        );
-        options.optopt(
-            "",
-            "processes",
-            "dataflow process counts (default 1,2)",
-            "LIST",
-        );
-        options.optopt(
-            "",
-            "steady-rate",
-            "steady load, taps/s (default 50000)",
-            "R",
-        );
-        options.optopt(
-            "",
-            "steady-secs",
-            "steady load duration, 0 skips (default 30)",
-            "T",
-        );
-        options.optopt(
-            "",
-            "steady-processes",
-            "processes under steady load (default 2)",
-            "N",
-        );
-        options.optopt(
-            "",
-            "timeout-secs",
-            "deadline of each phase (default 900)",
-            "T",
-        );
-        options.optflag("h", "help", "this text");
-        // `cargo bench` passes `--bench`; a harness-less bench ignores it.
-        options.optflag("", "bench", "ignored (cargo bench passes it)");
-        let matches = options
-            .parse(std::env::args().skip(1))
-            .unwrap_or_else(|e| usage(&options, &e.to_string()));
-        if matches.opt_present("help") {
-            usage(&options, "");
-        }
-        let num = |name: &str, default: u64| -> u64 {
-            matches.opt_str(name).map_or(default, |v| {
-                v.replace(['_', ','], "")
-                    .parse()
-                    .unwrap_or_else(|_| usage(&options, &format!("--{name} wants a number")))
-            })
-        };
-        let processes = matches
-            .opt_str("processes")
-            .unwrap_or_else(|| "1,2".into())
-            .split(',')
-            .filter(|p| !p.trim().is_empty())
-            .map(|p| {
-                p.trim()
-                    .parse()
-                    .unwrap_or_else(|_| usage(&options, "--processes wants e.g. 1,2"))
-            })
-            .collect();
-        let args = Args {
-            events: num("events", 20_000_000),
-            span_epochs: num("span-epochs", 50),
-            streams: num("streams", 8),
-            partitions: num("partitions", 4) as u32,
-            record_events: num("record-events", 20_000),
-            processes,
-            steady_rate: num("steady-rate", 50_000),
-            steady_secs: num("steady-secs", 30),
-            steady_processes: num("steady-processes", 2) as usize,
-            timeout_secs: num("timeout-secs", 900),
-        };
-        if args.events == 0
-            || args.span_epochs == 0
-            || args.streams == 0
-            || args.partitions == 0
-            || args.record_events == 0
-        {
-            usage(&options, "counts must be positive");
-        }
-        args
-    }
-
     fn deadline(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
     }
-}
-
-fn usage(options: &getopts::Options, error: &str) -> ! {
-    if !error.is_empty() {
-        eprintln!("{error}");
-    }
-    eprint!(
-        "{}",
-        options.usage("usage: cargo bench -p emostream-dataflow --bench throughput -- [options]")
-    );
-    std::process::exit(if error.is_empty() { 0 } else { 2 });
 }
 
 fn main() {
@@ -210,7 +147,7 @@ fn main() {
         signal_hook::flag::register(signal, Arc::clone(&INTERRUPTED)).expect("a signal handler");
     }
 
-    let args = Args::parse();
+    let args = <Args as clap::Parser>::parse();
     let repo = repo_root();
     let base = Config::load(&repo.join("cluster.toml")).expect("the repository's cluster.toml");
     let bench = Bench::new(args, base);
@@ -637,7 +574,7 @@ clusters = []
             idle = self.base.dataflow.idle_poll_ms,
             main = free_port(),
         );
-        Config::from_toml(&text, []).expect("the generated configuration is valid");
+        Config::from_toml(&text).expect("the generated configuration is valid");
         let path = self.broker.dir.join(format!("{name}.toml"));
         std::fs::write(&path, text).expect("writing a cluster.toml");
         self.broker.ensure_topics(&path);

@@ -41,7 +41,7 @@ impl Broker {
         );
         let config_path = dir.join("cluster.toml");
         std::fs::write(&config_path, &text).expect("writing cluster.toml");
-        let config = Config::from_toml(&text, []).expect("a valid test configuration");
+        let config = Config::from_toml(&text).expect("a valid test configuration");
         (
             Broker::start(port, &dir.join("broker"), &config_path, start_flags),
             config,

@@ -166,8 +166,7 @@ impl System {
         let config_text = config_text(&topology, broker_port);
         let config_path = dir.join("cluster.toml");
         std::fs::write(&config_path, &config_text).expect("writing the test's cluster.toml");
-        let config =
-            Config::from_toml(&config_text, []).expect("the generated configuration is valid");
+        let config = Config::from_toml(&config_text).expect("the generated configuration is valid");
 
         let broker = broker::Broker::start(broker_port, &dir.join("broker"), &config_path, &[]);
         let mut system = System {
@@ -211,7 +210,7 @@ impl System {
             Command::new(&broadcaster)
                 .arg("--config")
                 .arg(&system.config_path)
-                .args(["--role", "main"]),
+                .arg("main"),
         );
         for cluster in system.config.broadcaster.clusters.clone() {
             system.spawn(
@@ -219,7 +218,7 @@ impl System {
                 Command::new(&broadcaster)
                     .arg("--config")
                     .arg(&system.config_path)
-                    .args(["--role", "cluster", "--name", &cluster.name]),
+                    .args(["cluster", "--name", &cluster.name]),
             );
             for i in 0..cluster.subscribers.len() {
                 let name = format!("{}-s{i}", cluster.name);
@@ -228,7 +227,7 @@ impl System {
                     Command::new(&broadcaster)
                         .arg("--config")
                         .arg(&system.config_path)
-                        .args(["--role", "subscriber", "--name", &name]),
+                        .args(["subscriber", "--name", &name]),
                 );
             }
         }

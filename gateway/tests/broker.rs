@@ -51,7 +51,7 @@ clusters = []
         let config_path = dir.join("cluster.toml");
         std::fs::write(&config_path, &text).unwrap();
         let broker = Broker {
-            config: Config::from_toml(&text, []).expect("a valid test configuration"),
+            config: Config::from_toml(&text).expect("a valid test configuration"),
             dir,
             config_path,
             port,

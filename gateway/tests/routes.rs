@@ -28,7 +28,7 @@ main = "127.0.0.1:9000"
 clusters = []
 "#
     );
-    Config::from_toml(&text, []).expect("a valid test configuration")
+    Config::from_toml(&text).expect("a valid test configuration")
 }
 
 fn gateway(extra_gateway: &str) -> Router {

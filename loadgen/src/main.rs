@@ -13,161 +13,135 @@ mod run;
 mod schedule;
 mod zipf;
 
+use clap::Parser;
 use hyper::Uri;
 use run::{Plan, Route};
 use schedule::Goals;
 use std::net::IpAddr;
 use std::time::Duration;
 
-const USAGE: &str = "Usage: emostream-loadgen [options]
+/// Offers a fixed rate of emoji taps to the gateway (open loop: requests go out on schedule
+/// whether or not earlier ones were answered), bounded in time and in count.
+#[derive(Debug, Parser)]
+#[command(name = "emostream-loadgen")]
+struct Cli {
+    /// Gateway URL, http://host:port.
+    #[arg(
+        short,
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    gateway: Uri,
+    /// Simulated users (user ids).
+    #[arg(short, long, value_name = "N", default_value_t = 100)]
+    users: usize,
+    /// Emojis per second offered outside goal moments.
+    #[arg(short, long, value_name = "R", default_value_t = 200.0, value_parser = positive)]
+    rate: f64,
+    /// Streams PREFIX-0 … PREFIX-(S-1), on the batch route.
+    #[arg(short, long, value_name = "S", default_value_t = 1)]
+    streams: usize,
+    /// Stream name prefix.
+    #[arg(long, value_name = "PREFIX", default_value = "loadgen")]
+    stream_prefix: String,
+    /// The route the taps go to.
+    #[arg(long, value_enum, default_value_t = Route::Batch)]
+    route: Route,
+    /// Taps per request on the batch route.
+    #[arg(short, long, value_name = "K", default_value_t = 1)]
+    batch: usize,
+    /// Seconds to run.
+    #[arg(short, long, value_name = "SECS", default_value_t = 30.0, value_parser = non_negative)]
+    duration: f64,
+    /// Stop after this many emojis.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 1_000_000)]
+    max_emojis: u64,
+    /// Requests awaiting an answer before new ones are skipped.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    max_in_flight: usize,
+    /// Zipf exponent of the emoji mix (0 = uniform).
+    #[arg(long, value_name = "S", default_value_t = 1.1, value_parser = non_negative)]
+    zipf: f64,
+    /// Seconds between goal moments, 0 for none.
+    #[arg(long, value_name = "SECS", default_value_t = 20.0, value_parser = non_negative)]
+    goal_every: f64,
+    /// Length of a goal moment in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 4.0, value_parser = non_negative)]
+    goal_secs: f64,
+    /// Rate multiplier during a goal moment.
+    #[arg(long, value_name = "X", default_value_t = 5.0, value_parser = non_negative)]
+    goal_x: f64,
+    /// Seed for users, emojis, streams and goal times.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Allow a gateway that is not on this machine.
+    #[arg(long)]
+    allow_remote: bool,
+}
 
-Offers a fixed rate of emoji taps to the gateway (open loop: requests go out on schedule whether
-or not earlier ones were answered), bounded in time and in count.";
+fn non_negative(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite() && *x >= 0.0)
+        .ok_or_else(|| "must be a non-negative number".into())
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    let x = non_negative(text)?;
+    if x > 0.0 {
+        Ok(x)
+    } else {
+        Err("must be above 0".into())
+    }
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut o = getopts::Options::new();
-    o.optopt("g", "gateway", "gateway URL [http://127.0.0.1:8080]", "URL");
-    o.optopt("u", "users", "simulated users (user ids) [100]", "N");
-    o.optopt(
-        "r",
-        "rate",
-        "emojis per second offered outside goal moments [200]",
-        "R",
-    );
-    o.optopt("s", "streams", "streams loadgen-0 … loadgen-(S-1) [1]", "S");
-    o.optopt("", "stream-prefix", "stream name prefix [loadgen]", "NAME");
-    o.optopt(
-        "",
-        "route",
-        "batch (/v1/streams/{s}/emojis) or seed (/send_emoji, stream main) [batch]",
-        "ROUTE",
-    );
-    o.optopt("b", "batch", "taps per request on the batch route [1]", "K");
-    o.optopt("d", "duration", "seconds to run [30]", "SECS");
-    o.optopt(
-        "n",
-        "max-emojis",
-        "stop after this many emojis [1000000]",
-        "N",
-    );
-    o.optopt(
-        "",
-        "max-in-flight",
-        "requests awaiting an answer before new ones are skipped [512]",
-        "N",
-    );
-    o.optopt(
-        "",
-        "zipf",
-        "Zipf exponent of the emoji mix (0 = uniform) [1.1]",
-        "S",
-    );
-    o.optopt(
-        "",
-        "goal-every",
-        "seconds between goal moments, 0 for none [20]",
-        "SECS",
-    );
-    o.optopt(
-        "",
-        "goal-secs",
-        "length of a goal moment in seconds [4]",
-        "SECS",
-    );
-    o.optopt(
-        "",
-        "goal-x",
-        "rate multiplier during a goal moment [5]",
-        "X",
-    );
-    o.optopt(
-        "",
-        "seed",
-        "seed for users, emojis, streams and goal times [1]",
-        "N",
-    );
-    o.optflag(
-        "",
-        "allow-remote",
-        "allow a gateway that is not on this machine",
-    );
-    o.optflag("h", "help", "this help");
-    let m = o.parse(&args)?;
-    if m.opt_present("h") {
-        print!("{}", o.usage(USAGE));
-        return Ok(());
-    }
-    let num = |name: &str, default: f64| -> Result<f64, String> {
-        m.opt_str(name).map_or(Ok(default), |v| {
-            v.parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite() && *x >= 0.0)
-                .ok_or_else(|| format!("--{name} must be a non-negative number, got {v}"))
-        })
-    };
-    let route = match m.opt_str("route").as_deref().unwrap_or("batch") {
-        "batch" => Route::Batch,
-        "seed" => Route::Seed,
-        other => return Err(format!("--route is batch or seed, got {other}").into()),
-    };
-    let stream_count = num("streams", 1.0)? as usize;
-    if route == Route::Seed && stream_count > 1 {
+    let cli = Cli::parse();
+    if cli.route == Route::Seed && cli.streams > 1 {
         return Err("--route seed always writes stream main: drop --streams".into());
     }
-    let prefix = m
-        .opt_str("stream-prefix")
-        .unwrap_or_else(|| "loadgen".into());
-    let streams = match route {
+    let streams = match cli.route {
         Route::Seed => vec!["main".to_string()],
-        Route::Batch => (0..stream_count.max(1))
-            .map(|i| format!("{prefix}-{i}"))
+        Route::Batch => (0..cli.streams.max(1))
+            .map(|i| format!("{}-{i}", cli.stream_prefix))
             .collect(),
     };
-    let duration = Duration::from_secs_f64(num("duration", 30.0)?);
-    let (every, length) = (num("goal-every", 20.0)?, num("goal-secs", 4.0)?);
-    let seed = num("seed", 1.0)? as u64;
-    let goals = if every == 0.0 {
+    let duration = Duration::from_secs_f64(cli.duration);
+    let goals = if cli.goal_every == 0.0 {
         Goals::none()
-    } else if length >= every {
+    } else if cli.goal_secs >= cli.goal_every {
         return Err("--goal-secs must be shorter than --goal-every".into());
     } else {
         Goals::new(
-            Duration::from_secs_f64(every),
-            Duration::from_secs_f64(length),
-            num("goal-x", 5.0)?.max(1.0),
+            Duration::from_secs_f64(cli.goal_every),
+            Duration::from_secs_f64(cli.goal_secs),
+            cli.goal_x.max(1.0),
             duration,
-            seed,
+            cli.seed,
         )
     };
-    let gateway: Uri = m
-        .opt_str("gateway")
-        .unwrap_or_else(|| "http://127.0.0.1:8080".into())
-        .parse()?;
-    if gateway.scheme_str() != Some("http") || gateway.host().is_none() {
-        return Err(format!("--gateway must be http://host:port, got {gateway}").into());
+    if cli.gateway.scheme_str() != Some("http") || cli.gateway.host().is_none() {
+        return Err(format!("--gateway must be http://host:port, got {}", cli.gateway).into());
     }
     let plan = Plan {
-        gateway,
-        route,
-        users: (num("users", 100.0)? as usize).max(1),
-        rate: num("rate", 200.0)?,
+        gateway: cli.gateway,
+        route: cli.route,
+        users: cli.users.max(1),
+        rate: cli.rate,
         streams,
-        batch: (num("batch", 1.0)? as usize).max(1),
+        batch: cli.batch.max(1),
         duration,
-        max_emojis: num("max-emojis", 1_000_000.0)? as u64,
-        max_in_flight: (num("max-in-flight", 512.0)? as usize).max(1),
-        zipf_exponent: num("zipf", 1.1)?,
+        max_emojis: cli.max_emojis,
+        max_in_flight: cli.max_in_flight.max(1),
+        zipf_exponent: cli.zipf,
         goals,
-        seed,
+        seed: cli.seed,
     };
-    if plan.rate <= 0.0 {
-        return Err("--rate must be above 0".into());
-    }
 
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        if !m.opt_present("allow-remote") {
+        if !cli.allow_remote {
             ensure_loopback(&plan.gateway).await?;
         }
         eprintln!("{}", describe(&plan));

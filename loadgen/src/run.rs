@@ -41,7 +41,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// A request with no answer after this long counts as a transport error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Route {
     /// `POST /v1/streams/{stream}/emojis`, `batch` taps per request.
     Batch,

@@ -1,11 +1,16 @@
 //! `cluster.toml`: one file names the brokers, the dataflow processes, the epoch rules and the
 //! broadcaster topology. Any field can be overridden from the environment as
-//! `EMOSTREAM_<SECTION>__<FIELD>=<toml value>`, e.g. `EMOSTREAM_KAFKA__BROKERS=10.0.0.5:9092` or
-//! `EMOSTREAM_EPOCHS__WINDOW_MS=1000`, so one file serves every host.
+//! `EMOSTREAM_<SECTION>__<FIELD>=<value>`, e.g. `EMOSTREAM_KAFKA__BROKERS=10.0.0.5:9092` or
+//! `EMOSTREAM_EPOCHS__WINDOW_MS=1000`, so one file serves every host. figment reads both; an
+//! override replaces its field whole (a table too), and an unknown or mistyped one is refused
+//! with the variable's name.
 
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -368,49 +373,49 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// `EMOSTREAM_<SECTION>__<FIELD>` names one field of one section. Other `EMOSTREAM_*` variables
+/// (no `__`, such as `EMOSTREAM_BIN_DIR`) belong to the scripts and are not configuration.
 const ENV_PREFIX: &str = "EMOSTREAM_";
+
+/// `--config FILE`, the same flag for every binary that reads the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ConfigArg {
+    /// The cluster configuration; `EMOSTREAM_<SECTION>__<FIELD>=<value>` variables override its
+    /// fields.
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        default_value = "cluster.toml",
+        global = true
+    )]
+    pub path: PathBuf,
+}
+
+impl ConfigArg {
+    /// The file with the environment's overrides, as [`Config::load`] reads it.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(&self.path)
+    }
+}
 
 impl Config {
     /// Reads `path`, then applies `EMOSTREAM_*` overrides from the process environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
-        Self::from_toml(&text, std::env::vars())
+        std::fs::File::open(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        let file = FileUnderOverrides(Toml::file_exact(path));
+        Self::extract(Figment::from(file).merge(Overrides))
     }
 
-    /// Parses `text`, then applies the overrides found in `env`.
-    pub fn from_toml(
-        text: &str,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let mut doc: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
-        for (key, value) in env {
-            let Some(path) = key.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            let Some((section, field)) = path.split_once("__") else {
-                continue;
-            };
-            let (section, field) = (section.to_ascii_lowercase(), field.to_ascii_lowercase());
-            // A value that parses as TOML keeps its type (numbers, arrays); anything else is text.
-            let parsed = format!("v = {value}")
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or(toml::Value::String(value));
-            let table = doc
-                .entry(section.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                .as_table_mut()
-                .ok_or_else(|| {
-                    ConfigError::Invalid(format!("{key}: [{section}] is not a table"))
-                })?;
-            table.insert(field, parsed);
-        }
-        let config: Config = toml::Value::Table(doc)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+    /// Parses `text` alone, without the environment.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::extract(Figment::from(Toml::string(text)))
+    }
+
+    fn extract(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -462,6 +467,81 @@ impl Config {
     }
 }
 
+/// The `EMOSTREAM_<SECTION>__<FIELD>=<value>` variables, as `section.field`. A value is read as
+/// a number, a boolean, an `[array]` or an `{ inline = "table" }` where it parses as one, and as
+/// text otherwise. Errors name the variable a bad value came from.
+struct Overrides;
+
+impl Overrides {
+    fn env() -> Env {
+        Env::raw().filter_map(|key| {
+            let (section, field) = key.as_str().strip_prefix(ENV_PREFIX)?.split_once("__")?;
+            Some(format!("{section}.{field}").into())
+        })
+    }
+}
+
+impl Provider for Overrides {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("the environment").interpolater(|_, path| {
+            let var = match path {
+                [section] => format!("{ENV_PREFIX}{section}__…"),
+                [section, field, ..] => format!("{ENV_PREFIX}{section}__{field}"),
+                [] => ENV_PREFIX.to_string(),
+            };
+            let rest = path.iter().skip(2).map(|key| format!(".{key}"));
+            var.to_ascii_uppercase() + &rest.collect::<String>()
+        })
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Self::env().data()
+    }
+}
+
+/// The file less every field an override sets, so that an override replaces the field whole:
+/// merged, a table such as `kafka.client` would take the override's keys on top of the file's.
+struct FileUnderOverrides(figment::providers::Data<Toml>);
+
+impl Provider for FileUnderOverrides {
+    fn metadata(&self) -> Metadata {
+        self.0.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut data = self.0.data()?;
+        for (key, _) in Overrides::env().iter() {
+            let (section, field) = key
+                .as_str()
+                .split_once('.')
+                .expect("Overrides names section.field");
+            for sections in data.values_mut() {
+                if let Some(Value::Dict(_, fields)) = sections.get_mut(section) {
+                    fields.remove(field);
+                }
+            }
+        }
+        Ok(data)
+    }
+}
+
+/// [`Config::load`] of `text` with exactly the variables `vars` in the environment.
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // the closure's error type is figment's, fixed by Jail
+pub(crate) fn load_with_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut loaded = None;
+    figment::Jail::expect_with(|jail| {
+        jail.clear_env();
+        for (name, value) in vars {
+            jail.set_env(name, value);
+        }
+        jail.create_file("cluster.toml", text)?;
+        loaded = Some(Config::load(Path::new("cluster.toml")));
+        Ok(())
+    });
+    loaded.expect("the jail ran the closure")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,7 +563,7 @@ subscribers = ["127.0.0.1:9011"]
 
     #[test]
     fn defaults_fill_what_the_file_leaves_out() {
-        let c = Config::from_toml(SAMPLE, []).unwrap();
+        let c = Config::from_toml(SAMPLE).unwrap();
         assert_eq!(
             c.epochs,
             EpochConfig {
@@ -506,36 +586,75 @@ subscribers = ["127.0.0.1:9011"]
     #[test]
     fn environment_overrides_keep_types() {
         let env = [
-            (
-                "EMOSTREAM_KAFKA__BROKERS".to_string(),
-                "10.0.0.5:9092".to_string(),
-            ),
-            (
-                "EMOSTREAM_EPOCHS__WINDOW_MS".to_string(),
-                "1000".to_string(),
-            ),
-            (
-                "EMOSTREAM_DATAFLOW__PROCESSES".to_string(),
-                r#"["h1:2101"]"#.to_string(),
-            ),
-            ("UNRELATED".to_string(), "x".to_string()),
+            ("EMOSTREAM_KAFKA__BROKERS", "10.0.0.5:9092"),
+            ("EMOSTREAM_EPOCHS__WINDOW_MS", "1000"),
+            ("EMOSTREAM_DATAFLOW__PROCESSES", r#"["h1:2101"]"#),
+            ("UNRELATED", "x"),
         ];
-        let c = Config::from_toml(SAMPLE, env).unwrap();
+        let c = load_with_env(SAMPLE, &env).unwrap();
         assert_eq!(c.kafka.brokers, "10.0.0.5:9092");
         assert_eq!(c.epochs.window_ms, 1000);
         assert_eq!(c.dataflow.processes, vec!["h1:2101".to_string()]);
     }
 
     #[test]
+    fn a_comma_separated_list_stays_text() {
+        let env = [("EMOSTREAM_KAFKA__BROKERS", "kafka1:9092,kafka2:9092")];
+        let c = load_with_env(SAMPLE, &env).unwrap();
+        assert_eq!(c.kafka.brokers, "kafka1:9092,kafka2:9092");
+    }
+
+    #[test]
+    fn the_scripts_own_variables_are_not_configuration() {
+        let env = [
+            ("EMOSTREAM_BIN_DIR", "/opt/emostream"),
+            ("EMOSTREAM_KEEP_LOGS", "1"),
+            ("emostream_epochs__window_ms", "1000"),
+        ];
+        let c = load_with_env(SAMPLE, &env).unwrap();
+        assert_eq!(c, Config::from_toml(SAMPLE).unwrap());
+    }
+
+    #[test]
+    fn an_unknown_variable_is_refused_by_name() {
+        let err = load_with_env(SAMPLE, &[("EMOSTREAM_EPOCHS__WINDOW", "5")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            // figment's own wording, quirky backquotes included.
+            "invalid configuration: unknown field: found `window`, expected `one of \
+             `window_ms`, `allowed_lateness_ms`, `divisor`` for key \"EMOSTREAM_EPOCHS__WINDOW\" \
+             in the environment"
+        );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_refused_by_name() {
+        let err = load_with_env(SAMPLE, &[("EMOSTREAM_EPOCHS__WINDOW_MS", "2s")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: invalid type: found string \"2s\", expected u64 for key \
+             \"EMOSTREAM_EPOCHS__WINDOW_MS\" in the environment"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = Config::load(Path::new("/nonexistent/cluster.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot read /nonexistent/cluster.toml: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
-        let err = Config::from_toml(&format!("{SAMPLE}\n[epochs]\nwindow = 5\n"), []).unwrap_err();
+        let err = Config::from_toml(&format!("{SAMPLE}\n[epochs]\nwindow = 5\n")).unwrap_err();
         assert!(err.to_string().contains("window"), "{err}");
     }
 
     #[test]
     fn zero_divisor_is_refused() {
-        let env = [("EMOSTREAM_EPOCHS__DIVISOR".to_string(), "0".to_string())];
-        let err = Config::from_toml(SAMPLE, env).unwrap_err();
+        let err = load_with_env(SAMPLE, &[("EMOSTREAM_EPOCHS__DIVISOR", "0")]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "invalid configuration: epochs.divisor must be at least 1"

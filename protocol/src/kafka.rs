@@ -183,7 +183,7 @@ clusters = []
 
     #[test]
     fn a_batch_producer_is_idempotent_and_takes_the_pass_through_last() {
-        let config = Config::from_toml(SAMPLE, []).unwrap();
+        let config = Config::from_toml(SAMPLE).unwrap();
         let role = ClientRole::BatchProducer {
             delivery_timeout_ms: 5000,
             max_message_bytes: 8 << 20,
@@ -209,7 +209,7 @@ clusters = []
 
     #[test]
     fn a_reader_names_its_group_and_never_commits_by_itself() {
-        let config = Config::from_toml(SAMPLE, []).unwrap();
+        let config = Config::from_toml(SAMPLE).unwrap();
         let role = ClientRole::AssignedReader {
             group: "emostream-dataflow",
             fetch_wait_ms: 20,
@@ -237,10 +237,10 @@ clusters = []
     #[test]
     fn the_pass_through_comes_from_the_environment_too() {
         let env = [(
-            "EMOSTREAM_KAFKA__CLIENT".to_string(),
-            r#"{ "security.protocol" = "ssl", "ssl.ca.location" = "/tmp/ca.pem" }"#.to_string(),
+            "EMOSTREAM_KAFKA__CLIENT",
+            r#"{ "security.protocol" = "ssl", "ssl.ca.location" = "/tmp/ca.pem" }"#,
         )];
-        let config = Config::from_toml(SAMPLE, env).unwrap();
+        let config = crate::config::load_with_env(SAMPLE, &env).unwrap();
         let all = settings(&config, ClientRole::EpochProducer);
         assert_eq!(
             all[6..],
@@ -254,7 +254,7 @@ clusters = []
     #[test]
     fn the_pass_through_cannot_weaken_a_guarantee() {
         let text = SAMPLE.replace(r#""linger.ms" = "20""#, r#"acks = "1""#);
-        let err = Config::from_toml(&text, []).unwrap_err();
+        let err = Config::from_toml(&text).unwrap_err();
         assert_eq!(
             err.to_string(),
             "invalid configuration: kafka.client.\"acks\" cannot be set through the pass-through: \

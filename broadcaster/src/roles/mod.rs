@@ -36,45 +36,48 @@ const READ_BUFFER_BYTES: usize = 4096;
 /// fills while the ring is being refilled at start-up.
 const FRAME_QUEUE: usize = 1024;
 
-/// Which tier this process is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which tier this process is (the binary's subcommand), and where it runs when that is not
+/// (only) what the configuration says.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum Role {
-    /// Reads `emoji-epochs` and `emoji-trends`, feeds the cluster publishers, and assigns viewers
-    /// to subscribers.
-    Main,
-    /// A cluster publisher: a `[[broadcaster.clusters]]` entry by name, or any name with `--listen`.
-    Cluster { name: String },
-    /// A subscriber: `{cluster}-s{i}`, the i-th (from 0) address in its cluster's `subscribers`,
-    /// or any name with `--listen` and `--upstream`.
-    Subscriber { name: String },
-}
-
-/// A role, and where it runs when that is not (only) what the configuration says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Launch {
-    pub role: Role,
-    /// `host:port` to serve on, instead of the configured one; lets a member not in the
-    /// configuration join at run time.
-    pub listen: Option<String>,
-    /// `host:port` of the tier above, instead of the configured one.
-    pub upstream: Option<String>,
-    /// `ws://host:port` viewers are sent to (subscribers); default `ws://{listen}`.
-    pub advertise: Option<String>,
-    /// The main publisher emits synthetic epochs instead of reading Kafka (benchmarks).
-    pub synthetic: Option<Synthetic>,
-}
-
-impl Launch {
-    /// `role` exactly as the configuration places it.
-    pub fn configured(role: Role) -> Self {
-        Self {
-            role,
-            listen: None,
-            upstream: None,
-            advertise: None,
-            synthetic: None,
-        }
-    }
+    /// The main publisher: reads emoji-epochs and emoji-trends, feeds the cluster publishers, and
+    /// assigns viewers to subscribers.
+    Main {
+        /// Serve here instead of broadcaster.main.
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
+        #[command(flatten)]
+        synthetic: Option<Synthetic>,
+    },
+    /// A cluster publisher: a [[broadcaster.clusters]] entry by name, or any name with --listen,
+    /// which joins at run time.
+    Cluster {
+        /// The cluster's name.
+        #[arg(long)]
+        name: String,
+        /// Serve here instead of the configured address.
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
+        /// The main publisher, instead of broadcaster.main.
+        #[arg(long, value_name = "HOST:PORT")]
+        upstream: Option<String>,
+    },
+    /// A subscriber: {cluster}-s{i}, the i-th (from 0) address in its cluster's subscribers, or
+    /// any name with --listen and --upstream, which joins at run time.
+    Subscriber {
+        /// The subscriber's name.
+        #[arg(long)]
+        name: String,
+        /// Serve here instead of the configured address.
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
+        /// The cluster publisher, instead of the configured one.
+        #[arg(long, value_name = "HOST:PORT")]
+        upstream: Option<String>,
+        /// Where viewers reach this subscriber [default: ws://{listen}]
+        #[arg(long, value_name = "URL")]
+        advertise: Option<String>,
+    },
 }
 
 /// What every tier takes from `[broadcaster]`.
@@ -121,7 +124,7 @@ impl Settings {
 /// Runs the launched role until `shutdown` resolves, then closes every socket and returns.
 pub async fn run(
     config: Config,
-    launch: Launch,
+    role: Role,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let broadcaster = &config.broadcaster;
@@ -129,20 +132,8 @@ pub async fn run(
         page_gateway: Some(format!("http://{}", config.gateway.listen)),
         ..Settings::from_config(broadcaster)
     };
-    let Launch {
-        role,
-        listen,
-        upstream,
-        advertise,
-        synthetic,
-    } = launch;
     match role {
-        Role::Main => {
-            if upstream.is_some() || advertise.is_some() {
-                return Err(Error::Role(
-                    "the main publisher has no --upstream or --advertise".into(),
-                ));
-            }
+        Role::Main { listen, synthetic } => {
             let listener = bind(listen.as_deref().unwrap_or(&broadcaster.main)).await?;
             let (frames_tx, frames) = mpsc::channel(FRAME_QUEUE);
             let sources = match synthetic {
@@ -164,13 +155,11 @@ pub async fn run(
             }
             served
         }
-        _ if synthetic.is_some() => Err(Error::Role(
-            "only the main publisher takes --synthetic-ms".into(),
-        )),
-        Role::Cluster { name } => {
-            if advertise.is_some() {
-                return Err(Error::Role("a cluster publisher has no --advertise".into()));
-            }
+        Role::Cluster {
+            name,
+            listen,
+            upstream,
+        } => {
             let configured = broadcaster.clusters.iter().find(|c| c.name == name);
             let listen = match (listen, configured) {
                 (Some(listen), _) => listen,
@@ -185,7 +174,12 @@ pub async fn run(
             let main = upstream.unwrap_or_else(|| broadcaster.main.clone());
             cluster::cluster_publisher(listener, name, main, settings, shutdown).await
         }
-        Role::Subscriber { name } => {
+        Role::Subscriber {
+            name,
+            listen,
+            upstream,
+            advertise,
+        } => {
             let configured = broadcaster
                 .clusters
                 .iter()

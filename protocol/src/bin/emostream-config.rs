@@ -9,37 +9,59 @@
 //! emostream-config [--config cluster.toml] print                    # everything, as TOML
 //! ```
 
+use clap::{Parser, Subcommand};
+use emostream_protocol::config::ConfigArg;
 use emostream_protocol::Config;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: emostream-config [--config FILE] (get SECTION.FIELD[.FIELD…] | topics | dev-broker | clusters | print)";
+/// The configuration as the tiers read it (cluster.toml plus the EMOSTREAM_* overrides), for
+/// scripts.
+#[derive(Debug, Parser)]
+#[command(name = "emostream-config")]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(subcommand)]
+    query: Query,
+}
+
+#[derive(Debug, Subcommand)]
+enum Query {
+    /// One value; an array prints one item per line, an unset optional field nothing.
+    Get {
+        /// SECTION.FIELD[.FIELD…], e.g. kafka.events_topic
+        key: String,
+    },
+    /// "name partitions" per topic.
+    Topics,
+    /// "listen advertised storage" of the development broker.
+    DevBroker,
+    /// "name listen sub1,sub2,…" per cluster.
+    Clusters,
+    /// Everything, as TOML.
+    Print,
+}
 
 fn main() -> ExitCode {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let mut path = "cluster.toml".to_string();
-    if args.first().map(String::as_str) == Some("--config") && args.len() >= 2 {
-        path = args.remove(1);
-        args.remove(0);
-    }
-    let config = match Config::load(std::path::Path::new(&path)) {
+    let cli = Cli::parse();
+    let config = match cli.config.load() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("emostream-config: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let out = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["get", key] => get(&config, key),
-        ["topics"] => Ok(topics(&config)),
-        ["dev-broker"] => Ok(dev_broker(&config)),
-        ["clusters"] => Ok(config
+    let out = match &cli.query {
+        Query::Get { key } => get(&config, key),
+        Query::Topics => Ok(topics(&config)),
+        Query::DevBroker => Ok(dev_broker(&config)),
+        Query::Clusters => Ok(config
             .broadcaster
             .clusters
             .iter()
             .map(|c| format!("{} {} {}\n", c.name, c.listen, c.subscribers.join(",")))
             .collect()),
-        ["print"] => toml::to_string(&config).map_err(|e| e.to_string()),
-        _ => Err(USAGE.to_string()),
+        Query::Print => toml::to_string(&config).map_err(|e| e.to_string()),
     };
     match out {
         Ok(text) => {
@@ -143,12 +165,17 @@ subscribers = ["127.0.0.1:9011", "127.0.0.1:9012"]
 "#;
 
     #[test]
+    #[allow(clippy::result_large_err)] // the closure's error type is figment's, fixed by Jail
     fn scripts_see_what_the_tiers_see_overrides_included() {
-        let env = [(
-            "EMOSTREAM_DEV_BROKER__STORAGE".to_string(),
-            "memory".to_string(),
-        )];
-        let config = Config::from_toml(SAMPLE, env).unwrap();
+        let mut config = None;
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("EMOSTREAM_DEV_BROKER__STORAGE", "memory");
+            jail.create_file("cluster.toml", SAMPLE)?;
+            config = Some(Config::load("cluster.toml".as_ref()).unwrap());
+            Ok(())
+        });
+        let config = config.unwrap();
         assert_eq!(dev_broker(&config), "0.0.0.0:9092 10.0.0.5:9092 memory\n");
         assert_eq!(
             topics(&config),
@@ -168,11 +195,27 @@ subscribers = ["127.0.0.1:9011", "127.0.0.1:9012"]
 
     #[test]
     fn the_broker_listens_where_clients_connect_unless_told_otherwise() {
-        let config =
-            Config::from_toml(&SAMPLE.replace("listen = \"0.0.0.0:9092\"", ""), []).unwrap();
+        let config = Config::from_toml(&SAMPLE.replace("listen = \"0.0.0.0:9092\"", "")).unwrap();
         assert_eq!(
             dev_broker(&config),
             "10.0.0.5:9092 10.0.0.5:9092 postgres\n"
         );
+    }
+
+    #[test]
+    fn the_config_flag_goes_before_or_after_the_query() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        for line in [
+            "emostream-config --config c.toml get kafka.brokers",
+            "emostream-config get kafka.brokers --config c.toml",
+        ] {
+            let cli = Cli::try_parse_from(line.split(' ')).unwrap();
+            assert_eq!(cli.config.path, std::path::Path::new("c.toml"), "{line}");
+            assert!(matches!(&cli.query, Query::Get { key } if key == "kafka.brokers"));
+        }
+        let cli = Cli::try_parse_from(["emostream-config", "dev-broker"]).unwrap();
+        assert_eq!(cli.config.path, std::path::Path::new("cluster.toml"));
+        assert!(matches!(cli.query, Query::DevBroker));
     }
 }

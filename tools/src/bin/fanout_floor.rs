@@ -19,27 +19,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// A handshake request is a few hundred bytes; anything longer is not our swarm.
 const MAX_REQUEST: usize = 4096;
 
-const USAGE: &str = "Usage: emostream-fanout-floor --listen HOST:PORT [--every-ms 2000]";
+/// The least work a fan-out can do: the same synthetic epoch frame to every WebSocket viewer at
+/// the end of every window, one write each, from one thread.
+#[derive(Debug, clap::Parser)]
+#[command(name = "emostream-fanout-floor")]
+struct Cli {
+    /// Where viewers connect.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: String,
+    /// One frame per window of this length.
+    #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    every_ms: u64,
+}
 
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut opts = getopts::Options::new();
-    opts.reqopt("", "listen", "where viewers connect", "HOST:PORT");
-    opts.optopt("", "every-ms", "one frame per window of this length", "MS");
-    let parsed = opts.parse(&args).map_err(|e| e.to_string()).and_then(|m| {
-        let every_ms = match m.opt_str("every-ms") {
-            Some(v) => v.parse::<u64>().map_err(|_| "--every-ms takes a number")?,
-            None => 2000,
-        };
-        Ok((m.opt_str("listen").expect("required"), every_ms.max(1)))
-    });
-    let (listen, every_ms) = match parsed {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            eprintln!("emostream-fanout-floor: {e}\n{USAGE}");
-            return std::process::ExitCode::from(2);
-        }
-    };
+    let Cli { listen, every_ms } = clap::Parser::parse();
     let listener = match TcpListener::bind(&listen) {
         Ok(listener) => listener,
         Err(e) => {

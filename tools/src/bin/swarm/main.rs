@@ -244,91 +244,42 @@ async fn viewer(url: String, seed: u64, tally: Arc<Tally>) {
     tally.connected.fetch_sub(1, Ordering::Relaxed);
 }
 
-const USAGE: &str = "\
-Usage: emostream-swarm (--subscribers ws://H:P[,ws://H:P…] | --main HOST:PORT) --viewers N
-                      [--stream main] [--seconds 20] [--connect-per-s 2000] [--offset 0] [--out FILE]
-                      [--idle]
-       emostream-swarm merge FILE…";
+/// N WebSocket viewers spread over the subscribers, measuring each epoch's end_ms → receipt.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "emostream-swarm",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    merge: Option<Merge>,
+    /// Absent only with `merge`: without it clap requires --viewers and a target.
+    #[command(flatten)]
+    swarm: Option<Swarm>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Merge {
+    /// One table from the --out reports of several swarms.
+    Merge {
+        #[arg(required = true, value_name = "FILE")]
+        reports: Vec<String>,
+    },
+}
 
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("merge") {
+    let Cli { merge, swarm } = clap::Parser::parse();
+    if let Some(Merge::Merge { reports }) = merge {
         let mut total = Report::default();
-        for path in &args[1..] {
+        for path in &reports {
             let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
             total.add(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}")));
         }
         print!("{}", total.table());
         return std::process::ExitCode::SUCCESS;
     }
-    let mut opts = getopts::Options::new();
-    opts.optopt(
-        "",
-        "subscribers",
-        "subscriber URLs, comma-separated",
-        "URLS",
-    );
-    opts.optopt(
-        "",
-        "main",
-        "register each viewer at this main publisher",
-        "HOST:PORT",
-    );
-    opts.reqopt("", "viewers", "how many viewers", "N");
-    opts.optopt("", "stream", "the stream to watch", "STREAM");
-    opts.optopt(
-        "",
-        "seconds",
-        "how long to measure once all are connected",
-        "S",
-    );
-    opts.optopt("", "connect-per-s", "new connections per second", "R");
-    opts.optopt(
-        "",
-        "offset",
-        "first subscriber for viewer 0 (spreads several swarms)",
-        "I",
-    );
-    opts.optopt(
-        "",
-        "out",
-        "write the report here as JSON (for merge)",
-        "FILE",
-    );
-    opts.optflag(
-        "",
-        "idle",
-        "run in the idle scheduling class, as viewers on other machines would",
-    );
-    let parsed = opts.parse(&args).map_err(|e| e.to_string()).and_then(|m| {
-        let num = |name: &str, default: u64| -> Result<u64, String> {
-            m.opt_str(name).map_or(Ok(default), |v| {
-                v.parse().map_err(|_| format!("--{name} takes a number"))
-            })
-        };
-        let targets = match (m.opt_str("subscribers"), m.opt_str("main")) {
-            (Some(s), None) => Target::Subscribers(s.split(',').map(String::from).collect()),
-            (None, Some(main)) => Target::Main(main),
-            _ => return Err("give exactly one of --subscribers and --main".into()),
-        };
-        Ok(Swarm {
-            targets,
-            viewers: num("viewers", 0)?,
-            stream: m.opt_str("stream").unwrap_or_else(|| "main".into()),
-            seconds: num("seconds", 20)?,
-            connect_per_s: num("connect-per-s", 2000)?.max(1),
-            offset: num("offset", 0)? as usize,
-            out: m.opt_str("out"),
-            idle: m.opt_present("idle"),
-        })
-    });
-    let swarm = match parsed {
-        Ok(swarm) => swarm,
-        Err(e) => {
-            eprintln!("emostream-swarm: {e}\n{USAGE}");
-            return std::process::ExitCode::from(2);
-        }
-    };
+    let swarm = swarm.expect("clap requires the swarm's options when there is no merge");
     if swarm.idle {
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: this process, a valid policy and parameter.
@@ -365,19 +316,41 @@ fn main() -> std::process::ExitCode {
     std::process::exit(0);
 }
 
-enum Target {
-    Subscribers(Vec<String>),
-    Main(String),
-}
-
+/// What one swarm does; `--subscribers` or `--main` says where its viewers connect.
+#[derive(Debug, clap::Args)]
 struct Swarm {
-    targets: Target,
+    /// Subscriber URLs (ws://host:port), comma-separated; viewer i watches the (offset + i)-th.
+    #[arg(
+        long,
+        value_name = "URLS",
+        value_delimiter = ',',
+        required_unless_present = "main",
+        conflicts_with = "main"
+    )]
+    subscribers: Vec<String>,
+    /// Register each viewer at this main publisher (POST /v1/viewers) and go where it says.
+    #[arg(long, value_name = "HOST:PORT")]
+    main: Option<String>,
+    /// How many viewers.
+    #[arg(long, value_name = "N")]
     viewers: u64,
+    /// The stream to watch.
+    #[arg(long, default_value = "main")]
     stream: String,
+    /// How long to measure once all are connected.
+    #[arg(long, value_name = "S", default_value_t = 20)]
     seconds: u64,
+    /// New connections per second.
+    #[arg(long, value_name = "R", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     connect_per_s: u64,
+    /// First subscriber for viewer 0 (spreads several swarms).
+    #[arg(long, value_name = "I", default_value_t = 0)]
     offset: usize,
+    /// Write the report here as JSON (for merge).
+    #[arg(long, value_name = "FILE")]
     out: Option<String>,
+    /// Run in the idle scheduling class, as viewers on other machines would.
+    #[arg(long)]
     idle: bool,
 }
 
@@ -422,15 +395,18 @@ impl Swarm {
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         for i in 0..self.viewers as usize {
             pace.tick().await;
-            let url = match &self.targets {
-                Target::Subscribers(subs) => Some(format!(
-                    "{}/v1/streams/{}/ws",
-                    subs[(self.offset + i) % subs.len()],
-                    self.stream
-                )),
-                Target::Main(main) => register(main, i)
+            let url = match &self.main {
+                Some(main) => register(main, i)
                     .await
                     .map(|u| u.replace("{stream}", &self.stream)),
+                None => {
+                    let subs = &self.subscribers;
+                    Some(format!(
+                        "{}/v1/streams/{}/ws",
+                        subs[(self.offset + i) % subs.len()],
+                        self.stream
+                    ))
+                }
             };
             match url {
                 Some(url) => {
