@@ -69,14 +69,38 @@ pub struct Metrics {
     emojis_accepted: Counter,
     emojis_undelivered: Counter,
     broker_ack: Histogram,
-    producer_queue_depth: Gauge,
-    in_flight_events: Gauge,
-    in_flight_budget_events: Gauge,
-    open_connections: Gauge,
-    broker_reachable: Gauge,
-    tracked_users: Gauge,
-    tracked_ips: Gauge,
+    /// [`GAUGES`], set from [`Gauges::values`] at each scrape.
+    gauges: [Gauge; GAUGES.len()],
 }
+
+/// The gauges read from their owners at each scrape: name and help, in [`Gauges::values`] order.
+const GAUGES: [(&str, &str); 7] = [
+    (
+        "producer_queue_depth",
+        "The Kafka producer's out-queue: records not yet acknowledged plus protocol requests",
+    ),
+    (
+        "in_flight_events",
+        "Events between arrival and the broker's acknowledgement",
+    ),
+    (
+        "in_flight_budget_events",
+        "The in-flight budget; a request that does not fit gets 503",
+    ),
+    ("open_connections", "Client connections open now"),
+    (
+        "broker_reachable",
+        "1 when the broker answers, 0 while requests are refused with 503",
+    ),
+    (
+        "rate_limit_tracked_users",
+        "User ids with a partly drained token bucket",
+    ),
+    (
+        "rate_limit_tracked_ips",
+        "Client IPs with a partly drained token bucket",
+    ),
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -95,61 +119,26 @@ impl Default for Metrics {
         );
         let rejections =
             REASONS.map(|reason| by_reason.get_or_create_owned(&ReasonLabels { reason }));
-        let counter = |registry: &mut Registry, name: &str, help: &str| {
+        let [emojis_accepted, emojis_undelivered] = [
+            (
+                "emojis_accepted",
+                "Emojis answered with 2xx (acknowledged by the broker in durable mode)",
+            ),
+            (
+                "emojis_undelivered",
+                "Emojis in records the broker did not acknowledge",
+            ),
+        ]
+        .map(|(name, help)| {
             let c = Counter::default();
             registry.register(name, help, c.clone());
             c
-        };
-        let emojis_accepted = counter(
-            &mut registry,
-            "emojis_accepted",
-            "Emojis answered with 2xx (acknowledged by the broker in durable mode)",
-        );
-        let emojis_undelivered = counter(
-            &mut registry,
-            "emojis_undelivered",
-            "Emojis in records the broker did not acknowledge",
-        );
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+        });
+        let gauges = GAUGES.map(|(name, help)| {
             let g = Gauge::default();
             registry.register(name, help, g.clone());
             g
-        };
-        let producer_queue_depth = gauge(
-            &mut registry,
-            "producer_queue_depth",
-            "The Kafka producer's out-queue: records not yet acknowledged plus protocol requests",
-        );
-        let in_flight_events = gauge(
-            &mut registry,
-            "in_flight_events",
-            "Events between arrival and the broker's acknowledgement",
-        );
-        let in_flight_budget_events = gauge(
-            &mut registry,
-            "in_flight_budget_events",
-            "The in-flight budget; a request that does not fit gets 503",
-        );
-        let open_connections = gauge(
-            &mut registry,
-            "open_connections",
-            "Client connections open now",
-        );
-        let broker_reachable = gauge(
-            &mut registry,
-            "broker_reachable",
-            "1 when the broker answers, 0 while requests are refused with 503",
-        );
-        let tracked_users = gauge(
-            &mut registry,
-            "rate_limit_tracked_users",
-            "User ids with a partly drained token bucket",
-        );
-        let tracked_ips = gauge(
-            &mut registry,
-            "rate_limit_tracked_ips",
-            "Client IPs with a partly drained token bucket",
-        );
+        });
         let broker_ack = Histogram::new(ACK_BUCKETS_S);
         registry.register_with_unit(
             "broker_ack",
@@ -164,13 +153,7 @@ impl Default for Metrics {
             emojis_accepted,
             emojis_undelivered,
             broker_ack,
-            producer_queue_depth,
-            in_flight_events,
-            in_flight_budget_events,
-            open_connections,
-            broker_reachable,
-            tracked_users,
-            tracked_ips,
+            gauges,
         }
     }
 }
@@ -186,6 +169,21 @@ pub struct Gauges {
     pub broker_reachable: bool,
     pub tracked_users: usize,
     pub tracked_ips: usize,
+}
+
+impl Gauges {
+    fn values(&self) -> [i64; GAUGES.len()] {
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        [
+            i64::from(self.producer_queue_depth),
+            n(self.in_flight_events),
+            n(self.in_flight_budget),
+            n(self.open_connections),
+            i64::from(self.broker_reachable),
+            n(self.tracked_users),
+            n(self.tracked_ips),
+        ]
+    }
 }
 
 impl Metrics {
@@ -218,15 +216,9 @@ impl Metrics {
     }
 
     pub fn render(&self, g: &Gauges) -> String {
-        let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-        self.producer_queue_depth
-            .set(i64::from(g.producer_queue_depth));
-        self.in_flight_events.set(gauge(g.in_flight_events));
-        self.in_flight_budget_events.set(gauge(g.in_flight_budget));
-        self.open_connections.set(gauge(g.open_connections));
-        self.broker_reachable.set(i64::from(g.broker_reachable));
-        self.tracked_users.set(gauge(g.tracked_users));
-        self.tracked_ips.set(gauge(g.tracked_ips));
+        for (gauge, value) in self.gauges.iter().zip(g.values()) {
+            gauge.set(value);
+        }
         let mut out = String::with_capacity(4096);
         prometheus_text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
