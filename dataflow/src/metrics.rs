@@ -1,144 +1,127 @@
-//! Per-process metrics, served as Prometheus text by a plain blocking listener on its own
-//! thread: the worker threads only bump atomics and never wait for a scrape.
+//! Per-process metrics in one prometheus-client registry, served in the Prometheus text format
+//! by a plain blocking listener on its own thread: the worker threads only bump atomics (and,
+//! once per published epoch, the histogram's short lock) and never wait for a scrape to finish.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use prometheus_client::registry::{Registry, Unit};
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Upper bounds (ms) of the epoch end → publication histogram.
-const LATENCY_BUCKETS_MS: [u64; 10] = [100, 250, 500, 750, 1000, 1500, 2000, 5000, 10_000, 60_000];
+/// Upper bounds (seconds) of the epoch end → publication histogram.
+const LATENCY_BUCKETS_S: [f64; 10] = [0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0, 60.0];
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    partition: i32,
+}
+
 pub struct Metrics {
-    records: AtomicU64,
-    events: AtomicU64,
-    late: AtomicU64,
-    replay_skipped: AtomicU64,
-    unreadable: AtomicU64,
-    epochs_published: AtomicU64,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
-    latency_count: AtomicU64,
-    latency_sum_ms: AtomicU64,
-    /// partition → (watermark lag ms, floor epoch). A std Mutex: updated once per activation.
-    partitions: Mutex<BTreeMap<i32, (u64, u64)>>,
+    registry: Registry,
+    records: Counter,
+    events: Counter,
+    late: Counter,
+    replay_skipped: Counter,
+    unreadable: Counter,
+    epochs_published: Counter,
+    publish_latency: Histogram,
+    watermark_lag: Family<PartitionLabels, Gauge<f64, AtomicU64>>,
+    floor_epoch: Family<PartitionLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("emostream_dataflow");
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let records = counter("records", "Kafka records read from emoji-events");
+        let events = counter("events", "Taps counted into epochs");
+        let late = counter(
+            "late_events",
+            "Taps behind their partition's floor, folded into it",
+        );
+        let replay_skipped = counter(
+            "replay_skipped",
+            "Replayed taps already in published epochs",
+        );
+        let unreadable = counter(
+            "unreadable_events",
+            "Event lines that are not an event (a foreign producer's), skipped",
+        );
+        let epochs_published = counter(
+            "epochs_published",
+            "(stream, epoch) frames acknowledged on emoji-epochs",
+        );
+        let watermark_lag = Family::default();
+        registry.register_with_unit(
+            "watermark_lag",
+            "Wall clock minus the partition's watermark",
+            Unit::Seconds,
+            watermark_lag.clone(),
+        );
+        let floor_epoch = Family::default();
+        registry.register(
+            "floor_epoch",
+            "The earliest epoch the partition still assigns taps to",
+            floor_epoch.clone(),
+        );
+        let publish_latency = Histogram::new(LATENCY_BUCKETS_S);
+        registry.register_with_unit(
+            "publish_latency",
+            "Epoch end to its frames' acknowledgement",
+            Unit::Seconds,
+            publish_latency.clone(),
+        );
+        Metrics {
+            registry,
+            records,
+            events,
+            late,
+            replay_skipped,
+            unreadable,
+            epochs_published,
+            publish_latency,
+            watermark_lag,
+            floor_epoch,
+        }
+    }
 }
 
 impl Metrics {
     pub fn read(&self, records: u64, events: u64, late: u64, skipped: u64, unreadable: u64) {
-        self.records.fetch_add(records, Ordering::Relaxed);
-        self.events.fetch_add(events, Ordering::Relaxed);
-        self.late.fetch_add(late, Ordering::Relaxed);
-        self.replay_skipped.fetch_add(skipped, Ordering::Relaxed);
-        self.unreadable.fetch_add(unreadable, Ordering::Relaxed);
+        self.records.inc_by(records);
+        self.events.inc_by(events);
+        self.late.inc_by(late);
+        self.replay_skipped.inc_by(skipped);
+        self.unreadable.inc_by(unreadable);
     }
 
     pub fn partition(&self, partition: i32, watermark_lag_ms: u64, floor: u64) {
-        self.partitions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(partition, (watermark_lag_ms, floor));
+        let labels = PartitionLabels { partition };
+        self.watermark_lag
+            .get_or_create(&labels)
+            .set(watermark_lag_ms as f64 / 1000.0);
+        self.floor_epoch
+            .get_or_create(&labels)
+            .set(i64::try_from(floor).unwrap_or(i64::MAX));
     }
 
-    /// One (stream, epoch) frame acknowledged, `latency_ms` after its epoch ended.
+    /// One epoch's `frames` (one per stream) acknowledged, `latency_ms` after the epoch ended.
     pub fn published(&self, frames: u64, latency_ms: u64) {
-        self.epochs_published.fetch_add(frames, Ordering::Relaxed);
-        for (bound, bucket) in LATENCY_BUCKETS_MS.iter().zip(&self.latency_buckets) {
-            if latency_ms <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_ms.fetch_add(latency_ms, Ordering::Relaxed);
+        self.epochs_published.inc_by(frames);
+        self.publish_latency.observe(latency_ms as f64 / 1000.0);
     }
 
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let counter = |out: &mut String, name: &str, help: &str, value: &AtomicU64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
-        };
-        counter(
-            &mut out,
-            "emostream_dataflow_records_total",
-            "Kafka records read from emoji-events.",
-            &self.records,
-        );
-        counter(
-            &mut out,
-            "emostream_dataflow_events_total",
-            "Taps counted into epochs.",
-            &self.events,
-        );
-        counter(
-            &mut out,
-            "emostream_dataflow_late_events_total",
-            "Taps behind their partition's floor, folded into it.",
-            &self.late,
-        );
-        counter(
-            &mut out,
-            "emostream_dataflow_replay_skipped_total",
-            "Replayed taps already in published epochs.",
-            &self.replay_skipped,
-        );
-        counter(
-            &mut out,
-            "emostream_dataflow_unreadable_events_total",
-            "Event lines that are not an event (a foreign producer's), skipped.",
-            &self.unreadable,
-        );
-        counter(
-            &mut out,
-            "emostream_dataflow_epochs_published_total",
-            "(stream, epoch) frames acknowledged on emoji-epochs.",
-            &self.epochs_published,
-        );
-        out.push_str("# HELP emostream_dataflow_watermark_lag_ms Wall clock minus the partition's watermark.\n");
-        out.push_str("# TYPE emostream_dataflow_watermark_lag_ms gauge\n");
-        out.push_str("# HELP emostream_dataflow_floor_epoch The earliest epoch the partition still assigns taps to.\n");
-        out.push_str("# TYPE emostream_dataflow_floor_epoch gauge\n");
-        for (p, (lag, floor)) in self
-            .partitions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "emostream_dataflow_watermark_lag_ms{{partition=\"{p}\"}} {lag}"
-            );
-            let _ = writeln!(
-                out,
-                "emostream_dataflow_floor_epoch{{partition=\"{p}\"}} {floor}"
-            );
-        }
-        out.push_str("# HELP emostream_dataflow_publish_latency_ms Epoch end to its frames' acknowledgement.\n");
-        out.push_str("# TYPE emostream_dataflow_publish_latency_ms histogram\n");
-        for (bound, bucket) in LATENCY_BUCKETS_MS.iter().zip(&self.latency_buckets) {
-            let _ = writeln!(
-                out,
-                "emostream_dataflow_publish_latency_ms_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "emostream_dataflow_publish_latency_ms_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "emostream_dataflow_publish_latency_ms_sum {}",
-            self.latency_sum_ms.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(out, "emostream_dataflow_publish_latency_ms_count {count}");
+        let mut out = String::with_capacity(4096);
+        prometheus_text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }
@@ -157,7 +140,8 @@ pub fn serve(addr: &str, metrics: Arc<Metrics>) -> std::io::Result<()> {
             let body = metrics.render();
             let _ = write!(
                 stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                prometheus_text::CONTENT_TYPE,
                 body.len()
             );
         }
@@ -184,13 +168,14 @@ mod tests {
             "emostream_dataflow_replay_skipped_total 5",
             "emostream_dataflow_unreadable_events_total 1",
             "emostream_dataflow_epochs_published_total 3",
-            "emostream_dataflow_watermark_lag_ms{partition=\"1\"} 640",
+            "emostream_dataflow_watermark_lag_seconds{partition=\"1\"} 0.64",
             "emostream_dataflow_floor_epoch{partition=\"1\"} 42",
-            "emostream_dataflow_publish_latency_ms_bucket{le=\"250\"} 0",
-            "emostream_dataflow_publish_latency_ms_bucket{le=\"500\"} 1",
-            "emostream_dataflow_publish_latency_ms_bucket{le=\"5000\"} 2",
-            "emostream_dataflow_publish_latency_ms_bucket{le=\"+Inf\"} 2",
-            "emostream_dataflow_publish_latency_ms_sum 5300",
+            "emostream_dataflow_publish_latency_seconds_bucket{le=\"0.25\"} 0",
+            "emostream_dataflow_publish_latency_seconds_bucket{le=\"0.5\"} 1",
+            "emostream_dataflow_publish_latency_seconds_bucket{le=\"5\"} 2",
+            "emostream_dataflow_publish_latency_seconds_bucket{le=\"+Inf\"} 2",
+            "emostream_dataflow_publish_latency_seconds_sum 5.3",
+            "emostream_dataflow_publish_latency_seconds_count 2",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

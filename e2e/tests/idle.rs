@@ -111,7 +111,7 @@ async fn epochs_close_on_time_with_three_idle_partitions() {
         published += value("emostream_dataflow_epochs_published_total");
         let partitions = text
             .lines()
-            .filter(|l| l.starts_with("emostream_dataflow_watermark_lag_ms{"))
+            .filter(|l| l.starts_with("emostream_dataflow_watermark_lag_seconds{"))
             .count();
         assert_eq!(
             partitions, 2,

@@ -1,50 +1,159 @@
-//! The gateway's metrics, rendered as Prometheus text on `/metrics`. Every counter is a plain
-//! atomic in a fixed table, so the hot path takes no lock. Labels are bounded: the matched
-//! route, the status code and the rejection reason, never user input.
+//! The gateway's metrics: one prometheus-client registry, served in the Prometheus text format
+//! on `/metrics`. Counters and gauges are atomics, so the hot path takes no lock but the
+//! request family's read lock. Labels are bounded: the router's matched path, the status code
+//! and the rejection reason, never user input.
 
 use crate::error::REASONS;
-use crate::routes::{HEALTHZ, METRICS, OPENAPI, READYZ, SEND_EMOJI, STREAM_EMOJIS};
+use axum::extract::MatchedPath;
+use prometheus_client::encoding::LabelValueEncoder;
+use prometheus_client::encoding::{prometheus_text, EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use prometheus_client::registry::{Registry, Unit};
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
-/// Every route label: the router's paths, then `unmatched` for the fallback.
-pub const ROUTES: [&str; 7] = [
-    SEND_EMOJI,
-    STREAM_EMOJIS,
-    HEALTHZ,
-    READYZ,
-    METRICS,
-    OPENAPI,
-    "unmatched",
+/// Upper bounds of the broker-ack latency buckets, in seconds.
+const ACK_BUCKETS_S: [f64; 13] = [
+    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-const STATUSES: usize = 600;
-/// Upper bounds of the broker-ack latency buckets, in milliseconds.
-const ACK_BUCKETS_MS: [u64; 13] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+/// The route label: the router's path pattern (cloning it is a reference count, not a copy), or
+/// `unmatched` for the fallback. Only the router's own patterns can appear, so it stays bounded.
+#[derive(Clone, Debug)]
+struct Route(Option<MatchedPath>);
+
+impl Route {
+    fn as_str(&self) -> &str {
+        self.0.as_ref().map_or("unmatched", MatchedPath::as_str)
+    }
+}
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Route {}
+
+impl Hash for Route {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for Route {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: Route,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
 
 pub struct Metrics {
-    /// [route][status] → requests.
-    requests: Vec<[AtomicU64; STATUSES]>,
-    rejections: [AtomicU64; REASONS.len()],
-    emojis_accepted: AtomicU64,
-    emojis_undelivered: AtomicU64,
-    ack_buckets: [AtomicU64; ACK_BUCKETS_MS.len()],
-    ack_count: AtomicU64,
-    ack_sum_us: AtomicU64,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    /// One per [`REASONS`], created up front so every reason shows from the start (at zero).
+    rejections: [Counter; REASONS.len()],
+    emojis_accepted: Counter,
+    emojis_undelivered: Counter,
+    broker_ack: Histogram,
+    /// [`GAUGES`], set from [`Gauges::values`] at each scrape.
+    gauges: [Gauge; GAUGES.len()],
 }
+
+/// The gauges read from their owners at each scrape: name and help, in [`Gauges::values`] order.
+const GAUGES: [(&str, &str); 7] = [
+    (
+        "producer_queue_depth",
+        "The Kafka producer's out-queue: records not yet acknowledged plus protocol requests",
+    ),
+    (
+        "in_flight_events",
+        "Events between arrival and the broker's acknowledgement",
+    ),
+    (
+        "in_flight_budget_events",
+        "The in-flight budget; a request that does not fit gets 503",
+    ),
+    ("open_connections", "Client connections open now"),
+    (
+        "broker_reachable",
+        "1 when the broker answers, 0 while requests are refused with 503",
+    ),
+    (
+        "rate_limit_tracked_users",
+        "User ids with a partly drained token bucket",
+    ),
+    (
+        "rate_limit_tracked_ips",
+        "Client IPs with a partly drained token bucket",
+    ),
+];
 
 impl Default for Metrics {
     fn default() -> Self {
+        let mut registry = Registry::with_prefix("emostream_gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        let by_reason = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rejections",
+            "Refused requests by reason",
+            by_reason.clone(),
+        );
+        let rejections =
+            REASONS.map(|reason| by_reason.get_or_create_owned(&ReasonLabels { reason }));
+        let [emojis_accepted, emojis_undelivered] = [
+            (
+                "emojis_accepted",
+                "Emojis answered with 2xx (acknowledged by the broker in durable mode)",
+            ),
+            (
+                "emojis_undelivered",
+                "Emojis in records the broker did not acknowledge",
+            ),
+        ]
+        .map(|(name, help)| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        });
+        let gauges = GAUGES.map(|(name, help)| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        });
+        let broker_ack = Histogram::new(ACK_BUCKETS_S);
+        registry.register_with_unit(
+            "broker_ack",
+            "From handing a batch record to the producer to the broker's acknowledgement",
+            Unit::Seconds,
+            broker_ack.clone(),
+        );
         Metrics {
-            requests: (0..ROUTES.len())
-                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
-                .collect(),
-            rejections: Default::default(),
-            emojis_accepted: AtomicU64::new(0),
-            emojis_undelivered: AtomicU64::new(0),
-            ack_buckets: Default::default(),
-            ack_count: AtomicU64::new(0),
-            ack_sum_us: AtomicU64::new(0),
+            registry,
+            requests,
+            rejections,
+            emojis_accepted,
+            emojis_undelivered,
+            broker_ack,
+            gauges,
         }
     }
 }
@@ -62,160 +171,56 @@ pub struct Gauges {
     pub tracked_ips: usize,
 }
 
+impl Gauges {
+    fn values(&self) -> [i64; GAUGES.len()] {
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        [
+            i64::from(self.producer_queue_depth),
+            n(self.in_flight_events),
+            n(self.in_flight_budget),
+            n(self.open_connections),
+            i64::from(self.broker_reachable),
+            n(self.tracked_users),
+            n(self.tracked_ips),
+        ]
+    }
+}
+
 impl Metrics {
-    /// `route` is a matched path (or None for the fallback); an unknown path counts as unmatched.
-    pub fn request(&self, route: Option<&str>, status: u16, rejection: Option<&str>) {
-        let r = route
-            .and_then(|r| ROUTES.iter().position(|x| *x == r))
-            .unwrap_or(ROUTES.len() - 1);
-        self.requests[r][usize::from(status).min(STATUSES - 1)].fetch_add(1, Relaxed);
+    /// `route` is the matched path pattern, None for the fallback.
+    pub fn request(&self, route: Option<MatchedPath>, status: u16, rejection: Option<&str>) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: Route(route),
+                status,
+            })
+            .inc();
         if let Some(i) = rejection.and_then(|reason| REASONS.iter().position(|x| *x == reason)) {
-            self.rejections[i].fetch_add(1, Relaxed);
+            self.rejections[i].inc();
         }
     }
 
     pub fn accepted(&self, emojis: u64) {
-        self.emojis_accepted.fetch_add(emojis, Relaxed);
+        self.emojis_accepted.inc_by(emojis);
     }
 
     /// Events of a record the broker did not acknowledge (their requests got 503, or, in
     /// fire-and-forget mode, a 202 they did not deserve).
     pub fn undelivered(&self, emojis: u64) {
-        self.emojis_undelivered.fetch_add(emojis, Relaxed);
+        self.emojis_undelivered.inc_by(emojis);
     }
 
     /// Time from handing a record to the producer until the broker's acknowledgement.
     pub fn broker_ack(&self, latency: Duration) {
-        let ms = latency.as_secs_f64() * 1000.0;
-        for (bucket, le) in self.ack_buckets.iter().zip(ACK_BUCKETS_MS) {
-            if ms <= le as f64 {
-                bucket.fetch_add(1, Relaxed);
-            }
-        }
-        self.ack_count.fetch_add(1, Relaxed);
-        self.ack_sum_us
-            .fetch_add(latency.as_micros() as u64, Relaxed);
+        self.broker_ack.observe(latency.as_secs_f64());
     }
 
     pub fn render(&self, g: &Gauges) -> String {
+        for (gauge, value) in self.gauges.iter().zip(g.values()) {
+            gauge.set(value);
+        }
         let mut out = String::with_capacity(4096);
-        fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-            let _ = writeln!(out, "# HELP emostream_gateway_{name} {help}");
-            let _ = writeln!(out, "# TYPE emostream_gateway_{name} {kind}");
-        }
-        head(
-            &mut out,
-            "requests_total",
-            "counter",
-            "HTTP requests by route and status.",
-        );
-        for (route, statuses) in ROUTES.iter().zip(&self.requests) {
-            for (status, n) in statuses.iter().enumerate() {
-                let n = n.load(Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "emostream_gateway_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-                    );
-                }
-            }
-        }
-        head(
-            &mut out,
-            "rejections_total",
-            "counter",
-            "Refused requests by reason.",
-        );
-        for (reason, n) in REASONS.iter().zip(&self.rejections) {
-            let _ = writeln!(
-                out,
-                "emostream_gateway_rejections_total{{reason=\"{reason}\"}} {}",
-                n.load(Relaxed)
-            );
-        }
-        let mut one = |name: &str, kind: &str, help: &str, value: String| {
-            head(&mut out, name, kind, help);
-            let _ = writeln!(out, "emostream_gateway_{name} {value}");
-        };
-        one(
-            "emojis_accepted_total",
-            "counter",
-            "Emojis answered with 2xx (acknowledged by the broker in durable mode).",
-            self.emojis_accepted.load(Relaxed).to_string(),
-        );
-        one(
-            "emojis_undelivered_total",
-            "counter",
-            "Emojis in records the broker did not acknowledge.",
-            self.emojis_undelivered.load(Relaxed).to_string(),
-        );
-        one(
-            "producer_queue_depth",
-            "gauge",
-            "The Kafka producer's out-queue: records not yet acknowledged plus protocol requests.",
-            g.producer_queue_depth.to_string(),
-        );
-        one(
-            "in_flight_events",
-            "gauge",
-            "Events between arrival and the broker's acknowledgement.",
-            g.in_flight_events.to_string(),
-        );
-        one(
-            "in_flight_budget_events",
-            "gauge",
-            "The in-flight budget; a request that does not fit gets 503.",
-            g.in_flight_budget.to_string(),
-        );
-        one(
-            "open_connections",
-            "gauge",
-            "Client connections open now.",
-            g.open_connections.to_string(),
-        );
-        one(
-            "broker_reachable",
-            "gauge",
-            "1 when the broker answers, 0 while requests are refused with 503.",
-            u8::from(g.broker_reachable).to_string(),
-        );
-        one(
-            "rate_limit_tracked_users",
-            "gauge",
-            "User ids with a partly drained token bucket.",
-            g.tracked_users.to_string(),
-        );
-        one(
-            "rate_limit_tracked_ips",
-            "gauge",
-            "Client IPs with a partly drained token bucket.",
-            g.tracked_ips.to_string(),
-        );
-        head(
-            &mut out,
-            "broker_ack_seconds",
-            "histogram",
-            "From handing a batch record to the producer to the broker's acknowledgement.",
-        );
-        for (bucket, le) in self.ack_buckets.iter().zip(ACK_BUCKETS_MS) {
-            let _ = writeln!(
-                out,
-                "emostream_gateway_broker_ack_seconds_bucket{{le=\"{}\"}} {}",
-                le as f64 / 1000.0,
-                bucket.load(Relaxed)
-            );
-        }
-        let count = self.ack_count.load(Relaxed);
-        let _ = writeln!(
-            out,
-            "emostream_gateway_broker_ack_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "emostream_gateway_broker_ack_seconds_sum {}",
-            self.ack_sum_us.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "emostream_gateway_broker_ack_seconds_count {count}");
+        prometheus_text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }

@@ -1,5 +1,7 @@
 //! The HTTP surface: small handlers over one [`AppState`], and one middleware that puts a
-//! deadline on every request and counts it.
+//! deadline on every request and counts it. Each handler carries its OpenAPI operation
+//! (`#[utoipa::path]`), and [`app`] registers handler and operation together, so `/openapi.json`
+//! documents exactly the routes the router answers.
 
 use crate::batcher::BatcherHandle;
 use crate::error::Rejection;
@@ -9,26 +11,23 @@ use crate::metrics::{Gauges, Metrics};
 use crate::parse::{self, BodyFormat, Rules, Tap};
 use crate::GatewayError;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::extract::{ConnectInfo, Extension, FromRequestParts, MatchedPath, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
-use emostream_protocol::wire::{Accepted, ErrorBody};
+use emostream_protocol::wire::{Accepted, EmojiIn, ErrorBody, SendEmoji};
 use emostream_protocol::Config;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tower_http::cors::{Any, CorsLayer};
+use utoipa::{IntoResponses, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub const SEND_EMOJI: &str = "/send_emoji";
-pub const STREAM_EMOJIS: &str = "/v1/streams/{stream}/emojis";
-pub const HEALTHZ: &str = "/healthz";
-pub const READYZ: &str = "/readyz";
-pub const HOME: &str = "/";
 pub const METRICS: &str = "/metrics";
 pub const OPENAPI: &str = "/openapi.json";
 
@@ -38,8 +37,54 @@ const SINGLE_BODY_LIMIT: usize = 4 * 1024;
 const BATCH_BODY_LIMIT: usize = 1024 * 1024;
 /// The stream of the seeds' route, which has no stream in its path.
 const DEFAULT_STREAM: &str = "main";
-/// The routes, described for clients; a test checks it names exactly the router's routes.
-const OPENAPI_DOC: &str = include_str!("../openapi.json");
+
+/// The document's frame; the paths come from the handlers registered in [`app`].
+#[derive(OpenApi)]
+#[openapi(info(
+    title = "Emostream gateway",
+    description = "Emoji taps in over HTTP. In the default durable mode a 2xx is sent only \
+            after the Kafka broker acknowledged (acks=all) the record holding the request's taps: \
+            a 2xx means the emoji will be counted. Every refusal is {\"error\", \"field\"}."
+))]
+struct ApiDoc;
+
+// The handler parses the raw body itself (`parse::batch_body`, borrowing instead of allocating);
+// this type only describes it.
+/// One EmojiIn, or a non-empty array of them.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // never built: it exists for its schema
+enum EmojiBatch {
+    One(EmojiIn),
+    Many(Vec<EmojiIn>),
+}
+
+/// The refusals of both ingest routes.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // never built: it exists for its responses
+enum Refused {
+    /// Malformed JSON or NDJSON.
+    #[response(status = 400)]
+    Malformed(ErrorBody),
+    /// The request took longer than `request_timeout_ms`.
+    #[response(status = 408)]
+    Timeout(ErrorBody),
+    /// The body is larger than the route allows (4 KiB single, 1 MiB batch).
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Neither `application/json` nor `application/x-ndjson`.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+    /// A field is missing or invalid; `field` names it (`items[i].field` in a batch).
+    #[response(status = 422)]
+    Invalid(ErrorBody),
+    /// Past a per-user or per-IP rate limit.
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
+    RateLimited(ErrorBody),
+    /// The in-flight budget is full or the broker is unreachable: nothing was counted.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
+    Unavailable(ErrorBody),
+}
 
 /// Everything a handler needs, behind one `Arc` so cloning it per request is one increment.
 #[derive(Clone)]
@@ -121,6 +166,8 @@ impl AppState {
     }
 }
 
+/// The gateway's router, with `/openapi.json` serving the document generated from the same
+/// registrations.
 pub fn app(state: AppState) -> Router {
     // The viewer page is served by the subscribers and posts taps here, cross-origin. CORS is
     // the outermost layer so that even a 429 or 503 carries it (and Retry-After is readable).
@@ -130,14 +177,28 @@ pub fn app(state: AppState) -> Router {
         .allow_headers([header::CONTENT_TYPE])
         .expose_headers([header::RETRY_AFTER])
         .max_age(Duration::from_secs(600));
-    Router::new()
-        .route(HOME, get(home))
-        .route(SEND_EMOJI, post(send_emoji))
-        .route(STREAM_EMOJIS, post(stream_emojis))
-        .route(HEALTHZ, get(|| async { "ok" }))
-        .route(READYZ, get(readyz))
-        .route(METRICS, get(metrics))
-        .route(OPENAPI, get(openapi))
+    // The document names its own route, so it exists only once every route is registered; the
+    // handler reads it from a cell filled right after (and only its route pays for the layer).
+    let document = Document::default();
+    let (schemas, paths, serve_document) = routes!(openapi);
+    let serve_document = serve_document.layer(Extension(document.clone()));
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(home))
+        .routes(routes!(send_emoji))
+        .routes(routes!(stream_emojis))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes((schemas, paths, serve_document))
+        .split_for_parts();
+    let json = doc
+        .to_json()
+        .expect("an OpenAPI document always serializes");
+    document
+        .0
+        .set(Bytes::from(json))
+        .expect("the cell is new and filled once");
+    router
         .fallback(|| async { GatewayError::NotFound })
         .method_not_allowed_fallback(|| async { GatewayError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -145,6 +206,12 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The generated OpenAPI document, serialized once.
+#[derive(Clone, Default)]
+struct Document(Arc<std::sync::OnceLock<Bytes>>);
+
+/// Links to the viewer page on each subscriber.
+#[utoipa::path(get, path = "/", responses((status = 200, description = "HTML", content_type = "text/html", body = String)))]
 async fn home(State(state): State<AppState>) -> Html<String> {
     Html(state.0.home.clone())
 }
@@ -190,6 +257,13 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
+/// One tap in the seeds' shape, counted in stream `main`.
+#[utoipa::path(
+    post,
+    path = "/send_emoji",
+    request_body(content = SendEmoji, content_type = "application/json"),
+    responses((status = 202, description = "Taken (durable mode: acknowledged by the broker).", body = Accepted), Refused)
+)]
 async fn send_emoji(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -207,6 +281,18 @@ async fn send_emoji(
         .await
 }
 
+/// One tap, a JSON array of taps, or NDJSON (one tap per line). A batch with one invalid item is
+/// refused whole, naming `items[i].field`.
+#[utoipa::path(
+    post,
+    path = "/v1/streams/{stream}/emojis",
+    params(("stream" = String, Path, description = "The stream id.", pattern = "^[a-z0-9_-]{1,64}$")),
+    request_body(
+        description = "JSON: one EmojiIn or an array of them. NDJSON: one EmojiIn object per line.",
+        content((EmojiBatch = "application/json"), (String = "application/x-ndjson")),
+    ),
+    responses((status = 202, description = "Taken (durable mode: acknowledged by the broker).", body = Accepted), Refused)
+)]
 async fn stream_emojis(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -246,6 +332,21 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
     })
 }
 
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "ok", content_type = "text/plain", body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The broker answers and the events topic exists.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    responses(
+        (status = 200, description = "ready", content_type = "text/plain", body = String),
+        (status = 503, description = "The broker or the topic does not answer.", body = ErrorBody),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.0.batcher.ready().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
@@ -260,6 +361,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus text.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "metrics", content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Response {
     let s = &state.0;
     let (in_flight_events, in_flight_budget) = s.batcher.in_flight();
@@ -273,14 +376,24 @@ async fn metrics(State(state): State<AppState>) -> Response {
         tracked_ips: s.ips.tracked(),
     };
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
         s.metrics.render(&gauges),
     )
         .into_response()
 }
 
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_DOC).into_response()
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3", body = Object)))]
+async fn openapi(Extension(doc): Extension<Document>) -> Response {
+    let json = doc
+        .0
+        .get()
+        .expect("app() fills the document before serving")
+        .clone();
+    ([(header::CONTENT_TYPE, "application/json")], json).into_response()
 }
 
 /// Every request: a deadline (`request_timeout_ms`, body read included), then one count by
@@ -300,7 +413,7 @@ async fn observe(
         .into_response(),
     };
     state.0.metrics.request(
-        route.as_ref().map(MatchedPath::as_str),
+        route,
         response.status().as_u16(),
         response.extensions().get::<Rejection>().map(|r| r.0),
     );

@@ -18,16 +18,23 @@ pub fn is_stream_id(stream: &str) -> bool {
 
 /// The client's own timestamp: ISO-8601 text or Unix milliseconds. Kept, never used for windowing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum ClientTs {
     Millis(u64),
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     Iso(String),
 }
 
 /// The seeds' body for `POST /send_emoji`, unchanged so their clients and load tests still work.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendEmoji {
+    /// 1 to 128 visible characters.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128))]
     pub user_id: String,
+    /// Exactly one emoji (one extended grapheme cluster: ZWJ sequences, skin tones, VS16, flags,
+    /// keycaps).
     pub emoji_type: String,
     #[serde(default)]
     pub timestamp: Option<ClientTs>,
@@ -35,8 +42,12 @@ pub struct SendEmoji {
 
 /// One emoji in `POST /v1/streams/{stream}/emojis` (the stream comes from the path).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EmojiIn {
+    /// 1 to 128 visible characters.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128))]
     pub user_id: String,
+    /// Exactly one emoji.
     pub emoji: String,
     #[serde(default)]
     pub timestamp: Option<ClientTs>,
@@ -44,15 +55,20 @@ pub struct EmojiIn {
 
 /// The gateway's 202: how many emojis the broker acknowledged, and the epoch they count in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Accepted {
+    /// Emojis taken.
     pub accepted: u64,
+    /// floor(receive time ms / window_ms): the epoch they count in.
     pub epoch: u64,
 }
 
 /// Every 4xx/5xx body: what went wrong, and which field (when one is to blame).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: String,
+    /// The field to blame, e.g. `user_id` or `items[3].emoji`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }

@@ -22,6 +22,7 @@ use axum::routing::get;
 use axum::Router;
 use emostream_protocol::config::BroadcasterConfig;
 use emostream_protocol::Config;
+use prometheus_client::encoding::prometheus_text;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -225,7 +226,7 @@ fn finish(router: Router, metrics: Arc<Metrics>) -> Router {
             "/metrics",
             get(move || async move {
                 (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    [(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)],
                     metrics.render(),
                 )
             }),
