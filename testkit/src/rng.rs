@@ -55,6 +55,9 @@ mod tests {
         let items = [("often", 9), ("never", 0), ("rarely", 1)];
         let picks: Vec<&str> = (0..1000).map(|_| *rng.weighted(&items)).collect();
         let count = |what: &str| picks.iter().filter(|p| **p == what).count();
-        assert_eq!((count("often"), count("never"), count("rarely")), (906, 0, 94));
+        assert_eq!(
+            (count("often"), count("never"), count("rarely")),
+            (906, 0, 94)
+        );
     }
 }

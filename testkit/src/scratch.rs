@@ -16,8 +16,7 @@ impl Scratch {
             std::process::id(),
             free_port()
         ));
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         Scratch(dir)
     }
 
