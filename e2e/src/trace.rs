@@ -25,7 +25,8 @@ pub type Truth = BTreeMap<(String, u64), BTreeMap<String, u64>>;
 
 /// One emoji, as often as the crowd in [`EMOJIS`] sends it.
 pub fn emoji(rng: &mut Rng) -> &'static str {
-    *rng.weighted(&EMOJIS)
+    let emoji: &&'static str = rng.weighted(&EMOJIS);
+    emoji
 }
 
 /// One request to the gateway and the emojis it carries.
