@@ -9,7 +9,7 @@
 #   STORAGE=memory scripts/bench_dataflow.sh     # the broker's storage engine: postgres (default),
 #                                                # sqlite or memory; the report names it
 #
-# Options go to dataflow/benches/throughput.rs, whose header explains each number it prints.
+# Options go to dataflow/benches/throughput/main.rs, whose header explains each number it prints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -218,7 +218,7 @@ read -r b_req b_dur b_bad b_err b_p50 b_p99 < <(run_wrk "http://127.0.0.1:$gatew
 # Every tap of the batch phase, counted in Kafka once every reply is in, over the span of the
 # gateway receive times of its records (first to last record, plus the last one's flush).
 read -r landed records first_ms last_ms < <("$bin/examples/count_events" --brokers "127.0.0.1:$broker_port" \
-  --topic emoji-events --partitions 4 --stream bench-batch)
+  --topic emoji-events --stream bench-batch)
 
 # The broker's own ceiling for the same taps: as many as the gateway landed (at least a million),
 # in 10,000-tap records produced straight to it, on a stream of their own.

@@ -3,76 +3,16 @@
 //! once, and hands the lower tier its ring and then live epochs over `/internal/link`.
 
 use emostream_broadcaster::{run, Role};
-use emostream_protocol::Config;
+use emostream_testkit::{free_port, topic, Broker, Scratch};
 use futures_util::{SinkExt, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A broker of this test's own, stopped and deleted however the test ends.
-struct Broker {
-    data: PathBuf,
-    port: u16,
-}
-
-impl Broker {
-    fn start(config: &str) -> Self {
-        let port = free_port();
-        let data = std::env::temp_dir().join(format!(
-            "emostream-broadcaster-kafka-{}-{port}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&data).unwrap();
-        let config_path = data.join("cluster.toml");
-        std::fs::write(
-            &config_path,
-            config.replace("{broker}", &format!("127.0.0.1:{port}")),
-        )
-        .unwrap();
-        let broker = Self { data, port };
-        let status = broker
-            .script("start")
-            .arg("--config")
-            .arg(&config_path)
-            .status()
-            .unwrap();
-        assert!(status.success(), "scripts/broker.sh start failed");
-        broker
-    }
-
-    fn script(&self, command: &str) -> Command {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/broker.sh");
-        let mut cmd = Command::new(script);
-        cmd.arg(command)
-            .arg("--port")
-            .arg(self.port.to_string())
-            .arg("--data")
-            .arg(&self.data);
-        cmd
-    }
-
-    fn config(&self) -> PathBuf {
-        self.data.join("cluster.toml")
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.script("stop").status();
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
-}
-
-use emostream_e2e::free_port;
 
 fn frame(epoch: u64) -> String {
     format!(
@@ -82,14 +22,13 @@ fn frame(epoch: u64) -> String {
 
 async fn produce(producer: &FutureProducer, epoch: u64) {
     let payload = frame(epoch);
-    let record = FutureRecord::to("emoji-epochs")
-        .key("main")
-        .payload(&payload);
-    producer
-        .send(record, Duration::from_secs(10))
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    topic::send(
+        producer,
+        FutureRecord::to("emoji-epochs")
+            .key("main")
+            .payload(&payload),
+    )
+    .await;
 }
 
 async fn next_text(link: &mut WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>) -> String {
@@ -109,14 +48,13 @@ async fn next_text(link: &mut WebSocketStream<MaybeTlsStream<tokio::net::TcpStre
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_main_publisher_reads_epochs_from_kafka() {
-    let main_port = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let broker = Broker::start(&format!(
-        r#"
+    let main_port = free_port();
+    let dir = Scratch::new("broadcaster-kafka");
+    let (_broker, config) = Broker::start(dir.path(), |broker| {
+        format!(
+            r#"
 [kafka]
-brokers = "{{broker}}"
+brokers = "{broker}"
 epochs_partitions = 2
 [gateway]
 listen = "127.0.0.1:0"
@@ -130,12 +68,9 @@ name = "c0"
 listen = "127.0.0.1:0"
 subscribers = []
 "#
-    ));
-    let config = Config::load(&broker.config()).unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .create()
-        .unwrap();
+        )
+    });
+    let producer = topic::producer(&config.kafka.brokers);
 
     // Written before the main publisher starts: a re-published epoch 2 among them.
     for epoch in [1, 2, 2, 3] {

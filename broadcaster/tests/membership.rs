@@ -6,9 +6,10 @@
 
 mod common;
 
-use common::{eventually, free_port, http, Proc, Scratch, DEADLINE};
+use common::{broadcaster, config, http, DEADLINE};
 use emostream_protocol::synthetic::frame as synthetic_frame;
 use emostream_protocol::wire::{Admission, TopologyView};
+use emostream_testkit::{free_port, wait_for, Scratch};
 use futures_util::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,36 +77,39 @@ fn newest_from(received: &Received, subscriber: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_join_leave_and_die_while_viewers_watch() {
-    let scratch = Scratch::new("membership");
+    let scratch = Scratch::new("broadcaster-membership");
     let addr = |port: u16| format!("127.0.0.1:{port}");
     let (main, c0, c0_s0) = (addr(free_port()), addr(free_port()), addr(free_port()));
     let (cx, cx_s0, c0_late) = (addr(free_port()), addr(free_port()), addr(free_port()));
     // Only c0 and its first subscriber are configured; the rest join at run time.
-    let config = scratch.config(&format!(
-        "[broadcaster]\nmain = \"{main}\"\n\
+    let config = config(
+        &scratch,
+        &format!(
+            "[broadcaster]\nmain = \"{main}\"\n\
          [[broadcaster.clusters]]\nname = \"c0\"\nlisten = \"{c0}\"\nsubscribers = [\"{c0_s0}\"]\n"
-    ));
+        ),
+    );
     let every = EVERY_MS.to_string();
-    let _main = Proc::start(
+    let _main = broadcaster(
         &scratch,
         &config,
         "main",
         &["main", "--synthetic-ms", &every],
     );
-    let _c0 = Proc::start(&scratch, &config, "c0", &["cluster", "--name", "c0"]);
-    let mut s0 = Proc::start(
+    let _c0 = broadcaster(&scratch, &config, "c0", &["cluster", "--name", "c0"]);
+    let mut s0 = broadcaster(
         &scratch,
         &config,
         "c0-s0",
         &["subscriber", "--name", "c0-s0"],
     );
-    let _cx = Proc::start(
+    let _cx = broadcaster(
         &scratch,
         &config,
         "cx",
         &["cluster", "--name", "cx", "--listen", &cx],
     );
-    let mut cx_sub = Proc::start(
+    let mut cx_sub = broadcaster(
         &scratch,
         &config,
         "cx-s0",
@@ -119,7 +123,7 @@ async fn members_join_leave_and_die_while_viewers_watch() {
             &cx,
         ],
     );
-    let _late = Proc::start(
+    let _late = broadcaster(
         &scratch,
         &config,
         "c0-late",
@@ -156,14 +160,14 @@ async fn members_join_leave_and_die_while_viewers_watch() {
         ),
         ("cx".to_string(), vec!["cx-s0".to_string()]),
     ];
-    eventually("every member in the topology", DEADLINE, || async {
+    wait_for("every member in the topology", DEADLINE, || async {
         topology().await.filter(|v| members(v) == all_joined)
     })
     .await;
 
     // Six viewers, placed two per subscriber by load; each sees a few epochs where it landed.
     let viewers: Vec<Received> = (0..6).map(|i| resuming_viewer(main.clone(), i)).collect();
-    eventually("every viewer watching", DEADLINE, || async {
+    wait_for("every viewer watching", DEADLINE, || async {
         viewers
             .iter()
             .all(|v| v.lock().unwrap().len() >= 3)
@@ -180,20 +184,20 @@ async fn members_join_leave_and_die_while_viewers_watch() {
         ["c0-late", "c0-late", "c0-s0", "c0-s0", "cx-s0", "cx-s0"]
     );
     // Viewer counts travel up with the heartbeats, a second per tier.
-    eventually("six viewers in the topology", DEADLINE, || async {
+    wait_for("six viewers in the topology", DEADLINE, || async {
         topology().await.filter(|v| v.viewers == 6)
     })
     .await;
 
     // One subscriber dies on the spot, another leaves cleanly.
-    s0.signal(libc::SIGKILL);
-    cx_sub.signal(libc::SIGTERM);
+    s0.signal_and_wait(libc::SIGKILL);
+    cx_sub.signal_and_wait(libc::SIGTERM);
     let after = viewers
         .iter()
         .filter_map(|v| v.lock().unwrap().last().map(|(e, _, _)| *e))
         .max()
         .unwrap();
-    eventually(
+    wait_for(
         "every viewer moved to c0-late and 20 epochs on",
         DEADLINE,
         || async {
@@ -204,7 +208,7 @@ async fn members_join_leave_and_die_while_viewers_watch() {
         },
     )
     .await;
-    eventually("the topology without the departed", DEADLINE, || async {
+    wait_for("the topology without the departed", DEADLINE, || async {
         let want = vec![
             ("c0".to_string(), vec!["c0-late".to_string()]),
             ("cx".to_string(), vec![]),

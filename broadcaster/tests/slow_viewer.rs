@@ -5,10 +5,11 @@
 
 mod common;
 
-use common::{eventually, free_port, http, sample, Proc, Scratch, DEADLINE};
+use common::{broadcaster, config, http, sample, DEADLINE};
 use emostream_broadcaster::{cluster_publisher, main_publisher, Settings};
+use emostream_testkit::{free_port, now_ms, wait_for, Scratch};
 use futures_util::StreamExt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -16,13 +17,6 @@ use tokio_tungstenite::{client_async, connect_async};
 
 const FRAMES: u64 = 300;
 const PAD_BYTES: usize = 128 * 1024;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 fn big_frame(epoch: u64) -> String {
     format!(
@@ -34,7 +28,7 @@ fn big_frame(epoch: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
-    let scratch = Scratch::new("slow");
+    let scratch = Scratch::new("broadcaster-slow");
     let (stop, stopped) = watch::channel(false);
     let until = || {
         let mut stopped = stopped.clone();
@@ -66,10 +60,10 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
         until(),
     ));
     let sub = format!("127.0.0.1:{}", free_port());
-    let config = scratch.config(&format!(
+    let config = config(&scratch, &format!(
         "[broadcaster]\nmain = \"{main}\"\nring_epochs = 4\nviewer_lag_budget_bytes = 262144\nclusters = []\n"
     ));
-    let subscriber = Proc::start(
+    let subscriber = broadcaster(
         &scratch,
         &config,
         "s",
@@ -83,7 +77,7 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
             &cluster.to_string(),
         ],
     );
-    eventually("the subscriber linked", DEADLINE, || async {
+    wait_for("the subscriber linked", DEADLINE, || async {
         let (_, body) = http(&main.to_string(), "GET", "/v1/topology", "").await?;
         body.contains(r#""name":"s""#).then_some(())
     })
@@ -107,7 +101,7 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
             other => panic!("expected epoch 0, got {other:?}"),
         }
     }
-    let rss_before = subscriber.rss_kib();
+    let rss_before = subscriber.rss_kib().expect("the subscriber runs");
 
     let publishing = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -133,7 +127,7 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
         latencies.push(now_ms() - head["end_ms"].as_u64().unwrap());
         next += 1;
     }
-    let rss_after = subscriber.rss_kib();
+    let rss_after = subscriber.rss_kib().expect("the subscriber runs");
     let _frames = publishing.await.unwrap();
     latencies.sort();
     let p99 = latencies[latencies.len() * 99 / 100];

@@ -1,8 +1,12 @@
 //! All three tiers in one process on real sockets: a main publisher fed by a channel instead of
 //! Kafka, one cluster publisher, two subscribers, and WebSocket viewers.
 
+mod common;
+
+use common::http;
 use emostream_broadcaster::{cluster_publisher, main_publisher, subscriber, Error, Settings};
 use emostream_protocol::wire::{Assignment, ErrorBody};
+use emostream_testkit::wait_for;
 use futures_util::StreamExt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -74,41 +78,6 @@ fn spawn_subscriber(
     ))
 }
 
-/// One HTTP/1.1 request on its own connection: the status and the body.
-async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut conn = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    timeout(DEADLINE, conn.read_to_string(&mut response))
-        .await
-        .expect("an HTTP answer")
-        .unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("a header block");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
-
-/// Polls `probe` until it yields, failing the test after [`DEADLINE`].
-async fn eventually<T, Fut: Future<Output = Option<T>>>(
-    what: &str,
-    mut probe: impl FnMut() -> Fut,
-) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    let mut poll = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        poll.tick().await;
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-    }
-}
-
 async fn watch_stream(subscriber: SocketAddr, stream: &str, query: &str) -> Viewer {
     let url = format!("ws://{subscriber}/v1/streams/{stream}/ws{query}");
     timeout(DEADLINE, connect_async(url))
@@ -155,23 +124,33 @@ async fn frames_flow_through_every_tier_exactly_once() {
 
     // Before any cluster links, the main publisher has nobody to assign.
     assert_eq!(
-        http(main, "GET", "/healthz", "").await,
+        http(main, "GET", "/healthz", "")
+            .await
+            .expect("an HTTP answer"),
         (200, "ok".to_owned())
     );
     let register = r#"{"user_id":"u1","group_id":"g1"}"#;
     assert_eq!(
-        http(main, "POST", "/register", register).await,
+        http(main, "POST", "/register", register)
+            .await
+            .expect("an HTTP answer"),
         (503, r#"{"error":"no live subscriber"}"#.to_owned())
     );
     assert_eq!(
-        http(main, "POST", "/unregister", register).await,
+        http(main, "POST", "/unregister", register)
+            .await
+            .expect("an HTTP answer"),
         (200, r#"{"ok":true}"#.to_owned())
     );
     assert_eq!(
-        http(main, "GET", "/nowhere", "").await,
+        http(main, "GET", "/nowhere", "")
+            .await
+            .expect("an HTTP answer"),
         (404, r#"{"error":"not found"}"#.to_owned())
     );
-    let (status, body) = http(main, "POST", "/v1/viewers", r#"{"group_id":"g1"}"#).await;
+    let (status, body) = http(main, "POST", "/v1/viewers", r#"{"group_id":"g1"}"#)
+        .await
+        .expect("an HTTP answer");
     let body: ErrorBody = serde_json::from_str(&body).unwrap();
     assert_eq!(status, 422);
     assert!(body.error.contains("missing field `user_id`"), "{body:?}");
@@ -194,8 +173,10 @@ async fn frames_flow_through_every_tier_exactly_once() {
     }
 
     // Heartbeats travel subscriber → cluster → main; registration works once one has arrived.
-    let assignment: Assignment = eventually("a live subscriber", || async {
-        let (status, body) = http(main, "POST", "/register", register).await;
+    let assignment: Assignment = wait_for("a live subscriber", DEADLINE, || async {
+        let (status, body) = http(main, "POST", "/register", register)
+            .await
+            .expect("an HTTP answer");
         (status == 200).then(|| serde_json::from_str(&body).unwrap())
     })
     .await;
@@ -211,8 +192,12 @@ async fn frames_flow_through_every_tier_exactly_once() {
     let both_idle = format!(
         r#"{{"viewers":0,"clusters":[{{"name":"c0","viewers":0,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":0}},{{"name":"c0-s1","url":"ws://{s1}","viewers":0}}]}}]}}"#
     );
-    eventually("both subscribers in the topology", || async {
-        (http(main, "GET", "/v1/topology", "").await == (200, both_idle.clone())).then_some(())
+    wait_for("both subscribers in the topology", DEADLINE, || async {
+        (http(main, "GET", "/v1/topology", "")
+            .await
+            .expect("an HTTP answer")
+            == (200, both_idle.clone()))
+            .then_some(())
     })
     .await;
 
@@ -254,11 +239,17 @@ async fn frames_flow_through_every_tier_exactly_once() {
     let loaded = format!(
         r#"{{"viewers":4,"clusters":[{{"name":"c0","viewers":4,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":3}},{{"name":"c0-s1","url":"ws://{s1}","viewers":1}}]}}]}}"#
     );
-    eventually("the viewer counts in the topology", || async {
-        (http(main, "GET", "/v1/topology", "").await == (200, loaded.clone())).then_some(())
+    wait_for("the viewer counts in the topology", DEADLINE, || async {
+        (http(main, "GET", "/v1/topology", "")
+            .await
+            .expect("an HTTP answer")
+            == (200, loaded.clone()))
+            .then_some(())
     })
     .await;
-    let (status, body) = http(main, "POST", "/v1/viewers", register).await;
+    let (status, body) = http(main, "POST", "/v1/viewers", register)
+        .await
+        .expect("an HTTP answer");
     assert_eq!(
         (status, serde_json::from_str::<Assignment>(&body).unwrap()),
         (
@@ -427,8 +418,10 @@ async fn tokens_secrets_sse_resume_and_clear_errors() {
     }
 
     // With the right secret the tiers link, and registration hands out a signed token.
-    let admission: Admission = eventually("a live subscriber", || async {
-        let (status, body) = http(main, "POST", "/v1/viewers", r#"{"user_id":"u1"}"#).await;
+    let admission: Admission = wait_for("a live subscriber", DEADLINE, || async {
+        let (status, body) = http(main, "POST", "/v1/viewers", r#"{"user_id":"u1"}"#)
+            .await
+            .expect("an HTTP answer");
         (status == 200).then(|| serde_json::from_str(&body).unwrap())
     })
     .await;
@@ -463,7 +456,11 @@ async fn tokens_secrets_sse_resume_and_clear_errors() {
         let want = (401, format!(r#"{{"error":"{why}"}}"#));
         for route in ["ws", "sse"] {
             let path = format!("/v1/streams/main/{route}{query}");
-            assert_eq!(http(s0, "GET", &path, "").await, want, "{path}");
+            assert_eq!(
+                http(s0, "GET", &path, "").await.expect("an HTTP answer"),
+                want,
+                "{path}"
+            );
         }
         let url = format!("ws://{s0}/v1/streams/main/ws{query}");
         assert!(connect_async(url).await.is_err());
@@ -517,21 +514,28 @@ async fn tokens_secrets_sse_resume_and_clear_errors() {
             &format!("/v1/streams/Main!/ws?token={token}"),
             ""
         )
-        .await,
+        .await
+        .expect("an HTTP answer"),
         (
             422,
             r#"{"error":"a stream id is 1 to 64 of [a-z0-9_-]","field":"stream"}"#.into()
         )
     );
     assert_eq!(
-        http(s0, "GET", "/v2/anything", "").await,
+        http(s0, "GET", "/v2/anything", "")
+            .await
+            .expect("an HTTP answer"),
         (404, r#"{"error":"not found"}"#.into())
     );
     assert_eq!(
-        http(s0, "POST", "/metrics", "").await,
+        http(s0, "POST", "/metrics", "")
+            .await
+            .expect("an HTTP answer"),
         (405, r#"{"error":"method not allowed"}"#.into())
     );
-    let (status, metrics) = http(s0, "GET", "/metrics", "").await;
+    let (status, metrics) = http(s0, "GET", "/metrics", "")
+        .await
+        .expect("an HTTP answer");
     assert_eq!(status, 200);
     for line in [
         r#"emostream_broadcaster_unauthorized_total{tier="subscriber"} 12"#,
@@ -815,7 +819,9 @@ async fn viewers_speak_websocket_and_a_broken_client_gets_its_close_code() {
     assert_eq!(read_to_close(&mut oversized).await, b"\x88\x02\x03\xf1");
 
     // A plain GET on the WebSocket route: a clear 400, not a hang or a 200.
-    let (status, body) = http(s, "GET", "/v1/streams/main/ws", "").await;
+    let (status, body) = http(s, "GET", "/v1/streams/main/ws", "")
+        .await
+        .expect("an HTTP answer");
     assert_eq!(status, 400);
     let error: ErrorBody = serde_json::from_str(&body).unwrap();
     assert_eq!(error.error, "Connection header did not include 'upgrade'");

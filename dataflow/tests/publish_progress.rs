@@ -8,11 +8,11 @@ use emostream_dataflow::metrics::Metrics;
 use emostream_dataflow::partition::Mark;
 use emostream_dataflow::progress::WriteProgress;
 use emostream_dataflow::publish::{AckedProducer, PublishEpochs};
-use emostream_e2e::broker::Broker;
-use emostream_e2e::kafka::read_records;
 use emostream_protocol::wire::{EmojiCount, EpochFrame, FrameType};
 use emostream_protocol::Config;
-use std::path::PathBuf;
+use emostream_testkit::broker::{minimal_config, minimal_config_with};
+use emostream_testkit::topic::read_to_end;
+use emostream_testkit::{Broker, Scratch};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use timely::dataflow::operators::{ConnectLoop, Feedback, Probe};
@@ -33,10 +33,6 @@ struct Record {
     key: Option<String>,
     timestamp: Option<i64>,
     payload: String,
-}
-
-fn scratch(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("emostream-dataflow-{name}-{}", std::process::id()))
 }
 
 fn frame(stream: &str, epoch: u64, emojis: &[(&str, u64, u64)]) -> EpochFrame {
@@ -165,12 +161,12 @@ fn publish(config: &Config) {
 /// Every record of `topic`, partition by partition, in offset order, its bytes as text.
 fn read_topic(config: &Config, topic: &str) -> Vec<Record> {
     let text = |b: Vec<u8>| String::from_utf8(b).expect("UTF-8");
-    read_records(&config.kafka.brokers, topic)
+    read_to_end(&config.kafka.brokers, topic)
         .into_iter()
         .map(|r| Record {
             partition: r.partition,
             key: r.key.map(text),
-            timestamp: r.timestamp,
+            timestamp: r.timestamp_ms,
             payload: text(r.payload),
         })
         .collect()
@@ -243,12 +239,12 @@ fn progress_payloads() -> Vec<&'static str> {
 /// order the two operators' sends were acknowledged in, so the log itself shows the protocol.
 #[test]
 fn frames_and_progress_records_alternate_epoch_by_epoch() {
-    let dir = scratch("alternate");
-    let (broker, config) = Broker::standalone(
-        &dir,
-        "epochs_topic = \"emoji-log\"\nprogress_topic = \"emoji-log\"\nepochs_partitions = 1",
-        &[],
-    );
+    let dir = Scratch::new("dataflow-alternate");
+    let (broker, config) = Broker::start(dir.path(), |address| {
+        let kafka =
+            "epochs_topic = \"emoji-log\"\nprogress_topic = \"emoji-log\"\nepochs_partitions = 1";
+        minimal_config_with(address, kafka, "")
+    });
     publish(&config);
     let log = read_topic(&config, "emoji-log");
 
@@ -276,15 +272,14 @@ fn frames_and_progress_records_alternate_epoch_by_epoch() {
     }
     assert_eq!(got, want);
     drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The topics as configured by default: frames keyed by stream on a two-partition topic, every
 /// stream on its own partition in epoch order; progress records on partition 0 of their own.
 #[test]
 fn frames_are_keyed_by_stream_and_progress_has_its_own_topic() {
-    let dir = scratch("layout");
-    let (broker, config) = Broker::standalone(&dir, "", &[]);
+    let dir = Scratch::new("dataflow-layout");
+    let (broker, config) = Broker::start(dir.path(), |address| minimal_config(address, ""));
     assert_eq!(
         (
             config.kafka.epochs_partitions,
@@ -312,5 +307,4 @@ fn frames_are_keyed_by_stream_and_progress_has_its_own_topic() {
         .collect();
     assert_eq!(progress, want);
     drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }

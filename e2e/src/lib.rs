@@ -4,17 +4,23 @@
 //! sockets. Everything stops (SIGTERM, then SIGKILL) when the [`System`] is dropped.
 //!
 //! The binaries come from the same target directory as the test (`scripts/test.sh` builds them
-//! first).
+//! first). The general plumbing (broker, processes, HTTP, waiting) is `emostream-testkit`'s.
+//!
+//! # Layout
+//!
+//! - this file: [`Topology`] and [`System`], the whole system of one test.
+//! - [`trace`]: known traces of taps, the ground truth built from the gateway's replies, and the
+//!   exact comparison of published epochs against it.
+//! - [`viewer`]: a WebSocket viewer recording every frame with its arrival time.
 
-pub mod broker;
-pub mod http;
-pub mod kafka;
 pub mod trace;
 pub mod viewer;
 
 use emostream_protocol::Config;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use emostream_testkit::{binary, free_port, http, topic, wait_for, wait_until, workers};
+use emostream_testkit::{Broker, Process, Scratch};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// The shape of one test's system.
@@ -60,121 +66,24 @@ impl Topology {
 
 pub struct System {
     pub config: Config,
-    pub dir: PathBuf,
     config_path: PathBuf,
-    children: Vec<(String, Child)>,
-    broker: broker::Broker,
-}
-
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("e2e lives inside the workspace")
-        .to_path_buf()
-}
-
-/// `target/<profile>`, where cargo put this test's executable (`…/deps/test-hash`).
-pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("tests run from target/<profile>/deps")
-        .to_path_buf()
-}
-
-/// A binary of this workspace, from the target directory the test runs from.
-pub fn binary(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first (scripts/test.sh does)",
-        path.display()
-    );
-    path
-}
-
-/// A loopback port nobody uses right now, for a process started later to listen on.
-///
-/// It comes from below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768 and
-/// up here), never from it: a port the kernel handed out and took back can be handed out again to
-/// any outgoing connection — librdkafka's, the broker's to its PostgreSQL — before the process
-/// it was meant for binds it, and that process then fails with "address in use". Each call in a
-/// process takes the next candidate after a per-process starting point, so two calls never
-/// return the same port.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 10_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768)
-        .clamp(LOW + 1_000, 65_535);
-    let span = high - LOW;
-    let start = std::process::id().wrapping_mul(7_919) % span;
-    for _ in 0..span {
-        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port between {LOW} and {high}");
-}
-
-/// Waits until `cond` holds, polling every 20 ms; panics with `what` after `deadline`.
-pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    wait_for(what, deadline, || {
-        let fut = cond();
-        async move { fut.await.then_some(()) }
-    })
-    .await
-}
-
-/// Waits until `probe` yields a value, polling every 20 ms; panics with `what` after `deadline`.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    processes: Vec<Process>,
+    broker: Broker,
+    /// Declared last, so it is removed after the processes and the broker have stopped.
+    dir: Scratch,
 }
 
 impl System {
     /// Starts everything and returns once the gateway is ready and every subscriber answers.
     pub async fn start(topology: Topology) -> System {
-        let dir = std::env::temp_dir().join(format!(
-            "emostream-e2e-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).expect("a scratch folder");
-        let broker_port = free_port();
-        let config_text = config_text(&topology, broker_port);
-        let config_path = dir.join("cluster.toml");
-        std::fs::write(&config_path, &config_text).expect("writing the test's cluster.toml");
-        let config = Config::from_toml(&config_text).expect("the generated configuration is valid");
-
-        let broker = broker::Broker::start(broker_port, &dir.join("broker"), &config_path, &[]);
+        let dir = Scratch::new("e2e");
+        let (broker, config) = Broker::start(dir.path(), |address| config_text(&topology, address));
         let mut system = System {
             config,
-            dir,
-            config_path,
-            children: Vec::new(),
+            config_path: broker.config_path().to_path_buf(),
+            processes: Vec::new(),
             broker,
+            dir,
         };
         system.spawn(
             "gateway",
@@ -187,11 +96,7 @@ impl System {
             .collect();
         hosts.dedup();
         for host in &hosts {
-            let mut workers = Command::new(repo_root().join("scripts/run_workers.sh"));
-            workers
-                .args(["-n", &topology.worker_processes.to_string(), "-c"])
-                .arg(&system.config_path)
-                .env("EMOSTREAM_BIN_DIR", bin_dir());
+            let mut workers = workers::command(topology.worker_processes, &system.config_path);
             let name = if hosts.len() == 1 {
                 "workers".to_string()
             } else {
@@ -261,18 +166,8 @@ impl System {
     }
 
     fn spawn(&mut self, name: &str, command: &mut Command) {
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("a log file");
-        let child = command
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        self.children.push((name.to_string(), child));
+        let log = self.dir.join(format!("{name}.log"));
+        self.processes.push(Process::spawn(name, command, &log));
     }
 
     /// Every subscriber's `host:port`, cluster by cluster.
@@ -291,58 +186,24 @@ impl System {
 
     /// The pids of this system's running dataflow processes (children of the supervisors).
     pub fn dataflow_pids(&self) -> Vec<u32> {
-        let config = self.config_path.to_string_lossy().to_string();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
-                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                    cmd.contains("emostream-dataflow") && cmd.contains(&config)
-                })
-            })
-            .collect()
+        workers::pids(&self.config_path)
     }
 
-    /// The pid of a child started by the harness, by name (`gateway`, `workers`, `c0-s1`, …).
-    pub fn pid(&self, name: &str) -> Option<u32> {
-        self.children
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, c)| c.id())
-    }
-}
-
-impl System {
     /// SIGTERM to every process (the broadcaster side first), then waits up to 15 s for each;
     /// returns how each ended (`None`: it had to be killed). The broker keeps running.
-    pub fn stop(&mut self) -> Vec<(String, Option<std::process::ExitStatus>)> {
-        for (_, child) in self.children.iter().rev() {
-            // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    pub fn stop(&mut self) -> Vec<(String, Option<ExitStatus>)> {
+        for process in self.processes.iter().rev() {
+            process.signal(libc::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(15);
-        let mut out = Vec::new();
-        for (name, mut child) in self.children.drain(..).rev() {
-            let status = loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => break Some(status),
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => {
-                        eprintln!("{name} did not stop on SIGTERM; killing it");
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break None;
-                    }
-                }
-            };
-            out.push((name, status));
-        }
-        out
+        self.processes
+            .drain(..)
+            .rev()
+            .map(|mut process| {
+                let status = process.wait_until(deadline);
+                (process.name().to_string(), status)
+            })
+            .collect()
     }
 
     /// Waits until `emoji-epochs` holds each stream's marker epoch (so, epochs being published
@@ -364,7 +225,7 @@ impl System {
             let (brokers, topic) = (brokers.clone(), topic.clone());
             async move {
                 let payloads =
-                    tokio::task::spawn_blocking(move || kafka::read_all(&brokers, &topic))
+                    tokio::task::spawn_blocking(move || topic::payloads(&brokers, &topic))
                         .await
                         .expect("reader task");
                 let frames = trace::distinct_frames(&payloads);
@@ -377,10 +238,9 @@ impl System {
         .await
     }
 
-    /// Runs `scripts/broker.sh ACTION` (`start`, `stop`, `kill`) on this system's broker: its
-    /// port, data folder and configuration. `start` after `stop` resumes on the same data.
-    pub fn broker(&self, action: &str) {
-        self.broker.run(action);
+    /// This system's broker, to stop, kill and start again (on the same data) during a test.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
     }
 
     /// The log a child wrote (stdout and stderr), by name.
@@ -392,18 +252,11 @@ impl System {
 impl Drop for System {
     fn drop(&mut self) {
         self.stop();
-        // Before its data folder goes with the rest.
-        self.broker.stop_quietly();
-        // EMOSTREAM_KEEP_LOGS keeps a passing test's logs too, for looking at timings.
-        if !std::thread::panicking() && std::env::var_os("EMOSTREAM_KEEP_LOGS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("logs kept in {}", self.dir.display());
-        }
+        // The broker stops when its field drops, before the folder holding its data goes.
     }
 }
 
-fn config_text(t: &Topology, broker_port: u16) -> String {
+fn config_text(t: &Topology, broker: &str) -> String {
     let processes: Vec<String> = (0..t.worker_processes)
         .map(|i| format!("\"{}:{}\"", t.host_of(i), free_port()))
         .collect();
@@ -412,7 +265,7 @@ fn config_text(t: &Topology, broker_port: u16) -> String {
         .collect();
     let mut text = format!(
         r#"[kafka]
-brokers = "127.0.0.1:{broker_port}"
+brokers = "{broker}"
 events_partitions = {partitions}
 [epochs]
 window_ms = {window}

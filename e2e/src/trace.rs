@@ -1,43 +1,32 @@
 //! Known traces of emoji taps, the ground truth built from the gateway's own replies, and the
 //! exact comparison of published epochs against it.
 
-use crate::http;
 use emostream_protocol::wire::{Accepted, EpochFrame};
+use emostream_testkit::{http, Rng};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Multi-codepoint emojis included: a skin tone, VS16, a ZWJ family, a flag.
-pub const EMOJIS: [&str; 8] = ["🔥", "👍🏽", "❤️", "👨‍👩‍👧", "😂", "😮", "🇮🇳", "🎉"];
-/// Skewed popularity, in the order of EMOJIS.
-const WEIGHTS: [u64; 8] = [40, 20, 12, 8, 8, 6, 4, 2];
+/// Multi-codepoint emojis included: a skin tone, VS16, a ZWJ family, a flag; with skewed
+/// popularity.
+pub const EMOJIS: [(&str, u64); 8] = [
+    ("🔥", 40),
+    ("👍🏽", 20),
+    ("❤️", 12),
+    ("👨‍👩‍👧", 8),
+    ("😂", 8),
+    ("😮", 6),
+    ("🇮🇳", 4),
+    ("🎉", 2),
+];
 
 /// (stream, epoch) → emoji → count.
 pub type Truth = BTreeMap<(String, u64), BTreeMap<String, u64>>;
 
-/// A small deterministic generator, so a failing trace can be replayed.
-pub struct Lcg(pub u64);
-
-impl Lcg {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-
-    pub fn emoji(&mut self) -> &'static str {
-        let total: u64 = WEIGHTS.iter().sum();
-        let mut pick = self.next_u64() % total;
-        for (emoji, weight) in EMOJIS.iter().zip(WEIGHTS) {
-            if pick < weight {
-                return emoji;
-            }
-            pick -= weight;
-        }
-        unreachable!("pick < total")
-    }
+/// One emoji, as often as the crowd in [`EMOJIS`] sends it.
+pub fn emoji(rng: &mut Rng) -> &'static str {
+    let emoji: &&'static str = rng.weighted(&EMOJIS);
+    emoji
 }
 
 /// One request to the gateway and the emojis it carries.
@@ -51,8 +40,8 @@ pub struct Request {
 
 impl Request {
     /// A JSON array of `size` taps on `stream`'s batch route, from varied users.
-    pub fn batch(rng: &mut Lcg, stream: &'static str, size: usize, salt: usize) -> Request {
-        let emojis: Vec<&str> = (0..size).map(|_| rng.emoji()).collect();
+    pub fn batch(rng: &mut Rng, stream: &'static str, size: usize, salt: usize) -> Request {
+        let emojis: Vec<&str> = (0..size).map(|_| emoji(rng)).collect();
         let items: Vec<String> = emojis
             .iter()
             .enumerate()
@@ -73,8 +62,8 @@ impl Request {
     }
 
     /// The seeds' single-tap request, counted in stream `main`.
-    pub fn seed(rng: &mut Lcg, salt: usize) -> Request {
-        let emoji = rng.emoji();
+    pub fn seed(rng: &mut Rng, salt: usize) -> Request {
+        let emoji = emoji(rng);
         let body = format!(
             r#"{{"user_id":"seed-{salt}","emoji_type":"{emoji}","timestamp":"2024-11-05T10:00:00.000Z"}}"#
         );
@@ -139,7 +128,7 @@ pub async fn steady(
     seed: u64,
 ) -> Truth {
     let truth = Arc::new(Mutex::new(Truth::new()));
-    let mut rng = Lcg(seed);
+    let mut rng = Rng::seeded(seed);
     let mut pace = tokio::time::interval(interval);
     let mut in_flight = tokio::task::JoinSet::new();
     let rounds = (duration.as_millis() / interval.as_millis().max(1)) as usize;

@@ -2,7 +2,6 @@
 
 use futures_util::StreamExt;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -34,10 +33,7 @@ impl Viewer {
         let task = tokio::spawn(async move {
             while let Some(Ok(message)) = socket.next().await {
                 if let Message::Text(text) = message {
-                    let at_ms = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .expect("clock after 1970")
-                        .as_millis() as u64;
+                    let at_ms = emostream_testkit::now_ms();
                     sink.lock().expect("viewer lock").push(Received {
                         text: text.to_string(),
                         at_ms,

@@ -4,9 +4,10 @@
 //! end-of-partition events, committed offsets (lag monitoring), and acknowledged records kept
 //! across a broker stop and a SIGKILL.
 
-use emostream_e2e::broker::Broker;
 use emostream_protocol::kafka::ClientRole;
 use emostream_protocol::Config;
+use emostream_testkit::broker::minimal_config;
+use emostream_testkit::{binary, http, procfs, wait_until, Broker, Scratch};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -14,16 +15,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Records per partition, different for each so that a watermark off by any amount shows.
 const WRITTEN: [i64; 4] = [50, 120, 7, 0];
 const BASE_TS: i64 = 1_730_000_000_000;
-
-fn scratch(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("emostream-broker-{name}-{}", std::process::id()))
-}
 
 fn reader(config: &Config, group: &str, partition_eof: bool) -> BaseConsumer {
     ClientConfig::from_iter(config.kafka.client_settings(ClientRole::AssignedReader {
@@ -138,8 +135,8 @@ fn assert_all_there(config: &Config, rounds: i64) {
 
 #[tokio::test]
 async fn produce_watermarks_end_of_partition_and_commits_behave_as_the_tiers_need() {
-    let dir = scratch("contract");
-    let (broker, config) = Broker::standalone(&dir, "", &[]);
+    let dir = Scratch::new("broker-contract");
+    let (_broker, config) = Broker::start(dir.path(), |address| minimal_config(address, ""));
     write(&config, 0).await;
     assert_all_there(&config, 1);
 
@@ -176,39 +173,34 @@ async fn produce_watermarks_end_of_partition_and_commits_behave_as_the_tiers_nee
         .map(|e| (e.partition(), e.offset()))
         .collect();
     assert_eq!(got, vec![(0, Offset::Offset(42)), (1, Offset::Offset(120))]);
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn acknowledged_records_survive_a_broker_stop_and_a_sigkill() {
-    let dir = scratch("restart");
-    let (broker, config) = Broker::standalone(&dir, "", &[]);
+    let dir = Scratch::new("broker-restart");
+    let (broker, config) = Broker::start(dir.path(), |address| minimal_config(address, ""));
     write(&config, 0).await;
 
-    broker.run("stop");
-    broker.run("start");
+    broker.stop();
+    broker.start_again();
     assert_all_there(&config, 1);
 
     // Records acknowledged just before the broker dies, with no clean stop to flush anything.
     write(&config, 1).await;
     let pid = broker.pid().expect("a running broker");
-    broker.run("kill");
+    broker.kill();
     // Gone, or a zombie its parent has not reaped yet.
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = procfs::state(pid);
     assert!(
-        state.is_empty() || state.contains(") Z "),
-        "the broker still runs after kill: {state}"
+        matches!(state, None | Some('Z')),
+        "the broker still runs after kill: {state:?}"
     );
-    broker.run("start");
+    broker.start_again();
     assert_all_there(&config, 2);
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A self-signed certificate for 127.0.0.1 and its key, made with the openssl command.
-fn certificate(dir: &std::path::Path) -> (PathBuf, PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
+fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let status = std::process::Command::new("openssl")
         .args([
@@ -235,22 +227,21 @@ fn certificate(dir: &std::path::Path) -> (PathBuf, PathBuf) {
 /// its own process — reaches it through `[kafka.client]` with nothing else changed.
 #[tokio::test]
 async fn a_tier_reaches_a_tls_broker_through_the_pass_through() {
-    use emostream_e2e::{binary, http, wait_until};
-    let dir = scratch("tls");
-    let (cert, key) = certificate(&dir);
+    let dir = Scratch::new("broker-tls");
+    let (cert, key) = certificate(dir.path());
     let client = format!(
         "[kafka.client]\n\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{}\"",
         cert.display()
     );
-    let (broker, config) = Broker::standalone(
-        &dir,
-        &client,
+    let (_broker, config) = Broker::start_with_flags(
+        dir.path(),
         &[
             "--cert",
             cert.to_str().unwrap(),
             "--key",
             key.to_str().unwrap(),
         ],
+        |address| minimal_config(address, "") + &client,
     );
     // Without the pass-through, the same client cannot read the brokers' metadata.
     let plain: BaseConsumer = ClientConfig::new()
@@ -321,6 +312,4 @@ async fn a_tier_reaches_a_tls_broker_through_the_pass_through() {
     };
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains(r#""user_id":"over-tls""#), "{}", lines[0]);
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,11 +8,11 @@
 //! what landed. A 503 promises nothing either way (the broker may have written a record whose
 //! acknowledgement it never sent): such a request may be counted, but only whole and once.
 
-use emostream_e2e::http;
-use emostream_e2e::trace::{self, Lcg, Request, Truth};
+use emostream_e2e::trace::{self, Request, Truth};
 use emostream_e2e::viewer::Viewer;
-use emostream_e2e::{wait_for, wait_until, System, Topology};
+use emostream_e2e::{System, Topology};
 use emostream_protocol::wire::{Accepted, EpochFrame};
+use emostream_testkit::{http, wait_for, wait_until, Rng};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,7 +53,7 @@ impl Log {
 /// Sends one request to a new stream every `PACE` until `stop`; every answer must be a 202 with
 /// the taps accepted, or a 503 that tells the client when to retry.
 async fn load(gateway: String, log: Arc<Mutex<Log>>, stop: Arc<AtomicBool>) {
-    let mut rng = Lcg(17);
+    let mut rng = Rng::seeded(17);
     let mut pace = tokio::time::interval(PACE);
     let mut in_flight = tokio::task::JoinSet::new();
     for i in 0..MAX_REQUESTS {
@@ -149,7 +149,7 @@ async fn a_broker_restart_under_load_loses_and_doubles_nothing() {
     })
     .await;
 
-    system.broker("stop");
+    system.broker().stop();
     wait_until(
         "a 503 with the broker down",
         Duration::from_secs(30),
@@ -173,7 +173,7 @@ async fn a_broker_restart_under_load_loses_and_doubles_nothing() {
     .await;
     let accepted_while_down = accepted();
 
-    system.broker("start");
+    system.broker().start_again();
     wait_until(
         "the gateway to accept 100 requests after the restart",
         Duration::from_secs(60),
@@ -228,7 +228,7 @@ async fn a_broker_restart_under_load_loses_and_doubles_nothing() {
             let (brokers, topic, keys) = (brokers.clone(), topic.clone(), keys.clone());
             async move {
                 let payloads = tokio::task::spawn_blocking(move || {
-                    emostream_e2e::kafka::read_all(&brokers, &topic)
+                    emostream_testkit::topic::payloads(&brokers, &topic)
                 })
                 .await
                 .expect("reader task");

@@ -7,8 +7,9 @@
 //! `scripts/install_browser_deps.sh` installs whichever is missing, and this test runs it first.
 
 use emostream_e2e::viewer::Viewer;
-use emostream_e2e::{repo_root, wait_for, System, Topology};
+use emostream_e2e::{System, Topology};
 use emostream_protocol::wire::EpochFrame;
+use emostream_testkit::{repo_root, wait_for};
 use serde::Deserialize;
 use std::process::Stdio;
 use std::time::Duration;

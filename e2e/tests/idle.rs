@@ -2,12 +2,10 @@
 //! one partition), every epoch reaches a viewer within allowed lateness + 2 s of its end, with
 //! its exact count.
 
-use emostream_e2e::http;
 use emostream_e2e::viewer::Viewer;
-use emostream_e2e::{wait_until, System, Topology};
+use emostream_e2e::{System, Topology};
 use emostream_protocol::wire::{Accepted, EpochFrame};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
+use emostream_testkit::{http, topic, wait_until};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -45,20 +43,11 @@ async fn epochs_close_on_time_with_three_idle_partitions() {
 
     // Exactly one partition holds records: the other three stayed idle throughout.
     let brokers = system.config.kafka.brokers.clone();
-    let topic = system.config.kafka.events_topic.clone();
+    let events = system.config.kafka.events_topic.clone();
     let non_empty = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .expect("a consumer");
-        (0..4)
-            .filter(|p| {
-                let (low, high) = consumer
-                    .fetch_watermarks(&topic, *p, Duration::from_secs(10))
-                    .expect("watermarks");
-                high > low
-            })
-            .count()
+        let marks = topic::watermarks(&brokers, &events);
+        assert_eq!(marks.len(), 4, "emoji-events partitions");
+        marks.values().filter(|(low, high)| high > low).count()
     })
     .await
     .expect("watermark task");

@@ -2,14 +2,13 @@
 //! straight to `emoji-events` with receive times seconds behind the frontier. Every late tap is
 //! folded into an open epoch and reported in `late`; every on-time count stays exact.
 
-use emostream_e2e::kafka::read_all;
 use emostream_e2e::trace;
-use emostream_e2e::{wait_for, System, Topology};
+use emostream_e2e::{System, Topology};
 use emostream_protocol::wire::EmojiEvent;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use emostream_testkit::{now_ms, topic, wait_until};
+use rdkafka::producer::FutureRecord;
 use std::borrow::Cow;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 const WINDOW_MS: u64 = 1000;
 const LATE_EMOJI: &str = "🐢";
@@ -39,38 +38,30 @@ async fn late_records_are_folded_in_and_reported() {
 
     // "Behind the frontier" needs a frontier: wait until the cluster has published an epoch, so
     // every partition has a watermark that a 5-second-old tap is behind.
-    let (brokers, topic) = (
+    let (brokers, epochs) = (
         system.config.kafka.brokers.clone(),
         system.config.kafka.epochs_topic.clone(),
     );
-    wait_for("a first published epoch", Duration::from_secs(30), || {
-        let (brokers, topic) = (brokers.clone(), topic.clone());
+    wait_until("a first published epoch", Duration::from_secs(30), || {
+        let (brokers, epochs) = (brokers.clone(), epochs.clone());
         async move {
-            (!tokio::task::spawn_blocking(move || read_all(&brokers, &topic))
+            tokio::task::spawn_blocking(move || topic::watermarks(&brokers, &epochs))
                 .await
                 .expect("reader task")
-                .is_empty())
-            .then_some(())
+                .values()
+                .any(|(low, high)| high > low)
         }
     })
     .await;
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &system.config.kafka.brokers)
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("a producer");
+    let producer = topic::producer(&system.config.kafka.brokers);
     // One late record every 200 ms (about 1% of the records the gateway writes), each tap
     // received 5 s ago: its epoch closed long before it arrives.
     let mut late_sent = 0u64;
     let mut pace = tokio::time::interval(Duration::from_millis(200));
     for i in 0..40 {
         pace.tick().await;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_millis() as u64;
-        let recv_ms = now - 5_000;
+        let recv_ms = now_ms() - 5_000;
         let event = EmojiEvent {
             stream: Cow::Borrowed(STREAM),
             user_id: Cow::Borrowed("straggler"),
@@ -87,10 +78,7 @@ async fn late_records_are_folded_in_and_reported() {
             .key(STREAM)
             .payload(&payload)
             .timestamp(recv_ms as i64);
-        producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .expect("the broker acknowledges a late record");
+        topic::send(&producer, record).await;
         late_sent += 1;
     }
     let mut truth = load.await.expect("the load task");

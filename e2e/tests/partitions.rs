@@ -2,8 +2,9 @@
 //! than workers (each worker reads several), and fewer (some workers read none and follow the
 //! clock). The epochs on `emoji-epochs` must equal the truth in both.
 
-use emostream_e2e::trace::{self, Lcg, Request};
+use emostream_e2e::trace::{self, Request};
 use emostream_e2e::{System, Topology};
+use emostream_testkit::Rng;
 use std::time::Duration;
 
 const WINDOW_MS: u64 = 1000;
@@ -11,7 +12,7 @@ const STREAMS: [&str; 2] = ["north", "south"];
 
 async fn exact_with(topology: Topology, what: &str) {
     let system = System::start(topology).await;
-    let mut rng = Lcg(11);
+    let mut rng = Rng::seeded(11);
     let requests: Vec<Request> = (0..120)
         .map(|i| Request::batch(&mut rng, STREAMS[i % 2], 100, i))
         .collect();

@@ -4,10 +4,11 @@
 //! scaled value must equal the ground truth built from the gateway's own replies, and no
 //! (stream, epoch) may arrive twice.
 
-use emostream_e2e::trace::{self, Lcg, Request};
+use emostream_e2e::trace::{self, Request};
 use emostream_e2e::viewer::Viewer;
-use emostream_e2e::{http, wait_for, wait_until, System, Topology};
+use emostream_e2e::{System, Topology};
 use emostream_protocol::wire::{Assignment, EpochFrame};
+use emostream_testkit::{http, wait_for, wait_until, Rng};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ const CONCURRENCY: usize = 32;
 const WINDOW_MS: u64 = 2000;
 
 fn requests() -> Vec<Request> {
-    let mut rng = Lcg(0x5eed);
+    let mut rng = Rng::seeded(0x5eed);
     let mut out = Vec::new();
     for i in 0..BATCH_REQUESTS {
         out.push(Request::batch(

@@ -4,8 +4,9 @@
 //! SIGKILL five times. Once the load has ended, `emoji-epochs` must hold exactly the truth: no
 //! epoch missing, no count doubled, and any epoch published twice published identically.
 
-use emostream_e2e::trace::{self, Lcg};
-use emostream_e2e::{wait_for, wait_until, System, Topology};
+use emostream_e2e::trace;
+use emostream_e2e::{System, Topology};
+use emostream_testkit::{topic, wait_for, wait_until, Rng};
 use std::time::Duration;
 
 const WINDOW_MS: u64 = 1000;
@@ -15,23 +16,13 @@ const STREAMS: [&str; 3] = ["alpha", "beta", "gamma"];
 /// Records on the progress topic: it grows by one per published epoch, so growth after a
 /// restart proves the restarted cluster is publishing again.
 async fn progress_records(system: &System) -> i64 {
-    let (brokers, topic) = (
+    let (brokers, progress) = (
         system.config.kafka.brokers.clone(),
         system.config.kafka.progress_topic.clone(),
     );
-    tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .expect("a consumer");
-        consumer
-            .fetch_watermarks(&topic, 0, Duration::from_secs(10))
-            .map(|(_, high)| high)
-            .unwrap_or(0)
-    })
-    .await
-    .expect("watermark task")
+    tokio::task::spawn_blocking(move || topic::watermarks(&brokers, &progress)[&0].1)
+        .await
+        .expect("watermark task")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -59,7 +50,7 @@ async fn killing_workers_never_loses_or_doubles_an_epoch() {
         .await
     });
 
-    let mut rng = Lcg(42);
+    let mut rng = Rng::seeded(42);
     let mut killed = Vec::new();
     for kill in 0..KILLS {
         // The (re)started cluster is whole and has published since the last kill.

@@ -3,8 +3,9 @@
 //! broadcaster closes its sockets — and each exits 0 by itself. What was acknowledged before the
 //! stop is all published: a restarted cluster picks up from the progress record exactly.
 
-use emostream_e2e::trace::{self, Lcg, Request};
+use emostream_e2e::trace::{self, Request};
 use emostream_e2e::{System, Topology};
+use emostream_testkit::Rng;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -14,7 +15,7 @@ async fn sigterm_stops_every_process_cleanly() {
         ..Topology::default()
     })
     .await;
-    let mut rng = Lcg(5);
+    let mut rng = Rng::seeded(5);
     let requests: Vec<Request> = (0..60)
         .map(|i| Request::batch(&mut rng, "calm", 50, i))
         .collect();

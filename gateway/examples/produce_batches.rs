@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const EMOJIS: [&str; 6] = ["🔥", "👍🏽", "❤️", "😂", "👨‍👩‍👧", "🇮🇳"];
 
@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_message_bytes: 16 << 20,
         }))
         .create()?;
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    let now_ms = emostream_testkit::now_ms();
     // Distinct bodies, as many distinct users as the gateway's batch phase sends.
     let bodies: Vec<Vec<u8>> = (0..16)
         .map(|b| {

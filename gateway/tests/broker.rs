@@ -2,163 +2,59 @@
 //! the seeds' request shape, the per-user rate limit, 503 while the broker is down and recovery
 //! when it returns, and SIGTERM under load. Every check counts the emojis in Kafka itself.
 
-use emostream_e2e::http::{self, Response};
-use emostream_e2e::{free_port, repo_root, wait_for, wait_until};
 use emostream_protocol::wire::{Accepted, ClientTs, EmojiEvent};
 use emostream_protocol::Config;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use emostream_testkit::broker::minimal_config;
+use emostream_testkit::http::{self, Response};
+use emostream_testkit::{topic, wait_for, wait_until, Broker, Scratch};
+use std::collections::HashSet;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// A broker of this test's own, stopped on drop.
-struct Broker {
-    dir: PathBuf,
-    config_path: PathBuf,
-    port: u16,
+/// A broker of this test's own and the configuration around it; stopped on drop, its folder
+/// removed unless the test failed.
+struct Kafka {
+    broker: Broker,
     config: Config,
+    /// Declared last, so it is removed after the broker has stopped.
+    _dir: Scratch,
 }
 
-impl Broker {
-    /// Writes a cluster.toml with `extra_gateway` lines in `[gateway]` and starts a broker for it.
-    fn start(extra_gateway: &str) -> Broker {
-        let dir = std::env::temp_dir().join(format!(
-            "emostream-gateway-test-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
-        let text = format!(
-            r#"[kafka]
-brokers = "127.0.0.1:{port}"
-events_partitions = 4
-[gateway]
-listen = "127.0.0.1:{gateway}"
-{extra_gateway}
-[dataflow]
-processes = ["127.0.0.1:2101"]
-[broadcaster]
-main = "127.0.0.1:9000"
-clusters = []
-"#,
-            gateway = free_port()
-        );
-        let config_path = dir.join("cluster.toml");
-        std::fs::write(&config_path, &text).unwrap();
-        let broker = Broker {
-            config: Config::from_toml(&text).expect("a valid test configuration"),
-            dir,
-            config_path,
-            port,
-        };
-        broker.up();
-        broker
+impl Kafka {
+    /// A broker for a configuration with `gateway` lines in its `[gateway]` section.
+    fn start(gateway: &str) -> Kafka {
+        let dir = Scratch::new("gateway-test");
+        let (broker, config) =
+            Broker::start(dir.path(), |address| minimal_config(address, gateway));
+        Kafka {
+            broker,
+            config,
+            _dir: dir,
+        }
     }
 
-    fn script(&self, action: &str) {
-        let status = Command::new(repo_root().join("scripts/broker.sh"))
-            .args([action, "--port", &self.port.to_string(), "--data"])
-            .arg(self.dir.join("broker"))
-            .arg("--config")
-            .arg(&self.config_path)
-            .status()
-            .expect("scripts/broker.sh runs");
-        assert!(status.success(), "scripts/broker.sh {action} failed");
-    }
-
-    /// Starts (or restarts, on the same port and data) the broker.
-    fn up(&self) {
-        self.script("start");
-    }
-
-    fn down(&self) {
-        self.script("stop");
-    }
-
-    /// Every event line on the events topic, read to the end of each partition.
+    /// (stream, user_id, emoji, client ts) of every event line on the events topic, read to
+    /// the end of each partition.
     async fn events(&self) -> Vec<(String, String, String, Option<ClientTs>)> {
-        let (brokers, topic) = (
+        let (brokers, events) = (
             self.config.kafka.brokers.clone(),
             self.config.kafka.events_topic.clone(),
         );
-        let partitions = self.config.kafka.events_partitions as i32;
-        tokio::task::spawn_blocking(move || read_topic(&brokers, &topic, partitions))
+        let records = tokio::task::spawn_blocking(move || topic::payloads(&brokers, &events))
             .await
-            .unwrap()
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.down();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("broker data kept in {}", self.dir.display());
-        }
-    }
-}
-
-/// (stream, user_id, emoji, client ts) of every event line, partition by partition.
-fn read_topic(
-    brokers: &str,
-    topic: &str,
-    partitions: i32,
-) -> Vec<(String, String, String, Option<ClientTs>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "gateway-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = HashMap::new();
-    for p in 0..partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
             .unwrap();
-        if high > 0 {
-            assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-            remaining.insert(p, high);
-        }
+        records
+            .iter()
+            .flat_map(|payload| payload.split(|&b| b == b'\n'))
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                let e: EmojiEvent = serde_json::from_slice(line).unwrap();
+                (e.stream.into(), e.user_id.into(), e.emoji.into(), e.ts)
+            })
+            .collect()
     }
-    let mut events = Vec::new();
-    if remaining.is_empty() {
-        return events;
-    }
-    consumer.assign(&assignment).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !remaining.is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "reading {topic} timed out"
-        );
-        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let message = message.unwrap();
-        let Some(&high) = remaining.get(&message.partition()) else {
-            continue;
-        };
-        for line in message.payload().unwrap().split(|&b| b == b'\n') {
-            if line.is_empty() {
-                continue;
-            }
-            let e: EmojiEvent = serde_json::from_slice(line).unwrap();
-            events.push((e.stream.into(), e.user_id.into(), e.emoji.into(), e.ts));
-        }
-        if message.offset() + 1 >= high {
-            remaining.remove(&message.partition());
-        }
-    }
-    events
 }
 
 /// The gateway in this process, on a port-0 listener; `stop` triggers its graceful shutdown.
@@ -210,8 +106,8 @@ fn accepted(r: &Response) -> Accepted {
 
 #[tokio::test]
 async fn seeds_shape_lands_unchanged_and_a_user_past_the_limit_gets_429() {
-    let broker = Broker::start("user_taps_per_s = 1\nuser_burst_taps = 5");
-    let gw = Gateway::start(broker.config.clone()).await;
+    let kafka = Kafka::start("user_taps_per_s = 1\nuser_burst_taps = 5");
+    let gw = Gateway::start(kafka.config.clone()).await;
 
     // The seeds' exact body: user_id, emoji_type, ISO timestamp; stream `main`.
     let seed =
@@ -284,7 +180,7 @@ async fn seeds_shape_lands_unchanged_and_a_user_past_the_limit_gets_429() {
     gw.stop().await;
 
     // Exactly the ten acknowledged taps, as sent.
-    let mut events = broker.events().await;
+    let mut events = kafka.events().await;
     events.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(events.len(), 10, "{events:?}");
     for e in &events[..5] {
@@ -313,8 +209,8 @@ async fn seeds_shape_lands_unchanged_and_a_user_past_the_limit_gets_429() {
 
 #[tokio::test]
 async fn broker_down_is_503_at_once_and_ingest_recovers_when_it_returns() {
-    let broker = Broker::start("delivery_timeout_ms = 3000\nrequest_timeout_ms = 6000");
-    let gw = Gateway::start(broker.config.clone()).await;
+    let kafka = Kafka::start("delivery_timeout_ms = 3000\nrequest_timeout_ms = 6000");
+    let gw = Gateway::start(kafka.config.clone()).await;
     // One tap from a new user each time, so Kafka's content can be matched tap by tap.
     let next = std::sync::atomic::AtomicU64::new(0);
     let tap = || {
@@ -340,7 +236,7 @@ async fn broker_down_is_503_at_once_and_ingest_recovers_when_it_returns() {
         ack(tap().await);
     }
 
-    broker.down();
+    kafka.broker.stop();
     let refused = wait_for(
         "a 503 with the broker down",
         Duration::from_secs(20),
@@ -371,7 +267,7 @@ async fn broker_down_is_503_at_once_and_ingest_recovers_when_it_returns() {
     );
     assert_eq!(http::get(&gw.addr, "/readyz").await.unwrap().status, 503);
 
-    broker.up();
+    kafka.broker.start_again();
     wait_until(
         "a 202 after the broker returns",
         Duration::from_secs(30),
@@ -405,7 +301,7 @@ async fn broker_down_is_503_at_once_and_ingest_recovers_when_it_returns() {
     gw.stop().await;
 
     // Every acknowledged tap is in Kafka, once.
-    let events = broker.events().await;
+    let events = kafka.events().await;
     let users: Vec<&String> = events.iter().map(|e| &e.1).collect();
     let unique: HashSet<&String> = users.iter().copied().collect();
     assert_eq!(unique.len(), users.len(), "duplicates in {users:?}");
@@ -421,14 +317,14 @@ async fn broker_down_is_503_at_once_and_ingest_recovers_when_it_returns() {
 async fn after_sigterm_under_load_every_acknowledged_emoji_is_in_kafka() {
     const CLIENTS: usize = 64;
     const SIGTERM_AFTER: u64 = 3000;
-    let broker = Broker::start("");
+    let kafka = Kafka::start("");
     let mut gateway = Command::new(env!("CARGO_BIN_EXE_emostream-gateway"))
         .arg("--config")
-        .arg(&broker.config_path)
+        .arg(kafka.broker.config_path())
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("the gateway binary starts");
-    let addr = broker.config.gateway.listen.clone();
+    let addr = kafka.config.gateway.listen.clone();
     wait_ready(&addr).await;
 
     // Every tap has its own user id, so Kafka's content can be matched tap by tap.
@@ -493,7 +389,7 @@ async fn after_sigterm_under_load_every_acknowledged_emoji_is_in_kafka() {
     }
 
     let acked = acked.lock().unwrap().clone();
-    let events = broker.events().await;
+    let events = kafka.events().await;
     let in_kafka: HashSet<&String> = events.iter().map(|e| &e.1).collect();
     assert_eq!(in_kafka.len(), events.len(), "an event landed twice");
     let missing: Vec<&String> = acked.iter().filter(|u| !in_kafka.contains(u)).collect();

@@ -1,5 +1,6 @@
 //! What a run saw: counts by outcome and ingest latencies, and the final table.
 
+use emostream_testkit::percentile;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
@@ -75,7 +76,7 @@ impl Tally {
         for (name, q) in [("p50", 0.50), ("p99", 0.99), ("max", 1.0)] {
             rows.push((
                 format!("ingest latency {name}"),
-                percentile_us(&self.latencies_us, q)
+                percentile(&self.latencies_us, q)
                     .map_or("-".into(), |us| format!("{:.1} ms", f64::from(us) / 1000.0)),
             ));
         }
@@ -88,25 +89,9 @@ impl Tally {
     }
 }
 
-/// The nearest-rank percentile of sorted samples (`q` in (0, 1]); None when there are none.
-pub fn percentile_us(sorted: &[u32], q: f64) -> Option<u32> {
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let samples: Vec<u32> = (1..=100).collect();
-        assert_eq!(percentile_us(&samples, 0.50), Some(50));
-        assert_eq!(percentile_us(&samples, 0.99), Some(99));
-        assert_eq!(percentile_us(&samples, 1.0), Some(100));
-        assert_eq!(percentile_us(&[7], 0.5), Some(7));
-        assert_eq!(percentile_us(&[], 0.5), None);
-    }
 
     #[test]
     fn the_table_lists_refusals_by_status() {

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// Zipf ranks, most tapped first. Several are more than one code point (VS16, a skin tone, a
@@ -176,10 +176,7 @@ pub async fn run(plan: Plan) -> (Tally, Duration) {
 }
 
 fn build(plan: &Plan, stream: &str, user: &str, picks: &[&str]) -> Request<Full<Bytes>> {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64;
+    let now_ms = emostream_testkit::now_ms();
     let tap =
         |emoji: &str| serde_json::json!({"user_id": user, "emoji": emoji, "timestamp": now_ms});
     let (path, body) = match plan.route {

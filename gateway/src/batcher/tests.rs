@@ -6,9 +6,10 @@ use super::{Batcher, Submission};
 use crate::metrics::Metrics;
 use crate::parse::Tap;
 use crate::GatewayError;
-use emostream_e2e::broker::Broker;
-use emostream_e2e::kafka::read_records;
 use emostream_protocol::wire::EmojiEvent;
+use emostream_testkit::broker::minimal_config;
+use emostream_testkit::topic::read_to_end;
+use emostream_testkit::{Broker, Scratch};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -230,8 +231,8 @@ const REFUSED: &str = "broker did not acknowledge, retry shortly";
 /// 2 streams, each answered only once its record is acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
-    let dir = std::env::temp_dir().join(format!("emostream-batcher-{}", std::process::id()));
-    let (broker, config) = Broker::standalone(&dir, "", &[]);
+    let dir = Scratch::new("batcher");
+    let (broker, config) = Broker::start(dir.path(), |address| minimal_config(address, ""));
     let metrics = Arc::new(Metrics::default());
     let (batcher, handle) = Batcher::start(&config, metrics).expect("a producer");
     let brokers = config.kafka.brokers.clone();
@@ -246,7 +247,7 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
     let first = handle.submit("main", &[tap("first", "🔥")]).await.unwrap();
     assert_eq!(first.accepted, 1);
     let (b, t) = (brokers.clone(), topic.clone());
-    let records = tokio::task::spawn_blocking(move || read_records(&b, &t))
+    let records = tokio::task::spawn_blocking(move || read_to_end(&b, &t))
         .await
         .unwrap();
     assert_eq!(records.len(), 1);
@@ -274,7 +275,7 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
         [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3]
     );
 
-    let records = tokio::task::spawn_blocking(move || read_records(&brokers, &topic))
+    let records = tokio::task::spawn_blocking(move || read_to_end(&brokers, &topic))
         .await
         .unwrap();
     // (stream, user) → taps on the topic; every record keyed by its stream, on the user's
@@ -287,7 +288,7 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         let newest = events.iter().map(|e| e.recv_ms).max().unwrap();
-        assert_eq!(record.timestamp, Some(newest as i64));
+        assert_eq!(record.timestamp_ms, Some(newest as i64));
         for event in &events {
             assert_eq!(record.key.as_deref(), Some(event.stream.as_bytes()));
             assert_eq!(
@@ -319,5 +320,5 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
     drop(handle);
     batcher.finish().await;
     drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }

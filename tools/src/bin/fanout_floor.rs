@@ -11,10 +11,11 @@
 //! same run, and reports the ratio.
 
 use emostream_protocol::websocket::{server_frame, OP_TEXT};
+use emostream_testkit::now_ms;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// A handshake request is a few hundred bytes; anything longer is not our swarm.
 const MAX_REQUEST: usize = 4096;
@@ -76,20 +77,14 @@ fn handshake(mut conn: TcpStream) -> std::io::Result<TcpStream> {
     Ok(conn)
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// At each window's end, one write of the window's frame to every viewer. A viewer whose socket
 /// does not take the whole frame at once is dropped: the floor is the cost of the writes that
 /// succeed, and the swarm reports what went missing.
 fn write_every_window(viewers: &Mutex<Vec<TcpStream>>, every_ms: u64) {
-    let mut epoch = unix_ms() / every_ms;
+    let mut epoch = now_ms() / every_ms;
     loop {
         let end_ms = (epoch + 1) * every_ms;
-        std::thread::sleep(Duration::from_millis(end_ms.saturating_sub(unix_ms())));
+        std::thread::sleep(Duration::from_millis(end_ms.saturating_sub(now_ms())));
         let text = emostream_protocol::synthetic::frame("main", epoch, every_ms);
         let frame = server_frame(OP_TEXT, text.as_bytes());
         let mut viewers = viewers.lock().expect("never poisoned");

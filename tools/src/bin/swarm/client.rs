@@ -307,14 +307,7 @@ fn invalid(message: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    fn now_ms() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_millis() as u64
-    }
+    use emostream_testkit::now_ms;
 
     #[tokio::test]
     async fn a_read_carries_the_moment_its_bytes_arrived_not_the_moment_it_ran() {

@@ -17,10 +17,11 @@
 //! processes, each with `--out FILE`, merged afterwards.
 
 use emostream_protocol::wire::Admission;
+use emostream_testkit::{bucket_percentile, now_ms};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod client;
@@ -76,13 +77,14 @@ impl Report {
 
     /// End → on the viewer's socket.
     fn percentile(&self, p: f64) -> Option<u64> {
-        percentile(&self.latency_ms, p)
+        bucket_percentile(&self.latency_ms, p)
     }
 
     fn table(&self) -> String {
         let ms = |p| self.percentile(p).map_or("-".into(), |v| format!("{v} ms"));
-        let read_ms =
-            |p| percentile(&self.read_latency_ms, p).map_or("-".into(), |v| format!("{v} ms"));
+        let read_ms = |p| {
+            bucket_percentile(&self.read_latency_ms, p).map_or("-".into(), |v| format!("{v} ms"))
+        };
         let rows = [
             ("viewers asked", self.viewers.to_string()),
             ("connected", self.connected.to_string()),
@@ -111,8 +113,8 @@ impl Report {
             self.lagged,
             self.percentile(0.5).map_or(-1, |v| v as i64),
             self.percentile(0.99).map_or(-1, |v| v as i64),
-            percentile(&self.read_latency_ms, 0.5).map_or(-1, |v| v as i64),
-            percentile(&self.read_latency_ms, 0.99).map_or(-1, |v| v as i64),
+            bucket_percentile(&self.read_latency_ms, 0.5).map_or(-1, |v| v as i64),
+            bucket_percentile(&self.read_latency_ms, 0.99).map_or(-1, |v| v as i64),
         ));
         out
     }
@@ -125,26 +127,6 @@ fn add_buckets(into: &mut Vec<u64>, from: Vec<u64>) {
     for (a, b) in into.iter_mut().zip(from) {
         *a += b;
     }
-}
-
-/// The `p` quantile of a histogram of 1 ms buckets.
-fn percentile(buckets: &[u64], p: f64) -> Option<u64> {
-    let total: u64 = buckets.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = ((total as f64) * p).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    buckets.iter().enumerate().find_map(|(ms, n)| {
-        seen += n;
-        (seen >= rank).then_some(ms as u64)
-    })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Deserialize)]

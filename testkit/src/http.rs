@@ -1,8 +1,13 @@
 //! A minimal HTTP/1.1 client over a real socket (one request per connection), enough to drive
-//! the gateway and the main publisher exactly as any client would.
+//! the gateway and the broadcaster exactly as any client would.
 
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Longest a whole exchange may take: far above any answer the tiers give on a loaded 2-core
+/// machine (milliseconds), so only a hung server trips it, as an error rather than a hung test.
+const EXCHANGE_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -40,7 +45,30 @@ pub async fn post_json(addr: &str, path: &str, body: &str) -> std::io::Result<Re
     .await
 }
 
+/// One request on its own connection (`Connection: close`), read to the end; a chunked body
+/// comes back de-chunked. An error when nothing listens, the answer is not HTTP, or the
+/// exchange takes longer than 30 s.
 pub async fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<Response> {
+    tokio::time::timeout(
+        EXCHANGE_LIMIT,
+        exchange(addr, method, path, content_type, body),
+    )
+    .await
+    .map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{method} {path} on {addr}: no complete answer in {EXCHANGE_LIMIT:?}"),
+        )
+    })?
+}
+
+async fn exchange(
     addr: &str,
     method: &str,
     path: &str,
@@ -103,5 +131,19 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
         }
         out.extend_from_slice(raw.get(..size)?);
         raw = raw.get(size + 2..)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn a_chunked_body_comes_back_whole() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n\
+                    3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        let r = parse(raw).unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "abcde"));
+        assert_eq!(r.header("x-a"), Some("b"));
     }
 }

@@ -1,0 +1,87 @@
+//! What `/proc` says about a process: resident memory, scheduler state, CPU time, and which
+//! processes run a given command line.
+
+use std::sync::OnceLock;
+
+/// Resident memory of `pid` in KiB (`VmRSS`); `None` once it has exited (a zombie has none).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The state letter of `pid` (`R`, `S`, `D`, `Z` for a zombie not reaped yet, …); `None` once
+/// it is gone.
+pub fn state(pid: u32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
+/// User + system CPU seconds `pid` has used so far (0 once it is gone).
+pub fn cpu_secs(pid: u32) -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = *TICKS.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        t if t > 0 => t as f64,
+        _ => 100.0,
+    });
+    let Some(fields) = stat_fields(pid) else {
+        return 0.0;
+    };
+    // utime and stime: fields 14 and 15 of stat, 11 and 12 after the command name.
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    (field(11).unwrap_or(0.0) + field(12).unwrap_or(0.0)) / ticks
+}
+
+/// The fields of `/proc/PID/stat` after the parenthesised command name (which may hold spaces),
+/// starting with the state.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Every running process whose command line (arguments joined by spaces) contains each of
+/// `parts`.
+pub fn pids_with(parts: &[&str]) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                parts.iter().all(|part| cmd.contains(part))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_child_is_seen_running_then_as_a_zombie_then_gone() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.21357")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(rss_kib(pid).is_some());
+        assert_eq!(pids_with(&["sleep 0.21357"]), vec![pid]);
+        // Exited, not reaped: a zombie, which no longer has resident memory.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state(pid) != Some('Z') {
+            assert!(Instant::now() < deadline, "sleep never exited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(rss_kib(pid), None);
+        child.wait().unwrap();
+        assert_eq!(state(pid), None);
+        assert_eq!(cpu_secs(pid), 0.0);
+    }
+}
