@@ -50,7 +50,7 @@ pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    [[ -n ${KEEP_WORK:-} ]] && echo "kept $work" >&2 || rm -rf "$work"
+    if [[ -n ${KEEP_WORK:-} ]]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
@@ -126,11 +126,11 @@ slab_kib() { # the kernel's slab memory: sockets, their files and epoll entries 
 # Runs SWARMS swarm processes of $2 viewers in all against the comma-separated URLs $3, tagged $1;
 # sets connected, missing, p50, p99, p99_read, and rss1/slab1 (read once all have connected, between epochs).
 swarm() {
-    local tag=$1 n=$2 urls=$3 s share pid
+    local tag=$1 n=$2 targets=$3 s share pid
     local pids=()
     for s in $(seq 0 $((SWARMS - 1))); do
         share=$(( n / SWARMS + (s < n % SWARMS ? 1 : 0) ))
-        "$bin/emostream-swarm" --subscribers "$urls" --viewers "$share" \
+        "$bin/emostream-swarm" --subscribers "$targets" --viewers "$share" \
             --offset "$s" --seconds "$MEASURE_S" --connect-per-s 2500 --idle \
             --out "$work/$tag-$n-$s.json" >"$work/$tag-$n-$s.out" 2>"$work/$tag-$n-$s.err" &
         pids+=($!)
@@ -158,7 +158,7 @@ swarm() {
 
 results="$work/results.md"
 printf '| viewers | connected | missing | p50 emit→receipt | p99 emit→receipt | floor p99 | p99 / floor | read p99 (floor) | subscriber RSS / viewer | kernel slab / connection |\n|---|---|---|---|---|---|---|---|---|---|\n' >"$results"
-best=0
+best=0 best_rss="0 KiB" best_slab="0 KiB" best_p99=0
 # Baselines from before any viewer: memory a level frees stays in the subscribers' RSS (the
 # allocator keeps it for reuse), so a per-level baseline would hide the next level's cost.
 rss0=$(rss_kib); slab0=$(slab_kib)
@@ -179,7 +179,7 @@ for n in $LEVELS; do
         [[ -n ${KEEP_GOING:-} ]] && continue
         break
     fi
-    best=$n
+    best=$n best_rss=$per_rss best_slab=$per_slab best_p99=$b_p99
 done
 
 step "results"
@@ -192,3 +192,17 @@ echo "idle-class swarm read it, which adds its wait for a core the tiers had (vi
 echo "subscriber RSS / viewer: growth of the subscribers' RSS since before the first level; kernel slab /"
 echo "connection: growth of the kernel's slab memory, halved, as each viewer is two sockets on this machine."
 echo "largest level held: $best viewers (target: >= 50000, <= 16 KiB per idle connection, p99 <= ${P99_LIMIT_MS} ms)"
+
+# The figures the capacity model (scripts/capacity.py) reads, for the largest level held.
+results_dir=${RESULTS_DIR:-$PWD/.run/bench}
+mkdir -p "$results_dir"
+cat >"$results_dir/fanout.txt" <<RESULTS
+# scripts/bench_fanout.sh, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $SUBSCRIBERS subscribers, levels $LEVELS
+machine_cores=$(nproc)
+held_viewers=$best
+held_p99_ms=$best_p99
+p99_limit_ms=$P99_LIMIT_MS
+subscriber_rss_per_viewer_kib=${best_rss% KiB}
+kernel_per_viewer_kib=${best_slab% KiB}
+RESULTS
+echo "results for scripts/capacity.py: $results_dir/fanout.txt"

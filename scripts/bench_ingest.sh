@@ -184,6 +184,8 @@ tick=$(getconf CLK_TCK)
 cpu_note() { # label gateway_ticks_before broker_ticks_before
   local g b
   g=$(( $(cpu_ticks "$gateway_pid") - $2 )) b=$(( $(cpu_ticks "$broker_pid") - $3 ))
+  # run_wrk runs in a subshell: the figures reach the report (and the results file) through a file.
+  awk -v g="$g" -v b="$b" -v k="$tick" 'BEGIN{printf "%.2f %.2f\n", g/k, b/k}' >"$work/cpu.$1"
   say "$1: gateway used $(awk -v t="$g" -v k="$tick" 'BEGIN{printf "%.1f", t/k}') CPU s, broker $(awk -v t="$b" -v k="$tick" 'BEGIN{printf "%.1f", t/k}') CPU s"
 }
 
@@ -214,7 +216,7 @@ say "gateway POST /send_emoji (durable): $CONNECTIONS connections, $DURATION"
 read -r g_req g_dur g_bad g_err g_p50 g_p99 < <(run_wrk "http://127.0.0.1:$gateway_port/send_emoji" "$work/single.lua" "$CONNECTIONS" single)
 
 say "gateway POST /v1/streams/bench-batch/emojis, 10,000 emojis per request: $BATCH_CONNECTIONS connections, $DURATION"
-read -r b_req b_dur b_bad b_err b_p50 b_p99 < <(run_wrk "http://127.0.0.1:$gateway_port/v1/streams/bench-batch/emojis" "$work/batch.lua" "$BATCH_CONNECTIONS" batch)
+read -r b_req _ b_bad b_err b_p50 b_p99 < <(run_wrk "http://127.0.0.1:$gateway_port/v1/streams/bench-batch/emojis" "$work/batch.lua" "$BATCH_CONNECTIONS" batch)
 # Every tap of the batch phase, counted in Kafka once every reply is in, over the span of the
 # gateway receive times of its records (first to last record, plus the last one's flush).
 read -r landed records first_ms last_ms < <("$bin/examples/count_events" --brokers "127.0.0.1:$broker_port" \
@@ -238,7 +240,25 @@ cat <<REPORT
 nginx return 202         : $nginx_rate req/s  (${n_req} requests, non-2xx $n_bad, socket errors $n_err, p50 ${n_p50} us, p99 ${n_p99} us)
 gateway /send_emoji      : $gateway_rate req/s  (${g_req} requests, non-2xx $g_bad, socket errors $g_err, p50 ${g_p50} us, p99 ${g_p99} us)
 ratio gateway / nginx    : $(awk -v g="$gateway_rate" -v n="$nginx_rate" 'BEGIN { printf "%.2f", g / n }')
-batch route, landed      : $landed_rate emojis/s in Kafka  ($landed emojis in $records records over $(( (last_ms - first_ms + 100) )) ms of receive time; $acked_batches batches of 10,000 answered 202, non-2xx $b_bad, socket errors $b_err, p50 ${b_p50} us, p99 ${b_p99} us)
+batch route, landed      : $landed_rate emojis/s in Kafka  ($landed emojis in $records records over $(( last_ms - first_ms + 100 )) ms of receive time; $acked_batches batches of 10,000 answered 202, non-2xx $b_bad, socket errors $b_err, p50 ${b_p50} us, p99 ${b_p99} us)
 bare produce, same broker: $bare_rate emojis/s  ($p_taps taps in $p_secs s, every record acknowledged)
 ratio landed / bare      : $(awk -v g="$landed_rate" -v n="$bare_rate" 'BEGIN { printf "%.2f", g / n }')
 REPORT
+
+# The figures the capacity model (scripts/capacity.py) reads: per-phase requests and the
+# gateway's own CPU seconds, so it can work per core whatever else shared the machine.
+results=${RESULTS_DIR:-$root/.run/bench}
+mkdir -p "$results"
+read -r single_cpu _ <"$work/cpu.single"
+read -r batch_cpu _ <"$work/cpu.batch"
+cat >"$results/ingest.txt" <<RESULTS
+# scripts/bench_ingest.sh, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, storage $storage, $DURATION per phase
+single_requests_ok=$((g_req - g_bad))
+single_requests_per_s=$gateway_rate
+single_p99_us=$g_p99
+single_gateway_cpu_s=$single_cpu
+batch_emojis_landed=$landed
+batch_emojis_per_s=$landed_rate
+batch_gateway_cpu_s=$batch_cpu
+RESULTS
+say "results for scripts/capacity.py: $results/ingest.txt"

@@ -60,7 +60,7 @@ mod system;
 use args::Args;
 use emostream_protocol::Config;
 use emostream_testkit::{free_port, now_ms, repo_root, Broker, Scratch};
-use report::{group, print_table, si};
+use report::{group, print_table, si, write_results};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -171,6 +171,8 @@ impl Bench {
             rows.push(self.dataflow_catch_up(n, &preload));
         }
         print_table(&rows);
+        let storage = format!("{:?}", self.base.dev_broker.storage).to_lowercase();
+        write_results(&rows, &a.processes, &storage);
 
         if a.steady_secs > 0 {
             self.steady();

@@ -76,3 +76,33 @@ pub fn si(x: f64) -> String {
         format!("{x:.0}")
     }
 }
+
+/// The figures the capacity model (`scripts/capacity.py`) reads, as `key=value` lines in
+/// `$RESULTS_DIR/dataflow.txt` (default `.run/bench/` in the repository): the bare consume's
+/// rate and, per catch-up case, the taps, the seconds and the dataflow processes' CPU seconds,
+/// so the model can work per core whatever else shared the machine.
+pub fn write_results(rows: &[Row], processes: &[usize], storage: &str) {
+    let dir = std::env::var_os("RESULTS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| emostream_testkit::repo_root().join(".run/bench"));
+    let mut text = format!(
+        "# cargo bench -p emostream-dataflow --bench throughput, {} cores, storage {storage}\n\
+         bare_taps_per_s={:.0}\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        rows[0].events as f64 / rows[0].secs
+    );
+    for (row, n) in rows[1..].iter().zip(processes) {
+        text += &format!(
+            "catch_up_{n}_processes_taps={}\ncatch_up_{n}_processes_secs={:.2}\n",
+            row.events, row.secs
+        );
+        if let Some((cpu, _)) = row.cpu.filter(|(cpu, _)| *cpu > 0.0) {
+            text += &format!("catch_up_{n}_processes_cpu_s={cpu:.2}\n");
+        }
+    }
+    let path = dir.join("dataflow.txt");
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+        Ok(()) => println!("results for scripts/capacity.py: {}", path.display()),
+        Err(e) => eprintln!("could not write {}: {e}", path.display()),
+    }
+}
