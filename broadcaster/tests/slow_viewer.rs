@@ -135,6 +135,9 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
     eprintln!(
         "reader latency p99 {p99} ms, max {max} ms; subscriber RSS {rss_before} → {rss_after} KiB"
     );
+    // The margin: the reader's p99 was 4-10 ms here, also with four cargo builds sharing the two
+    // cores. A fan-out that waited on the stuck socket would hold every frame behind it for the
+    // 10 s write deadline; 500 ms is 50x what was measured and 20x below that failure.
     assert!(p99 <= 500, "the reader's p99 was {p99} ms");
 
     let metrics = http(&sub, "GET", "/metrics", "").await.unwrap().1;
@@ -154,7 +157,9 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
         Some(1.0),
         "only the reader is left"
     );
-    // 300 frames of 128 KiB (38 MiB) went by; the stuck viewer held on to none of them.
+    // 300 frames of 128 KiB (38 MiB) went by; the stuck viewer held on to none of them. The
+    // margin: growth was 3.8-4.2 MiB here (allocator arenas of the frames in flight); a subscriber
+    // that queued the stuck viewer's frames would grow by the 38 MiB it was not sent.
     assert!(
         rss_after < rss_before + 16 * 1024,
         "subscriber RSS grew from {rss_before} to {rss_after} KiB"

@@ -71,6 +71,9 @@ async fn epochs_close_on_time_with_three_idle_partitions() {
     for received in viewer.epoch_frames() {
         let frame: EpochFrame = serde_json::from_str(&received.text).expect("an epoch frame");
         let delay = received.at_ms.saturating_sub(frame.end_ms);
+        // The margin: the slowest epoch reached the viewer 0.79-0.88 s after its end here, with
+        // four cargo builds sharing the two cores; the limit is 2.5 s. Without the idle rule the
+        // three idle partitions would hold every epoch open for good.
         assert!(
             delay <= LATENESS_MS + 2000,
             "epoch {} reached the viewer {delay} ms after its end (limit {} ms)",
