@@ -3,6 +3,23 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use emostream_protocol::wire::ErrorBody;
 
+/// Why the gateway cannot start, or is not ready: each names the setting or the resource.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("gateway.emoji_allow_list: {0:?} is not exactly one emoji")]
+    AllowList(String),
+    #[error("creating the Kafka producer: {0}")]
+    Producer(#[source] rdkafka::error::KafkaError),
+    #[error("broker unreachable: {0}")]
+    BrokerUnreachable(#[source] rdkafka::error::KafkaError),
+    #[error("topic {0} is missing")]
+    TopicMissing(String),
+    #[error("the readiness check did not finish: {0}")]
+    Check(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 /// Every way the gateway refuses a request. A refused request has counted nothing (except a
 /// timed-out one, whose events may still land: a non-2xx promises nothing either way).
 #[derive(Debug, Clone, PartialEq, Eq)]

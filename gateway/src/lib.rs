@@ -24,7 +24,7 @@ mod producer;
 mod routes;
 
 pub use batcher::{Batcher, BatcherHandle};
-pub use error::GatewayError;
+pub use error::{GatewayError, StartError};
 pub use listener::ClientAddr;
 pub use metrics::Metrics;
 pub use routes::{app, AppState};
@@ -42,11 +42,11 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::default());
     let (batcher, handle) =
-        Batcher::start(&config, Arc::clone(&metrics)).map_err(std::io::Error::other)?;
-    let state = AppState::new(&config, handle, metrics).map_err(std::io::Error::other)?;
+        Batcher::start(&config, Arc::clone(&metrics)).map_err(StartError::Producer)?;
+    let state = AppState::new(&config, handle, metrics)?;
     let listener = CappedListener::new(listener, state.connections());
     axum::serve(
         listener,

@@ -4,6 +4,7 @@
 //! so the producer's context watches librdkafka's "all brokers down" event and failed
 //! deliveries, and a probe task (a metadata request every 250 ms) says when the broker is back.
 
+use crate::StartError;
 use emostream_protocol::config::GatewayConfig;
 use emostream_protocol::kafka::ClientRole;
 use emostream_protocol::Config;
@@ -110,18 +111,17 @@ pub fn spawn_probe(producer: Kafka, topic: String, health: Arc<Health>) -> JoinH
 
 /// The broker answers and the topic exists with partitions. The metadata call blocks, so it
 /// runs on the blocking pool.
-pub async fn topic_ready(producer: &Kafka, topic: &str) -> Result<(), String> {
+pub async fn topic_ready(producer: &Kafka, topic: &str) -> Result<(), StartError> {
     let (producer, topic) = (producer.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || {
         let metadata = producer
             .client()
             .fetch_metadata(Some(&topic), Duration::from_secs(1))
-            .map_err(|e| format!("broker unreachable: {e}"))?;
+            .map_err(StartError::BrokerUnreachable)?;
         match metadata.topics().first() {
             Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
-            _ => Err(format!("topic {topic} is missing")),
+            _ => Err(StartError::TopicMissing(topic)),
         }
     })
-    .await
-    .map_err(|e| e.to_string())?
+    .await?
 }

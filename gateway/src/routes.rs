@@ -9,7 +9,7 @@ use crate::limits::{retry_after_s, RateLimiter};
 use crate::listener::ClientAddr;
 use crate::metrics::{Gauges, Metrics};
 use crate::parse::{self, BodyFormat, Rules, Tap};
-use crate::GatewayError;
+use crate::{GatewayError, StartError};
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Extension, FromRequestParts, MatchedPath, Path, Request, State};
 use axum::http::request::Parts;
@@ -109,7 +109,7 @@ impl AppState {
         config: &Config,
         batcher: BatcherHandle,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StartError> {
         let g = &config.gateway;
         Ok(AppState(Arc::new(Inner {
             batcher,
@@ -353,7 +353,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(ErrorBody {
-                error: reason,
+                error: reason.to_string(),
                 field: None,
             }),
         )

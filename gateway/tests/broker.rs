@@ -61,7 +61,7 @@ impl Kafka {
 struct Gateway {
     addr: String,
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), emostream_gateway::StartError>>,
 }
 
 impl Gateway {

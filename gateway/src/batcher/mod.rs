@@ -25,7 +25,7 @@ mod tests;
 use crate::metrics::Metrics;
 use crate::parse::Tap;
 use crate::producer::{self, Health, Kafka, FLUSH_BYTES};
-use crate::GatewayError;
+use crate::{GatewayError, StartError};
 use batches::Batches;
 use emostream_protocol::config::AckMode;
 use emostream_protocol::epoch::epoch_of;
@@ -142,7 +142,7 @@ impl BatcherHandle {
     }
 
     /// Ready when the broker answers and the events topic exists.
-    pub async fn ready(&self) -> Result<(), String> {
+    pub async fn ready(&self) -> Result<(), StartError> {
         producer::topic_ready(&self.producer, &self.topic).await
     }
 

@@ -21,7 +21,7 @@ mod validate;
 
 pub use emoji::is_one_emoji;
 
-use crate::GatewayError;
+use crate::{GatewayError, StartError};
 use emostream_protocol::wire::ClientTs;
 use fast::{fast_batch, fast_seed};
 use slow::{slow_batch, slow_seed};
@@ -44,11 +44,9 @@ pub struct Rules {
 
 impl Rules {
     /// Refuses an allow-list entry that is not itself one emoji: it could never match.
-    pub fn new(allow_list: &[String]) -> Result<Self, String> {
+    pub fn new(allow_list: &[String]) -> Result<Self, StartError> {
         if let Some(bad) = allow_list.iter().find(|e| !is_one_emoji(e)) {
-            return Err(format!(
-                "gateway.emoji_allow_list: {bad:?} is not exactly one emoji"
-            ));
+            return Err(StartError::AllowList(bad.clone()));
         }
         Ok(Rules {
             allow: (!allow_list.is_empty()).then(|| allow_list.iter().cloned().collect()),
