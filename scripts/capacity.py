@@ -91,7 +91,12 @@ def main():
         dataflow, f"catch_up_{n}_processes_cpu_s", dataflow_src)
     # The fan-out benchmark is bound by latency, not CPU: its viewers held within the p99 limit,
     # over every core of its machine (which the swarm and the publishers shared), per core.
-    viewers_per_core = number(fanout, "held_viewers", fanout_src) / number(fanout, "machine_cores", fanout_src)
+    held = number(fanout, "held_viewers", fanout_src)
+    if held == 0:
+        sys.exit(f"{fanout_src}: no level held within the p99 limit (last level: "
+                 f"{fanout.get('last_level_viewers')} viewers, p99 {fanout.get('last_level_p99_ms')} ms, "
+                 f"floor {fanout.get('last_level_floor_p99_ms')} ms); run scripts/bench_fanout.sh on a quiet machine")
+    viewers_per_core = held / number(fanout, "machine_cores", fanout_src)
     kib_per_viewer = number(fanout, "subscriber_rss_per_viewer_kib", fanout_src) + number(
         fanout, "kernel_per_viewer_kib", fanout_src)
 
@@ -118,7 +123,7 @@ def main():
     print(f"  dataflow         {taps_per_dataflow_core:>12,.0f} taps/s ({n} processes)    ({dataflow_src})")
     print(f"  subscriber       {viewers_per_core:>12,.0f} viewers within the p99 limit, {kib_per_viewer:.1f} KiB each "
           f"({fanout_src})\n")
-    print("| tier | load at the peak | cores busy | machines |")
+    print(f"| tier | load at the peak | cores at {u:.0%} busy | machines |")
     print("|---|---|---|---|")
     print(f"| gateway | {requests_per_s:,.0f} requests/s | {gateway_cores:,.0f} | "
           f"{machines(gateway_cores, cores, a.spare)} |")

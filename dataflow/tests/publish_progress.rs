@@ -1,6 +1,6 @@
 //! `PublishEpochs` and `WriteProgress` against a real broker (scripts/broker.sh), at 2 worker
 //! threads, with the closed epochs and the sources' marks fed by hand: the exact records on the
-//! topics (keys, bytes, timestamps, partitions), and the exactly-once order of DESIGN.md. The
+//! topics (keys, bytes, timestamps, partitions), and the exactly-once order of docs/dataflow.md. The
 //! progress record for epoch `e` is written only after every frame of every epoch up to `e` is
 //! acknowledged, and no frame of `e + 1` is sent before that record is acknowledged.
 

@@ -338,7 +338,7 @@ pub struct DevBrokerConfig {
     pub storage: DevStorage,
 }
 
-/// The development broker's storage engine (Nisshi 0.8.1's; the README has the measurements).
+/// The development broker's storage engine (Nisshi 0.8.1's; docs/operations.md has the measurements).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DevStorage {

@@ -393,7 +393,7 @@ fn measure(trace: &Trace, w: u64, measured: u64) -> (Work, std::time::Duration) 
     })
 }
 
-/// The README's measurement: `cargo test -p emostream-dataflow --lib trends::tests::work_per_epoch
+/// The measurement in docs/benchmarks.md: `cargo test -p emostream-dataflow --lib trends::tests::work_per_epoch
 /// -- --nocapture`. The same trace (4 streams, 12 of 30 emojis per stream and epoch) through
 /// windows of 15, 150 and 1500 epochs; the last 400 epochs are measured, every window full.
 #[test]
