@@ -154,17 +154,22 @@ impl Partition {
         self.position = self.position.max(offset);
     }
 
-    /// The consumer read to the end of the log as it was at its last fetch.
+    /// The consumer read to the end of the log as it was at its last fetch. A hold whose offset
+    /// has been read ends here; one above the end stays: the run that wrote the progress record
+    /// read every record below `until`, so an end below it is a high watermark briefly behind
+    /// (a leader change) or records not delivered yet. Releasing there would record a mark at
+    /// an offset not read, and the records still below `until` would land in a later epoch than
+    /// the first run gave them. (A log that truly lost them, in an unclean leader election,
+    /// holds the floor here, and says so, rather than re-publish an epoch differently.)
     pub fn reached_end(&mut self) {
-        if let Some((_, until)) = self.hold {
-            // The log ends before the offset the previous run held to: nothing left to hold for.
-            tracing::warn!(
+        match self.hold {
+            Some((_, until)) if self.position < until => tracing::warn!(
                 partition = self.id,
                 position = self.position,
                 until,
-                "log ends before the hold offset"
-            );
-            self.release_hold_at(until);
+                "the log ends before the hold offset; holding until it is read"
+            ),
+            _ => self.release_hold_at(self.position),
         }
     }
 
@@ -417,6 +422,49 @@ mod tests {
             .filter(|a| matches!(a, Assignment::Count { .. }))
             .count();
         assert_eq!(published_first + counted_second, log.len());
+    }
+
+    /// The end of the log reported below `hold_until` (a high watermark briefly behind) does
+    /// not release the hold: the records below it still go where the first run put them, and
+    /// the hold ends at the offset actually read.
+    #[test]
+    fn an_end_below_the_hold_offset_keeps_the_hold() {
+        let progress = Progress {
+            epoch: 5,
+            partitions: vec![PartitionProgress {
+                partition: 0,
+                resume_offset: 2,
+                skip_before: 3,
+                hold_until: 6,
+            }],
+        };
+        let mut p = Partition::resume(0, &progress);
+        assert_eq!((p.position(), p.floor()), (2, 6));
+        assert_eq!(
+            read(&mut p, &[(2, 5, 5_500), (3, 6, 6_100), (4, 7, 7_300)]),
+            vec![Assignment::Skip, count(6, false), count(7, false)]
+        );
+        p.reached_end(); // at offset 5, below the hold's 6
+        p.end_reported(5, 9_000);
+        p.advance(0, W);
+        assert_eq!((p.floor(), p.take_marks()), (6, vec![]), "still held");
+        // The record the first run read before its floor passed 6 still lands in 6, on time.
+        assert_eq!(read(&mut p, &[(5, 6, 6_400)]), vec![count(6, false)]);
+        p.reached_end();
+        assert_eq!(
+            p.take_marks(),
+            vec![Mark {
+                partition: 0,
+                start: 6,
+                end: 7,
+                position: 6,
+                resume: 3
+            }]
+        );
+        assert_eq!(p.floor(), 7);
+        p.advance(0, W); // the broker's clock (9_000) leads now
+        assert_eq!(p.floor(), 9);
+        assert_eq!(read(&mut p, &[(6, 6, 6_500)]), vec![count(9, true)]);
     }
 
     #[test]
