@@ -4,7 +4,7 @@
 
 use crate::partition::Mark;
 use crate::publish::AckedProducer;
-use emostream_protocol::progress::{PartitionProgress, Progress};
+use emostream_protocol::progress::{Counting, PartitionProgress, Progress};
 use rdkafka::producer::BaseRecord;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,11 +32,12 @@ impl MarkLedger {
             .find(|m| m.start <= epoch && epoch < m.end)
     }
 
-    /// The progress record for `epoch` over partitions `0..partitions`, if every partition has
+    /// The progress record for `epoch` over partitions `0..counting.events_partitions`, if every partition has
     /// marks covering both `epoch` and `epoch + 1`. Nothing is ever made up: a partition whose
     /// floor has not passed `epoch + 1` has not said where the next run must hold its floor, so
     /// there is no record for `epoch` until it does (and after a stop, none at all).
-    pub fn progress(&self, epoch: u64, partitions: u32) -> Option<Progress> {
+    pub fn progress(&self, epoch: u64, counting: Counting) -> Option<Progress> {
+        let partitions = counting.events_partitions;
         let mut out = Vec::with_capacity(partitions as usize);
         for partition in 0..partitions as i32 {
             let at = self.covering(partition, epoch)?;
@@ -50,6 +51,7 @@ impl MarkLedger {
         }
         Some(Progress {
             epoch,
+            counting: Some(counting),
             partitions: out,
         })
     }
@@ -77,12 +79,13 @@ impl MarkLedger {
 
 pub trait WriteProgress<'scope> {
     /// Writes the progress record with `producer` (given to worker 0 only; the others pass
-    /// `None`) and returns the gate stream, whose frontier is the first epoch whose progress is
-    /// not yet acknowledged.
+    /// `None`), the marks of partitions `0..counting.events_partitions` and the settings
+    /// `counting` in it, and returns the gate stream, whose frontier is the first epoch whose
+    /// progress is not yet acknowledged.
     fn write_progress(
         self,
         published: Stream<'scope, u64, Vec<()>>,
-        partitions: u32,
+        counting: Counting,
         first_epoch: u64,
         producer: Option<AckedProducer>,
     ) -> Stream<'scope, u64, Vec<()>>;
@@ -92,10 +95,11 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
     fn write_progress(
         self,
         published: Stream<'scope, u64, Vec<()>>,
-        partitions: u32,
+        counting: Counting,
         first_epoch: u64,
         producer: Option<AckedProducer>,
     ) -> Stream<'scope, u64, Vec<()>> {
+        let partitions = counting.events_partitions;
         let scope = self.scope();
         let writer = producer.is_some();
         let to_worker_zero = Exchange::new(|_: &Mark| 0);
@@ -176,7 +180,7 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
                 if epoch < next {
                     return;
                 }
-                let Some(progress) = ledger.progress(epoch, partitions) else {
+                let Some(progress) = ledger.progress(epoch, counting) else {
                     tracing::debug!(epoch, next, acked, marks = ?ledger, "marks do not cover the epoch yet");
                     activator.activate_after(ACK_POLL);
                     return;
@@ -220,6 +224,14 @@ mod tests {
         }
     }
 
+    fn counting(events_partitions: u32) -> Counting {
+        Counting {
+            window_ms: 2000,
+            divisor: 1000,
+            events_partitions,
+        }
+    }
+
     #[test]
     fn progress_takes_the_marks_covering_the_epoch_and_the_next() {
         let mut ledger = MarkLedger::default();
@@ -228,9 +240,10 @@ mod tests {
         ledger.add(mark(0, 6, 9, 20, 13));
         ledger.add(mark(1, 0, 7, 3, 3));
         assert_eq!(
-            ledger.progress(5, 2),
+            ledger.progress(5, counting(2)),
             Some(Progress {
                 epoch: 5,
+                counting: Some(counting(2)),
                 partitions: vec![
                     PartitionProgress {
                         partition: 0,
@@ -250,14 +263,14 @@ mod tests {
         // Partition 1's floor has not passed 7, so where a next run must hold partition 1 for
         // epoch 7 is unknown: no record for 6, whether more marks may come or not.
         assert_eq!(
-            ledger.progress(6, 2),
+            ledger.progress(6, counting(2)),
             None,
             "partition 1 has no mark covering 7"
         );
         assert_eq!(ledger.last_recordable(2), Some(5));
         assert_eq!(ledger.last_recordable(3), None, "partition 2 has no marks");
         assert_eq!(
-            ledger.progress(5, 3),
+            ledger.progress(5, counting(3)),
             None,
             "partition 2 has no marks at all"
         );
