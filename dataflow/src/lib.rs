@@ -14,6 +14,7 @@
 //! - [`trends`]: sliding-window trends (top emojis, sentiment, popular streams) with differential
 //!   dataflow, published on their own topic.
 //! - [`metrics`]: per-process counters, served as Prometheus text.
+//! - [`crash`]: named crash points for fault tests (`EMOSTREAM_CRASH_AT`), inert unless set.
 //! - [`error`]: [`Error`], every way a worker fails to start or to deliver.
 //!
 //! ```text
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod count;
+pub mod crash;
 pub mod error;
 pub mod metrics;
 pub mod ownership;

@@ -142,6 +142,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let timely_config = cli.timely.timely_config(&config)?;
+    if let Some(point) = emostream_dataflow::crash::arm_from_env()? {
+        tracing::warn!(point, "crash point armed (EMOSTREAM_CRASH_AT)");
+    }
 
     // SIGTERM/Ctrl-C only set a flag: the sources see it at their next activation and stop.
     let stop = Arc::new(AtomicBool::new(false));

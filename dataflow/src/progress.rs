@@ -144,6 +144,7 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
                     }
                     in_flight = None;
                     tracing::debug!(epoch, "progress acknowledged");
+                    crate::crash::reached("after-progress-write");
                     held.downgrade(&(epoch + 1));
                 }
 
@@ -185,6 +186,7 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
                     activator.activate_after(ACK_POLL);
                     return;
                 };
+                crate::crash::reached("before-progress-write");
                 let payload = serde_json::to_vec(&progress).expect("progress always serializes");
                 // Counted before the send: the acknowledgement can arrive on librdkafka's thread
                 // before `send` even returns.

@@ -10,6 +10,7 @@
 //! No Kafka call blocks: sends only enqueue, acknowledgements arrive on librdkafka's thread and
 //! wake the operator.
 
+use crate::crash;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use emostream_protocol::config::KafkaConfig;
@@ -292,6 +293,12 @@ impl<'scope> PublishEpochs<'scope> for Stream<'scope, u64, Vec<EpochFrame>> {
                         // thread before `send` even returns.
                         book.sent(epoch);
                         match producer.send(record) {
+                            Ok(()) if !frames.is_empty() && crash::armed("between-frames") => {
+                                // A test's crash point only: the frame just sent is acknowledged
+                                // first (blocking), so the crash leaves the epoch half published.
+                                let _ = producer.flush(Duration::from_secs(10));
+                                panic!("crash point between-frames reached (EMOSTREAM_CRASH_AT)");
+                            }
                             Ok(()) => {}
                             Err((
                                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
