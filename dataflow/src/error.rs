@@ -31,6 +31,19 @@ pub enum Error {
     /// The progress topic's newest record is not a progress record.
     #[error("the last record of {topic} is not a progress record: {reason}")]
     ProgressUnreadable { topic: String, reason: String },
+    /// The progress topic's newest record was written with another value of `setting` than
+    /// the configuration's.
+    #[error(
+        "{setting} is {configured}, but the epochs recorded on {topic} were counted with \
+         {recorded}: restarting with another value would renumber or recount epochs already \
+         published. Restore {setting} = {recorded}, or start on new progress and epochs topics"
+    )]
+    SettingChanged {
+        topic: String,
+        setting: &'static str,
+        recorded: u64,
+        configured: u64,
+    },
     /// The progress topic's newest record did not arrive in time.
     #[error("the last record of {topic} did not arrive within {patience:?}")]
     ProgressTimeout { topic: String, patience: Duration },

@@ -14,6 +14,7 @@
 //! - [`trends`]: sliding-window trends (top emojis, sentiment, popular streams) with differential
 //!   dataflow, published on their own topic.
 //! - [`metrics`]: per-process counters, served as Prometheus text.
+//! - [`crash`]: named crash points for fault tests (`EMOSTREAM_CRASH_AT`), inert unless set.
 //! - [`error`]: [`Error`], every way a worker fails to start or to deliver.
 //!
 //! ```text
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod count;
+pub mod crash;
 pub mod error;
 pub mod metrics;
 pub mod ownership;
@@ -37,6 +39,7 @@ pub mod trends;
 pub mod watermark;
 
 use count::CountEpochs;
+use emostream_protocol::progress::Counting;
 use emostream_protocol::Config;
 pub use error::Error;
 use partition::Partition;
@@ -85,11 +88,24 @@ pub fn run_worker(
     let peers = worker.peers();
     let kafka = &config.kafka;
     let owned = ownership::owned_partitions(index, peers, kafka.events_partitions);
+    let counting = Counting {
+        window_ms: config.epochs.window_ms,
+        divisor: config.epochs.divisor,
+        events_partitions: kafka.events_partitions,
+    };
     let progress = recovery::last_progress(kafka, &kafka.progress_topic)?;
+    if let Some(progress) = &progress {
+        recovery::check(progress, counting, &kafka.progress_topic)?;
+    }
     let partitions: Vec<Partition> = owned
         .iter()
         .map(|p| match &progress {
-            Some(progress) => Partition::resume(*p, progress),
+            Some(progress) => Partition::resume(
+                progress.epoch,
+                progress
+                    .partition(*p)
+                    .expect("a checked record names every partition"),
+            ),
             None => Partition::fresh(*p),
         })
         .collect();
@@ -147,12 +163,7 @@ pub fn run_worker(
             .publish_epochs(gate, publisher, epochs.window_ms, metrics);
         marks
             .container::<Vec<partition::Mark>>()
-            .write_progress(
-                published,
-                kafka.events_partitions,
-                first_epoch,
-                progress_writer,
-            )
+            .write_progress(published, counting, first_epoch, progress_writer)
             .connect_loop(gate_handle);
         Ok(())
     })?;

@@ -120,6 +120,13 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    // A worker thread that panics takes the process down at once: the other threads would wait
+    // on it forever, and the supervisor restarts the cluster only when a process exits.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     if let Err(e) = run(cli) {
         eprintln!("emostream-dataflow: {e}");
         std::process::exit(2);
@@ -135,6 +142,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let timely_config = cli.timely.timely_config(&config)?;
+    if let Some(point) = emostream_dataflow::crash::arm_from_env()? {
+        tracing::warn!(point, "crash point armed (EMOSTREAM_CRASH_AT)");
+    }
 
     // SIGTERM/Ctrl-C only set a flag: the sources see it at their next activation and stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -147,10 +157,22 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|e| format!("metrics on {addr}: {e}"))?;
     }
     let guards = timely::execute(timely_config, move |worker| {
-        emostream_dataflow::run_worker(worker, &config, Arc::clone(&stop), Arc::clone(&metrics))
+        let index = worker.index();
+        let result = emostream_dataflow::run_worker(
+            worker,
+            &config,
+            Arc::clone(&stop),
+            Arc::clone(&metrics),
+        );
+        if let Err(e) = result {
+            // Not at the join: the other threads may wait on this one forever (a check only
+            // worker 0 makes, an exchange with a worker that is gone).
+            eprintln!("emostream-dataflow: worker {index}: {e}");
+            std::process::exit(2);
+        }
     })?;
     for result in guards.join() {
-        result??;
+        result?;
     }
     Ok(())
 }

@@ -4,13 +4,13 @@
 //! follows its watermark (a record below the floor is late and is folded into the floor). Each
 //! time the floor moves, the partition reports a [`Mark`]: the offset at which it moved and the
 //! smallest offset still needed by an epoch at or above the old floor. Worker 0 turns marks into
-//! the [`Progress`] record; on restart [`Partition::resume`] skips exactly the records that
+//! the progress record; on restart [`Partition::resume`] skips exactly the records that
 //! published epochs already counted and holds the floor where the previous run had it, so the one
 //! epoch that may have been published after the last progress record comes out identical.
 
 use crate::watermark::PartitionClock;
 use emostream_protocol::epoch::epoch_of;
-use emostream_protocol::progress::{PartitionProgress, Progress};
+use emostream_protocol::progress::PartitionProgress;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -69,23 +69,14 @@ impl Partition {
         }
     }
 
-    /// A partition resumed from the last progress record (fresh if the record does not name it,
-    /// which happens when partitions were added).
-    pub fn resume(id: i32, progress: &Progress) -> Self {
-        let mut p = Partition::fresh(id);
-        p.floor = progress.epoch + 1;
-        if let Some(PartitionProgress {
-            resume_offset,
-            skip_before,
-            hold_until,
-            ..
-        }) = progress.partition(id).copied()
-        {
-            p.position = resume_offset;
-            p.skip = Some((progress.epoch, skip_before));
-            p.hold = Some((progress.epoch + 1, hold_until));
-            p.release_hold_at(resume_offset);
-        }
+    /// A partition resumed from its entry in the progress record for `epoch`.
+    pub fn resume(epoch: u64, from: &PartitionProgress) -> Self {
+        let mut p = Partition::fresh(from.partition);
+        p.floor = epoch + 1;
+        p.position = from.resume_offset;
+        p.skip = Some((epoch, from.skip_before));
+        p.hold = Some((epoch + 1, from.hold_until));
+        p.release_hold_at(from.resume_offset);
         p
     }
 
@@ -154,17 +145,22 @@ impl Partition {
         self.position = self.position.max(offset);
     }
 
-    /// The consumer read to the end of the log as it was at its last fetch.
+    /// The consumer read to the end of the log as it was at its last fetch. A hold whose offset
+    /// has been read ends here; one above the end stays: the run that wrote the progress record
+    /// read every record below `until`, so an end below it is a high watermark briefly behind
+    /// (a leader change) or records not delivered yet. Releasing there would record a mark at
+    /// an offset not read, and the records still below `until` would land in a later epoch than
+    /// the first run gave them. (A log that truly lost them, in an unclean leader election,
+    /// holds the floor here, and says so, rather than re-publish an epoch differently.)
     pub fn reached_end(&mut self) {
-        if let Some((_, until)) = self.hold {
-            // The log ends before the offset the previous run held to: nothing left to hold for.
-            tracing::warn!(
+        match self.hold {
+            Some((_, until)) if self.position < until => tracing::warn!(
                 partition = self.id,
                 position = self.position,
                 until,
-                "log ends before the hold offset"
-            );
-            self.release_hold_at(until);
+                "the log ends before the hold offset; holding until it is read"
+            ),
+            _ => self.release_hold_at(self.position),
         }
     }
 
@@ -358,17 +354,14 @@ mod tests {
                 .expect("a mark covers every epoch")
         };
         let (m5, m6) = (covering(5), covering(6));
-        let progress = Progress {
-            epoch: 5,
-            partitions: vec![PartitionProgress {
-                partition: 0,
-                resume_offset: m5.resume,
-                skip_before: m5.position,
-                hold_until: m6.position,
-            }],
+        let progress = PartitionProgress {
+            partition: 0,
+            resume_offset: m5.resume,
+            skip_before: m5.position,
+            hold_until: m6.position,
         };
 
-        let mut second = Partition::resume(0, &progress);
+        let mut second = Partition::resume(5, &progress);
         let replay: Vec<_> = log
             .iter()
             .filter(|r| r.0 >= second.position())
@@ -419,13 +412,43 @@ mod tests {
         assert_eq!(published_first + counted_second, log.len());
     }
 
+    /// The end of the log reported below `hold_until` (a high watermark briefly behind) does
+    /// not release the hold: the records below it still go where the first run put them, and
+    /// the hold ends at the offset actually read.
     #[test]
-    fn a_partition_missing_from_progress_starts_fresh_at_the_next_epoch() {
-        let progress = Progress {
-            epoch: 9,
-            partitions: vec![],
+    fn an_end_below_the_hold_offset_keeps_the_hold() {
+        let progress = PartitionProgress {
+            partition: 0,
+            resume_offset: 2,
+            skip_before: 3,
+            hold_until: 6,
         };
-        let p = Partition::resume(4, &progress);
-        assert_eq!((p.position(), p.floor()), (0, 10));
+        let mut p = Partition::resume(5, &progress);
+        assert_eq!((p.position(), p.floor()), (2, 6));
+        assert_eq!(
+            read(&mut p, &[(2, 5, 5_500), (3, 6, 6_100), (4, 7, 7_300)]),
+            vec![Assignment::Skip, count(6, false), count(7, false)]
+        );
+        p.reached_end(); // at offset 5, below the hold's 6
+        p.end_reported(5, 9_000);
+        p.advance(0, W);
+        assert_eq!((p.floor(), p.take_marks()), (6, vec![]), "still held");
+        // The record the first run read before its floor passed 6 still lands in 6, on time.
+        assert_eq!(read(&mut p, &[(5, 6, 6_400)]), vec![count(6, false)]);
+        p.reached_end();
+        assert_eq!(
+            p.take_marks(),
+            vec![Mark {
+                partition: 0,
+                start: 6,
+                end: 7,
+                position: 6,
+                resume: 3
+            }]
+        );
+        assert_eq!(p.floor(), 7);
+        p.advance(0, W); // the broker's clock (9_000) leads now
+        assert_eq!(p.floor(), 9);
+        assert_eq!(read(&mut p, &[(6, 6, 6_500)]), vec![count(9, true)]);
     }
 }

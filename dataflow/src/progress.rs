@@ -4,13 +4,12 @@
 
 use crate::partition::Mark;
 use crate::publish::AckedProducer;
-use emostream_protocol::progress::{PartitionProgress, Progress};
+use emostream_protocol::progress::{Counting, PartitionProgress, Progress};
 use rdkafka::producer::BaseRecord;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::Stream;
 
 const ACK_POLL: Duration = Duration::from_millis(10);
@@ -33,33 +32,33 @@ impl MarkLedger {
             .find(|m| m.start <= epoch && epoch < m.end)
     }
 
-    /// The progress record for `epoch` over partitions `0..partitions`, if every partition has
-    /// a mark covering it. `final_marks`: no more marks will come, so a partition whose floor
-    /// never passed `epoch + 1` needs no hold (that epoch can never close in this run).
-    pub fn progress(&self, epoch: u64, partitions: u32, final_marks: bool) -> Option<Progress> {
+    /// The progress record for `epoch` over partitions `0..counting.events_partitions`, if every partition has
+    /// marks covering both `epoch` and `epoch + 1`. Nothing is ever made up: a partition whose
+    /// floor has not passed `epoch + 1` has not said where the next run must hold its floor, so
+    /// there is no record for `epoch` until it does (and after a stop, none at all).
+    pub fn progress(&self, epoch: u64, counting: Counting) -> Option<Progress> {
+        let partitions = counting.events_partitions;
         let mut out = Vec::with_capacity(partitions as usize);
         for partition in 0..partitions as i32 {
             let at = self.covering(partition, epoch)?;
-            let hold_until = match self.covering(partition, epoch + 1) {
-                Some(next) => next.position,
-                None if final_marks => at.position,
-                None => return None,
-            };
+            let next = self.covering(partition, epoch + 1)?;
             out.push(PartitionProgress {
                 partition,
                 resume_offset: at.resume,
                 skip_before: at.position,
-                hold_until,
+                hold_until: next.position,
             });
         }
         Some(Progress {
             epoch,
+            counting: Some(counting),
             partitions: out,
         })
     }
 
-    /// The highest epoch every partition's floor has passed (the last that could have closed).
-    fn last_closed(&self, partitions: u32) -> Option<u64> {
+    /// The highest epoch a record can be written for with the marks in: every partition's
+    /// floor has passed the epoch after it.
+    fn last_recordable(&self, partitions: u32) -> Option<u64> {
         (0..partitions as i32)
             .map(|p| {
                 self.marks
@@ -67,7 +66,7 @@ impl MarkLedger {
                     .and_then(|m| m.iter().map(|m| m.end).max())
             })
             .min()??
-            .checked_sub(1)
+            .checked_sub(2)
     }
 
     /// Forgets marks that no later record can need (those ending at or before `epoch`).
@@ -80,12 +79,13 @@ impl MarkLedger {
 
 pub trait WriteProgress<'scope> {
     /// Writes the progress record with `producer` (given to worker 0 only; the others pass
-    /// `None`) and returns the gate stream, whose frontier is the first epoch whose progress is
-    /// not yet acknowledged.
+    /// `None`), the marks of partitions `0..counting.events_partitions` and the settings
+    /// `counting` in it, and returns the gate stream, whose frontier is the first epoch whose
+    /// progress is not yet acknowledged.
     fn write_progress(
         self,
         published: Stream<'scope, u64, Vec<()>>,
-        partitions: u32,
+        counting: Counting,
         first_epoch: u64,
         producer: Option<AckedProducer>,
     ) -> Stream<'scope, u64, Vec<()>>;
@@ -95,14 +95,23 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
     fn write_progress(
         self,
         published: Stream<'scope, u64, Vec<()>>,
-        partitions: u32,
+        counting: Counting,
         first_epoch: u64,
         producer: Option<AckedProducer>,
     ) -> Stream<'scope, u64, Vec<()>> {
+        let partitions = counting.events_partitions;
         let scope = self.scope();
         let writer = producer.is_some();
         let to_worker_zero = Exchange::new(|_: &Mark| 0);
-        self.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(published, to_worker_zero, Pipeline, "WriteProgress", move |initial, info| {
+        let mut builder = OperatorBuilder::new("WriteProgress".to_owned(), scope);
+        let info = builder.operator_info();
+        // Neither input holds the gate back: its frontier is the writer's capability alone, so
+        // it ends, rather than follows the published epochs, when the writer stops for good.
+        let mut marks = builder.new_input_connection(self, to_worker_zero, []);
+        let mut acks = builder.new_input_connection(published, Pipeline, []);
+        let (output, gate) = builder.new_output_connection::<Vec<()>, _>([]);
+        builder.build(move |mut capabilities| {
+            let initial = capabilities.pop().expect("one output, one capability");
             let activator = scope.activator_for(info.address.clone());
             if let Some(p) = producer.as_ref() {
                 p.wake(scope.worker().sync_activator_for(info.address.to_vec()));
@@ -111,8 +120,11 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
             let mut cap = writer.then(|| initial.delayed(&first_epoch));
             let mut ledger = MarkLedger::default();
             let mut in_flight: Option<u64> = None;
+            // No data ever leaves on the gate; its capability alone carries the frontier.
+            let _output = output;
 
-            move |(marks, marks_frontier), (acks, acks_frontier), _output| {
+            move |frontiers| {
+                let (marks_frontier, acks_frontier) = (&frontiers[0], &frontiers[1]);
                 marks.for_each_stamp(|_, data| {
                     for batch in data {
                         for mark in batch.drain(..) {
@@ -132,45 +144,49 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
                     }
                     in_flight = None;
                     tracing::debug!(epoch, "progress acknowledged");
+                    crate::crash::reached("after-progress-write");
                     held.downgrade(&(epoch + 1));
                 }
 
                 let next = *held.time();
-                let final_marks = marks_frontier.frontier().is_empty();
                 let Some(&acked) = acks_frontier.frontier().first() else {
-                    cap = None; // everything is published and nothing more will come
+                    // Everything is published and nothing more will come. (After a stop the
+                    // last record may lag the last published epoch by one: the replay rule
+                    // reproduces that epoch, as after a crash.)
+                    cap = None;
                     return;
                 };
                 // Everything before `acked` is durably published; the marks of epoch + 1 must be
                 // in so the record can say where the next run holds its floor.
-                let mut epoch = match acked.checked_sub(1) {
-                    Some(e) => e,
-                    None => return,
+                let Some(mut epoch) = acked.checked_sub(1) else {
+                    return;
                 };
-                if let Some(&m) = marks_frontier.frontier().first() {
-                    match m.checked_sub(2) {
+                match marks_frontier.frontier().first() {
+                    Some(&m) => match m.checked_sub(2) {
                         Some(limit) => epoch = epoch.min(limit),
                         None => return,
-                    }
-                }
-                if final_marks {
-                    match ledger.last_closed(partitions) {
-                        Some(last) if last >= next => epoch = epoch.min(last),
-                        // No epoch beyond the last record can close any more: stop gating.
+                    },
+                    // Every source has stopped: only the marks in can back a record. Once no
+                    // more can be written, the writer stops for good, and the gate with it
+                    // (publish.rs drops what it did not let through).
+                    None => match ledger.last_recordable(partitions) {
+                        Some(limit) if limit >= next => epoch = epoch.min(limit),
                         _ => {
+                            tracing::info!(next, "no more progress can be recorded in this run");
                             cap = None;
                             return;
                         }
-                    }
+                    },
                 }
                 if epoch < next {
                     return;
                 }
-                let Some(progress) = ledger.progress(epoch, partitions, final_marks) else {
+                let Some(progress) = ledger.progress(epoch, counting) else {
                     tracing::debug!(epoch, next, acked, marks = ?ledger, "marks do not cover the epoch yet");
                     activator.activate_after(ACK_POLL);
                     return;
                 };
+                crate::crash::reached("before-progress-write");
                 let payload = serde_json::to_vec(&progress).expect("progress always serializes");
                 // Counted before the send: the acknowledgement can arrive on librdkafka's thread
                 // before `send` even returns.
@@ -191,8 +207,8 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
                 }
                 activator.activate_after(ACK_POLL);
             }
-        })
-        .container::<Vec<()>>()
+        });
+        gate
     }
 }
 
@@ -210,6 +226,14 @@ mod tests {
         }
     }
 
+    fn counting(events_partitions: u32) -> Counting {
+        Counting {
+            window_ms: 2000,
+            divisor: 1000,
+            events_partitions,
+        }
+    }
+
     #[test]
     fn progress_takes_the_marks_covering_the_epoch_and_the_next() {
         let mut ledger = MarkLedger::default();
@@ -218,9 +242,10 @@ mod tests {
         ledger.add(mark(0, 6, 9, 20, 13));
         ledger.add(mark(1, 0, 7, 3, 3));
         assert_eq!(
-            ledger.progress(5, 2, false),
+            ledger.progress(5, counting(2)),
             Some(Progress {
                 epoch: 5,
+                counting: Some(counting(2)),
                 partitions: vec![
                     PartitionProgress {
                         partition: 0,
@@ -237,23 +262,23 @@ mod tests {
                 ],
             })
         );
+        // Partition 1's floor has not passed 7, so where a next run must hold partition 1 for
+        // epoch 7 is unknown: no record for 6, whether more marks may come or not.
         assert_eq!(
-            ledger.progress(6, 2, false),
+            ledger.progress(6, counting(2)),
             None,
-            "partition 1 has no mark covering 7 yet"
+            "partition 1 has no mark covering 7"
         );
+        assert_eq!(ledger.last_recordable(2), Some(5));
+        assert_eq!(ledger.last_recordable(3), None, "partition 2 has no marks");
         assert_eq!(
-            ledger.progress(6, 2, true).unwrap().partitions[1].hold_until,
-            3
-        );
-        assert_eq!(
-            ledger.progress(5, 3, false),
+            ledger.progress(5, counting(3)),
             None,
             "partition 2 has no marks at all"
         );
-        assert_eq!(ledger.last_closed(2), Some(6));
-        ledger.forget_through(6);
-        assert_eq!(ledger.covering(0, 5), None);
-        assert_eq!(ledger.covering(0, 7).map(|m| m.position), Some(20));
+        ledger.forget_through(5);
+        assert_eq!(ledger.covering(0, 4), None);
+        assert_eq!(ledger.covering(0, 6).map(|m| m.position), Some(20));
+        assert_eq!(ledger.last_recordable(2), Some(5));
     }
 }

@@ -17,8 +17,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::{Scope, Stream};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Probe;
+use timely::dataflow::{ProbeHandle, Scope, Stream};
 
 /// The broker may hold an empty fetch this long: a record appended to an idle partition waits
 /// at most this long in the broker.
@@ -93,9 +96,22 @@ pub fn kafka_source<'scope>(
         )
     });
 
-    let stream = source(scope, "KafkaSource", move |capability, info| {
+    let mut builder = OperatorBuilder::new("KafkaSource".to_owned(), scope);
+    let info = builder.operator_info();
+    let (output, stream) = builder.new_output::<Vec<SourceItem>>();
+    let mut output = OutputBuilder::<u64, CapacityContainerBuilder<Vec<SourceItem>>>::from(output);
+    // A second output that carries no data: its capability, held while this source reads, makes
+    // its frontier (seen by every worker) empty once every source of the cluster has stopped.
+    let (reading_output, reading) = builder.new_output::<Vec<()>>();
+    let all_stopped = ProbeHandle::new();
+    let all_stopped_here = all_stopped.clone();
+    builder.build(move |mut capabilities| {
+        let reading_cap = capabilities.pop();
+        let capability = capabilities.pop();
+        let _reading_output = reading_output;
+        let all_stopped = all_stopped_here;
         let activator = scope.activator_for(info.address);
-        let mut capability = Some(capability);
+        let (mut capability, mut reading_cap) = (capability, reading_cap);
         let mut consumer = consumer;
         let mut counts: Counts = HashMap::new();
         let mut late_total: u64 = 0;
@@ -103,21 +119,43 @@ pub fn kafka_source<'scope>(
         let mut last_commit = Instant::now();
         let mut outages_seen = 0;
 
-        move |output| {
+        move |_frontiers| {
             let Some(cap) = capability.as_mut() else {
                 return;
             };
             if stop.load(Ordering::Relaxed) {
-                tracing::info!(late_total, skipped_total, "source stopping");
-                capability = None;
-                if let Some(consumer) = consumer.take() {
-                    commit_positions(&consumer, &topic, &partitions);
-                    // Closing a consumer blocks until librdkafka has wound down (the commit above
-                    // included); on this thread that would hold the whole dataflow open.
-                    std::thread::spawn(move || drop(consumer));
+                if reading_cap.take().is_some() {
+                    tracing::info!(
+                        late_total,
+                        skipped_total,
+                        floor = *cap.time(),
+                        "source stopping; its floor holds until every source has stopped"
+                    );
+                    if let Some(consumer) = consumer.take() {
+                        commit_positions(&consumer, &topic, &partitions);
+                        // Closing a consumer blocks until librdkafka has wound down (the commit
+                        // above included); on this thread that would hold the whole dataflow open.
+                        std::thread::spawn(move || drop(consumer));
+                    }
+                }
+                // A stopped source has not read its partitions' taps from its floor on, so its
+                // capability stays there: released now, it would let the other workers' floors
+                // close epochs without those taps while they keep reading (a rolling stop).
+                // Once every source has stopped, all release. Their releases reach the frontier
+                // one by one, so it may still pass such an epoch then; what makes that harmless
+                // is the gate, which never lets out an epoch without a progress record behind
+                // it, and no record covers an epoch a partition's floor has not passed
+                // (progress.rs, publish.rs). Holding only keeps such partial epochs from being
+                // computed for as long as the others keep running.
+                if all_stopped.done() {
+                    capability = None;
+                } else {
+                    activator.activate_after(idle);
                 }
                 return;
             }
+            let mut output = output.activate();
+            let output = &mut output;
 
             let mut exhausted_budget = false;
             let (mut records, mut tallied) = (0u64, Tally::default());
@@ -253,6 +291,7 @@ pub fn kafka_source<'scope>(
             }
         }
     });
+    reading.probe_with(&all_stopped);
     Ok(stream)
 }
 

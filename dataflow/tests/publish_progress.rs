@@ -8,6 +8,7 @@ use emostream_dataflow::metrics::Metrics;
 use emostream_dataflow::partition::Mark;
 use emostream_dataflow::progress::WriteProgress;
 use emostream_dataflow::publish::{AckedProducer, PublishEpochs};
+use emostream_protocol::progress::Counting;
 use emostream_protocol::wire::{EmojiCount, EpochFrame, FrameType};
 use emostream_protocol::Config;
 use emostream_testkit::broker::{minimal_config, minimal_config_with};
@@ -20,8 +21,12 @@ use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
 const WINDOW_MS: u64 = 2000;
-/// Partitions of the events topic the marks describe.
-const EVENT_PARTITIONS: u32 = 2;
+/// The settings recorded with the progress, over the 2 events partitions the marks describe.
+const COUNTING: Counting = Counting {
+    window_ms: WINDOW_MS,
+    divisor: 1000,
+    events_partitions: 2,
+};
 /// Far beyond the few round trips to a local broker the dataflow waits on, even on a loaded
 /// 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -124,7 +129,7 @@ fn publish(config: &Config) {
             );
             marks_in
                 .to_stream(scope)
-                .write_progress(published, EVENT_PARTITIONS, 0, writer)
+                .write_progress(published, COUNTING, 0, writer)
                 .probe_with(&progress_probe)
                 .connect_loop(gate_handle);
         });
@@ -228,10 +233,10 @@ fn epoch_records(partition_of: impl Fn(&str) -> i32) -> Vec<Vec<Record>> {
 /// The progress records for epochs 0 to 3 (no key, no timestamp of ours: the producer's clock).
 fn progress_payloads() -> Vec<&'static str> {
     vec![
-        r#"{"epoch":0,"partitions":[{"partition":0,"resume_offset":0,"skip_before":10,"hold_until":25},{"partition":1,"resume_offset":0,"skip_before":7,"hold_until":7}]}"#,
-        r#"{"epoch":1,"partitions":[{"partition":0,"resume_offset":10,"skip_before":25,"hold_until":40},{"partition":1,"resume_offset":0,"skip_before":7,"hold_until":19}]}"#,
-        r#"{"epoch":2,"partitions":[{"partition":0,"resume_offset":25,"skip_before":40,"hold_until":52},{"partition":1,"resume_offset":7,"skip_before":19,"hold_until":19}]}"#,
-        r#"{"epoch":3,"partitions":[{"partition":0,"resume_offset":40,"skip_before":52,"hold_until":52},{"partition":1,"resume_offset":7,"skip_before":19,"hold_until":30}]}"#,
+        r#"{"epoch":0,"counting":{"window_ms":2000,"divisor":1000,"events_partitions":2},"partitions":[{"partition":0,"resume_offset":0,"skip_before":10,"hold_until":25},{"partition":1,"resume_offset":0,"skip_before":7,"hold_until":7}]}"#,
+        r#"{"epoch":1,"counting":{"window_ms":2000,"divisor":1000,"events_partitions":2},"partitions":[{"partition":0,"resume_offset":10,"skip_before":25,"hold_until":40},{"partition":1,"resume_offset":0,"skip_before":7,"hold_until":19}]}"#,
+        r#"{"epoch":2,"counting":{"window_ms":2000,"divisor":1000,"events_partitions":2},"partitions":[{"partition":0,"resume_offset":25,"skip_before":40,"hold_until":52},{"partition":1,"resume_offset":7,"skip_before":19,"hold_until":19}]}"#,
+        r#"{"epoch":3,"counting":{"window_ms":2000,"divisor":1000,"events_partitions":2},"partitions":[{"partition":0,"resume_offset":40,"skip_before":52,"hold_until":52},{"partition":1,"resume_offset":7,"skip_before":19,"hold_until":30}]}"#,
     ]
 }
 

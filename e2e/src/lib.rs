@@ -38,6 +38,9 @@ pub struct Topology {
     pub allowed_lateness_ms: u64,
     /// Subscribers per cluster, one entry per cluster.
     pub clusters: Vec<usize>,
+    /// Extra environment of the worker supervisors (and so of every dataflow process they
+    /// start), e.g. a crash point.
+    pub worker_env: Vec<(&'static str, String)>,
 }
 
 impl Default for Topology {
@@ -51,6 +54,7 @@ impl Default for Topology {
             window_ms: 1000,
             allowed_lateness_ms: 1000,
             clusters: vec![1],
+            worker_env: Vec::new(),
         }
     }
 }
@@ -97,6 +101,7 @@ impl System {
         hosts.dedup();
         for host in &hosts {
             let mut workers = workers::command(topology.worker_processes, &system.config_path);
+            workers.envs(topology.worker_env.iter().map(|(k, v)| (k, v)));
             let name = if hosts.len() == 1 {
                 "workers".to_string()
             } else {

@@ -9,7 +9,26 @@ use serde::{Deserialize, Serialize};
 pub struct Progress {
     /// Every epoch up to and including this one is published and acknowledged.
     pub epoch: u64,
+    /// The settings the published epochs were counted with. Absent from records written before
+    /// they were recorded: such a record is accepted with any settings (its partition list
+    /// still tells the partition count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counting: Option<Counting>,
+    /// One entry per partition of the events topic, `0..events_partitions` in order.
     pub partitions: Vec<PartitionProgress>,
+}
+
+/// The settings that decide which epoch a tap is published in and how: a restart with other
+/// values would renumber, split or recount epochs already published, so it is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Counting {
+    /// `epochs.window_ms`.
+    pub window_ms: u64,
+    /// `epochs.divisor`.
+    pub divisor: u64,
+    /// `kafka.events_partitions`.
+    pub events_partitions: u32,
 }
 
 /// One partition's part of [`Progress`].
