@@ -66,17 +66,21 @@ mod tests {
 
     #[test]
     fn a_child_is_seen_running_then_as_a_zombie_then_gone() {
+        // A child that runs until it is killed (a short sleep could exit before a loaded
+        // machine gets to look at it), with an argument no other process has.
+        let seconds = format!("1000.{}", std::process::id());
         let mut child = std::process::Command::new("sleep")
-            .arg("0.21357")
+            .arg(&seconds)
             .spawn()
             .unwrap();
         let pid = child.id();
         assert!(rss_kib(pid).is_some());
-        assert_eq!(pids_with(&["sleep 0.21357"]), vec![pid]);
-        // Exited, not reaped: a zombie, which no longer has resident memory.
+        assert_eq!(pids_with(&[&format!("sleep {seconds}")]), vec![pid]);
+        child.kill().unwrap();
+        // Killed, not reaped: a zombie, which no longer has resident memory.
         let deadline = Instant::now() + Duration::from_secs(10);
         while state(pid) != Some('Z') {
-            assert!(Instant::now() < deadline, "sleep never exited");
+            assert!(Instant::now() < deadline, "sleep never died");
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(rss_kib(pid), None);
