@@ -6,7 +6,7 @@ use emostream_protocol::wire::ErrorBody;
 /// Why the gateway cannot start, or is not ready: each names the setting or the resource.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("gateway.emoji_allow_list: {0:?} is not exactly one emoji")]
+    #[error("gateway.emoji_allow_list: {0:?} is not one emoji of Unicode's RGI list")]
     AllowList(String),
     #[error("creating the Kafka producer: {0}")]
     Producer(#[source] rdkafka::error::KafkaError),
@@ -44,7 +44,7 @@ pub enum GatewayError {
     Overloaded { reason: &'static str },
     /// The broker cannot be reached or did not acknowledge: nothing was counted.
     BrokerUnavailable { reason: &'static str },
-    /// The request did not finish within `request_timeout_ms`.
+    /// The body was not read within `request_timeout_ms` (nothing reached the producer).
     Timeout { after_ms: u64 },
     /// No route has this path.
     NotFound,
@@ -155,7 +155,7 @@ impl IntoResponse for GatewayError {
                 }
             }
             GatewayError::Timeout { after_ms } => ErrorBody {
-                error: format!("request not finished within {after_ms} ms"),
+                error: format!("request body not read within {after_ms} ms"),
                 field: None,
             },
             GatewayError::NotFound => ErrorBody {

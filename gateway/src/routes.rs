@@ -17,7 +17,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Json, Router};
-use emostream_protocol::wire::{Accepted, EmojiIn, ErrorBody, SendEmoji};
+use emostream_protocol::wire::{Accepted, EmojiIn, ErrorBody, SeedAccepted, SendEmoji};
 use emostream_protocol::Config;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -66,7 +66,7 @@ enum Refused {
     /// Malformed JSON or NDJSON.
     #[response(status = 400)]
     Malformed(ErrorBody),
-    /// The request took longer than `request_timeout_ms`.
+    /// The body was not read within `request_timeout_ms`; nothing was handed to the producer.
     #[response(status = 408)]
     Timeout(ErrorBody),
     /// The body is larger than the route allows (4 KiB single, 1 MiB batch).
@@ -257,28 +257,38 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
+/// The 200 of the seeds' route: their clients count any other status as a failure.
+struct SeedIngested(SeedAccepted);
+
+impl IntoResponse for SeedIngested {
+    fn into_response(self) -> Response {
+        (StatusCode::OK, Json(self.0)).into_response()
+    }
+}
+
 /// One tap in the seeds' shape, counted in stream `main`.
 #[utoipa::path(
     post,
     path = "/send_emoji",
     request_body(content = SendEmoji, content_type = "application/json"),
-    responses((status = 202, description = "Taken (durable mode: acknowledged by the broker).", body = Accepted), Refused)
+    responses((status = 200, description = "Taken (durable mode: acknowledged by the broker).", body = SeedAccepted), Refused)
 )]
 async fn send_emoji(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Body,
-) -> Result<Ingested, GatewayError> {
+) -> Result<SeedIngested, GatewayError> {
     state.admit_ip(ip)?;
     if BodyFormat::from_content_type(content_type(&headers))? != BodyFormat::Json {
         return Err(GatewayError::UnsupportedMediaType);
     }
-    let body = read_body(body, SINGLE_BODY_LIMIT).await?;
+    let body = read_body(body, SINGLE_BODY_LIMIT, state.0.request_timeout).await?;
     let tap = parse::seed_body(&body, &state.0.rules)?;
-    state
+    let Ingested(accepted) = state
         .ingest(DEFAULT_STREAM, std::slice::from_ref(&tap), false)
-        .await
+        .await?;
+    Ok(SeedIngested(accepted.into()))
 }
 
 /// One tap, a JSON array of taps, or NDJSON (one tap per line). A batch with one invalid item is
@@ -303,7 +313,7 @@ async fn stream_emojis(
     state.admit_ip(ip)?;
     parse::stream_id(&stream)?;
     let format = BodyFormat::from_content_type(content_type(&headers))?;
-    let body = read_body(body, BATCH_BODY_LIMIT).await?;
+    let body = read_body(body, BATCH_BODY_LIMIT, state.0.request_timeout).await?;
     let taps = parse::batch_body(&body, format, &state.0.rules)?;
     let indexed = parse::is_list(&body, format);
     state.ingest(&stream, &taps, indexed).await
@@ -315,8 +325,16 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+/// The deadline covers reading the body only: once taps are handed to the producer they may
+/// land, so the request waits for the broker's verdict (bounded by `delivery_timeout_ms`)
+/// rather than answer 408, after which a browser resends the POST and the taps count twice.
+async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<Bytes, GatewayError> {
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| GatewayError::Timeout {
+            after_ms: deadline.as_millis() as u64,
+        })?;
+    read.map_err(|e| {
         let too_large = std::error::Error::source(&e).is_some_and(|s| {
             s.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
@@ -396,22 +414,14 @@ async fn openapi(Extension(doc): Extension<Document>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], json).into_response()
 }
 
-/// Every request: a deadline (`request_timeout_ms`, body read included), then one count by
-/// matched route, status and, for a refusal, its reason.
+/// Every request: one count by matched route, status and, for a refusal, its reason.
 async fn observe(
     State(state): State<AppState>,
     route: Option<MatchedPath>,
     request: Request,
     next: Next,
 ) -> Response {
-    let deadline = state.0.request_timeout;
-    let response = match tokio::time::timeout(deadline, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => GatewayError::Timeout {
-            after_ms: deadline.as_millis() as u64,
-        }
-        .into_response(),
-    };
+    let response = next.run(request).await;
     state.0.metrics.request(
         route,
         response.status().as_u16(),

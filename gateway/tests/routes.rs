@@ -122,6 +122,73 @@ async fn bodies_over_the_limit_are_413() {
 }
 
 #[tokio::test]
+async fn an_emoji_padded_with_marks_or_tags_is_refused_with_a_reason() {
+    let app = gateway("");
+    // 10 MB of combining marks after an emoji: over either route's body cap, refused unread.
+    let marks = "\u{0300}".repeat(5 * 1024 * 1024);
+    for (path, body, limit) in [
+        (
+            "/send_emoji",
+            format!(r#"{{"user_id":"u","emoji_type":"🔥{marks}"}}"#),
+            4096,
+        ),
+        (
+            "/v1/streams/main/emojis",
+            format!(r#"{{"user_id":"u","emoji":"🔥{marks}"}}"#),
+            1048576,
+        ),
+    ] {
+        let a = send(&app, post(path, JSON, body)).await;
+        assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        assert_eq!(
+            a.error(),
+            ErrorBody {
+                error: format!("body larger than {limit} bytes"),
+                field: None
+            }
+        );
+    }
+    // Within the body cap, the same floods are not an emoji: marks, tag characters (a
+    // well-formed tag sequence that is no RGI flag, and a long one), variation selectors.
+    let floods = [
+        format!("🔥{}", "\u{0300}".repeat(1000)),
+        "🔥\u{0300}".to_string(),
+        format!("🏴{}\u{E007F}", "\u{E0061}".repeat(5)),
+        format!("🏴{}\u{E007F}", "\u{E0061}".repeat(300)),
+        "❤\u{FE0F}\u{FE0F}".to_string(),
+    ];
+    for flood in &floods {
+        for (path, body, field) in [
+            (
+                "/send_emoji",
+                serde_json::json!({"user_id": "u", "emoji_type": flood}),
+                "emoji_type",
+            ),
+            (
+                "/v1/streams/main/emojis",
+                serde_json::json!([{"user_id": "u", "emoji": "🔥"}, {"user_id": "u", "emoji": flood}]),
+                "items[1].emoji",
+            ),
+        ] {
+            let a = send(&app, post(path, JSON, body.to_string())).await;
+            assert_eq!(
+                a.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{path} {flood:?}"
+            );
+            let emoji_field = field.rsplit('.').next().unwrap();
+            assert_eq!(
+                a.error(),
+                ErrorBody {
+                    error: format!("{emoji_field} must be exactly one emoji of Unicode's RGI list"),
+                    field: Some(field.into())
+                }
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn wrong_content_types_are_415() {
     let app = gateway("");
     let seed = r#"{"user_id":"u","emoji_type":"🔥"}"#;
@@ -229,7 +296,7 @@ async fn a_request_past_its_deadline_is_408() {
     >());
     let a = send(&app, post("/send_emoji", JSON, stalled)).await;
     assert_eq!(a.status, StatusCode::REQUEST_TIMEOUT);
-    assert_eq!(a.error().error, "request not finished within 300 ms");
+    assert_eq!(a.error().error, "request body not read within 300 ms");
 }
 
 #[tokio::test]

@@ -97,7 +97,7 @@ impl BatcherHandle {
             let event = EmojiEvent {
                 stream: Cow::Borrowed(stream),
                 user_id: Cow::Borrowed(&tap.user_id),
-                emoji: Cow::Borrowed(&tap.emoji),
+                emoji: Cow::Borrowed(tap.emoji),
                 ts: tap.ts.clone(),
                 recv_ms,
             };

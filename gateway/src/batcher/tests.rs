@@ -239,9 +239,9 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
     let topic = config.kafka.events_topic.clone();
 
     // One request first: its answer means its record is already readable.
-    let tap = |user: &str, emoji: &str| Tap {
+    let tap = |user: &str, emoji: &'static str| Tap {
         user_id: Cow::Owned(user.into()),
-        emoji: Cow::Owned(emoji.into()),
+        emoji,
         ts: None,
     };
     let first = handle.submit("main", &[tap("first", "🔥")]).await.unwrap();
