@@ -46,6 +46,13 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let (batcher, handle) =
         Batcher::start(&config, Arc::clone(&metrics)).map_err(StartError::Producer)?;
+    // A topic with another partition count than configured is refused at start: serving would
+    // mean 503s (or idle partitions) until someone reads the logs. A broker that is not up yet
+    // or a topic not created yet is not an error here: `/readyz` says so until they are.
+    if let Err(e @ StartError::Partitions { .. }) = handle.ready().await {
+        batcher.abort();
+        return Err(e);
+    }
     let state = AppState::new(&config, handle, metrics)?;
     let listener = CappedListener::new(listener, state.connections());
     axum::serve(

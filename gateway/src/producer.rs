@@ -93,8 +93,43 @@ pub fn create(config: &Config, health: Arc<Health>) -> Result<Kafka, KafkaError>
     .create_with_context(HealthContext { health })
 }
 
+/// What a failed record means for its requests and for everyone else's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The broker is away or slow (timed out, transport, leader moving): the requests get 503
+    /// with `Retry-After`, and the gateway refuses new taps at once until the probe sees the
+    /// broker again.
+    Retriable,
+    /// The broker refuses this record itself (too large, corrupt, not authorised): a retry
+    /// fails the same way, so its requests get 500 with the reason, and every other request goes
+    /// on as before: the broker is not marked down.
+    Permanent(&'static str),
+}
+
+/// Tells a record's delivery error apart by its code.
+pub fn classify(error: &KafkaError) -> Failure {
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
+            Failure::Permanent("the broker refused the record as too large")
+        }
+        Some(C::InvalidMessage | C::InvalidRecord | C::BadMessage) => {
+            Failure::Permanent("the broker refused the record as invalid")
+        }
+        Some(C::TopicAuthorizationFailed) => {
+            Failure::Permanent("the gateway may not write to the events topic")
+        }
+        _ => Failure::Retriable,
+    }
+}
+
 /// Watches a down broker until it answers a metadata request for the events topic again.
-pub fn spawn_probe(producer: Kafka, topic: String, health: Arc<Health>) -> JoinHandle<()> {
+pub fn spawn_probe(
+    producer: Kafka,
+    topic: String,
+    partitions: u32,
+    health: Arc<Health>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             if health.reachable() {
@@ -102,16 +137,17 @@ pub fn spawn_probe(producer: Kafka, topic: String, health: Arc<Health>) -> JoinH
                 continue;
             }
             tokio::time::sleep(PROBE_EVERY).await;
-            if topic_ready(&producer, &topic).await.is_ok() {
+            if topic_ready(&producer, &topic, partitions).await.is_ok() {
                 health.set_up();
             }
         }
     })
 }
 
-/// The broker answers and the topic exists with partitions. The metadata call blocks, so it
-/// runs on the blocking pool.
-pub async fn topic_ready(producer: &Kafka, topic: &str) -> Result<(), StartError> {
+/// The broker answers and the topic exists with `partitions` partitions (taps are routed over
+/// `events_partitions`, so any other count would leave partitions idle or taps unroutable).
+/// The metadata call blocks, so it runs on the blocking pool.
+pub async fn topic_ready(producer: &Kafka, topic: &str, partitions: u32) -> Result<(), StartError> {
     let (producer, topic) = (producer.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || {
         let metadata = producer
@@ -119,9 +155,60 @@ pub async fn topic_ready(producer: &Kafka, topic: &str) -> Result<(), StartError
             .fetch_metadata(Some(&topic), Duration::from_secs(1))
             .map_err(StartError::BrokerUnreachable)?;
         match metadata.topics().first() {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                let found = t.partitions().len();
+                if found == partitions as usize {
+                    Ok(())
+                } else {
+                    Err(StartError::Partitions {
+                        topic,
+                        found,
+                        expected: partitions,
+                    })
+                }
+            }
             _ => Err(StartError::TopicMissing(topic)),
         }
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_record_the_broker_refuses_for_good_is_permanent() {
+        use RDKafkaErrorCode as C;
+        let cases = [
+            (
+                C::MessageSizeTooLarge,
+                Failure::Permanent("the broker refused the record as too large"),
+            ),
+            (
+                C::MessageBatchTooLarge,
+                Failure::Permanent("the broker refused the record as too large"),
+            ),
+            (
+                C::InvalidRecord,
+                Failure::Permanent("the broker refused the record as invalid"),
+            ),
+            (
+                C::TopicAuthorizationFailed,
+                Failure::Permanent("the gateway may not write to the events topic"),
+            ),
+            (C::MessageTimedOut, Failure::Retriable),
+            (C::AllBrokersDown, Failure::Retriable),
+            (C::NotEnoughReplicas, Failure::Retriable),
+            (C::NotLeaderForPartition, Failure::Retriable),
+            (C::QueueFull, Failure::Retriable),
+        ];
+        for (code, failure) in cases {
+            assert_eq!(
+                classify(&KafkaError::MessageProduction(code)),
+                failure,
+                "{code:?}"
+            );
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! The gateway against a real broker (started by `scripts/broker.sh` on a free port):
-//! the seeds' request shape, the per-user rate limit, 503 while the broker is down and recovery
+//! the seeds' clients' request shapes (their generator script and locustfile), the per-user
+//! rate limit, 503 while the broker is down and recovery
 //! when it returns, and SIGTERM under load. Every check counts the emojis in Kafka itself.
 
-use emostream_protocol::wire::{Accepted, ClientTs, EmojiEvent};
+use emostream_protocol::wire::{Accepted, ClientTs, EmojiEvent, SeedAccepted};
 use emostream_protocol::Config;
 use emostream_testkit::broker::minimal_config;
 use emostream_testkit::http::{self, Response};
@@ -99,9 +100,96 @@ async fn wait_ready(addr: &str) {
     .await;
 }
 
+/// The answer of a `/v1` route.
 fn accepted(r: &Response) -> Accepted {
     assert_eq!(r.status, 202, "{}", r.body);
     r.json()
+}
+
+/// The answer of the seeds' route: 200, their `status` field first, then ours, byte for byte.
+fn seed_accepted(r: &Response) -> SeedAccepted {
+    assert_eq!(r.status, 200, "{}", r.body);
+    let a: SeedAccepted = r.json();
+    assert_eq!(
+        r.body,
+        format!(
+            r#"{{"status":"accepted","accepted":1,"epoch":{}}}"#,
+            a.epoch
+        )
+    );
+    a
+}
+
+#[tokio::test]
+async fn the_seeds_generator_and_locustfile_shapes_get_200_and_are_all_counted() {
+    let kafka = Kafka::start("");
+    let gw = Gateway::start(kafka.config.clone()).await;
+    // (body exactly as the client's `requests.post(json=...)` / locust's `client.post(json=...)`
+    // sends it: Python's json.dumps, ", " and ": " separators, non-ASCII escaped; user id as
+    // stored; client timestamp as stored; emoji as stored).
+    let shapes = [
+        // The generator script: integer user id, integer Unix seconds.
+        (
+            r#"{"user_id": 42, "emoji_type": "\u2764\ufe0f", "timestamp": 1764540000}"#,
+            "42",
+            ClientTs::Millis(1_764_540_000_000),
+            "❤️",
+        ),
+        // The same with `time.time()`: a float.
+        (
+            r#"{"user_id": 43, "emoji_type": "\ud83d\udd25", "timestamp": 1764540000.123456}"#,
+            "43",
+            ClientTs::Millis(1_764_540_000_123),
+            "🔥",
+        ),
+        // The locustfile: a string user id, `datetime.now().isoformat()` (no zone).
+        (
+            r#"{"user_id": "user_7", "emoji_type": "\ud83d\ude02", "timestamp": "2026-11-30T22:00:00.123456"}"#,
+            "user_7",
+            ClientTs::Iso("2026-11-30T22:00:00.123456".into()),
+            "😂",
+        ),
+        // `datetime.now(timezone.utc).isoformat()`, and a skin tone.
+        (
+            r#"{"user_id": 44, "emoji_type": "\ud83d\udc4d\ud83c\udffd", "timestamp": "2026-11-30T22:00:00.123456+00:00"}"#,
+            "44",
+            ClientTs::Iso("2026-11-30T22:00:00.123456+00:00".into()),
+            "👍🏽",
+        ),
+        // Milliseconds from `time.time() * 1000`, and the unqualified heart, stored as ❤️.
+        (
+            r#"{"user_id": 45, "emoji_type": "\u2764", "timestamp": 1764540000123.0}"#,
+            "45",
+            ClientTs::Millis(1_764_540_000_123),
+            "❤️",
+        ),
+    ];
+    for (body, ..) in &shapes {
+        let a = seed_accepted(
+            &http::post_json(&gw.addr, "/send_emoji", body)
+                .await
+                .unwrap(),
+        );
+        assert_eq!((a.status.as_str(), a.accepted), ("accepted", 1));
+    }
+    gw.stop().await;
+
+    // Every one of them is counted, once, in stream `main`.
+    let mut events = kafka.events().await;
+    events.sort_by(|a, b| a.1.cmp(&b.1));
+    let mut expected: Vec<_> = shapes
+        .iter()
+        .map(|(_, user, ts, emoji)| {
+            (
+                "main".to_string(),
+                user.to_string(),
+                emoji.to_string(),
+                Some(ts.clone()),
+            )
+        })
+        .collect();
+    expected.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(events, expected);
 }
 
 #[tokio::test]
@@ -113,12 +201,11 @@ async fn seeds_shape_lands_unchanged_and_a_user_past_the_limit_gets_429() {
     let seed =
         r#"{"user_id":"seed-user","emoji_type":"🔥","timestamp":"2024-11-05T10:00:00.123Z"}"#;
     for _ in 0..5 {
-        let a = accepted(
+        seed_accepted(
             &http::post_json(&gw.addr, "/send_emoji", seed)
                 .await
                 .unwrap(),
         );
-        assert_eq!(a.accepted, 1);
     }
     let r = http::post_json(&gw.addr, "/send_emoji", seed)
         .await
@@ -159,7 +246,7 @@ async fn seeds_shape_lands_unchanged_and_a_user_past_the_limit_gets_429() {
     for line in [
         "emostream_gateway_emojis_accepted_total 10",
         r#"emostream_gateway_rejections_total{reason="rate_limited_user"} 2"#,
-        r#"emostream_gateway_requests_total{route="/send_emoji",status="202"} 5"#,
+        r#"emostream_gateway_requests_total{route="/send_emoji",status="200"} 5"#,
         "emostream_gateway_broker_reachable 1",
     ] {
         assert!(
@@ -229,7 +316,7 @@ async fn broker_down_is_503_at_once_and_ingest_recovers_when_it_returns() {
     };
     let acked = Mutex::new(HashSet::new());
     let ack = |(r, user): (Response, String)| {
-        accepted(&r);
+        seed_accepted(&r);
         acked.lock().unwrap().insert(user);
     };
     for _ in 0..3 {
@@ -245,7 +332,7 @@ async fn broker_down_is_503_at_once_and_ingest_recovers_when_it_returns() {
                 (r, _) if r.status == 503 => Some(r),
                 (r, user) => {
                     // Sent before the gateway noticed: acknowledged only if it truly landed.
-                    if r.status == 202 {
+                    if r.status == 200 {
                         acked.lock().unwrap().insert(user);
                     }
                     None
@@ -269,29 +356,29 @@ async fn broker_down_is_503_at_once_and_ingest_recovers_when_it_returns() {
 
     kafka.broker.start_again();
     wait_until(
-        "a 202 after the broker returns",
+        "a 200 after the broker returns",
         Duration::from_secs(30),
         || async {
             let (r, user) = tap().await;
-            if r.status == 202 {
+            if r.status == 200 {
                 acked.lock().unwrap().insert(user);
             }
-            r.status == 202
+            r.status == 200
         },
     )
     .await;
     // A record queued while the broker was away may still fail after it returns, which marks
-    // the broker down again until the next probe: so each further tap waits for its 202.
+    // the broker down again until the next probe: so each further tap waits for its 200.
     for i in 0..3 {
         wait_until(
             &format!("tap {i} after recovery"),
             Duration::from_secs(10),
             || async {
                 let (r, user) = tap().await;
-                if r.status == 202 {
+                if r.status == 200 {
                     acked.lock().unwrap().insert(user);
                 }
-                r.status == 202
+                r.status == 200
             },
         )
         .await;
@@ -356,7 +443,8 @@ async fn after_sigterm_under_load_every_acknowledged_emoji_is_in_kafka() {
                 };
                 sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 match result {
-                    Ok(r) if r.status == 202 => {
+                    // 200 on the seeds' route, 202 on the batch route.
+                    Ok(r) if r.status == 200 || r.status == 202 => {
                         assert_eq!(r.json::<Accepted>().accepted, users.len() as u64);
                         acked.lock().unwrap().extend(users);
                     }
@@ -404,5 +492,31 @@ async fn after_sigterm_under_load_every_acknowledged_emoji_is_in_kafka() {
         sent.load(std::sync::atomic::Ordering::Relaxed),
         acked.len(),
         events.len()
+    );
+}
+
+#[tokio::test]
+async fn a_topic_with_another_partition_count_is_refused_at_start() {
+    let kafka = Kafka::start("");
+    let mut config = kafka.config.clone();
+    let found = config.kafka.events_partitions;
+    config.kafka.events_partitions = found + 1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // The check is one metadata request; 30 s leaves a loaded machine a wide margin, and a
+    // gateway that started serving instead would hold the test until then.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(30),
+        emostream_gateway::run(config.clone(), listener, std::future::pending()),
+    )
+    .await
+    .expect("the gateway refuses to start instead of serving")
+    .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        format!(
+            "topic {} has {found} partitions, kafka.events_partitions says {}",
+            config.kafka.events_topic,
+            found + 1
+        )
     );
 }

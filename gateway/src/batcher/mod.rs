@@ -141,9 +141,10 @@ impl BatcherHandle {
         self.health.reachable()
     }
 
-    /// Ready when the broker answers and the events topic exists.
+    /// Ready when the broker answers and the events topic exists with `events_partitions`
+    /// partitions.
     pub async fn ready(&self) -> Result<(), StartError> {
-        producer::topic_ready(&self.producer, &self.topic).await
+        producer::topic_ready(&self.producer, &self.topic, self.partitions).await
     }
 
     /// librdkafka's out-queue length.
@@ -194,7 +195,12 @@ impl Batcher {
             partitions: config.kafka.events_partitions,
             window_ms: config.epochs.window_ms,
         };
-        let probe = producer::spawn_probe(producer.clone(), topic.clone(), Arc::clone(&health));
+        let probe = producer::spawn_probe(
+            producer.clone(),
+            topic.clone(),
+            config.kafka.events_partitions,
+            Arc::clone(&health),
+        );
         let packer = Packer {
             producer,
             topic,
@@ -205,6 +211,12 @@ impl Batcher {
         };
         let task = tokio::spawn(packer.run(rx, Duration::from_millis(config.gateway.flush_ms)));
         Ok((Batcher { task, probe }, handle))
+    }
+
+    /// Stops at once, before anything was submitted (the gateway refused to start).
+    pub fn abort(self) {
+        self.task.abort();
+        self.probe.abort();
     }
 
     /// Waits until every handle is dropped, every open batch is flushed and every record's

@@ -4,7 +4,7 @@
 use super::batches::{BatchKey, Batches, OpenBatch};
 use super::Submission;
 use crate::metrics::Metrics;
-use crate::producer::{Health, Kafka};
+use crate::producer::{classify, Failure, Health, Kafka};
 use crate::GatewayError;
 use rdkafka::producer::{FutureRecord, Producer};
 use std::sync::Arc;
@@ -90,18 +90,27 @@ impl Packer {
                             metrics.broker_ack(sent.elapsed());
                             Ok(())
                         }
-                        Ok(Err((e, _))) => {
-                            tracing::warn!(error = %e, events, "broker did not acknowledge a batch");
+                        Ok(Err((e, _))) => match classify(&e) {
+                            Failure::Retriable => {
+                                tracing::warn!(error = %e, events, "broker did not acknowledge a batch");
+                                health.set_down();
+                                Err(GatewayError::BrokerUnavailable {
+                                    reason: "broker did not acknowledge, retry shortly",
+                                })
+                            }
+                            Failure::Permanent(reason) => {
+                                tracing::error!(error = %e, events, "broker refused a batch");
+                                Err(GatewayError::RecordRefused { reason })
+                            }
+                        },
+                        Err(_) => {
+                            health.set_down();
                             Err(GatewayError::BrokerUnavailable {
-                                reason: "broker did not acknowledge, retry shortly",
+                                reason: "producer stopped",
                             })
                         }
-                        Err(_) => Err(GatewayError::BrokerUnavailable {
-                            reason: "producer stopped",
-                        }),
                     };
                     if outcome.is_err() {
-                        health.set_down();
                         metrics.undelivered(events as u64);
                     }
                     for ack in acks {
@@ -115,10 +124,14 @@ impl Packer {
             Err((e, _)) => {
                 tracing::warn!(error = %e, events, "producer refused a batch");
                 self.metrics.undelivered(events as u64);
-                for ack in acks {
-                    let _ = ack.send(Err(GatewayError::Overloaded {
+                let refusal = match classify(&e) {
+                    Failure::Retriable => GatewayError::Overloaded {
                         reason: "producer queue full, retry shortly",
-                    }));
+                    },
+                    Failure::Permanent(reason) => GatewayError::RecordRefused { reason },
+                };
+                for ack in acks {
+                    let _ = ack.send(Err(refusal.clone()));
                 }
             }
         }

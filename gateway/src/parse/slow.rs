@@ -65,10 +65,22 @@ fn tap<'a>(
     rules: &Rules,
 ) -> Result<Tap<'a>, GatewayError> {
     let object: &Map<String, Value> = value.as_object().ok_or_else(|| {
-        GatewayError::invalid(
-            prefix.trim_end_matches('.'),
-            "each emoji must be a JSON object",
-        )
+        if prefix.is_empty() {
+            // The body itself: there is no field to name (found by the fuzz target's oracle).
+            malformed(
+                if emoji_field == "emoji_type" {
+                    "the body must be a JSON object"
+                } else {
+                    "the body must be a JSON object or array of objects"
+                },
+                None,
+            )
+        } else {
+            GatewayError::invalid(
+                prefix.trim_end_matches('.'),
+                "each emoji must be a JSON object",
+            )
+        }
     })?;
     let field = |name: &str| format!("{prefix}{name}");
     let text = |name: &str| -> Result<&str, GatewayError> {
