@@ -15,10 +15,14 @@ use std::sync::Arc;
 use tower::ServiceExt;
 
 fn config(extra_gateway: &str) -> Config {
+    config_with_broker("127.0.0.1:1", extra_gateway)
+}
+
+fn config_with_broker(brokers: &str, extra_gateway: &str) -> Config {
     let text = format!(
         r#"
 [kafka]
-brokers = "127.0.0.1:1"
+brokers = "{brokers}"
 [gateway]
 listen = "127.0.0.1:0"
 {extra_gateway}
@@ -297,6 +301,39 @@ async fn a_request_past_its_deadline_is_408() {
     let a = send(&app, post("/send_emoji", JSON, stalled)).await;
     assert_eq!(a.status, StatusCode::REQUEST_TIMEOUT);
     assert_eq!(a.error().error, "request body not read within 300 ms");
+}
+
+#[tokio::test]
+async fn taps_handed_to_the_producer_wait_for_its_verdict_not_the_deadline() {
+    // A "broker" that accepts connections and never answers: the record is sent and nothing
+    // comes back, so only the delivery timeout ends the wait (and nothing marks the broker
+    // down before the request is submitted).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = config_with_broker(
+        &silent.local_addr().unwrap().to_string(),
+        "request_timeout_ms = 100\ndelivery_timeout_ms = 1000\nflush_ms = 10",
+    );
+    let metrics = Arc::new(Metrics::default());
+    let (_batcher, handle) = Batcher::start(&config, Arc::clone(&metrics)).expect("a producer");
+    let app = app(AppState::new(&config, handle, metrics).expect("valid rules"));
+    let started = std::time::Instant::now();
+    let a = send(
+        &app,
+        post("/send_emoji", JSON, r#"{"user_id":1,"emoji_type":"🔥"}"#),
+    )
+    .await;
+    // Ten times the body deadline has passed, and the answer is the broker's verdict: a 503 a
+    // client may retry, never a 408 that a browser would resend on its own.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1000));
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.retry_after.as_deref(), Some("1"));
+    assert_eq!(
+        a.error(),
+        ErrorBody {
+            error: "broker did not acknowledge, retry shortly".into(),
+            field: None
+        }
+    );
 }
 
 #[tokio::test]

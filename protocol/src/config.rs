@@ -151,7 +151,9 @@ pub struct GatewayConfig {
     /// How long the producer may try to deliver a record before its requests get 503.
     #[serde(default = "GatewayConfig::delivery_timeout_ms")]
     pub delivery_timeout_ms: u64,
-    /// Deadline for a whole request, body read included; past it the answer is 408.
+    /// Deadline for reading a request's body; past it the answer is 408. It does not cover the
+    /// wait for the broker, which `delivery_timeout_ms` bounds: a 408 for taps that may land
+    /// would make a browser resend them.
     #[serde(default = "GatewayConfig::request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Open client connections; further ones wait in the listen backlog until one closes.
@@ -200,7 +202,8 @@ impl GatewayConfig {
     const fn delivery_timeout_ms() -> u64 {
         5_000
     }
-    /// Twice the delivery timeout, so a slow broker answers 503 before a request times out.
+    /// 10 s: a phone on a poor network sends a 4 KiB body well within it; a client that sends
+    /// headers and then stalls holds its connection no longer.
     const fn request_timeout_ms() -> u64 {
         10_000
     }
@@ -445,10 +448,8 @@ impl Config {
         if g.max_in_flight_events < g.flush_max_events {
             return bad("gateway.max_in_flight_events must be at least gateway.flush_max_events");
         }
-        if g.request_timeout_ms <= g.delivery_timeout_ms + g.flush_ms {
-            return bad(
-                "gateway.request_timeout_ms must exceed gateway.delivery_timeout_ms + gateway.flush_ms",
-            );
+        if g.request_timeout_ms == 0 {
+            return bad("gateway.request_timeout_ms must be at least 1");
         }
         if g.max_connections == 0 {
             return bad("gateway.max_connections must be at least 1");
