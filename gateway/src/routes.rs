@@ -19,6 +19,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::{Json, Router};
 use emostream_protocol::wire::{Accepted, EmojiIn, ErrorBody, SeedAccepted, SendEmoji};
 use emostream_protocol::Config;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,19 +70,25 @@ enum Refused {
     /// The body was not read within `request_timeout_ms`; nothing was handed to the producer.
     #[response(status = 408)]
     Timeout(ErrorBody),
-    /// The body is larger than the route allows (4 KiB single, 1 MiB batch).
+    /// The body is larger than the route allows (4 KiB single, 1 MiB batch); at once when its
+    /// `Content-Length` says so.
     #[response(status = 413)]
     TooLarge(ErrorBody),
     /// Neither `application/json` nor `application/x-ndjson`.
     #[response(status = 415)]
     UnsupportedMediaType(ErrorBody),
-    /// A field is missing or invalid; `field` names it (`items[i].field` in a batch).
+    /// A field is missing or invalid, or one user has more taps in the request than the per-user
+    /// burst; `field` names it (`items[i].field` in a batch).
     #[response(status = 422)]
     Invalid(ErrorBody),
     /// Past a per-user or per-IP rate limit.
     #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
     RateLimited(ErrorBody),
-    /// The in-flight budget is full or the broker is unreachable: nothing was counted.
+    /// The broker refused the record holding the taps for good (too large, invalid): a retry
+    /// cannot pass; nothing was counted.
+    #[response(status = 500)]
+    PermanentFailure(ErrorBody),
+    /// The in-flight budget is full or the broker is unreachable or did not acknowledge.
     #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
     Unavailable(ErrorBody),
 }
@@ -140,27 +147,61 @@ impl AppState {
             })
     }
 
-    /// Charges each tap to its user's bucket, then hands the request to the batcher.
+    /// Charges each tap to its user's bucket, then hands the request to the batcher. A request
+    /// with more taps of one user than the bucket holds is 422, not 429: no wait would let it
+    /// pass. Tokens taken for a request refused later are given back.
     async fn ingest(
         &self,
         stream: &str,
         taps: &[Tap<'_>],
         indexed: bool,
     ) -> Result<Ingested, GatewayError> {
+        let users = &self.0.users;
+        let field = |i: usize| {
+            if indexed {
+                format!("items[{i}].user_id")
+            } else {
+                "user_id".into()
+            }
+        };
+        let burst = users.burst();
+        if taps.len() > burst as usize {
+            let mut per_user: HashMap<&str, u32> = HashMap::new();
+            for (i, tap) in taps.iter().enumerate() {
+                let n = per_user.entry(&tap.user_id).or_default();
+                *n += 1;
+                if *n > burst {
+                    return Err(GatewayError::invalid(
+                        field(i),
+                        format!(
+                            "more taps of one user in one request than user_burst_taps ({burst})"
+                        ),
+                    ));
+                }
+            }
+        }
+        let give_back = |taken: &[Tap<'_>]| {
+            for tap in taken {
+                users.give_back(&*tap.user_id, 1);
+            }
+        };
         let now = Instant::now();
         for (i, tap) in taps.iter().enumerate() {
-            if let Err(wait) = self.0.users.take(&*tap.user_id, 1, now) {
+            if let Err(wait) = users.take(&*tap.user_id, 1, now) {
+                give_back(&taps[..i]);
                 return Err(GatewayError::RateLimited {
-                    field: Some(if indexed {
-                        format!("items[{i}].user_id")
-                    } else {
-                        "user_id".into()
-                    }),
+                    field: Some(field(i)),
                     retry_after_s: retry_after_s(wait),
                 });
             }
         }
-        let accepted = self.0.batcher.submit(stream, taps).await?;
+        let accepted = match self.0.batcher.submit(stream, taps).await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                give_back(taps);
+                return Err(e);
+            }
+        };
         self.0.metrics.accepted(accepted.accepted);
         Ok(Ingested(accepted))
     }
@@ -283,6 +324,7 @@ async fn send_emoji(
     if BodyFormat::from_content_type(content_type(&headers))? != BodyFormat::Json {
         return Err(GatewayError::UnsupportedMediaType);
     }
+    declared_length(&headers, SINGLE_BODY_LIMIT)?;
     let body = read_body(body, SINGLE_BODY_LIMIT, state.0.request_timeout).await?;
     let tap = parse::seed_body(&body, &state.0.rules)?;
     let Ingested(accepted) = state
@@ -313,6 +355,7 @@ async fn stream_emojis(
     state.admit_ip(ip)?;
     parse::stream_id(&stream)?;
     let format = BodyFormat::from_content_type(content_type(&headers))?;
+    declared_length(&headers, BATCH_BODY_LIMIT)?;
     let body = read_body(body, BATCH_BODY_LIMIT, state.0.request_timeout).await?;
     let taps = parse::batch_body(&body, format, &state.0.rules)?;
     let indexed = parse::is_list(&body, format);
@@ -323,6 +366,19 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
+}
+
+/// Refuses at once a body whose declared `Content-Length` is over `limit`, before reading a byte
+/// of it (the read below would refuse it too, but only after `limit` bytes or the deadline).
+fn declared_length(headers: &HeaderMap, limit: usize) -> Result<(), GatewayError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => Err(GatewayError::TooLarge { limit }),
+        _ => Ok(()),
+    }
 }
 
 /// The deadline covers reading the body only: once taps are handed to the producer they may

@@ -337,6 +337,72 @@ async fn taps_handed_to_the_producer_wait_for_its_verdict_not_the_deadline() {
 }
 
 #[tokio::test]
+async fn a_declared_length_over_the_limit_is_413_before_the_body() {
+    let app = gateway("request_timeout_ms = 60000");
+    for (path, limit) in [("/send_emoji", 4096), ("/v1/streams/main/emojis", 1048576)] {
+        // The body never comes: only the header can have decided, and long before the deadline.
+        let stalled = Body::from_stream(futures_util::stream::pending::<
+            Result<axum::body::Bytes, std::io::Error>,
+        >());
+        let mut request = post(path, JSON, stalled);
+        request
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, (limit + 1).into());
+        let a = tokio::time::timeout(std::time::Duration::from_secs(30), send(&app, request))
+            .await
+            .expect("answered without reading the body");
+        assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        assert_eq!(
+            a.error(),
+            ErrorBody {
+                error: format!("body larger than {limit} bytes"),
+                field: None
+            }
+        );
+    }
+}
+
+#[tokio::test]
+async fn more_taps_of_one_user_than_the_burst_is_422_and_costs_nothing() {
+    let app = gateway("user_burst_taps = 3\nuser_taps_per_s = 1\ndelivery_timeout_ms = 200");
+    let batch = |users: &[&str]| {
+        let items: Vec<String> = users
+            .iter()
+            .map(|u| format!(r#"{{"user_id":"{u}","emoji":"🔥"}}"#))
+            .collect();
+        format!("[{}]", items.join(","))
+    };
+    let a = send(
+        &app,
+        post(
+            "/v1/streams/main/emojis",
+            JSON,
+            batch(&["a", "b", "a", "a", "a"]),
+        ),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        a.error(),
+        ErrorBody {
+            error: "more taps of one user in one request than user_burst_taps (3)".into(),
+            field: Some("items[4].user_id".into())
+        }
+    );
+    // No token was taken, and a request refused after taking them (here by the producer, which
+    // has no broker) gives them back: the same full burst is refused by the producer each time,
+    // never by the rate limit, although the bucket refills one token a second.
+    for _ in 0..3 {
+        let a = send(
+            &app,
+            post("/v1/streams/main/emojis", JSON, batch(&["a", "a", "a"])),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    }
+}
+
+#[tokio::test]
 async fn unknown_routes_and_methods_answer_json() {
     let app = gateway("");
     let a = send(&app, Request::get("/nope").body(Body::empty()).unwrap()).await;
