@@ -20,6 +20,8 @@ pub enum StartError {
         found: usize,
         expected: u32,
     },
+    #[error("the Kafka producer failed for good, exiting to be restarted: {0}")]
+    Fatal(String),
     #[error("the readiness check did not finish: {0}")]
     Check(#[from] tokio::task::JoinError),
     #[error(transparent)]

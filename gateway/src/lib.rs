@@ -23,7 +23,7 @@ pub mod parse;
 mod producer;
 mod routes;
 
-pub use batcher::{Batcher, BatcherHandle};
+pub use batcher::{Batcher, BatcherHandle, ProducerHealth};
 pub use error::{GatewayError, StartError};
 pub use listener::ClientAddr;
 pub use metrics::Metrics;
@@ -37,7 +37,9 @@ use tokio::net::TcpListener;
 
 /// Serves the gateway on `listener` until `shutdown` resolves: then it stops accepting, lets
 /// in-flight requests finish (each still waits for its broker acknowledgement), flushes every
-/// open batch and waits for the broker's answers before returning.
+/// open batch and waits for the broker's answers before returning. A fatal producer error
+/// starts the same drain and then returns [`StartError::Fatal`], so the process exits non-zero
+/// and its supervisor restarts it.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -46,6 +48,17 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let (batcher, handle) =
         Batcher::start(&config, Arc::clone(&metrics)).map_err(StartError::Producer)?;
+    serve(config, listener, shutdown, (batcher, handle), metrics).await
+}
+
+/// [`run`] with a batcher already started (a test keeps a handle to it).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    (batcher, handle): (Batcher, BatcherHandle),
+    metrics: Arc<Metrics>,
+) -> Result<(), StartError> {
     // A topic with another partition count than configured is refused at start: serving would
     // mean 503s (or idle partitions) until someone reads the logs. A broker that is not up yet
     // or a topic not created yet is not an error here: `/readyz` says so until they are.
@@ -53,15 +66,26 @@ pub async fn run(
         batcher.abort();
         return Err(e);
     }
+    let health = handle.health();
+    let failed = health.clone().failed();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = failed => {}
+        }
+    };
     let state = AppState::new(&config, handle, metrics)?;
     let listener = CappedListener::new(listener, state.connections());
     axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<ClientAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
+    .with_graceful_shutdown(stop)
     .await?;
     // Every handler has returned, so every sender clone is gone: the batcher drains and stops.
     batcher.finish().await;
-    Ok(())
+    match health.fatal() {
+        Some(reason) => Err(StartError::Fatal(reason)),
+        None => Ok(()),
+    }
 }

@@ -13,7 +13,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -24,19 +24,83 @@ pub const FLUSH_BYTES: usize = 8 * 1024 * 1024;
 
 /// How often a down broker is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// How often a reachable broker is probed, so that `/readyz` answers from a state at most this
+/// old instead of costing the broker a metadata request per call.
+const READY_EVERY: Duration = Duration::from_secs(1);
 
 pub type Kafka = FutureProducer<HealthContext>;
 
-/// Whether the broker is believed reachable. Starts optimistic: the first failure flips it.
-#[derive(Default)]
+/// Whether the broker is believed reachable (starts optimistic: the first failure flips it),
+/// the probe's last readiness verdict, and whether the producer failed for good.
 pub struct Health {
     down: AtomicBool,
     went_down: Notify,
+    /// Another client error: the probe checks at once whether it was fatal.
+    wake: Notify,
+    /// None when ready, else why not; written by the probe, read by `/readyz`.
+    not_ready: Mutex<Option<String>>,
+    /// librdkafka's fatal error: the producer cannot send again (e.g. the idempotent producer
+    /// fenced or out of sequence for good), so the gateway exits for its supervisor to restart it.
+    fatal: OnceLock<String>,
+    failed: Notify,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            down: AtomicBool::new(false),
+            went_down: Notify::new(),
+            wake: Notify::new(),
+            not_ready: Mutex::new(Some("the broker has not been probed yet".into())),
+            fatal: OnceLock::new(),
+            failed: Notify::new(),
+        }
+    }
 }
 
 impl Health {
     pub fn reachable(&self) -> bool {
-        !self.down.load(Ordering::Relaxed)
+        !self.down.load(Ordering::Relaxed) && self.fatal.get().is_none()
+    }
+
+    /// The last probe's verdict (None: ready), or the fatal error.
+    pub fn not_ready(&self) -> Option<String> {
+        if let Some(reason) = self.fatal.get() {
+            return Some(format!(
+                "the Kafka producer failed for good ({reason}); the gateway is exiting to be restarted"
+            ));
+        }
+        if self.down.load(Ordering::Relaxed) {
+            return Some("broker unreachable".into());
+        }
+        self.not_ready.lock().expect("never poisoned").clone()
+    }
+
+    pub fn set_ready(&self, not_ready: Option<String>) {
+        *self.not_ready.lock().expect("never poisoned") = not_ready;
+    }
+
+    /// Records librdkafka's fatal error (the first one: later ones follow from it).
+    pub fn set_fatal(&self, reason: &str) {
+        if self.fatal.set(reason.to_string()).is_ok() {
+            tracing::error!(
+                reason,
+                "the Kafka producer failed for good: draining, then exiting"
+            );
+            self.down.store(true, Ordering::Relaxed);
+            self.failed.notify_one();
+        }
+    }
+
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.get().map(String::as_str)
+    }
+
+    /// Resolves once the producer has failed for good.
+    pub async fn failed(&self) {
+        while self.fatal.get().is_none() {
+            self.failed.notified().await;
+        }
     }
 
     pub fn set_down(&self) {
@@ -47,7 +111,7 @@ impl Health {
     }
 
     fn set_up(&self) {
-        if self.down.swap(false, Ordering::Relaxed) {
+        if self.fatal.get().is_none() && self.down.swap(false, Ordering::Relaxed) {
             tracing::info!("broker reachable again");
         }
     }
@@ -60,8 +124,11 @@ pub struct HealthContext {
 
 impl ClientContext for HealthContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.health.set_down();
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => self.health.set_down(),
+            // A fatal error arrives here with its underlying code (the event's fatal flag is
+            // not passed on), so the probe asks the client whether it is fatal.
+            _ => self.health.wake.notify_one(),
         }
         tracing::warn!(%error, reason, "kafka client error");
     }
@@ -104,12 +171,16 @@ pub enum Failure {
     /// fails the same way, so its requests get 500 with the reason, and every other request goes
     /// on as before: the broker is not marked down.
     Permanent(&'static str),
+    /// The producer itself failed for good (librdkafka's fatal error): no record can be sent
+    /// again, so the requests get 503 and the gateway drains and exits to be restarted.
+    Fatal,
 }
 
 /// Tells a record's delivery error apart by its code.
 pub fn classify(error: &KafkaError) -> Failure {
     use RDKafkaErrorCode as C;
     match error.rdkafka_error_code() {
+        Some(C::Fatal) => Failure::Fatal,
         Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
             Failure::Permanent("the broker refused the record as too large")
         }
@@ -123,7 +194,9 @@ pub fn classify(error: &KafkaError) -> Failure {
     }
 }
 
-/// Watches a down broker until it answers a metadata request for the events topic again.
+/// Probes the broker and the events topic: every [`READY_EVERY`] (at once when a client error
+/// is seen) while the broker is reachable, every [`PROBE_EVERY`] while it is down. Each verdict
+/// is kept for `/readyz`. Stops once the producer has failed for good.
 pub fn spawn_probe(
     producer: Kafka,
     topic: String,
@@ -132,16 +205,43 @@ pub fn spawn_probe(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            if health.reachable() {
-                health.went_down.notified().await;
-                continue;
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                health.set_fatal(&format!("{code:?}: {reason}"));
+                return;
             }
-            tokio::time::sleep(PROBE_EVERY).await;
-            if topic_ready(&producer, &topic, partitions).await.is_ok() {
-                health.set_up();
+            match topic_ready(&producer, &topic, partitions).await {
+                Ok(()) => {
+                    health.set_up();
+                    health.set_ready(None);
+                }
+                Err(e) => health.set_ready(Some(e.to_string())),
+            }
+            let wait = if health.reachable() {
+                READY_EVERY
+            } else {
+                PROBE_EVERY
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = health.went_down.notified() => {}
+                () = health.wake.notified() => {}
             }
         }
     })
+}
+
+/// Raises librdkafka's own fatal error on `producer`, as its idempotent producer does when
+/// fenced: the test hook librdkafka provides, since a broker cannot be made to cause one.
+pub fn raise_fatal(producer: &Kafka, reason: &str) {
+    let reason = std::ffi::CString::new(reason).expect("no NUL in a test reason");
+    // SAFETY: the client pointer is alive while `producer` is; the reason is copied.
+    unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            producer.client().native_ptr(),
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            reason.as_ptr(),
+        );
+    }
 }
 
 /// The broker answers and the topic exists with `partitions` partitions (taps are routed over
@@ -197,6 +297,7 @@ mod tests {
                 C::TopicAuthorizationFailed,
                 Failure::Permanent("the gateway may not write to the events topic"),
             ),
+            (C::Fatal, Failure::Fatal),
             (C::MessageTimedOut, Failure::Retriable),
             (C::AllBrokersDown, Failure::Retriable),
             (C::NotEnoughReplicas, Failure::Retriable),

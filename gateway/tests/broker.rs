@@ -520,3 +520,91 @@ async fn a_topic_with_another_partition_count_is_refused_at_start() {
         )
     );
 }
+
+#[tokio::test]
+async fn a_fatal_producer_error_drains_with_503_and_exits_with_the_reason() {
+    let kafka = Kafka::start("");
+    let metrics = Arc::new(emostream_gateway::Metrics::default());
+    let (batcher, handle) =
+        emostream_gateway::Batcher::start(&kafka.config, Arc::clone(&metrics)).unwrap();
+    let trigger = handle.health();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(emostream_gateway::serve(
+        kafka.config.clone(),
+        listener,
+        std::future::pending(),
+        (batcher, handle),
+        metrics,
+    ));
+    wait_ready(&addr).await;
+    // Taps from one client the whole time: each is answered 200 (and then is in Kafka) or 503
+    // with the drain's reason, or finds the listener closed; none hangs or gets anything else.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let oks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let client = {
+        let (addr, stop, oks) = (addr.clone(), Arc::clone(&stop), Arc::clone(&oks));
+        tokio::spawn(async move {
+            let (mut acked, mut refused, mut closed) = (Vec::new(), 0, 0);
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let user = format!("f{i}");
+                i += 1;
+                let body = format!(r#"{{"user_id":"{user}","emoji_type":"🎉"}}"#);
+                match http::post_json(&addr, "/send_emoji", &body).await {
+                    Ok(r) if r.status == 200 => {
+                        acked.push(user);
+                        oks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(r) => {
+                        assert_eq!(
+                            (r.status, r.body.as_str(), r.header("retry-after")),
+                            (
+                                503,
+                                r#"{"error":"the Kafka producer failed for good; the gateway is restarting, retry shortly"}"#,
+                                Some("1")
+                            )
+                        );
+                        refused += 1;
+                    }
+                    Err(_) => closed += 1,
+                }
+            }
+            (acked, refused, closed)
+        })
+    };
+    wait_until(
+        "a first tap acknowledged",
+        Duration::from_secs(30),
+        || async { oks.load(std::sync::atomic::Ordering::Relaxed) > 0 || client.is_finished() },
+    )
+    .await;
+    trigger.raise_fatal_error_for_test("fenced by the test");
+    // The drain waits at most for the records already sent (bounded by the delivery timeout,
+    // 5 s by default): 30 s leaves a loaded machine a wide margin.
+    let exited = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the gateway exits after a fatal producer error")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        exited.to_string(),
+        "the Kafka producer failed for good, exiting to be restarted: \
+         OutOfOrderSequenceNumber: test_fatal_error: fenced by the test"
+    );
+    assert_eq!(
+        trigger.not_ready().as_deref(),
+        Some(
+            "the Kafka producer failed for good \
+             (OutOfOrderSequenceNumber: test_fatal_error: fenced by the test); \
+             the gateway is exiting to be restarted"
+        )
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, _refused, _closed) = client.await.unwrap();
+    assert!(!acked.is_empty());
+    let landed: HashSet<String> = kafka.events().await.into_iter().map(|e| e.1).collect();
+    for user in &acked {
+        assert!(landed.contains(user), "{user} got 200 but is not in Kafka");
+    }
+}

@@ -78,6 +78,9 @@ impl BatcherHandle {
     /// Queues the taps of one request and, in durable mode, waits until the broker has
     /// acknowledged them.
     pub async fn submit(&self, stream: &str, taps: &[Tap<'_>]) -> Result<Accepted, GatewayError> {
+        if self.health.fatal().is_some() {
+            return Err(packer::PRODUCER_FAILED);
+        }
         if !self.health.reachable() {
             return Err(GatewayError::BrokerUnavailable {
                 reason: "broker unreachable, retry shortly",
@@ -141,10 +144,24 @@ impl BatcherHandle {
         self.health.reachable()
     }
 
-    /// Ready when the broker answers and the events topic exists with `events_partitions`
-    /// partitions.
+    /// Asks the broker now: ready when it answers and the events topic exists with
+    /// `events_partitions` partitions.
     pub async fn ready(&self) -> Result<(), StartError> {
         producer::topic_ready(&self.producer, &self.topic, self.partitions).await
+    }
+
+    /// The probe's last verdict (None: ready), without a broker round trip.
+    pub fn not_ready(&self) -> Option<String> {
+        self.health.not_ready()
+    }
+
+    /// The producer's health, apart from the handle: holding it does not keep the batcher
+    /// from finishing.
+    pub fn health(&self) -> ProducerHealth {
+        ProducerHealth {
+            health: Arc::clone(&self.health),
+            producer: self.producer.clone(),
+        }
     }
 
     /// librdkafka's out-queue length.
@@ -165,6 +182,38 @@ impl BatcherHandle {
         let mut h = std::hash::DefaultHasher::new();
         (stream, user_id).hash(&mut h);
         (h.finish() % u64::from(self.partitions)) as i32
+    }
+}
+
+/// What the gateway knows of its producer, for the exit path and its test.
+#[derive(Clone)]
+pub struct ProducerHealth {
+    health: Arc<Health>,
+    producer: Kafka,
+}
+
+impl ProducerHealth {
+    /// The probe's last verdict (None: ready), or the fatal error.
+    pub fn not_ready(&self) -> Option<String> {
+        self.health.not_ready()
+    }
+
+    /// librdkafka's fatal error, once the producer has failed for good.
+    pub fn fatal(&self) -> Option<String> {
+        self.health.fatal().map(str::to_string)
+    }
+
+    /// Resolves once the producer has failed for good.
+    pub async fn failed(self) {
+        self.health.failed().await
+    }
+
+    /// Raises librdkafka's fatal error on this gateway's producer, through librdkafka's own
+    /// test hook: the only way to see the exit path, since a broker cannot be made to fence
+    /// the producer on demand.
+    #[doc(hidden)]
+    pub fn raise_fatal_error_for_test(&self, reason: &str) {
+        producer::raise_fatal(&self.producer, reason);
     }
 }
 
