@@ -20,6 +20,15 @@ pub enum StartError {
         found: usize,
         expected: u32,
     },
+    #[error(
+        "topic {topic} has max.message.bytes = {found}, the gateway's records reach {needed} \
+         bytes (twice its flush threshold): raise max.message.bytes on the topic"
+    )]
+    RecordLimit {
+        topic: String,
+        found: u64,
+        needed: usize,
+    },
     #[error("the Kafka producer failed for good, exiting to be restarted: {0}")]
     Fatal(String),
     #[error("the readiness check did not finish: {0}")]

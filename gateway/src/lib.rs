@@ -66,6 +66,23 @@ pub async fn serve(
         batcher.abort();
         return Err(e);
     }
+    // The same for a topic whose records must be smaller than the gateway's largest: they
+    // would be refused (500) under load only. A broker that does not answer DescribeConfigs
+    // cannot be checked: a warning, not a refusal. (Nisshi 0.8.1 answers with the settings
+    // a topic was created with only, so a topic without this one is a warning.)
+    match producer::check_record_limit(&config).await {
+        Ok(producer::RecordLimit::Enough) => {}
+        Ok(producer::RecordLimit::Unknown(why)) => tracing::warn!(
+            topic = %config.kafka.events_topic,
+            why,
+            "could not read the topic's max.message.bytes; records reach {} bytes",
+            producer::MAX_RECORD_BYTES
+        ),
+        Err(e) => {
+            batcher.abort();
+            return Err(e);
+        }
+    }
     let health = handle.health();
     let failed = health.clone().failed();
     let stop = async move {

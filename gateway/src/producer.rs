@@ -22,6 +22,11 @@ use tokio::task::JoinHandle;
 /// stay well under the broker's message size limit.
 pub const FLUSH_BYTES: usize = 8 * 1024 * 1024;
 
+/// The largest record the gateway builds: a batch is flushed once it passes FLUSH_BYTES, and
+/// the request that pushed it past adds the lines of a 1 MiB body (under 5 MiB), so twice the
+/// threshold always fits.
+pub const MAX_RECORD_BYTES: usize = 2 * FLUSH_BYTES;
+
 /// How often a down broker is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// How often a reachable broker is probed, so that `/readyz` answers from a state at most this
@@ -153,9 +158,7 @@ pub fn create(config: &Config, health: Arc<Health>) -> Result<Kafka, KafkaError>
     } = &config.gateway;
     ClientConfig::from_iter(config.kafka.client_settings(ClientRole::BatchProducer {
         delivery_timeout_ms: *delivery_timeout_ms,
-        // A record is flushed once it passes FLUSH_BYTES; the request that pushed it past can
-        // add the lines of a 1 MiB body (under 5 MiB), so twice that is always enough.
-        max_message_bytes: 2 * FLUSH_BYTES,
+        max_message_bytes: MAX_RECORD_BYTES,
     }))
     .create_with_context(HealthContext { health })
 }
@@ -271,6 +274,51 @@ pub async fn topic_ready(producer: &Kafka, topic: &str, partitions: u32) -> Resu
         }
     })
     .await?
+}
+
+/// What the events topic's `max.message.bytes` says about the gateway's largest record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RecordLimit {
+    /// At least [`MAX_RECORD_BYTES`].
+    Enough,
+    /// The broker did not say (no DescribeConfigs, or no such entry): why, for a warning.
+    Unknown(String),
+}
+
+/// Asks the broker for the events topic's `max.message.bytes` (DescribeConfigs): a topic that
+/// would refuse the gateway's larger records is an error at start instead of 500s under load.
+pub async fn check_record_limit(config: &Config) -> Result<RecordLimit, StartError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    const SETTING: &str = "max.message.bytes";
+    let topic = &config.kafka.events_topic;
+    // The same connection settings as the epoch producer (TLS, SASL and the pass-through).
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::from_iter(config.kafka.client_settings(ClientRole::EpochProducer))
+            .create()
+            .map_err(StartError::Producer)?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let answer = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+        .await;
+    let resource = match answer.as_deref() {
+        Ok([Ok(resource)]) => resource,
+        Ok([Err(code)]) => return Ok(RecordLimit::Unknown(format!("{code:?}"))),
+        Ok(other) => return Ok(RecordLimit::Unknown(format!("{} answers", other.len()))),
+        Err(e) => return Ok(RecordLimit::Unknown(e.to_string())),
+    };
+    let Some(value) = resource.get(SETTING).and_then(|e| e.value.as_deref()) else {
+        return Ok(RecordLimit::Unknown(format!("no {SETTING} entry")));
+    };
+    match value.parse::<u64>() {
+        Ok(found) if found >= MAX_RECORD_BYTES as u64 => Ok(RecordLimit::Enough),
+        Ok(found) => Err(StartError::RecordLimit {
+            topic: topic.clone(),
+            found,
+            needed: MAX_RECORD_BYTES,
+        }),
+        Err(_) => Ok(RecordLimit::Unknown(format!("{SETTING} = {value:?}"))),
+    }
 }
 
 #[cfg(test)]

@@ -608,3 +608,42 @@ async fn a_fatal_producer_error_drains_with_503_and_exits_with_the_reason() {
         assert!(landed.contains(user), "{user} got 200 but is not in Kafka");
     }
 }
+
+#[tokio::test]
+async fn a_topic_whose_records_must_be_smaller_than_the_gateways_is_refused_at_start() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let kafka = Kafka::start("");
+    let mut config = kafka.config.clone();
+    config.kafka.events_topic = "small-records".into();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .create()
+        .unwrap();
+    let topic = NewTopic::new(
+        &config.kafka.events_topic,
+        config.kafka.events_partitions as i32,
+        TopicReplication::Fixed(1),
+    )
+    .set("max.message.bytes", "1048576");
+    let created = admin
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // Two requests (metadata, DescribeConfigs); 30 s leaves a loaded machine a wide margin.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(30),
+        emostream_gateway::run(config.clone(), listener, std::future::pending()),
+    )
+    .await
+    .expect("the gateway refuses to start instead of serving")
+    .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "topic small-records has max.message.bytes = 1048576, the gateway's records reach \
+         16777216 bytes (twice its flush threshold): raise max.message.bytes on the topic"
+    );
+}
