@@ -8,6 +8,8 @@ use emostream_protocol::wire::ErrorBody;
 pub enum StartError {
     #[error("gateway.emoji_allow_list: {0:?} is not one emoji of Unicode's RGI list")]
     AllowList(String),
+    #[error("gateway.cors_origins: {0:?} is not an origin")]
+    CorsOrigin(String),
     #[error("creating the Kafka producer: {0}")]
     Producer(#[source] rdkafka::error::KafkaError),
     #[error("broker unreachable: {0}")]

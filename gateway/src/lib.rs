@@ -29,11 +29,19 @@ pub use listener::ClientAddr;
 pub use metrics::Metrics;
 pub use routes::{app, AppState};
 
+use axum::extract::ConnectInfo;
+use axum::http::Request;
 use emostream_protocol::Config;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use listener::CappedListener;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 /// Serves the gateway on `listener` until `shutdown` resolves: then it stops accepting, lets
 /// in-flight requests finish (each still waits for its broker acknowledgement), flushes every
@@ -92,17 +100,62 @@ pub async fn serve(
         }
     };
     let state = AppState::new(&config, handle, metrics)?;
-    let listener = CappedListener::new(listener, state.connections());
-    axum::serve(
+    let listener = CappedListener::new(
         listener,
-        app(state).into_make_service_with_connect_info::<ClientAddr>(),
+        state.connections(),
+        config.gateway.max_connections_per_ip,
+    );
+    serve_connections(
+        listener,
+        app(state),
+        Duration::from_millis(config.gateway.header_read_timeout_ms),
+        stop,
     )
-    .with_graceful_shutdown(stop)
-    .await?;
+    .await;
     // Every handler has returned, so every sender clone is gone: the batcher drains and stops.
     batcher.finish().await;
     match health.fatal() {
         Some(reason) => Err(StartError::Fatal(reason)),
         None => Ok(()),
     }
+}
+
+/// The accept loop: HTTP/1.1 only (one request at a time per connection, so a connection costs
+/// at most one request's memory; HTTP/2 would multiplex many), and a deadline on each request's
+/// header. On `stop` it stops accepting, closes idle connections and waits for every request
+/// in progress to be answered.
+async fn serve_connections(
+    mut listener: CappedListener,
+    router: axum::Router,
+    header_read_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    tokio::pin!(stop);
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(ClientAddr(addr)));
+            router.clone().oneshot(request)
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // A client that vanished or timed out: nothing to answer.
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }

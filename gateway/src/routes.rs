@@ -11,9 +11,10 @@ use crate::metrics::{Gauges, Metrics};
 use crate::parse::{self, BodyFormat, Rules, Tap};
 use crate::{GatewayError, StartError};
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Extension, FromRequestParts, MatchedPath, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Json, Router};
@@ -24,7 +25,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::{IntoResponses, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -108,6 +109,8 @@ struct Inner {
     max_connections: usize,
     /// `GET /`: links to the viewer page on each subscriber of the configured topology.
     home: String,
+    /// The origins a browser may post taps from.
+    cors_origins: Vec<HeaderValue>,
 }
 
 impl AppState {
@@ -128,6 +131,7 @@ impl AppState {
             connections: Arc::new(Semaphore::new(g.max_connections)),
             max_connections: g.max_connections,
             home: home_page(config),
+            cors_origins: cors_origins(config)?,
         })))
     }
 
@@ -213,7 +217,7 @@ pub fn app(state: AppState) -> Router {
     // The viewer page is served by the subscribers and posts taps here, cross-origin. CORS is
     // the outermost layer so that even a 429 or 503 carries it (and Retry-After is readable).
     let cors = CorsLayer::new()
-        .allow_origin(Any)
+        .allow_origin(AllowOrigin::list(state.0.cors_origins.clone()))
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::CONTENT_TYPE])
         .expose_headers([header::RETRY_AFTER])
@@ -255,6 +259,22 @@ struct Document(Arc<std::sync::OnceLock<Bytes>>);
 #[utoipa::path(get, path = "/", responses((status = 200, description = "HTML", content_type = "text/html", body = String)))]
 async fn home(State(state): State<AppState>) -> Html<String> {
     Html(state.0.home.clone())
+}
+
+/// The viewer page of every subscriber (`http://host:port`, as [`home_page`] links it) and the
+/// configured `cors_origins`: a page elsewhere cannot make its visitors' browsers post taps.
+fn cors_origins(config: &Config) -> Result<Vec<HeaderValue>, StartError> {
+    let subscribers = config
+        .broadcaster
+        .clusters
+        .iter()
+        .flat_map(|c| c.subscribers.iter().map(|s| format!("http://{s}")));
+    subscribers
+        .chain(config.gateway.cors_origins.iter().cloned())
+        .map(|origin| {
+            HeaderValue::from_str(&origin).map_err(|_| StartError::CorsOrigin(origin.clone()))
+        })
+        .collect()
 }
 
 /// A small page linking to the viewer page of every subscriber named in the configuration.
@@ -348,11 +368,17 @@ async fn send_emoji(
 async fn stream_emojis(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    Path(stream): Path<String>,
+    stream: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Ingested, GatewayError> {
     state.admit_ip(ip)?;
+    // axum's own rejection (e.g. a segment that percent-decodes to invalid UTF-8) is plain
+    // text: the same JSON refusal as any other bad stream id instead.
+    let stream = match stream {
+        Ok(Path(stream)) => stream,
+        Err(_) => String::new(),
+    };
     parse::stream_id(&stream)?;
     let format = BodyFormat::from_content_type(content_type(&headers))?;
     declared_length(&headers, BATCH_BODY_LIMIT)?;

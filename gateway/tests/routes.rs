@@ -18,6 +18,22 @@ fn config(extra_gateway: &str) -> Config {
     config_with_broker("127.0.0.1:1", extra_gateway)
 }
 
+fn config_text_with_clusters(clusters: &str) -> String {
+    format!(
+        r#"
+[kafka]
+brokers = "127.0.0.1:1"
+[gateway]
+listen = "127.0.0.1:0"
+[dataflow]
+processes = ["127.0.0.1:2101"]
+[broadcaster]
+main = "127.0.0.1:9000"
+clusters = {clusters}
+"#
+    )
+}
+
 fn config_with_broker(brokers: &str, extra_gateway: &str) -> Config {
     let text = format!(
         r#"
@@ -37,7 +53,10 @@ clusters = []
 }
 
 fn gateway(extra_gateway: &str) -> Router {
-    let config = config(extra_gateway);
+    gateway_for(config(extra_gateway))
+}
+
+fn gateway_for(config: Config) -> Router {
     let metrics = Arc::new(Metrics::default());
     let (_batcher, handle) = Batcher::start(&config, Arc::clone(&metrics)).expect("a producer");
     app(AppState::new(&config, handle, metrics).expect("valid rules"))
@@ -524,21 +543,41 @@ async fn the_openapi_document_and_the_router_agree_both_ways() {
 }
 
 #[tokio::test]
-async fn the_viewer_page_may_post_cross_origin() {
-    let app = gateway("");
-    let preflight = Request::builder()
-        .method("OPTIONS")
-        .uri("/v1/streams/main/emojis")
-        .header(header::ORIGIN, "http://127.0.0.1:9011")
-        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
-        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
-        .body(Body::empty())
+async fn only_the_viewer_pages_and_configured_origins_may_post_cross_origin() {
+    let mut config = config(r#"cors_origins = ["https://emostream.example"]"#);
+    config.broadcaster = Config::from_toml(&config_text_with_clusters(
+        r#"[{ name = "c0", listen = "127.0.0.1:9010", subscribers = ["127.0.0.1:9011"] }]"#,
+    ))
+    .unwrap()
+    .broadcaster;
+    let app = gateway_for(config);
+    let preflight = |origin: &str| {
+        Request::builder()
+            .method("OPTIONS")
+            .uri("/v1/streams/main/emojis")
+            .header(header::ORIGIN, origin)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
+            .body(Body::empty())
+            .unwrap()
+    };
+    for origin in ["http://127.0.0.1:9011", "https://emostream.example"] {
+        let response = app.clone().oneshot(preflight(origin)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let h = response.headers();
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], origin);
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_HEADERS], "content-type");
+    }
+    // Any other page: no grant, so its visitors' browsers do not send the tap.
+    let response = app
+        .clone()
+        .oneshot(preflight("http://evil.example"))
+        .await
         .unwrap();
-    let response = app.clone().oneshot(preflight).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let h = response.headers();
-    assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
-    assert_eq!(h[header::ACCESS_CONTROL_ALLOW_HEADERS], "content-type");
+    assert_eq!(
+        response.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN),
+        None
+    );
     // A refusal carries the headers too, with Retry-After readable by the page.
     let refused = Request::post("/v1/streams/NOPE/emojis")
         .header(header::ORIGIN, "http://127.0.0.1:9011")
@@ -547,9 +586,32 @@ async fn the_viewer_page_may_post_cross_origin() {
         .unwrap();
     let response = app.oneshot(refused).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    assert_eq!(
+        response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "http://127.0.0.1:9011"
+    );
     assert_eq!(
         response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS],
         "retry-after"
     );
+}
+
+#[tokio::test]
+async fn a_malformed_stream_segment_is_the_json_refusal() {
+    let app = gateway("");
+    for path in [
+        "/v1/streams/%FF/emojis",
+        "/v1/streams/NOPE/emojis",
+        "/v1/streams/a%2Fb/emojis",
+    ] {
+        let a = send(&app, post(path, JSON, r#"{"user_id":"u","emoji":"🔥"}"#)).await;
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                r#"{"error":"stream must match [a-z0-9_-]{1,64}","field":"stream"}"#
+            ),
+            "{path}"
+        );
+    }
 }

@@ -159,6 +159,17 @@ pub struct GatewayConfig {
     /// Open client connections; further ones wait in the listen backlog until one closes.
     #[serde(default = "GatewayConfig::max_connections")]
     pub max_connections: usize,
+    /// Open connections of one client IP; a further one is answered 429 and closed at accept.
+    #[serde(default = "GatewayConfig::max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// A connection that has not sent a request's whole header within this long is closed
+    /// (slowloris clients hold no connection slot longer).
+    #[serde(default = "GatewayConfig::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Origins (`http://host:port`) allowed to post taps from a browser, besides the viewer page
+    /// of every subscriber named under `[broadcaster]`.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
     /// Token bucket per `user_id`: taps per second refilled …
     #[serde(default = "GatewayConfig::user_taps_per_s")]
     pub user_taps_per_s: u32,
@@ -210,6 +221,15 @@ impl GatewayConfig {
     /// Half the 20,000 open files a process may hold here, leaving room for the producer.
     const fn max_connections() -> usize {
         10_000
+    }
+    /// A tenth of the connection cap: many viewers share an IP behind carrier-grade NAT, yet
+    /// one address cannot take every slot.
+    const fn max_connections_per_ip() -> usize {
+        1_000
+    }
+    /// 5 s: a phone on a poor network sends a request's header (under 1 KiB) well within it.
+    const fn header_read_timeout_ms() -> u64 {
+        5_000
     }
     /// Five times a frantic human's ~10 taps/s: only scripts hit it.
     const fn user_taps_per_s() -> u32 {
