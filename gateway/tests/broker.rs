@@ -647,3 +647,114 @@ async fn a_topic_whose_records_must_be_smaller_than_the_gateways_is_refused_at_s
          16777216 bytes (twice its flush threshold): raise max.message.bytes on the topic"
     );
 }
+
+/// A connection that sends a request's header one byte every 100 ms and never finishes it.
+/// `connected` counts it once it is connected.
+async fn slowloris(
+    addr: String,
+    connected: Arc<std::sync::atomic::AtomicUsize>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+    connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let header = b"POST /v1/streams/main/emojis HTTP/1.1\r\nhost: gateway\r\nx-slow: ";
+    for byte in header.iter().chain(std::iter::repeat(&b'a')) {
+        if stream.write_all(&[*byte]).await.is_err() {
+            return Ok(());
+        }
+        // Closed by the gateway: the read sees the end (or a reset) instead of timing out.
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await;
+        if let Ok(Ok(0) | Err(_)) = read {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn slowloris_connections_do_not_stop_another_clients_taps() {
+    // Every slot taken by a client sending its header byte by byte: the header-read timeout
+    // (2 s here) closes them, so another client waits at most that long in the backlog.
+    let kafka = Kafka::start("max_connections = 40\nheader_read_timeout_ms = 2000");
+    let gw = Gateway::start(kafka.config.clone()).await;
+    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let slow: Vec<_> = (0..40)
+        .map(|_| tokio::spawn(slowloris(gw.addr.clone(), Arc::clone(&connected))))
+        .collect();
+    // Connected before the other client: the kernel's accept queue is first come, first
+    // served, so the gateway gives them every slot first.
+    wait_until(
+        "40 slow connections open",
+        Duration::from_secs(30),
+        || async { connected.load(std::sync::atomic::Ordering::Relaxed) == 40 },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let r = http::post_json(
+        &gw.addr,
+        "/v1/streams/main/emojis",
+        r#"{"user_id":"honest","emoji":"🔥"}"#,
+    )
+    .await
+    .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(accepted(&r).accepted, 1);
+    // The 2 s timeout plus 8 s for a loaded 2-core machine; without the timeout the tap
+    // would wait as long as the slow clients keep going.
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    for t in slow {
+        // Each was closed by the gateway (none runs to the test's end by itself).
+        tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("the gateway closed the slow connection")
+            .unwrap()
+            .unwrap();
+    }
+    gw.stop().await;
+    assert_eq!(kafka.events().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_client_ip_past_its_connection_cap_is_answered_429_and_closed() {
+    use tokio::io::AsyncReadExt;
+    let kafka = Kafka::start("max_connections_per_ip = 3\nheader_read_timeout_ms = 60000");
+    let gw = Gateway::start(kafka.config.clone()).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(tokio::net::TcpStream::connect(&gw.addr).await.unwrap());
+    }
+    // The fourth from the same address is answered and closed at once.
+    let mut fourth = tokio::net::TcpStream::connect(&gw.addr).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), fourth.read_to_string(&mut answer))
+        .await
+        .expect("the gateway closes the connection")
+        .unwrap();
+    assert_eq!(
+        answer,
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+         content-length: 55\r\nretry-after: 1\r\nconnection: close\r\n\r\n\
+         {\"error\":\"too many open connections from this address\"}"
+    );
+    // Once one closes, the address may connect again.
+    drop(open.pop());
+    let r = wait_for(
+        "a tap after a slot freed",
+        Duration::from_secs(10),
+        || async {
+            http::post_json(
+                &gw.addr,
+                "/v1/streams/main/emojis",
+                r#"{"user_id":"capped","emoji":"🔥"}"#,
+            )
+            .await
+            .ok()
+            .filter(|r| r.status != 429)
+        },
+    )
+    .await;
+    assert_eq!(accepted(&r).accepted, 1);
+    drop(open);
+    gw.stop().await;
+}
