@@ -148,7 +148,7 @@ pub fn create(config: &Config, health: Arc<Health>) -> Result<Kafka, KafkaError>
         flush_ms: _,
         ack_mode: _,
         emoji_allow_list: _,
-        max_in_flight_events: _,
+        max_in_flight_bytes: _,
         request_timeout_ms: _,
         max_connections: _,
         max_connections_per_ip: _,

@@ -468,10 +468,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "metrics", content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Response {
     let s = &state.0;
-    let (in_flight_events, in_flight_budget) = s.batcher.in_flight();
+    let (in_flight_bytes, in_flight_budget) = s.batcher.in_flight();
     let gauges = Gauges {
         producer_queue_depth: s.batcher.producer_queue(),
-        in_flight_events,
+        in_flight_bytes,
         in_flight_budget,
         open_connections: s.max_connections - s.connections.available_permits(),
         broker_reachable: s.batcher.broker_reachable(),

@@ -459,8 +459,8 @@ async fn metrics_count_requests_and_rejections() {
         "emostream_gateway_emojis_accepted_total 0",
         "# TYPE emostream_gateway_producer_queue_depth gauge",
         "# TYPE emostream_gateway_open_connections gauge",
-        "emostream_gateway_in_flight_events 0",
-        "emostream_gateway_in_flight_budget_events 1000000",
+        "emostream_gateway_in_flight_bytes 0",
+        "emostream_gateway_in_flight_budget_bytes 134217728",
         "# TYPE emostream_gateway_broker_ack_seconds histogram",
         r#"emostream_gateway_broker_ack_seconds_bucket{le="+Inf"} 0"#,
     ] {

@@ -144,10 +144,11 @@ pub struct GatewayConfig {
     /// The only emojis accepted, when not empty; empty (the default) accepts any single emoji.
     #[serde(default)]
     pub emoji_allow_list: Vec<String>,
-    /// Events held at once between a request's arrival and the broker's acknowledgement (queued,
-    /// packed or sent). A request that does not fit is refused with 503 at once.
-    #[serde(default = "GatewayConfig::max_in_flight_events")]
-    pub max_in_flight_events: usize,
+    /// Bytes of encoded events held at once between a request's arrival and the broker's
+    /// acknowledgement (queued, packed or sent). A request that does not fit is refused with 503
+    /// at once.
+    #[serde(default = "GatewayConfig::max_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
     /// How long the producer may try to deliver a record before its requests get 503.
     #[serde(default = "GatewayConfig::delivery_timeout_ms")]
     pub delivery_timeout_ms: u64,
@@ -196,6 +197,10 @@ pub enum AckMode {
     FireAndForget,
 }
 
+/// The gateway's largest batch record (twice its 8 MiB flush threshold): a smaller in-flight
+/// budget could never hold one.
+pub const MIN_IN_FLIGHT_BYTES: usize = 16 << 20;
+
 impl GatewayConfig {
     /// 100 ms keeps the answer to a tap well inside the 2 s epoch (the seeds use 500 ms).
     const fn flush_ms() -> u64 {
@@ -205,9 +210,10 @@ impl GatewayConfig {
     const fn flush_max_events() -> usize {
         20_000
     }
-    /// About 100 MB of encoded events: a second of the 1 M taps/s target plus headroom.
-    const fn max_in_flight_events() -> usize {
-        1_000_000
+    /// 128 MiB: a second of the 1 M taps/s target at about 100 bytes an encoded event, plus
+    /// headroom.
+    const fn max_in_flight_bytes() -> usize {
+        128 << 20
     }
     /// 5 s: long enough to ride out a leader election, short enough for a client to retry.
     const fn delivery_timeout_ms() -> u64 {
@@ -465,8 +471,8 @@ impl Config {
             return bad("gateway.flush_max_events must be at least 1");
         }
         let g = &self.gateway;
-        if g.max_in_flight_events < g.flush_max_events {
-            return bad("gateway.max_in_flight_events must be at least gateway.flush_max_events");
+        if g.max_in_flight_bytes < MIN_IN_FLIGHT_BYTES {
+            return bad("gateway.max_in_flight_bytes must be at least 16 MiB (16777216), the largest batch record");
         }
         if g.request_timeout_ms == 0 {
             return bad("gateway.request_timeout_ms must be at least 1");

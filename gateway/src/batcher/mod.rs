@@ -10,9 +10,9 @@
 //! broker sees at most one record per partition per round trip. (A closed-loop client such as
 //! a phone waiting for its 202 would otherwise be held to one request per `flush_ms`.)
 //!
-//! Memory is bounded by the in-flight budget: a request takes one permit per event before it is
-//! queued and the permits travel with its events until the broker has answered for them, so
-//! neither the queue nor librdkafka can grow past `max_in_flight_events`.
+//! Memory is bounded by the in-flight budget: a request takes one permit per byte of its encoded
+//! events before they are queued, and the permits travel with them until the broker has answered
+//! for them, so neither the queue nor librdkafka can grow past `max_in_flight_bytes`.
 //!
 //! - `batches`: which batches are due when (group commit, event and byte caps), apart from I/O.
 //! - `packer`: the task that sends due batches and passes each answer back to its requests.
@@ -86,13 +86,6 @@ impl BatcherHandle {
                 reason: "broker unreachable, retry shortly",
             });
         }
-        let permit = u32::try_from(taps.len())
-            .ok()
-            .filter(|&n| n as usize <= self.budget_size)
-            .and_then(|n| Arc::clone(&self.budget).try_acquire_many_owned(n).ok())
-            .ok_or(GatewayError::Overloaded {
-                reason: "ingest budget full, retry shortly",
-            })?;
         let recv_ms = now_ms();
         let epoch = epoch_of(recv_ms, self.window_ms);
         let mut lines = Vec::with_capacity(taps.len() * (96 + stream.len()));
@@ -107,6 +100,15 @@ impl BatcherHandle {
             serde_json::to_writer(&mut lines, &event).expect("serializing to a Vec cannot fail");
             lines.push(b'\n');
         }
+        // The budget counts the bytes held until the broker answers, whatever the taps' count:
+        // a tap's encoded size varies several times over with its user id and timestamp.
+        let permit = u32::try_from(lines.len())
+            .ok()
+            .filter(|&n| n as usize <= self.budget_size)
+            .and_then(|n| Arc::clone(&self.budget).try_acquire_many_owned(n).ok())
+            .ok_or(GatewayError::Overloaded {
+                reason: "ingest budget full, retry shortly",
+            })?;
         let (ack, acked) = match self.mode {
             AckMode::Durable => {
                 let (tx, rx) = oneshot::channel();
@@ -169,7 +171,7 @@ impl BatcherHandle {
         self.producer.in_flight_count()
     }
 
-    /// (events holding budget now, the budget).
+    /// (bytes holding budget now, the budget).
     pub fn in_flight(&self) -> (usize, usize) {
         let used = self.budget_size - self.budget.available_permits();
         (used, self.budget_size)
@@ -232,7 +234,7 @@ impl Batcher {
         let producer = producer::create(config, Arc::clone(&health))?;
         let topic = config.kafka.events_topic.clone();
         let (tx, rx) = mpsc::channel(SUBMISSION_QUEUE);
-        let budget_size = config.gateway.max_in_flight_events;
+        let budget_size = config.gateway.max_in_flight_bytes;
         let handle = BatcherHandle {
             tx,
             budget: Arc::new(Semaphore::new(budget_size)),

@@ -322,3 +322,35 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
     drop(broker);
     drop(dir);
 }
+
+/// The budget counts bytes of encoded events, not events: with 150 bytes of it left, one tap of
+/// a 128-character user id (an encoded line of about 200 bytes) is refused at once, and one tap
+/// of a 1-character user id (about 70 bytes) is taken.
+#[tokio::test]
+async fn the_in_flight_budget_counts_bytes_not_events() {
+    let dir = Scratch::new("batcher-bytes");
+    let (_broker, config) = Broker::start(dir.path(), |address| minimal_config(address, ""));
+    let (_batcher, handle) = Batcher::start(&config, Arc::new(Metrics::default())).unwrap();
+    let tap = |user: String| Tap {
+        user_id: Cow::Owned(user),
+        emoji: "🔥",
+        ts: None,
+    };
+    let budget = config.gateway.max_in_flight_bytes;
+    assert_eq!(handle.in_flight(), (0, budget));
+    let held = Arc::clone(&handle.budget)
+        .try_acquire_many_owned((budget - 150) as u32)
+        .unwrap();
+    assert_eq!(
+        handle.submit("main", &[tap("x".repeat(128))]).await,
+        Err(GatewayError::Overloaded {
+            reason: "ingest budget full, retry shortly"
+        })
+    );
+    let accepted = handle.submit("main", &[tap("s".into())]).await.unwrap();
+    assert_eq!(accepted.accepted, 1);
+    // Answered, so its bytes are back: only the test's own hold remains.
+    assert_eq!(handle.in_flight(), (budget - 150, budget));
+    drop(held);
+    assert_eq!(handle.in_flight(), (0, budget));
+}
