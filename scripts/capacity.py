@@ -19,6 +19,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FRESH = ROOT / ".run" / "bench"
 COMMITTED = ROOT / "docs" / "capacity-inputs"
+SOURCES = []
 
 
 def read_inputs(name, fresh_dir):
@@ -34,7 +35,9 @@ def read_inputs(name, fresh_dir):
                 elif "=" in line:
                     key, value = line.split("=", 1)
                     figures[key.strip()] = value.strip()
-            return figures, f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} ({header})"
+            shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+            SOURCES.append(f"{shown}: {header}")
+            return figures, str(shown)
     sys.exit(f"no {name}.txt in {fresh_dir} or {COMMITTED}: run the benchmark first")
 
 
@@ -118,11 +121,14 @@ def main():
           f"{a.viewers:,.0f} concurrent viewers; machines of {cores} cores and {a.machine_gib:g} GiB, "
           f"cores planned {u:.0%} busy, {a.spare} spare per tier.\n")
     print("Measured per core (the tier's own CPU time):")
-    print(f"  gateway          {requests_per_core:>12,.0f} single-tap requests/s   ({ingest_src})")
+    print(f"  gateway          {requests_per_core:>12,.0f} single-tap requests/s")
     print(f"  gateway, batches {batch_taps_per_core:>12,.0f} taps/s landed")
-    print(f"  dataflow         {taps_per_dataflow_core:>12,.0f} taps/s ({n} processes)    ({dataflow_src})")
-    print(f"  subscriber       {viewers_per_core:>12,.0f} viewers within the p99 limit, {kib_per_viewer:.1f} KiB each "
-          f"({fanout_src})\n")
+    print(f"  dataflow         {taps_per_dataflow_core:>12,.0f} taps/s ({n} processes)")
+    print(f"  subscriber       {viewers_per_core:>12,.0f} viewers within the p99 limit, {kib_per_viewer:.1f} KiB each")
+    print("from:")
+    for source in SOURCES:
+        print(f"  {source}")
+    print()
     print(f"| tier | load at the peak | cores at {u:.0%} busy | machines |")
     print("|---|---|---|---|")
     print(f"| gateway | {requests_per_s:,.0f} requests/s | {gateway_cores:,.0f} | "
