@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Ingest benchmark (not a test): in one run on this machine
 #   1. POST /send_emoji from 1,000 concurrent wrk connections against the gateway (release build,
-#      default durable mode: every 202 waits for acks=all on the development broker), and the same
-#      load (same wrk script, same bodies) against an nginx `return 202` endpoint: both rates and
+#      default durable mode: every 200 waits for acks=all on the development broker), and the same
+#      load (same wrk script, same bodies) against an nginx `return 200` endpoint: both rates and
 #      their ratio;
 #   2. POST /v1/streams/{stream}/emojis with 10,000-emoji batches: emojis per second *landed in
 #      Kafka*, counted by reading the topic back (not from the replies), against the broker's own
@@ -106,7 +106,7 @@ http {
     listen 127.0.0.1:$nginx_port reuseport;
     location / {
       default_type application/json;
-      return 202 '{"accepted":1,"epoch":0}';
+      return 200 '{"status":"accepted","accepted":1,"epoch":0}';
     }
   }
 }
@@ -210,7 +210,7 @@ run_wrk() { # url script connections [profile-name]
 }
 rate() { awk -v r="$1" -v d="$2" -v bad="$3" 'BEGIN { printf "%.0f", (r - bad) / (d / 1e6) }'; }
 
-say "nginx return 202: $CONNECTIONS connections, $DURATION"
+say "nginx return 200: $CONNECTIONS connections, $DURATION"
 read -r n_req n_dur n_bad n_err n_p50 n_p99 < <(run_wrk "http://127.0.0.1:$nginx_port/send_emoji" "$work/single.lua" "$CONNECTIONS")
 say "gateway POST /send_emoji (durable): $CONNECTIONS connections, $DURATION"
 read -r g_req g_dur g_bad g_err g_p50 g_p99 < <(run_wrk "http://127.0.0.1:$gateway_port/send_emoji" "$work/single.lua" "$CONNECTIONS" single)
@@ -237,7 +237,7 @@ acked_batches=$((b_req - b_bad))
 cat <<REPORT
 
 == ingest benchmark ($(nproc) cores, $DURATION per run, wrk -t$THREADS; broker Nisshi 0.8.1, storage $storage) ==
-nginx return 202         : $nginx_rate req/s  (${n_req} requests, non-2xx $n_bad, socket errors $n_err, p50 ${n_p50} us, p99 ${n_p99} us)
+nginx return 200         : $nginx_rate req/s  (${n_req} requests, non-2xx $n_bad, socket errors $n_err, p50 ${n_p50} us, p99 ${n_p99} us)
 gateway /send_emoji      : $gateway_rate req/s  (${g_req} requests, non-2xx $g_bad, socket errors $g_err, p50 ${g_p50} us, p99 ${g_p99} us)
 ratio gateway / nginx    : $(awk -v g="$gateway_rate" -v n="$nginx_rate" 'BEGIN { printf "%.2f", g / n }')
 batch route, landed      : $landed_rate emojis/s in Kafka  ($landed emojis in $records records over $(( last_ms - first_ms + 100 )) ms of receive time; $acked_batches batches of 10,000 answered 202, non-2xx $b_bad, socket errors $b_err, p50 ${b_p50} us, p99 ${b_p99} us)

@@ -81,7 +81,17 @@ pub async fn send(gateway: &str, request: &Request, truth: &Mutex<Truth>) {
     let response = http::post_json(gateway, &request.path, &request.body)
         .await
         .expect("the gateway answers");
-    assert_eq!(response.status, 202, "{}: {}", request.path, response.body);
+    // The seeds' route answers 200 (their clients take nothing else), the batch route 202.
+    let expected = if request.path == "/send_emoji" {
+        200
+    } else {
+        202
+    };
+    assert_eq!(
+        response.status, expected,
+        "{}: {}",
+        request.path, response.body
+    );
     let accepted: Accepted = response.json();
     assert_eq!(accepted.accepted, request.emojis.len() as u64);
     let mut truth = truth.lock().expect("truth lock");

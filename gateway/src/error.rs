@@ -6,22 +6,43 @@ use emostream_protocol::wire::ErrorBody;
 /// Why the gateway cannot start, or is not ready: each names the setting or the resource.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("gateway.emoji_allow_list: {0:?} is not exactly one emoji")]
+    #[error("gateway.emoji_allow_list: {0:?} is not one emoji of Unicode's RGI list")]
     AllowList(String),
+    #[error("gateway.cors_origins: {0:?} is not an origin")]
+    CorsOrigin(String),
     #[error("creating the Kafka producer: {0}")]
     Producer(#[source] rdkafka::error::KafkaError),
     #[error("broker unreachable: {0}")]
     BrokerUnreachable(#[source] rdkafka::error::KafkaError),
     #[error("topic {0} is missing")]
     TopicMissing(String),
+    #[error("topic {topic} has {found} partitions, kafka.events_partitions says {expected}")]
+    Partitions {
+        topic: String,
+        found: usize,
+        expected: u32,
+    },
+    #[error(
+        "topic {topic} has max.message.bytes = {found}, the gateway's records reach {needed} \
+         bytes (twice its flush threshold): raise max.message.bytes on the topic"
+    )]
+    RecordLimit {
+        topic: String,
+        found: u64,
+        needed: usize,
+    },
+    #[error("the Kafka producer failed for good, exiting to be restarted: {0}")]
+    Fatal(String),
     #[error("the readiness check did not finish: {0}")]
     Check(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
-/// Every way the gateway refuses a request. A refused request has counted nothing (except a
-/// timed-out one, whose events may still land: a non-2xx promises nothing either way).
+/// Every way the gateway refuses a request. A refused request has counted nothing, except a
+/// `BrokerUnavailable` after its record was sent: the broker may have written it without
+/// answering (a non-2xx promises nothing either way). A 408 is only ever sent before the taps
+/// reach the producer, so it never hides taps that may land.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
     /// The body is not the JSON (or NDJSON) it claims to be.
@@ -44,7 +65,10 @@ pub enum GatewayError {
     Overloaded { reason: &'static str },
     /// The broker cannot be reached or did not acknowledge: nothing was counted.
     BrokerUnavailable { reason: &'static str },
-    /// The request did not finish within `request_timeout_ms`.
+    /// The broker refused the record holding these taps for good (too large, invalid): a
+    /// retry cannot pass, and nothing was counted.
+    RecordRefused { reason: &'static str },
+    /// The body was not read within `request_timeout_ms` (nothing reached the producer).
     Timeout { after_ms: u64 },
     /// No route has this path.
     NotFound,
@@ -75,6 +99,7 @@ impl GatewayError {
             GatewayError::Overloaded { .. } | GatewayError::BrokerUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            GatewayError::RecordRefused { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -92,6 +117,7 @@ impl GatewayError {
             GatewayError::RateLimited { field: None, .. } => "rate_limited_ip",
             GatewayError::Overloaded { .. } => "overloaded",
             GatewayError::BrokerUnavailable { .. } => "broker_unavailable",
+            GatewayError::RecordRefused { .. } => "record_refused",
             GatewayError::Timeout { .. } => "timeout",
             GatewayError::NotFound => "not_found",
             GatewayError::MethodNotAllowed => "method_not_allowed",
@@ -100,7 +126,7 @@ impl GatewayError {
 }
 
 /// Every rejection reason, so `/metrics` can show each one from the start (at zero).
-pub const REASONS: [&str; 11] = [
+pub const REASONS: [&str; 12] = [
     "malformed",
     "too_large",
     "unsupported_media_type",
@@ -109,6 +135,7 @@ pub const REASONS: [&str; 11] = [
     "rate_limited_ip",
     "overloaded",
     "broker_unavailable",
+    "record_refused",
     "timeout",
     "not_found",
     "method_not_allowed",
@@ -148,14 +175,14 @@ impl IntoResponse for GatewayError {
                 },
                 field,
             },
-            GatewayError::Overloaded { reason } | GatewayError::BrokerUnavailable { reason } => {
-                ErrorBody {
-                    error: reason.into(),
-                    field: None,
-                }
-            }
+            GatewayError::Overloaded { reason }
+            | GatewayError::BrokerUnavailable { reason }
+            | GatewayError::RecordRefused { reason } => ErrorBody {
+                error: reason.into(),
+                field: None,
+            },
             GatewayError::Timeout { after_ms } => ErrorBody {
-                error: format!("request not finished within {after_ms} ms"),
+                error: format!("request body not read within {after_ms} ms"),
                 field: None,
             },
             GatewayError::NotFound => ErrorBody {

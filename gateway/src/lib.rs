@@ -23,21 +23,31 @@ pub mod parse;
 mod producer;
 mod routes;
 
-pub use batcher::{Batcher, BatcherHandle};
+pub use batcher::{Batcher, BatcherHandle, ProducerHealth};
 pub use error::{GatewayError, StartError};
 pub use listener::ClientAddr;
 pub use metrics::Metrics;
 pub use routes::{app, AppState};
 
+use axum::extract::ConnectInfo;
+use axum::http::Request;
 use emostream_protocol::Config;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use listener::CappedListener;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 /// Serves the gateway on `listener` until `shutdown` resolves: then it stops accepting, lets
 /// in-flight requests finish (each still waits for its broker acknowledgement), flushes every
-/// open batch and waits for the broker's answers before returning.
+/// open batch and waits for the broker's answers before returning. A fatal producer error
+/// starts the same drain and then returns [`StartError::Fatal`], so the process exits non-zero
+/// and its supervisor restarts it.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -46,15 +56,106 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let (batcher, handle) =
         Batcher::start(&config, Arc::clone(&metrics)).map_err(StartError::Producer)?;
+    serve(config, listener, shutdown, (batcher, handle), metrics).await
+}
+
+/// [`run`] with a batcher already started (a test keeps a handle to it).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    (batcher, handle): (Batcher, BatcherHandle),
+    metrics: Arc<Metrics>,
+) -> Result<(), StartError> {
+    // A topic with another partition count than configured is refused at start: serving would
+    // mean 503s (or idle partitions) until someone reads the logs. A broker that is not up yet
+    // or a topic not created yet is not an error here: `/readyz` says so until they are.
+    if let Err(e @ StartError::Partitions { .. }) = handle.ready().await {
+        batcher.abort();
+        return Err(e);
+    }
+    // The same for a topic whose records must be smaller than the gateway's largest: they
+    // would be refused (500) under load only. A broker that does not answer DescribeConfigs
+    // cannot be checked: a warning, not a refusal. (Nisshi 0.8.1 answers with the settings
+    // a topic was created with only, so a topic without this one is a warning.)
+    match producer::check_record_limit(&config).await {
+        Ok(producer::RecordLimit::Enough) => {}
+        Ok(producer::RecordLimit::Unknown(why)) => tracing::warn!(
+            topic = %config.kafka.events_topic,
+            why,
+            "could not read the topic's max.message.bytes; records reach {} bytes",
+            producer::MAX_RECORD_BYTES
+        ),
+        Err(e) => {
+            batcher.abort();
+            return Err(e);
+        }
+    }
+    let health = handle.health();
+    let failed = health.clone().failed();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = failed => {}
+        }
+    };
     let state = AppState::new(&config, handle, metrics)?;
-    let listener = CappedListener::new(listener, state.connections());
-    axum::serve(
+    let listener = CappedListener::new(
         listener,
-        app(state).into_make_service_with_connect_info::<ClientAddr>(),
+        state.connections(),
+        config.gateway.max_connections_per_ip,
+    );
+    serve_connections(
+        listener,
+        app(state),
+        Duration::from_millis(config.gateway.header_read_timeout_ms),
+        stop,
     )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    .await;
     // Every handler has returned, so every sender clone is gone: the batcher drains and stops.
     batcher.finish().await;
-    Ok(())
+    match health.fatal() {
+        Some(reason) => Err(StartError::Fatal(reason)),
+        None => Ok(()),
+    }
+}
+
+/// The accept loop: HTTP/1.1 only (one request at a time per connection, so a connection costs
+/// at most one request's memory; HTTP/2 would multiplex many), and a deadline on each request's
+/// header. On `stop` it stops accepting, closes idle connections and waits for every request
+/// in progress to be answered.
+async fn serve_connections(
+    mut listener: CappedListener,
+    router: axum::Router,
+    header_read_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    tokio::pin!(stop);
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(ClientAddr(addr)));
+            router.clone().oneshot(request)
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // A client that vanished or timed out: nothing to answer.
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }

@@ -87,6 +87,27 @@ impl<K: Hash + Eq> RateLimiter<K> {
         }
     }
 
+    /// Returns `n` tokens taken from `key` for a request that was refused after all, so a
+    /// refusal costs the user nothing (never above the burst; a swept bucket is full anyway).
+    pub fn give_back<Q>(&self, key: &Q, n: u32)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        let mut shard = shard
+            .lock()
+            .expect("a rate-limit shard lock is never poisoned");
+        if let Some(b) = shard.buckets.get_mut(key) {
+            b.tokens = (b.tokens + f64::from(n)).min(self.burst);
+        }
+    }
+
+    /// The bucket's size: more than this in one request can never pass.
+    pub fn burst(&self) -> u32 {
+        self.burst as u32
+    }
+
     /// Keys currently tracked (for `/metrics`).
     pub fn tracked(&self) -> usize {
         self.shards
@@ -139,6 +160,24 @@ mod tests {
         let later = t0 + Duration::from_secs(3600);
         assert_eq!(limiter.take("u", 3, later), Ok(()));
         assert!(limiter.take("u", 1, later).is_err());
+    }
+
+    #[test]
+    fn tokens_given_back_are_there_again() {
+        let limiter: RateLimiter<String> = RateLimiter::new(1, 3);
+        let t0 = Instant::now();
+        assert_eq!(limiter.take("u", 3, t0), Ok(()));
+        assert!(limiter.take("u", 1, t0).is_err());
+        limiter.give_back("u", 2);
+        assert_eq!(limiter.take("u", 2, t0), Ok(()));
+        assert!(limiter.take("u", 1, t0).is_err());
+        // Never above the burst; an unknown key has a full bucket already.
+        limiter.give_back("u", 10);
+        limiter.give_back("v", 10);
+        assert_eq!(limiter.take("u", 3, t0), Ok(()));
+        assert!(limiter.take("u", 1, t0).is_err());
+        assert_eq!(limiter.tracked(), 1);
+        assert_eq!(limiter.burst(), 3);
     }
 
     #[test]

@@ -1,53 +1,75 @@
-//! The connection cap: a listener that accepts only while it holds a permit, as mini-redis's
-//! server does. A connection keeps its permit until it closes, so at the cap new clients wait
-//! in the kernel's listen backlog instead of costing the process a file descriptor and memory.
+//! The connection caps: a listener that accepts only while it holds a permit, as mini-redis's
+//! server does, and at most `max_connections_per_ip` connections of one client IP. A connection
+//! keeps its permit until it closes, so at the cap new clients wait in the kernel's listen
+//! backlog instead of costing the process a file descriptor and memory; a client IP over its own
+//! cap is answered 429 and closed at once, so one address cannot take every slot.
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// The answer written to a connection refused at accept, before closing it: the refusal shape
+/// of every route. Written without waiting (it fits any socket buffer), so a client that does
+/// not read cannot stall the accept loop.
+const PER_IP_REFUSAL: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
+content-type: application/json\r\ncontent-length: 55\r\nretry-after: 1\r\nconnection: close\r\n\r\n\
+{\"error\":\"too many open connections from this address\"}";
+
 pub struct CappedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max_per_ip: usize,
 }
 
 impl CappedListener {
-    pub fn new(inner: TcpListener, permits: Arc<Semaphore>) -> Self {
-        CappedListener { inner, permits }
+    pub fn new(inner: TcpListener, permits: Arc<Semaphore>, max_per_ip: usize) -> Self {
+        CappedListener {
+            inner,
+            permits,
+            per_ip: Arc::default(),
+            max_per_ip,
+        }
     }
-}
 
-impl Listener for CappedListener {
-    type Io = CappedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (CappedStream, SocketAddr) {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .expect("the connection semaphore is never closed");
-        // TcpListener's own accept logs and retries errors such as EMFILE.
-        let (stream, addr) = Listener::accept(&mut self.inner).await;
-        // Answers are small and written whole; Nagle would only delay them.
-        let _ = stream.set_nodelay(true);
-        (
-            CappedStream {
+    pub async fn accept(&mut self) -> (CappedStream, SocketAddr) {
+        loop {
+            let permit = Arc::clone(&self.permits)
+                .acquire_owned()
+                .await
+                .expect("the connection semaphore is never closed");
+            // TcpListener's own accept logs and retries errors such as EMFILE.
+            let (stream, addr) = Listener::accept(&mut self.inner).await;
+            let ip = addr.ip();
+            {
+                let mut per_ip = self.per_ip.lock().expect("never poisoned");
+                let open = per_ip.entry(ip).or_default();
+                if *open >= self.max_per_ip {
+                    drop(per_ip);
+                    let _ = stream.try_write(PER_IP_REFUSAL);
+                    continue;
+                }
+                *open += 1;
+            }
+            // Answers are small and written whole; Nagle would only delay them.
+            let _ = stream.set_nodelay(true);
+            let stream = CappedStream {
                 stream,
                 _permit: permit,
-            },
-            addr,
-        )
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+                _ip: IpSlot {
+                    ip,
+                    per_ip: Arc::clone(&self.per_ip),
+                },
+            };
+            return (stream, addr);
+        }
     }
 }
 
@@ -55,9 +77,22 @@ impl Listener for CappedListener {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
-impl Connected<IncomingStream<'_, CappedListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, CappedListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
+/// One connection counted against its IP's cap until it closes.
+struct IpSlot {
+    ip: IpAddr,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.per_ip.lock().expect("never poisoned");
+        if let Some(open) = per_ip.get_mut(&self.ip) {
+            *open -= 1;
+            // Forgotten at zero, so the map holds only addresses with a connection open.
+            if *open == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -65,6 +100,7 @@ impl Connected<IncomingStream<'_, CappedListener>> for ClientAddr {
 pub struct CappedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    _ip: IpSlot,
 }
 
 impl AsyncRead for CappedStream {

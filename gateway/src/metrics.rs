@@ -80,11 +80,11 @@ const GAUGES: [(&str, &str); 7] = [
         "The Kafka producer's out-queue: records not yet acknowledged plus protocol requests",
     ),
     (
-        "in_flight_events",
-        "Events between arrival and the broker's acknowledgement",
+        "in_flight_bytes",
+        "Bytes of encoded events between arrival and the broker's acknowledgement",
     ),
     (
-        "in_flight_budget_events",
+        "in_flight_budget_bytes",
         "The in-flight budget; a request that does not fit gets 503",
     ),
     ("open_connections", "Client connections open now"),
@@ -163,7 +163,7 @@ pub struct Gauges {
     /// librdkafka's out-queue: records not yet acknowledged, plus its own protocol requests.
     pub producer_queue_depth: i32,
     /// Events holding a share of the in-flight budget, and the budget itself.
-    pub in_flight_events: usize,
+    pub in_flight_bytes: usize,
     pub in_flight_budget: usize,
     pub open_connections: usize,
     pub broker_reachable: bool,
@@ -176,7 +176,7 @@ impl Gauges {
         let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         [
             i64::from(self.producer_queue_depth),
-            n(self.in_flight_events),
+            n(self.in_flight_bytes),
             n(self.in_flight_budget),
             n(self.open_connections),
             i64::from(self.broker_reachable),

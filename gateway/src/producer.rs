@@ -13,7 +13,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -22,21 +22,90 @@ use tokio::task::JoinHandle;
 /// stay well under the broker's message size limit.
 pub const FLUSH_BYTES: usize = 8 * 1024 * 1024;
 
+/// The largest record the gateway builds: a batch is flushed once it passes FLUSH_BYTES, and
+/// the request that pushed it past adds the lines of a 1 MiB body (under 5 MiB), so twice the
+/// threshold always fits.
+pub const MAX_RECORD_BYTES: usize = 2 * FLUSH_BYTES;
+
 /// How often a down broker is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// How often a reachable broker is probed, so that `/readyz` answers from a state at most this
+/// old instead of costing the broker a metadata request per call.
+const READY_EVERY: Duration = Duration::from_secs(1);
 
 pub type Kafka = FutureProducer<HealthContext>;
 
-/// Whether the broker is believed reachable. Starts optimistic: the first failure flips it.
-#[derive(Default)]
+/// Whether the broker is believed reachable (starts optimistic: the first failure flips it),
+/// the probe's last readiness verdict, and whether the producer failed for good.
 pub struct Health {
     down: AtomicBool,
     went_down: Notify,
+    /// Another client error: the probe checks at once whether it was fatal.
+    wake: Notify,
+    /// None when ready, else why not; written by the probe, read by `/readyz`.
+    not_ready: Mutex<Option<String>>,
+    /// librdkafka's fatal error: the producer cannot send again (e.g. the idempotent producer
+    /// fenced or out of sequence for good), so the gateway exits for its supervisor to restart it.
+    fatal: OnceLock<String>,
+    failed: Notify,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            down: AtomicBool::new(false),
+            went_down: Notify::new(),
+            wake: Notify::new(),
+            not_ready: Mutex::new(Some("the broker has not been probed yet".into())),
+            fatal: OnceLock::new(),
+            failed: Notify::new(),
+        }
+    }
 }
 
 impl Health {
     pub fn reachable(&self) -> bool {
-        !self.down.load(Ordering::Relaxed)
+        !self.down.load(Ordering::Relaxed) && self.fatal.get().is_none()
+    }
+
+    /// The last probe's verdict (None: ready), or the fatal error.
+    pub fn not_ready(&self) -> Option<String> {
+        if let Some(reason) = self.fatal.get() {
+            return Some(format!(
+                "the Kafka producer failed for good ({reason}); the gateway is exiting to be restarted"
+            ));
+        }
+        if self.down.load(Ordering::Relaxed) {
+            return Some("broker unreachable".into());
+        }
+        self.not_ready.lock().expect("never poisoned").clone()
+    }
+
+    pub fn set_ready(&self, not_ready: Option<String>) {
+        *self.not_ready.lock().expect("never poisoned") = not_ready;
+    }
+
+    /// Records librdkafka's fatal error (the first one: later ones follow from it).
+    pub fn set_fatal(&self, reason: &str) {
+        if self.fatal.set(reason.to_string()).is_ok() {
+            tracing::error!(
+                reason,
+                "the Kafka producer failed for good: draining, then exiting"
+            );
+            self.down.store(true, Ordering::Relaxed);
+            self.failed.notify_one();
+        }
+    }
+
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.get().map(String::as_str)
+    }
+
+    /// Resolves once the producer has failed for good.
+    pub async fn failed(&self) {
+        while self.fatal.get().is_none() {
+            self.failed.notified().await;
+        }
     }
 
     pub fn set_down(&self) {
@@ -47,7 +116,7 @@ impl Health {
     }
 
     fn set_up(&self) {
-        if self.down.swap(false, Ordering::Relaxed) {
+        if self.fatal.get().is_none() && self.down.swap(false, Ordering::Relaxed) {
             tracing::info!("broker reachable again");
         }
     }
@@ -60,8 +129,11 @@ pub struct HealthContext {
 
 impl ClientContext for HealthContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.health.set_down();
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => self.health.set_down(),
+            // A fatal error arrives here with its underlying code (the event's fatal flag is
+            // not passed on), so the probe asks the client whether it is fatal.
+            _ => self.health.wake.notify_one(),
         }
         tracing::warn!(%error, reason, "kafka client error");
     }
@@ -76,9 +148,12 @@ pub fn create(config: &Config, health: Arc<Health>) -> Result<Kafka, KafkaError>
         flush_ms: _,
         ack_mode: _,
         emoji_allow_list: _,
-        max_in_flight_events: _,
+        max_in_flight_bytes: _,
         request_timeout_ms: _,
         max_connections: _,
+        max_connections_per_ip: _,
+        header_read_timeout_ms: _,
+        cors_origins: _,
         user_taps_per_s: _,
         user_burst_taps: _,
         ip_requests_per_s: _,
@@ -86,32 +161,99 @@ pub fn create(config: &Config, health: Arc<Health>) -> Result<Kafka, KafkaError>
     } = &config.gateway;
     ClientConfig::from_iter(config.kafka.client_settings(ClientRole::BatchProducer {
         delivery_timeout_ms: *delivery_timeout_ms,
-        // A record is flushed once it passes FLUSH_BYTES; the request that pushed it past can
-        // add the lines of a 1 MiB body (under 5 MiB), so twice that is always enough.
-        max_message_bytes: 2 * FLUSH_BYTES,
+        max_message_bytes: MAX_RECORD_BYTES,
     }))
     .create_with_context(HealthContext { health })
 }
 
-/// Watches a down broker until it answers a metadata request for the events topic again.
-pub fn spawn_probe(producer: Kafka, topic: String, health: Arc<Health>) -> JoinHandle<()> {
+/// What a failed record means for its requests and for everyone else's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The broker is away or slow (timed out, transport, leader moving): the requests get 503
+    /// with `Retry-After`, and the gateway refuses new taps at once until the probe sees the
+    /// broker again.
+    Retriable,
+    /// The broker refuses this record itself (too large, corrupt, not authorised): a retry
+    /// fails the same way, so its requests get 500 with the reason, and every other request goes
+    /// on as before: the broker is not marked down.
+    Permanent(&'static str),
+    /// The producer itself failed for good (librdkafka's fatal error): no record can be sent
+    /// again, so the requests get 503 and the gateway drains and exits to be restarted.
+    Fatal,
+}
+
+/// Tells a record's delivery error apart by its code.
+pub fn classify(error: &KafkaError) -> Failure {
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(C::Fatal) => Failure::Fatal,
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
+            Failure::Permanent("the broker refused the record as too large")
+        }
+        Some(C::InvalidMessage | C::InvalidRecord | C::BadMessage) => {
+            Failure::Permanent("the broker refused the record as invalid")
+        }
+        Some(C::TopicAuthorizationFailed) => {
+            Failure::Permanent("the gateway may not write to the events topic")
+        }
+        _ => Failure::Retriable,
+    }
+}
+
+/// Probes the broker and the events topic: every [`READY_EVERY`] (at once when a client error
+/// is seen) while the broker is reachable, every [`PROBE_EVERY`] while it is down. Each verdict
+/// is kept for `/readyz`. Stops once the producer has failed for good.
+pub fn spawn_probe(
+    producer: Kafka,
+    topic: String,
+    partitions: u32,
+    health: Arc<Health>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            if health.reachable() {
-                health.went_down.notified().await;
-                continue;
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                health.set_fatal(&format!("{code:?}: {reason}"));
+                return;
             }
-            tokio::time::sleep(PROBE_EVERY).await;
-            if topic_ready(&producer, &topic).await.is_ok() {
-                health.set_up();
+            match topic_ready(&producer, &topic, partitions).await {
+                Ok(()) => {
+                    health.set_up();
+                    health.set_ready(None);
+                }
+                Err(e) => health.set_ready(Some(e.to_string())),
+            }
+            let wait = if health.reachable() {
+                READY_EVERY
+            } else {
+                PROBE_EVERY
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = health.went_down.notified() => {}
+                () = health.wake.notified() => {}
             }
         }
     })
 }
 
-/// The broker answers and the topic exists with partitions. The metadata call blocks, so it
-/// runs on the blocking pool.
-pub async fn topic_ready(producer: &Kafka, topic: &str) -> Result<(), StartError> {
+/// Raises librdkafka's own fatal error on `producer`, as its idempotent producer does when
+/// fenced: the test hook librdkafka provides, since a broker cannot be made to cause one.
+pub fn raise_fatal(producer: &Kafka, reason: &str) {
+    let reason = std::ffi::CString::new(reason).expect("no NUL in a test reason");
+    // SAFETY: the client pointer is alive while `producer` is; the reason is copied.
+    unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            producer.client().native_ptr(),
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            reason.as_ptr(),
+        );
+    }
+}
+
+/// The broker answers and the topic exists with `partitions` partitions (taps are routed over
+/// `events_partitions`, so any other count would leave partitions idle or taps unroutable).
+/// The metadata call blocks, so it runs on the blocking pool.
+pub async fn topic_ready(producer: &Kafka, topic: &str, partitions: u32) -> Result<(), StartError> {
     let (producer, topic) = (producer.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || {
         let metadata = producer
@@ -119,9 +261,106 @@ pub async fn topic_ready(producer: &Kafka, topic: &str) -> Result<(), StartError
             .fetch_metadata(Some(&topic), Duration::from_secs(1))
             .map_err(StartError::BrokerUnreachable)?;
         match metadata.topics().first() {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                let found = t.partitions().len();
+                if found == partitions as usize {
+                    Ok(())
+                } else {
+                    Err(StartError::Partitions {
+                        topic,
+                        found,
+                        expected: partitions,
+                    })
+                }
+            }
             _ => Err(StartError::TopicMissing(topic)),
         }
     })
     .await?
+}
+
+/// What the events topic's `max.message.bytes` says about the gateway's largest record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RecordLimit {
+    /// At least [`MAX_RECORD_BYTES`].
+    Enough,
+    /// The broker did not say (no DescribeConfigs, or no such entry): why, for a warning.
+    Unknown(String),
+}
+
+/// Asks the broker for the events topic's `max.message.bytes` (DescribeConfigs): a topic that
+/// would refuse the gateway's larger records is an error at start instead of 500s under load.
+pub async fn check_record_limit(config: &Config) -> Result<RecordLimit, StartError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    const SETTING: &str = "max.message.bytes";
+    let topic = &config.kafka.events_topic;
+    // The same connection settings as the epoch producer (TLS, SASL and the pass-through).
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::from_iter(config.kafka.client_settings(ClientRole::EpochProducer))
+            .create()
+            .map_err(StartError::Producer)?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let answer = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+        .await;
+    let resource = match answer.as_deref() {
+        Ok([Ok(resource)]) => resource,
+        Ok([Err(code)]) => return Ok(RecordLimit::Unknown(format!("{code:?}"))),
+        Ok(other) => return Ok(RecordLimit::Unknown(format!("{} answers", other.len()))),
+        Err(e) => return Ok(RecordLimit::Unknown(e.to_string())),
+    };
+    let Some(value) = resource.get(SETTING).and_then(|e| e.value.as_deref()) else {
+        return Ok(RecordLimit::Unknown(format!("no {SETTING} entry")));
+    };
+    match value.parse::<u64>() {
+        Ok(found) if found >= MAX_RECORD_BYTES as u64 => Ok(RecordLimit::Enough),
+        Ok(found) => Err(StartError::RecordLimit {
+            topic: topic.clone(),
+            found,
+            needed: MAX_RECORD_BYTES,
+        }),
+        Err(_) => Ok(RecordLimit::Unknown(format!("{SETTING} = {value:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_record_the_broker_refuses_for_good_is_permanent() {
+        use RDKafkaErrorCode as C;
+        let cases = [
+            (
+                C::MessageSizeTooLarge,
+                Failure::Permanent("the broker refused the record as too large"),
+            ),
+            (
+                C::MessageBatchTooLarge,
+                Failure::Permanent("the broker refused the record as too large"),
+            ),
+            (
+                C::InvalidRecord,
+                Failure::Permanent("the broker refused the record as invalid"),
+            ),
+            (
+                C::TopicAuthorizationFailed,
+                Failure::Permanent("the gateway may not write to the events topic"),
+            ),
+            (C::Fatal, Failure::Fatal),
+            (C::MessageTimedOut, Failure::Retriable),
+            (C::AllBrokersDown, Failure::Retriable),
+            (C::NotEnoughReplicas, Failure::Retriable),
+            (C::NotLeaderForPartition, Failure::Retriable),
+            (C::QueueFull, Failure::Retriable),
+        ];
+        for (code, failure) in cases {
+            assert_eq!(
+                classify(&KafkaError::MessageProduction(code)),
+                failure,
+                "{code:?}"
+            );
+        }
+    }
 }

@@ -11,19 +11,21 @@ use crate::metrics::{Gauges, Metrics};
 use crate::parse::{self, BodyFormat, Rules, Tap};
 use crate::{GatewayError, StartError};
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Extension, FromRequestParts, MatchedPath, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Json, Router};
-use emostream_protocol::wire::{Accepted, EmojiIn, ErrorBody, SendEmoji};
+use emostream_protocol::wire::{Accepted, EmojiIn, ErrorBody, SeedAccepted, SendEmoji};
 use emostream_protocol::Config;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::{IntoResponses, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -66,22 +68,28 @@ enum Refused {
     /// Malformed JSON or NDJSON.
     #[response(status = 400)]
     Malformed(ErrorBody),
-    /// The request took longer than `request_timeout_ms`.
+    /// The body was not read within `request_timeout_ms`; nothing was handed to the producer.
     #[response(status = 408)]
     Timeout(ErrorBody),
-    /// The body is larger than the route allows (4 KiB single, 1 MiB batch).
+    /// The body is larger than the route allows (4 KiB single, 1 MiB batch); at once when its
+    /// `Content-Length` says so.
     #[response(status = 413)]
     TooLarge(ErrorBody),
     /// Neither `application/json` nor `application/x-ndjson`.
     #[response(status = 415)]
     UnsupportedMediaType(ErrorBody),
-    /// A field is missing or invalid; `field` names it (`items[i].field` in a batch).
+    /// A field is missing or invalid, or one user has more taps in the request than the per-user
+    /// burst; `field` names it (`items[i].field` in a batch).
     #[response(status = 422)]
     Invalid(ErrorBody),
     /// Past a per-user or per-IP rate limit.
     #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
     RateLimited(ErrorBody),
-    /// The in-flight budget is full or the broker is unreachable: nothing was counted.
+    /// The broker refused the record holding the taps for good (too large, invalid): a retry
+    /// cannot pass; nothing was counted.
+    #[response(status = 500)]
+    PermanentFailure(ErrorBody),
+    /// The in-flight budget is full or the broker is unreachable or did not acknowledge.
     #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
     Unavailable(ErrorBody),
 }
@@ -101,6 +109,8 @@ struct Inner {
     max_connections: usize,
     /// `GET /`: links to the viewer page on each subscriber of the configured topology.
     home: String,
+    /// The origins a browser may post taps from.
+    cors_origins: Vec<HeaderValue>,
 }
 
 impl AppState {
@@ -121,6 +131,7 @@ impl AppState {
             connections: Arc::new(Semaphore::new(g.max_connections)),
             max_connections: g.max_connections,
             home: home_page(config),
+            cors_origins: cors_origins(config)?,
         })))
     }
 
@@ -140,27 +151,61 @@ impl AppState {
             })
     }
 
-    /// Charges each tap to its user's bucket, then hands the request to the batcher.
+    /// Charges each tap to its user's bucket, then hands the request to the batcher. A request
+    /// with more taps of one user than the bucket holds is 422, not 429: no wait would let it
+    /// pass. Tokens taken for a request refused later are given back.
     async fn ingest(
         &self,
         stream: &str,
         taps: &[Tap<'_>],
         indexed: bool,
     ) -> Result<Ingested, GatewayError> {
+        let users = &self.0.users;
+        let field = |i: usize| {
+            if indexed {
+                format!("items[{i}].user_id")
+            } else {
+                "user_id".into()
+            }
+        };
+        let burst = users.burst();
+        if taps.len() > burst as usize {
+            let mut per_user: HashMap<&str, u32> = HashMap::new();
+            for (i, tap) in taps.iter().enumerate() {
+                let n = per_user.entry(&tap.user_id).or_default();
+                *n += 1;
+                if *n > burst {
+                    return Err(GatewayError::invalid(
+                        field(i),
+                        format!(
+                            "more taps of one user in one request than user_burst_taps ({burst})"
+                        ),
+                    ));
+                }
+            }
+        }
+        let give_back = |taken: &[Tap<'_>]| {
+            for tap in taken {
+                users.give_back(&*tap.user_id, 1);
+            }
+        };
         let now = Instant::now();
         for (i, tap) in taps.iter().enumerate() {
-            if let Err(wait) = self.0.users.take(&*tap.user_id, 1, now) {
+            if let Err(wait) = users.take(&*tap.user_id, 1, now) {
+                give_back(&taps[..i]);
                 return Err(GatewayError::RateLimited {
-                    field: Some(if indexed {
-                        format!("items[{i}].user_id")
-                    } else {
-                        "user_id".into()
-                    }),
+                    field: Some(field(i)),
                     retry_after_s: retry_after_s(wait),
                 });
             }
         }
-        let accepted = self.0.batcher.submit(stream, taps).await?;
+        let accepted = match self.0.batcher.submit(stream, taps).await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                give_back(taps);
+                return Err(e);
+            }
+        };
         self.0.metrics.accepted(accepted.accepted);
         Ok(Ingested(accepted))
     }
@@ -172,7 +217,7 @@ pub fn app(state: AppState) -> Router {
     // The viewer page is served by the subscribers and posts taps here, cross-origin. CORS is
     // the outermost layer so that even a 429 or 503 carries it (and Retry-After is readable).
     let cors = CorsLayer::new()
-        .allow_origin(Any)
+        .allow_origin(AllowOrigin::list(state.0.cors_origins.clone()))
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::CONTENT_TYPE])
         .expose_headers([header::RETRY_AFTER])
@@ -216,6 +261,22 @@ async fn home(State(state): State<AppState>) -> Html<String> {
     Html(state.0.home.clone())
 }
 
+/// The viewer page of every subscriber (`http://host:port`, as [`home_page`] links it) and the
+/// configured `cors_origins`: a page elsewhere cannot make its visitors' browsers post taps.
+fn cors_origins(config: &Config) -> Result<Vec<HeaderValue>, StartError> {
+    let subscribers = config
+        .broadcaster
+        .clusters
+        .iter()
+        .flat_map(|c| c.subscribers.iter().map(|s| format!("http://{s}")));
+    subscribers
+        .chain(config.gateway.cors_origins.iter().cloned())
+        .map(|origin| {
+            HeaderValue::from_str(&origin).map_err(|_| StartError::CorsOrigin(origin.clone()))
+        })
+        .collect()
+}
+
 /// A small page linking to the viewer page of every subscriber named in the configuration.
 fn home_page(config: &Config) -> String {
     let links: String = config
@@ -257,28 +318,39 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
+/// The 200 of the seeds' route: their clients count any other status as a failure.
+struct SeedIngested(SeedAccepted);
+
+impl IntoResponse for SeedIngested {
+    fn into_response(self) -> Response {
+        (StatusCode::OK, Json(self.0)).into_response()
+    }
+}
+
 /// One tap in the seeds' shape, counted in stream `main`.
 #[utoipa::path(
     post,
     path = "/send_emoji",
     request_body(content = SendEmoji, content_type = "application/json"),
-    responses((status = 202, description = "Taken (durable mode: acknowledged by the broker).", body = Accepted), Refused)
+    responses((status = 200, description = "Taken (durable mode: acknowledged by the broker).", body = SeedAccepted), Refused)
 )]
 async fn send_emoji(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Body,
-) -> Result<Ingested, GatewayError> {
+) -> Result<SeedIngested, GatewayError> {
     state.admit_ip(ip)?;
     if BodyFormat::from_content_type(content_type(&headers))? != BodyFormat::Json {
         return Err(GatewayError::UnsupportedMediaType);
     }
-    let body = read_body(body, SINGLE_BODY_LIMIT).await?;
+    declared_length(&headers, SINGLE_BODY_LIMIT)?;
+    let body = read_body(body, SINGLE_BODY_LIMIT, state.0.request_timeout).await?;
     let tap = parse::seed_body(&body, &state.0.rules)?;
-    state
+    let Ingested(accepted) = state
         .ingest(DEFAULT_STREAM, std::slice::from_ref(&tap), false)
-        .await
+        .await?;
+    Ok(SeedIngested(accepted.into()))
 }
 
 /// One tap, a JSON array of taps, or NDJSON (one tap per line). A batch with one invalid item is
@@ -296,14 +368,21 @@ async fn send_emoji(
 async fn stream_emojis(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    Path(stream): Path<String>,
+    stream: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Ingested, GatewayError> {
     state.admit_ip(ip)?;
+    // axum's own rejection (e.g. a segment that percent-decodes to invalid UTF-8) is plain
+    // text: the same JSON refusal as any other bad stream id instead.
+    let stream = match stream {
+        Ok(Path(stream)) => stream,
+        Err(_) => String::new(),
+    };
     parse::stream_id(&stream)?;
     let format = BodyFormat::from_content_type(content_type(&headers))?;
-    let body = read_body(body, BATCH_BODY_LIMIT).await?;
+    declared_length(&headers, BATCH_BODY_LIMIT)?;
+    let body = read_body(body, BATCH_BODY_LIMIT, state.0.request_timeout).await?;
     let taps = parse::batch_body(&body, format, &state.0.rules)?;
     let indexed = parse::is_list(&body, format);
     state.ingest(&stream, &taps, indexed).await
@@ -315,8 +394,29 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+/// Refuses at once a body whose declared `Content-Length` is over `limit`, before reading a byte
+/// of it (the read below would refuse it too, but only after `limit` bytes or the deadline).
+fn declared_length(headers: &HeaderMap, limit: usize) -> Result<(), GatewayError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => Err(GatewayError::TooLarge { limit }),
+        _ => Ok(()),
+    }
+}
+
+/// The deadline covers reading the body only: once taps are handed to the producer they may
+/// land, so the request waits for the broker's verdict (bounded by `delivery_timeout_ms`)
+/// rather than answer 408, after which a browser resends the POST and the taps count twice.
+async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<Bytes, GatewayError> {
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| GatewayError::Timeout {
+            after_ms: deadline.as_millis() as u64,
+        })?;
+    read.map_err(|e| {
         let too_large = std::error::Error::source(&e).is_some_and(|s| {
             s.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
@@ -338,7 +438,8 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// The broker answers and the events topic exists.
+/// The broker answers and the events topic exists (the health probe's last verdict, at most
+/// about a second old), and the producer has not failed for good.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -348,12 +449,14 @@ async fn healthz() -> &'static str {
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.0.batcher.ready().await {
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(reason) => (
+    // The probe's cached verdict (at most about a second old): a load balancer polling this
+    // route costs the broker nothing.
+    match state.0.batcher.not_ready() {
+        None => (StatusCode::OK, "ready").into_response(),
+        Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(ErrorBody {
-                error: reason.to_string(),
+                error: reason,
                 field: None,
             }),
         )
@@ -365,10 +468,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "metrics", content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Response {
     let s = &state.0;
-    let (in_flight_events, in_flight_budget) = s.batcher.in_flight();
+    let (in_flight_bytes, in_flight_budget) = s.batcher.in_flight();
     let gauges = Gauges {
         producer_queue_depth: s.batcher.producer_queue(),
-        in_flight_events,
+        in_flight_bytes,
         in_flight_budget,
         open_connections: s.max_connections - s.connections.available_permits(),
         broker_reachable: s.batcher.broker_reachable(),
@@ -396,22 +499,14 @@ async fn openapi(Extension(doc): Extension<Document>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], json).into_response()
 }
 
-/// Every request: a deadline (`request_timeout_ms`, body read included), then one count by
-/// matched route, status and, for a refusal, its reason.
+/// Every request: one count by matched route, status and, for a refusal, its reason.
 async fn observe(
     State(state): State<AppState>,
     route: Option<MatchedPath>,
     request: Request,
     next: Next,
 ) -> Response {
-    let deadline = state.0.request_timeout;
-    let response = match tokio::time::timeout(deadline, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => GatewayError::Timeout {
-            after_ms: deadline.as_millis() as u64,
-        }
-        .into_response(),
-    };
+    let response = next.run(request).await;
     state.0.metrics.request(
         route,
         response.status().as_u16(),

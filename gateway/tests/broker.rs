@@ -1,8 +1,9 @@
 //! The gateway against a real broker (started by `scripts/broker.sh` on a free port):
-//! the seeds' request shape, the per-user rate limit, 503 while the broker is down and recovery
+//! the seeds' clients' request shapes (their generator script and locustfile), the per-user
+//! rate limit, 503 while the broker is down and recovery
 //! when it returns, and SIGTERM under load. Every check counts the emojis in Kafka itself.
 
-use emostream_protocol::wire::{Accepted, ClientTs, EmojiEvent};
+use emostream_protocol::wire::{Accepted, ClientTs, EmojiEvent, SeedAccepted};
 use emostream_protocol::Config;
 use emostream_testkit::broker::minimal_config;
 use emostream_testkit::http::{self, Response};
@@ -99,9 +100,96 @@ async fn wait_ready(addr: &str) {
     .await;
 }
 
+/// The answer of a `/v1` route.
 fn accepted(r: &Response) -> Accepted {
     assert_eq!(r.status, 202, "{}", r.body);
     r.json()
+}
+
+/// The answer of the seeds' route: 200, their `status` field first, then ours, byte for byte.
+fn seed_accepted(r: &Response) -> SeedAccepted {
+    assert_eq!(r.status, 200, "{}", r.body);
+    let a: SeedAccepted = r.json();
+    assert_eq!(
+        r.body,
+        format!(
+            r#"{{"status":"accepted","accepted":1,"epoch":{}}}"#,
+            a.epoch
+        )
+    );
+    a
+}
+
+#[tokio::test]
+async fn the_seeds_generator_and_locustfile_shapes_get_200_and_are_all_counted() {
+    let kafka = Kafka::start("");
+    let gw = Gateway::start(kafka.config.clone()).await;
+    // (body exactly as the client's `requests.post(json=...)` / locust's `client.post(json=...)`
+    // sends it: Python's json.dumps, ", " and ": " separators, non-ASCII escaped; user id as
+    // stored; client timestamp as stored; emoji as stored).
+    let shapes = [
+        // The generator script: integer user id, integer Unix seconds.
+        (
+            r#"{"user_id": 42, "emoji_type": "\u2764\ufe0f", "timestamp": 1764540000}"#,
+            "42",
+            ClientTs::Millis(1_764_540_000_000),
+            "❤️",
+        ),
+        // The same with `time.time()`: a float.
+        (
+            r#"{"user_id": 43, "emoji_type": "\ud83d\udd25", "timestamp": 1764540000.123456}"#,
+            "43",
+            ClientTs::Millis(1_764_540_000_123),
+            "🔥",
+        ),
+        // The locustfile: a string user id, `datetime.now().isoformat()` (no zone).
+        (
+            r#"{"user_id": "user_7", "emoji_type": "\ud83d\ude02", "timestamp": "2026-11-30T22:00:00.123456"}"#,
+            "user_7",
+            ClientTs::Iso("2026-11-30T22:00:00.123456".into()),
+            "😂",
+        ),
+        // `datetime.now(timezone.utc).isoformat()`, and a skin tone.
+        (
+            r#"{"user_id": 44, "emoji_type": "\ud83d\udc4d\ud83c\udffd", "timestamp": "2026-11-30T22:00:00.123456+00:00"}"#,
+            "44",
+            ClientTs::Iso("2026-11-30T22:00:00.123456+00:00".into()),
+            "👍🏽",
+        ),
+        // Milliseconds from `time.time() * 1000`, and the unqualified heart, stored as ❤️.
+        (
+            r#"{"user_id": 45, "emoji_type": "\u2764", "timestamp": 1764540000123.0}"#,
+            "45",
+            ClientTs::Millis(1_764_540_000_123),
+            "❤️",
+        ),
+    ];
+    for (body, ..) in &shapes {
+        let a = seed_accepted(
+            &http::post_json(&gw.addr, "/send_emoji", body)
+                .await
+                .unwrap(),
+        );
+        assert_eq!((a.status.as_str(), a.accepted), ("accepted", 1));
+    }
+    gw.stop().await;
+
+    // Every one of them is counted, once, in stream `main`.
+    let mut events = kafka.events().await;
+    events.sort_by(|a, b| a.1.cmp(&b.1));
+    let mut expected: Vec<_> = shapes
+        .iter()
+        .map(|(_, user, ts, emoji)| {
+            (
+                "main".to_string(),
+                user.to_string(),
+                emoji.to_string(),
+                Some(ts.clone()),
+            )
+        })
+        .collect();
+    expected.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(events, expected);
 }
 
 #[tokio::test]
@@ -113,12 +201,11 @@ async fn seeds_shape_lands_unchanged_and_a_user_past_the_limit_gets_429() {
     let seed =
         r#"{"user_id":"seed-user","emoji_type":"🔥","timestamp":"2024-11-05T10:00:00.123Z"}"#;
     for _ in 0..5 {
-        let a = accepted(
+        seed_accepted(
             &http::post_json(&gw.addr, "/send_emoji", seed)
                 .await
                 .unwrap(),
         );
-        assert_eq!(a.accepted, 1);
     }
     let r = http::post_json(&gw.addr, "/send_emoji", seed)
         .await
@@ -159,7 +246,7 @@ async fn seeds_shape_lands_unchanged_and_a_user_past_the_limit_gets_429() {
     for line in [
         "emostream_gateway_emojis_accepted_total 10",
         r#"emostream_gateway_rejections_total{reason="rate_limited_user"} 2"#,
-        r#"emostream_gateway_requests_total{route="/send_emoji",status="202"} 5"#,
+        r#"emostream_gateway_requests_total{route="/send_emoji",status="200"} 5"#,
         "emostream_gateway_broker_reachable 1",
     ] {
         assert!(
@@ -229,7 +316,7 @@ async fn broker_down_is_503_at_once_and_ingest_recovers_when_it_returns() {
     };
     let acked = Mutex::new(HashSet::new());
     let ack = |(r, user): (Response, String)| {
-        accepted(&r);
+        seed_accepted(&r);
         acked.lock().unwrap().insert(user);
     };
     for _ in 0..3 {
@@ -245,7 +332,7 @@ async fn broker_down_is_503_at_once_and_ingest_recovers_when_it_returns() {
                 (r, _) if r.status == 503 => Some(r),
                 (r, user) => {
                     // Sent before the gateway noticed: acknowledged only if it truly landed.
-                    if r.status == 202 {
+                    if r.status == 200 {
                         acked.lock().unwrap().insert(user);
                     }
                     None
@@ -269,29 +356,29 @@ async fn broker_down_is_503_at_once_and_ingest_recovers_when_it_returns() {
 
     kafka.broker.start_again();
     wait_until(
-        "a 202 after the broker returns",
+        "a 200 after the broker returns",
         Duration::from_secs(30),
         || async {
             let (r, user) = tap().await;
-            if r.status == 202 {
+            if r.status == 200 {
                 acked.lock().unwrap().insert(user);
             }
-            r.status == 202
+            r.status == 200
         },
     )
     .await;
     // A record queued while the broker was away may still fail after it returns, which marks
-    // the broker down again until the next probe: so each further tap waits for its 202.
+    // the broker down again until the next probe: so each further tap waits for its 200.
     for i in 0..3 {
         wait_until(
             &format!("tap {i} after recovery"),
             Duration::from_secs(10),
             || async {
                 let (r, user) = tap().await;
-                if r.status == 202 {
+                if r.status == 200 {
                     acked.lock().unwrap().insert(user);
                 }
-                r.status == 202
+                r.status == 200
             },
         )
         .await;
@@ -356,7 +443,8 @@ async fn after_sigterm_under_load_every_acknowledged_emoji_is_in_kafka() {
                 };
                 sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 match result {
-                    Ok(r) if r.status == 202 => {
+                    // 200 on the seeds' route, 202 on the batch route.
+                    Ok(r) if r.status == 200 || r.status == 202 => {
                         assert_eq!(r.json::<Accepted>().accepted, users.len() as u64);
                         acked.lock().unwrap().extend(users);
                     }
@@ -405,4 +493,268 @@ async fn after_sigterm_under_load_every_acknowledged_emoji_is_in_kafka() {
         acked.len(),
         events.len()
     );
+}
+
+#[tokio::test]
+async fn a_topic_with_another_partition_count_is_refused_at_start() {
+    let kafka = Kafka::start("");
+    let mut config = kafka.config.clone();
+    let found = config.kafka.events_partitions;
+    config.kafka.events_partitions = found + 1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // The check is one metadata request; 30 s leaves a loaded machine a wide margin, and a
+    // gateway that started serving instead would hold the test until then.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(30),
+        emostream_gateway::run(config.clone(), listener, std::future::pending()),
+    )
+    .await
+    .expect("the gateway refuses to start instead of serving")
+    .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        format!(
+            "topic {} has {found} partitions, kafka.events_partitions says {}",
+            config.kafka.events_topic,
+            found + 1
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_fatal_producer_error_drains_with_503_and_exits_with_the_reason() {
+    let kafka = Kafka::start("");
+    let metrics = Arc::new(emostream_gateway::Metrics::default());
+    let (batcher, handle) =
+        emostream_gateway::Batcher::start(&kafka.config, Arc::clone(&metrics)).unwrap();
+    let trigger = handle.health();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(emostream_gateway::serve(
+        kafka.config.clone(),
+        listener,
+        std::future::pending(),
+        (batcher, handle),
+        metrics,
+    ));
+    wait_ready(&addr).await;
+    // Taps from one client the whole time: each is answered 200 (and then is in Kafka) or 503
+    // with the drain's reason, or finds the listener closed; none hangs or gets anything else.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let oks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let client = {
+        let (addr, stop, oks) = (addr.clone(), Arc::clone(&stop), Arc::clone(&oks));
+        tokio::spawn(async move {
+            let (mut acked, mut refused, mut closed) = (Vec::new(), 0, 0);
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let user = format!("f{i}");
+                i += 1;
+                let body = format!(r#"{{"user_id":"{user}","emoji_type":"🎉"}}"#);
+                match http::post_json(&addr, "/send_emoji", &body).await {
+                    Ok(r) if r.status == 200 => {
+                        acked.push(user);
+                        oks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(r) => {
+                        assert_eq!(
+                            (r.status, r.body.as_str(), r.header("retry-after")),
+                            (
+                                503,
+                                r#"{"error":"the Kafka producer failed for good; the gateway is restarting, retry shortly"}"#,
+                                Some("1")
+                            )
+                        );
+                        refused += 1;
+                    }
+                    Err(_) => closed += 1,
+                }
+            }
+            (acked, refused, closed)
+        })
+    };
+    wait_until(
+        "a first tap acknowledged",
+        Duration::from_secs(30),
+        || async { oks.load(std::sync::atomic::Ordering::Relaxed) > 0 || client.is_finished() },
+    )
+    .await;
+    trigger.raise_fatal_error_for_test("fenced by the test");
+    // The drain waits at most for the records already sent (bounded by the delivery timeout,
+    // 5 s by default): 30 s leaves a loaded machine a wide margin.
+    let exited = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the gateway exits after a fatal producer error")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        exited.to_string(),
+        "the Kafka producer failed for good, exiting to be restarted: \
+         OutOfOrderSequenceNumber: test_fatal_error: fenced by the test"
+    );
+    assert_eq!(
+        trigger.not_ready().as_deref(),
+        Some(
+            "the Kafka producer failed for good \
+             (OutOfOrderSequenceNumber: test_fatal_error: fenced by the test); \
+             the gateway is exiting to be restarted"
+        )
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, _refused, _closed) = client.await.unwrap();
+    assert!(!acked.is_empty());
+    let landed: HashSet<String> = kafka.events().await.into_iter().map(|e| e.1).collect();
+    for user in &acked {
+        assert!(landed.contains(user), "{user} got 200 but is not in Kafka");
+    }
+}
+
+#[tokio::test]
+async fn a_topic_whose_records_must_be_smaller_than_the_gateways_is_refused_at_start() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let kafka = Kafka::start("");
+    let mut config = kafka.config.clone();
+    config.kafka.events_topic = "small-records".into();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .create()
+        .unwrap();
+    let topic = NewTopic::new(
+        &config.kafka.events_topic,
+        config.kafka.events_partitions as i32,
+        TopicReplication::Fixed(1),
+    )
+    .set("max.message.bytes", "1048576");
+    let created = admin
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // Two requests (metadata, DescribeConfigs); 30 s leaves a loaded machine a wide margin.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(30),
+        emostream_gateway::run(config.clone(), listener, std::future::pending()),
+    )
+    .await
+    .expect("the gateway refuses to start instead of serving")
+    .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "topic small-records has max.message.bytes = 1048576, the gateway's records reach \
+         16777216 bytes (twice its flush threshold): raise max.message.bytes on the topic"
+    );
+}
+
+/// A connection that sends a request's header one byte every 100 ms and never finishes it.
+/// `connected` counts it once it is connected.
+async fn slowloris(
+    addr: String,
+    connected: Arc<std::sync::atomic::AtomicUsize>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+    connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let header = b"POST /v1/streams/main/emojis HTTP/1.1\r\nhost: gateway\r\nx-slow: ";
+    for byte in header.iter().chain(std::iter::repeat(&b'a')) {
+        if stream.write_all(&[*byte]).await.is_err() {
+            return Ok(());
+        }
+        // Closed by the gateway: the read sees the end (or a reset) instead of timing out.
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await;
+        if let Ok(Ok(0) | Err(_)) = read {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn slowloris_connections_do_not_stop_another_clients_taps() {
+    // Every slot taken by a client sending its header byte by byte: the header-read timeout
+    // (2 s here) closes them, so another client waits at most that long in the backlog.
+    let kafka = Kafka::start("max_connections = 40\nheader_read_timeout_ms = 2000");
+    let gw = Gateway::start(kafka.config.clone()).await;
+    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let slow: Vec<_> = (0..40)
+        .map(|_| tokio::spawn(slowloris(gw.addr.clone(), Arc::clone(&connected))))
+        .collect();
+    // Connected before the other client: the kernel's accept queue is first come, first
+    // served, so the gateway gives them every slot first.
+    wait_until(
+        "40 slow connections open",
+        Duration::from_secs(30),
+        || async { connected.load(std::sync::atomic::Ordering::Relaxed) == 40 },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let r = http::post_json(
+        &gw.addr,
+        "/v1/streams/main/emojis",
+        r#"{"user_id":"honest","emoji":"🔥"}"#,
+    )
+    .await
+    .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(accepted(&r).accepted, 1);
+    // The 2 s timeout plus 8 s for a loaded 2-core machine; without the timeout the tap
+    // would wait as long as the slow clients keep going.
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    for t in slow {
+        // Each was closed by the gateway (none runs to the test's end by itself).
+        tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("the gateway closed the slow connection")
+            .unwrap()
+            .unwrap();
+    }
+    gw.stop().await;
+    assert_eq!(kafka.events().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_client_ip_past_its_connection_cap_is_answered_429_and_closed() {
+    use tokio::io::AsyncReadExt;
+    let kafka = Kafka::start("max_connections_per_ip = 3\nheader_read_timeout_ms = 60000");
+    let gw = Gateway::start(kafka.config.clone()).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(tokio::net::TcpStream::connect(&gw.addr).await.unwrap());
+    }
+    // The fourth from the same address is answered and closed at once.
+    let mut fourth = tokio::net::TcpStream::connect(&gw.addr).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), fourth.read_to_string(&mut answer))
+        .await
+        .expect("the gateway closes the connection")
+        .unwrap();
+    assert_eq!(
+        answer,
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+         content-length: 55\r\nretry-after: 1\r\nconnection: close\r\n\r\n\
+         {\"error\":\"too many open connections from this address\"}"
+    );
+    // Once one closes, the address may connect again.
+    drop(open.pop());
+    let r = wait_for(
+        "a tap after a slot freed",
+        Duration::from_secs(10),
+        || async {
+            http::post_json(
+                &gw.addr,
+                "/v1/streams/main/emojis",
+                r#"{"user_id":"capped","emoji":"🔥"}"#,
+            )
+            .await
+            .ok()
+            .filter(|r| r.status != 429)
+        },
+    )
+    .await;
+    assert_eq!(accepted(&r).accepted, 1);
+    drop(open);
+    gw.stop().await;
 }

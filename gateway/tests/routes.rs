@@ -15,10 +15,30 @@ use std::sync::Arc;
 use tower::ServiceExt;
 
 fn config(extra_gateway: &str) -> Config {
-    let text = format!(
+    config_with_broker("127.0.0.1:1", extra_gateway)
+}
+
+fn config_text_with_clusters(clusters: &str) -> String {
+    format!(
         r#"
 [kafka]
 brokers = "127.0.0.1:1"
+[gateway]
+listen = "127.0.0.1:0"
+[dataflow]
+processes = ["127.0.0.1:2101"]
+[broadcaster]
+main = "127.0.0.1:9000"
+clusters = {clusters}
+"#
+    )
+}
+
+fn config_with_broker(brokers: &str, extra_gateway: &str) -> Config {
+    let text = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
 [gateway]
 listen = "127.0.0.1:0"
 {extra_gateway}
@@ -33,7 +53,10 @@ clusters = []
 }
 
 fn gateway(extra_gateway: &str) -> Router {
-    let config = config(extra_gateway);
+    gateway_for(config(extra_gateway))
+}
+
+fn gateway_for(config: Config) -> Router {
     let metrics = Arc::new(Metrics::default());
     let (_batcher, handle) = Batcher::start(&config, Arc::clone(&metrics)).expect("a producer");
     app(AppState::new(&config, handle, metrics).expect("valid rules"))
@@ -119,6 +142,73 @@ async fn bodies_over_the_limit_are_413() {
     let a = send(&app, post("/v1/streams/main/emojis", JSON, batch)).await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(a.error().error, "body larger than 1048576 bytes");
+}
+
+#[tokio::test]
+async fn an_emoji_padded_with_marks_or_tags_is_refused_with_a_reason() {
+    let app = gateway("");
+    // 10 MB of combining marks after an emoji: over either route's body cap, refused unread.
+    let marks = "\u{0300}".repeat(5 * 1024 * 1024);
+    for (path, body, limit) in [
+        (
+            "/send_emoji",
+            format!(r#"{{"user_id":"u","emoji_type":"🔥{marks}"}}"#),
+            4096,
+        ),
+        (
+            "/v1/streams/main/emojis",
+            format!(r#"{{"user_id":"u","emoji":"🔥{marks}"}}"#),
+            1048576,
+        ),
+    ] {
+        let a = send(&app, post(path, JSON, body)).await;
+        assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        assert_eq!(
+            a.error(),
+            ErrorBody {
+                error: format!("body larger than {limit} bytes"),
+                field: None
+            }
+        );
+    }
+    // Within the body cap, the same floods are not an emoji: marks, tag characters (a
+    // well-formed tag sequence that is no RGI flag, and a long one), variation selectors.
+    let floods = [
+        format!("🔥{}", "\u{0300}".repeat(1000)),
+        "🔥\u{0300}".to_string(),
+        format!("🏴{}\u{E007F}", "\u{E0061}".repeat(5)),
+        format!("🏴{}\u{E007F}", "\u{E0061}".repeat(300)),
+        "❤\u{FE0F}\u{FE0F}".to_string(),
+    ];
+    for flood in &floods {
+        for (path, body, field) in [
+            (
+                "/send_emoji",
+                serde_json::json!({"user_id": "u", "emoji_type": flood}),
+                "emoji_type",
+            ),
+            (
+                "/v1/streams/main/emojis",
+                serde_json::json!([{"user_id": "u", "emoji": "🔥"}, {"user_id": "u", "emoji": flood}]),
+                "items[1].emoji",
+            ),
+        ] {
+            let a = send(&app, post(path, JSON, body.to_string())).await;
+            assert_eq!(
+                a.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{path} {flood:?}"
+            );
+            let emoji_field = field.rsplit('.').next().unwrap();
+            assert_eq!(
+                a.error(),
+                ErrorBody {
+                    error: format!("{emoji_field} must be exactly one emoji of Unicode's RGI list"),
+                    field: Some(field.into())
+                }
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -229,7 +319,106 @@ async fn a_request_past_its_deadline_is_408() {
     >());
     let a = send(&app, post("/send_emoji", JSON, stalled)).await;
     assert_eq!(a.status, StatusCode::REQUEST_TIMEOUT);
-    assert_eq!(a.error().error, "request not finished within 300 ms");
+    assert_eq!(a.error().error, "request body not read within 300 ms");
+}
+
+#[tokio::test]
+async fn taps_handed_to_the_producer_wait_for_its_verdict_not_the_deadline() {
+    // A "broker" that accepts connections and never answers: the record is sent and nothing
+    // comes back, so only the delivery timeout ends the wait (and nothing marks the broker
+    // down before the request is submitted).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = config_with_broker(
+        &silent.local_addr().unwrap().to_string(),
+        "request_timeout_ms = 100\ndelivery_timeout_ms = 1000\nflush_ms = 10",
+    );
+    let metrics = Arc::new(Metrics::default());
+    let (_batcher, handle) = Batcher::start(&config, Arc::clone(&metrics)).expect("a producer");
+    let app = app(AppState::new(&config, handle, metrics).expect("valid rules"));
+    let started = std::time::Instant::now();
+    let a = send(
+        &app,
+        post("/send_emoji", JSON, r#"{"user_id":1,"emoji_type":"🔥"}"#),
+    )
+    .await;
+    // Ten times the body deadline has passed, and the answer is the broker's verdict: a 503 a
+    // client may retry, never a 408 that a browser would resend on its own.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1000));
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.retry_after.as_deref(), Some("1"));
+    assert_eq!(
+        a.error(),
+        ErrorBody {
+            error: "broker did not acknowledge, retry shortly".into(),
+            field: None
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_413_before_the_body() {
+    let app = gateway("request_timeout_ms = 60000");
+    for (path, limit) in [("/send_emoji", 4096), ("/v1/streams/main/emojis", 1048576)] {
+        // The body never comes: only the header can have decided, and long before the deadline.
+        let stalled = Body::from_stream(futures_util::stream::pending::<
+            Result<axum::body::Bytes, std::io::Error>,
+        >());
+        let mut request = post(path, JSON, stalled);
+        request
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, (limit + 1).into());
+        let a = tokio::time::timeout(std::time::Duration::from_secs(30), send(&app, request))
+            .await
+            .expect("answered without reading the body");
+        assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        assert_eq!(
+            a.error(),
+            ErrorBody {
+                error: format!("body larger than {limit} bytes"),
+                field: None
+            }
+        );
+    }
+}
+
+#[tokio::test]
+async fn more_taps_of_one_user_than_the_burst_is_422_and_costs_nothing() {
+    let app = gateway("user_burst_taps = 3\nuser_taps_per_s = 1\ndelivery_timeout_ms = 200");
+    let batch = |users: &[&str]| {
+        let items: Vec<String> = users
+            .iter()
+            .map(|u| format!(r#"{{"user_id":"{u}","emoji":"🔥"}}"#))
+            .collect();
+        format!("[{}]", items.join(","))
+    };
+    let a = send(
+        &app,
+        post(
+            "/v1/streams/main/emojis",
+            JSON,
+            batch(&["a", "b", "a", "a", "a"]),
+        ),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        a.error(),
+        ErrorBody {
+            error: "more taps of one user in one request than user_burst_taps (3)".into(),
+            field: Some("items[4].user_id".into())
+        }
+    );
+    // No token was taken, and a request refused after taking them (here by the producer, which
+    // has no broker) gives them back: the same full burst is refused by the producer each time,
+    // never by the rate limit, although the bucket refills one token a second.
+    for _ in 0..3 {
+        let a = send(
+            &app,
+            post("/v1/streams/main/emojis", JSON, batch(&["a", "a", "a"])),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    }
 }
 
 #[tokio::test]
@@ -270,8 +459,8 @@ async fn metrics_count_requests_and_rejections() {
         "emostream_gateway_emojis_accepted_total 0",
         "# TYPE emostream_gateway_producer_queue_depth gauge",
         "# TYPE emostream_gateway_open_connections gauge",
-        "emostream_gateway_in_flight_events 0",
-        "emostream_gateway_in_flight_budget_events 1000000",
+        "emostream_gateway_in_flight_bytes 0",
+        "emostream_gateway_in_flight_budget_bytes 134217728",
         "# TYPE emostream_gateway_broker_ack_seconds histogram",
         r#"emostream_gateway_broker_ack_seconds_bucket{le="+Inf"} 0"#,
     ] {
@@ -354,21 +543,41 @@ async fn the_openapi_document_and_the_router_agree_both_ways() {
 }
 
 #[tokio::test]
-async fn the_viewer_page_may_post_cross_origin() {
-    let app = gateway("");
-    let preflight = Request::builder()
-        .method("OPTIONS")
-        .uri("/v1/streams/main/emojis")
-        .header(header::ORIGIN, "http://127.0.0.1:9011")
-        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
-        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
-        .body(Body::empty())
+async fn only_the_viewer_pages_and_configured_origins_may_post_cross_origin() {
+    let mut config = config(r#"cors_origins = ["https://emostream.example"]"#);
+    config.broadcaster = Config::from_toml(&config_text_with_clusters(
+        r#"[{ name = "c0", listen = "127.0.0.1:9010", subscribers = ["127.0.0.1:9011"] }]"#,
+    ))
+    .unwrap()
+    .broadcaster;
+    let app = gateway_for(config);
+    let preflight = |origin: &str| {
+        Request::builder()
+            .method("OPTIONS")
+            .uri("/v1/streams/main/emojis")
+            .header(header::ORIGIN, origin)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
+            .body(Body::empty())
+            .unwrap()
+    };
+    for origin in ["http://127.0.0.1:9011", "https://emostream.example"] {
+        let response = app.clone().oneshot(preflight(origin)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let h = response.headers();
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], origin);
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_HEADERS], "content-type");
+    }
+    // Any other page: no grant, so its visitors' browsers do not send the tap.
+    let response = app
+        .clone()
+        .oneshot(preflight("http://evil.example"))
+        .await
         .unwrap();
-    let response = app.clone().oneshot(preflight).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let h = response.headers();
-    assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
-    assert_eq!(h[header::ACCESS_CONTROL_ALLOW_HEADERS], "content-type");
+    assert_eq!(
+        response.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN),
+        None
+    );
     // A refusal carries the headers too, with Retry-After readable by the page.
     let refused = Request::post("/v1/streams/NOPE/emojis")
         .header(header::ORIGIN, "http://127.0.0.1:9011")
@@ -377,9 +586,32 @@ async fn the_viewer_page_may_post_cross_origin() {
         .unwrap();
     let response = app.oneshot(refused).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    assert_eq!(
+        response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "http://127.0.0.1:9011"
+    );
     assert_eq!(
         response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS],
         "retry-after"
     );
+}
+
+#[tokio::test]
+async fn a_malformed_stream_segment_is_the_json_refusal() {
+    let app = gateway("");
+    for path in [
+        "/v1/streams/%FF/emojis",
+        "/v1/streams/NOPE/emojis",
+        "/v1/streams/a%2Fb/emojis",
+    ] {
+        let a = send(&app, post(path, JSON, r#"{"user_id":"u","emoji":"🔥"}"#)).await;
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                r#"{"error":"stream must match [a-z0-9_-]{1,64}","field":"stream"}"#
+            ),
+            "{path}"
+        );
+    }
 }

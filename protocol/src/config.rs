@@ -144,19 +144,33 @@ pub struct GatewayConfig {
     /// The only emojis accepted, when not empty; empty (the default) accepts any single emoji.
     #[serde(default)]
     pub emoji_allow_list: Vec<String>,
-    /// Events held at once between a request's arrival and the broker's acknowledgement (queued,
-    /// packed or sent). A request that does not fit is refused with 503 at once.
-    #[serde(default = "GatewayConfig::max_in_flight_events")]
-    pub max_in_flight_events: usize,
+    /// Bytes of encoded events held at once between a request's arrival and the broker's
+    /// acknowledgement (queued, packed or sent). A request that does not fit is refused with 503
+    /// at once.
+    #[serde(default = "GatewayConfig::max_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
     /// How long the producer may try to deliver a record before its requests get 503.
     #[serde(default = "GatewayConfig::delivery_timeout_ms")]
     pub delivery_timeout_ms: u64,
-    /// Deadline for a whole request, body read included; past it the answer is 408.
+    /// Deadline for reading a request's body; past it the answer is 408. It does not cover the
+    /// wait for the broker, which `delivery_timeout_ms` bounds: a 408 for taps that may land
+    /// would make a browser resend them.
     #[serde(default = "GatewayConfig::request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Open client connections; further ones wait in the listen backlog until one closes.
     #[serde(default = "GatewayConfig::max_connections")]
     pub max_connections: usize,
+    /// Open connections of one client IP; a further one is answered 429 and closed at accept.
+    #[serde(default = "GatewayConfig::max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// A connection that has not sent a request's whole header within this long is closed
+    /// (slowloris clients hold no connection slot longer).
+    #[serde(default = "GatewayConfig::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Origins (`http://host:port`) allowed to post taps from a browser, besides the viewer page
+    /// of every subscriber named under `[broadcaster]`.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
     /// Token bucket per `user_id`: taps per second refilled …
     #[serde(default = "GatewayConfig::user_taps_per_s")]
     pub user_taps_per_s: u32,
@@ -183,6 +197,10 @@ pub enum AckMode {
     FireAndForget,
 }
 
+/// The gateway's largest batch record (twice its 8 MiB flush threshold): a smaller in-flight
+/// budget could never hold one.
+pub const MIN_IN_FLIGHT_BYTES: usize = 16 << 20;
+
 impl GatewayConfig {
     /// 100 ms keeps the answer to a tap well inside the 2 s epoch (the seeds use 500 ms).
     const fn flush_ms() -> u64 {
@@ -192,21 +210,32 @@ impl GatewayConfig {
     const fn flush_max_events() -> usize {
         20_000
     }
-    /// About 100 MB of encoded events: a second of the 1 M taps/s target plus headroom.
-    const fn max_in_flight_events() -> usize {
-        1_000_000
+    /// 128 MiB: a second of the 1 M taps/s target at about 100 bytes an encoded event, plus
+    /// headroom.
+    const fn max_in_flight_bytes() -> usize {
+        128 << 20
     }
     /// 5 s: long enough to ride out a leader election, short enough for a client to retry.
     const fn delivery_timeout_ms() -> u64 {
         5_000
     }
-    /// Twice the delivery timeout, so a slow broker answers 503 before a request times out.
+    /// 10 s: a phone on a poor network sends a 4 KiB body well within it; a client that sends
+    /// headers and then stalls holds its connection no longer.
     const fn request_timeout_ms() -> u64 {
         10_000
     }
     /// Half the 20,000 open files a process may hold here, leaving room for the producer.
     const fn max_connections() -> usize {
         10_000
+    }
+    /// A tenth of the connection cap: many viewers share an IP behind carrier-grade NAT, yet
+    /// one address cannot take every slot.
+    const fn max_connections_per_ip() -> usize {
+        1_000
+    }
+    /// 5 s: a phone on a poor network sends a request's header (under 1 KiB) well within it.
+    const fn header_read_timeout_ms() -> u64 {
+        5_000
     }
     /// Five times a frantic human's ~10 taps/s: only scripts hit it.
     const fn user_taps_per_s() -> u32 {
@@ -442,13 +471,11 @@ impl Config {
             return bad("gateway.flush_max_events must be at least 1");
         }
         let g = &self.gateway;
-        if g.max_in_flight_events < g.flush_max_events {
-            return bad("gateway.max_in_flight_events must be at least gateway.flush_max_events");
+        if g.max_in_flight_bytes < MIN_IN_FLIGHT_BYTES {
+            return bad("gateway.max_in_flight_bytes must be at least 16 MiB (16777216), the largest batch record");
         }
-        if g.request_timeout_ms <= g.delivery_timeout_ms + g.flush_ms {
-            return bad(
-                "gateway.request_timeout_ms must exceed gateway.delivery_timeout_ms + gateway.flush_ms",
-            );
+        if g.request_timeout_ms == 0 {
+            return bad("gateway.request_timeout_ms must be at least 1");
         }
         if g.max_connections == 0 {
             return bad("gateway.max_connections must be at least 1");

@@ -16,7 +16,8 @@ pub fn is_stream_id(stream: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-/// The client's own timestamp: ISO-8601 text or Unix milliseconds. Kept, never used for windowing.
+/// The client's own timestamp: ISO-8601 text as sent, or Unix milliseconds (the gateway turns a
+/// number in Unix seconds, a float included, into milliseconds). Kept, never used for windowing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
@@ -30,14 +31,26 @@ pub enum ClientTs {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendEmoji {
-    /// 1 to 128 visible characters.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128))]
-    pub user_id: String,
-    /// Exactly one emoji (one extended grapheme cluster: ZWJ sequences, skin tones, VS16, flags,
-    /// keycaps).
+    pub user_id: SeedUserId,
+    /// One emoji of Unicode's RGI list (ZWJ sequences, skin tones, flags, keycaps included;
+    /// unqualified forms are taken as the fully-qualified one).
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub emoji_type: String,
+    /// ISO-8601 / RFC 3339 date-time (`T` or space, zone optional, at most 64 bytes), or a
+    /// number: Unix seconds below 10^11 (a float such as Python's `time.time()` included), Unix
+    /// milliseconds from there on.
     #[serde(default)]
     pub timestamp: Option<ClientTs>,
+}
+
+/// The seeds' user id: 1 to 128 visible characters, or an integer (taken as its decimal text,
+/// so `42` and `"42"` are one user).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum SeedUserId {
+    Text(String),
+    Integer(i64),
 }
 
 /// One emoji in `POST /v1/streams/{stream}/emojis` (the stream comes from the path).
@@ -47,7 +60,8 @@ pub struct EmojiIn {
     /// 1 to 128 visible characters.
     #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128))]
     pub user_id: String,
-    /// Exactly one emoji.
+    /// One emoji of Unicode's RGI list, as in [`SendEmoji`].
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub emoji: String,
     #[serde(default)]
     pub timestamp: Option<ClientTs>,
@@ -61,6 +75,29 @@ pub struct Accepted {
     pub accepted: u64,
     /// floor(receive time ms / window_ms): the epoch they count in.
     pub epoch: u64,
+}
+
+/// The 200 of the seeds' `POST /send_emoji`: their `status` field, then [`Accepted`]'s. Their
+/// clients treat any other status than 200 as a failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SeedAccepted {
+    /// Always `accepted`.
+    pub status: String,
+    /// Emojis taken: 1.
+    pub accepted: u64,
+    /// floor(receive time ms / window_ms): the epoch it counts in.
+    pub epoch: u64,
+}
+
+impl From<Accepted> for SeedAccepted {
+    fn from(a: Accepted) -> Self {
+        SeedAccepted {
+            status: "accepted".into(),
+            accepted: a.accepted,
+            epoch: a.epoch,
+        }
+    }
 }
 
 /// Every 4xx/5xx body: what went wrong, and which field (when one is to blame).
@@ -259,6 +296,10 @@ mod tests {
             serde_json::from_str(r#"{"user_id":"u","emoji_type":"🔥","timestamp":1730800000000}"#)
                 .unwrap();
         assert_eq!(a.timestamp, Some(ClientTs::Millis(1730800000000)));
+        let seed: SendEmoji =
+            serde_json::from_str(r#"{"user_id":42,"emoji_type":"❤️","timestamp":1764540000}"#)
+                .unwrap();
+        assert_eq!(seed.user_id, SeedUserId::Integer(42));
         let b: SendEmoji = serde_json::from_str(r#"{"user_id":"u","emoji_type":"🔥"}"#).unwrap();
         assert_eq!(b.timestamp, None);
     }

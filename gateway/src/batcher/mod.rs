@@ -10,9 +10,9 @@
 //! broker sees at most one record per partition per round trip. (A closed-loop client such as
 //! a phone waiting for its 202 would otherwise be held to one request per `flush_ms`.)
 //!
-//! Memory is bounded by the in-flight budget: a request takes one permit per event before it is
-//! queued and the permits travel with its events until the broker has answered for them, so
-//! neither the queue nor librdkafka can grow past `max_in_flight_events`.
+//! Memory is bounded by the in-flight budget: a request takes one permit per byte of its encoded
+//! events before they are queued, and the permits travel with them until the broker has answered
+//! for them, so neither the queue nor librdkafka can grow past `max_in_flight_bytes`.
 //!
 //! - `batches`: which batches are due when (group commit, event and byte caps), apart from I/O.
 //! - `packer`: the task that sends due batches and passes each answer back to its requests.
@@ -78,18 +78,14 @@ impl BatcherHandle {
     /// Queues the taps of one request and, in durable mode, waits until the broker has
     /// acknowledged them.
     pub async fn submit(&self, stream: &str, taps: &[Tap<'_>]) -> Result<Accepted, GatewayError> {
+        if self.health.fatal().is_some() {
+            return Err(packer::PRODUCER_FAILED);
+        }
         if !self.health.reachable() {
             return Err(GatewayError::BrokerUnavailable {
                 reason: "broker unreachable, retry shortly",
             });
         }
-        let permit = u32::try_from(taps.len())
-            .ok()
-            .filter(|&n| n as usize <= self.budget_size)
-            .and_then(|n| Arc::clone(&self.budget).try_acquire_many_owned(n).ok())
-            .ok_or(GatewayError::Overloaded {
-                reason: "ingest budget full, retry shortly",
-            })?;
         let recv_ms = now_ms();
         let epoch = epoch_of(recv_ms, self.window_ms);
         let mut lines = Vec::with_capacity(taps.len() * (96 + stream.len()));
@@ -97,13 +93,22 @@ impl BatcherHandle {
             let event = EmojiEvent {
                 stream: Cow::Borrowed(stream),
                 user_id: Cow::Borrowed(&tap.user_id),
-                emoji: Cow::Borrowed(&tap.emoji),
+                emoji: Cow::Borrowed(tap.emoji),
                 ts: tap.ts.clone(),
                 recv_ms,
             };
             serde_json::to_writer(&mut lines, &event).expect("serializing to a Vec cannot fail");
             lines.push(b'\n');
         }
+        // The budget counts the bytes held until the broker answers, whatever the taps' count:
+        // a tap's encoded size varies several times over with its user id and timestamp.
+        let permit = u32::try_from(lines.len())
+            .ok()
+            .filter(|&n| n as usize <= self.budget_size)
+            .and_then(|n| Arc::clone(&self.budget).try_acquire_many_owned(n).ok())
+            .ok_or(GatewayError::Overloaded {
+                reason: "ingest budget full, retry shortly",
+            })?;
         let (ack, acked) = match self.mode {
             AckMode::Durable => {
                 let (tx, rx) = oneshot::channel();
@@ -141,9 +146,24 @@ impl BatcherHandle {
         self.health.reachable()
     }
 
-    /// Ready when the broker answers and the events topic exists.
+    /// Asks the broker now: ready when it answers and the events topic exists with
+    /// `events_partitions` partitions.
     pub async fn ready(&self) -> Result<(), StartError> {
-        producer::topic_ready(&self.producer, &self.topic).await
+        producer::topic_ready(&self.producer, &self.topic, self.partitions).await
+    }
+
+    /// The probe's last verdict (None: ready), without a broker round trip.
+    pub fn not_ready(&self) -> Option<String> {
+        self.health.not_ready()
+    }
+
+    /// The producer's health, apart from the handle: holding it does not keep the batcher
+    /// from finishing.
+    pub fn health(&self) -> ProducerHealth {
+        ProducerHealth {
+            health: Arc::clone(&self.health),
+            producer: self.producer.clone(),
+        }
     }
 
     /// librdkafka's out-queue length.
@@ -151,7 +171,7 @@ impl BatcherHandle {
         self.producer.in_flight_count()
     }
 
-    /// (events holding budget now, the budget).
+    /// (bytes holding budget now, the budget).
     pub fn in_flight(&self) -> (usize, usize) {
         let used = self.budget_size - self.budget.available_permits();
         (used, self.budget_size)
@@ -164,6 +184,38 @@ impl BatcherHandle {
         let mut h = std::hash::DefaultHasher::new();
         (stream, user_id).hash(&mut h);
         (h.finish() % u64::from(self.partitions)) as i32
+    }
+}
+
+/// What the gateway knows of its producer, for the exit path and its test.
+#[derive(Clone)]
+pub struct ProducerHealth {
+    health: Arc<Health>,
+    producer: Kafka,
+}
+
+impl ProducerHealth {
+    /// The probe's last verdict (None: ready), or the fatal error.
+    pub fn not_ready(&self) -> Option<String> {
+        self.health.not_ready()
+    }
+
+    /// librdkafka's fatal error, once the producer has failed for good.
+    pub fn fatal(&self) -> Option<String> {
+        self.health.fatal().map(str::to_string)
+    }
+
+    /// Resolves once the producer has failed for good.
+    pub async fn failed(self) {
+        self.health.failed().await
+    }
+
+    /// Raises librdkafka's fatal error on this gateway's producer, through librdkafka's own
+    /// test hook: the only way to see the exit path, since a broker cannot be made to fence
+    /// the producer on demand.
+    #[doc(hidden)]
+    pub fn raise_fatal_error_for_test(&self, reason: &str) {
+        producer::raise_fatal(&self.producer, reason);
     }
 }
 
@@ -182,7 +234,7 @@ impl Batcher {
         let producer = producer::create(config, Arc::clone(&health))?;
         let topic = config.kafka.events_topic.clone();
         let (tx, rx) = mpsc::channel(SUBMISSION_QUEUE);
-        let budget_size = config.gateway.max_in_flight_events;
+        let budget_size = config.gateway.max_in_flight_bytes;
         let handle = BatcherHandle {
             tx,
             budget: Arc::new(Semaphore::new(budget_size)),
@@ -194,7 +246,12 @@ impl Batcher {
             partitions: config.kafka.events_partitions,
             window_ms: config.epochs.window_ms,
         };
-        let probe = producer::spawn_probe(producer.clone(), topic.clone(), Arc::clone(&health));
+        let probe = producer::spawn_probe(
+            producer.clone(),
+            topic.clone(),
+            config.kafka.events_partitions,
+            Arc::clone(&health),
+        );
         let packer = Packer {
             producer,
             topic,
@@ -205,6 +262,12 @@ impl Batcher {
         };
         let task = tokio::spawn(packer.run(rx, Duration::from_millis(config.gateway.flush_ms)));
         Ok((Batcher { task, probe }, handle))
+    }
+
+    /// Stops at once, before anything was submitted (the gateway refused to start).
+    pub fn abort(self) {
+        self.task.abort();
+        self.probe.abort();
     }
 
     /// Waits until every handle is dropped, every open batch is flushed and every record's

@@ -4,13 +4,19 @@
 use super::batches::{BatchKey, Batches, OpenBatch};
 use super::Submission;
 use crate::metrics::Metrics;
-use crate::producer::{Health, Kafka};
+use crate::producer::{classify, Failure, Health, Kafka};
 use crate::GatewayError;
 use rdkafka::producer::{FutureRecord, Producer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+
+/// The answer to requests whose record failed once the producer has failed for good: the
+/// gateway is draining, a retry after the restart can pass.
+pub(super) const PRODUCER_FAILED: GatewayError = GatewayError::BrokerUnavailable {
+    reason: "the Kafka producer failed for good; the gateway is restarting, retry shortly",
+};
 
 pub(super) struct Packer {
     pub(super) producer: Kafka,
@@ -83,6 +89,7 @@ impl Packer {
             Ok(delivery) => {
                 self.batches.sent(partition);
                 let (health, metrics) = (Arc::clone(&self.health), Arc::clone(&self.metrics));
+                let producer = self.producer.clone();
                 let sent = Instant::now();
                 self.in_flight.spawn(async move {
                     let outcome = match delivery.await {
@@ -90,18 +97,34 @@ impl Packer {
                             metrics.broker_ack(sent.elapsed());
                             Ok(())
                         }
-                        Ok(Err((e, _))) => {
-                            tracing::warn!(error = %e, events, "broker did not acknowledge a batch");
+                        // After a fatal error librdkafka purges the queued records (as
+                        // retriable errors): they are refused for the same reason.
+                        Ok(Err(_)) if fatal(&producer, &health) => Err(PRODUCER_FAILED),
+                        Ok(Err((e, _))) => match classify(&e) {
+                            Failure::Retriable => {
+                                tracing::warn!(error = %e, events, "broker did not acknowledge a batch");
+                                health.set_down();
+                                Err(GatewayError::BrokerUnavailable {
+                                    reason: "broker did not acknowledge, retry shortly",
+                                })
+                            }
+                            Failure::Permanent(reason) => {
+                                tracing::error!(error = %e, events, "broker refused a batch");
+                                Err(GatewayError::RecordRefused { reason })
+                            }
+                            Failure::Fatal => {
+                                health.set_fatal(&e.to_string());
+                                Err(PRODUCER_FAILED)
+                            }
+                        },
+                        Err(_) => {
+                            health.set_down();
                             Err(GatewayError::BrokerUnavailable {
-                                reason: "broker did not acknowledge, retry shortly",
+                                reason: "producer stopped",
                             })
                         }
-                        Err(_) => Err(GatewayError::BrokerUnavailable {
-                            reason: "producer stopped",
-                        }),
                     };
                     if outcome.is_err() {
-                        health.set_down();
                         metrics.undelivered(events as u64);
                     }
                     for ack in acks {
@@ -115,12 +138,29 @@ impl Packer {
             Err((e, _)) => {
                 tracing::warn!(error = %e, events, "producer refused a batch");
                 self.metrics.undelivered(events as u64);
-                for ack in acks {
-                    let _ = ack.send(Err(GatewayError::Overloaded {
+                let refusal = match classify(&e) {
+                    _ if fatal(&self.producer, &self.health) => PRODUCER_FAILED,
+                    Failure::Retriable => GatewayError::Overloaded {
                         reason: "producer queue full, retry shortly",
-                    }));
+                    },
+                    Failure::Permanent(reason) => GatewayError::RecordRefused { reason },
+                    Failure::Fatal => {
+                        self.health.set_fatal(&e.to_string());
+                        PRODUCER_FAILED
+                    }
+                };
+                for ack in acks {
+                    let _ = ack.send(Err(refusal.clone()));
                 }
             }
         }
     }
+}
+
+/// Whether the producer has failed for good (librdkafka's fatal error), recorded in `health`.
+fn fatal(producer: &Kafka, health: &Health) -> bool {
+    if let Some((code, reason)) = producer.client().fatal_error() {
+        health.set_fatal(&format!("{code:?}: {reason}"));
+    }
+    health.fatal().is_some()
 }

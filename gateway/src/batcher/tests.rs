@@ -239,9 +239,9 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
     let topic = config.kafka.events_topic.clone();
 
     // One request first: its answer means its record is already readable.
-    let tap = |user: &str, emoji: &str| Tap {
+    let tap = |user: &str, emoji: &'static str| Tap {
         user_id: Cow::Owned(user.into()),
-        emoji: Cow::Owned(emoji.into()),
+        emoji,
         ts: None,
     };
     let first = handle.submit("main", &[tap("first", "🔥")]).await.unwrap();
@@ -321,4 +321,36 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
     batcher.finish().await;
     drop(broker);
     drop(dir);
+}
+
+/// The budget counts bytes of encoded events, not events: with 150 bytes of it left, one tap of
+/// a 128-character user id (an encoded line of about 200 bytes) is refused at once, and one tap
+/// of a 1-character user id (about 70 bytes) is taken.
+#[tokio::test]
+async fn the_in_flight_budget_counts_bytes_not_events() {
+    let dir = Scratch::new("batcher-bytes");
+    let (_broker, config) = Broker::start(dir.path(), |address| minimal_config(address, ""));
+    let (_batcher, handle) = Batcher::start(&config, Arc::new(Metrics::default())).unwrap();
+    let tap = |user: String| Tap {
+        user_id: Cow::Owned(user),
+        emoji: "🔥",
+        ts: None,
+    };
+    let budget = config.gateway.max_in_flight_bytes;
+    assert_eq!(handle.in_flight(), (0, budget));
+    let held = Arc::clone(&handle.budget)
+        .try_acquire_many_owned((budget - 150) as u32)
+        .unwrap();
+    assert_eq!(
+        handle.submit("main", &[tap("x".repeat(128))]).await,
+        Err(GatewayError::Overloaded {
+            reason: "ingest budget full, retry shortly"
+        })
+    );
+    let accepted = handle.submit("main", &[tap("s".into())]).await.unwrap();
+    assert_eq!(accepted.accepted, 1);
+    // Answered, so its bytes are back: only the test's own hold remains.
+    assert_eq!(handle.in_flight(), (budget - 150, budget));
+    drop(held);
+    assert_eq!(handle.in_flight(), (0, budget));
 }

@@ -1,33 +1,15 @@
-//! One emoji: one grapheme cluster that starts with an emoji scalar, or a keycap.
+//! One emoji: an entry of Unicode's RGI list, in its one canonical (fully-qualified) form.
 
-use unicode_segmentation::UnicodeSegmentation;
+/// The longest RGI emoji is 35 bytes (a kiss or couple with two skin tones); anything longer is
+/// refused before it is looked up, so a flood of combining marks or tag characters costs nothing.
+pub const MAX_EMOJI_BYTES: usize = 64;
 
-/// Exactly one extended grapheme cluster whose first scalar is an emoji (ZWJ sequences, skin
-/// tones, VS16 and flags stay one cluster), or a keycap sequence such as `1️⃣`.
-pub fn is_one_emoji(s: &str) -> bool {
-    let mut clusters = s.graphemes(true);
-    let (Some(cluster), None) = (clusters.next(), clusters.next()) else {
-        return false;
-    };
-    let mut chars = cluster.chars();
-    let Some(first) = chars.next() else {
-        return false;
-    };
-    if matches!(first, '0'..='9' | '#' | '*') {
-        return cluster.ends_with('\u{20E3}');
+/// The fully-qualified form of `s` when `s` is one RGI emoji (ZWJ sequences, skin tones, flags
+/// and keycaps included), or a minimally-qualified or unqualified form of one: so `❤` and `❤️`
+/// are the same emoji on every viewer's screen. `None` for anything else.
+pub fn canonical_emoji(s: &str) -> Option<&'static str> {
+    if s.len() > MAX_EMOJI_BYTES {
+        return None;
     }
-    is_emoji_scalar(first)
-}
-
-fn is_emoji_scalar(c: char) -> bool {
-    matches!(c as u32,
-        0x1F000..=0x1FAFF   // pictographs, emoticons, transport, flags, supplemental symbols
-        | 0x2600..=0x27BF   // miscellaneous symbols, dingbats (❤, ✨, ☀)
-        | 0x2300..=0x23FF   // technical (⌚, ⏰)
-        | 0x2B00..=0x2BFF   // arrows and stars (⭐, ⬆)
-        | 0x2190..=0x21FF   // arrows
-        | 0x25A0..=0x25FF   // geometric shapes
-        | 0x2934..=0x2935
-        | 0x3030 | 0x303D | 0x3297 | 0x3299
-        | 0x00A9 | 0x00AE | 0x203C | 0x2049 | 0x2122 | 0x2139 | 0x24C2)
+    emojis::get(s).map(|e| e.as_str())
 }

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 pub(super) fn fast_seed<'a>(body: &'a [u8], rules: &Rules) -> Option<Tap<'a>> {
     let s: FastSeed<'a> = serde_json::from_str(std::str::from_utf8(body).ok()?).ok()?;
     validate(
-        s.user_id,
+        s.user_id.0,
         s.emoji_type,
         s.timestamp,
         "",
@@ -56,7 +56,7 @@ pub(super) fn fast_batch<'a>(
 #[serde(deny_unknown_fields)]
 struct FastSeed<'a> {
     #[serde(borrow)]
-    user_id: Cow<'a, str>,
+    user_id: SeedUserId<'a>,
     #[serde(borrow)]
     emoji_type: Cow<'a, str>,
     #[serde(default, borrow)]
@@ -75,10 +75,41 @@ struct FastItem<'a> {
     timestamp: Option<RawTs<'a>>,
 }
 
-/// A timestamp before validation: the two JSON types it may have.
+/// A timestamp before validation: the JSON types it may have.
 pub(super) enum RawTs<'a> {
-    Millis(u64),
+    Int(u64),
+    /// A float, or an integer outside `u64` (negative ones included).
+    Float(f64),
     Text(Cow<'a, str>),
+}
+
+/// The seeds' user id: a string, or an integer (their generator sends `"user_id": 42`), which
+/// becomes its decimal text so `42` and `"42"` are one user.
+struct SeedUserId<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for SeedUserId<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SeedUserId<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(SeedUserId(Cow::Owned(v.to_string())))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(SeedUserId(Cow::Owned(v.to_string())))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(SeedUserId(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(SeedUserId(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
@@ -87,10 +118,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
         impl<'de> Visitor<'de> for V {
             type Value = RawTs<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("Unix milliseconds or an ISO-8601 string")
+                f.write_str("Unix seconds or milliseconds, or an ISO-8601 string")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(RawTs::Millis(v))
+                Ok(RawTs::Int(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(RawTs::Float(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(RawTs::Float(v))
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
                 Ok(RawTs::Text(Cow::Borrowed(v)))

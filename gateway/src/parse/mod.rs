@@ -10,7 +10,7 @@
 //! - `fast`: the fast path's borrowed structs and its two entry points.
 //! - `slow`: the slow path over `serde_json::Value`, naming each refusal's field.
 //! - `validate`: the field rules both paths share (user id, emoji, allow-list, timestamp).
-//! - `emoji`: what counts as exactly one emoji.
+//! - `emoji`: what counts as one emoji (Unicode's RGI list), and its canonical form.
 
 mod emoji;
 mod fast;
@@ -19,7 +19,8 @@ mod slow;
 mod tests;
 mod validate;
 
-pub use emoji::is_one_emoji;
+pub use emoji::{canonical_emoji, MAX_EMOJI_BYTES};
+pub use validate::MAX_TIMESTAMP_BYTES;
 
 use crate::{GatewayError, StartError};
 use emostream_protocol::wire::ClientTs;
@@ -32,25 +33,33 @@ use std::collections::HashSet;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tap<'a> {
     pub user_id: Cow<'a, str>,
-    pub emoji: Cow<'a, str>,
+    /// Canonical: the fully-qualified form of an RGI emoji.
+    pub emoji: &'static str,
     pub ts: Option<ClientTs>,
 }
 
-/// What a valid emoji is, beyond "exactly one": the optional allow-list from the configuration.
+/// What a valid emoji is, beyond "one RGI emoji": the optional allow-list from the configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
-    allow: Option<HashSet<String>>,
+    /// Canonical forms, so an entry written `❤` admits a tap of `❤️` and the other way round.
+    allow: Option<HashSet<&'static str>>,
 }
 
 impl Rules {
     /// Refuses an allow-list entry that is not itself one emoji: it could never match.
     pub fn new(allow_list: &[String]) -> Result<Self, StartError> {
-        if let Some(bad) = allow_list.iter().find(|e| !is_one_emoji(e)) {
-            return Err(StartError::AllowList(bad.clone()));
-        }
+        let allow = allow_list
+            .iter()
+            .map(|e| canonical_emoji(e).ok_or_else(|| StartError::AllowList(e.clone())))
+            .collect::<Result<HashSet<_>, _>>()?;
         Ok(Rules {
-            allow: (!allow_list.is_empty()).then(|| allow_list.iter().cloned().collect()),
+            allow: (!allow.is_empty()).then_some(allow),
         })
+    }
+
+    /// Whether the configuration restricts the emojis, and to which (canonical forms).
+    pub fn allowed(&self) -> Option<&HashSet<&'static str>> {
+        self.allow.as_ref()
     }
 }
 

@@ -1,17 +1,61 @@
 use super::*;
 
 #[test]
-fn emojis_that_are_one_cluster() {
-    for e in ["🔥", "👍🏽", "❤️", "❤", "👨‍👩‍👧", "🇮🇳", "1️⃣", "⭐", "🏳️‍🌈"]
-    {
-        assert!(is_one_emoji(e), "{e} should be accepted");
+fn rgi_emojis_are_taken_in_their_canonical_form() {
+    // (as sent, as stored): ZWJ sequences, skin tones, flags (regional and tag), keycaps, and
+    // the unqualified forms that map to one fully-qualified emoji.
+    let cases = [
+        ("🔥", "🔥"),
+        ("👍🏽", "👍🏽"),
+        ("❤️", "❤️"),
+        ("❤", "❤️"),
+        ("☺", "☺️"),
+        ("👨‍👩‍👧", "👨‍👩‍👧"),
+        (
+            "🧑🏻\u{200D}❤️\u{200D}💋\u{200D}🧑🏼",
+            "🧑🏻\u{200D}❤️\u{200D}💋\u{200D}🧑🏼",
+        ),
+        ("🇮🇳", "🇮🇳"),
+        (
+            "🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+            "🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+        ),
+        ("1️⃣", "1️⃣"),
+        ("1\u{20E3}", "1️⃣"),
+        ("#\u{20E3}", "#️⃣"),
+        ("🏳️‍🌈", "🏳️‍🌈"),
+        ("🏳\u{200D}🌈", "🏳️‍🌈"),
+        ("⭐", "⭐"),
+    ];
+    for (sent, stored) in cases {
+        assert_eq!(canonical_emoji(sent), Some(stored), "{sent:?}");
     }
 }
 
 #[test]
-fn not_one_emoji() {
-    for e in ["", "a", "🔥🔥", "1", "#", "hi🔥", "👍 ", "\u{200D}"] {
-        assert!(!is_one_emoji(e), "{e:?} should be refused");
+fn anything_but_one_rgi_emoji_is_refused() {
+    let marks = format!("🔥{}", "\u{0300}".repeat(1000));
+    let tags = format!("🏴{}\u{E007F}", "\u{E0061}".repeat(100));
+    let long_tags = format!("🏴{}\u{E007F}", "\u{E0061}".repeat(10));
+    for e in [
+        "",
+        "a",
+        "🔥🔥",
+        "1",
+        "#",
+        "hi🔥",
+        "👍 ",
+        "\u{200D}",
+        "🏽",
+        "🇦🇦",
+        "🔥\u{0300}",
+        "🔥\u{FE0F}\u{FE0F}",
+        "👍🏽🏽",
+        marks.as_str(),
+        tags.as_str(),
+        long_tags.as_str(),
+    ] {
+        assert_eq!(canonical_emoji(e), None, "{e:?} should be refused");
     }
 }
 
@@ -22,9 +66,149 @@ fn seed_body_as_the_seeds_send_it() {
         t,
         Tap {
             user_id: "user_42".into(),
-            emoji: "🔥".into(),
+            emoji: "🔥",
             ts: Some(ClientTs::Iso("2024-11-05T10:00:00.123Z".into()))
         }
+    );
+}
+
+#[test]
+fn the_seeds_clients_request_shapes() {
+    // (body as the clients send it, user id, stored timestamp). Python's `json.dumps` escapes
+    // every non-ASCII character; its `datetime.isoformat()` of a naive datetime has no zone.
+    let cases = [
+        (
+            r#"{"user_id": 42, "emoji_type": "\u2764\ufe0f", "timestamp": 1764540000}"#,
+            "42",
+            ClientTs::Millis(1_764_540_000_000),
+        ),
+        (
+            r#"{"user_id": 7, "emoji_type": "\u2764", "timestamp": 1764540000.25}"#,
+            "7",
+            ClientTs::Millis(1_764_540_000_250),
+        ),
+        (
+            r#"{"user_id": "user_9", "emoji_type": "❤️", "timestamp": 1764540000123}"#,
+            "user_9",
+            ClientTs::Millis(1_764_540_000_123),
+        ),
+        (
+            r#"{"user_id": -3, "emoji_type": "❤️", "timestamp": 1764540000123.9}"#,
+            "-3",
+            ClientTs::Millis(1_764_540_000_124),
+        ),
+        (
+            r#"{"user_id": 42, "emoji_type": "❤️", "timestamp": "2026-11-30T22:00:00.123456"}"#,
+            "42",
+            ClientTs::Iso("2026-11-30T22:00:00.123456".into()),
+        ),
+        (
+            r#"{"user_id": 42, "emoji_type": "❤️", "timestamp": "2026-11-30 22:00:00"}"#,
+            "42",
+            ClientTs::Iso("2026-11-30 22:00:00".into()),
+        ),
+        (
+            r#"{"user_id": 42, "emoji_type": "❤️", "timestamp": "2026-11-30T22:00:00+05:30"}"#,
+            "42",
+            ClientTs::Iso("2026-11-30T22:00:00+05:30".into()),
+        ),
+        (
+            r#"{"user_id": 42, "emoji_type": "❤️", "timestamp": "2026-11-30 22:00:00Z"}"#,
+            "42",
+            ClientTs::Iso("2026-11-30 22:00:00Z".into()),
+        ),
+    ];
+    for (body, user, ts) in cases {
+        let fast = fast_seed(body.as_bytes(), &Rules::default());
+        let tap = seed_body(body.as_bytes(), &Rules::default()).unwrap();
+        assert_eq!(fast.as_ref(), Some(&tap), "{body}: the fast path takes it");
+        assert_eq!(
+            tap,
+            Tap {
+                user_id: user.into(),
+                emoji: "❤️",
+                ts: Some(ts)
+            },
+            "{body}"
+        );
+        assert_eq!(slow_seed(body.as_bytes(), &Rules::default()), Ok(tap));
+    }
+}
+
+#[test]
+fn bad_seed_user_ids_and_timestamps_name_their_field() {
+    let user_rule = "user_id must be a string or an integer";
+    let cases = [
+        (r#"{"user_id":4.5,"emoji_type":"🔥"}"#, "user_id", user_rule),
+        (
+            r#"{"user_id":true,"emoji_type":"🔥"}"#,
+            "user_id",
+            user_rule,
+        ),
+        (
+            r#"{"user_id":1e300,"emoji_type":"🔥"}"#,
+            "user_id",
+            user_rule,
+        ),
+        (
+            r#"{"user_id":1,"emoji_type":"🔥","timestamp":-1}"#,
+            "timestamp",
+            validate::TIMESTAMP_RULE,
+        ),
+        (
+            r#"{"user_id":1,"emoji_type":"🔥","timestamp":1e300}"#,
+            "timestamp",
+            validate::TIMESTAMP_RULE,
+        ),
+        (
+            r#"{"user_id":1,"emoji_type":"🔥","timestamp":253402300800000}"#,
+            "timestamp",
+            validate::TIMESTAMP_RULE,
+        ),
+        (
+            r#"{"user_id":1,"emoji_type":"🔥","timestamp":"2026-11-30"}"#,
+            "timestamp",
+            validate::TIMESTAMP_RULE,
+        ),
+        (
+            r#"{"user_id":1,"emoji_type":"🔥","timestamp":"2026-13-30T22:00:00"}"#,
+            "timestamp",
+            validate::TIMESTAMP_RULE,
+        ),
+        (
+            r#"{"user_id":1,"emoji_type":"🔥","timestamp":"2026-11-30T22:00:00Z junk"}"#,
+            "timestamp",
+            validate::TIMESTAMP_RULE,
+        ),
+        (
+            r#"{"user_id":1,"emoji_type":"🔥","timestamp":"1764540000"}"#,
+            "timestamp",
+            validate::TIMESTAMP_RULE,
+        ),
+    ];
+    for (body, field, error) in cases {
+        assert_eq!(
+            seed_body(body.as_bytes(), &Rules::default()),
+            Err(GatewayError::invalid(field, error)),
+            "{body}"
+        );
+    }
+    let long = format!(
+        r#"{{"user_id":1,"emoji_type":"🔥","timestamp":"2026-11-30T22:00:00.{}Z"}}"#,
+        "1".repeat(40)
+    );
+    assert_eq!(
+        seed_body(long.as_bytes(), &Rules::default()),
+        Err(GatewayError::invalid("timestamp", validate::TIMESTAMP_RULE))
+    );
+    // The batch route keeps its string user ids.
+    assert_eq!(
+        batch_body(
+            br#"{"user_id":42,"emoji":"x"}"#,
+            BodyFormat::Json,
+            &Rules::default()
+        ),
+        Err(GatewayError::invalid("user_id", "user_id must be a string"))
     );
 }
 
@@ -35,7 +219,7 @@ fn batch_refusal_names_the_item() {
         batch_body(body, BodyFormat::Json, &Rules::default()),
         Err(GatewayError::invalid(
             "items[1].emoji",
-            "emoji must be exactly one emoji"
+            "emoji must be exactly one emoji of Unicode's RGI list"
         ))
     );
     let nd = "{\"user_id\":\"a\",\"emoji\":\"🔥\"}\n{\"user_id\":\"\",\"emoji\":\"🔥\"}\n";
@@ -60,7 +244,7 @@ fn batch_forms() {
         one,
         vec![Tap {
             user_id: "a".into(),
-            emoji: "❤️".into(),
+            emoji: "❤️",
             ts: Some(ClientTs::Millis(1730800000000))
         }]
     );
@@ -109,6 +293,14 @@ fn allow_list_refuses_other_emojis() {
         ))
     );
     assert!(Rules::new(&["ab".to_string()]).is_err());
+    // An entry and a tap in different qualifications are one emoji.
+    let hearts = Rules::new(&["❤".to_string()]).unwrap();
+    assert_eq!(
+        seed_body(r#"{"user_id":"a","emoji_type":"❤️"}"#.as_bytes(), &hearts)
+            .unwrap()
+            .emoji,
+        "❤️"
+    );
 }
 
 #[test]
@@ -172,22 +364,22 @@ fn every_field_refusal_names_its_field() {
         (
             r#"{"user_id":"a","emoji":"🔥🔥"}"#,
             "emoji",
-            "emoji must be exactly one emoji",
+            "emoji must be exactly one emoji of Unicode's RGI list",
         ),
         (
             r#"{"user_id":"a","emoji":"🔥","timestamp":-1}"#,
             "timestamp",
-            "timestamp must be ISO-8601 or Unix milliseconds",
+            validate::TIMESTAMP_RULE,
         ),
         (
             r#"{"user_id":"a","emoji":"🔥","timestamp":"yesterday"}"#,
             "timestamp",
-            "timestamp must be ISO-8601 or Unix milliseconds",
+            validate::TIMESTAMP_RULE,
         ),
         (
             r#"{"user_id":"a","emoji":"🔥","timestamp":true}"#,
             "timestamp",
-            "timestamp must be ISO-8601 or Unix milliseconds",
+            validate::TIMESTAMP_RULE,
         ),
     ];
     for (body, field, error) in cases {

@@ -1,11 +1,25 @@
 //! The field rules both paths share, so they cannot disagree on what is valid.
 
-use super::emoji::is_one_emoji;
+use super::emoji::canonical_emoji;
 use super::fast::RawTs;
 use super::{Rules, Tap};
 use crate::GatewayError;
 use emostream_protocol::wire::ClientTs;
 use std::borrow::Cow;
+
+/// The longest timestamp text taken: an RFC 3339 date-time with nanoseconds and an offset is 35
+/// bytes, and a bracketed zone name after it fits too.
+pub const MAX_TIMESTAMP_BYTES: usize = 64;
+
+/// A number below this is Unix seconds (as seconds it is the year 5138; as milliseconds it
+/// would be March 1973, which no client sends), at or above it Unix milliseconds.
+const SECONDS_BELOW: u64 = 100_000_000_000;
+
+/// 9999-12-31T23:59:59.999Z, the last instant ISO-8601 text can name without an extension.
+const MAX_MS: u64 = 253_402_300_799_999;
+
+pub(super) const TIMESTAMP_RULE: &str = "timestamp must be an ISO-8601 date-time (at most 64 \
+    bytes, zone optional), Unix seconds or Unix milliseconds, at most year 9999";
 
 /// 1 to 128 visible characters: no controls, no whitespace, no invisible format characters
 /// (zero-width spaces and joiners, bidi controls, soft hyphen, BOM) that would let two ids look
@@ -27,13 +41,12 @@ pub(super) fn check_user_id(user_id: &str, prefix: &str) -> Result<(), GatewayEr
 }
 
 pub(super) fn bad_timestamp(prefix: &str) -> GatewayError {
-    GatewayError::invalid(
-        format!("{prefix}timestamp"),
-        "timestamp must be ISO-8601 or Unix milliseconds",
-    )
+    GatewayError::invalid(format!("{prefix}timestamp"), TIMESTAMP_RULE)
 }
 
-/// The field rules both paths share, checked in the order the slow path reports them.
+/// The field rules both paths share, checked in the order the slow path reports them. The emoji
+/// comes out in its canonical form, a number timestamp in Unix milliseconds; a text timestamp
+/// is kept as sent (a date-time without a zone names no instant the gateway could convert to).
 pub(super) fn validate<'a>(
     user_id: Cow<'a, str>,
     emoji: Cow<'a, str>,
@@ -43,13 +56,13 @@ pub(super) fn validate<'a>(
     rules: &Rules,
 ) -> Result<Tap<'a>, GatewayError> {
     check_user_id(&user_id, prefix)?;
-    if !is_one_emoji(&emoji) {
+    let Some(emoji) = canonical_emoji(&emoji) else {
         return Err(GatewayError::invalid(
             format!("{prefix}{emoji_field}"),
-            format!("{emoji_field} must be exactly one emoji"),
+            format!("{emoji_field} must be exactly one emoji of Unicode's RGI list"),
         ));
-    }
-    if rules.allow.as_ref().is_some_and(|a| !a.contains(&*emoji)) {
+    };
+    if rules.allow.as_ref().is_some_and(|a| !a.contains(emoji)) {
         return Err(GatewayError::invalid(
             format!("{prefix}{emoji_field}"),
             format!("{emoji_field} is not one of the emojis this gateway accepts"),
@@ -57,28 +70,40 @@ pub(super) fn validate<'a>(
     }
     let ts = match ts {
         None => None,
-        Some(RawTs::Millis(ms)) => Some(ClientTs::Millis(ms)),
-        Some(RawTs::Text(s)) if looks_iso8601(&s) => Some(ClientTs::Iso(s.into_owned())),
-        Some(RawTs::Text(_)) => return Err(bad_timestamp(prefix)),
+        Some(raw) => Some(client_ts(raw).ok_or_else(|| bad_timestamp(prefix))?),
     };
     Ok(Tap { user_id, emoji, ts })
 }
 
-/// `YYYY-MM-DDTHH:MM:SS…`: the shape every ISO-8601 date-time the clients send starts with.
-fn looks_iso8601(s: &str) -> bool {
-    let b = s.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
-    b.len() >= 19
-        && digits(0..4)
-        && b[4] == b'-'
-        && digits(5..7)
-        && b[7] == b'-'
-        && digits(8..10)
-        && (b[10] == b'T' || b[10] == b' ')
-        && digits(11..13)
-        && b[13] == b':'
-        && digits(14..16)
-        && b[16] == b':'
-        && digits(17..19)
+fn client_ts(raw: RawTs<'_>) -> Option<ClientTs> {
+    match raw {
+        RawTs::Int(n) => millis(n as f64).map(ClientTs::Millis),
+        RawTs::Float(f) => millis(f).map(ClientTs::Millis),
+        RawTs::Text(s) if is_date_time(&s) => Some(ClientTs::Iso(s.into_owned())),
+        RawTs::Text(_) => None,
+    }
+}
+
+/// Unix seconds (a float from Python's `time.time()` included) or milliseconds, as milliseconds.
+fn millis(n: f64) -> Option<u64> {
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let ms = if n < SECONDS_BELOW as f64 {
+        n * 1000.0
+    } else {
+        n
+    }
+    .round();
+    // Below 2^53 every integer is exact in an f64, and MAX_MS is far below it.
+    (ms <= MAX_MS as f64).then_some(ms as u64)
+}
+
+/// An ISO-8601 / RFC 3339 date-time, `T` or space between date and time, with a zone (`Z` or an
+/// offset) or without one (Python's `datetime.isoformat()` of a naive datetime). A date alone
+/// is refused: it names a day, not a tap.
+fn is_date_time(s: &str) -> bool {
+    s.len() <= MAX_TIMESTAMP_BYTES
+        && matches!(s.as_bytes().get(10), Some(b'T' | b't' | b' '))
+        && (s.parse::<jiff::Timestamp>().is_ok() || s.parse::<jiff::civil::DateTime>().is_ok())
 }
