@@ -43,7 +43,10 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 }
 
 /// Every running process whose command line (arguments joined by spaces) contains each of
-/// `parts`.
+/// `parts`. A process in the middle of `exec` has an empty command line for a moment: the
+/// kernel lets a `vfork`ing parent (`posix_spawn`, hence `Command::spawn`) run on once the new
+/// memory map is in place, before it records where the arguments are. Right after a spawn,
+/// wait for the process to show rather than reading once.
 pub fn pids_with(parts: &[&str]) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -75,10 +78,19 @@ mod tests {
             .unwrap();
         let pid = child.id();
         assert!(rss_kib(pid).is_some());
-        assert_eq!(pids_with(&[&format!("sleep {seconds}")]), vec![pid]);
+        // Spawn returns while exec may still be writing the command line (see `pids_with`).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let command_line = format!("sleep {seconds}");
+        while pids_with(&[&command_line]).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "sleep never showed its command line"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(pids_with(&[&command_line]), vec![pid]);
         child.kill().unwrap();
         // Killed, not reaped: a zombie, which no longer has resident memory.
-        let deadline = Instant::now() + Duration::from_secs(10);
         while state(pid) != Some('Z') {
             assert!(Instant::now() < deadline, "sleep never died");
             std::thread::sleep(Duration::from_millis(5));
