@@ -6,6 +6,12 @@
 //! `Mutex` is right because it is never held across an `.await`). A bucket that has refilled to
 //! full is the same as no bucket, so shards drop such entries when they grow: memory follows the
 //! users active in the last `burst / rate` seconds, not every user ever seen.
+//!
+//! Hand-written rather than `governor` for one functional reason: a request refused after its
+//! taps were charged (budget full, broker down, a later tap's user over its rate) gives the
+//! tokens back, so a refusal never costs a user their next try. governor's keyed limiter can
+//! take cells but has no way to return them (boinkor-net/governor#152; the check/consume split
+//! of PR #211 is still unmerged).
 
 use std::borrow::Borrow;
 use std::collections::HashMap;

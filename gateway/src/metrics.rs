@@ -81,7 +81,7 @@ const GAUGES: [(&str, &str); 7] = [
     ),
     (
         "in_flight_bytes",
-        "Bytes of encoded events between arrival and the broker's acknowledgement",
+        "Bytes held for requests: bodies (their declared length) until the answer, encoded events until the broker's acknowledgement",
     ),
     (
         "in_flight_budget_bytes",
@@ -162,7 +162,7 @@ impl Default for Metrics {
 pub struct Gauges {
     /// librdkafka's out-queue: records not yet acknowledged, plus its own protocol requests.
     pub producer_queue_depth: i32,
-    /// Events holding a share of the in-flight budget, and the budget itself.
+    /// Bytes of bodies and encoded events holding the in-flight budget, and the budget itself.
     pub in_flight_bytes: usize,
     pub in_flight_budget: usize,
     pub open_connections: usize,

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::{IntoResponses, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -151,6 +151,21 @@ impl AppState {
             })
     }
 
+    /// Reads a body of at most `limit` bytes once its declared length fits in the in-flight
+    /// budget (503 at once otherwise, before a byte is read), so the bodies of many slow or
+    /// large requests cannot grow memory past the budget. The reservation goes on with the
+    /// request's taps ([`BatcherHandle::submit`]) and is returned when the broker answers.
+    async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        limit: usize,
+    ) -> Result<(Bytes, OwnedSemaphorePermit), GatewayError> {
+        let reserved = self.0.batcher.reserve(declared_length(headers, limit)?)?;
+        let body = read_body(body, limit, self.0.request_timeout).await?;
+        Ok((body, reserved))
+    }
+
     /// Charges each tap to its user's bucket, then hands the request to the batcher. A request
     /// with more taps of one user than the bucket holds is 422, not 429: no wait would let it
     /// pass. Tokens taken for a request refused later are given back.
@@ -159,6 +174,7 @@ impl AppState {
         stream: &str,
         taps: &[Tap<'_>],
         indexed: bool,
+        reserved: OwnedSemaphorePermit,
     ) -> Result<Ingested, GatewayError> {
         let users = &self.0.users;
         let field = |i: usize| {
@@ -199,7 +215,7 @@ impl AppState {
                 });
             }
         }
-        let accepted = match self.0.batcher.submit(stream, taps).await {
+        let accepted = match self.0.batcher.submit(stream, taps, reserved).await {
             Ok(accepted) => accepted,
             Err(e) => {
                 give_back(taps);
@@ -344,11 +360,10 @@ async fn send_emoji(
     if BodyFormat::from_content_type(content_type(&headers))? != BodyFormat::Json {
         return Err(GatewayError::UnsupportedMediaType);
     }
-    declared_length(&headers, SINGLE_BODY_LIMIT)?;
-    let body = read_body(body, SINGLE_BODY_LIMIT, state.0.request_timeout).await?;
+    let (body, reserved) = state.read_body(&headers, body, SINGLE_BODY_LIMIT).await?;
     let tap = parse::seed_body(&body, &state.0.rules)?;
     let Ingested(accepted) = state
-        .ingest(DEFAULT_STREAM, std::slice::from_ref(&tap), false)
+        .ingest(DEFAULT_STREAM, std::slice::from_ref(&tap), false, reserved)
         .await?;
     Ok(SeedIngested(accepted.into()))
 }
@@ -381,11 +396,10 @@ async fn stream_emojis(
     };
     parse::stream_id(&stream)?;
     let format = BodyFormat::from_content_type(content_type(&headers))?;
-    declared_length(&headers, BATCH_BODY_LIMIT)?;
-    let body = read_body(body, BATCH_BODY_LIMIT, state.0.request_timeout).await?;
+    let (body, reserved) = state.read_body(&headers, body, BATCH_BODY_LIMIT).await?;
     let taps = parse::batch_body(&body, format, &state.0.rules)?;
     let indexed = parse::is_list(&body, format);
-    state.ingest(&stream, &taps, indexed).await
+    state.ingest(&stream, &taps, indexed, reserved).await
 }
 
 fn content_type(headers: &HeaderMap) -> Option<&str> {
@@ -394,16 +408,18 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-/// Refuses at once a body whose declared `Content-Length` is over `limit`, before reading a byte
-/// of it (the read below would refuse it too, but only after `limit` bytes or the deadline).
-fn declared_length(headers: &HeaderMap, limit: usize) -> Result<(), GatewayError> {
+/// The body's declared `Content-Length`, refused at once when over `limit`, before a byte of
+/// it is read (the read would refuse it too, but only after `limit` bytes or the deadline).
+/// Without one (a chunked body), `limit`: all it may grow to.
+fn declared_length(headers: &HeaderMap, limit: usize) -> Result<usize, GatewayError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
         Some(n) if n > limit as u64 => Err(GatewayError::TooLarge { limit }),
-        _ => Ok(()),
+        Some(n) => Ok(n as usize),
+        None => Ok(limit),
     }
 }
 

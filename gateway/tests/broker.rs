@@ -496,23 +496,114 @@ async fn after_sigterm_under_load_every_acknowledged_emoji_is_in_kafka() {
 }
 
 #[tokio::test]
+async fn bodies_hold_the_in_flight_budget_by_their_declared_length_before_they_are_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MIB: usize = 1 << 20;
+    let kafka = Kafka::start("");
+    let mut config = kafka.config.clone();
+    config.gateway.max_in_flight_bytes = 16 * MIB;
+    // The declared bodies below wait for the test, not for a slow client's deadline.
+    config.gateway.request_timeout_ms = 120_000;
+    let gateway = Gateway::start(config).await;
+    let in_flight = || async {
+        let metrics = http::get(&gateway.addr, "/metrics").await.unwrap().body;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("emostream_gateway_in_flight_bytes "))
+            .map(|v| v.parse::<usize>().unwrap())
+            .unwrap()
+    };
+    // Sixteen requests declare 1 MiB bodies and send nothing of them yet: the whole budget.
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let mut stream = tokio::net::TcpStream::connect(&gateway.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/streams/main/emojis HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {MIB}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        held.push(stream);
+    }
+    wait_until(
+        "the declared bodies to hold the whole budget",
+        Duration::from_secs(30),
+        || async { in_flight().await == 16 * MIB },
+    )
+    .await;
+    let tap = r#"{"user_id":"late","emoji":"🔥"}"#;
+    let refused = http::post_json(&gateway.addr, "/v1/streams/main/emojis", tap)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            refused.status,
+            refused.body.as_str(),
+            refused.header("retry-after")
+        ),
+        (
+            503,
+            r#"{"error":"ingest budget full, retry shortly"}"#,
+            Some("1")
+        )
+    );
+    // Each held request's body: one tap, padded with JSON whitespace to the declared length.
+    // Its encoded tap fits in its own reservation, so every one is taken.
+    for (i, stream) in held.iter_mut().enumerate() {
+        let mut body = format!(r#"[{{"user_id":"held{i}","emoji":"🔥"}}"#).into_bytes();
+        body.resize(MIB - 1, b' ');
+        body.push(b']');
+        stream.write_all(&body).await.unwrap();
+    }
+    for stream in &mut held {
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        let answer = http::parse(&raw).expect("an HTTP answer");
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        assert_eq!(accepted(&answer).accepted, 1);
+    }
+    // The packer returns a record's permits once it has passed the broker's answer on.
+    wait_until(
+        "the budget to be free again",
+        Duration::from_secs(30),
+        || async { in_flight().await == 0 },
+    )
+    .await;
+    let taken = http::post_json(&gateway.addr, "/v1/streams/main/emojis", tap)
+        .await
+        .unwrap();
+    assert_eq!(taken.status, 202, "{}", taken.body);
+    let mut users: Vec<String> = kafka.events().await.into_iter().map(|e| e.1).collect();
+    users.sort();
+    let mut expected: Vec<String> = (0..16).map(|i| format!("held{i}")).collect();
+    expected.push("late".into());
+    expected.sort();
+    assert_eq!(users, expected);
+    gateway.stop().await;
+}
+
+/// The reason the gateway gives for refusing to start with `config`. The start-up checks are a
+/// metadata request and a DescribeConfigs; 30 s leaves a loaded machine a wide margin, and a
+/// gateway that started serving instead would hold the test until then.
+async fn refused_at_start(config: Config) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        emostream_gateway::run(config, listener, std::future::pending()),
+    )
+    .await
+    .expect("the gateway refuses to start instead of serving")
+    .unwrap_err()
+    .to_string()
+}
+
+#[tokio::test]
 async fn a_topic_with_another_partition_count_is_refused_at_start() {
     let kafka = Kafka::start("");
     let mut config = kafka.config.clone();
     let found = config.kafka.events_partitions;
     config.kafka.events_partitions = found + 1;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    // The check is one metadata request; 30 s leaves a loaded machine a wide margin, and a
-    // gateway that started serving instead would hold the test until then.
-    let refused = tokio::time::timeout(
-        Duration::from_secs(30),
-        emostream_gateway::run(config.clone(), listener, std::future::pending()),
-    )
-    .await
-    .expect("the gateway refuses to start instead of serving")
-    .unwrap_err();
     assert_eq!(
-        refused.to_string(),
+        refused_at_start(config.clone()).await,
         format!(
             "topic {} has {found} partitions, kafka.events_partitions says {}",
             config.kafka.events_topic,
@@ -632,17 +723,8 @@ async fn a_topic_whose_records_must_be_smaller_than_the_gateways_is_refused_at_s
         .await
         .unwrap();
     assert!(created.iter().all(Result::is_ok), "{created:?}");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    // Two requests (metadata, DescribeConfigs); 30 s leaves a loaded machine a wide margin.
-    let refused = tokio::time::timeout(
-        Duration::from_secs(30),
-        emostream_gateway::run(config.clone(), listener, std::future::pending()),
-    )
-    .await
-    .expect("the gateway refuses to start instead of serving")
-    .unwrap_err();
     assert_eq!(
-        refused.to_string(),
+        refused_at_start(config).await,
         "topic small-records has max.message.bytes = 1048576, the gateway's records reach \
          16777216 bytes (twice its flush threshold): raise max.message.bytes on the topic"
     );

@@ -96,7 +96,8 @@ async fn exchange(
     })
 }
 
-fn parse(raw: &[u8]) -> Option<Response> {
+/// A whole response as read from a connection the server closed; `None` when it is not HTTP.
+pub fn parse(raw: &[u8]) -> Option<Response> {
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..split]).ok()?;
     let mut lines = head.split("\r\n");

@@ -19,6 +19,27 @@ use std::sync::OnceLock;
 
 static ALLOW: OnceLock<Rules> = OnceLock::new();
 
+/// Default_Ignorable_Code_Point, DerivedCoreProperties.txt of Unicode 16.0.
+const DEFAULT_IGNORABLE: [std::ops::RangeInclusive<u32>; 17] = [
+    0xAD..=0xAD,
+    0x34F..=0x34F,
+    0x61C..=0x61C,
+    0x115F..=0x1160,
+    0x17B4..=0x17B5,
+    0x180B..=0x180F,
+    0x200B..=0x200F,
+    0x202A..=0x202E,
+    0x2060..=0x206F,
+    0x3164..=0x3164,
+    0xFE00..=0xFE0F,
+    0xFEFF..=0xFEFF,
+    0xFFA0..=0xFFA0,
+    0xFFF0..=0xFFF8,
+    0x1BCA0..=0x1BCA3,
+    0x1D173..=0x1D17A,
+    0xE0000..=0xE0FFF,
+];
+
 /// 9999-12-31T23:59:59.999Z.
 const MAX_MS: u64 = 253_402_300_799_999;
 
@@ -31,8 +52,7 @@ fn tap_obeys_the_rules(tap: &Tap<'_>, rules: &Rules, body: &[u8]) {
     assert!(
         !tap.user_id.chars().any(|c| c.is_control()
             || c.is_whitespace()
-            || matches!(c, '\u{AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{2064}' | '\u{FEFF}')),
+            || DEFAULT_IGNORABLE.iter().any(|r| r.contains(&(c as u32)))),
         "invisible character in user id {:?}: {body:?}",
         tap.user_id
     );

@@ -10,9 +10,11 @@
 //! broker sees at most one record per partition per round trip. (A closed-loop client such as
 //! a phone waiting for its 202 would otherwise be held to one request per `flush_ms`.)
 //!
-//! Memory is bounded by the in-flight budget: a request takes one permit per byte of its encoded
-//! events before they are queued, and the permits travel with them until the broker has answered
-//! for them, so neither the queue nor librdkafka can grow past `max_in_flight_bytes`.
+//! Memory is bounded by the in-flight budget, one permit per byte: a request's handler reserves
+//! its body's declared length before reading it and holds it until it answers; the request takes
+//! the size of its encoded events before they are queued, and those permits travel with them
+//! until the broker has answered for them. So neither bodies being read, the queue nor
+//! librdkafka can grow past `max_in_flight_bytes`.
 //!
 //! - `batches`: which batches are due when (group commit, event and byte caps), apart from I/O.
 //! - `packer`: the task that sends due batches and passes each answer back to its requests.
@@ -77,7 +79,14 @@ pub struct BatcherHandle {
 impl BatcherHandle {
     /// Queues the taps of one request and, in durable mode, waits until the broker has
     /// acknowledged them.
-    pub async fn submit(&self, stream: &str, taps: &[Tap<'_>]) -> Result<Accepted, GatewayError> {
+    /// Hands `taps` to the producer and, in durable mode, waits for the broker's verdict.
+    /// `reserved` is what the request already holds of the in-flight budget (its body's bytes).
+    pub async fn submit(
+        &self,
+        stream: &str,
+        taps: &[Tap<'_>],
+        reserved: OwnedSemaphorePermit,
+    ) -> Result<Accepted, GatewayError> {
         if self.health.fatal().is_some() {
             return Err(packer::PRODUCER_FAILED);
         }
@@ -101,14 +110,13 @@ impl BatcherHandle {
             lines.push(b'\n');
         }
         // The budget counts the bytes held until the broker answers, whatever the taps' count:
-        // a tap's encoded size varies several times over with its user id and timestamp.
-        let permit = u32::try_from(lines.len())
-            .ok()
-            .filter(|&n| n as usize <= self.budget_size)
-            .and_then(|n| Arc::clone(&self.budget).try_acquire_many_owned(n).ok())
-            .ok_or(GatewayError::Overloaded {
-                reason: "ingest budget full, retry shortly",
-            })?;
+        // a tap's encoded size varies several times over with its user id and timestamp. The
+        // body's reservation covers them when it is large enough; otherwise the request takes
+        // the difference, so it holds the larger of the two until the answer.
+        let mut permit = reserved;
+        if let Some(short) = lines.len().checked_sub(permit.num_permits()) {
+            permit.merge(self.reserve(short)?);
+        }
         let (ack, acked) = match self.mode {
             AckMode::Durable => {
                 let (tx, rx) = oneshot::channel();
@@ -140,6 +148,19 @@ impl BatcherHandle {
             accepted: taps.len() as u64,
             epoch,
         })
+    }
+
+    /// Takes `bytes` of the in-flight budget until the permit is dropped, or refuses at once
+    /// (503) when they do not fit: the handlers reserve a body's bytes before reading it, the
+    /// batcher its encoded records until the broker answers.
+    pub fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, GatewayError> {
+        u32::try_from(bytes)
+            .ok()
+            .filter(|&n| n as usize <= self.budget_size)
+            .and_then(|n| Arc::clone(&self.budget).try_acquire_many_owned(n).ok())
+            .ok_or(GatewayError::Overloaded {
+                reason: "ingest budget full, retry shortly",
+            })
     }
 
     pub fn broker_reachable(&self) -> bool {

@@ -244,7 +244,10 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
         emoji,
         ts: None,
     };
-    let first = handle.submit("main", &[tap("first", "🔥")]).await.unwrap();
+    let first = handle
+        .submit("main", &[tap("first", "🔥")], handle.reserve(0).unwrap())
+        .await
+        .unwrap();
     assert_eq!(first.accepted, 1);
     let (b, t) = (brokers.clone(), topic.clone());
     let records = tokio::task::spawn_blocking(move || read_to_end(&b, &t))
@@ -260,7 +263,10 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
             let stream = if i % 2 == 0 { "main" } else { "cricket" };
             let user = format!("u{}", i % 8);
             let taps: Vec<Tap> = (0..=i % 3).map(|_| tap(&user, "👍🏽")).collect();
-            let accepted = handle.submit(stream, &taps).await.unwrap();
+            let accepted = handle
+                .submit(stream, &taps, handle.reserve(0).unwrap())
+                .await
+                .unwrap();
             (i, accepted.accepted)
         });
     }
@@ -342,12 +348,17 @@ async fn the_in_flight_budget_counts_bytes_not_events() {
         .try_acquire_many_owned((budget - 150) as u32)
         .unwrap();
     assert_eq!(
-        handle.submit("main", &[tap("x".repeat(128))]).await,
+        handle
+            .submit("main", &[tap("x".repeat(128))], handle.reserve(0).unwrap())
+            .await,
         Err(GatewayError::Overloaded {
             reason: "ingest budget full, retry shortly"
         })
     );
-    let accepted = handle.submit("main", &[tap("s".into())]).await.unwrap();
+    let accepted = handle
+        .submit("main", &[tap("s".into())], handle.reserve(0).unwrap())
+        .await
+        .unwrap();
     assert_eq!(accepted.accepted, 1);
     // Answered, so its bytes are back: only the test's own hold remains.
     assert_eq!(handle.in_flight(), (budget - 150, budget));

@@ -436,3 +436,37 @@ fn content_types() {
         Err(GatewayError::UnsupportedMediaType)
     );
 }
+
+#[test]
+fn a_user_id_with_any_default_ignorable_code_point_is_refused() {
+    let rules = Rules::default();
+    // Both ends of every range of Default_Ignorable_Code_Point (Unicode 16.0).
+    let ignorable = [
+        0xAD, 0x34F, 0x61C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180F, 0x200B, 0x200F, 0x202A,
+        0x202E, 0x2060, 0x206F, 0x3164, 0xFE00, 0xFE0F, 0xFEFF, 0xFFA0, 0xFFF0, 0xFFF8, 0x1BCA0,
+        0x1BCA3, 0x1D173, 0x1D17A, 0xE0000, 0xE0041, 0xE0100, 0xE0FFF,
+    ];
+    for code in ignorable {
+        let c = char::from_u32(code).unwrap();
+        let body = serde_json::json!({ "user_id": format!("a{c}b"), "emoji": "🔥" }).to_string();
+        assert_eq!(
+            batch_body(body.as_bytes(), BodyFormat::Json, &rules),
+            Err(GatewayError::invalid(
+                "user_id",
+                "user_id must be 1 to 128 visible characters"
+            )),
+            "U+{code:04X}"
+        );
+    }
+    // Their neighbours outside the property are ordinary characters.
+    for code in [
+        0xAC, 0x34E, 0x1161, 0x17B6, 0x2070, 0x3165, 0xFE10, 0xFFF9, 0x1D17B, 0xE1000,
+    ] {
+        let c = char::from_u32(code).unwrap();
+        let body = serde_json::json!({ "user_id": format!("a{c}b"), "emoji": "🔥" }).to_string();
+        assert!(
+            batch_body(body.as_bytes(), BodyFormat::Json, &rules).is_ok(),
+            "U+{code:04X}"
+        );
+    }
+}

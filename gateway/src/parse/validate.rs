@@ -21,16 +21,11 @@ const MAX_MS: u64 = 253_402_300_799_999;
 pub(super) const TIMESTAMP_RULE: &str = "timestamp must be an ISO-8601 date-time (at most 64 \
     bytes, zone optional), Unix seconds or Unix milliseconds, at most year 9999";
 
-/// 1 to 128 visible characters: no controls, no whitespace, no invisible format characters
-/// (zero-width spaces and joiners, bidi controls, soft hyphen, BOM) that would let two ids look
-/// the same.
+/// 1 to 128 visible characters: no controls, no whitespace, no default-ignorable code points
+/// (zero-width spaces and joiners, bidi controls, soft hyphen, variation selectors, tags,
+/// Hangul fillers, BOM), which render as nothing and would let two ids look the same.
 pub(super) fn check_user_id(user_id: &str, prefix: &str) -> Result<(), GatewayError> {
-    let invisible = |c: char| {
-        c.is_control()
-            || c.is_whitespace()
-            || matches!(c, '\u{AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
-    };
+    let invisible = |c: char| c.is_control() || c.is_whitespace() || is_default_ignorable(c);
     if user_id.is_empty() || user_id.chars().count() > 128 || user_id.chars().any(invisible) {
         return Err(GatewayError::invalid(
             format!("{prefix}user_id"),
@@ -38,6 +33,17 @@ pub(super) fn check_user_id(user_id: &str, prefix: &str) -> Result<(), GatewayEr
         ));
     }
     Ok(())
+}
+
+/// Unicode's `Default_Ignorable_Code_Point` (DerivedCoreProperties.txt, Unicode 16.0), whole:
+/// no maintained crate short of ICU's data exposes this one property.
+fn is_default_ignorable(c: char) -> bool {
+    matches!(c,
+        '\u{AD}' | '\u{34F}' | '\u{61C}' | '\u{115F}'..='\u{1160}' | '\u{17B4}'..='\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+        | '\u{FFF0}'..='\u{FFF8}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E0FFF}')
 }
 
 pub(super) fn bad_timestamp(prefix: &str) -> GatewayError {
