@@ -126,6 +126,7 @@ async fn feed(config: Config, stop: Arc<AtomicBool>, truth: Arc<Mutex<Truth>>) {
                         emoji: (*emoji).into(),
                         ts: None,
                         recv_ms,
+                        request_id: None,
                     };
                     serde_json::to_string(&event).expect("an event serializes") + "\n"
                 })

@@ -68,6 +68,7 @@ async fn late_records_are_folded_in_and_reported() {
             emoji: Cow::Borrowed(LATE_EMOJI),
             ts: None,
             recv_ms,
+            request_id: None,
         };
         let payload = format!(
             "{}\n",

@@ -49,6 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     emoji: Cow::Borrowed(EMOJIS[i % EMOJIS.len()]),
                     ts: None,
                     recv_ms: now_ms,
+                    request_id: None,
                 };
                 serde_json::to_writer(&mut body, &event).expect("an event serializes");
                 body.push(b'\n');

@@ -172,6 +172,7 @@ impl AppState {
     async fn ingest(
         &self,
         stream: &str,
+        request_id: Option<&str>,
         taps: &[Tap<'_>],
         indexed: bool,
         reserved: OwnedSemaphorePermit,
@@ -215,7 +216,12 @@ impl AppState {
                 });
             }
         }
-        let accepted = match self.0.batcher.submit(stream, taps, reserved).await {
+        let accepted = match self
+            .0
+            .batcher
+            .submit(stream, request_id, taps, reserved)
+            .await
+        {
             Ok(accepted) => accepted,
             Err(e) => {
                 give_back(taps);
@@ -235,7 +241,10 @@ pub fn app(state: AppState) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(state.0.cors_origins.clone()))
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::CONTENT_TYPE])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static(IDEMPOTENCY_KEY),
+        ])
         .expose_headers([header::RETRY_AFTER])
         .max_age(Duration::from_secs(600));
     // The document names its own route, so it exists only once every route is registered; the
@@ -347,6 +356,7 @@ impl IntoResponse for SeedIngested {
 #[utoipa::path(
     post,
     path = "/send_emoji",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Optional, 1 to 128 visible ASCII characters (a quoted Structured Field string or bare): carried into every record of the request; send the same key when resending a request whose answer may have landed.")),
     request_body(content = SendEmoji, content_type = "application/json"),
     responses((status = 200, description = "Taken (durable mode: acknowledged by the broker).", body = SeedAccepted), Refused)
 )]
@@ -360,10 +370,17 @@ async fn send_emoji(
     if BodyFormat::from_content_type(content_type(&headers))? != BodyFormat::Json {
         return Err(GatewayError::UnsupportedMediaType);
     }
+    let request_id = request_id(&headers)?;
     let (body, reserved) = state.read_body(&headers, body, SINGLE_BODY_LIMIT).await?;
     let tap = parse::seed_body(&body, &state.0.rules)?;
     let Ingested(accepted) = state
-        .ingest(DEFAULT_STREAM, std::slice::from_ref(&tap), false, reserved)
+        .ingest(
+            DEFAULT_STREAM,
+            request_id,
+            std::slice::from_ref(&tap),
+            false,
+            reserved,
+        )
         .await?;
     Ok(SeedIngested(accepted.into()))
 }
@@ -373,7 +390,10 @@ async fn send_emoji(
 #[utoipa::path(
     post,
     path = "/v1/streams/{stream}/emojis",
-    params(("stream" = String, Path, description = "The stream id.", pattern = "^[a-z0-9_-]{1,64}$")),
+    params(
+        ("stream" = String, Path, description = "The stream id.", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Optional, 1 to 128 visible ASCII characters (a quoted Structured Field string or bare): carried into every record of the request; send the same key when resending a request whose answer may have landed."),
+    ),
     request_body(
         description = "JSON: one EmojiIn or an array of them. NDJSON: one EmojiIn object per line.",
         content((EmojiBatch = "application/json"), (String = "application/x-ndjson")),
@@ -396,11 +416,50 @@ async fn stream_emojis(
     };
     parse::stream_id(&stream)?;
     let format = BodyFormat::from_content_type(content_type(&headers))?;
+    let request_id = request_id(&headers)?;
     let (body, reserved) = state.read_body(&headers, body, BATCH_BODY_LIMIT).await?;
     let taps = parse::batch_body(&body, format, &state.0.rules)?;
     let indexed = parse::is_list(&body, format);
-    state.ingest(&stream, &taps, indexed, reserved).await
+    state
+        .ingest(&stream, request_id, &taps, indexed, reserved)
+        .await
 }
+
+/// The longest `Idempotency-Key` taken: a UUID is 36 characters, so this leaves room for any
+/// key scheme while keeping records small.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The request's `Idempotency-Key` (IETF httpapi draft; a Structured Field string, so quoted,
+/// though a bare value is taken too): 1 to 128 visible ASCII characters. It is carried into
+/// every record of the request, so the copies a retry may add can be told apart in the log.
+fn request_id(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value.to_str().ok().map(|v| {
+        v.strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v)
+    });
+    match key {
+        Some(k)
+            if (1..=MAX_REQUEST_ID).contains(&k.len())
+                && k.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') =>
+        {
+            Ok(Some(k))
+        }
+        _ => Err(GatewayError::Malformed {
+            reason: format!(
+                "Idempotency-Key must be 1 to {MAX_REQUEST_ID} visible ASCII characters \
+                 (no quote or backslash), optionally in double quotes"
+            ),
+            field: Some(IDEMPOTENCY_KEY.into()),
+        }),
+    }
+}
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers

@@ -581,6 +581,98 @@ async fn bodies_hold_the_in_flight_budget_by_their_declared_length_before_they_a
     gateway.stop().await;
 }
 
+/// A JSON POST with an `Idempotency-Key` header of exactly `key`.
+async fn post_with_key(addr: &str, path: &str, key: &str, body: &str) -> Response {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nIdempotency-Key: {key}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    http::parse(&raw).expect("an HTTP answer")
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_carried_into_every_record_of_its_request() {
+    let kafka = Kafka::start("");
+    let gw = Gateway::start(kafka.config.clone()).await;
+    let seed = post_with_key(
+        &gw.addr,
+        "/send_emoji",
+        r#""retry-7f3a""#,
+        r#"{"user_id": 1, "emoji_type": "🔥"}"#,
+    )
+    .await;
+    seed_accepted(&seed);
+    let batch = post_with_key(
+        &gw.addr,
+        "/v1/streams/main/emojis",
+        "batch-9",
+        r#"[{"user_id":"b1","emoji":"🎉"},{"user_id":"b2","emoji":"🎉"}]"#,
+    )
+    .await;
+    assert_eq!(accepted(&batch).accepted, 2);
+    let plain = http::post_json(
+        &gw.addr,
+        "/v1/streams/main/emojis",
+        r#"{"user_id":"p","emoji":"🎉"}"#,
+    )
+    .await
+    .unwrap();
+    accepted(&plain);
+    let long = "k".repeat(129);
+    for bad in ["", "\"\"", "two words", "q\"uote", &long] {
+        let refused = post_with_key(
+            &gw.addr,
+            "/v1/streams/main/emojis",
+            bad,
+            r#"{"user_id":"never","emoji":"🎉"}"#,
+        )
+        .await;
+        assert_eq!(
+            (refused.status, refused.body.as_str()),
+            (
+                400,
+                r#"{"error":"Idempotency-Key must be 1 to 128 visible ASCII characters (no quote or backslash), optionally in double quotes","field":"idempotency-key"}"#
+            ),
+            "key {bad:?}"
+        );
+    }
+    gw.stop().await;
+
+    let (brokers, events) = (
+        kafka.config.kafka.brokers.clone(),
+        kafka.config.kafka.events_topic.clone(),
+    );
+    let records = tokio::task::spawn_blocking(move || topic::payloads(&brokers, &events))
+        .await
+        .unwrap();
+    let mut keys: Vec<(String, Option<String>)> = records
+        .iter()
+        .flat_map(|payload| payload.split(|&b| b == b'\n'))
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let e: EmojiEvent = serde_json::from_slice(line).unwrap();
+            (e.user_id.into(), e.request_id.map(String::from))
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            ("1".to_string(), Some("retry-7f3a".to_string())),
+            ("b1".into(), Some("batch-9".into())),
+            ("b2".into(), Some("batch-9".into())),
+            ("p".into(), None),
+        ]
+    );
+}
+
 /// The reason the gateway gives for refusing to start with `config`. The start-up checks are a
 /// metadata request and a DescribeConfigs; 30 s leaves a loaded machine a wide margin, and a
 /// gateway that started serving instead would hold the test until then.

@@ -557,7 +557,10 @@ async fn only_the_viewer_pages_and_configured_origins_may_post_cross_origin() {
             .uri("/v1/streams/main/emojis")
             .header(header::ORIGIN, origin)
             .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
-            .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
+            .header(
+                header::ACCESS_CONTROL_REQUEST_HEADERS,
+                "content-type,idempotency-key",
+            )
             .body(Body::empty())
             .unwrap()
     };
@@ -566,7 +569,10 @@ async fn only_the_viewer_pages_and_configured_origins_may_post_cross_origin() {
         assert_eq!(response.status(), StatusCode::OK);
         let h = response.headers();
         assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], origin);
-        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_HEADERS], "content-type");
+        assert_eq!(
+            h[header::ACCESS_CONTROL_ALLOW_HEADERS],
+            "content-type,idempotency-key"
+        );
     }
     // Any other page: no grant, so its visitors' browsers do not send the tap.
     let response = app

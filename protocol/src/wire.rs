@@ -124,6 +124,11 @@ pub struct EmojiEvent<'a> {
     pub ts: Option<ClientTs>,
     /// The gateway's receive time, Unix ms: the only clock that decides the epoch.
     pub recv_ms: u64,
+    /// The `Idempotency-Key` the client sent with the request, on every tap of it: a client
+    /// that resends a request after an answer that may have landed sends the same key, so a
+    /// reader of the log can tell the copies apart.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// The frame type tag, so viewers can tell frames apart as more kinds appear.

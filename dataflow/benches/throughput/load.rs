@@ -200,6 +200,7 @@ pub fn write_taps(
                 recv_ms.saturating_sub(rng.next_u64() % 200),
             )),
             recv_ms,
+            request_id: None,
         };
         serde_json::to_writer(&mut *buf, &event).expect("an event serializes");
         buf.push(b'\n');

@@ -80,10 +80,12 @@ impl BatcherHandle {
     /// Queues the taps of one request and, in durable mode, waits until the broker has
     /// acknowledged them.
     /// Hands `taps` to the producer and, in durable mode, waits for the broker's verdict.
-    /// `reserved` is what the request already holds of the in-flight budget (its body's bytes).
+    /// `request_id` (the client's `Idempotency-Key`) goes into every tap's record; `reserved` is
+    /// what the request already holds of the in-flight budget (its body's bytes).
     pub async fn submit(
         &self,
         stream: &str,
+        request_id: Option<&str>,
         taps: &[Tap<'_>],
         reserved: OwnedSemaphorePermit,
     ) -> Result<Accepted, GatewayError> {
@@ -105,6 +107,7 @@ impl BatcherHandle {
                 emoji: Cow::Borrowed(tap.emoji),
                 ts: tap.ts.clone(),
                 recv_ms,
+                request_id: request_id.map(Cow::Borrowed),
             };
             serde_json::to_writer(&mut lines, &event).expect("serializing to a Vec cannot fail");
             lines.push(b'\n');

@@ -245,7 +245,12 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
         ts: None,
     };
     let first = handle
-        .submit("main", &[tap("first", "🔥")], handle.reserve(0).unwrap())
+        .submit(
+            "main",
+            None,
+            &[tap("first", "🔥")],
+            handle.reserve(0).unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(first.accepted, 1);
@@ -264,7 +269,7 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
             let user = format!("u{}", i % 8);
             let taps: Vec<Tap> = (0..=i % 3).map(|_| tap(&user, "👍🏽")).collect();
             let accepted = handle
-                .submit(stream, &taps, handle.reserve(0).unwrap())
+                .submit(stream, None, &taps, handle.reserve(0).unwrap())
                 .await
                 .unwrap();
             (i, accepted.accepted)
@@ -349,14 +354,19 @@ async fn the_in_flight_budget_counts_bytes_not_events() {
         .unwrap();
     assert_eq!(
         handle
-            .submit("main", &[tap("x".repeat(128))], handle.reserve(0).unwrap())
+            .submit(
+                "main",
+                None,
+                &[tap("x".repeat(128))],
+                handle.reserve(0).unwrap()
+            )
             .await,
         Err(GatewayError::Overloaded {
             reason: "ingest budget full, retry shortly"
         })
     );
     let accepted = handle
-        .submit("main", &[tap("s".into())], handle.reserve(0).unwrap())
+        .submit("main", None, &[tap("s".into())], handle.reserve(0).unwrap())
         .await
         .unwrap();
     assert_eq!(accepted.accepted, 1);
