@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Ingest benchmark (not a test): in one run on this machine
-#   1. POST /send_emoji from 1,000 concurrent wrk connections against the gateway (release build,
-#      default durable mode: every 200 waits for acks=all on the development broker), and the same
-#      load (same wrk script, same bodies) against an nginx `return 200` endpoint: both rates and
-#      their ratio;
+#   1. POST /send_emoji from 1,000 concurrent wrk connections (same wrk script, same bodies) against
+#      four targets, each row a ratio to the first, with p50/p99 and the server's CPU-µs per
+#      request — the decomposition of where a single tap's cost goes:
+#        a. nginx `return 200`: the machine's ceiling for an HTTP answer;
+#        b. bare axum (gateway/examples/bare_http.rs): the gateway's HTTP stack answering 200
+#           after reading the body, and nothing else;
+#        c. the gateway in fire-and-forget mode: 200 once the taps are queued for the producer;
+#        d. the gateway in durable mode (the default): 200 only after acks=all from the broker;
 #   2. POST /v1/streams/{stream}/emojis with 10,000-emoji batches: emojis per second *landed in
 #      Kafka*, counted by reading the topic back (not from the replies), against the broker's own
 #      ceiling measured right after: the same records produced straight to the broker with the
@@ -64,11 +68,12 @@ trap cleanup EXIT
 
 say "building the gateway (release)"
 cargo build --release --locked -p emostream-gateway --bin emostream-gateway \
-  --example count_events --example produce_batches >&2
+  --example count_events --example produce_batches --example bare_http >&2
 cargo build --release --locked -p emostream-protocol --bin emostream-config >&2
 bin=$root/target/release
 
 broker_port=$(free_port) gateway_port=$(free_port) nginx_port=$(free_port)
+bare_port=$(free_port) ff_port=$(free_port)
 cat >"$work/cluster.toml" <<TOML
 [kafka]
 brokers = "127.0.0.1:$broker_port"
@@ -89,7 +94,15 @@ EMOSTREAM_BIN_DIR="$bin" scripts/broker.sh start --port "$broker_port" --data "$
 
 RUST_LOG=warn "$bin/emostream-gateway" --config "$work/cluster.toml" >"$work/gateway.log" 2>&1 &
 pids+=($!)
-gateway_pid=$!
+durable_pid=$!
+# The same gateway in fire-and-forget mode, on the same broker; idle while the others run.
+EMOSTREAM_GATEWAY__ACK_MODE=fire_and_forget EMOSTREAM_GATEWAY__LISTEN="127.0.0.1:$ff_port" \
+  RUST_LOG=warn "$bin/emostream-gateway" --config "$work/cluster.toml" >"$work/gateway-ff.log" 2>&1 &
+pids+=($!)
+ff_pid=$!
+"$bin/examples/bare_http" --listen "127.0.0.1:$bare_port" >"$work/bare.log" 2>&1 &
+pids+=($!)
+bare_pid=$!
 
 mkdir -p "$work/nginx"
 cat >"$work/nginx/nginx.conf" <<CONF
@@ -115,7 +128,15 @@ CONF
 pids+=($!)
 
 until curl -fsS "http://127.0.0.1:$gateway_port/readyz" >/dev/null 2>&1; do
-  kill -0 "$gateway_pid" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
+  kill -0 "$durable_pid" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
+  sleep 0.1
+done
+until curl -fsS "http://127.0.0.1:$ff_port/readyz" >/dev/null 2>&1; do
+  kill -0 "$ff_pid" 2>/dev/null || { cat "$work/gateway-ff.log" >&2; exit 1; }
+  sleep 0.1
+done
+until curl -sS -o /dev/null "http://127.0.0.1:$bare_port/" 2>/dev/null; do
+  kill -0 "$bare_pid" 2>/dev/null || { cat "$work/bare.log" >&2; exit 1; }
   sleep 0.1
 done
 until curl -sS -o /dev/null "http://127.0.0.1:$nginx_port/" 2>/dev/null; do sleep 0.1; done
@@ -181,20 +202,21 @@ cpu_ticks() {
   echo "$total"
 }
 tick=$(getconf CLK_TCK)
-cpu_note() { # label gateway_ticks_before broker_ticks_before
+cpu_note() { # label server_ticks_before broker_ticks_before
   local g b
-  g=$(( $(cpu_ticks "$gateway_pid") - $2 )) b=$(( $(cpu_ticks "$broker_pid") - $3 ))
+  g=$(( $(cpu_ticks "$server_pid") - $2 )) b=$(( $(cpu_ticks "$broker_pid") - $3 ))
   # run_wrk runs in a subshell: the figures reach the report (and the results file) through a file.
   awk -v g="$g" -v b="$b" -v k="$tick" 'BEGIN{printf "%.2f %.2f\n", g/k, b/k}' >"$work/cpu.$1"
-  say "$1: gateway used $(awk -v t="$g" -v k="$tick" 'BEGIN{printf "%.1f", t/k}') CPU s, broker $(awk -v t="$b" -v k="$tick" 'BEGIN{printf "%.1f", t/k}') CPU s"
+  say "$1: server used $(awk -v t="$g" -v k="$tick" 'BEGIN{printf "%.1f", t/k}') CPU s, broker $(awk -v t="$b" -v k="$tick" 'BEGIN{printf "%.1f", t/k}') CPU s"
 }
 
-# wrk's RESULT line: requests duration_us non2xx socket_errors p50_us p99_us
+# wrk's RESULT line: requests duration_us non2xx socket_errors p50_us p99_us. The CPU figures
+# are those of server_pid, the process under load.
 run_wrk() { # url script connections [profile-name]
   local g0 b0 perf_pid=
-  g0=$(cpu_ticks "$gateway_pid") b0=$(cpu_ticks "$broker_pid")
+  g0=$(cpu_ticks "$server_pid") b0=$(cpu_ticks "$broker_pid")
   if [[ -n ${4:-} && -n ${PROFILE:-} ]]; then
-    perf record -F 499 -g -p "$gateway_pid" -o "$work/perf.$4" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
+    perf record -F 499 -g -p "$server_pid" -o "$work/perf.$4" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
     perf_pid=$!
   fi
   wrk -t"$THREADS" -c"$3" -d"$DURATION" --timeout 10s -s "$2" "$1" | tee -a "$work/wrk.log" | awk '/^RESULT/ {print $2, $3, $4, $5, $6, $7}'
@@ -210,9 +232,18 @@ run_wrk() { # url script connections [profile-name]
 }
 rate() { awk -v r="$1" -v d="$2" -v bad="$3" 'BEGIN { printf "%.0f", (r - bad) / (d / 1e6) }'; }
 
+nginx_pids() { echo "$(cat "$work/nginx/nginx.pid") $(pgrep -P "$(cat "$work/nginx/nginx.pid")" | tr '\n' ' ')"; }
 say "nginx return 200: $CONNECTIONS connections, $DURATION"
-read -r n_req n_dur n_bad n_err n_p50 n_p99 < <(run_wrk "http://127.0.0.1:$nginx_port/send_emoji" "$work/single.lua" "$CONNECTIONS")
+server_pid=$(nginx_pids)
+read -r n_req n_dur n_bad n_err n_p50 n_p99 < <(run_wrk "http://127.0.0.1:$nginx_port/send_emoji" "$work/single.lua" "$CONNECTIONS" nginx)
+say "bare axum 200: $CONNECTIONS connections, $DURATION"
+server_pid=$bare_pid
+read -r a_req a_dur a_bad a_err a_p50 a_p99 < <(run_wrk "http://127.0.0.1:$bare_port/send_emoji" "$work/single.lua" "$CONNECTIONS" bare)
+say "gateway POST /send_emoji (fire-and-forget): $CONNECTIONS connections, $DURATION"
+server_pid=$ff_pid
+read -r f_req f_dur f_bad f_err f_p50 f_p99 < <(run_wrk "http://127.0.0.1:$ff_port/send_emoji" "$work/single.lua" "$CONNECTIONS" ff)
 say "gateway POST /send_emoji (durable): $CONNECTIONS connections, $DURATION"
+server_pid=$durable_pid
 read -r g_req g_dur g_bad g_err g_p50 g_p99 < <(run_wrk "http://127.0.0.1:$gateway_port/send_emoji" "$work/single.lua" "$CONNECTIONS" single)
 
 say "gateway POST /v1/streams/bench-batch/emojis, 10,000 emojis per request: $BATCH_CONNECTIONS connections, $DURATION"
@@ -231,15 +262,27 @@ read -r p_taps p_secs < <("$bin/examples/produce_batches" --config "$work/cluste
 
 nginx_rate=$(rate "$n_req" "$n_dur" "$n_bad")
 gateway_rate=$(rate "$g_req" "$g_dur" "$g_bad")
+# One row of the single-tap table: label requests duration non2xx errors p50 p99 cpu-file
+row() {
+  local r cpu
+  r=$(rate "$2" "$3" "$4")
+  read -r cpu _ <"$work/cpu.$8"
+  awk -v l="$1" -v r="$r" -v n="$nginx_rate" -v p50="$6" -v p99="$7" -v c="$cpu" -v ok="$(( $2 - $4 ))" -v bad="$4" -v err="$5" \
+    'BEGIN { printf "%-26s %9d  %5.2f  %8.1f  %8.1f  %9.1f  %8d  %d\n", l, r, r / n, p50 / 1e3, p99 / 1e3, ok ? c * 1e6 / ok : 0, bad, err }'
+}
 landed_rate=$(awk -v e="$landed" -v a="$first_ms" -v b="$last_ms" 'BEGIN { printf "%.0f", e / ((b - a + 100) / 1e3) }')
 bare_rate=$(awk -v t="$p_taps" -v s="$p_secs" 'BEGIN { printf "%.0f", t / s }')
 acked_batches=$((b_req - b_bad))
 cat <<REPORT
 
 == ingest benchmark ($(nproc) cores, $DURATION per run, wrk -t$THREADS; broker Nisshi 0.8.1, storage $storage) ==
-nginx return 200         : $nginx_rate req/s  (${n_req} requests, non-2xx $n_bad, socket errors $n_err, p50 ${n_p50} us, p99 ${n_p99} us)
-gateway /send_emoji      : $gateway_rate req/s  (${g_req} requests, non-2xx $g_bad, socket errors $g_err, p50 ${g_p50} us, p99 ${g_p99} us)
-ratio gateway / nginx    : $(awk -v g="$gateway_rate" -v n="$nginx_rate" 'BEGIN { printf "%.2f", g / n }')
+single tap, POST /send_emoji, $CONNECTIONS connections (ratio: to nginx; CPU: the server's own)
+target                         req/s  ratio   p50 ms    p99 ms  CPU us/req   non-2xx  socket errors
+$(row "nginx return 200" "$n_req" "$n_dur" "$n_bad" "$n_err" "$n_p50" "$n_p99" nginx)
+$(row "bare axum 200" "$a_req" "$a_dur" "$a_bad" "$a_err" "$a_p50" "$a_p99" bare)
+$(row "gateway fire-and-forget" "$f_req" "$f_dur" "$f_bad" "$f_err" "$f_p50" "$f_p99" ff)
+$(row "gateway durable" "$g_req" "$g_dur" "$g_bad" "$g_err" "$g_p50" "$g_p99" single)
+ratio gateway (durable) / nginx: $(awk -v g="$gateway_rate" -v n="$nginx_rate" 'BEGIN { printf "%.2f", g / n }')
 batch route, landed      : $landed_rate emojis/s in Kafka  ($landed emojis in $records records over $(( last_ms - first_ms + 100 )) ms of receive time; $acked_batches batches of 10,000 answered 202, non-2xx $b_bad, socket errors $b_err, p50 ${b_p50} us, p99 ${b_p99} us)
 bare produce, same broker: $bare_rate emojis/s  ($p_taps taps in $p_secs s, every record acknowledged)
 ratio landed / bare      : $(awk -v g="$landed_rate" -v n="$bare_rate" 'BEGIN { printf "%.2f", g / n }')
