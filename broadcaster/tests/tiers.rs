@@ -31,6 +31,9 @@ fn settings() -> Settings {
         page_gateway: None,
         viewer_lag_budget_bytes: 64 * 1024,
         subscriber_threads: 0,
+        max_viewers: 1000,
+        max_streams: 64,
+        header_read_timeout: Duration::from_secs(5),
     }
 }
 
@@ -190,7 +193,7 @@ async fn frames_flow_through_every_tier_exactly_once() {
         "{assignment:?}"
     );
     let both_idle = format!(
-        r#"{{"viewers":0,"clusters":[{{"name":"c0","viewers":0,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":0}},{{"name":"c0-s1","url":"ws://{s1}","viewers":0}}]}}]}}"#
+        r#"{{"viewers":0,"clusters":[{{"name":"c0","viewers":0,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":0,"room":1000}},{{"name":"c0-s1","url":"ws://{s1}","viewers":0,"room":1000}}]}}]}}"#
     );
     wait_for("both subscribers in the topology", DEADLINE, || async {
         (http(main, "GET", "/v1/topology", "")
@@ -237,7 +240,7 @@ async fn frames_flow_through_every_tier_exactly_once() {
 
     // s0 holds three viewers and s1 one, so s1 is the least loaded once the counts arrive.
     let loaded = format!(
-        r#"{{"viewers":4,"clusters":[{{"name":"c0","viewers":4,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":3}},{{"name":"c0-s1","url":"ws://{s1}","viewers":1}}]}}]}}"#
+        r#"{{"viewers":4,"clusters":[{{"name":"c0","viewers":4,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":3,"room":997}},{{"name":"c0-s1","url":"ws://{s1}","viewers":1,"room":999}}]}}]}}"#
     );
     wait_for("the viewer counts in the topology", DEADLINE, || async {
         (http(main, "GET", "/v1/topology", "")
@@ -433,10 +436,10 @@ async fn tokens_secrets_sse_resume_and_clear_errors() {
 
     // No token, a forged one, an expired one: 401 with a JSON reason; nothing upgrades.
     let expired = TokenKey::new("viewer-key", ttl)
-        .issue("u1", SystemTime::now() - Duration::from_secs(3600))
+        .issue("u1", "main", SystemTime::now() - Duration::from_secs(3600))
         .0;
     let forged = TokenKey::new("not-the-key", ttl)
-        .issue("u1", SystemTime::now())
+        .issue("u1", "main", SystemTime::now())
         .0;
     for (query, why) in [
         (

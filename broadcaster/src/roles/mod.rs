@@ -15,6 +15,7 @@ use crate::roster::Roster;
 use crate::synthetic::Synthetic;
 use crate::tasks::{Stop, Tasks};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::Request;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
@@ -22,12 +23,17 @@ use axum::routing::get;
 use axum::Router;
 use emostream_protocol::config::BroadcasterConfig;
 use emostream_protocol::Config;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::encoding::prometheus_text;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tower::ServiceExt;
 
 /// tungstenite allocates its read buffer up front, 128 KiB by default; peers here send only small
 /// heartbeats and pongs, and a subscriber holds many thousands of sockets.
@@ -95,6 +101,12 @@ pub struct Settings {
     /// Where the viewer page served by subscribers posts taps (`http://host:port` of a
     /// gateway); `None`: subscribers serve no page.
     pub page_gateway: Option<String>,
+    /// Viewers a subscriber holds at most (already cut to its descriptor limit).
+    pub max_viewers: usize,
+    /// Distinct streams a subscriber's viewers may watch at once.
+    pub max_streams: usize,
+    /// How long a connection may take to send a request's header.
+    pub header_read_timeout: Duration,
 }
 
 impl Settings {
@@ -108,7 +120,24 @@ impl Settings {
             link_secret,
             viewer_lag_budget_bytes,
             subscriber_threads,
+            max_viewers,
+            max_streams,
+            header_read_timeout_ms,
         } = config;
+        let descriptors = raise_descriptor_limit();
+        let room = descriptors.saturating_sub(BroadcasterConfig::RESERVED_DESCRIPTORS);
+        let max_viewers = match *max_viewers {
+            Some(wanted) if wanted > room => {
+                tracing::warn!(
+                    max_viewers = wanted,
+                    descriptors,
+                    "max_viewers is more than the descriptor limit allows; cut to {room}"
+                );
+                room
+            }
+            Some(wanted) => wanted,
+            None => room,
+        };
         Self {
             ring_epochs: *ring_epochs,
             tokens: viewer_token_secret
@@ -118,8 +147,37 @@ impl Settings {
             viewer_lag_budget_bytes: *viewer_lag_budget_bytes,
             subscriber_threads: *subscriber_threads,
             page_gateway: None,
+            max_viewers,
+            max_streams: *max_streams,
+            header_read_timeout: Duration::from_millis(*header_read_timeout_ms),
         }
     }
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit, and returns the limit
+/// now in force. Every viewer is a descriptor, and the soft limit is often 1024 where the hard one
+/// is far higher.
+fn raise_descriptor_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for the call to fill and then to read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
 }
 
 /// Runs the launched role until `shutdown` resolves, then closes every socket and returns.
@@ -236,30 +294,73 @@ fn finish(router: Router, metrics: Arc<Metrics>) -> Router {
 }
 
 /// Serves `app` on `listener` until `shutdown`, then closes every socket and waits for every task.
+/// Each accepted socket goes through `tune` first; a connection that has not sent a request's
+/// whole header within `header_read_timeout` is closed.
 async fn serve(
     listener: TcpListener,
     app: Router,
     tasks: Tasks,
+    (header_read_timeout, tune): (Duration, fn(&TcpStream)),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
     let stopping = tasks.trigger();
-    // Sockets are told to close as soon as shutdown begins, while axum stops accepting and drains
-    // plain requests; it cannot see upgraded sockets, which is what `tasks` is for.
-    let graceful = async move {
-        shutdown.await;
-        stopping.send_replace(true);
-    };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(graceful)
-        .await
-        .map_err(Error::Serve);
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, most likely: the connections already held are served
+                    // while this waits, and retrying at once would only spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        tune(&stream);
+        let router = app.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            router.clone().oneshot(request)
+        });
+        let connection = graceful.watch(
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            // A client that vanished or timed out: nothing to answer.
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed");
+            }
+        });
+    }
+    // The router's state holds `Stop`s too: `tasks.stop` waits for it to go.
+    drop((listener, app));
+    // Sockets are told to close as soon as shutdown begins, while plain requests drain; the
+    // server cannot see upgraded sockets, which is what `tasks` is for.
+    stopping.send_replace(true);
+    graceful.shutdown().await;
     tasks.stop().await;
     tracing::info!("stopped");
-    served
+    Ok(())
 }
+
+/// How long the accept loop waits after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Leaves an accepted socket as it is (the tiers above subscribers).
+fn untuned(_: &TcpStream) {}
 
 /// Applies the small read buffer to an upgrade, and makes every write go out at once: frames are
 /// written one flush at a time by their task, so tungstenite's 128 KiB write batching would only
