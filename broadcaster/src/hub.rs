@@ -345,8 +345,14 @@ impl Hub {
                     .filter(|f| f.epoch > since)
                     .cloned()
                     .collect();
-                // Served in full unless an epoch after `since` has already left the ring.
-                (replay, Some(state.evicted.is_none_or(|e| e <= since)))
+                // Served in full unless an epoch after `since` has already left the ring: this
+                // one's, or (a full ring synced from the tier above, which evicted them there)
+                // the ring above's.
+                let full_ring = state.ring.len() == self.ring_epochs;
+                let older_gone =
+                    full_ring && state.ring.front().is_some_and(|f| f.epoch > since + 1);
+                let in_full = state.evicted.is_none_or(|e| e <= since) && !older_gone;
+                (replay, Some(in_full))
             }
             None => (state.ring.back().cloned().into_iter().collect(), None),
         };

@@ -130,10 +130,8 @@ impl Upgrade {
                     return;
                 }
             };
-            // axum serves plain TCP here, through hyper-util's HTTP/1-or-2 connection, which
-            // wraps the socket in a type of its own that only this helper can see through.
-            match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded)
-            {
+            // Every role serves plain TCP through hyper's HTTP/1 connection (crate::roles).
+            match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => serve(parts.io.into_inner(), parts.read_buf).await,
                 Err(_) => tracing::warn!("an upgraded connection that is not a TCP socket"),
             }

@@ -24,15 +24,14 @@ use axum::Router;
 use emostream_protocol::config::BroadcasterConfig;
 use emostream_protocol::Config;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::prometheus_text;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
 
 /// tungstenite allocates its read buffer up front, 128 KiB by default; peers here send only small
@@ -294,8 +293,10 @@ fn finish(router: Router, metrics: Arc<Metrics>) -> Router {
 }
 
 /// Serves `app` on `listener` until `shutdown`, then closes every socket and waits for every task.
-/// Each accepted socket goes through `tune` first; a connection that has not sent a request's
-/// whole header within `header_read_timeout` is closed.
+/// HTTP/1.1 only, as viewers and tiers speak it: hyper's automatic HTTP/2 detection first reads
+/// the preface with no deadline, so a client trickling its first bytes would escape the
+/// header-read timeout. Each accepted socket goes through `tune` first; a connection that has
+/// not sent a request's whole header within `header_read_timeout` is closed.
 async fn serve(
     listener: TcpListener,
     app: Router,
@@ -307,12 +308,13 @@ async fn serve(
         tracing::info!(%addr, "listening");
     }
     let stopping = tasks.trigger();
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
+    // Connections learn of shutdown here, and their senders going is how the last is known.
+    let (closing, closing_rx) = watch::channel(false);
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -333,24 +335,35 @@ async fn serve(
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             router.clone().oneshot(request)
         });
-        let connection = graceful.watch(
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned(),
-        );
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let (mut closing, open) = (closing_rx.clone(), open.clone());
         tokio::spawn(async move {
+            let _open = open;
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                _ = async { closing.wait_for(|closing| *closing).await.map(|_| ()) } => {
+                    // Answers the request in progress, if any, then closes.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
             // A client that vanished or timed out: nothing to answer.
-            if let Err(e) = connection.await {
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "connection closed");
             }
         });
     }
     // The router's state holds `Stop`s too: `tasks.stop` waits for it to go.
-    drop((listener, app));
-    // Sockets are told to close as soon as shutdown begins, while plain requests drain; the
-    // server cannot see upgraded sockets, which is what `tasks` is for.
+    drop((listener, app, open));
+    // Sockets are told to close as soon as shutdown begins, while plain requests drain; upgraded
+    // sockets have left hyper, which is what `tasks` is for.
     stopping.send_replace(true);
-    graceful.shutdown().await;
+    closing.send_replace(true);
+    // Nothing is ever sent: `None` means the last connection is gone.
+    let _ = all_closed.recv().await;
     tasks.stop().await;
     tracing::info!("stopped");
     Ok(())
