@@ -2,8 +2,9 @@
 //!
 //! Gateway bodies ([`SendEmoji`], [`EmojiIn`], [`Accepted`], [`ErrorBody`]), the line format of
 //! `emoji-events` batch records ([`EmojiEvent`]), the closed-epoch frame on `emoji-epochs` and to
-//! viewers ([`EpochFrame`]), viewer registration ([`Register`], [`Assignment`]) and the messages a
-//! broadcaster tier sends to the tier above it ([`LinkUp`]).
+//! viewers ([`EpochFrame`]), the notices viewers get besides frames ([`ViewerNotice`]), viewer
+//! registration ([`Register`], [`Assignment`]) and the messages a broadcaster tier sends to the
+//! tier above it ([`LinkUp`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -178,7 +179,7 @@ pub struct Register {
     pub stream: Option<String>,
 }
 
-/// Where a viewer should connect: the least-loaded live subscriber.
+/// Where a viewer should connect: the live subscriber with the most room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
     pub cluster: String,
