@@ -316,7 +316,8 @@ pub struct BroadcasterConfig {
     /// Viewers one subscriber holds at most; more are answered 503 before the upgrade, and the
     /// subscriber reports its room left in its heartbeat so that `/register` sends viewers
     /// elsewhere. Absent: the process's descriptor limit (raised to its hard limit at start) less
-    /// [`BroadcasterConfig::RESERVED_DESCRIPTORS`]; a larger value is cut to that.
+    /// [`BroadcasterConfig::RESERVED_DESCRIPTORS`] (less a quarter of a limit under 4096); a
+    /// larger value is cut to that.
     #[serde(default)]
     pub max_viewers: Option<usize>,
     /// Distinct streams one subscriber's viewers may watch at once; a viewer of one more stream

@@ -109,7 +109,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(config: &BroadcasterConfig) -> Self {
+    /// `descriptors`: this process's limit on open descriptors, which bounds `max_viewers`.
+    pub fn from_config(config: &BroadcasterConfig, descriptors: usize) -> Self {
         let BroadcasterConfig {
             main: _,     // where the main publisher listens: placement, not a setting
             clusters: _, // the same
@@ -123,8 +124,9 @@ impl Settings {
             max_streams,
             header_read_timeout_ms,
         } = config;
-        let descriptors = raise_descriptor_limit();
-        let room = descriptors.saturating_sub(BroadcasterConfig::RESERVED_DESCRIPTORS);
+        // A small limit (1024 is common) still leaves most of it to viewers.
+        let reserved = BroadcasterConfig::RESERVED_DESCRIPTORS.min(descriptors / 4);
+        let room = descriptors - reserved;
         let max_viewers = match *max_viewers {
             Some(wanted) if wanted > room => {
                 tracing::warn!(
@@ -188,7 +190,7 @@ pub async fn run(
     let broadcaster = &config.broadcaster;
     let settings = Settings {
         page_gateway: Some(format!("http://{}", config.gateway.listen)),
-        ..Settings::from_config(broadcaster)
+        ..Settings::from_config(broadcaster, raise_descriptor_limit())
     };
     match role {
         Role::Main { listen, synthetic } => {
@@ -418,4 +420,50 @@ async fn link_upgrade(
             link::serve_downstream(socket, &s.hub, &s.roster, &s.metrics, s.stop).await;
         })
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max_viewers: Option<usize>) -> BroadcasterConfig {
+        serde_json::from_value(serde_json::json!({
+            "main": "127.0.0.1:9000",
+            "clusters": [],
+            "max_viewers": max_viewers,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn max_viewers_stays_below_the_descriptor_limit() {
+        let cases = [
+            (None, 20_000, 18_976),
+            (Some(50_000), 20_000, 18_976),
+            (Some(100), 20_000, 100),
+            (Some(1000), 1024, 768),
+            (None, 4096, 3072),
+            (None, 8192, 7168),
+        ];
+        for (wanted, descriptors, got) in cases {
+            let settings = Settings::from_config(&config(wanted), descriptors);
+            assert_eq!(settings.max_viewers, got, "{wanted:?} of {descriptors}");
+        }
+    }
+
+    #[test]
+    fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+        let raised = raise_descriptor_limit();
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `limit` is a valid rlimit for the call to fill.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        assert_eq!(limit.rlim_cur, limit.rlim_max);
+        assert_eq!(raised as u64, limit.rlim_cur);
+    }
 }
