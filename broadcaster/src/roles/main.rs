@@ -247,3 +247,60 @@ async fn topology(State(placement): State<Arc<Placement>>) -> Json<TopologyView>
         clusters,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, viewers: u64, room: Option<u64>) -> Member {
+        Member {
+            name: name.into(),
+            url: format!("ws://{name}"),
+            viewers,
+            room,
+        }
+    }
+
+    fn placement(subscribers: Vec<Member>) -> Placement {
+        let roster = Arc::new(Roster::default());
+        roster.heard(
+            roster.open(),
+            LinkUp::Cluster {
+                name: "c0".into(),
+                subscribers,
+            },
+        );
+        Placement {
+            roster,
+            recent: Mutex::default(),
+            tokens: None,
+        }
+    }
+
+    fn names(placement: &Placement, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| placement.assign().unwrap().subscriber_name)
+            .collect()
+    }
+
+    #[test]
+    fn viewers_go_where_there_is_most_room_and_never_to_a_full_subscriber() {
+        let p = placement(vec![
+            member("a", 5, Some(2)),
+            member("b", 1, Some(3)),
+            member("full", 0, Some(0)),
+        ]);
+        // b (3), then a and b tie at 2 (a first by name), then b, a, and both are full.
+        assert_eq!(names(&p, 5), ["b", "a", "b", "a", "b"]);
+        assert!(matches!(p.assign(), Err(Error::Full)));
+
+        // A member that reports no room counts as unbounded, ranked by its load.
+        let p = placement(vec![member("new", 0, Some(1)), member("old", 7, None)]);
+        assert_eq!(names(&p, 2), ["old", "old"]);
+
+        assert!(matches!(
+            placement(Vec::new()).assign(),
+            Err(Error::NoLiveSubscriber)
+        ));
+    }
+}
