@@ -1,9 +1,10 @@
 //! Who may connect: viewers with a signed, unexpired token (when viewer auth is on), and lower
 //! tiers that present the shared link secret (when one is set).
 //!
-//! A viewer token is `<expires_s>.<hex user_id>.<hex HMAC-SHA256(key, "<expires_s>.<hex user_id>")>`:
-//! checked with the key alone, so a reconnect storm costs each subscriber a hash per viewer and
-//! touches no session store (the reason Centrifugo recommends signed connection tokens).
+//! A viewer token is `<expires_s>.<hex user_id>.<hex stream>.<hex HMAC-SHA256(key, what precedes
+//! it)>`: checked with the key alone, so a reconnect storm costs each subscriber a hash per viewer
+//! and touches no session store (the reason Centrifugo recommends signed connection tokens). It is
+//! good for the one stream it names, until it expires, also on a connection already open.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -18,6 +19,7 @@ pub enum TokenError {
     Malformed,
     BadSignature,
     Expired,
+    OtherStream,
 }
 
 impl TokenError {
@@ -27,6 +29,9 @@ impl TokenError {
             TokenError::Malformed => "the viewer token is malformed",
             TokenError::BadSignature => "the viewer token's signature does not match",
             TokenError::Expired => "the viewer token has expired: register again",
+            TokenError::OtherStream => {
+                "the viewer token is for another stream: register for this one"
+            }
         }
     }
 }
@@ -53,29 +58,47 @@ impl TokenKey {
         mac
     }
 
-    /// A token for `user_id` issued at `now`, and when it expires (Unix seconds).
-    pub fn issue(&self, user_id: &str, now: SystemTime) -> (String, u64) {
+    /// A token for `user_id` to watch `stream`, issued at `now`, and when it expires (Unix
+    /// seconds).
+    pub fn issue(&self, user_id: &str, stream: &str, now: SystemTime) -> (String, u64) {
         let expires_s = unix_s(now) + self.ttl.as_secs();
-        let signed = format!("{expires_s}.{}", hex(user_id.as_bytes()));
+        let signed = format!(
+            "{expires_s}.{}.{}",
+            hex(user_id.as_bytes()),
+            hex(stream.as_bytes())
+        );
         let tag = hex(&self.mac(&signed).finalize().into_bytes());
         (format!("{signed}.{tag}"), expires_s)
     }
 
-    /// Checks `token` at `now`.
-    pub fn verify(&self, token: Option<&str>, now: SystemTime) -> Result<(), TokenError> {
+    /// Checks `token` for `stream` at `now`; returns when it expires (Unix seconds).
+    pub fn verify(
+        &self,
+        token: Option<&str>,
+        stream: &str,
+        now: SystemTime,
+    ) -> Result<u64, TokenError> {
         let token = token.ok_or(TokenError::Missing)?;
         let (signed, tag) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-        let (expires_s, _user) = signed.split_once('.').ok_or(TokenError::Malformed)?;
+        let mut fields = signed.split('.');
+        let (Some(expires_s), Some(_user), Some(for_stream), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
         let expires_s: u64 = expires_s.parse().map_err(|_| TokenError::Malformed)?;
         let tag = unhex(tag).ok_or(TokenError::Malformed)?;
         // Constant-time: a forger learns nothing from how long a refusal takes.
         self.mac(signed)
             .verify_slice(&tag)
             .map_err(|_| TokenError::BadSignature)?;
+        if unhex(for_stream).as_deref() != Some(stream.as_bytes()) {
+            return Err(TokenError::OtherStream);
+        }
         if unix_s(now) >= expires_s {
             return Err(TokenError::Expired);
         }
-        Ok(())
+        Ok(expires_s)
     }
 }
 
@@ -116,36 +139,61 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_verify_until_they_expire_and_only_with_their_key() {
+    fn tokens_verify_for_their_stream_until_they_expire_and_only_with_their_key() {
         let key = TokenKey::new("s3cret", Duration::from_secs(60));
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let (token, expires_s) = key.issue("user.with.dots", t0);
+        let (token, expires_s) = key.issue("user.with.dots", "main", t0);
         assert_eq!(expires_s, 1_000_060);
-        assert_eq!(key.verify(Some(&token), t0), Ok(()));
+        assert_eq!(key.verify(Some(&token), "main", t0), Ok(1_000_060));
         assert_eq!(
-            key.verify(Some(&token), t0 + Duration::from_secs(59)),
-            Ok(())
+            key.verify(Some(&token), "main", t0 + Duration::from_secs(59)),
+            Ok(1_000_060)
         );
         assert_eq!(
-            key.verify(Some(&token), t0 + Duration::from_secs(60)),
+            key.verify(Some(&token), "main", t0 + Duration::from_secs(60)),
             Err(TokenError::Expired)
+        );
+        assert_eq!(
+            key.verify(Some(&token), "football", t0),
+            Err(TokenError::OtherStream)
         );
         let other = TokenKey::new("other", Duration::from_secs(60));
         assert_eq!(
-            other.verify(Some(&token), t0),
+            other.verify(Some(&token), "main", t0),
             Err(TokenError::BadSignature)
         );
-        // A longer life written into someone else's token breaks its signature.
+        // A longer life or another stream written into someone's token breaks its signature.
         let forged = token.replacen("1000060", "9000060", 1);
-        assert_eq!(key.verify(Some(&forged), t0), Err(TokenError::BadSignature));
-        for bad in ["", "abc", "1.2", "x.75.00", "1.75.zz"] {
+        assert_eq!(
+            key.verify(Some(&forged), "main", t0),
+            Err(TokenError::BadSignature)
+        );
+        let (football, _) = key.issue("user.with.dots", "football", t0);
+        let restreamed = format!(
+            "{}.{}",
+            football.rsplit_once('.').unwrap().0,
+            token.rsplit_once('.').unwrap().1
+        );
+        assert_eq!(
+            key.verify(Some(&restreamed), "football", t0),
+            Err(TokenError::BadSignature)
+        );
+        for bad in [
+            "",
+            "abc",
+            "1.2",
+            "x.75.6d.00",
+            "1.75.6d.zz",
+            "1.75.00",
+            "1.7.6d.5.00",
+        ] {
             assert_eq!(
-                key.verify(Some(bad), t0),
+                key.verify(Some(bad), "main", t0),
                 Err(TokenError::Malformed),
                 "{bad}"
             );
         }
-        assert_eq!(key.verify(None, t0), Err(TokenError::Missing));
+        assert_eq!(key.verify(None, "main", t0), Err(TokenError::Missing));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Every way the broadcaster fails: at start-up (returned from `run`) and per request (answered
 //! as an [`ErrorBody`]).
 
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use emostream_protocol::config::ConfigError;
@@ -18,12 +18,15 @@ pub enum Error {
         addr: String,
         source: std::io::Error,
     },
-    /// The HTTP server stopped with an I/O error.
-    Serve(std::io::Error),
     /// The Kafka consumer could not be created.
     Kafka(rdkafka::error::KafkaError),
     /// `/register` found no subscriber heard from in the last few seconds.
     NoLiveSubscriber,
+    /// `/register` found every live subscriber full.
+    Full,
+    /// A subscriber cannot take this viewer now (why, for the client): it is full, carries its
+    /// most streams, or has lost its upstream. Answered before the upgrade.
+    Unavailable(String),
     /// No such route.
     NotFound,
     /// A viewer without a valid token, or a link without the shared secret.
@@ -45,9 +48,10 @@ impl std::fmt::Display for Error {
             Error::Config(e) => write!(f, "{e}"),
             Error::Role(e) => write!(f, "{e}"),
             Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
-            Error::Serve(e) => write!(f, "HTTP server failed: {e}"),
             Error::Kafka(e) => write!(f, "cannot create the Kafka consumer: {e}"),
             Error::NoLiveSubscriber => write!(f, "no live subscriber"),
+            Error::Full => write!(f, "every live subscriber is full; retry later"),
+            Error::Unavailable(why) => write!(f, "{why}"),
             Error::NotFound => write!(f, "not found"),
             Error::Unauthorized(why) => write!(f, "{why}"),
             Error::Invalid { message, .. } => write!(f, "{message}"),
@@ -62,7 +66,6 @@ impl std::error::Error for Error {
         match self {
             Error::Config(e) => Some(e),
             Error::Bind { source, .. } => Some(source),
-            Error::Serve(e) => Some(e),
             Error::Kafka(e) => Some(e),
             _ => None,
         }
@@ -102,18 +105,16 @@ from_rejection!(
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = match &self {
-            Error::NoLiveSubscriber => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NoLiveSubscriber | Error::Full | Error::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Rejected { status, .. } => *status,
             // Start-up failures never reach a handler; should one, say nothing about internals.
-            Error::Config(_)
-            | Error::Role(_)
-            | Error::Bind { .. }
-            | Error::Serve(_)
-            | Error::Kafka(_) => {
+            Error::Config(_) | Error::Role(_) | Error::Bind { .. } | Error::Kafka(_) => {
                 let body = ErrorBody {
                     error: "internal error".into(),
                     field: None,
@@ -125,6 +126,15 @@ impl IntoResponse for Error {
             Error::Invalid { field, .. } => Some((*field).to_owned()),
             _ => None,
         };
+        if let Error::Unavailable(_) = self {
+            // A refused viewer goes to register again elsewhere: its connection is of no more
+            // use here, and a flood of them must not keep descriptors.
+            let body = ErrorBody {
+                error: self.to_string(),
+                field,
+            };
+            return (status, [(header::CONNECTION, "close")], Json(body)).into_response();
+        }
         (
             status,
             Json(ErrorBody {

@@ -199,9 +199,9 @@ mod tests {
         let football = Recorded::new(usize::MAX);
         let leaver = Recorded::new(2);
         for viewer in &main {
-            hub.join("main", None, |_, _| fanout.add("main", viewer.clone()));
+            hub.join("main", None, |_, _, _| fanout.add("main", viewer.clone()));
         }
-        hub.join("football", None, |_, _| {
+        hub.join("football", None, |_, _, _| {
             fanout.add("football", football.clone());
             fanout.add("football", leaver.clone());
         });

@@ -15,6 +15,7 @@
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use emostream_protocol::trends::ALL_STREAMS;
+use emostream_protocol::wire::ViewerNotice;
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -231,8 +232,13 @@ impl Hub {
 
     /// A viewer of this process is about to watch `stream`: the stream is wanted from upstream
     /// until the returned guard is dropped.
-    pub fn watch(self: &Arc<Self>, stream: &str) -> Watching {
+    /// `None` when `stream` is not watched yet and `max_streams` others are.
+    pub fn watch(self: &Arc<Self>, stream: &str, max_streams: usize) -> Option<Watching> {
         let mut streams = self.lock();
+        let watched = streams.get(stream).is_some_and(|s| s.watchers > 0);
+        if !watched && streams.values().filter(|s| s.watchers > 0).count() >= max_streams {
+            return None;
+        }
         let state = streams
             .entry(stream.into())
             .or_insert_with(StreamState::new);
@@ -240,10 +246,10 @@ impl Hub {
         if state.watchers == 1 {
             self.update_wanted(&streams);
         }
-        Watching {
+        Some(Watching {
             hub: Arc::clone(self),
             stream: stream.into(),
-        }
+        })
     }
 
     fn unwatch(&self, stream: &str) {
@@ -318,12 +324,13 @@ impl Hub {
     /// gets follow: they are state, not history, so a resuming viewer needs them as much as a new
     /// one. `attach` gets the replay and the publication number it runs up to, under this hub's
     /// lock: a viewer attached to the fan-out there misses no later frame and gets none twice.
-    /// Returns whether `since` could be served in full (`None` without `since`).
+    /// When `since` cannot be served in full, `attach` also gets the [`ViewerNotice::Gap`] that
+    /// says so. Returns whether `since` could be served in full (`None` without `since`).
     pub fn join(
         &self,
         stream: &str,
         since: Option<u64>,
-        attach: impl FnOnce(u64, Vec<Frame>),
+        attach: impl FnOnce(u64, Vec<Frame>, Option<ViewerNotice>),
     ) -> Option<bool> {
         let mut streams = self.lock();
         let popular = popular(&streams);
@@ -338,13 +345,26 @@ impl Hub {
                     .filter(|f| f.epoch > since)
                     .cloned()
                     .collect();
-                // Served in full unless an epoch after `since` has already left the ring.
-                (replay, Some(state.evicted.is_none_or(|e| e <= since)))
+                // Served in full unless an epoch after `since` has already left the ring: this
+                // one's, or (a full ring synced from the tier above, which evicted them there)
+                // the ring above's.
+                let full_ring = state.ring.len() == self.ring_epochs;
+                let older_gone =
+                    full_ring && state.ring.front().is_some_and(|f| f.epoch > since + 1);
+                let in_full = state.evicted.is_none_or(|e| e <= since) && !older_gone;
+                (replay, Some(in_full))
             }
             None => (state.ring.back().cloned().into_iter().collect(), None),
         };
+        let gap = match (since, resumed) {
+            (Some(since), Some(false)) => Some(ViewerNotice::Gap {
+                since,
+                oldest: state.ring.front().map(|f| f.epoch),
+            }),
+            _ => None,
+        };
         replay.extend(state.latest.iter().flatten().cloned().chain(popular));
-        attach(self.published.load(Ordering::Relaxed), replay);
+        attach(self.published.load(Ordering::Relaxed), replay, gap);
         resumed
     }
 
@@ -426,18 +446,20 @@ mod tests {
         replay: Vec<Frame>,
         after: u64,
         resumed: Option<bool>,
+        gap: Option<ViewerNotice>,
     }
 
     fn join(hub: &Hub, stream: &str, since: Option<u64>) -> Joined {
         let mut attached = None;
-        let resumed = hub.join(stream, since, |after, replay| {
-            attached = Some((after, replay));
+        let resumed = hub.join(stream, since, |after, replay, gap| {
+            attached = Some((after, replay, gap));
         });
-        let (after, replay) = attached.expect("attach runs on every join");
+        let (after, replay, gap) = attached.expect("attach runs on every join");
         Joined {
             replay,
             after,
             resumed,
+            gap,
         }
     }
 
@@ -470,13 +492,17 @@ mod tests {
         // Epochs 1 and 2 have left the ring.
         let cases = [(0, false), (1, false), (2, true), (4, true), (9, true)];
         for (since, served) in cases {
-            assert_eq!(
-                join(&hub, "main", Some(since)).resumed,
-                Some(served),
-                "{since}"
-            );
+            let joined = join(&hub, "main", Some(since));
+            assert_eq!(joined.resumed, Some(served), "{since}");
+            // A viewer that missed epochs is told which, before its replay.
+            let gap = (!served).then_some(ViewerNotice::Gap {
+                since,
+                oldest: Some(3),
+            });
+            assert_eq!(joined.gap, gap, "{since}");
         }
         assert_eq!(join(&hub, "main", None).resumed, None);
+        assert_eq!(join(&hub, "main", None).gap, None);
     }
 
     #[test]
@@ -555,10 +581,13 @@ mod tests {
     async fn watched_streams_are_wanted_until_the_last_watcher_leaves() {
         let hub = Arc::new(Hub::new(2));
         let wanted = hub.wanted();
-        let a1 = hub.watch("a");
-        let a2 = hub.watch("a");
-        let b = hub.watch("b");
+        let a1 = hub.watch("a", 2).unwrap();
+        let a2 = hub.watch("a", 2).unwrap();
+        let b = hub.watch("b", 2).unwrap();
         assert_eq!(*wanted.borrow(), ["a", "b"]);
+        // Past the most streams, only another stream is refused.
+        assert!(hub.watch("c", 2).is_none());
+        drop(hub.watch("b", 2).unwrap());
         // Not synced: the wait runs out and says so.
         let short = std::time::Duration::from_millis(20);
         assert!(!hub.until_synced("a", short).await);
@@ -580,7 +609,7 @@ mod tests {
         drop(a2);
         assert_eq!(*wanted.borrow(), ["b"]);
         // Unwatched, "a" is no longer synced: frames for it stop coming.
-        let _a3 = hub.watch("a");
+        let _a3 = hub.watch("a", 2).unwrap();
         assert!(!hub.lock()["a"].synced);
         drop(b);
         assert_eq!(*wanted.borrow(), ["a"]);

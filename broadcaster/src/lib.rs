@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - `roles`: [`run`], and one module per role ([`main_publisher`], [`cluster_publisher`],
-//!   [`subscriber`]) with its routes; shared [`Settings`], binding, health, metrics, 404, shutdown.
+//!   [`subscriber`]) with its routes; shared [`Settings`], binding, the HTTP/1.1 server with its
+//!   header-read timeout, the descriptor limit, health, metrics, 404, shutdown.
 //! - `hub`: per-stream ring of recent epochs, dedupe by epoch, the newest trend frame per
 //!   `(stream, type)`, the feed of every frame in publication order, and which streams this
 //!   process's viewers watch.

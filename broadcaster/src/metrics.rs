@@ -90,6 +90,9 @@ pub struct Metrics {
     conflated: Counter,
     lag_closes: Counter,
     silent_closes: Counter,
+    upstream_lost_closes: Counter,
+    token_expiry_closes: Counter,
+    refused: Counter,
     resume_hits: Counter,
     resume_misses: Counter,
     unauthorized: Counter,
@@ -196,6 +199,19 @@ impl Metrics {
             "silent_closes",
             "Connections closed because the peer stopped taking data or answering pings",
         );
+        let upstream_lost_closes = counter(
+            "upstream_lost_closes",
+            "Viewers closed (1012) because the subscriber had lost its upstream for too long",
+        );
+        let token_expiry_closes = counter(
+            "token_expiry_closes",
+            "Viewers closed (1008) because their token expired while they watched",
+        );
+        let refused = counter(
+            "viewers_refused",
+            "Viewers answered 503 before the upgrade: the subscriber was full, carried its most \
+             streams, or had lost its upstream",
+        );
         let resume_hits = counter(
             "resume_hits",
             "Resumes (since / Last-Event-ID) the ring could serve in full",
@@ -221,6 +237,9 @@ impl Metrics {
             conflated,
             lag_closes,
             silent_closes,
+            upstream_lost_closes,
+            token_expiry_closes,
+            refused,
             resume_hits,
             resume_misses,
             unauthorized,
@@ -283,6 +302,18 @@ impl Metrics {
 
     pub fn silent_close(&self) {
         self.silent_closes.inc();
+    }
+
+    pub fn upstream_lost_close(&self) {
+        self.upstream_lost_closes.inc();
+    }
+
+    pub fn token_expiry_close(&self) {
+        self.token_expiry_closes.inc();
+    }
+
+    pub fn refused(&self) {
+        self.refused.inc();
     }
 
     pub fn resumed(&self, in_full: bool) {

@@ -82,6 +82,7 @@ mod tests {
             name: name.into(),
             url: format!("ws://{name}"),
             viewers,
+            room: None,
         }
     }
 

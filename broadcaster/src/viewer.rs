@@ -1,13 +1,14 @@
 //! One task per viewer connection, WebSocket or SSE. The fan-out writes frames straight into the
 //! socket ([`crate::outlet`]); this task does the rest: it drains what the socket did not take at
 //! once, answers and sends pings, reads what a WebSocket viewer says, and closes the connection
-//! when the viewer leaves, stops reading, falls too far behind, or the role shuts down.
+//! when the viewer leaves, stops reading, falls too far behind, its token expires, the subscriber
+//! loses its upstream for too long, or the role shuts down.
 
 use crate::metrics::Metrics;
 use crate::outlet::{Outlet, SseWire, Standing, Wire, WsWire};
 use crate::socket::{CLOSE_DEADLINE, WRITE_DEADLINE};
 use crate::tasks::Stop;
-use crate::websocket::{self, close_code, FromViewer, Reader, Violation};
+use crate::websocket::{close_code, FromViewer, Reader, Violation};
 use bytes::Bytes;
 use std::future::poll_fn;
 use std::io;
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Idle viewers are pinged this often (Centrifugo's interval), which keeps proxies from timing out
@@ -47,15 +49,50 @@ const READ_CHUNK: usize = 512;
 
 /// Why a viewer's connection ends, and so what it is told.
 enum End {
-    /// It sent Close (with this code): it gets one back.
+    /// It sent Close (with this code, which a peer may send): it gets one back.
     ViewerClosed(Option<u16>),
     Violation(u16),
     TooSlow,
+    /// The subscriber has had no upstream for [`UPSTREAM_LOST_AFTER`](crate::roles::subscriber):
+    /// the viewer should register again, and may land where frames still flow.
+    UpstreamLost,
+    /// Its token expired while it watched.
+    TokenExpired,
     /// It took nothing for [`WRITE_DEADLINE`] or answered no ping.
     Silent,
     /// Its socket failed or closed under us: nothing more can be said.
     Dropped,
     Away,
+}
+
+impl End {
+    /// The close code and reason the viewer is told, if it can still be told anything.
+    fn farewell(&self) -> Option<(u16, &'static str)> {
+        Some(match self {
+            End::ViewerClosed(code) => (code.unwrap_or(close_code::NORMAL), ""),
+            End::Violation(code) => (*code, ""),
+            End::TooSlow => (close_code::TRY_AGAIN_LATER, TOO_SLOW),
+            End::UpstreamLost => (close_code::SERVICE_RESTART, UPSTREAM_LOST),
+            End::TokenExpired => (close_code::POLICY, TOKEN_EXPIRED),
+            End::Away => (close_code::AWAY, "shutting down"),
+            End::Silent | End::Dropped => return None,
+        })
+    }
+}
+
+/// The reasons in the Close frames (and SSE `closing` notices) a client acts on.
+pub const TOO_SLOW: &str = "too slow; reconnect with since";
+pub const UPSTREAM_LOST: &str = "upstream lost; register again";
+pub const TOKEN_EXPIRED: &str = "token expired; register again";
+
+/// What ends a viewer's connection from the subscriber's side.
+pub struct Until {
+    /// The role is shutting down.
+    pub stop: Stop,
+    /// `true` once the subscriber has been without its upstream for too long.
+    pub upstream_lost: watch::Receiver<bool>,
+    /// When the viewer's token expires (viewer tokens on).
+    pub token_expires: Option<Instant>,
 }
 
 /// What this task hears from the viewer: a WebSocket's frames, or nothing (SSE).
@@ -97,40 +134,29 @@ pub async fn serve_ws(
     early: Bytes,
     outlet: Arc<Outlet<WsWire>>,
     metrics: &Metrics,
-    stop: Stop,
+    until: Until,
 ) {
     let mut reader = Reader::new(MAX_VIEWER_MESSAGE_BYTES);
     reader.extend(&early);
     // Usually a slice of hyper's whole read buffer, which it would keep alive.
     drop(early);
     let incoming = Incoming::Ws { socket, reader };
-    let end = serve(&outlet, incoming, metrics, stop).await;
-    let farewell = match end {
-        End::ViewerClosed(code) => Some(websocket::close(code.unwrap_or(close_code::NORMAL), "")),
-        End::Violation(code) => Some(websocket::close(code, "")),
-        End::TooSlow => Some(websocket::close(
-            close_code::POLICY,
-            "too slow; reconnect with since",
-        )),
-        End::Away => Some(websocket::close(close_code::AWAY, "shutting down")),
-        End::Silent | End::Dropped => None,
-    };
-    farewell_and_close(&outlet, farewell, metrics).await;
+    let end = serve(&outlet, incoming, metrics, until).await;
+    farewell_and_close(&outlet, end, metrics).await;
 }
 
 /// Serves an SSE viewer whose response body reads from the outlet's channel.
-pub async fn serve_sse(outlet: Arc<Outlet<SseWire>>, metrics: &Metrics, stop: Stop) {
-    serve(&outlet, Incoming::Nothing, metrics, stop).await;
-    // Ending the response is the only close SSE has.
-    farewell_and_close(&outlet, None, metrics).await;
+pub async fn serve_sse(outlet: Arc<Outlet<SseWire>>, metrics: &Metrics, until: Until) {
+    let end = serve(&outlet, Incoming::Nothing, metrics, until).await;
+    // Ending the response is the only close SSE has; a `closing` notice says why before it.
+    farewell_and_close(&outlet, end, metrics).await;
 }
 
-async fn farewell_and_close<W: Wire>(
-    outlet: &Outlet<W>,
-    farewell: Option<Bytes>,
-    metrics: &Metrics,
-) {
-    outlet.finish(farewell);
+async fn farewell_and_close<W: Wire>(outlet: &Outlet<W>, end: End, metrics: &Metrics) {
+    outlet.finish(
+        end.farewell()
+            .map(|(code, reason)| W::farewell(code, reason)),
+    );
     // Bounded like every farewell: a peer that stopped reading would hold it forever.
     let _ =
         tokio::time::timeout(CLOSE_DEADLINE, poll_fn(|cx| outlet.poll_drain(cx, metrics))).await;
@@ -141,8 +167,13 @@ async fn serve<W: Wire>(
     outlet: &Outlet<W>,
     mut incoming: Incoming,
     metrics: &Metrics,
-    mut stop: Stop,
+    until: Until,
 ) -> End {
+    let Until {
+        mut stop,
+        mut upstream_lost,
+        token_expires,
+    } = until;
     let pongs = matches!(incoming, Incoming::Ws { .. });
     let mut ping = tokio::time::interval_at(Instant::now() + first_ping(), PING_EVERY);
     let mut awaiting_pong = false;
@@ -196,6 +227,14 @@ async fn serve<W: Wire>(
                 tracing::debug!("viewer took no data for {WRITE_DEADLINE:?}; closing");
                 metrics.silent_close();
                 return End::Silent;
+            }
+            Ok(_) = upstream_lost.wait_for(|lost| *lost) => {
+                metrics.upstream_lost_close();
+                return End::UpstreamLost;
+            }
+            () = tokio::time::sleep_until(token_expires.unwrap_or_else(Instant::now)), if token_expires.is_some() => {
+                metrics.token_expiry_close();
+                return End::TokenExpired;
             }
             () = stop.stopped() => return End::Away,
         }

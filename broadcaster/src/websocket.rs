@@ -22,13 +22,17 @@ use std::future::Future;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-/// Close codes a viewer may get.
-pub mod close_code {
-    pub const NORMAL: u16 = 1000;
-    pub const AWAY: u16 = 1001;
-    pub const PROTOCOL: u16 = 1002;
-    pub const POLICY: u16 = 1008;
-    pub const SIZE: u16 = 1009;
+pub use emostream_protocol::websocket::close_code;
+
+/// Whether `key` is what RFC 6455 4.1 says a client sends: 16 random bytes in base64, which is
+/// always 22 characters of the alphabet, the last one carrying 2 bits (so one of `AQgw`), and
+/// `==`.
+fn valid_key(key: &[u8]) -> bool {
+    let base64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    key.len() == 24
+        && key[..21].iter().all(base64)
+        && b"AQgw".contains(&key[21])
+        && &key[22..] == b"=="
 }
 
 /// A valid WebSocket upgrade request, before the answer.
@@ -91,6 +95,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
                 "`Sec-WebSocket-Key` header missing",
             ));
         };
+        if !valid_key(key.as_bytes()) {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "`Sec-WebSocket-Key` is not 16 bytes in base64",
+            ));
+        }
         let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
             .expect("base64 is a valid header value");
         let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
@@ -120,10 +130,8 @@ impl Upgrade {
                     return;
                 }
             };
-            // axum serves plain TCP here, through hyper-util's HTTP/1-or-2 connection, which
-            // wraps the socket in a type of its own that only this helper can see through.
-            match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded)
-            {
+            // Every role serves plain TCP through hyper's HTTP/1 connection (crate::roles).
+            match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => serve(parts.io.into_inner(), parts.read_buf).await,
                 Err(_) => tracing::warn!("an upgraded connection that is not a TCP socket"),
             }
@@ -230,14 +238,13 @@ impl Reader {
             .collect();
         let opcode = b0 & 0x0f;
         let control = opcode & 0x8 != 0;
-        if control && (b0 & 0x80 == 0 || len > 125) {
+        // RSV1-3 mean an extension, and none was agreed (RFC 6455 5.2).
+        if b0 & 0x70 != 0 || (control && (b0 & 0x80 == 0 || len > 125)) {
             return Err(Violation(close_code::PROTOCOL));
         }
         let got = match opcode {
             OP_PING => FromViewer::Ping(pong(&payload)),
-            OP_CLOSE => FromViewer::Close(
-                (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
-            ),
+            OP_CLOSE => FromViewer::Close(close_payload(&payload)?),
             OP_PONG | OP_TEXT | OP_BINARY | OP_CONTINUATION => FromViewer::Alive,
             _ => return Err(Violation(close_code::PROTOCOL)),
         };
@@ -247,6 +254,26 @@ impl Reader {
             self.buf = Vec::new();
         }
         Ok(Some(got))
+    }
+}
+
+/// The code of a viewer's Close, checked so that only a code a peer may send is ever echoed
+/// (RFC 6455 7.4): a one-byte payload, a reserved or unassigned code, or a reason that is not
+/// UTF-8 fails the connection instead.
+fn close_payload(payload: &[u8]) -> Result<Option<u16>, Violation> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(Violation(close_code::PROTOCOL)),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !close_code::is_sendable(code) {
+                return Err(Violation(close_code::PROTOCOL));
+            }
+            if std::str::from_utf8(reason).is_err() {
+                return Err(Violation(close_code::INVALID_DATA));
+            }
+            Ok(Some(code))
+        }
     }
 }
 
@@ -314,5 +341,56 @@ mod tests {
         let mut fragmented_ping = Reader::new(4096);
         fragmented_ping.extend(&masked(0x09, b""));
         assert_eq!(fragmented_ping.next(), Err(Violation(close_code::PROTOCOL)));
+    }
+
+    type Heard = Result<Option<FromViewer>, Violation>;
+
+    #[test]
+    fn rsv_bits_and_closes_a_peer_may_not_send_fail_the_connection() {
+        let cases: [(Vec<u8>, Heard); 9] = [
+            (masked(0xC1, b"x"), Err(Violation(close_code::PROTOCOL))),
+            (masked(0xA1, b"x"), Err(Violation(close_code::PROTOCOL))),
+            (masked(0x99, b""), Err(Violation(close_code::PROTOCOL))),
+            (masked(0x88, &[3]), Err(Violation(close_code::PROTOCOL))),
+            (
+                masked(0x88, &1005u16.to_be_bytes()),
+                Err(Violation(close_code::PROTOCOL)),
+            ),
+            (
+                masked(0x88, &1006u16.to_be_bytes()),
+                Err(Violation(close_code::PROTOCOL)),
+            ),
+            (
+                masked(0x88, &[0x03, 0xe8, 0xff, 0xfe]),
+                Err(Violation(close_code::INVALID_DATA)),
+            ),
+            (masked(0x88, b""), Ok(Some(FromViewer::Close(None)))),
+            (
+                masked(0x88, &[0x0f, 0xa0, b'o', b'k']),
+                Ok(Some(FromViewer::Close(Some(4000)))),
+            ),
+        ];
+        for (bytes, want) in cases {
+            let mut reader = Reader::new(4096);
+            reader.extend(&bytes);
+            assert_eq!(reader.next(), want, "{bytes:x?}");
+        }
+    }
+
+    #[test]
+    fn only_a_base64_16_byte_key_is_a_key() {
+        assert!(valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(valid_key(b"AAAAAAAAAAAAAAAAAAAAAA=="));
+        for bad in [
+            &b""[..],
+            b"x",
+            b"dGhlIHNhbXBsZSBub25jZQ=",
+            b"dGhlIHNhbXBsZSBub25jZR==",
+            b"dGhlIHNhbXBsZSBub25j*Q==",
+            b"dGhlIHNhbXBsZSBub25jZQ==x",
+            b"dGhlIHNhbXBsZSBub25jZQAA",
+        ] {
+            assert!(!valid_key(bad), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

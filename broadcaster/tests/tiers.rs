@@ -31,6 +31,9 @@ fn settings() -> Settings {
         page_gateway: None,
         viewer_lag_budget_bytes: 64 * 1024,
         subscriber_threads: 0,
+        max_viewers: 1000,
+        max_streams: 64,
+        header_read_timeout: Duration::from_secs(5),
     }
 }
 
@@ -190,7 +193,7 @@ async fn frames_flow_through_every_tier_exactly_once() {
         "{assignment:?}"
     );
     let both_idle = format!(
-        r#"{{"viewers":0,"clusters":[{{"name":"c0","viewers":0,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":0}},{{"name":"c0-s1","url":"ws://{s1}","viewers":0}}]}}]}}"#
+        r#"{{"viewers":0,"clusters":[{{"name":"c0","viewers":0,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":0,"room":1000}},{{"name":"c0-s1","url":"ws://{s1}","viewers":0,"room":1000}}]}}]}}"#
     );
     wait_for("both subscribers in the topology", DEADLINE, || async {
         (http(main, "GET", "/v1/topology", "")
@@ -237,7 +240,7 @@ async fn frames_flow_through_every_tier_exactly_once() {
 
     // s0 holds three viewers and s1 one, so s1 is the least loaded once the counts arrive.
     let loaded = format!(
-        r#"{{"viewers":4,"clusters":[{{"name":"c0","viewers":4,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":3}},{{"name":"c0-s1","url":"ws://{s1}","viewers":1}}]}}]}}"#
+        r#"{{"viewers":4,"clusters":[{{"name":"c0","viewers":4,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":3,"room":997}},{{"name":"c0-s1","url":"ws://{s1}","viewers":1,"room":999}}]}}]}}"#
     );
     wait_for("the viewer counts in the topology", DEADLINE, || async {
         (http(main, "GET", "/v1/topology", "")
@@ -433,10 +436,13 @@ async fn tokens_secrets_sse_resume_and_clear_errors() {
 
     // No token, a forged one, an expired one: 401 with a JSON reason; nothing upgrades.
     let expired = TokenKey::new("viewer-key", ttl)
-        .issue("u1", SystemTime::now() - Duration::from_secs(3600))
+        .issue("u1", "main", SystemTime::now() - Duration::from_secs(3600))
         .0;
     let forged = TokenKey::new("not-the-key", ttl)
-        .issue("u1", SystemTime::now())
+        .issue("u1", "main", SystemTime::now())
+        .0;
+    let football = TokenKey::new("viewer-key", ttl)
+        .issue("u1", "football", SystemTime::now())
         .0;
     for (query, why) in [
         (
@@ -452,6 +458,10 @@ async fn tokens_secrets_sse_resume_and_clear_errors() {
             "the viewer token has expired: register again",
         ),
         ("?token=garbage".into(), "the viewer token is malformed"),
+        (
+            format!("?token={football}"),
+            "the viewer token is for another stream: register for this one",
+        ),
     ] {
         let want = (401, format!(r#"{{"error":"{why}"}}"#));
         for route in ["ws", "sse"] {
@@ -493,6 +503,35 @@ async fn tokens_secrets_sse_resume_and_clear_errors() {
     frames.send(frame("main", 4).into()).await.unwrap();
     sse_until(&mut sse, &event(4)).await;
     assert_eq!(next_text(&mut viewer).await, frame("main", 4));
+
+    // A token that expires while its viewer watches ends the connection: 1008 on WebSocket, a
+    // `closing` event on SSE. Valid for 2 to 3 s (expiry is in whole Unix seconds).
+    let brief = TokenKey::new("viewer-key", Duration::from_secs(3))
+        .issue("u2", "main", SystemTime::now())
+        .0;
+    let mut expiring = watch_stream(s0, "main", &format!("?token={brief}")).await;
+    let mut expiring_sse = TcpStream::connect(s0).await.unwrap();
+    let request = format!(
+        "GET /v1/streams/main/sse?token={brief} HTTP/1.1\r\nHost: {s0}\r\nConnection: close\r\n\r\n"
+    );
+    expiring_sse.write_all(request.as_bytes()).await.unwrap();
+    loop {
+        match next(&mut expiring).await {
+            Message::Text(_) => continue,
+            Message::Close(Some(close)) => {
+                assert_eq!(close.code, CloseCode::Policy);
+                assert_eq!(close.reason.as_str(), "token expired; register again");
+                break;
+            }
+            other => panic!("expected the Close, got {other:?}"),
+        }
+    }
+    let closing = r#"event: closing
+data: {"type":"closing","code":1008,"reason":"token expired; register again"}
+
+"#;
+    let seen = sse_until(&mut expiring_sse, closing).await;
+    assert!(seen.contains(&event(4)), "{seen}");
 
     // Clear errors for what cannot be served.
     let bad_id = format!(
@@ -538,7 +577,8 @@ async fn tokens_secrets_sse_resume_and_clear_errors() {
         .expect("an HTTP answer");
     assert_eq!(status, 200);
     for line in [
-        r#"emostream_broadcaster_unauthorized_total{tier="subscriber"} 12"#,
+        r#"emostream_broadcaster_unauthorized_total{tier="subscriber"} 15"#,
+        r#"emostream_broadcaster_token_expiry_closes_total{tier="subscriber"} 2"#,
         r#"emostream_broadcaster_resume_hits_total{tier="subscriber"} 2"#,
         r#"emostream_broadcaster_connections{tier="subscriber",conn="sse"} 1"#,
     ] {
@@ -817,6 +857,42 @@ async fn viewers_speak_websocket_and_a_broken_client_gets_its_close_code() {
         .await
         .unwrap();
     assert_eq!(read_to_close(&mut oversized).await, b"\x88\x02\x03\xf1");
+    // RSV bits without an extension: 1002.
+    let mut rsv = raw_upgrade(s, "main").await;
+    rsv.write_all(&[0xC1, 0x80, 1, 2, 3, 4]).await.unwrap();
+    assert_eq!(read_to_close(&mut rsv).await, b"\x88\x02\x03\xea");
+    // A Close with a code no peer may send (1005 is for reporting "no code" locally) is not
+    // echoed: 1002. A registered one (4000, the application's) is.
+    let mut reserved = raw_upgrade(s, "main").await;
+    reserved
+        .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xed])
+        .await
+        .unwrap();
+    assert_eq!(read_to_close(&mut reserved).await, b"\x88\x02\x03\xea");
+    let mut own = raw_upgrade(s, "main").await;
+    own.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x0f, 0xa0])
+        .await
+        .unwrap();
+    assert_eq!(read_to_close(&mut own).await, b"\x88\x02\x0f\xa0");
+
+    // A key that is not 16 bytes of base64: 400 before any upgrade.
+    let mut conn = TcpStream::connect(s).await.unwrap();
+    conn.write_all(
+        format!(
+            "GET /v1/streams/main/ws HTTP/1.1\r\nHost: {s}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: not-a-key\r\nSec-WebSocket-Version: 13\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let answer = String::from_utf8(read_to_close(&mut conn).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"error":"`Sec-WebSocket-Key` is not 16 bytes in base64"}"#),
+        "{answer}"
+    );
 
     // A plain GET on the WebSocket route: a clear 400, not a hang or a 200.
     let (status, body) = http(s, "GET", "/v1/streams/main/ws", "")

@@ -313,9 +313,40 @@ pub struct BroadcasterConfig {
     /// gives each fewer, since their fan-outs run at once and would only take turns on the cores.
     #[serde(default)]
     pub subscriber_threads: usize,
+    /// Viewers one subscriber holds at most; more are answered 503 before the upgrade, and the
+    /// subscriber reports its room left in its heartbeat so that `/register` sends viewers
+    /// elsewhere. Absent: the process's descriptor limit (raised to its hard limit at start) less
+    /// [`BroadcasterConfig::RESERVED_DESCRIPTORS`] (less a quarter of a limit under 4096); a
+    /// larger value is cut to that.
+    #[serde(default)]
+    pub max_viewers: Option<usize>,
+    /// Distinct streams one subscriber's viewers may watch at once; a viewer of one more stream
+    /// is answered 503. Stream names are the clients' choice, and each costs the tiers above a
+    /// subscription.
+    #[serde(default = "BroadcasterConfig::max_streams")]
+    pub max_streams: usize,
+    /// A connection to any tier that has not sent a request's whole header within this long is
+    /// closed, so slowloris clients cannot hold descriptors meant for viewers.
+    #[serde(default = "BroadcasterConfig::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
 }
 
 impl BroadcasterConfig {
+    /// Descriptors a subscriber keeps for everything but viewers: its link, the listener,
+    /// requests not yet upgraded (each lives at most `header_read_timeout_ms`), logs.
+    pub const RESERVED_DESCRIPTORS: usize = 1024;
+
+    /// Far more than a subscriber's viewers watch at once (one event's streams), far fewer than
+    /// would make the tiers' subscription messages costly.
+    const fn max_streams() -> usize {
+        1024
+    }
+
+    /// 5 s, as the gateway's: a phone on a poor network sends a request's header well within it.
+    const fn header_read_timeout_ms() -> u64 {
+        5_000
+    }
+
     /// Two minutes of 2 s epochs.
     const fn ring_epochs() -> usize {
         60

@@ -2,8 +2,9 @@
 //!
 //! Gateway bodies ([`SendEmoji`], [`EmojiIn`], [`Accepted`], [`ErrorBody`]), the line format of
 //! `emoji-events` batch records ([`EmojiEvent`]), the closed-epoch frame on `emoji-epochs` and to
-//! viewers ([`EpochFrame`]), viewer registration ([`Register`], [`Assignment`]) and the messages a
-//! broadcaster tier sends to the tier above it ([`LinkUp`]).
+//! viewers ([`EpochFrame`]), the notices viewers get besides frames ([`ViewerNotice`]), viewer
+//! registration ([`Register`], [`Assignment`]) and the messages a broadcaster tier sends to the
+//! tier above it ([`LinkUp`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -177,9 +178,13 @@ pub struct Register {
     pub user_id: String,
     #[serde(default)]
     pub group_id: Option<String>,
+    /// The stream the viewer is about to watch: its token (when viewer tokens are on) is good
+    /// for this stream only. Absent: `main`, the seeds' one stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
 
-/// Where a viewer should connect: the least-loaded live subscriber.
+/// Where a viewer should connect: the live subscriber with the most room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
     pub cluster: String,
@@ -194,6 +199,10 @@ pub struct Member {
     pub name: String,
     pub url: String,
     pub viewers: u64,
+    /// Viewers it can still take (`max_viewers - viewers`); absent from a subscriber that does
+    /// not report it, which placement treats as unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<u64>,
 }
 
 /// What a lower tier tells the tier above over their link (the frames flow the other way).
@@ -205,6 +214,9 @@ pub enum LinkUp {
         name: String,
         url: String,
         viewers: u64,
+        /// As [`Member::room`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<u64>,
     },
     /// A cluster publisher's heartbeat to the main publisher, listing its live subscribers.
     Cluster {
@@ -241,6 +253,23 @@ pub struct Admission {
     /// When the token expires, Unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_expires_s: Option<u64>,
+}
+
+/// What a subscriber tells a viewer besides frames: a WebSocket text message, or over SSE an
+/// event named by its `type` (`event: lagged`) with this JSON as its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ViewerNotice {
+    /// Just before the next frame: `missed` frames were skipped because the viewer read too
+    /// slowly. Fetch them with `since`.
+    Lagged { missed: u64 },
+    /// Before the replay of a join with `since`: the ring no longer holds every epoch after
+    /// `since`. Epochs after `since` and before `oldest` (the oldest the subscriber still has,
+    /// the first of the replay) are lost to this viewer.
+    Gap { since: u64, oldest: Option<u64> },
+    /// SSE only (a WebSocket gets a Close frame with the same code and reason): the subscriber
+    /// ends the stream. `code` is a WebSocket close code with the same meaning.
+    Closing { code: u16, reason: String },
 }
 
 /// One live cluster publisher in `GET /v1/topology`, with its live subscribers.
@@ -284,6 +313,33 @@ mod tests {
             serde_json::to_string(&frame).unwrap(),
             r#"{"type":"epoch","stream":"main","epoch":881234567,"start_ms":1762469134000,"end_ms":1762469136000,"total":4123,"late":0,"emojis":[{"emoji":"🔥","count":3785,"scaled":3}]}"#
         );
+    }
+
+    #[test]
+    fn viewer_notices_have_the_documented_shapes() {
+        let cases = [
+            (
+                ViewerNotice::Lagged { missed: 3 },
+                r#"{"type":"lagged","missed":3}"#,
+            ),
+            (
+                ViewerNotice::Gap {
+                    since: 10,
+                    oldest: Some(40),
+                },
+                r#"{"type":"gap","since":10,"oldest":40}"#,
+            ),
+            (
+                ViewerNotice::Closing {
+                    code: 1012,
+                    reason: "upstream lost".into(),
+                },
+                r#"{"type":"closing","code":1012,"reason":"upstream lost"}"#,
+            ),
+        ];
+        for (notice, text) in cases {
+            assert_eq!(serde_json::to_string(&notice).unwrap(), text);
+        }
     }
 
     #[test]

@@ -129,22 +129,56 @@ function connect() {
       // The subscriber skipped frames this page was too slow for; the gap is still in its
       // ring, so reconnecting with ?since fetches it.
       ws.close(4000, 'lagged');
+    } else if (msg.type === 'gap') {
+      // Resumed from further back than the subscriber's ring: the epochs between are gone.
+      const from = msg.oldest === null ? 'live' : `#${msg.oldest}`;
+      setConn('resumed', `Missed epochs after #${msg.since}; resumed from ${from}`);
     }
   };
-  ws.onclose = () => {
+  ws.onclose = (ev) => {
     if (generation !== state.generation || state.ws !== ws) return;
     state.ws = null;
-    scheduleReconnect();
+    onClosed(ev.code, ev.reason);
   };
 }
 
-function scheduleReconnect() {
+// What each close code asks of the page (docs/contracts.md). A refusal before the upgrade (503
+// full or without upstream, 401) reaches a browser only as 1006, so it backs off like a drop.
+function onClosed(code, reason) {
+  switch (code) {
+    case 1008:
+      // The viewer token expired while watching: only a new token helps, and this page got
+      // its token from the URL.
+      setConn('failed', 'Viewer token expired: open the page again with a new ?token=');
+      return;
+    case 1012:
+      // The subscriber lost the tier above: try again soon, it may be back or another may serve.
+      scheduleReconnect('Subscriber lost its upstream');
+      return;
+    case 1013:
+      scheduleReconnect('Too slow for this stream');
+      return;
+    case 1001:
+      scheduleReconnect('Subscriber restarting');
+      return;
+    case 1002:
+    case 1007:
+    case 1009:
+      scheduleReconnect(`Refused by the subscriber (${code}${reason ? `: ${reason}` : ''})`);
+      return;
+    default:
+      scheduleReconnect();
+  }
+}
+
+function scheduleReconnect(why) {
   const generation = state.generation;
   // Exponential backoff with jitter, so a restarted subscriber is not hit by every viewer at once.
   const base = Math.min(8000, 500 * 2 ** state.attempt);
   const delay = Math.round(base / 2 + Math.random() * base / 2);
   state.attempt += 1;
-  setConn('reconnecting', `Reconnecting in ${Math.ceil(delay / 1000)} s…`);
+  const lead = why ? `${why}. ` : '';
+  setConn('reconnecting', `${lead}Reconnecting in ${Math.ceil(delay / 1000)} s…`);
   clearTimeout(state.retryTimer);
   state.retryTimer = setTimeout(() => {
     if (generation === state.generation) connect();

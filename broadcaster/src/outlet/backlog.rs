@@ -8,7 +8,14 @@ use std::collections::VecDeque;
 use tokio::time::Instant;
 
 pub(super) enum Item {
+    /// A live frame: conflated when too many wait, counted against the byte budget.
     Frame(Frame),
+    /// A frame of the join's replay. The viewer asked for all of it (`since`), so none is
+    /// conflated away and none counts against the budget: on a slow link a replay of a full ring
+    /// of ~1.5 KiB frames is larger than the budget by itself, and conflating or budgeting it
+    /// would close the viewer, which would reconnect with the same `since` and loop. Live frames
+    /// arriving meanwhile wait behind it.
+    Replay(Frame),
     /// A lag notice, ping or Close: bytes, but not a delivery.
     Control(Bytes),
     /// The answer to a viewer's ping. Only the newest unsent one is kept (RFC 6455 5.5.3), so a
@@ -19,7 +26,7 @@ pub(super) enum Item {
 impl Item {
     pub(super) fn bytes<W: Wire>(&self) -> &Bytes {
         match self {
-            Item::Frame(frame) => W::frame(frame),
+            Item::Frame(frame) | Item::Replay(frame) => W::frame(frame),
             Item::Control(bytes) | Item::Pong(bytes) => bytes,
         }
     }
@@ -49,7 +56,7 @@ pub(super) struct Backlog<W> {
 }
 
 impl<W: Wire> Backlog<W> {
-    /// Frames in the queue not yet started.
+    /// Live frames in the queue not yet started.
     pub(super) fn waiting_frames(&self) -> impl Iterator<Item = usize> + '_ {
         let started = usize::from(self.written > 0);
         self.queue
@@ -60,7 +67,8 @@ impl<W: Wire> Backlog<W> {
             .map(|(i, _)| i)
     }
 
-    /// How far behind the viewer is: frames conflated away, and what waits to be written.
+    /// How far behind the viewer is: live frames conflated away, and live frames waiting to be
+    /// written (the replay is not lag: the viewer asked for it).
     pub(super) fn behind_bytes(&self) -> usize {
         let queued: usize = self
             .queue
@@ -68,7 +76,11 @@ impl<W: Wire> Backlog<W> {
             .filter(|item| matches!(item, Item::Frame(_)))
             .map(|item| item.bytes::<W>().len())
             .sum();
-        self.missed_bytes + queued.saturating_sub(self.written)
+        let started = match self.queue.front() {
+            Some(Item::Frame(_)) => self.written,
+            _ => 0,
+        };
+        self.missed_bytes + queued.saturating_sub(started)
     }
 
     /// Queues `frame` behind what waits, conflating the oldest waiting frame away if full.

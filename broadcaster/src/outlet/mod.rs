@@ -4,10 +4,11 @@
 //! The fan-out writes a frame's shared bytes straight into the socket when nothing is waiting
 //! there, which is every frame of a viewer that keeps up: no task wakes, nothing is copied but by
 //! the kernel. Only what a socket does not take at once waits, in a small conflating backlog the
-//! viewer's task drains as the socket drains: at most [`OUTBOX_FRAMES`] frames besides the one
+//! viewer's task drains as the socket drains: at most [`OUTBOX_FRAMES`] live frames besides the one
 //! being written. A newer frame arriving at a full backlog drops the oldest waiting one; the
 //! viewer is told how many it missed just before the next frame it does get, and can fetch them
-//! with `since`. A viewer further behind than its byte budget is closed.
+//! with `since`. A viewer further behind than its byte budget is closed. The join's replay goes
+//! ahead of every live frame and whole: it is neither conflated nor counted against the budget.
 //!
 //! Everything written to a socket goes through here under one lock (frames, lag notices, pings,
 //! pongs, the Close frame), so writes from the fan-out and from the viewer's task never interleave
@@ -27,6 +28,7 @@ use crate::hub::Frame;
 use crate::metrics::{Deliveries, Metrics};
 use backlog::{Backlog, Item};
 use bytes::Bytes;
+use emostream_protocol::wire::ViewerNotice;
 use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,11 +40,6 @@ use tokio::time::Instant;
 /// trend frames beside it, so a healthy viewer never has more than four waiting; a longer stall
 /// conflates, and the viewer resumes with `since`.
 pub const OUTBOX_FRAMES: usize = 4;
-
-/// The notice a lagging viewer gets before the next frame.
-pub fn lagged_notice(missed: u64) -> String {
-    format!(r#"{{"type":"lagged","missed":{missed}}}"#)
-}
 
 /// What the fan-out sees of an outlet, whatever its wire.
 pub trait Offer: Send + Sync {
@@ -97,13 +94,17 @@ impl<W: Wire> Outlet<W> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The join: `replay` goes first, then every frame published after `after`. Called under the
-    /// hub's lock, so no frame falls between the two.
-    pub fn start(&self, after: u64, replay: Vec<Frame>) {
+    /// The join: `replay` goes first and whole, then every frame published after `after`. Called
+    /// under the hub's lock, so no frame falls between the two.
+    /// `first`, a notice (the gap before a short replay), goes before everything.
+    pub fn start(&self, after: u64, replay: Vec<Frame>, first: Option<&ViewerNotice>) {
         let mut b = self.lock();
         b.after = after;
-        if !replay.is_empty() {
-            b.queue.extend(replay.into_iter().map(Item::Frame));
+        if let Some(notice) = first {
+            b.queue.push_back(Item::Control(W::notice(notice)));
+        }
+        if !b.queue.is_empty() || !replay.is_empty() {
+            b.queue.extend(replay.into_iter().map(Item::Replay));
             b.busy_since = Some(Instant::now());
             drop(b);
             self.wake.notify_one();
@@ -165,7 +166,8 @@ impl<W: Wire> Outlet<W> {
         let b = &mut *guard;
         loop {
             if b.written == 0 && b.missed > 0 && matches!(b.queue.front(), Some(Item::Frame(_))) {
-                let notice = W::lagged(std::mem::take(&mut b.missed));
+                let missed = std::mem::take(&mut b.missed);
+                let notice = W::notice(&ViewerNotice::Lagged { missed });
                 b.queue.push_front(Item::Control(notice));
             }
             let Some(front) = b.queue.front() else {
@@ -194,7 +196,7 @@ impl<W: Wire> Outlet<W> {
             }
             b.written = 0;
             match b.queue.pop_front() {
-                Some(Item::Frame(frame)) => {
+                Some(Item::Frame(frame) | Item::Replay(frame)) => {
                     metrics.sent(W::CONN, W::frame(&frame).len(), frame.at.elapsed())
                 }
                 Some(Item::Control(bytes) | Item::Pong(bytes)) => {

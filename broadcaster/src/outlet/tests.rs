@@ -3,6 +3,10 @@ use crate::hub::{FrameData, Hub};
 use crate::metrics::Conn;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+fn lagged_notice(missed: u64) -> String {
+    wire::notice_json(&ViewerNotice::Lagged { missed })
+}
+
 /// A wire that records what it takes and takes nothing while `blocked`.
 #[derive(Clone, Default)]
 struct Recorder {
@@ -17,8 +21,11 @@ impl Wire for Recorder {
     fn frame(frame: &FrameData) -> &Bytes {
         &frame.sse
     }
-    fn lagged(missed: u64) -> Bytes {
-        lagged_notice(missed).into()
+    fn notice(notice: &ViewerNotice) -> Bytes {
+        wire::notice_json(notice).into()
+    }
+    fn farewell(code: u16, reason: &str) -> Bytes {
+        format!("close {code} {reason}").into()
     }
     fn ping() -> Bytes {
         Bytes::from_static(b": ping\n\n")
@@ -77,7 +84,7 @@ fn fixture(n: u64, budget_bytes: usize) -> (Vec<Frame>, Recorder, Arc<Outlet<Rec
     let f = frames(&hub, 1..=n);
     let wire = Recorder::default();
     let outlet = Outlet::new(wire.clone(), budget_bytes);
-    outlet.start(0, Vec::new());
+    outlet.start(0, Vec::new(), None);
     (f, wire, outlet)
 }
 
@@ -97,7 +104,7 @@ fn a_viewer_that_keeps_up_is_written_to_directly_and_only_after_its_replay() {
     let wire = Recorder::default();
     let outlet = Outlet::new(wire.clone(), 1 << 20);
     let mut sent = Deliveries::default();
-    outlet.start(f[0].seq, vec![Arc::clone(&f[0])]);
+    outlet.start(f[0].seq, vec![Arc::clone(&f[0])], None);
     // The replay waits for the task; live frames queue behind it, in order.
     assert!(outlet.offer(&f[0], &mut sent), "covered by the replay");
     assert!(outlet.offer(&f[1], &mut sent));
@@ -134,7 +141,7 @@ fn a_stalled_viewer_is_conflated_told_and_closed_past_its_budget() {
     let wire = Recorder::default();
     let frame_len = f[0].sse.len();
     let outlet = Outlet::new(wire.clone(), 7 * frame_len + frame_len / 2);
-    outlet.start(0, Vec::new());
+    outlet.start(0, Vec::new(), None);
     let mut sent = Deliveries::default();
     wire.limit.store(3, Ordering::Relaxed);
     assert!(
@@ -157,7 +164,7 @@ fn a_stalled_viewer_is_conflated_told_and_closed_past_its_budget() {
     // notice of the 4 it missed.
     let other = Recorder::default();
     let patient = Outlet::new(other.clone(), 1 << 20);
-    patient.start(0, Vec::new());
+    patient.start(0, Vec::new(), None);
     other.blocked.store(true, Ordering::Relaxed);
     for frame in &f[..=7] {
         assert!(patient.offer(frame, &mut sent));
@@ -222,4 +229,45 @@ fn finishing_keeps_the_frame_being_written_and_then_the_farewell() {
     assert_eq!(wire.text(), sse(&f[0]) + "bye");
     outlet.close();
     assert!(matches!(drain(&outlet, &metrics), Poll::Ready(Ok(()))));
+}
+
+#[test]
+fn a_replay_larger_than_the_budget_goes_whole_before_live_frames() {
+    let hub = Hub::new(60);
+    let f = frames(&hub, 1..=20);
+    let frame_len = f[0].sse.len();
+    let wire = Recorder::default();
+    // A budget of four short frames, a replay of twelve, and three live frames while it waits.
+    let outlet = Outlet::new(wire.clone(), 4 * frame_len);
+    outlet.start(f[11].seq, f[..12].to_vec(), None);
+    let mut sent = Deliveries::default();
+    wire.blocked.store(true, Ordering::Relaxed);
+    for frame in &f[12..=14] {
+        assert!(outlet.offer(frame, &mut sent));
+    }
+    assert_eq!(outlet.standing(), Standing::Open, "the replay is not lag");
+    wire.blocked.store(false, Ordering::Relaxed);
+    let metrics = Metrics::new("subscriber");
+    assert!(matches!(drain(&outlet, &metrics), Poll::Ready(Ok(()))));
+    assert_eq!(wire.text(), f[..=14].iter().map(sse).collect::<String>());
+
+    // Live frames past the outbox while a replay waits are conflated, and only they are.
+    let other = Recorder::default();
+    let joiner = Outlet::new(other.clone(), 1 << 20);
+    let gap = ViewerNotice::Gap {
+        since: 0,
+        oldest: Some(1),
+    };
+    joiner.start(f[9].seq, f[..10].to_vec(), Some(&gap));
+    other.blocked.store(true, Ordering::Relaxed);
+    for frame in &f[10..] {
+        assert!(joiner.offer(frame, &mut sent));
+    }
+    other.blocked.store(false, Ordering::Relaxed);
+    assert!(matches!(drain(&joiner, &metrics), Poll::Ready(Ok(()))));
+    let want = wire::notice_json(&gap)
+        + &f[..10].iter().map(sse).collect::<String>()
+        + &lagged_notice(6)
+        + &f[16..].iter().map(sse).collect::<String>();
+    assert_eq!(other.text(), want);
 }

@@ -1,9 +1,9 @@
 //! The two kinds of viewer connection: the bytes each sends, and how it writes to its peer.
 
-use super::lagged_notice;
 use crate::hub::FrameData;
 use crate::metrics::Conn;
 use bytes::Bytes;
+use emostream_protocol::wire::ViewerNotice;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
@@ -15,7 +15,11 @@ pub trait Wire: Send + 'static {
     const CONN: Conn;
     /// The bytes that carry `frame`, made once per frame per tier.
     fn frame(frame: &FrameData) -> &Bytes;
-    fn lagged(missed: u64) -> Bytes;
+    /// A notice to the viewer, made when it is sent (rarely: a lag, a gap, a farewell).
+    fn notice(notice: &ViewerNotice) -> Bytes;
+    /// What a viewer is told as the connection ends with `code`: a Close frame, or on SSE (which
+    /// has no close of its own) a `closing` notice with the same code.
+    fn farewell(code: u16, reason: &str) -> Bytes;
     fn ping() -> Bytes;
     /// Writes what the peer takes now of `bytes`, then of `then` (a ping riding along), in one
     /// write and without waiting: `Ok(0)` when it takes nothing.
@@ -47,8 +51,12 @@ impl Wire for WsWire {
         &frame.ws
     }
 
-    fn lagged(missed: u64) -> Bytes {
-        crate::websocket::text(&lagged_notice(missed))
+    fn notice(notice: &ViewerNotice) -> Bytes {
+        crate::websocket::text(&notice_json(notice))
+    }
+
+    fn farewell(code: u16, reason: &str) -> Bytes {
+        crate::websocket::close(code, reason)
     }
 
     fn ping() -> Bytes {
@@ -104,8 +112,22 @@ impl Wire for SseWire {
         &frame.sse
     }
 
-    fn lagged(missed: u64) -> Bytes {
-        format!("event: lagged\ndata: {}\n\n", lagged_notice(missed)).into()
+    /// An event named by the notice's type, so an `EventSource` listens for it by name.
+    fn notice(notice: &ViewerNotice) -> Bytes {
+        let json = notice_json(notice);
+        let kind = match notice {
+            ViewerNotice::Lagged { .. } => "lagged",
+            ViewerNotice::Gap { .. } => "gap",
+            ViewerNotice::Closing { .. } => "closing",
+        };
+        format!("event: {kind}\ndata: {json}\n\n").into()
+    }
+
+    fn farewell(code: u16, reason: &str) -> Bytes {
+        Self::notice(&ViewerNotice::Closing {
+            code,
+            reason: reason.to_owned(),
+        })
     }
 
     /// A comment: browsers ignore it, proxies see traffic.
@@ -132,4 +154,8 @@ impl Wire for SseWire {
             .poll_ready(cx)
             .map_err(|_| io::ErrorKind::BrokenPipe.into())
     }
+}
+
+pub fn notice_json(notice: &ViewerNotice) -> String {
+    serde_json::to_string(notice).expect("a ViewerNotice always serializes")
 }

@@ -1,6 +1,6 @@
 //! A cluster publisher: one link up to the main publisher, a link down to each subscriber.
 
-use super::{finish, link_routes, serve, LinkState, Settings};
+use super::{finish, link_routes, serve, untuned, LinkState, Settings};
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::link::{self, Upstream};
@@ -56,6 +56,7 @@ pub async fn cluster_publisher(
         listener,
         finish(link_routes(link), metrics),
         tasks,
+        (settings.header_read_timeout, untuned),
         shutdown,
     )
     .await
@@ -66,7 +67,17 @@ fn live_subscribers(roster: &Roster) -> Vec<Member> {
         .live()
         .into_iter()
         .filter_map(|up| match up {
-            LinkUp::Subscriber { name, url, viewers } => Some(Member { name, url, viewers }),
+            LinkUp::Subscriber {
+                name,
+                url,
+                viewers,
+                room,
+            } => Some(Member {
+                name,
+                url,
+                viewers,
+                room,
+            }),
             // Only subscribers link to a cluster publisher.
             LinkUp::Cluster { .. } => None,
         })

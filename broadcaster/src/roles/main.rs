@@ -1,7 +1,7 @@
 //! The main publisher: frames from its source into the hub and on to every cluster publisher,
 //! and the viewers' front door (`/register`).
 
-use super::{finish, link_routes, serve, LinkState, Settings};
+use super::{finish, link_routes, serve, untuned, LinkState, Settings};
 use crate::auth::TokenKey;
 use crate::error::Error;
 use crate::hub::Hub;
@@ -62,7 +62,8 @@ pub async fn main_publisher(
         .route("/v1/topology", get(topology))
         .with_state(placement)
         .merge(link_routes(link));
-    serve(listener, finish(app, metrics), tasks, shutdown).await
+    let accepting = (settings.header_read_timeout, untuned as fn(&_));
+    serve(listener, finish(app, metrics), tasks, accepting, shutdown).await
 }
 
 async fn ingest(
@@ -129,25 +130,37 @@ impl Recent {
 }
 
 impl Placement {
-    /// The least-loaded live subscriber across live clusters; ties go to the first by name.
-    fn assign(&self) -> Option<Assignment> {
+    /// The live subscriber with the most room across live clusters; ties go to the first by
+    /// name. A subscriber with no room left is skipped, so viewers go elsewhere before they are
+    /// refused there.
+    fn assign(&self) -> Result<Assignment, Error> {
         let now = Instant::now();
         let mut recent = self
             .recent
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         recent.expire(now);
-        let (cluster, member) = live_clusters(&self.roster)
+        let members: Vec<(String, Member)> = live_clusters(&self.roster)
             .into_iter()
             .flat_map(|c| c.subscribers.into_iter().map(move |m| (c.name.clone(), m)))
-            .min_by(|(_, a), (_, b)| {
-                let load = |m: &Member| {
-                    m.viewers + recent.per_subscriber.get(&m.name).copied().unwrap_or(0)
-                };
-                (load(a), &a.name).cmp(&(load(b), &b.name))
-            })?;
+            .collect();
+        if members.is_empty() {
+            return Err(Error::NoLiveSubscriber);
+        }
+        let room = |m: &Member| {
+            let placed = recent.per_subscriber.get(&m.name).copied().unwrap_or(0);
+            // A subscriber that reports no room (one from before it was reported) has as much
+            // as it has fewer viewers: the old least-loaded order.
+            let room = m.room.unwrap_or(u64::MAX - m.viewers);
+            room.saturating_sub(placed)
+        };
+        let (cluster, member) = members
+            .into_iter()
+            .filter(|(_, m)| room(m) > 0)
+            .max_by(|(_, a), (_, b)| (room(a), &b.name).cmp(&(room(b), &a.name)))
+            .ok_or(Error::Full)?;
         recent.add(now, &member.name);
-        Some(Assignment {
+        Ok(Assignment {
             cluster,
             subscriber: member.url,
             subscriber_name: member.name,
@@ -181,16 +194,25 @@ async fn register(
     State(placement): State<Arc<Placement>>,
     body: Result<Json<Register>, JsonRejection>,
 ) -> Result<Json<Admission>, Error> {
-    // Placement is by load alone; who asks does not change where they go, only whose token it is.
+    // Placement is by room alone; who asks does not change where they go, only whose token it
+    // is and for which stream.
     let Json(Register {
         user_id,
         group_id: _,
+        stream,
     }) = body?;
-    let assignment = placement.assign().ok_or(Error::NoLiveSubscriber)?;
+    let stream = stream.unwrap_or_else(|| DEFAULT_STREAM.to_owned());
+    if !emostream_protocol::wire::is_stream_id(&stream) {
+        return Err(Error::Invalid {
+            field: "stream",
+            message: "a stream id is 1 to 64 of [a-z0-9_-]".into(),
+        });
+    }
+    let assignment = placement.assign()?;
     tracing::debug!(%user_id, subscriber = %assignment.subscriber_name, "viewer assigned");
     let (token, token_expires_s) = match &placement.tokens {
         Some(key) => {
-            let (token, expires_s) = key.issue(&user_id, SystemTime::now());
+            let (token, expires_s) = key.issue(&user_id, &stream, SystemTime::now());
             (Some(token), Some(expires_s))
         }
         None => (None, None),
@@ -202,6 +224,9 @@ async fn register(
     }))
 }
 
+/// The stream of a registration that names none: the seeds' clients watch only this one.
+const DEFAULT_STREAM: &str = "main";
+
 /// Viewers are counted by their sockets at the subscribers, so leaving needs no bookkeeping here;
 /// the route exists because the seeds' clients call it.
 async fn unregister(
@@ -210,6 +235,7 @@ async fn unregister(
     let Json(Register {
         user_id: _,
         group_id: _,
+        stream: _,
     }) = body?;
     Ok(Json(serde_json::json!({ "ok": true })))
 }
@@ -220,4 +246,61 @@ async fn topology(State(placement): State<Arc<Placement>>) -> Json<TopologyView>
         viewers: clusters.iter().map(|c| c.viewers).sum(),
         clusters,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, viewers: u64, room: Option<u64>) -> Member {
+        Member {
+            name: name.into(),
+            url: format!("ws://{name}"),
+            viewers,
+            room,
+        }
+    }
+
+    fn placement(subscribers: Vec<Member>) -> Placement {
+        let roster = Arc::new(Roster::default());
+        roster.heard(
+            roster.open(),
+            LinkUp::Cluster {
+                name: "c0".into(),
+                subscribers,
+            },
+        );
+        Placement {
+            roster,
+            recent: Mutex::default(),
+            tokens: None,
+        }
+    }
+
+    fn names(placement: &Placement, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| placement.assign().unwrap().subscriber_name)
+            .collect()
+    }
+
+    #[test]
+    fn viewers_go_where_there_is_most_room_and_never_to_a_full_subscriber() {
+        let p = placement(vec![
+            member("a", 5, Some(2)),
+            member("b", 1, Some(3)),
+            member("full", 0, Some(0)),
+        ]);
+        // b (3), then a and b tie at 2 (a first by name), then b, a, and both are full.
+        assert_eq!(names(&p, 5), ["b", "a", "b", "a", "b"]);
+        assert!(matches!(p.assign(), Err(Error::Full)));
+
+        // A member that reports no room counts as unbounded, ranked by its load.
+        let p = placement(vec![member("new", 0, Some(1)), member("old", 7, None)]);
+        assert_eq!(names(&p, 2), ["old", "old"]);
+
+        assert!(matches!(
+            placement(Vec::new()).assign(),
+            Err(Error::NoLiveSubscriber)
+        ));
+    }
 }

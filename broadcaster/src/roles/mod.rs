@@ -15,6 +15,7 @@ use crate::roster::Roster;
 use crate::synthetic::Synthetic;
 use crate::tasks::{Stop, Tasks};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::Request;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
@@ -22,12 +23,16 @@ use axum::routing::get;
 use axum::Router;
 use emostream_protocol::config::BroadcasterConfig;
 use emostream_protocol::Config;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::prometheus_text;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tower::ServiceExt;
 
 /// tungstenite allocates its read buffer up front, 128 KiB by default; peers here send only small
 /// heartbeats and pongs, and a subscriber holds many thousands of sockets.
@@ -95,10 +100,17 @@ pub struct Settings {
     /// Where the viewer page served by subscribers posts taps (`http://host:port` of a
     /// gateway); `None`: subscribers serve no page.
     pub page_gateway: Option<String>,
+    /// Viewers a subscriber holds at most (already cut to its descriptor limit).
+    pub max_viewers: usize,
+    /// Distinct streams a subscriber's viewers may watch at once.
+    pub max_streams: usize,
+    /// How long a connection may take to send a request's header.
+    pub header_read_timeout: Duration,
 }
 
 impl Settings {
-    pub fn from_config(config: &BroadcasterConfig) -> Self {
+    /// `descriptors`: this process's limit on open descriptors, which bounds `max_viewers`.
+    pub fn from_config(config: &BroadcasterConfig, descriptors: usize) -> Self {
         let BroadcasterConfig {
             main: _,     // where the main publisher listens: placement, not a setting
             clusters: _, // the same
@@ -108,7 +120,25 @@ impl Settings {
             link_secret,
             viewer_lag_budget_bytes,
             subscriber_threads,
+            max_viewers,
+            max_streams,
+            header_read_timeout_ms,
         } = config;
+        // A small limit (1024 is common) still leaves most of it to viewers.
+        let reserved = BroadcasterConfig::RESERVED_DESCRIPTORS.min(descriptors / 4);
+        let room = descriptors - reserved;
+        let max_viewers = match *max_viewers {
+            Some(wanted) if wanted > room => {
+                tracing::warn!(
+                    max_viewers = wanted,
+                    descriptors,
+                    "max_viewers is more than the descriptor limit allows; cut to {room}"
+                );
+                room
+            }
+            Some(wanted) => wanted,
+            None => room,
+        };
         Self {
             ring_epochs: *ring_epochs,
             tokens: viewer_token_secret
@@ -118,8 +148,37 @@ impl Settings {
             viewer_lag_budget_bytes: *viewer_lag_budget_bytes,
             subscriber_threads: *subscriber_threads,
             page_gateway: None,
+            max_viewers,
+            max_streams: *max_streams,
+            header_read_timeout: Duration::from_millis(*header_read_timeout_ms),
         }
     }
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit, and returns the limit
+/// now in force. Every viewer is a descriptor, and the soft limit is often 1024 where the hard one
+/// is far higher.
+fn raise_descriptor_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for the call to fill and then to read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
 }
 
 /// Runs the launched role until `shutdown` resolves, then closes every socket and returns.
@@ -131,7 +190,7 @@ pub async fn run(
     let broadcaster = &config.broadcaster;
     let settings = Settings {
         page_gateway: Some(format!("http://{}", config.gateway.listen)),
-        ..Settings::from_config(broadcaster)
+        ..Settings::from_config(broadcaster, raise_descriptor_limit())
     };
     match role {
         Role::Main { listen, synthetic } => {
@@ -236,30 +295,87 @@ fn finish(router: Router, metrics: Arc<Metrics>) -> Router {
 }
 
 /// Serves `app` on `listener` until `shutdown`, then closes every socket and waits for every task.
+/// HTTP/1.1 only, as viewers and tiers speak it: hyper's automatic HTTP/2 detection first reads
+/// the preface with no deadline, so a client trickling its first bytes would escape the
+/// header-read timeout. Each accepted socket goes through `tune` first; a connection that has
+/// not sent a request's whole header within `header_read_timeout` is closed.
 async fn serve(
     listener: TcpListener,
     app: Router,
     tasks: Tasks,
+    (header_read_timeout, tune): (Duration, fn(&TcpStream)),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
     let stopping = tasks.trigger();
-    // Sockets are told to close as soon as shutdown begins, while axum stops accepting and drains
-    // plain requests; it cannot see upgraded sockets, which is what `tasks` is for.
-    let graceful = async move {
-        shutdown.await;
-        stopping.send_replace(true);
-    };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(graceful)
-        .await
-        .map_err(Error::Serve);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    // Connections learn of shutdown here, and their senders going is how the last is known.
+    let (closing, closing_rx) = watch::channel(false);
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, most likely: the connections already held are served
+                    // while this waits, and retrying at once would only spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        tune(&stream);
+        let router = app.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            router.clone().oneshot(request)
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let (mut closing, open) = (closing_rx.clone(), open.clone());
+        tokio::spawn(async move {
+            let _open = open;
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                _ = async { closing.wait_for(|closing| *closing).await.map(|_| ()) } => {
+                    // Answers the request in progress, if any, then closes.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            // A client that vanished or timed out: nothing to answer.
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "connection closed");
+            }
+        });
+    }
+    // The router's state holds `Stop`s too: `tasks.stop` waits for it to go.
+    drop((listener, app, open));
+    // Sockets are told to close as soon as shutdown begins, while plain requests drain; upgraded
+    // sockets have left hyper, which is what `tasks` is for.
+    stopping.send_replace(true);
+    closing.send_replace(true);
+    // Nothing is ever sent: `None` means the last connection is gone.
+    let _ = all_closed.recv().await;
     tasks.stop().await;
     tracing::info!("stopped");
-    served
+    Ok(())
 }
+
+/// How long the accept loop waits after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Leaves an accepted socket as it is (the tiers above subscribers).
+fn untuned(_: &TcpStream) {}
 
 /// Applies the small read buffer to an upgrade, and makes every write go out at once: frames are
 /// written one flush at a time by their task, so tungstenite's 128 KiB write batching would only
@@ -304,4 +420,50 @@ async fn link_upgrade(
             link::serve_downstream(socket, &s.hub, &s.roster, &s.metrics, s.stop).await;
         })
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max_viewers: Option<usize>) -> BroadcasterConfig {
+        serde_json::from_value(serde_json::json!({
+            "main": "127.0.0.1:9000",
+            "clusters": [],
+            "max_viewers": max_viewers,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn max_viewers_stays_below_the_descriptor_limit() {
+        let cases = [
+            (None, 20_000, 18_976),
+            (Some(50_000), 20_000, 18_976),
+            (Some(100), 20_000, 100),
+            (Some(1000), 1024, 768),
+            (None, 4096, 3072),
+            (None, 8192, 7168),
+        ];
+        for (wanted, descriptors, got) in cases {
+            let settings = Settings::from_config(&config(wanted), descriptors);
+            assert_eq!(settings.max_viewers, got, "{wanted:?} of {descriptors}");
+        }
+    }
+
+    #[test]
+    fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+        let raised = raise_descriptor_limit();
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `limit` is a valid rlimit for the call to fill.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        assert_eq!(limit.rlim_cur, limit.rlim_max);
+        assert_eq!(raised as u64, limit.rlim_cur);
+    }
 }

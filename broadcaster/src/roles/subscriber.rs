@@ -10,7 +10,7 @@ use crate::link::{self, Upstream};
 use crate::metrics::{Conn, Metrics};
 use crate::outlet::{Offer, Outlet, SseWire, Wire, WsWire};
 use crate::tasks::{Stop, Tasks};
-use crate::viewer;
+use crate::viewer::{self, Until};
 use crate::websocket::Upgrade;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -27,12 +27,32 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-use tokio::net::TcpListener;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// How long a viewer of a stream this subscriber did not carry yet waits for the tier above to
 /// send the stream's ring; past it, the viewer gets what is here and the rest live.
 const SYNC_WAIT: Duration = Duration::from_secs(2);
+
+/// How long the subscriber may be without a live upstream before it closes its viewers (1012)
+/// and refuses new ones (503), so that they register again and land where frames flow. A link
+/// dropped by a blip is back within its backoff (at most 2 s); a dead upstream is declared
+/// [`SILENCE`](crate::roster::SILENCE) (3 s) after it was last heard, which this adds to.
+pub const UPSTREAM_LOST_AFTER: Duration = Duration::from_secs(5);
+
+/// Unsent bytes a viewer's socket holds before a write returns WouldBlock (`TCP_NOTSENT_LOWAT`):
+/// about ten 1.5 KiB epoch frames. Without it the kernel takes 100+ KB per socket before the
+/// outlet sees any backpressure, so a viewer on a slow link would never be conflated, budgeted
+/// or timed out, only buffered; bytes already sent and not yet acknowledged are not limited.
+const NOTSENT_LOWAT_BYTES: u32 = 16 * 1024;
+
+/// How long data written to a viewer may stay unacknowledged before the kernel fails the socket
+/// (`TCP_USER_TIMEOUT`), instead of retransmitting for ~15 minutes. A WebSocket viewer that stops
+/// answering is found by its pings, an SSE viewer only this way: the 25 s pings give its socket
+/// data to time out on even on a quiet stream.
+const USER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Serves subscriber `name` on `listener`, linked to its cluster publisher at `cluster`
 /// (`host:port`); `url` (`ws://host:port`) is where the main publisher sends viewers.
@@ -53,6 +73,12 @@ pub async fn subscriber(
         secret: settings.link_secret.clone(),
         subscribe: true,
     };
+    let max_viewers = settings.max_viewers as u64;
+    // Stamped with each heartbeat sent up: a link session sends one only while it has heard
+    // from the tier above within SILENCE, so a fresh stamp means a live upstream.
+    let (upstream_heard, heard) = watch::channel(None);
+    let (lost_tx, upstream_lost) = watch::channel(false);
+    tokio::spawn(watch_upstream(heard, lost_tx, tasks.stop_handle()));
     let (up_hub, up_viewers, up_metrics, stop) = (
         Arc::clone(&hub),
         Arc::clone(&viewers),
@@ -60,10 +86,15 @@ pub async fn subscriber(
         tasks.stop_handle(),
     );
     tokio::spawn(async move {
-        let heartbeat = || LinkUp::Subscriber {
-            name: name.clone(),
-            url: url.clone(),
-            viewers: up_viewers.load(Ordering::Relaxed),
+        let heartbeat = || {
+            upstream_heard.send_replace(Some(Instant::now()));
+            let viewers = up_viewers.load(Ordering::Relaxed);
+            LinkUp::Subscriber {
+                name: name.clone(),
+                url: url.clone(),
+                viewers,
+                room: Some(max_viewers.saturating_sub(viewers)),
+            }
         };
         link::keep_upstream(upstream, &up_hub, &up_metrics, heartbeat, stop).await;
     });
@@ -76,6 +107,9 @@ pub async fn subscriber(
         hub,
         fanout,
         count: viewers,
+        max_viewers,
+        max_streams: settings.max_streams,
+        upstream_lost,
         metrics: Arc::clone(&metrics),
         tokens: settings.tokens,
         budget_bytes: settings.viewer_lag_budget_bytes,
@@ -89,7 +123,48 @@ pub async fn subscriber(
         app = app.merge(emostream_web::routes(gateway));
     }
     let app = app.with_state(state);
-    serve(listener, finish(app, metrics), tasks, shutdown).await
+    let accepting = (settings.header_read_timeout, tune as fn(&_));
+    serve(listener, finish(app, metrics), tasks, accepting, shutdown).await
+}
+
+/// Makes a slow viewer's backpressure visible to its outlet, and a dead one's socket fail.
+fn tune(socket: &TcpStream) {
+    let raw = socket2::SockRef::from(socket);
+    let tuned = raw
+        .set_tcp_nodelay(true)
+        .and_then(|()| raw.set_tcp_notsent_lowat(NOTSENT_LOWAT_BYTES))
+        .and_then(|()| raw.set_tcp_user_timeout(Some(USER_TIMEOUT)));
+    if let Err(e) = tuned {
+        tracing::debug!(error = %e, "viewer socket options");
+    }
+}
+
+/// Says `lost` once no heartbeat has gone up for [`UPSTREAM_LOST_AFTER`], and not lost again
+/// as soon as one does. A subscriber whose upstream has never been up has lost nothing: no
+/// viewer was placed on it by `/register`, whose roster it is not in yet.
+async fn watch_upstream(
+    mut heard: watch::Receiver<Option<Instant>>,
+    lost: watch::Sender<bool>,
+    mut stop: Stop,
+) {
+    loop {
+        let deadline = heard.borrow_and_update().map(|at| at + UPSTREAM_LOST_AFTER);
+        tokio::select! {
+            changed = heard.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if lost.send_replace(false) {
+                    tracing::info!("upstream back; taking viewers again");
+                }
+            }
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !*lost.borrow() => {
+                tracing::warn!(after = ?UPSTREAM_LOST_AFTER, "upstream lost; closing viewers (1012)");
+                lost.send_replace(true);
+            }
+            () = stop.stopped() => return,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -97,6 +172,9 @@ struct Viewers {
     hub: Arc<Hub>,
     fanout: Arc<Fanout>,
     count: Arc<AtomicU64>,
+    max_viewers: u64,
+    max_streams: usize,
+    upstream_lost: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     tokens: Option<TokenKey>,
     budget_bytes: usize,
@@ -111,11 +189,25 @@ struct ViewerQuery {
     token: Option<String>,
 }
 
+/// A viewer let in: its seat, its stream, and when its token expires. Dropping it gives them
+/// back.
+struct Admitted {
+    _seat: Seat,
+    _watching: Watching,
+    token_expires: Option<Instant>,
+}
+
 impl Viewers {
-    /// Refuses a viewer without a valid token when viewer auth is on.
-    fn admit(&self, query: &ViewerQuery, headers: &HeaderMap) -> Result<(), Error> {
+    /// Checks the viewer's token for `stream` when viewer tokens are on (401 if it fails), and
+    /// says when it expires.
+    fn authorize(
+        &self,
+        stream: &str,
+        query: &ViewerQuery,
+        headers: &HeaderMap,
+    ) -> Result<Option<Instant>, Error> {
         let Some(key) = &self.tokens else {
-            return Ok(());
+            return Ok(None);
         };
         let token = query.token.as_deref().or_else(|| {
             headers
@@ -123,36 +215,75 @@ impl Viewers {
                 .and_then(|v| v.to_str().ok())
                 .and_then(auth::bearer)
         });
-        key.verify(token, SystemTime::now()).map_err(|e| {
+        let now = SystemTime::now();
+        let expires_s = key.verify(token, stream, now).map_err(|e| {
             self.metrics.unauthorized();
             Error::Unauthorized(e.message())
+        })?;
+        let left = (UNIX_EPOCH + Duration::from_secs(expires_s))
+            .duration_since(now)
+            .unwrap_or_default();
+        Ok(Some(Instant::now() + left))
+    }
+
+    /// Lets an authorized viewer of `stream` in, or says why not (503): no upstream, no seat, or
+    /// one stream too many. Before the upgrade, so a refused viewer costs no socket task.
+    fn admit(&self, stream: &str, token_expires: Option<Instant>) -> Result<Admitted, Error> {
+        let refuse = |why: String| {
+            self.metrics.refused();
+            Error::Unavailable(why)
+        };
+        if *self.upstream_lost.borrow() {
+            return Err(refuse(
+                "this subscriber has lost its upstream; register again".into(),
+            ));
+        }
+        let seat = Seat::take(&self.count, self.max_viewers).ok_or_else(|| {
+            refuse(format!(
+                "this subscriber is full ({} viewers); register again",
+                self.max_viewers
+            ))
+        })?;
+        let watching = self.hub.watch(stream, self.max_streams).ok_or_else(|| {
+            refuse(format!(
+                "this subscriber carries its most streams ({}); retry later",
+                self.max_streams
+            ))
+        })?;
+        Ok(Admitted {
+            _seat: seat,
+            _watching: watching,
+            token_expires,
         })
     }
 
-    /// Starts watching `stream` and, if this subscriber did not carry it yet, waits for the tier
-    /// above to send its ring; then joins: `outlet` gets the replay, then every later frame.
-    async fn join<W: Wire>(
-        &self,
-        stream: &str,
-        since: Option<u64>,
-        outlet: &Arc<Outlet<W>>,
-    ) -> Watching {
-        let watching = self.hub.watch(stream);
+    /// What ends the viewer's connection besides the viewer.
+    fn until(&self, admitted: &Admitted) -> Until {
+        Until {
+            stop: self.stop.clone(),
+            upstream_lost: self.upstream_lost.clone(),
+            token_expires: admitted.token_expires,
+        }
+    }
+
+    /// If this subscriber did not carry `stream` yet, waits for the tier above to send its ring;
+    /// then joins: `outlet` gets the replay (after a gap notice, if `since` is older than the
+    /// ring), then every later frame.
+    async fn join<W: Wire>(&self, stream: &str, since: Option<u64>, outlet: &Arc<Outlet<W>>) {
         if !self.hub.until_synced(stream, SYNC_WAIT).await {
             tracing::debug!(
                 stream,
                 "joining before the stream synced: the ring may be short"
             );
         }
-        let resumed = self.hub.join(stream, since, |after, replay| {
-            outlet.start(after, replay);
+        let resumed = self.hub.join(stream, since, |after, replay, gap| {
+            outlet.start(after, replay, gap.as_ref());
             self.fanout
                 .add(stream, Arc::clone(outlet) as Arc<dyn Offer>);
         });
         if let Some(in_full) = resumed {
             self.metrics.resumed(in_full);
         }
-        watching
     }
 }
 
@@ -179,25 +310,18 @@ async fn watch_ws(
     let Path(stream) = stream?;
     valid_stream(&stream)?;
     let Query(query) = query?;
-    viewers.admit(&query, &headers)?;
-    Ok(upgrade?.on_upgrade(move |socket, early| async move {
-        let _counted = Counted::enter(Arc::clone(&viewers.count));
+    let token_expires = viewers.authorize(&stream, &query, &headers)?;
+    let upgrade = upgrade?;
+    let admitted = viewers.admit(&stream, token_expires)?;
+    Ok(upgrade.on_upgrade(move |socket, early| async move {
         let _open = viewers.metrics.open(Conn::Ws);
-        if let Err(e) = socket.set_nodelay(true) {
-            tracing::debug!(error = %e, "viewer socket");
-        }
         let socket = Arc::new(socket);
         let outlet = Outlet::new(WsWire::new(Arc::clone(&socket)), viewers.budget_bytes);
         // Joined only now, after the upgrade, so the replay is as fresh as the socket.
-        let _watching = viewers.join(&stream, query.since, &outlet).await;
-        viewer::serve_ws(
-            socket,
-            early,
-            outlet,
-            &viewers.metrics,
-            viewers.stop.clone(),
-        )
-        .await;
+        viewers.join(&stream, query.since, &outlet).await;
+        let until = viewers.until(&admitted);
+        viewer::serve_ws(socket, early, outlet, &viewers.metrics, until).await;
+        drop(admitted);
     }))
 }
 
@@ -212,7 +336,7 @@ async fn watch_sse(
     let Path(stream) = stream?;
     valid_stream(&stream)?;
     let Query(query) = query?;
-    viewers.admit(&query, &headers)?;
+    let token_expires = viewers.authorize(&stream, &query, &headers)?;
     let last_event_id = match headers.get("last-event-id") {
         Some(id) => Some(
             id.to_str()
@@ -226,16 +350,17 @@ async fn watch_sse(
         None => None,
     };
     let since = last_event_id.or(query.since);
-    let counted = Counted::enter(Arc::clone(&viewers.count));
+    let admitted = viewers.admit(&stream, token_expires)?;
     // Capacity 0 gives the sender one slot: the fan-out hands over a frame only once hyper has
     // taken the previous one for the socket, so a stalled reader backs up into the outlet.
     let (tx, body) = futures_channel::mpsc::channel::<Bytes>(0);
     let outlet = Outlet::new(SseWire(tx), viewers.budget_bytes);
-    let watching = viewers.join(&stream, since, &outlet).await;
+    viewers.join(&stream, since, &outlet).await;
     tokio::spawn(async move {
-        let _held = (counted, watching);
         let _open = viewers.metrics.open(Conn::Sse);
-        viewer::serve_sse(outlet, &viewers.metrics, viewers.stop.clone()).await;
+        let until = viewers.until(&admitted);
+        viewer::serve_sse(outlet, &viewers.metrics, until).await;
+        drop(admitted);
     });
     let body = Body::from_stream(body.map(Ok::<_, Infallible>));
     Ok((
@@ -248,17 +373,24 @@ async fn watch_sse(
         .into_response())
 }
 
-/// One viewer in the count reported upstream, for as long as it is held.
-struct Counted(Arc<AtomicU64>);
+/// One viewer's place in the count reported upstream and checked against `max_viewers`, for as
+/// long as it is held.
+struct Seat(Arc<AtomicU64>);
 
-impl Counted {
-    fn enter(count: Arc<AtomicU64>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count)
+impl Seat {
+    /// A seat, if fewer than `max` are taken. Taken before the upgrade, so a flood of upgrades
+    /// arriving at once cannot all pass the check.
+    fn take(count: &Arc<AtomicU64>, max: u64) -> Option<Self> {
+        count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(count)))
     }
 }
 
-impl Drop for Counted {
+impl Drop for Seat {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }

@@ -137,9 +137,10 @@ struct Head<'a> {
     end_ms: Option<u64>,
 }
 
-/// `POST /v1/viewers` at the main publisher: the subscriber URL to watch.
-async fn register(main: &str, user: usize) -> Option<String> {
-    let body = format!(r#"{{"user_id":"swarm-{user}"}}"#);
+/// `POST /v1/viewers` at the main publisher: the URL to watch `stream` at (a viewer token is
+/// good for the stream it was issued for only).
+async fn register(main: &str, user: usize, stream: &str) -> Option<String> {
+    let body = format!(r#"{{"user_id":"swarm-{user}","stream":"{stream}"}}"#);
     let mut conn = tokio::net::TcpStream::connect(main).await.ok()?;
     let request = format!(
         "POST /v1/viewers HTTP/1.1\r\nHost: {main}\r\nContent-Type: application/json\r\n\
@@ -156,7 +157,7 @@ async fn register(main: &str, user: usize) -> Option<String> {
         .map(|t| format!("?token={t}"))
         .unwrap_or_default();
     Some(format!(
-        "{}/v1/streams/{{stream}}/ws{token}",
+        "{}/v1/streams/{stream}/ws{token}",
         admission.assignment.subscriber
     ))
 }
@@ -378,9 +379,7 @@ impl Swarm {
         for i in 0..self.viewers as usize {
             pace.tick().await;
             let url = match &self.main {
-                Some(main) => register(main, i)
-                    .await
-                    .map(|u| u.replace("{stream}", &self.stream)),
+                Some(main) => register(main, i, &self.stream).await,
                 None => {
                     let subs = &self.subscribers;
                     Some(format!(

@@ -1,0 +1,577 @@
+//! The viewers' side on a network that is not instant: a slow reader's replay, admission control
+//! under a flood of connections, and the notices and close codes a client acts on. All three
+//! tiers run in this process on real loopback sockets; the main publisher is fed by a channel.
+
+mod common;
+
+use common::{http, sample};
+use emostream_broadcaster::{cluster_publisher, main_publisher, subscriber, Error, Settings};
+use emostream_protocol::wire::{Assignment, EmojiCount, EpochFrame, FrameType};
+use emostream_testkit::wait_for;
+use futures_util::StreamExt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{client_async, connect_async, MaybeTlsStream, WebSocketStream};
+
+/// How long any one expected thing may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn settings() -> Settings {
+    Settings {
+        ring_epochs: 60,
+        tokens: None,
+        link_secret: None,
+        page_gateway: None,
+        viewer_lag_budget_bytes: 64 * 1024,
+        subscriber_threads: 0,
+        max_viewers: 1000,
+        max_streams: 64,
+        header_read_timeout: Duration::from_secs(5),
+    }
+}
+
+/// An epoch frame the size of a busy stream's: 30 emojis, about 1.4 KiB.
+fn realistic(epoch: u64) -> String {
+    const EMOJIS: [&str; 30] = [
+        "🔥", "❤️", "😂", "👍🏽", "🎉", "😮", "😢", "👏", "🙌🏿", "💯", "🤯", "😍", "🥳", "😡", "🤔",
+        "👀", "💀", "🙏", "✨", "🚀", "⚽", "🏆", "🥅", "🟨", "🟥", "📣", "🎶", "🍿", "😴", "🤝",
+    ];
+    let frame = EpochFrame {
+        kind: FrameType::Epoch,
+        stream: "main".into(),
+        epoch,
+        start_ms: epoch * 2000,
+        end_ms: epoch * 2000 + 2000,
+        total: 30 * 1000,
+        late: 0,
+        emojis: EMOJIS
+            .iter()
+            .enumerate()
+            .map(|(i, e)| EmojiCount {
+                emoji: (*e).into(),
+                count: 100_000 - i as u64 * 997,
+                scaled: 100 - i as u64,
+            })
+            .collect(),
+    };
+    serde_json::to_string(&frame).unwrap()
+}
+
+/// A small epoch frame.
+fn frame(epoch: u64) -> String {
+    format!(r#"{{"type":"epoch","stream":"main","epoch":{epoch},"total":{epoch}}}"#)
+}
+
+async fn listener() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    (l, addr)
+}
+
+fn until(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut stop = stop.clone();
+    async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }
+}
+
+type Role = JoinHandle<Result<(), Error>>;
+
+/// A main publisher fed by the returned sender, and cluster publisher `c0`, until `stopped`.
+async fn upper_tiers(
+    settings: &Settings,
+    stopped: &watch::Receiver<bool>,
+) -> (
+    mpsc::Sender<axum::extract::ws::Utf8Bytes>,
+    SocketAddr,
+    SocketAddr,
+    Vec<Role>,
+) {
+    let (main_l, main) = listener().await;
+    let (cluster_l, cluster) = listener().await;
+    let (frames, frames_rx) = mpsc::channel(256);
+    let roles = vec![
+        tokio::spawn(main_publisher(
+            main_l,
+            settings.clone(),
+            frames_rx,
+            until(stopped),
+        )),
+        tokio::spawn(cluster_publisher(
+            cluster_l,
+            "c0".into(),
+            main.to_string(),
+            settings.clone(),
+            until(stopped),
+        )),
+    ];
+    (frames, main, cluster, roles)
+}
+
+/// Subscriber `name` linked to `cluster`, until `stopped`.
+async fn spawn_subscriber(
+    name: &str,
+    cluster: SocketAddr,
+    settings: Settings,
+    stopped: &watch::Receiver<bool>,
+) -> (SocketAddr, Role) {
+    let (l, addr) = listener().await;
+    let role = tokio::spawn(subscriber(
+        l,
+        name.into(),
+        cluster.to_string(),
+        format!("ws://{addr}"),
+        settings,
+        until(stopped),
+    ));
+    (addr, role)
+}
+
+async fn stop_all(stop: watch::Sender<bool>, roles: Vec<Role>) {
+    stop.send_replace(true);
+    for role in roles {
+        timeout(DEADLINE, role)
+            .await
+            .expect("the role stops in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+type Viewer = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn watch_stream(subscriber: SocketAddr, query: &str) -> Viewer {
+    let url = format!("ws://{subscriber}/v1/streams/main/ws{query}");
+    timeout(DEADLINE, connect_async(url))
+        .await
+        .expect("the upgrade answers")
+        .unwrap()
+        .0
+}
+
+/// The next message a viewer gets, pings aside.
+async fn next<S>(viewer: &mut WebSocketStream<S>) -> Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let msg = timeout(DEADLINE, viewer.next())
+            .await
+            .expect("a message in time");
+        match msg.expect("the socket stays open").unwrap() {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            msg => return msg,
+        }
+    }
+}
+
+fn epoch_of(text: &str) -> u64 {
+    let value: serde_json::Value = serde_json::from_str(text).unwrap();
+    assert_eq!(value["type"], "epoch", "only epochs expected: {text}");
+    value["epoch"].as_u64().unwrap()
+}
+
+/// The topology's entry for subscriber `name`, as JSON.
+async fn member(main: SocketAddr, name: &str) -> Option<serde_json::Value> {
+    let (_, body) = http(main, "GET", "/v1/topology", "").await?;
+    let topology: serde_json::Value = serde_json::from_str(&body).ok()?;
+    topology["clusters"]
+        .as_array()?
+        .iter()
+        .flat_map(|c| c["subscribers"].as_array().cloned().unwrap_or_default())
+        .find(|m| m["name"] == name)
+}
+
+/// A viewer on a slow link joins with `since` over a full ring of 1.4 KiB frames (85 KiB, more
+/// than its 64 KiB lag budget) while live frames arrive: it gets every epoch once, in order, and
+/// no lag notice. Its socket takes 8 KiB at a time (a small receive buffer), it reads one message
+/// every 15 ms (about 95 KiB/s), and the subscriber's socket holds at most 16 KiB unsent
+/// (`TCP_NOTSENT_LOWAT`), so the replay waits in the viewer's outlet while live frames come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_viewer_gets_its_whole_replay_and_every_live_epoch_once() {
+    const RING: u64 = 60;
+    const LIVE: u64 = 20;
+    let (stop, stopped) = watch::channel(false);
+    let settings = settings();
+    let (frames, _main, cluster, mut roles) = upper_tiers(&settings, &stopped).await;
+    let (s0, role) = spawn_subscriber("c0-s0", cluster, settings, &stopped).await;
+    roles.push(role);
+    for e in 1..=RING {
+        frames.send(realistic(e).into()).await.unwrap();
+    }
+    assert!(realistic(1).len() > 1024, "{}", realistic(1).len());
+    // A fast viewer first, so the subscriber holds the whole ring when the slow one joins.
+    let mut fast = watch_stream(s0, "?since=0").await;
+    for e in 1..=RING {
+        let Message::Text(text) = next(&mut fast).await else {
+            panic!("a text frame")
+        };
+        assert_eq!(epoch_of(&text), e);
+    }
+
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(s0).await.unwrap();
+    let (mut slow, _) = client_async(format!("ws://{s0}/v1/streams/main/ws?since=0"), tcp)
+        .await
+        .unwrap();
+    // Live frames are published as the slow viewer reads its replay: three while epochs 11..60
+    // of the replay still wait for it (which a conflating outbox of four would have cut), the
+    // rest once it has caught up, each after the one before has reached it.
+    let published = Arc::new(AtomicU64::new(RING));
+    let publish = |e: u64| {
+        let (frames, published) = (frames.clone(), Arc::clone(&published));
+        async move {
+            frames.send(realistic(e).into()).await.unwrap();
+            published.store(e, Ordering::Relaxed);
+        }
+    };
+    let mut pace = tokio::time::interval(Duration::from_millis(15));
+    let mut got = Vec::new();
+    let mut live_during_replay = 0;
+    while got.len() < (RING + LIVE) as usize {
+        pace.tick().await;
+        let Message::Text(text) = next(&mut slow).await else {
+            panic!("a text frame")
+        };
+        let epoch = epoch_of(&text);
+        got.push(epoch);
+        if epoch <= RING {
+            if epoch.is_multiple_of(10) && epoch <= 30 {
+                publish(RING + epoch / 10).await;
+            }
+            if epoch == RING {
+                live_during_replay = published.load(Ordering::Relaxed) - RING;
+            }
+        } else if (RING + 3..RING + LIVE).contains(&epoch) {
+            publish(epoch + 1).await;
+        }
+    }
+    assert_eq!(got, (1..=RING + LIVE).collect::<Vec<_>>());
+    assert_eq!(live_during_replay, 3);
+    drop(slow);
+    stop_all(stop, roles).await;
+}
+
+/// More viewers than `max_viewers` and a slowloris client: the viewers already in keep getting
+/// every frame, the newcomers get 503 before any upgrade, the slowloris is cut off at the
+/// header-read timeout, and `/register` sends nobody to a full subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_leaves_the_viewers_in_intact_and_placement_skips_full_subscribers() {
+    const MAX: usize = 10;
+    const FLOOD: usize = 100;
+    const EPOCHS: u64 = 20;
+    let (stop, stopped) = watch::channel(false);
+    let settings = Settings {
+        max_viewers: MAX,
+        header_read_timeout: Duration::from_secs(1),
+        ..settings()
+    };
+    let (frames, main, cluster, mut roles) = upper_tiers(&settings, &stopped).await;
+    let (s0, role) = spawn_subscriber("c0-s0", cluster, settings.clone(), &stopped).await;
+    roles.push(role);
+    let (s1, role) = spawn_subscriber("c0-s1", cluster, settings, &stopped).await;
+    roles.push(role);
+    wait_for("both subscribers in the topology", DEADLINE, || async {
+        let both = member(main, "c0-s0").await.is_some() && member(main, "c0-s1").await.is_some();
+        both.then_some(())
+    })
+    .await;
+
+    let mut inside = Vec::new();
+    for _ in 0..MAX {
+        inside.push(watch_stream(s0, "").await);
+    }
+    wait_for("c0-s0 reported full", DEADLINE, || async {
+        let m = member(main, "c0-s0").await?;
+        (m["viewers"] == MAX && m["room"] == 0).then_some(())
+    })
+    .await;
+    for user in 0..5 {
+        let body = format!(r#"{{"user_id":"u{user}"}}"#);
+        let (status, body) = http(main, "POST", "/register", &body).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let assignment: Assignment = serde_json::from_str(&body).unwrap();
+        assert_eq!(assignment.subscriber_name, "c0-s1");
+    }
+
+    // The slowloris: a request header one byte every 100 ms, for up to 30 s; and a connection
+    // that says nothing at all.
+    let slowloris = tokio::spawn(async move {
+        let mut conn = TcpStream::connect(s0).await.unwrap();
+        let started = Instant::now();
+        let header = "GET /v1/streams/main/ws HTTP/1.1\r\nHost: x\r\n".to_owned()
+            + &"X-Slow: 1\r\n".repeat(30);
+        for byte in header.bytes() {
+            if conn.write_all(&[byte]).await.is_err() {
+                return started.elapsed();
+            }
+            let mut buf = [0u8; 64];
+            let read = timeout(Duration::from_millis(100), conn.read(&mut buf)).await;
+            if let Ok(Ok(0) | Err(_)) = read {
+                return started.elapsed();
+            }
+        }
+        panic!("the slowloris sent its whole header over 30 s unhindered");
+    });
+    let silent = tokio::spawn(async move {
+        let mut conn = TcpStream::connect(s0).await.unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        let read = timeout(Duration::from_secs(30), conn.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "a silent connection is closed: {read:?}"
+        );
+        started.elapsed()
+    });
+
+    // Frames flow while the flood knocks.
+    let publishing = tokio::spawn(async move {
+        for e in 1..=EPOCHS {
+            frames.send(frame(e).into()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        frames
+    });
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|_| {
+            tokio::spawn(async move {
+                match connect_async(format!("ws://{s0}/v1/streams/main/ws")).await {
+                    Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
+                        response.status().as_u16(),
+                        String::from_utf8(response.body().clone().unwrap_or_default()).unwrap(),
+                    ),
+                    other => panic!("expected a refusal, got {other:?}"),
+                }
+            })
+        })
+        .collect();
+    for refused in flood {
+        assert_eq!(
+            refused.await.unwrap(),
+            (
+                503,
+                format!(r#"{{"error":"this subscriber is full ({MAX} viewers); register again"}}"#)
+            )
+        );
+    }
+    for viewer in &mut inside {
+        for e in 1..=EPOCHS {
+            let Message::Text(text) = next(viewer).await else {
+                panic!("a text frame")
+            };
+            assert_eq!(epoch_of(&text), e);
+        }
+    }
+    let frames = publishing.await.unwrap();
+    // hyper's timeout is on the whole header: the slowloris's trickle does not extend it. The
+    // margin: both closed 1.0 s in here; 10 s is what a loaded machine may add, and far below
+    // the 30 s the clients would otherwise hold their descriptors.
+    for (what, client) in [("slowloris", slowloris), ("silent", silent)] {
+        let held = client.await.unwrap();
+        eprintln!("the {what} client was closed after {held:?}");
+        assert!(
+            held >= Duration::from_millis(900) && held < Duration::from_secs(10),
+            "the {what} client was closed after {held:?}"
+        );
+    }
+
+    // Full everywhere: placement refuses rather than sending viewers to be refused.
+    for _ in 0..MAX {
+        inside.push(watch_stream(s1, "").await);
+    }
+    wait_for("c0-s1 reported full", DEADLINE, || async {
+        let m = member(main, "c0-s1").await?;
+        (m["room"] == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        http(main, "POST", "/register", r#"{"user_id":"late"}"#)
+            .await
+            .unwrap(),
+        (
+            503,
+            r#"{"error":"every live subscriber is full; retry later"}"#.to_owned()
+        )
+    );
+    let metrics = http(s0, "GET", "/metrics", "").await.unwrap().1;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"emostream_broadcaster_viewers_refused_total{tier="subscriber"}"#
+        ),
+        Some(FLOOD as f64),
+        "{metrics}"
+    );
+    drop((inside, frames));
+    stop_all(stop, roles).await;
+}
+
+/// `since` older than the ring is announced before the replay, over WebSocket and SSE; a
+/// subscriber that loses its upstream closes its viewers with 1012 (SSE: a `closing` event) and
+/// refuses new ones with 503 until the upstream is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_are_told_of_gaps_and_of_a_lost_upstream() {
+    let (stop, stopped) = watch::channel(false);
+    let (cluster_stop, cluster_stopped) = watch::channel(false);
+    let settings = Settings {
+        ring_epochs: 4,
+        ..settings()
+    };
+    let (main_l, main) = listener().await;
+    let (cluster_l, cluster) = listener().await;
+    let (frames, frames_rx) = mpsc::channel(64);
+    let mut roles = vec![tokio::spawn(main_publisher(
+        main_l,
+        settings.clone(),
+        frames_rx,
+        until(&stopped),
+    ))];
+    let first_cluster = tokio::spawn(cluster_publisher(
+        cluster_l,
+        "c0".into(),
+        main.to_string(),
+        settings.clone(),
+        until(&cluster_stopped),
+    ));
+    let (s0, role) = spawn_subscriber("c0-s0", cluster, settings.clone(), &stopped).await;
+    roles.push(role);
+    wait_for("the subscriber in the topology", DEADLINE, || async {
+        member(main, "c0-s0").await.map(|_| ())
+    })
+    .await;
+    for e in 1..=8 {
+        frames.send(frame(e).into()).await.unwrap();
+    }
+    // Once a first viewer has epoch 8, the subscriber's ring holds 5..=8.
+    let mut first = watch_stream(s0, "").await;
+    loop {
+        let Message::Text(text) = next(&mut first).await else {
+            panic!("a text frame")
+        };
+        if epoch_of(&text) == 8 {
+            break;
+        }
+    }
+    drop(first);
+    // A viewer that has epoch 2 missed 3 and 4, and is told so first.
+    let mut viewer = watch_stream(s0, "?since=2").await;
+    let Message::Text(notice) = next(&mut viewer).await else {
+        panic!("a text frame")
+    };
+    assert_eq!(notice.as_str(), r#"{"type":"gap","since":2,"oldest":5}"#);
+    for e in 5..=8 {
+        let Message::Text(text) = next(&mut viewer).await else {
+            panic!("a text frame")
+        };
+        assert_eq!(epoch_of(&text), e);
+    }
+    let mut sse = TcpStream::connect(s0).await.unwrap();
+    sse.write_all(
+        format!("GET /v1/streams/main/sse?since=2 HTTP/1.1\r\nHost: {s0}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let gap = "event: gap\ndata: {\"type\":\"gap\",\"since\":2,\"oldest\":5}\n\n";
+    let seen = sse_until(&mut sse, &format!("id: 8\ndata: {}\n\n", frame(8))).await;
+    assert!(
+        seen.find(gap).unwrap() < seen.find("id: 5\n").unwrap(),
+        "{seen}"
+    );
+
+    // The cluster publisher goes away; the subscriber's link retries and fails.
+    cluster_stop.send_replace(true);
+    let lost_at = Instant::now();
+    timeout(DEADLINE, first_cluster)
+        .await
+        .expect("the cluster stops in time")
+        .unwrap()
+        .unwrap();
+    let close = match next(&mut viewer).await {
+        Message::Close(Some(close)) => close,
+        other => panic!("nothing flows without an upstream; expected a Close, got {other:?}"),
+    };
+    let closed_after = lost_at.elapsed();
+    assert_eq!(close.code, CloseCode::Restart);
+    assert_eq!(close.reason.as_str(), "upstream lost; register again");
+    // 5 s after the last heartbeat went up, which was at most 1 s before the cluster left.
+    assert!(
+        closed_after >= Duration::from_secs(4),
+        "closed after {closed_after:?}"
+    );
+    sse_until(
+        &mut sse,
+        "event: closing\ndata: {\"type\":\"closing\",\"code\":1012,\"reason\":\"upstream lost; register again\"}\n\n",
+    )
+    .await;
+    match connect_async(format!("ws://{s0}/v1/streams/main/ws")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            assert_eq!(
+                response.body().as_deref(),
+                Some(&br#"{"error":"this subscriber has lost its upstream; register again"}"#[..])
+            );
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+
+    // Back on the same address: viewers are taken again.
+    let cluster_l = TcpListener::bind(cluster).await.unwrap();
+    roles.push(tokio::spawn(cluster_publisher(
+        cluster_l,
+        "c0".into(),
+        main.to_string(),
+        settings,
+        until(&stopped),
+    )));
+    let mut back = wait_for("viewers taken again", DEADLINE, || async {
+        let url = format!("ws://{s0}/v1/streams/main/ws?since=7");
+        connect_async(url).await.ok().map(|(viewer, _)| viewer)
+    })
+    .await;
+    let Message::Text(text) = next(&mut back).await else {
+        panic!("a text frame")
+    };
+    assert_eq!(epoch_of(&text), 8);
+    let metrics = http(s0, "GET", "/metrics", "").await.unwrap().1;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"emostream_broadcaster_upstream_lost_closes_total{tier="subscriber"}"#
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    stop_all(stop, roles).await;
+}
+
+/// Reads an SSE response until `want` has arrived; returns all of it.
+async fn sse_until(conn: &mut TcpStream, want: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    timeout(DEADLINE, async {
+        while !String::from_utf8_lossy(&seen).contains(want) {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "the SSE stream ended early: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {want:?} in {}", String::from_utf8_lossy(&seen)));
+    String::from_utf8(seen).unwrap()
+}
