@@ -2,6 +2,12 @@ use clap::Parser;
 use emostream_protocol::config::ConfigArg;
 use emostream_protocol::shutdown::shutdown_signal;
 
+/// A request allocates and frees a few dozen small blocks across threads (parsed taps, the
+/// encoded record, the answer); glibc's allocator took about a sixth of the gateway's CPU under
+/// the single-tap benchmark (`PROFILE=1 scripts/bench_ingest.sh`), mimalloc much less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// HTTP ingest: emoji taps in, acknowledged batch records on Kafka out.
 #[derive(Debug, Parser)]
 #[command(name = "emostream-gateway")]
