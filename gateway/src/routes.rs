@@ -363,10 +363,11 @@ impl IntoResponse for SeedIngested {
 async fn send_emoji(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<SeedIngested, GatewayError> {
     state.admit_ip(ip)?;
+    // The request whole rather than a `HeaderMap` extractor, which would clone every header.
+    let (Parts { headers, .. }, body) = request.into_parts();
     if BodyFormat::from_content_type(content_type(&headers))? != BodyFormat::Json {
         return Err(GatewayError::UnsupportedMediaType);
     }
@@ -404,10 +405,10 @@ async fn stream_emojis(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     stream: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Ingested, GatewayError> {
     state.admit_ip(ip)?;
+    let (Parts { headers, .. }, body) = request.into_parts();
     // axum's own rejection (e.g. a segment that percent-decodes to invalid UTF-8) is plain
     // text: the same JSON refusal as any other bad stream id instead.
     let stream = match stream {
