@@ -51,9 +51,10 @@ use source::{SourceItem, SourceSettings};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use timely::dataflow::operators::{ConnectLoop, Feedback, OkErr};
+use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, OkErr};
 use timely::worker::Worker;
 use trends::publish::{PublishTrends, TrendsProducer};
+use trends::refill::Refill;
 use trends::{TrendSettings, Trends};
 
 /// A source's pre-count of one (stream, emoji) in one epoch (the epoch is the timely time).
@@ -143,6 +144,27 @@ pub fn run_worker(
     // Trends read the closed epochs and publish elsewhere; nothing on the epochs' path waits
     // for them, and without their topic they are off.
     let trends_publisher = TrendsProducer::connect(kafka, &kafka.trends_topic)?;
+    let trend_settings = TrendSettings::new(epochs.window_ms);
+    // The W epochs before the first one counted: the window of the epoch before it, so that the
+    // first epoch's frames say what changed exactly as they did before the restart. One worker
+    // reads them (the stage exchanges by its own keys, so where they enter does not matter).
+    let refilled = match (&trends_publisher, index) {
+        (Some(_), 0) => trends::refill::closed_epochs(
+            kafka,
+            &kafka.epochs_topic,
+            first_epoch.saturating_sub(trend_settings.window_epochs)..first_epoch,
+            epochs.window_ms,
+        )?,
+        _ => Vec::new(),
+    };
+    if !refilled.is_empty() {
+        tracing::info!(
+            worker = index,
+            counts = refilled.len(),
+            first_epoch,
+            "trends windows refilled from the published epochs"
+        );
+    }
     worker.dataflow::<u64, _, _>(|scope| -> Result<(), Error> {
         let (gate_handle, gate) = scope.feedback::<Vec<()>>(1);
         let (counts, marks) = source::kafka_source(scope, settings)?.ok_err(|item| match item {
@@ -150,17 +172,18 @@ pub fn run_worker(
             SourceItem::Mark(m) => Err(m),
         });
         let closed = counts.container::<Vec<PartialCount>>().count_epochs();
-        if let Some(producer) = trends_publisher {
-            // Not exactly-once: the output's frontier (frames answered) only keeps a graceful
-            // stop waiting for the broker; nothing else depends on it.
-            let _answered = closed
-                .clone()
-                .trends(TrendSettings::new(epochs.window_ms))
-                .publish_trends(producer);
-        }
         let published = closed
+            .clone()
             .per_thousand(epochs.divisor, epochs.window_ms)
             .publish_epochs(gate, publisher, epochs.window_ms, metrics);
+        if let Some(producer) = trends_publisher {
+            // The output's frontier (frames answered) only keeps a graceful stop waiting for
+            // the broker; nothing else depends on it.
+            let _answered = closed
+                .concat(scope.refill(refilled))
+                .trends(trend_settings)
+                .publish_trends(published.clone(), first_epoch, producer);
+        }
         marks
             .container::<Vec<partition::Mark>>()
             .write_progress(published, counting, first_epoch, progress_writer)
