@@ -28,8 +28,8 @@ pub enum Error {
     /// The progress topic's newest record could not be read back.
     #[error("reading {topic}: {source}")]
     ProgressRead { topic: String, source: KafkaError },
-    /// The progress topic's newest record is not a progress record.
-    #[error("the last record of {topic} is not a progress record: {reason}")]
+    /// One of the progress topic's newest records is not a progress record.
+    #[error("a recent record of {topic} is not a progress record: {reason}")]
     ProgressUnreadable { topic: String, reason: String },
     /// The progress topic's newest record was written with another value of `setting` than
     /// the configuration's.

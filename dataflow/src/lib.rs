@@ -11,6 +11,7 @@
 //! - [`reduce`]: `PerThousand`, the per-1000 reduction into viewer frames.
 //! - [`publish`]: `PublishEpochs`, gated, acknowledged publication to `emoji-epochs`.
 //! - [`progress`]: `WriteProgress`, the progress record and the gate it feeds back.
+//! - [`fence`]: the progress chain's check that stops a second cluster writing the same topics.
 //! - [`trends`]: sliding-window trends (top emojis, sentiment, popular streams) with differential
 //!   dataflow, published on their own topic.
 //! - [`metrics`]: per-process counters, served as Prometheus text.
@@ -27,6 +28,7 @@
 pub mod count;
 pub mod crash;
 pub mod error;
+pub mod fence;
 pub mod metrics;
 pub mod ownership;
 pub mod partition;
@@ -39,19 +41,25 @@ pub mod trends;
 pub mod watermark;
 
 use count::CountEpochs;
-use emostream_protocol::progress::Counting;
+use emostream_protocol::progress::{Counting, FIRST};
 use emostream_protocol::Config;
 pub use error::Error;
+use fence::ChainCheck;
 use partition::Partition;
-use progress::WriteProgress;
+use progress::{ProgressWriter, WriteProgress};
 use publish::{AckedProducer, PublishEpochs};
+use recovery::Recovered;
 use reduce::PerThousand;
 use serde::{Deserialize, Serialize};
 use source::{SourceItem, SourceSettings};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, OkErr};
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, Input, Inspect, OkErr};
+use timely::dataflow::InputHandleVec;
 use timely::worker::Worker;
 use trends::publish::{PublishTrends, TrendsProducer};
 use trends::refill::Refill;
@@ -94,10 +102,15 @@ pub fn run_worker(
         divisor: config.epochs.divisor,
         events_partitions: kafka.events_partitions,
     };
-    let progress = recovery::last_progress(kafka, &kafka.progress_topic)?;
-    if let Some(progress) = &progress {
-        recovery::check(progress, counting, &kafka.progress_topic)?;
-    }
+    let recovered = agree_on_progress(worker, || {
+        let recovered = recovery::last_progress(kafka, &kafka.progress_topic)?;
+        if let Some(recovered) = &recovered {
+            recovery::check(&recovered.progress, counting, &kafka.progress_topic)?;
+        }
+        Ok(recovered)
+    })?;
+    let follows = recovered.as_ref().map_or(FIRST, |r| r.offset);
+    let progress = recovered.map(|r| r.progress);
     let partitions: Vec<Partition> = owned
         .iter()
         .map(|p| match &progress {
@@ -135,9 +148,13 @@ pub fn run_worker(
     publisher.expect_partitions(&kafka.events_topic, kafka.events_partitions)?;
     publisher.expect_partitions(&kafka.epochs_topic, kafka.epochs_partitions)?;
     let progress_writer = if index == 0 {
-        let writer = AckedProducer::connect(kafka, &kafka.progress_topic)?;
-        writer.expect_partitions(&kafka.progress_topic, 1)?;
-        Some(writer)
+        let producer = AckedProducer::connect(kafka, &kafka.progress_topic)?;
+        producer.expect_partitions(&kafka.progress_topic, 1)?;
+        Some(ProgressWriter {
+            producer,
+            chain: ChainCheck::start(kafka, &kafka.progress_topic)?,
+            follows,
+        })
     } else {
         None
     };
@@ -195,4 +212,40 @@ pub fn run_worker(
     while worker.step_or_park(Some(park)) {}
     tracing::info!(worker = index, "worker stopped");
     Ok(())
+}
+
+/// Worker 0 runs `read` (the newest progress record on the chain) and every worker starts from
+/// what it found. Each reading for itself could see different records while another cluster
+/// writes into the same topics, and start the replay from two different epochs.
+fn agree_on_progress(
+    worker: &mut Worker,
+    read: impl FnOnce() -> Result<Option<Recovered>, Error>,
+) -> Result<Option<Recovered>, Error> {
+    let found = match worker.index() {
+        0 => {
+            let found = read()?.map(|r| (r.offset, r.progress));
+            Some(serde_json::to_string(&found).expect("a progress record always serializes"))
+        }
+        _ => None,
+    };
+    let received = Rc::new(RefCell::new(None));
+    let sink = Rc::clone(&received);
+    let mut input = InputHandleVec::<u64, String>::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        scope
+            .input_from(&mut input)
+            .broadcast()
+            .inspect(move |found: &String| *sink.borrow_mut() = Some(found.clone()));
+    });
+    if let Some(found) = found {
+        input.send(found);
+    }
+    drop(input);
+    while received.borrow().is_none() {
+        worker.step_or_park(Some(Duration::from_millis(10)));
+    }
+    let found = received.borrow_mut().take().expect("received above");
+    let found: Option<(i64, emostream_protocol::progress::Progress)> =
+        serde_json::from_str(&found).expect("worker 0 sent a progress record it serialized");
+    Ok(found.map(|(offset, progress)| Recovered { offset, progress }))
 }

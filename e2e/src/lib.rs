@@ -185,6 +185,20 @@ impl System {
             .collect()
     }
 
+    /// The configuration file every process of this system reads.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    /// How the child named `name` ended, if it has (`None` while it runs).
+    pub fn exited(&mut self, name: &str) -> Option<ExitStatus> {
+        self.processes
+            .iter_mut()
+            .find(|p| p.name() == name)
+            .unwrap_or_else(|| panic!("no process named {name}"))
+            .try_exit()
+    }
+
     pub fn gateway(&self) -> &str {
         &self.config.gateway.listen
     }
