@@ -14,6 +14,7 @@
 //! - [`fence`]: the progress chain's check that stops a second cluster writing the same topics.
 //! - [`trends`]: sliding-window trends (top emojis, sentiment, popular streams) with differential
 //!   dataflow, published on their own topic.
+//! - [`links`]: timely's TCP links, with keepalive and a user timeout (a vanished peer).
 //! - [`metrics`]: per-process counters, served as Prometheus text.
 //! - [`crash`]: named crash points for fault tests (`EMOSTREAM_CRASH_AT`), inert unless set.
 //! - [`error`]: [`Error`], every way a worker fails to start or to deliver.
@@ -29,6 +30,7 @@ pub mod count;
 pub mod crash;
 pub mod error;
 pub mod fence;
+pub mod links;
 pub mod metrics;
 pub mod ownership;
 pub mod partition;

@@ -285,13 +285,21 @@ mod tests {
         read(&mut p, &[(0, 5, 5_100), (1, 5, 5_200)]);
         p.end_reported(2, 6_000);
         p.advance(LATENESS, W);
-        assert_eq!(p.floor(), 5, "read to the end at 6_000: the clock leads (5_700)");
+        assert_eq!(
+            p.floor(),
+            5,
+            "read to the end at 6_000: the clock leads (5_700)"
+        );
         // Records 2 and 3 land at 6_100 and 6_200; the fetch stalls for 14 s while the probe
         // keeps reporting them.
         for asked_ms in [7_000, 8_000, 20_000] {
             p.end_reported(4, asked_ms);
             p.advance(LATENESS, W);
-            assert_eq!(p.floor(), 5, "records below the high not read at {asked_ms}");
+            assert_eq!(
+                p.floor(),
+                5,
+                "records below the high not read at {asked_ms}"
+            );
         }
         assert_eq!(
             read(&mut p, &[(2, 6, 6_100), (3, 6, 6_200)]),
@@ -300,7 +308,11 @@ mod tests {
         );
         p.end_reported(4, 20_025);
         p.advance(LATENESS, W);
-        assert_eq!(p.floor(), 19, "read to the end again: the clock leads (19_725)");
+        assert_eq!(
+            p.floor(),
+            19,
+            "read to the end again: the clock leads (19_725)"
+        );
     }
 
     #[test]
