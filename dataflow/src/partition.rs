@@ -214,6 +214,9 @@ impl Partition {
 }
 
 #[cfg(test)]
+mod replay_property;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
