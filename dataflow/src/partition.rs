@@ -89,6 +89,11 @@ impl Partition {
         self.position
     }
 
+    /// Whether the floor is still held where the previous run had it (a replay under way).
+    pub fn holding(&self) -> bool {
+        self.hold.is_some()
+    }
+
     pub fn floor(&self) -> u64 {
         self.floor
     }
