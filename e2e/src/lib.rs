@@ -12,7 +12,10 @@
 //! - [`trace`]: known traces of taps, the ground truth built from the gateway's replies, and the
 //!   exact comparison of published epochs against it.
 //! - [`viewer`]: a WebSocket viewer recording every frame with its arrival time.
+//! - [`hosts`]: a timely cluster across network namespaces ("hosts") with the broker on its own,
+//!   for the tests that cut links or stop one host at a time.
 
+pub mod hosts;
 pub mod trace;
 pub mod viewer;
 
