@@ -9,6 +9,10 @@
 # Timely has no fault tolerance: when one process dies the others lose their connections, so the
 # supervisor restarts every local process (each host's supervisor does the same) and the cluster
 # resumes from Kafka. SIGTERM/Ctrl-C stops every process cleanly and exits.
+#
+# A process that exits 3 was fenced: another cluster is publishing into the same topics (this
+# cluster.toml started twice). Restarting would only race it again, so the supervisor stops every
+# local process and exits 3 (docs/dataflow.md, "Exactly-once epochs").
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -96,6 +100,12 @@ while true; do
     stop_all
     rm -rf "$run_dir"
     exit 0
+  fi
+  if ((status == 3)); then
+    echo "run_workers: fenced: another cluster is publishing into these topics; stopping, not restarting" >&2
+    stop_all
+    rm -rf "$run_dir"
+    exit 3
   fi
   echo "run_workers: a worker process exited ($status); restarting the whole cluster" >&2
   stop_all

@@ -1,46 +1,70 @@
 //! Deterministic crash points for fault tests. `EMOSTREAM_CRASH_AT=<point>`, read once when the
 //! process starts, makes it crash the first time a worker reaches that point: a panic, which
 //! the binary turns into an abort, as abrupt as a SIGKILL. With `EMOSTREAM_CRASH_MARKER=<file>`
-//! too, only the first process to reach it crashes, creating the file, so a cluster restarted by
-//! its supervisor (with the same environment) runs on. Unset, every point is inert. Compiled into
-//! every build: the fault tests drive the binaries as they ship.
+//! too, only the first process to reach it crashes, creating `<file>.0`, so a cluster restarted by
+//! its supervisor (with the same environment) runs on. A list, `EMOSTREAM_CRASH_AT=a,b`, crashes
+//! at each point in turn, once each (markers `<file>.0`, `<file>.1`, …): crash `k` waits until
+//! crash `k − 1` has happened, so `after-progress-write,during-replay` crashes in the replay that
+//! follows the first crash, and `x,x` crashes at `x` twice in a row. Unset, every point is inert.
+//! Compiled into every build: the fault tests drive the binaries as they ship.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// Every crash point, by the name `EMOSTREAM_CRASH_AT` takes.
-pub const POINTS: [&str; 3] = [
+pub const POINTS: [&str; 4] = [
     // Worker 0 is about to send a progress record.
     "before-progress-write",
     // A progress record is acknowledged; the gate has not let the next epoch out yet.
     "after-progress-write",
     // The first frame of an epoch with several is acknowledged; the others are not sent.
     "between-frames",
+    // A restarted source has read a record below its partition's hold offset: the replay of the
+    // epoch after the progress record is under way.
+    "during-replay",
 ];
 
 struct Armed {
-    point: &'static str,
+    points: Vec<&'static str>,
     marker: Option<PathBuf>,
 }
 
 static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
 
-/// Reads `EMOSTREAM_CRASH_AT` and `EMOSTREAM_CRASH_MARKER`; an unknown point is an error. Call
-/// once, before the workers start; later calls change nothing.
-pub fn arm_from_env() -> Result<Option<&'static str>, String> {
+/// Reads `EMOSTREAM_CRASH_AT` and `EMOSTREAM_CRASH_MARKER`; an unknown point, or a list without
+/// a marker, is an error. Call once, before the workers start; later calls change nothing.
+/// Returns the points armed.
+pub fn arm_from_env() -> Result<Option<String>, String> {
     let armed = match std::env::var("EMOSTREAM_CRASH_AT") {
         Err(_) => None,
-        Ok(name) => {
-            let point = POINTS.iter().find(|p| **p == name).ok_or_else(|| {
-                format!("EMOSTREAM_CRASH_AT={name}: not a crash point (one of {POINTS:?})")
-            })?;
-            Some(Armed {
-                point,
-                marker: std::env::var_os("EMOSTREAM_CRASH_MARKER").map(PathBuf::from),
-            })
+        Ok(names) => {
+            let points = names
+                .split(',')
+                .map(|name| {
+                    POINTS.iter().copied().find(|p| *p == name).ok_or_else(|| {
+                        format!("EMOSTREAM_CRASH_AT={names}: {name} is not a crash point (one of {POINTS:?})")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let marker = std::env::var_os("EMOSTREAM_CRASH_MARKER").map(PathBuf::from);
+            if points.len() > 1 && marker.is_none() {
+                return Err(format!(
+                    "EMOSTREAM_CRASH_AT={names}: a list needs EMOSTREAM_CRASH_MARKER, which counts the crashes"
+                ));
+            }
+            Some(Armed { points, marker })
         }
     };
-    Ok(ARMED.get_or_init(|| armed).as_ref().map(|a| a.point))
+    Ok(ARMED
+        .get_or_init(|| armed)
+        .as_ref()
+        .map(|a| a.points.join(",")))
+}
+
+fn nth_marker(marker: &Path, k: usize) -> PathBuf {
+    let mut name = marker.as_os_str().to_owned();
+    name.push(format!(".{k}"));
+    PathBuf::from(name)
 }
 
 /// Whether reaching `point` now crashes the process (see the module's header).
@@ -48,18 +72,20 @@ pub fn armed(point: &str) -> bool {
     let Some(Some(armed)) = ARMED.get() else {
         return false;
     };
-    if armed.point != point {
-        return false;
-    }
-    match &armed.marker {
-        None => true,
+    let Some(marker) = &armed.marker else {
+        return armed.points[0] == point;
+    };
+    // The crashes so far; the next one is due at its point.
+    let done = (0..armed.points.len())
+        .take_while(|k| nth_marker(marker, *k).exists())
+        .count();
+    armed.points.get(done) == Some(&point)
         // Only one process ever wins the creation.
-        Some(marker) => std::fs::OpenOptions::new()
+        && std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(marker)
-            .is_ok(),
-    }
+            .open(nth_marker(marker, done))
+            .is_ok()
 }
 
 /// Crashes the process if `point` is armed.

@@ -28,8 +28,8 @@ pub enum Error {
     /// The progress topic's newest record could not be read back.
     #[error("reading {topic}: {source}")]
     ProgressRead { topic: String, source: KafkaError },
-    /// The progress topic's newest record is not a progress record.
-    #[error("the last record of {topic} is not a progress record: {reason}")]
+    /// One of the progress topic's newest records is not a progress record.
+    #[error("a recent record of {topic} is not a progress record: {reason}")]
     ProgressUnreadable { topic: String, reason: String },
     /// The progress topic's newest record was written with another value of `setting` than
     /// the configuration's.
@@ -47,6 +47,12 @@ pub enum Error {
     /// The progress topic's newest record did not arrive in time.
     #[error("the last record of {topic} did not arrive within {patience:?}")]
     ProgressTimeout { topic: String, patience: Duration },
+    /// The closed epochs the trends windows refill from could not be read back.
+    #[error("reading the closed epochs on {topic} to refill the trends windows: {source}")]
+    RefillRead { topic: String, source: KafkaError },
+    /// The closed epochs the trends windows refill from did not all arrive in time.
+    #[error("the closed epochs on {topic} to refill the trends windows did not arrive within {patience:?}")]
+    RefillTimeout { topic: String, patience: Duration },
     /// The broker refused a record of `epoch` after librdkafka's own retries.
     #[error("epoch {epoch} was not delivered: {source}")]
     Delivery { epoch: u64, source: KafkaError },

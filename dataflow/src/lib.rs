@@ -11,8 +11,10 @@
 //! - [`reduce`]: `PerThousand`, the per-1000 reduction into viewer frames.
 //! - [`publish`]: `PublishEpochs`, gated, acknowledged publication to `emoji-epochs`.
 //! - [`progress`]: `WriteProgress`, the progress record and the gate it feeds back.
+//! - [`fence`]: the progress chain's check that stops a second cluster writing the same topics.
 //! - [`trends`]: sliding-window trends (top emojis, sentiment, popular streams) with differential
 //!   dataflow, published on their own topic.
+//! - [`links`]: timely's TCP links, with keepalive and a user timeout (a vanished peer).
 //! - [`metrics`]: per-process counters, served as Prometheus text.
 //! - [`crash`]: named crash points for fault tests (`EMOSTREAM_CRASH_AT`), inert unless set.
 //! - [`error`]: [`Error`], every way a worker fails to start or to deliver.
@@ -27,6 +29,8 @@
 pub mod count;
 pub mod crash;
 pub mod error;
+pub mod fence;
+pub mod links;
 pub mod metrics;
 pub mod ownership;
 pub mod partition;
@@ -39,21 +43,28 @@ pub mod trends;
 pub mod watermark;
 
 use count::CountEpochs;
-use emostream_protocol::progress::Counting;
+use emostream_protocol::progress::{Counting, FIRST};
 use emostream_protocol::Config;
 pub use error::Error;
+use fence::ChainCheck;
 use partition::Partition;
-use progress::WriteProgress;
+use progress::{ProgressWriter, WriteProgress};
 use publish::{AckedProducer, PublishEpochs};
+use recovery::Recovered;
 use reduce::PerThousand;
 use serde::{Deserialize, Serialize};
 use source::{SourceItem, SourceSettings};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use timely::dataflow::operators::{ConnectLoop, Feedback, OkErr};
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, Input, Inspect, OkErr};
+use timely::dataflow::InputHandleVec;
 use timely::worker::Worker;
 use trends::publish::{PublishTrends, TrendsProducer};
+use trends::refill::Refill;
 use trends::{TrendSettings, Trends};
 
 /// A source's pre-count of one (stream, emoji) in one epoch (the epoch is the timely time).
@@ -93,10 +104,15 @@ pub fn run_worker(
         divisor: config.epochs.divisor,
         events_partitions: kafka.events_partitions,
     };
-    let progress = recovery::last_progress(kafka, &kafka.progress_topic)?;
-    if let Some(progress) = &progress {
-        recovery::check(progress, counting, &kafka.progress_topic)?;
-    }
+    let recovered = agree_on_progress(worker, || {
+        let recovered = recovery::last_progress(kafka, &kafka.progress_topic)?;
+        if let Some(recovered) = &recovered {
+            recovery::check(&recovered.progress, counting, &kafka.progress_topic)?;
+        }
+        Ok(recovered)
+    })?;
+    let follows = recovered.as_ref().map_or(FIRST, |r| r.offset);
+    let progress = recovered.map(|r| r.progress);
     let partitions: Vec<Partition> = owned
         .iter()
         .map(|p| match &progress {
@@ -134,15 +150,40 @@ pub fn run_worker(
     publisher.expect_partitions(&kafka.events_topic, kafka.events_partitions)?;
     publisher.expect_partitions(&kafka.epochs_topic, kafka.epochs_partitions)?;
     let progress_writer = if index == 0 {
-        let writer = AckedProducer::connect(kafka, &kafka.progress_topic)?;
-        writer.expect_partitions(&kafka.progress_topic, 1)?;
-        Some(writer)
+        let producer = AckedProducer::connect(kafka, &kafka.progress_topic)?;
+        producer.expect_partitions(&kafka.progress_topic, 1)?;
+        Some(ProgressWriter {
+            producer,
+            chain: ChainCheck::start(kafka, &kafka.progress_topic)?,
+            follows,
+        })
     } else {
         None
     };
     // Trends read the closed epochs and publish elsewhere; nothing on the epochs' path waits
     // for them, and without their topic they are off.
     let trends_publisher = TrendsProducer::connect(kafka, &kafka.trends_topic)?;
+    let trend_settings = TrendSettings::new(epochs.window_ms);
+    // The W epochs before the first one counted: the window of the epoch before it, so that the
+    // first epoch's frames say what changed exactly as they did before the restart. One worker
+    // reads them (the stage exchanges by its own keys, so where they enter does not matter).
+    let refilled = match (&trends_publisher, index) {
+        (Some(_), 0) => trends::refill::closed_epochs(
+            kafka,
+            &kafka.epochs_topic,
+            first_epoch.saturating_sub(trend_settings.window_epochs)..first_epoch,
+            epochs.window_ms,
+        )?,
+        _ => Vec::new(),
+    };
+    if !refilled.is_empty() {
+        tracing::info!(
+            worker = index,
+            counts = refilled.len(),
+            first_epoch,
+            "trends windows refilled from the published epochs"
+        );
+    }
     worker.dataflow::<u64, _, _>(|scope| -> Result<(), Error> {
         let (gate_handle, gate) = scope.feedback::<Vec<()>>(1);
         let (counts, marks) = source::kafka_source(scope, settings)?.ok_err(|item| match item {
@@ -150,17 +191,18 @@ pub fn run_worker(
             SourceItem::Mark(m) => Err(m),
         });
         let closed = counts.container::<Vec<PartialCount>>().count_epochs();
-        if let Some(producer) = trends_publisher {
-            // Not exactly-once: the output's frontier (frames answered) only keeps a graceful
-            // stop waiting for the broker; nothing else depends on it.
-            let _answered = closed
-                .clone()
-                .trends(TrendSettings::new(epochs.window_ms))
-                .publish_trends(producer);
-        }
         let published = closed
+            .clone()
             .per_thousand(epochs.divisor, epochs.window_ms)
             .publish_epochs(gate, publisher, epochs.window_ms, metrics);
+        if let Some(producer) = trends_publisher {
+            // The output's frontier (frames answered) only keeps a graceful stop waiting for
+            // the broker; nothing else depends on it.
+            let _answered = closed
+                .concat(scope.refill(refilled))
+                .trends(trend_settings)
+                .publish_trends(published.clone(), first_epoch, producer);
+        }
         marks
             .container::<Vec<partition::Mark>>()
             .write_progress(published, counting, first_epoch, progress_writer)
@@ -172,4 +214,40 @@ pub fn run_worker(
     while worker.step_or_park(Some(park)) {}
     tracing::info!(worker = index, "worker stopped");
     Ok(())
+}
+
+/// Worker 0 runs `read` (the newest progress record on the chain) and every worker starts from
+/// what it found. Each reading for itself could see different records while another cluster
+/// writes into the same topics, and start the replay from two different epochs.
+fn agree_on_progress(
+    worker: &mut Worker,
+    read: impl FnOnce() -> Result<Option<Recovered>, Error>,
+) -> Result<Option<Recovered>, Error> {
+    let found = match worker.index() {
+        0 => {
+            let found = read()?.map(|r| (r.offset, r.progress));
+            Some(serde_json::to_string(&found).expect("a progress record always serializes"))
+        }
+        _ => None,
+    };
+    let received = Rc::new(RefCell::new(None));
+    let sink = Rc::clone(&received);
+    let mut input = InputHandleVec::<u64, String>::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        scope
+            .input_from(&mut input)
+            .broadcast()
+            .inspect(move |found: &String| *sink.borrow_mut() = Some(found.clone()));
+    });
+    if let Some(found) = found {
+        input.send(found);
+    }
+    drop(input);
+    while received.borrow().is_none() {
+        worker.step_or_park(Some(Duration::from_millis(10)));
+    }
+    let found = received.borrow_mut().take().expect("received above");
+    let found: Option<(i64, emostream_protocol::progress::Progress)> =
+        serde_json::from_str(&found).expect("worker 0 sent a progress record it serialized");
+    Ok(found.map(|(offset, progress)| Recovered { offset, progress }))
 }

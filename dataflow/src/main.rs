@@ -9,6 +9,7 @@
 //! is built from the values.
 
 use clap::Parser;
+use emostream_dataflow::links;
 use emostream_dataflow::metrics::{self, Metrics};
 use emostream_protocol::config::ConfigArg;
 use std::io::BufRead;
@@ -156,7 +157,23 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         metrics::serve(addr, Arc::clone(&metrics))
             .map_err(|e| format!("metrics on {addr}: {e}"))?;
     }
-    let guards = timely::execute(timely_config, move |worker| {
+    // A cluster's links are opened by links.rs (keepalive, user timeout); the rest as timely's
+    // own `execute` does it.
+    let timely::Config {
+        communication,
+        worker: worker_config,
+    } = timely_config;
+    let (allocators, links) = match communication {
+        CommunicationConfig::Cluster {
+            threads,
+            process,
+            addresses,
+            report,
+            zerocopy,
+        } => links::cluster(threads, process, addresses, report, zerocopy)?,
+        local => local.try_build()?,
+    };
+    let guards = timely::execute::execute_from(allocators, links, worker_config, move |worker| {
         let index = worker.index();
         let result = emostream_dataflow::run_worker(
             worker,

@@ -89,6 +89,11 @@ impl Partition {
         self.position
     }
 
+    /// Whether the floor is still held where the previous run had it (a replay under way).
+    pub fn holding(&self) -> bool {
+        self.hold.is_some()
+    }
+
     pub fn floor(&self) -> u64 {
         self.floor
     }
@@ -214,6 +219,9 @@ impl Partition {
 }
 
 #[cfg(test)]
+mod replay_property;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -272,6 +280,47 @@ mod tests {
         assert_eq!(p.floor(), 7);
         p.advance(0, W);
         assert_eq!(p.take_marks(), vec![], "the floor did not move");
+    }
+
+    /// The idle rule follows the clock only while the records read reach the high watermark the
+    /// broker reported: while the fetch stalls (the probe answers, the records appended
+    /// meanwhile are not delivered), the floor holds however far the clock runs, so the records
+    /// delivered after the stall are on time.
+    #[test]
+    fn a_fetch_stall_never_moves_the_floor_past_unread_records() {
+        const LATENESS: u64 = 300;
+        let mut p = Partition::fresh(0);
+        read(&mut p, &[(0, 5, 5_100), (1, 5, 5_200)]);
+        p.end_reported(2, 6_000);
+        p.advance(LATENESS, W);
+        assert_eq!(
+            p.floor(),
+            5,
+            "read to the end at 6_000: the clock leads (5_700)"
+        );
+        // Records 2 and 3 land at 6_100 and 6_200; the fetch stalls for 14 s while the probe
+        // keeps reporting them.
+        for asked_ms in [7_000, 8_000, 20_000] {
+            p.end_reported(4, asked_ms);
+            p.advance(LATENESS, W);
+            assert_eq!(
+                p.floor(),
+                5,
+                "records below the high not read at {asked_ms}"
+            );
+        }
+        assert_eq!(
+            read(&mut p, &[(2, 6, 6_100), (3, 6, 6_200)]),
+            vec![count(6, false), count(6, false)],
+            "on time once delivered"
+        );
+        p.end_reported(4, 20_025);
+        p.advance(LATENESS, W);
+        assert_eq!(
+            p.floor(),
+            19,
+            "read to the end again: the clock leads (19_725)"
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Worker 0 turns the sources' marks into the progress record, once every epoch it covers is
-//! durably published; its output frontier ("progress is acknowledged up to here") is the gate
-//! that lets the next epoch be published.
+//! durably published; its output frontier ("progress is acknowledged up to here, and on the
+//! chain") is the gate that lets the next epoch be published. Each record names the one it
+//! continues; before the gate opens, [`ChainCheck`] confirms no other cluster continued that
+//! one first ([`crate::fence`]).
 
+use crate::fence::{ChainCheck, Verdict, EXIT_FENCED};
 use crate::partition::Mark;
 use crate::publish::AckedProducer;
 use emostream_protocol::progress::{Counting, PartitionProgress, Progress};
@@ -53,6 +56,7 @@ impl MarkLedger {
             epoch,
             counting: Some(counting),
             partitions: out,
+            follows: None,
         })
     }
 
@@ -77,8 +81,17 @@ impl MarkLedger {
     }
 }
 
+/// Worker 0's means to write progress records.
+pub struct ProgressWriter {
+    pub producer: AckedProducer,
+    pub chain: ChainCheck,
+    /// The offset of the record the first one continues (the one the run resumed from), or
+    /// [`emostream_protocol::progress::FIRST`].
+    pub follows: i64,
+}
+
 pub trait WriteProgress<'scope> {
-    /// Writes the progress record with `producer` (given to worker 0 only; the others pass
+    /// Writes the progress record with `writer` (given to worker 0 only; the others pass
     /// `None`), the marks of partitions `0..counting.events_partitions` and the settings
     /// `counting` in it, and returns the gate stream, whose frontier is the first epoch whose
     /// progress is not yet acknowledged.
@@ -87,7 +100,7 @@ pub trait WriteProgress<'scope> {
         published: Stream<'scope, u64, Vec<()>>,
         counting: Counting,
         first_epoch: u64,
-        producer: Option<AckedProducer>,
+        writer: Option<ProgressWriter>,
     ) -> Stream<'scope, u64, Vec<()>>;
 }
 
@@ -97,11 +110,11 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
         published: Stream<'scope, u64, Vec<()>>,
         counting: Counting,
         first_epoch: u64,
-        producer: Option<AckedProducer>,
+        writer: Option<ProgressWriter>,
     ) -> Stream<'scope, u64, Vec<()>> {
         let partitions = counting.events_partitions;
         let scope = self.scope();
-        let writer = producer.is_some();
+        let is_writer = writer.is_some();
         let to_worker_zero = Exchange::new(|_: &Mark| 0);
         let mut builder = OperatorBuilder::new("WriteProgress".to_owned(), scope);
         let info = builder.operator_info();
@@ -113,13 +126,19 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
         builder.build(move |mut capabilities| {
             let initial = capabilities.pop().expect("one output, one capability");
             let activator = scope.activator_for(info.address.clone());
-            if let Some(p) = producer.as_ref() {
-                p.wake(scope.worker().sync_activator_for(info.address.to_vec()));
+            if let Some(w) = writer.as_ref() {
+                w.producer
+                    .wake(scope.worker().sync_activator_for(info.address.to_vec()));
+                w.chain
+                    .wake(scope.worker().sync_activator_for(info.address.to_vec()));
             }
+            let mut follows = writer.as_ref().map_or(0, |w| w.follows);
             // Only worker 0's capability matters; the others give theirs up at once.
-            let mut cap = writer.then(|| initial.delayed(&first_epoch));
+            let mut cap = is_writer.then(|| initial.delayed(&first_epoch));
             let mut ledger = MarkLedger::default();
             let mut in_flight: Option<u64> = None;
+            // The record acknowledged and being checked: (its epoch, its offset).
+            let mut checking: Option<(u64, i64)> = None;
             // No data ever leaves on the gate; its capability alone carries the frontier.
             let _output = output;
 
@@ -133,7 +152,7 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
                     }
                 });
                 acks.for_each_stamp(|_, _| {});
-                let (Some(held), Some(AckedProducer { producer, book, topic, .. })) = (cap.as_mut(), producer.as_ref()) else { return };
+                let (Some(held), Some(ProgressWriter { producer: AckedProducer { producer, book, topic, .. }, chain, .. })) = (cap.as_mut(), writer.as_ref()) else { return };
                 if let Some(failure) = book.failure() {
                     panic!("a progress record could not be written: {failure}");
                 }
@@ -143,9 +162,39 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
                         return;
                     }
                     in_flight = None;
-                    tracing::debug!(epoch, "progress acknowledged");
+                    let own = book.offset(epoch).expect("an acknowledged record has an offset");
+                    tracing::debug!(epoch, own, "progress acknowledged");
                     crate::crash::reached("after-progress-write");
-                    held.downgrade(&(epoch + 1));
+                    chain.ask(follows, own);
+                    checking = Some((epoch, own));
+                }
+                if let Some((epoch, own)) = checking {
+                    match chain.answer() {
+                        None => {
+                            activator.activate_after(ACK_POLL);
+                            return;
+                        }
+                        Some(Ok(Verdict::OnChain)) => {
+                            checking = None;
+                            follows = own;
+                            held.downgrade(&(epoch + 1));
+                        }
+                        Some(Ok(Verdict::Lost { rival })) => {
+                            // Not a panic: the supervisor must not restart this cluster.
+                            tracing::error!(epoch, own, follows, rival, "fenced");
+                            eprintln!(
+                                "emostream-dataflow: another cluster is publishing into {topic}: \
+                                 its record at offset {rival} continued the record at offset \
+                                 {follows} before this cluster's (offset {own}); this cluster \
+                                 stops (exit {EXIT_FENCED}) and must not be restarted while the \
+                                 other runs"
+                            );
+                            std::process::exit(EXIT_FENCED);
+                        }
+                        Some(Err(error)) => {
+                            panic!("cannot tell whether progress record {own} is on the chain: {error}")
+                        }
+                    }
                 }
 
                 let next = *held.time();
@@ -181,11 +230,12 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
                 if epoch < next {
                     return;
                 }
-                let Some(progress) = ledger.progress(epoch, counting) else {
+                let Some(mut progress) = ledger.progress(epoch, counting) else {
                     tracing::debug!(epoch, next, acked, marks = ?ledger, "marks do not cover the epoch yet");
                     activator.activate_after(ACK_POLL);
                     return;
                 };
+                progress.follows = Some(follows);
                 crate::crash::reached("before-progress-write");
                 let payload = serde_json::to_vec(&progress).expect("progress always serializes");
                 // Counted before the send: the acknowledgement can arrive on librdkafka's thread
@@ -260,6 +310,7 @@ mod tests {
                         hold_until: 3
                     },
                 ],
+                follows: None,
             })
         );
         // Partition 1's floor has not passed 7, so where a next run must hold partition 1 for

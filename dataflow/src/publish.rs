@@ -17,6 +17,7 @@ use emostream_protocol::config::KafkaConfig;
 use emostream_protocol::kafka::ClientRole;
 use emostream_protocol::wire::EpochFrame;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 use std::collections::{BTreeMap, HashMap};
@@ -41,6 +42,9 @@ pub struct AckBook {
 struct AckState {
     outstanding: HashMap<u64, u64>,
     failure: Option<(u64, KafkaError)>,
+    /// The epoch and offset of the newest record acknowledged (the progress writer's one
+    /// record in flight: where it landed).
+    last: Option<(u64, i64)>,
 }
 
 impl AckBook {
@@ -48,10 +52,13 @@ impl AckBook {
         *self.lock().outstanding.entry(epoch).or_default() += 1;
     }
 
-    fn delivered(&self, epoch: u64, result: Result<(), KafkaError>) {
+    fn delivered(&self, epoch: u64, result: Result<Option<i64>, KafkaError>) {
         let mut state = self.lock();
         match result {
-            Ok(()) => {
+            Ok(offset) => {
+                if let Some(offset) = offset {
+                    state.last = Some((epoch, offset));
+                }
                 if let Some(n) = state.outstanding.get_mut(&epoch) {
                     *n -= 1;
                     if *n == 0 {
@@ -71,7 +78,15 @@ impl AckBook {
     /// One record of `epoch` is answered, whatever the outcome: for records whose loss is logged
     /// rather than fatal (trend frames).
     pub fn settle(&self, epoch: u64) {
-        self.delivered(epoch, Ok(()));
+        self.delivered(epoch, Ok(None));
+    }
+
+    /// The offset the newest acknowledged record landed at, if it was one of `epoch`.
+    pub fn offset(&self, epoch: u64) -> Option<i64> {
+        self.lock()
+            .last
+            .filter(|(e, _)| *e == epoch)
+            .map(|(_, o)| o)
     }
 
     pub fn acknowledged(&self, epoch: u64) -> bool {
@@ -105,7 +120,10 @@ impl ProducerContext for AckContext {
     fn delivery(&self, result: &DeliveryResult<'_>, epoch: Box<u64>) {
         self.book.delivered(
             *epoch,
-            result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone()),
+            result
+                .as_ref()
+                .map(|m| Some(m.offset()))
+                .map_err(|(e, _)| e.clone()),
         );
         if let Some(wake) = self.wake.get() {
             // The worker may already be gone at shutdown; nothing is waiting then.

@@ -9,12 +9,24 @@ use emostream_protocol::progress::{Counting, Progress};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 const PATIENCE: Duration = Duration::from_secs(15);
+/// How many of the newest records are read to find the chain's end. A lost race leaves one
+/// record off the chain right behind the winner's, so a few would do; 64 costs nothing.
+const TAIL: i64 = 64;
 
-/// The newest record of `topic` (partition 0), or `None` when it is empty (a first start).
-pub fn last_progress(kafka: &KafkaConfig, topic: &str) -> Result<Option<Progress>, Error> {
+/// The newest record of the chain, and its offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub offset: i64,
+    pub progress: Progress,
+}
+
+/// The newest record on the chain of `topic` (partition 0), or `None` when the topic is empty
+/// (a first start).
+pub fn last_progress(kafka: &KafkaConfig, topic: &str) -> Result<Option<Recovered>, Error> {
     let read = |source| Error::ProgressRead {
         topic: topic.to_string(),
         source,
@@ -39,25 +51,30 @@ pub fn last_progress(kafka: &KafkaConfig, topic: &str) -> Result<Option<Progress
     }
     let mut assignment = TopicPartitionList::new();
     assignment
-        .add_partition_offset(topic, 0, Offset::Offset(high - 1))
+        .add_partition_offset(topic, 0, Offset::Offset(low.max(high - TAIL)))
         .map_err(read)?;
     consumer.assign(&assignment).map_err(read)?;
-    let unreadable = |reason: String| Error::ProgressUnreadable {
+    let unreadable = |offset: i64, reason: String| Error::ProgressUnreadable {
         topic: topic.to_string(),
-        reason,
+        reason: format!("offset {offset}: {reason}"),
     };
+    let mut records = Vec::new();
     let deadline = Instant::now() + PATIENCE;
     while Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(msg)) if msg.offset() == high - 1 => {
+            Some(Ok(msg)) => {
+                let offset = msg.offset();
                 let payload = msg
                     .payload()
-                    .ok_or_else(|| unreadable("the record is empty".into()))?;
-                return serde_json::from_slice(payload)
-                    .map(Some)
-                    .map_err(|e| unreadable(e.to_string()));
+                    .ok_or_else(|| unreadable(offset, "the record is empty".into()))?;
+                let progress: Progress = serde_json::from_slice(payload)
+                    .map_err(|e| unreadable(offset, e.to_string()))?;
+                records.push((offset, progress));
+                if offset == high - 1 {
+                    return Ok(newest_on_chain(records));
+                }
             }
-            Some(Ok(_)) | None => {}
+            None => {}
             Some(Err(source)) => return Err(read(source)),
         }
     }
@@ -65,6 +82,30 @@ pub fn last_progress(kafka: &KafkaConfig, topic: &str) -> Result<Option<Progress
         topic: topic.to_string(),
         patience: PATIENCE,
     })
+}
+
+/// Of `records` (a tail of the topic, in offset order), the newest on the chain: a record is
+/// off it when an earlier record already continued the one it follows (it lost the race), or
+/// when it follows a record off the chain. A record following one before the tail, or naming
+/// none (written before records named one), is taken to be on it.
+pub fn newest_on_chain(records: Vec<(i64, Progress)>) -> Option<Recovered> {
+    let first = records.first()?.0;
+    let mut continued = HashSet::new();
+    let mut on_chain = HashSet::new();
+    let mut newest = None;
+    for (offset, progress) in records {
+        let on = match progress.follows {
+            None => true,
+            Some(follows) => {
+                (follows < first || on_chain.contains(&follows)) && continued.insert(follows)
+            }
+        };
+        if on {
+            on_chain.insert(offset);
+            newest = Some(Recovered { offset, progress });
+        }
+    }
+    newest
 }
 
 /// Refuses a progress record written with other settings than `counting`: the window and the
@@ -134,6 +175,7 @@ mod tests {
                     hold_until: 0,
                 })
                 .collect(),
+            follows: None,
         }
     }
 
@@ -202,8 +244,88 @@ mod tests {
         let odd = check(&record(&[0, 2], None), configured, TOPIC).unwrap_err();
         assert_eq!(
             odd.to_string(),
-            "the last record of emoji-progress is not a progress record: it lists partitions \
+            "a recent record of emoji-progress is not a progress record: it lists partitions \
              [0, 2], not 0 to 1"
+        );
+    }
+
+    fn link(epoch: u64, follows: Option<i64>) -> Progress {
+        Progress {
+            epoch,
+            follows,
+            ..record(&[0], None)
+        }
+    }
+
+    fn newest(records: &[(i64, u64, Option<i64>)]) -> Option<(i64, u64)> {
+        newest_on_chain(
+            records
+                .iter()
+                .map(|&(offset, epoch, follows)| (offset, link(epoch, follows)))
+                .collect(),
+        )
+        .map(|r| (r.offset, r.progress.epoch))
+    }
+
+    #[test]
+    fn the_newest_record_on_the_chain_is_recovered() {
+        use emostream_protocol::progress::FIRST;
+        assert_eq!(newest(&[]), None, "an empty topic");
+        assert_eq!(
+            newest(&[(0, 3, Some(FIRST)), (1, 4, Some(0)), (2, 5, Some(1))]),
+            Some((2, 5)),
+            "one cluster"
+        );
+        // A second cluster's record (3) follows 1 like the first cluster's (2), landing after it.
+        assert_eq!(
+            newest(&[
+                (0, 3, Some(FIRST)),
+                (1, 4, Some(0)),
+                (2, 5, Some(1)),
+                (3, 5, Some(1))
+            ]),
+            Some((2, 5)),
+            "the loser's record, newest in the log, is off the chain"
+        );
+        assert_eq!(
+            newest(&[
+                (1, 4, Some(0)),
+                (2, 5, Some(1)),
+                (3, 5, Some(1)),
+                (4, 6, Some(2))
+            ]),
+            Some((4, 6)),
+            "the winner carries on after the loser's record"
+        );
+        assert_eq!(
+            newest(&[
+                (1, 4, Some(0)),
+                (2, 5, Some(1)),
+                (3, 5, Some(1)),
+                (4, 6, Some(3))
+            ]),
+            Some((2, 5)),
+            "a record continuing one off the chain is off it too"
+        );
+        assert_eq!(
+            newest(&[(0, 3, Some(FIRST)), (1, 3, Some(FIRST))]),
+            Some((0, 3)),
+            "two clusters starting on an empty topic: the first record wins"
+        );
+        assert_eq!(
+            newest(&[
+                (7, 2, None),
+                (8, 3, None),
+                (9, 4, Some(8)),
+                (10, 4, Some(8))
+            ]),
+            Some((9, 4)),
+            "records from before `follows` are all on the chain"
+        );
+        assert_eq!(
+            newest(&[(70, 9, Some(12)), (71, 10, Some(70))]),
+            Some((71, 10)),
+            "the tail starts after the record its first one follows"
         );
     }
 }

@@ -171,6 +171,9 @@ pub fn kafka_source<'scope>(
                             let ts = msg.timestamp().to_millis().unwrap_or(0).max(0) as u64;
                             let offset = msg.offset();
                             partition.begin_record(offset);
+                            if partition.holding() {
+                                crate::crash::reached("during-replay");
+                            }
                             if let Some(payload) = msg.payload() {
                                 let tally = count_record(
                                     payload,

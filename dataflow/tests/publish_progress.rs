@@ -4,11 +4,12 @@
 //! progress record for epoch `e` is written only after every frame of every epoch up to `e` is
 //! acknowledged, and no frame of `e + 1` is sent before that record is acknowledged.
 
+use emostream_dataflow::fence::ChainCheck;
 use emostream_dataflow::metrics::Metrics;
 use emostream_dataflow::partition::Mark;
-use emostream_dataflow::progress::WriteProgress;
+use emostream_dataflow::progress::{ProgressWriter, WriteProgress};
 use emostream_dataflow::publish::{AckedProducer, PublishEpochs};
-use emostream_protocol::progress::Counting;
+use emostream_protocol::progress::{Counting, FIRST};
 use emostream_protocol::wire::{EmojiCount, EpochFrame, FrameType};
 use emostream_protocol::Config;
 use emostream_testkit::broker::{minimal_config, minimal_config_with};
@@ -114,8 +115,11 @@ fn publish(config: &Config) {
     timely::execute(timely::Config::process(2), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let publisher = AckedProducer::connect(&kafka, &kafka.epochs_topic).unwrap();
-        let writer =
-            (index == 0).then(|| AckedProducer::connect(&kafka, &kafka.progress_topic).unwrap());
+        let writer = (index == 0).then(|| ProgressWriter {
+            producer: AckedProducer::connect(&kafka, &kafka.progress_topic).unwrap(),
+            chain: ChainCheck::start(&kafka, &kafka.progress_topic).unwrap(),
+            follows: FIRST,
+        });
         let mut frames_in = InputHandleVec::<u64, EpochFrame>::new();
         let mut marks_in = InputHandleVec::<u64, Mark>::new();
         let progress_probe = ProbeHandle::new();
@@ -230,14 +234,25 @@ fn epoch_records(partition_of: impl Fn(&str) -> i32) -> Vec<Vec<Record>> {
     ]
 }
 
-/// The progress records for epochs 0 to 3 (no key, no timestamp of ours: the producer's clock).
-fn progress_payloads() -> Vec<&'static str> {
-    vec![
+/// The progress records for epochs 0 to 3 (no key, no timestamp of ours: the producer's clock),
+/// each continuing the record at the offset `follows` gives.
+fn progress_payloads(follows: [i64; 4]) -> Vec<String> {
+    let records = [
         r#"{"epoch":0,"counting":{"window_ms":2000,"divisor":1000,"events_partitions":2},"partitions":[{"partition":0,"resume_offset":0,"skip_before":10,"hold_until":25},{"partition":1,"resume_offset":0,"skip_before":7,"hold_until":7}]}"#,
         r#"{"epoch":1,"counting":{"window_ms":2000,"divisor":1000,"events_partitions":2},"partitions":[{"partition":0,"resume_offset":10,"skip_before":25,"hold_until":40},{"partition":1,"resume_offset":0,"skip_before":7,"hold_until":19}]}"#,
         r#"{"epoch":2,"counting":{"window_ms":2000,"divisor":1000,"events_partitions":2},"partitions":[{"partition":0,"resume_offset":25,"skip_before":40,"hold_until":52},{"partition":1,"resume_offset":7,"skip_before":19,"hold_until":19}]}"#,
         r#"{"epoch":3,"counting":{"window_ms":2000,"divisor":1000,"events_partitions":2},"partitions":[{"partition":0,"resume_offset":40,"skip_before":52,"hold_until":52},{"partition":1,"resume_offset":7,"skip_before":19,"hold_until":30}]}"#,
-    ]
+    ];
+    records
+        .iter()
+        .zip(follows)
+        .map(|(record, follows)| {
+            format!(
+                "{},\"follows\":{follows}}}",
+                record.strip_suffix('}').unwrap()
+            )
+        })
+        .collect()
 }
 
 /// Frames and progress records on one single-partition topic: the broker's append order is the
@@ -270,7 +285,8 @@ fn frames_and_progress_records_alternate_epoch_by_epoch() {
     }
     let mut want: Vec<(Vec<Record>, Option<String>)> = epoch_records(|_| 0)
         .into_iter()
-        .zip(progress_payloads().into_iter().map(|p| Some(p.to_string())))
+        // Each record follows the previous one, behind that epoch's frames in the shared log.
+        .zip(progress_payloads([FIRST, 2, 5, 7]).into_iter().map(Some))
         .collect();
     for (frames, _) in &mut want {
         frames.sort();
@@ -306,9 +322,9 @@ fn frames_are_keyed_by_stream_and_progress_has_its_own_topic() {
             .into_iter()
             .map(|r| (r.partition, r.key, r.payload))
             .collect();
-    let want: Vec<(i32, Option<String>, String)> = progress_payloads()
+    let want: Vec<(i32, Option<String>, String)> = progress_payloads([FIRST, 0, 1, 2])
         .into_iter()
-        .map(|p| (0, None, p.to_string()))
+        .map(|p| (0, None, p))
         .collect();
     assert_eq!(progress, want);
     drop(broker);

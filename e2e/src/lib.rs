@@ -12,7 +12,10 @@
 //! - [`trace`]: known traces of taps, the ground truth built from the gateway's replies, and the
 //!   exact comparison of published epochs against it.
 //! - [`viewer`]: a WebSocket viewer recording every frame with its arrival time.
+//! - [`hosts`]: a timely cluster across network namespaces ("hosts") with the broker on its own,
+//!   for the tests that cut links or stop one host at a time.
 
+pub mod hosts;
 pub mod trace;
 pub mod viewer;
 
@@ -183,6 +186,20 @@ impl System {
             .iter()
             .flat_map(|c| c.subscribers.clone())
             .collect()
+    }
+
+    /// The configuration file every process of this system reads.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    /// How the child named `name` ended, if it has (`None` while it runs).
+    pub fn exited(&mut self, name: &str) -> Option<ExitStatus> {
+        self.processes
+            .iter_mut()
+            .find(|p| p.name() == name)
+            .unwrap_or_else(|| panic!("no process named {name}"))
+            .try_exit()
     }
 
     pub fn gateway(&self) -> &str {

@@ -1,8 +1,9 @@
 //! Deterministic crashes at named points of the exactly-once protocol (`EMOSTREAM_CRASH_AT`,
 //! dataflow/src/crash.rs): under a steady load on two worker processes, the first process to
 //! reach the point aborts there, once (a marker file); `run_workers.sh` restarts the cluster.
-//! Once the load has ended, `emoji-epochs` must hold exactly the truth, any epoch published twice
-//! byte for byte the same.
+//! A list of points crashes at each in turn: in the replay after a first crash, or at one point
+//! twice in a row. Once the load has ended, `emoji-epochs` must hold exactly the truth, any epoch
+//! published twice byte for byte the same.
 
 use emostream_e2e::trace;
 use emostream_e2e::{System, Topology};
@@ -14,9 +15,12 @@ const WINDOW_MS: u64 = 1000;
 /// frames on one worker (for `between-frames`).
 const STREAMS: [&str; 3] = ["alpha", "beta", "gamma"];
 
-async fn exact_after_a_crash_at(point: &str) {
+async fn exact_after_crashes_at(points: &[&str]) {
+    let point = points.join(",");
     let scratch = Scratch::new("e2e-crash-marker");
     let marker = scratch.join("crashed");
+    // The marker of the last crash (crash.rs numbers them).
+    let last = scratch.join(format!("crashed.{}", points.len() - 1));
     let system = System::start(Topology {
         window_ms: WINDOW_MS,
         worker_env: vec![
@@ -39,12 +43,12 @@ async fn exact_after_a_crash_at(point: &str) {
         )
         .await
     });
-    // Every point is reached within the first epochs published (a few seconds).
+    // Every point is reached within the first epochs published after a start (a few seconds).
     wait_until(
-        &format!("the crash at {point}"),
-        Duration::from_secs(60),
+        &format!("the crashes at {point}"),
+        Duration::from_secs(90),
         || {
-            let crashed = marker.exists();
+            let crashed = last.exists();
             async move { crashed }
         },
     )
@@ -59,26 +63,42 @@ async fn exact_after_a_crash_at(point: &str) {
         frames.len(),
         records - frames.len()
     );
-    trace::assert_exact(&frames, &truth, WINDOW_MS, point);
+    trace::assert_exact(&frames, &truth, WINDOW_MS, &point);
     let log = system.log("workers");
-    assert_eq!(
-        log.matches(&format!("crash point {point} reached")).count(),
-        1,
-        "one crash, at {point}:\n{log}"
-    );
+    for at in points {
+        assert_eq!(
+            log.matches(&format!("crash point {at} reached")).count(),
+            points.iter().filter(|p| *p == at).count(),
+            "the crashes at {point}:\n{log}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_before_a_progress_write() {
-    exact_after_a_crash_at("before-progress-write").await;
+    exact_after_crashes_at(&["before-progress-write"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_after_a_progress_write() {
-    exact_after_a_crash_at("after-progress-write").await;
+    exact_after_crashes_at(&["after-progress-write"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_between_two_frames_of_an_epoch() {
-    exact_after_a_crash_at("between-frames").await;
+    exact_after_crashes_at(&["between-frames"]).await;
+}
+
+/// The first crash leaves an epoch partly published; the second comes while the restarted
+/// cluster replays it (a record below a hold offset read), and the next run still re-publishes
+/// it byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_during_a_replay() {
+    exact_after_crashes_at(&["between-frames", "during-replay"]).await;
+}
+
+/// The restarted cluster crashes at the same point as the first, before any record of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_twice_in_a_row() {
+    exact_after_crashes_at(&["before-progress-write", "before-progress-write"]).await;
 }

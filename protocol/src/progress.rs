@@ -1,6 +1,8 @@
 //! The dataflow's recovery state on the progress topic: one record per acknowledged epoch,
 //! written by worker 0 only after every frame of every epoch up to `epoch` is acknowledged on
-//! `emoji-epochs`. A restart reads the last record and nothing else.
+//! `emoji-epochs`. Each record names the one it continues (`follows`), so that two clusters
+//! writing into the same topics cannot both continue one record: the first to land does, the
+//! other stops. A restart reads the newest record of that chain.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +18,16 @@ pub struct Progress {
     pub counting: Option<Counting>,
     /// One entry per partition of the events topic, `0..events_partitions` in order.
     pub partitions: Vec<PartitionProgress>,
+    /// The offset, on the progress topic, of the record this one continues ([`FIRST`] on an
+    /// empty topic). Of the records following one offset, only the first in the log counts: a
+    /// later one was written by another cluster that lost the race, and is ignored. Absent from
+    /// records written before it was recorded; those all count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follows: Option<i64>,
 }
+
+/// The `follows` of a cluster's first record on an empty progress topic.
+pub const FIRST: i64 = -1;
 
 /// The settings that decide which epoch a tap is published in and how: a restart with other
 /// values would renumber, split or recount epochs already published, so it is refused.

@@ -5,9 +5,9 @@
 //! Every frame describes one stream (or [`ALL_STREAMS`]) as of one closed epoch, over the sliding
 //! window of the `window_epochs` epochs ending with it: `[start_ms, end_ms)` spans the window, not
 //! the epoch. A frame is sent only when its content changed at that epoch, so the newest frame of a
-//! kind per stream is the current state. Trends are not exactly-once: after a restart the window
-//! refills from the epochs counted since, and a frame may repeat with different content; the newest
-//! one wins.
+//! kind per stream is the current state. Frames are a function of the epochs published on
+//! `emoji-epochs` (a restarted dataflow refills its windows from there), so a frame sent again
+//! after a restart has the same content; delivery is best effort, and the newest one wins.
 
 use serde::{Deserialize, Serialize};
 

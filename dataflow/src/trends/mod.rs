@@ -10,7 +10,8 @@
 //! - [`lexicon`]: the Emoji Sentiment Ranking's scores.
 //! - [`engagement`]: the streams ranked by taps over the window (and the per-viewer hook).
 //! - [`snapshot`]: `Snapshot`, from a collection's changes back to each key's state per epoch.
-//! - [`publish`]: `PublishTrends`, acknowledged publication on the trends topic.
+//! - [`refill`]: at start, the windows' closed epochs read back from the epochs topic.
+//! - [`publish`]: `PublishTrends`, publication on the trends topic behind the epochs' own.
 //!
 //! ```text
 //! CountEpochs ─┬─ SlideWindow(W) ─┬─ TopK ─────────── Snapshot ─▶ trending ──┐
@@ -26,6 +27,7 @@
 pub mod engagement;
 pub mod lexicon;
 pub mod publish;
+pub mod refill;
 pub mod sentiment;
 pub mod snapshot;
 pub mod topk;

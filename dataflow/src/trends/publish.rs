@@ -1,5 +1,11 @@
 //! `PublishTrends`: trends frames → the trends topic (key: the frame's stream), acknowledged.
 //!
+//! A frame of epoch `t` leaves only once the epochs' published frontier has passed `t`: every epoch
+//! in its window is then acknowledged on the epochs topic, and a restart reproduces those epochs
+//! byte for byte (docs/dataflow.md), so the frame is a function of published epochs only, and the
+//! restarted cluster (its windows refilled, [`super::refill`]) sends the same frame again. Frames
+//! below the run's first epoch come from the refill and were sent by an earlier run: dropped.
+//!
 //! Delivery is at least once within a run and best effort across runs: each epoch's capability is
 //! held until the broker answered every frame of it, so a graceful stop waits for them; a frame
 //! the broker refuses after librdkafka's retries is logged and dropped rather than crashing the
@@ -99,19 +105,32 @@ impl TrendsProducer {
 }
 
 pub trait PublishTrends<'scope> {
-    /// Publishes each epoch's trends frames as soon as they arrive and holds the epoch until the
-    /// broker answered all of them. The returned stream carries no data; its frontier is the
-    /// first epoch whose frames are not all answered.
-    fn publish_trends(self, producer: TrendsProducer) -> Stream<'scope, u64, Vec<()>>;
+    /// Publishes each epoch's trends frames once `published` (the epochs' published frontier)
+    /// has passed the epoch, and holds the epoch until the broker answered all of them. Frames
+    /// of epochs below `first_epoch` are dropped. The returned stream carries no data; its
+    /// frontier is the first epoch whose frames are not all answered.
+    fn publish_trends(
+        self,
+        published: Stream<'scope, u64, Vec<()>>,
+        first_epoch: u64,
+        producer: TrendsProducer,
+    ) -> Stream<'scope, u64, Vec<()>>;
 }
 
 impl<'scope> PublishTrends<'scope> for Stream<'scope, u64, Vec<TrendFrame>> {
-    fn publish_trends(self, producer: TrendsProducer) -> Stream<'scope, u64, Vec<()>> {
+    fn publish_trends(
+        self,
+        published: Stream<'scope, u64, Vec<()>>,
+        first_epoch: u64,
+        producer: TrendsProducer,
+    ) -> Stream<'scope, u64, Vec<()>> {
         let scope = self.scope();
         let mut builder = OperatorBuilder::new("PublishTrends".to_owned(), scope);
         let info = builder.operator_info();
         let mut frames = builder.new_input(self, Pipeline);
         let (output, answered) = builder.new_output::<Vec<()>>();
+        // Only its frontier matters: it holds no capability of this operator's output.
+        let mut published = builder.new_input_connection(published, Pipeline, []);
 
         builder.build(move |_initial| {
             let activator = scope.activator_for(info.address.clone());
@@ -127,14 +146,19 @@ impl<'scope> PublishTrends<'scope> for Stream<'scope, u64, Vec<TrendFrame>> {
             } = producer;
             // epoch → (its capability, frames not yet enqueued)
             let mut unsent: BTreeMap<u64, (Capability<u64>, Vec<TrendFrame>)> = BTreeMap::new();
+            // Epochs below it are published: their frames may leave.
+            let mut released_to = first_epoch;
             // No data ever leaves on this output; its capabilities alone carry the frontier.
             let _output = output;
 
-            move |_frontiers| {
+            move |frontiers| {
                 frames.for_each_stamp(|cap, data| {
                     let Some(cap) = cap.retain_least(0) else {
                         return;
                     };
+                    if *cap.time() < first_epoch {
+                        return; // the refill's own epochs: an earlier run sent their frames
+                    }
                     let entry = unsent
                         .entry(*cap.time())
                         .or_insert_with(|| (cap, Vec::new()));
@@ -142,8 +166,20 @@ impl<'scope> PublishTrends<'scope> for Stream<'scope, u64, Vec<TrendFrame>> {
                         entry.1.append(batch);
                     }
                 });
+                published.for_each_stamp(|_, _| {});
+                match frontiers[1].frontier().first() {
+                    Some(&at) => released_to = released_to.max(at),
+                    // A stop: the published frontier empties whether or not the epochs waiting
+                    // at the gate went out (they did not), so only the epochs it had passed
+                    // before are sure to be out; the frames of the others are dropped.
+                    None => {
+                        for (_, (_, frames)) in unsent.range_mut(released_to..) {
+                            frames.clear();
+                        }
+                    }
+                }
                 let mut full = false;
-                for (epoch, (_, frames)) in unsent.iter_mut() {
+                for (epoch, (_, frames)) in unsent.range_mut(..released_to) {
                     while let Some(frame) = frames.pop() {
                         let payload =
                             serde_json::to_vec(&frame).expect("a trends frame always serializes");

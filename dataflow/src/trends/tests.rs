@@ -2,12 +2,14 @@
 //! every window, over random traces; and the measurement that its work per epoch does not grow
 //! with the window's length.
 
+use super::refill::Refill;
 use super::{lexicon, TrendSettings, Trends};
 use crate::EpochCount;
 use emostream_protocol::trends::{SentimentIndex, TrendFrame};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use timely::dataflow::operators::{Input, Inspect, Probe};
+use timely::dataflow::operators::vec::Filter;
+use timely::dataflow::operators::{Concat, Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 /// Scored (with and without VS16 or a skin tone, positive and negative) and unscored emojis.
@@ -73,17 +75,30 @@ fn random_trace(rng: &mut Rng) -> Trace {
 /// (stream, epoch) enters on one worker (spread over them, as the exchange by stream does), then
 /// time runs on past the trace until every window has emptied.
 fn run_stage(trace: &Trace, settings: TrendSettings, workers: usize) -> Vec<TrendFrame> {
-    run_until(
-        trace,
-        settings,
-        workers,
-        trace.epochs.len() as u64 + settings.window_epochs,
-    )
+    run_from(trace, settings, workers, 0, end(trace, settings))
+}
+
+/// The epoch by which every window of the trace has emptied again.
+fn end(trace: &Trace, settings: TrendSettings) -> u64 {
+    trace.epochs.len() as u64 + settings.window_epochs
 }
 
 /// As [`run_stage`], but the input closes right after sending epoch `last` (a stop: the frontier
 /// empties at once, before passing `last`).
 fn run_until(trace: &Trace, settings: TrendSettings, workers: usize, last: u64) -> Vec<TrendFrame> {
+    run_from(trace, settings, workers, 0, last)
+}
+
+/// As [`run_until`], but as a run restarted at epoch `first`: the epochs before it are not
+/// counted but refilled (the W before `first`, worker 0, as `run_worker` does), and frames before
+/// `first` are dropped (as `PublishTrends` does).
+fn run_from(
+    trace: &Trace,
+    settings: TrendSettings,
+    workers: usize,
+    first: u64,
+    last: u64,
+) -> Vec<TrendFrame> {
     let frames = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&frames);
     let trace = Arc::new(trace.clone());
@@ -92,14 +107,23 @@ fn run_until(trace: &Trace, settings: TrendSettings, workers: usize, last: u64) 
         let mut input = InputHandle::new();
         let probe = ProbeHandle::new();
         let sink = Arc::clone(&sink);
+        let refilled: Vec<EpochCount> = match index {
+            0 => (first.saturating_sub(settings.window_epochs)..first)
+                .flat_map(|e| trace.epochs.get(e as usize).cloned().unwrap_or_default())
+                .collect(),
+            _ => Vec::new(),
+        };
         worker.dataflow::<u64, _, _>(|scope| {
             scope
                 .input_from(&mut input)
+                .concat(scope.refill(refilled))
                 .trends(settings)
+                .filter(move |frame| epoch_of(frame) >= first)
                 .inspect(move |frame: &TrendFrame| sink.lock().unwrap().push(frame.clone()))
                 .probe_with(&probe);
         });
-        for epoch in 0..=last {
+        input.advance_to(first);
+        for epoch in first..=last {
             for (i, count) in trace
                 .epochs
                 .get(epoch as usize)
@@ -307,11 +331,7 @@ fn a_stop_never_shows_a_window_draining() {
         let last = trace.epochs.len() as u64 - 1;
         let frames = run_until(&trace, settings, workers, last);
         for frame in &frames {
-            let epoch = match frame {
-                TrendFrame::Trending(f) => f.epoch,
-                TrendFrame::Sentiment(f) => f.epoch,
-                TrendFrame::Popular(f) => f.epoch,
-            };
+            let epoch = epoch_of(frame);
             assert!(
                 epoch < last,
                 "seed {seed}: a frame at {epoch}, not closed before the stop at {last}"
@@ -322,6 +342,47 @@ fn a_stop_never_shows_a_window_draining() {
         if let Some(before) = last.checked_sub(1) {
             check(&trace, settings, frames, before, &context);
         }
+    }
+}
+
+fn epoch_of(frame: &TrendFrame) -> u64 {
+    match frame {
+        TrendFrame::Trending(f) => f.epoch,
+        TrendFrame::Sentiment(f) => f.epoch,
+        TrendFrame::Popular(f) => f.epoch,
+    }
+}
+
+/// A run restarted at any epoch, its windows refilled, sends from there on exactly the frames
+/// an uninterrupted run sends: the same epochs, the same content.
+#[test]
+fn a_refilled_restart_sends_the_frames_of_an_uninterrupted_run() {
+    let json = |frames: Vec<TrendFrame>| {
+        let mut lines: Vec<String> = frames
+            .iter()
+            .map(|f| serde_json::to_string(f).unwrap())
+            .collect();
+        lines.sort();
+        lines
+    };
+    for seed in 0..40 {
+        let mut rng = Rng(2000 + seed);
+        let trace = random_trace(&mut rng);
+        let settings = TrendSettings {
+            window_epochs: [1, 2, 5, 15][rng.below(4) as usize],
+            ..TrendSettings::new(2000)
+        };
+        let workers = 1 + (seed % 2) as usize;
+        let last = end(&trace, settings);
+        let first = rng.below(last + 1);
+        let whole = run_stage(&trace, settings, workers);
+        let after: Vec<TrendFrame> = whole.into_iter().filter(|f| epoch_of(f) >= first).collect();
+        let restarted = run_from(&trace, settings, workers, first, last);
+        assert_eq!(
+            json(restarted),
+            json(after),
+            "seed {seed}, {workers} worker(s), restarted at {first}, {settings:?}"
+        );
     }
 }
 

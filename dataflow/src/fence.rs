@@ -1,0 +1,151 @@
+//! Fencing a second cluster: two clusters writing into the same topics (`run_workers.sh` started
+//! twice for one `cluster.toml`, or on two sets of hosts) must not both publish.
+//!
+//! Each progress record names the record it continues (`follows`). Of the records following one
+//! offset, the first in the log wins; a cluster whose record lost that race stops before it
+//! opens the gate to the next epoch, with [`EXIT_FENCED`], and its supervisor does not restart it.
+//! So at most one cluster ever gets past a progress record: the loser may have published the
+//! epoch after the record both continued, which the replay rule makes byte-identical to the
+//! winner's, and nothing later. Nisshi refuses transactional producers, so the broker itself
+//! cannot fence the writer; the log's order decides instead.
+//!
+//! The check reads the progress topic from the followed record to the cluster's own, on a thread
+//! of its own: the worker only sends the question and is woken with the answer.
+
+use crate::error::Error;
+use emostream_protocol::config::KafkaConfig;
+use emostream_protocol::kafka::ClientRole;
+use emostream_protocol::progress::Progress;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use timely::scheduling::SyncActivator;
+
+/// The exit status of a process whose cluster lost the progress chain to another cluster:
+/// `run_workers.sh` stops instead of restarting it.
+pub const EXIT_FENCED: i32 = 3;
+
+/// How long the broker may take to show the records up to the cluster's own (which it has
+/// acknowledged already). The gate stays closed meanwhile, which is safe for any length: this
+/// only bounds how long a broker outage right after an acknowledgement may last before the
+/// process gives up and is restarted, far beyond the brief outages a restarted broker causes.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Whether a progress record continued the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// No other record followed the same one before it: it is on the chain.
+    OnChain,
+    /// The record at `rival` followed the same one first.
+    Lost { rival: i64 },
+}
+
+type Answer = Result<Verdict, Error>;
+
+/// The checking thread's handle.
+pub struct ChainCheck {
+    questions: mpsc::Sender<(i64, i64)>,
+    answer: Arc<Mutex<Option<Answer>>>,
+    wake: Arc<OnceLock<SyncActivator>>,
+}
+
+impl ChainCheck {
+    /// Starts the thread and its consumer of `topic`'s partition 0.
+    pub fn start(kafka: &KafkaConfig, topic: &str) -> Result<Self, Error> {
+        let consumer: BaseConsumer =
+            ClientConfig::from_iter(kafka.client_settings(ClientRole::AssignedReader {
+                group: "emostream-fence",
+                fetch_wait_ms: 20,
+                partition_eof: false,
+            }))
+            .create()
+            .map_err(|source| Error::Client {
+                topic: topic.to_string(),
+                client: "fence reader",
+                source,
+            })?;
+        let (questions, asked) = mpsc::channel::<(i64, i64)>();
+        let answer = Arc::new(Mutex::new(None));
+        let wake: Arc<OnceLock<SyncActivator>> = Arc::new(OnceLock::new());
+        let (reply, woken, topic) = (Arc::clone(&answer), Arc::clone(&wake), topic.to_string());
+        std::thread::Builder::new()
+            .name("fence".into())
+            .spawn(move || {
+                // Ends when the operator (and with it the sender) is gone.
+                while let Ok((follows, own)) = asked.recv() {
+                    let verdict = check(&consumer, &topic, follows, own);
+                    *reply.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
+                    if let Some(wake) = woken.get() {
+                        // The worker may be gone at shutdown; nothing is waiting then.
+                        let _ = wake.activate();
+                    }
+                }
+            })
+            .expect("the fence thread starts");
+        Ok(ChainCheck {
+            questions,
+            answer,
+            wake,
+        })
+    }
+
+    /// Routes answers to the operator at this activator.
+    pub fn wake(&self, activator: SyncActivator) {
+        let _ = self.wake.set(activator);
+    }
+
+    /// Asks whether the record at `own`, following the record at `follows`, is on the chain.
+    pub fn ask(&self, follows: i64, own: i64) {
+        self.questions
+            .send((follows, own))
+            .expect("the fence thread lives as long as its handle");
+    }
+
+    /// The answer to the last question, once it is there.
+    pub fn answer(&self) -> Option<Answer> {
+        self.answer.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Reads `topic` from `follows + 1` up to `own`: the first record there following `follows` won.
+fn check(consumer: &BaseConsumer, topic: &str, follows: i64, own: i64) -> Answer {
+    let read = |source| Error::ProgressRead {
+        topic: topic.to_string(),
+        source,
+    };
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, Offset::Offset(follows + 1))
+        .map_err(read)?;
+    consumer.assign(&assignment).map_err(read)?;
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        let message = match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => message,
+            // librdkafka reports a broker it cannot reach and carries on once it answers.
+            Some(Err(error)) => {
+                tracing::debug!(%error, "fence reader");
+                continue;
+            }
+            None => continue,
+        };
+        let offset = message.offset();
+        if offset >= own {
+            return Ok(Verdict::OnChain);
+        }
+        let rival = message
+            .payload()
+            .and_then(|p| serde_json::from_slice::<Progress>(p).ok())
+            .is_some_and(|p| p.follows == Some(follows));
+        if rival {
+            return Ok(Verdict::Lost { rival: offset });
+        }
+    }
+    Err(Error::ProgressTimeout {
+        topic: topic.to_string(),
+        patience: PATIENCE,
+    })
+}

@@ -1,0 +1,97 @@
+//! The progress chain against a real broker: of two records continuing one, the first in the
+//! log is on the chain and the second lost (`ChainCheck`, asked as the writer asks after each
+//! acknowledged record), and a restart resumes from the newest record on the chain, not from the
+//! newest in the log (`recovery::last_progress`).
+
+use emostream_dataflow::fence::{ChainCheck, Verdict};
+use emostream_dataflow::recovery::last_progress;
+use emostream_protocol::progress::{PartitionProgress, Progress, FIRST};
+use emostream_protocol::Config;
+use emostream_testkit::broker::minimal_config_with;
+use emostream_testkit::{topic, Broker, Scratch};
+use rdkafka::producer::FutureRecord;
+use std::time::{Duration, Instant};
+
+fn record(epoch: u64, follows: i64) -> Progress {
+    Progress {
+        epoch,
+        counting: None,
+        partitions: vec![PartitionProgress {
+            partition: 0,
+            resume_offset: epoch as i64,
+            skip_before: epoch as i64,
+            hold_until: epoch as i64,
+        }],
+        follows: Some(follows),
+    }
+}
+
+/// Appends `progress` to partition 0 of the progress topic; returns its offset.
+fn append(config: &Config, progress: &Progress) -> i64 {
+    let producer = topic::producer(&config.kafka.brokers);
+    let payload = serde_json::to_vec(progress).unwrap();
+    let record = FutureRecord::<(), _>::to(&config.kafka.progress_topic)
+        .partition(0)
+        .payload(&payload);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(topic::send(&producer, record))
+        .1
+}
+
+/// The answer to `ask(follows, own)`, within a deadline far above a loopback broker's reads.
+fn verdict(chain: &ChainCheck, follows: i64, own: i64) -> Verdict {
+    chain.ask(follows, own);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(answer) = chain.answer() {
+            return answer.expect("the progress topic is readable");
+        }
+        assert!(Instant::now() < deadline, "an answer for {own}");
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn the_first_record_to_continue_one_wins_and_a_restart_follows_the_chain() {
+    let dir = Scratch::new("dataflow-chain");
+    let (_broker, config) = Broker::start(dir.path(), |address| {
+        minimal_config_with(address, "events_partitions = 1", "")
+    });
+    let kafka = &config.kafka;
+    let chain = ChainCheck::start(kafka, &kafka.progress_topic).unwrap();
+    assert_eq!(last_progress(kafka, &kafka.progress_topic).unwrap(), None);
+
+    // Cluster A: 0 ← 1. Cluster B, started from 0, lands its record 2 after A's 1.
+    assert_eq!(append(&config, &record(7, FIRST)), 0);
+    assert_eq!(verdict(&chain, FIRST, 0), Verdict::OnChain);
+    assert_eq!(append(&config, &record(8, 0)), 1);
+    assert_eq!(append(&config, &record(8, 0)), 2);
+    assert_eq!(
+        verdict(&chain, 0, 1),
+        Verdict::OnChain,
+        "A's record was first"
+    );
+    assert_eq!(
+        verdict(&chain, 0, 2),
+        Verdict::Lost { rival: 1 },
+        "B's lost"
+    );
+    let recovered = last_progress(kafka, &kafka.progress_topic)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (recovered.offset, recovered.progress),
+        (1, record(8, 0)),
+        "B's record, the newest in the log, is off the chain"
+    );
+    // A carries on from its record 1.
+    assert_eq!(append(&config, &record(9, 1)), 3);
+    assert_eq!(verdict(&chain, 1, 3), Verdict::OnChain);
+    let recovered = last_progress(kafka, &kafka.progress_topic)
+        .unwrap()
+        .unwrap();
+    assert_eq!((recovered.offset, recovered.progress), (3, record(9, 1)));
+}

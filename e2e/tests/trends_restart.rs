@@ -1,0 +1,269 @@
+//! Trends survive a restart: under a steady load on two worker processes, once the windows are
+//! full every dataflow process is killed with SIGKILL at once and `run_workers.sh` restarts the
+//! cluster, which refills its windows from `emoji-epochs`. Once the load has ended, every frame on
+//! `emoji-trends` (from before the kill and after it) must equal the brute-force window over the
+//! epochs published on `emoji-epochs`, any frame sent twice byte for byte the same, and the
+//! frames of the first window after the restart must be there (they are the ones an empty
+//! window would get wrong).
+
+use emostream_dataflow::trends::lexicon;
+use emostream_dataflow::trends::TrendSettings;
+use emostream_e2e::trace;
+use emostream_e2e::{System, Topology};
+use emostream_protocol::trends::{SentimentIndex, TrendFrame};
+use emostream_protocol::wire::EpochFrame;
+use emostream_testkit::{clock, topic, wait_for};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const WINDOW_MS: u64 = 1000;
+const W: u64 = TrendSettings::WINDOW_EPOCHS;
+const STREAMS: [&str; 3] = ["alpha", "beta", "gamma"];
+
+/// Records on the progress topic: one per published epoch.
+async fn progress_records(system: &System) -> i64 {
+    let (brokers, progress) = (
+        system.config.kafka.brokers.clone(),
+        system.config.kafka.progress_topic.clone(),
+    );
+    tokio::task::spawn_blocking(move || topic::watermarks(&brokers, &progress)[&0].1)
+        .await
+        .expect("watermark task")
+}
+
+async fn payloads(system: &System, topic_name: &str) -> Vec<Vec<u8>> {
+    let (brokers, name) = (system.config.kafka.brokers.clone(), topic_name.to_string());
+    tokio::task::spawn_blocking(move || topic::payloads(&brokers, &name))
+        .await
+        .expect("reader task")
+}
+
+/// Brute force: `stream`'s taps per emoji over the epochs `epoch - w + 1 ..= epoch`.
+fn window(
+    epochs: &BTreeMap<(String, u64), EpochFrame>,
+    stream: &str,
+    epoch: u64,
+    w: u64,
+) -> BTreeMap<String, u64> {
+    let mut sums = BTreeMap::new();
+    for e in epoch.saturating_sub(w - 1)..=epoch {
+        if let Some(frame) = epochs.get(&(stream.to_string(), e)) {
+            for emoji in &frame.emojis {
+                *sums.entry(emoji.emoji.clone()).or_default() += emoji.count;
+            }
+        }
+    }
+    sums
+}
+
+/// Brute force of the trending list: by taps descending, then emoji ascending, first five.
+fn top(sums: &BTreeMap<String, u64>) -> Vec<(String, u64)> {
+    let mut all: Vec<(String, u64)> = sums.iter().map(|(e, n)| (e.clone(), *n)).collect();
+    all.sort_by_key(|(emoji, n)| (std::cmp::Reverse(*n), emoji.clone()));
+    all.truncate(TrendSettings::TOP_K);
+    all
+}
+
+/// Brute force of the index: the tap-weighted mean score in millionths, halves away from zero.
+fn index(sums: &BTreeMap<String, u64>) -> SentimentIndex {
+    let (mut weighted, mut scored, mut taps) = (0i128, 0i128, 0u64);
+    for (emoji, n) in sums {
+        taps += n;
+        if let Some(score) = lexicon::score(emoji) {
+            weighted += *n as i128 * score as i128;
+            scored += *n as i128;
+        }
+    }
+    let index = (scored > 0).then(|| {
+        let magnitude = (2 * weighted.abs() + scored) / (2 * scored);
+        (weighted.signum() * magnitude) as f64 / 1e6
+    });
+    SentimentIndex {
+        index,
+        scored: scored as u64,
+        taps,
+    }
+}
+
+/// Brute force of the popular ranking: streams by taps over the window, then by name.
+fn popular(epochs: &BTreeMap<(String, u64), EpochFrame>, epoch: u64) -> Vec<(String, u64)> {
+    let mut ranking: Vec<(String, u64)> = STREAMS
+        .iter()
+        .map(|s| (s.to_string(), window(epochs, s, epoch, W).values().sum()))
+        .filter(|(_, taps)| *taps > 0)
+        .collect();
+    ranking.sort_by_key(|(stream, taps)| (std::cmp::Reverse(*taps), stream.clone()));
+    ranking.truncate(TrendSettings::POPULAR_STREAMS);
+    ranking
+}
+
+/// Checks one frame against the brute force; returns its (kind, stream, epoch).
+fn check(frame: &TrendFrame, epochs: &BTreeMap<(String, u64), EpochFrame>) -> (String, u64) {
+    let span = |epoch: u64, start_ms: u64, end_ms: u64, window_epochs: u64| {
+        assert_eq!(
+            (start_ms, end_ms, window_epochs),
+            (
+                epoch.saturating_sub(W - 1) * WINDOW_MS,
+                (epoch + 1) * WINDOW_MS,
+                W
+            ),
+            "the window of {frame:?}"
+        );
+    };
+    match frame {
+        TrendFrame::Trending(f) => {
+            span(f.epoch, f.start_ms, f.end_ms, f.window_epochs);
+            let got: Vec<(String, u64)> = f
+                .emojis
+                .iter()
+                .map(|e| (e.emoji.clone(), e.count))
+                .collect();
+            let sums = window(epochs, &f.stream, f.epoch, W);
+            assert_eq!(got, top(&sums), "trending {} at {}", f.stream, f.epoch);
+            (format!("trending {}", f.stream), f.epoch)
+        }
+        TrendFrame::Sentiment(f) => {
+            span(f.epoch, f.start_ms, f.end_ms, f.window_epochs);
+            let now = window(epochs, &f.stream, f.epoch, 1);
+            let sums = window(epochs, &f.stream, f.epoch, W);
+            assert_eq!(
+                (&f.this_epoch, &f.window),
+                (&index(&now), &index(&sums)),
+                "sentiment {} at {}",
+                f.stream,
+                f.epoch
+            );
+            (format!("sentiment {}", f.stream), f.epoch)
+        }
+        TrendFrame::Popular(f) => {
+            span(f.epoch, f.start_ms, f.end_ms, f.window_epochs);
+            let got: Vec<(String, u64)> = f
+                .streams
+                .iter()
+                .map(|s| (s.stream.clone(), s.taps))
+                .collect();
+            for s in &f.streams {
+                assert_eq!(s.taps_per_epoch, s.taps as f64 / W as f64);
+            }
+            assert_eq!(got, popular(epochs, f.epoch), "popular at {}", f.epoch);
+            ("popular".to_string(), f.epoch)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trend_frames_equal_the_window_over_published_epochs_across_a_kill_of_every_worker() {
+    let system = System::start(Topology {
+        window_ms: WINDOW_MS,
+        ..Topology::default()
+    })
+    .await;
+    let gateway = system.gateway().to_string();
+    let load = tokio::spawn(async move {
+        // 30 taps every 20 ms over three streams (1,500 taps/s), for 50 s: the windows fill
+        // (15 s), the cluster is killed and restarts (a few seconds), and a whole window
+        // follows.
+        trace::steady(
+            &gateway,
+            &STREAMS,
+            30,
+            Duration::from_millis(20),
+            Duration::from_secs(50),
+            11,
+        )
+        .await
+    });
+
+    // The windows are full: more than W epochs published.
+    let full = W as i64 + 3;
+    wait_for(
+        &format!("{full} progress records"),
+        Duration::from_secs(90),
+        || {
+            let system = &system;
+            async move { (progress_records(system).await >= full).then_some(()) }
+        },
+    )
+    .await;
+    let pids = system.dataflow_pids();
+    assert_eq!(pids.len(), 2, "two worker processes: {pids:?}");
+    for pid in &pids {
+        // SAFETY: kill(2) on a pid of our own test's dataflow process.
+        assert_eq!(unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) }, 0);
+    }
+    let killed_epoch = clock::now_ms() / WINDOW_MS;
+    eprintln!("SIGKILL to {pids:?} at epoch {killed_epoch}");
+    let before = progress_records(&system).await;
+    wait_for(
+        "the restarted cluster to publish",
+        Duration::from_secs(60),
+        || {
+            let system = &system;
+            let pids = &pids;
+            async move {
+                let fresh = system.dataflow_pids();
+                let restarted = fresh.len() == 2 && fresh.iter().all(|p| !pids.contains(p));
+                (restarted && progress_records(system).await > before).then_some(())
+            }
+        },
+    )
+    .await;
+
+    let mut truth = load.await.expect("the load task");
+    let markers = trace::markers(system.gateway(), &STREAMS, &mut truth).await;
+    system
+        .published_through(&markers, Duration::from_secs(90))
+        .await;
+    // Trends first, then the epochs: every trends frame read waited for its epochs to be out.
+    let trend_payloads = payloads(&system, &system.config.kafka.trends_topic).await;
+    let epochs =
+        trace::distinct_frames(&payloads(&system, &system.config.kafka.epochs_topic).await);
+    trace::assert_exact(&epochs, &truth, WINDOW_MS, "emoji-epochs after the kill");
+
+    let mut sent: BTreeMap<(String, u64), Vec<u8>> = BTreeMap::new();
+    for payload in &trend_payloads {
+        let frame: TrendFrame = serde_json::from_slice(payload)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(payload)));
+        let key = check(&frame, &epochs);
+        if let Some(first) = sent.insert(key.clone(), payload.clone()) {
+            assert_eq!(
+                String::from_utf8_lossy(&first),
+                String::from_utf8_lossy(payload),
+                "{key:?} was sent twice, differently"
+            );
+        }
+    }
+    // A stream's taps in an epoch change its trending list: the first window after the restart,
+    // the one an empty window gets wrong, has a frame at every epoch the stream published.
+    let restarted = killed_epoch + 1..killed_epoch + W;
+    let log = system.log("workers");
+    let refilled = log
+        .lines()
+        .filter(|l| l.contains("trends windows refilled"))
+        .count();
+    assert_eq!(refilled, 1, "one refill, after the kill:\n{log}");
+    for stream in STREAMS {
+        let after: Vec<u64> = sent
+            .keys()
+            .filter(|(kind, e)| *kind == format!("trending {stream}") && restarted.contains(e))
+            .map(|(_, e)| *e)
+            .collect();
+        let published: Vec<u64> = epochs
+            .keys()
+            .filter(|(s, e)| s == stream && restarted.contains(e))
+            .map(|(_, e)| *e)
+            .collect();
+        assert!(published.len() >= 8, "{stream} published {published:?}");
+        let missing: Vec<&u64> = published.iter().filter(|e| !after.contains(e)).collect();
+        assert!(
+            missing.is_empty(),
+            "{stream}: no trending frame at {missing:?} after the restart"
+        );
+    }
+    eprintln!(
+        "{} trends frames ({} distinct) equal the brute force over {} published epochs",
+        trend_payloads.len(),
+        sent.len(),
+        epochs.len()
+    );
+}
