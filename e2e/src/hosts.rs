@@ -262,6 +262,7 @@ fn produce(
                     emoji: Cow::Borrowed(emoji),
                     ts: None,
                     recv_ms,
+                    request_id: None,
                 };
                 payload.push_str(&serde_json::to_string(&event).expect("an event serializes"));
                 payload.push('\n');
