@@ -19,10 +19,13 @@
 //! - [`rng`]: [`Rng`], a seeded generator, so a failing trace replays.
 //! - [`clock`]: [`now_ms`], wall-clock Unix milliseconds.
 //! - [`stats`]: nearest-rank percentiles of samples and of millisecond histograms.
+//! - [`netns`]: a test's own network hosts in namespaces on a bridge: links cut, rate limits,
+//!   loss, and [`netns::DelayProxy`] for latency.
 
 pub mod broker;
 pub mod clock;
 pub mod http;
+pub mod netns;
 pub mod paths;
 pub mod ports;
 pub mod process;
