@@ -21,6 +21,11 @@ use tokio::sync::{broadcast, mpsc};
 /// writes.
 const YIELD_EVERY: usize = 256;
 
+/// How often a lane forgets the viewers that left: a leaver is otherwise forgotten at the next
+/// frame of its stream, which on a quiet stream may never come, and its outlet holds its
+/// socket's descriptor until then.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A viewer joining a lane: its stream, and its outlet.
 type Join = (Arc<str>, Arc<dyn Offer>);
 
@@ -64,6 +69,19 @@ impl Audiences {
         self.0.entry(stream).or_default().push(outlet);
     }
 
+    /// Forgets every viewer whose task has ended: the lane holds the last reference to its
+    /// outlet (the task holds one for as long as it serves the viewer).
+    fn sweep(&mut self) -> usize {
+        let mut gone = 0;
+        self.0.retain(|_, audience| {
+            let before = audience.len();
+            audience.retain(|outlet| Arc::strong_count(outlet) > 1);
+            gone += before - audience.len();
+            !audience.is_empty()
+        });
+        gone
+    }
+
     /// The streams whose viewers get `frame`: its own, or every one for a frame about all
     /// streams (`popular`).
     fn streams_of(&self, frame: &Frame) -> Vec<Arc<str>> {
@@ -83,6 +101,8 @@ async fn lane(
     metrics: Arc<Metrics>,
 ) {
     let mut audiences = Audiences::default();
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = tokio::select! {
             join = joins.recv() => match join {
@@ -92,6 +112,13 @@ async fn lane(
                 }
                 None => return,
             },
+            _ = sweep.tick() => {
+                let gone = audiences.sweep();
+                if gone > 0 {
+                    tracing::debug!(gone, "forgot viewers that left quiet streams");
+                }
+                continue;
+            }
             next = feed.recv() => next,
         };
         // A viewer attached before this frame was published is in the queue by now.
@@ -225,5 +252,34 @@ mod tests {
         assert_eq!(football.got(), want_football);
         // Gone after its second offer, so never offered the third.
         assert_eq!(leaver.got(), want_football[..2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn viewers_that_left_a_quiet_stream_are_forgotten() {
+        let hub = Hub::new(8);
+        let metrics = Arc::new(Metrics::new("subscriber"));
+        let fanout = Fanout::start(&hub, 1, Arc::clone(&metrics));
+        let stays = Recorded::new(usize::MAX);
+        let leaves = Recorded::new(usize::MAX);
+        let watch = Arc::downgrade(&leaves);
+        hub.join("quiet", None, |_, _, _| {
+            fanout.add("quiet", stays.clone());
+            fanout.add("quiet", leaves.clone());
+        });
+        // The viewer's task ends: only the lane still holds its outlet.
+        drop(leaves);
+        // No frame of the stream comes; the sweep alone lets go of it.
+        tokio::time::sleep(SWEEP_EVERY * 2).await;
+        assert!(watch.upgrade().is_none(), "the lane still holds a leaver");
+        publish(&hub, "epoch", "quiet", 1);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while stays.got().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the frame never came"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(stays.got(), [("quiet".to_owned(), 1)]);
     }
 }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use emostream_protocol::trends::ALL_STREAMS;
 use emostream_protocol::wire::ViewerNotice;
 use serde::Deserialize;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -75,6 +75,8 @@ pub struct FrameData {
     pub epoch: u64,
     /// Where the frame falls in this hub's publication order, counting from 1.
     pub seq: u64,
+    /// An epoch frame (kept in the ring, deduplicated by epoch), not a trend frame.
+    pub ring: bool,
     /// The dataflow's exact bytes: what lower tiers get.
     pub text: Utf8Bytes,
     /// The text as a WebSocket text frame: what WebSocket viewers get.
@@ -192,7 +194,7 @@ impl Hub {
                 {
                     return Ok(false);
                 }
-                let frame = self.frame(stream, head.epoch, text, Some(head.epoch));
+                let frame = self.frame(stream, head.epoch, text, true);
                 if state.ring.len() == self.ring_epochs {
                     state.evicted = state.ring.pop_front().map(|f| f.epoch);
                 }
@@ -207,7 +209,7 @@ impl Hub {
                         return Ok(false);
                     }
                 }
-                let frame = self.frame(stream, head.epoch, text, None);
+                let frame = self.frame(stream, head.epoch, text, false);
                 state.latest[slot] = Some(Arc::clone(&frame));
                 frame
             }
@@ -217,13 +219,15 @@ impl Hub {
         Ok(true)
     }
 
-    /// The next frame in publication order; `sse_id` is its SSE event id. Called under the lock.
-    fn frame(&self, stream: Arc<str>, epoch: u64, text: Utf8Bytes, sse_id: Option<u64>) -> Frame {
+    /// The next frame in publication order; a ring frame's SSE event id is its epoch. Called
+    /// under the lock.
+    fn frame(&self, stream: Arc<str>, epoch: u64, text: Utf8Bytes, ring: bool) -> Frame {
         Arc::new(FrameData {
             stream,
             epoch,
             seq: self.published.fetch_add(1, Ordering::Relaxed) + 1,
-            sse: sse_event(sse_id, &text),
+            ring,
+            sse: sse_event(ring.then_some(epoch), &text),
             ws: crate::websocket::text(&text),
             text,
             at: Instant::now(),
@@ -374,26 +378,81 @@ impl Hub {
         self.links.subscribe()
     }
 
-    /// What a downstream tier taking every stream needs to catch up: every stream's ring, each in
-    /// epoch order, and every newest trend frame.
-    pub fn backlog(&self) -> Vec<Frame> {
+    /// The number of the newest frame published so far.
+    pub fn published(&self) -> u64 {
+        let _streams = self.lock();
+        self.published.load(Ordering::Relaxed)
+    }
+
+    /// The newest epoch held of each of `streams` that has one (`None`: of every stream): what a
+    /// lower tier tells the tier above it already has.
+    pub fn newest_epochs<'a>(
+        &self,
+        streams: Option<impl IntoIterator<Item = &'a str>>,
+    ) -> BTreeMap<String, u64> {
+        let held = self.lock();
+        let newest = |(name, state): (&str, &StreamState)| {
+            Some((name.to_string(), state.ring.back()?.epoch))
+        };
+        match streams {
+            Some(streams) => streams
+                .into_iter()
+                .filter_map(|name| held.get(name).and_then(|s| newest((name, s))))
+                .collect(),
+            None => held
+                .iter()
+                .filter_map(|(name, s)| newest((name, s)))
+                .collect(),
+        }
+    }
+
+    /// What a downstream tier taking every stream lacks, given the newest epoch it `has` of each:
+    /// every ring's later epochs, each ring in epoch order, then every newest trend frame (a
+    /// handful per stream; which of them it has is not worth tracking).
+    pub fn backlog(&self, has: &BTreeMap<String, u64>) -> Vec<Frame> {
         let streams = self.lock();
-        let rings = streams.values().flat_map(|s| s.ring.iter().cloned());
+        let rings = streams.iter().flat_map(|(name, s)| {
+            let after = has.get(&**name).copied();
+            s.ring
+                .iter()
+                .filter(move |f| after.is_none_or(|after| f.epoch > after))
+                .cloned()
+        });
         let trends = streams
             .values()
             .flat_map(|s| s.latest.iter().flatten().cloned());
         rings.chain(trends).collect()
     }
 
-    /// What a downstream tier starting to want `stream` needs: its ring in epoch order, then the
-    /// newest trend frames its viewers get (the stream's own and `popular`).
-    pub fn backlog_of(&self, stream: &str) -> Vec<Frame> {
+    /// What a downstream tier starting to want `stream` lacks, given the newest epoch of it it
+    /// has (`after`): the ring's later epochs in epoch order, then the newest trend frames its
+    /// viewers get (the stream's own and `popular`).
+    pub fn backlog_of(&self, stream: &str, after: Option<u64>) -> Vec<Frame> {
         let streams = self.lock();
         let own = streams.get(stream).into_iter().flat_map(|s| {
-            let trends = s.latest.iter().flatten();
-            s.ring.iter().chain(trends).cloned()
+            let ring = s
+                .ring
+                .iter()
+                .filter(move |f| after.is_none_or(|after| f.epoch > after));
+            ring.chain(s.latest.iter().flatten()).cloned()
         });
         own.chain(popular(&streams)).collect()
+    }
+
+    /// Every frame still held (rings and newest trend frames) that was published after frame
+    /// `seq`, in publication order, and the number of the newest frame published: what a link
+    /// whose feed lost frames after `seq` can still send, and up to where the feed then repeats
+    /// what was sent.
+    pub fn held_after(&self, seq: u64) -> (Vec<Frame>, u64) {
+        let streams = self.lock();
+        let mut held: Vec<Frame> = streams
+            .values()
+            .flat_map(|s| s.ring.iter().chain(s.latest.iter().flatten()))
+            .filter(|f| f.seq > seq)
+            .cloned()
+            .collect();
+        held.sort_by_key(|f| f.seq);
+        (held, self.published.load(Ordering::Relaxed))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, StreamState>> {
@@ -437,6 +496,10 @@ mod tests {
         frames.iter().map(|f| f.epoch).collect()
     }
 
+    fn has_newest(stream: &str, epoch: u64) -> BTreeMap<String, u64> {
+        BTreeMap::from([(stream.to_string(), epoch)])
+    }
+
     fn texts(frames: &[Frame]) -> Vec<Utf8Bytes> {
         frames.iter().map(|f| f.text.clone()).collect()
     }
@@ -473,9 +536,12 @@ mod tests {
         assert_eq!(epochs(&joined.replay), [3, 4, 5]);
         assert_eq!(joined.replay[0].text, frame("main", 3));
         assert_eq!(
-            texts(&hub.backlog()),
+            texts(&hub.backlog(&BTreeMap::new())),
             [frame("main", 3), frame("main", 4), frame("main", 5)]
         );
+        let has = BTreeMap::from([("main".to_string(), 4)]);
+        assert_eq!(texts(&hub.backlog(&has)), [frame("main", 5)]);
+        assert_eq!(hub.newest_epochs(None::<[&str; 0]>), has_newest("main", 5));
     }
 
     #[test]
@@ -567,9 +633,22 @@ mod tests {
         for (stream, e) in [("a", 1), ("b", 7), ("a", 2), ("a", 3), ("b", 8)] {
             hub.publish(frame(stream, e)).unwrap();
         }
-        assert_eq!(texts(&hub.backlog_of("a")), [frame("a", 2), frame("a", 3)]);
-        assert_eq!(texts(&hub.backlog_of("b")), [frame("b", 7), frame("b", 8)]);
-        assert!(hub.backlog_of("c").is_empty());
+        assert_eq!(
+            texts(&hub.backlog_of("a", None)),
+            [frame("a", 2), frame("a", 3)]
+        );
+        assert_eq!(texts(&hub.backlog_of("a", Some(2))), [frame("a", 3)]);
+        assert!(hub.backlog_of("a", Some(3)).is_empty());
+        assert_eq!(
+            texts(&hub.backlog_of("b", Some(1))),
+            [frame("b", 7), frame("b", 8)]
+        );
+        assert!(hub.backlog_of("c", None).is_empty());
+        assert_eq!(hub.newest_epochs(Some(["a", "c"])), has_newest("a", 3));
+        // Five frames were published; after the third (a 2), the rings still hold a 3 and b 8.
+        let (held, published) = hub.held_after(3);
+        assert_eq!(published, 5);
+        assert_eq!(texts(&held), [frame("a", 3), frame("b", 8)]);
         let mut live = hub.link();
         hub.publish(frame("b", 9)).unwrap();
         hub.publish(frame("b", 9)).unwrap();
@@ -685,7 +764,8 @@ mod tests {
         let resumed = join(&hub, "main", Some(9));
         assert_eq!(epochs(&resumed.replay[..2]), [10, 11]);
         assert_eq!(texts(&resumed.replay)[2..], latest);
-        assert_eq!(texts(&hub.backlog_of("main"))[2..], latest);
+        assert_eq!(texts(&hub.backlog_of("main", None))[2..], latest);
+        assert_eq!(texts(&hub.backlog_of("main", Some(11))), latest);
         assert_eq!(
             texts(&join(&hub, "football", None).replay),
             [
@@ -693,7 +773,19 @@ mod tests {
                 trend("popular", "*", 10, 1)
             ]
         );
-        assert_eq!(hub.backlog().len(), 2 + 4);
+        assert_eq!(hub.backlog(&BTreeMap::new()).len(), 2 + 4);
+        // Trend frames come again whatever is had; the ring's epochs do not.
+        assert_eq!(hub.backlog(&has_newest("main", 11)).len(), 4);
+        let (held, published) = hub.held_after(4);
+        assert_eq!(published, 7);
+        assert_eq!(
+            texts(&held),
+            [
+                trend("trending", "main", 10, 2),
+                trend("trending", "football", 9, 1),
+                frame("main", 11)
+            ]
+        );
         // No SSE id: `Last-Event-ID` stays the last epoch frame's.
         assert_eq!(
             joined.replay[1].sse,

@@ -12,7 +12,8 @@
 //!   `(stream, type)`, the feed of every frame in publication order, and which streams this
 //!   process's viewers watch.
 //! - `link`: the WebSocket between two tiers, both the upper (serving) and lower (connecting)
-//!   end: heartbeats and subscriptions up, rings and frames down.
+//!   end, each reading and writing on its own: heartbeats and subscription changes up, what the
+//!   lower tier lacks and then live frames down.
 //! - `fanout`: a subscriber's lanes, which offer every frame to every viewer of its stream.
 //! - `outlet`: one viewer's sending side: frames written straight into its socket while it keeps
 //!   up, a small conflating backlog when it does not, lag notices, the byte budget;

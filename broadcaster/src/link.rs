@@ -1,13 +1,20 @@
 //! The WebSocket link between two tiers, from both ends.
 //!
 //! Frames flow down; heartbeats ([`LinkUp`]) and subscriptions ([`Subscribe`]) flow up. The lower
-//! tier's first message says what it wants: a subscriber sends a [`Subscribe`] naming the streams
-//! its viewers watch, and gets only those; a cluster publisher sends its heartbeat, and gets every
-//! stream. For each stream it starts to want, the upper tier sends that stream's ring and newest
-//! trend frames, then [`Synced`]; after that, every new frame of it. `popular` trend frames are
-//! about every stream, so every lower tier gets them. The lower tier feeds everything into its
-//! own hub, whose dedupe drops what it already had, so a reconnect after any outage heals every
-//! gap the ring still covers and brings every trend up to date.
+//! tier's first message says what it wants and what it already has: a subscriber names the
+//! streams its viewers watch (`add`), and afterwards sends only the changes; a cluster publisher
+//! asks for every stream (`all`). Either says, per stream, the newest epoch it holds (`have`), so
+//! the upper tier sends only the epochs after it, then the stream's newest trend frames and, for
+//! a subscriber's stream, [`Synced`]; after that, every new frame of it. `popular` trend frames
+//! are about every stream, so every lower tier gets them. The lower tier feeds everything into
+//! its own hub, whose dedupe drops what it already had, so a reconnect after any outage heals
+//! every gap the ring still covers, and costs only that gap.
+//!
+//! Each end reads and writes on its own: a write that takes long (a backlog on a slow or far
+//! link) never holds up the reading of heartbeats, so it cannot make a healthy peer look silent.
+//! A write fails only when the peer takes no message for [`socket::WRITE_DEADLINE`]: both ends write each
+//! message straight to the socket (no write batching), so that is a deadline on progress, however
+//! long the whole backlog takes.
 
 use crate::auth;
 use crate::hub::{Frame, Hub};
@@ -19,14 +26,15 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use emostream_protocol::trends::ALL_STREAMS;
 use emostream_protocol::wire::{LinkUp, Subscribe, Synced};
-use futures_util::{Sink, SinkExt, StreamExt};
-use std::collections::HashSet;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::time::Instant;
+use tokio::sync::{broadcast, mpsc};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as ClientMessage;
 
 /// The path every upper tier serves its lower tier on.
@@ -36,13 +44,22 @@ pub const PATH: &str = "/internal/link";
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// How long a connection attempt to the tier above may take: a cut host never answers, and the
+/// kernel would retry its SYN for two minutes. Ten round trips of the slowest link tested
+/// (200 ms), and then some.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
+
 /// [`Synced`] serialized by serde starts with its tag, so a lower tier can tell it from an epoch
 /// frame without parsing every frame twice.
 const SYNCED_PREFIX: &str = r#"{"type":"synced""#;
 
+/// Likewise for a [`Subscribe`], which must be told from a heartbeat before it is parsed: every
+/// field of it has a default, and serde does not check a struct's tag.
+const SUBSCRIBE_PREFIX: &str = r#"{"type":"subscribe""#;
+
 /// Which streams a lower tier gets.
 enum Wants {
-    /// Nothing yet: its first message has not come.
+    /// Nothing yet: its first subscription has not come.
     Undeclared,
     /// Every stream (a cluster publisher).
     All,
@@ -62,8 +79,103 @@ impl Wants {
     }
 }
 
+/// The upper end's view of one lower tier: what it wants, and what it has.
+struct Downstream {
+    wants: Wants,
+    /// The newest epoch of each stream the lower tier has, as it said or as sent since: a ring
+    /// frame at or before it is not sent again.
+    has: HashMap<Arc<str>, u64>,
+    /// The publication number of the newest frame of the feed dealt with: sent, skipped, or
+    /// caught up on after the feed lost frames.
+    seen: u64,
+}
+
+impl Downstream {
+    /// Whether `frame` goes down this link; if so, it counts as had from now on.
+    fn takes(&mut self, frame: &Frame) -> bool {
+        if !self.wants.includes(frame) {
+            return false;
+        }
+        if frame.ring {
+            if self
+                .has
+                .get(&frame.stream)
+                .is_some_and(|&e| e >= frame.epoch)
+            {
+                return false;
+            }
+            self.has.insert(Arc::clone(&frame.stream), frame.epoch);
+        }
+        true
+    }
+
+    /// Applies a subscription and sends what it makes this link lack.
+    async fn subscribe<S>(
+        &mut self,
+        sub: Subscribe,
+        tx: &mut S,
+        hub: &Hub,
+        metrics: &Metrics,
+    ) -> Result<(), WriteFailed>
+    where
+        S: Sink<Message> + Unpin,
+        S::Error: std::fmt::Display,
+    {
+        let Subscribe {
+            all,
+            add,
+            remove,
+            have,
+        } = sub;
+        if all {
+            self.wants = Wants::All;
+            for (stream, epoch) in &have {
+                self.has.insert(stream.as_str().into(), *epoch);
+            }
+            for frame in hub.backlog(&have) {
+                if self.takes(&frame) {
+                    send_frame(tx, &frame, metrics).await?;
+                }
+            }
+            return Ok(());
+        }
+        if !matches!(self.wants, Wants::Streams(_)) {
+            self.wants = Wants::Streams(HashSet::new());
+        }
+        let Wants::Streams(streams) = &mut self.wants else {
+            unreachable!("set just above");
+        };
+        for stream in &remove {
+            streams.remove(stream.as_str());
+            self.has.remove(stream.as_str());
+        }
+        let added: Vec<Arc<str>> = add.iter().map(|s| Arc::from(s.as_str())).collect();
+        streams.extend(added.iter().cloned());
+        for stream in added {
+            let after = have.get(&*stream).copied();
+            match after {
+                Some(epoch) => self.has.insert(Arc::clone(&stream), epoch),
+                None => self.has.remove(&stream),
+            };
+            for frame in hub.backlog_of(&stream, after) {
+                if self.takes(&frame) {
+                    send_frame(tx, &frame, metrics).await?;
+                }
+            }
+            let synced = serde_json::to_string(&Synced {
+                stream: stream.to_string(),
+            })
+            .expect("a Synced always serializes");
+            socket::send(tx, Message::Text(synced.into())).await?;
+        }
+        tracing::debug!(added = add.len(), removed = remove.len(), "subscription");
+        Ok(())
+    }
+}
+
 /// Serves one lower tier that connected to [`PATH`], until it leaves, falls silent for
-/// [`SILENCE`], or the role shuts down. Whatever it reported is forgotten when this returns.
+/// [`SILENCE`], stops taking frames for [`socket::WRITE_DEADLINE`], or the role shuts down. Whatever it
+/// reported is forgotten when this returns.
 pub async fn serve_downstream(
     socket: WebSocket,
     hub: &Hub,
@@ -78,26 +190,14 @@ pub async fn serve_downstream(
     tracing::info!(link, reason = %ended, "downstream link closed");
 }
 
-/// Sends `frames` and flushes once, counting each as delivered.
-async fn send_frames<S>(
-    tx: &mut S,
-    frames: Vec<Frame>,
-    metrics: &Metrics,
-) -> Result<(), WriteFailed>
+/// Sends one frame, counting it as delivered.
+async fn send_frame<S>(tx: &mut S, frame: &Frame, metrics: &Metrics) -> Result<(), WriteFailed>
 where
     S: Sink<Message> + Unpin,
     S::Error: std::fmt::Display,
 {
-    // Collected before the await: an iterator with a closure over `&Frame` held across it trips
-    // rustc's higher-ranked `Send` check for the spawned task.
-    let mut texts = Vec::with_capacity(frames.len());
-    for f in &frames {
-        texts.push(Message::Text(f.text.clone()));
-    }
-    socket::send_all(tx, texts).await?;
-    for f in &frames {
-        metrics.sent(Conn::Link, f.text.len(), f.at.elapsed());
-    }
+    socket::send(tx, Message::Text(frame.text.clone())).await?;
+    metrics.sent(Conn::Link, frame.text.len(), frame.at.elapsed());
     Ok(())
 }
 
@@ -109,50 +209,113 @@ async fn downstream_session(
     metrics: &Metrics,
     stop: &mut Stop,
 ) -> Ended {
-    let (mut tx, mut rx) = socket.split();
-    // Subscribed before anything is sent, so that a frame published while a ring is on its way
-    // comes after it here (and is dropped there if the ring had it already).
-    let mut live = hub.link();
-    let mut wants = Wants::Undeclared;
+    let (mut tx, rx) = socket.split();
+    // Subscribed before anything is sent, so that a frame published while a backlog is on its
+    // way comes after it here (and is skipped if the backlog had it).
+    let live = hub.link();
+    let seen = hub.published();
+    let (asks_tx, asks) = mpsc::unbounded_channel();
     tracing::info!(link, "downstream link open");
-    let mut last_heard = Instant::now();
+    let ended = tokio::select! {
+        ended = read_downstream(rx, link, roster, asks_tx) => ended,
+        ended = write_downstream(&mut tx, live, seen, asks, hub, metrics) => ended,
+        () = stop.stopped() => Ended::Stopped,
+    };
+    if matches!(ended, Ended::Stopped) {
+        socket::close(&mut tx, going_away()).await;
+    }
+    ended
+}
+
+/// The upper end's reader: heartbeats into the roster, subscriptions to the writer. Ends when
+/// the lower tier leaves or says nothing for [`SILENCE`] (it sends a heartbeat every
+/// [`HEARTBEAT`], and answers pings).
+async fn read_downstream<R>(
+    mut rx: R,
+    link: LinkId,
+    roster: &Roster,
+    asks: mpsc::UnboundedSender<Subscribe>,
+) -> Ended
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    loop {
+        let Ok(msg) = tokio::time::timeout(SILENCE, rx.next()).await else {
+            return Ended::Silent;
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(_))) | None => return Ended::Closed,
+            Some(Err(e)) => return Ended::Read(e.to_string()),
+            Some(Ok(_)) => continue,
+        };
+        if text.starts_with(SUBSCRIBE_PREFIX) {
+            match serde_json::from_str::<Subscribe>(&text) {
+                // Unbounded: one message per change of a subscriber's streams, which its own
+                // watchers make; the writer takes them between frames.
+                Ok(sub) => {
+                    if asks.send(sub).is_err() {
+                        return Ended::Stopped;
+                    }
+                }
+                Err(e) => tracing::warn!(link, error = %e, "unreadable subscription"),
+            }
+            continue;
+        }
+        match serde_json::from_str::<LinkUp>(&text) {
+            Ok(up) => roster.heard(link, up),
+            Err(e) => tracing::warn!(link, error = %e, "unreadable message from a lower tier"),
+        }
+    }
+}
+
+/// The upper end's writer: backlogs for subscriptions, live frames, pings.
+async fn write_downstream<S>(
+    tx: &mut S,
+    mut live: broadcast::Receiver<Frame>,
+    seen: u64,
+    mut asks: mpsc::UnboundedReceiver<Subscribe>,
+    hub: &Hub,
+    metrics: &Metrics,
+) -> Ended
+where
+    S: Sink<Message> + Unpin,
+    S::Error: std::fmt::Display,
+{
+    let mut down = Downstream {
+        wants: Wants::Undeclared,
+        has: HashMap::new(),
+        seen,
+    };
     // The lower tier's heartbeats prove it alive; these pings let it tell the same of us while
     // no frames flow.
     let mut ping = tokio::time::interval(HEARTBEAT);
     loop {
         let written = tokio::select! {
+            ask = asks.recv() => match ask {
+                Some(sub) => down.subscribe(sub, tx, hub, metrics).await,
+                // The reader has ended, and its reason ends the session.
+                None => std::future::pending().await,
+            },
             frame = live.recv() => match frame {
-                Ok(frame) if wants.includes(&frame) => send_frames(&mut tx, vec![frame], metrics).await,
-                Ok(_) => Ok(()),
+                Ok(frame) if frame.seq <= down.seen => Ok(()),
+                Ok(frame) => {
+                    down.seen = frame.seq;
+                    if down.takes(&frame) {
+                        send_frame(tx, &frame, metrics).await
+                    } else {
+                        Ok(())
+                    }
+                }
                 Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(link, missed, "downstream link lagged; resending the rings and trends");
-                    let backlog = hub.backlog().into_iter().filter(|f| wants.includes(f)).collect();
-                    send_frames(&mut tx, backlog, metrics).await
+                    let (held, published) = hub.held_after(down.seen);
+                    tracing::warn!(missed, resent = held.len(), "downstream link lagged; sending what the rings still hold");
+                    down.seen = published;
+                    catch_up(&mut down, held, tx, metrics).await
                 }
                 Err(RecvError::Closed) => return Ended::Stopped,
             },
-            msg = rx.next() => match msg {
-                Some(Ok(Message::Text(text))) => {
-                    last_heard = Instant::now();
-                    heard(&text, link, hub, roster, metrics, &mut wants, &mut tx).await
-                }
-                Some(Ok(Message::Close(_))) | None => return Ended::Closed,
-                Some(Err(e)) => return Ended::Read(e.to_string()),
-                Some(Ok(_)) => {
-                    last_heard = Instant::now();
-                    Ok(())
-                }
-            },
-            _ = ping.tick() => {
-                if last_heard.elapsed() > SILENCE {
-                    return Ended::Silent;
-                }
-                socket::send(&mut tx, Message::Ping(Bytes::new())).await
-            }
-            _ = stop.stopped() => {
-                socket::close(&mut tx, going_away()).await;
-                return Ended::Stopped;
-            }
+            _ = ping.tick() => socket::send(tx, Message::Ping(Bytes::new())).await,
         };
         if let Err(e) = written {
             return Ended::Write(e);
@@ -160,53 +323,20 @@ async fn downstream_session(
     }
 }
 
-/// One message from the lower tier: a heartbeat or a subscription.
-async fn heard<S>(
-    text: &str,
-    link: LinkId,
-    hub: &Hub,
-    roster: &Roster,
-    metrics: &Metrics,
-    wants: &mut Wants,
+async fn catch_up<S>(
+    down: &mut Downstream,
+    held: Vec<Frame>,
     tx: &mut S,
+    metrics: &Metrics,
 ) -> Result<(), WriteFailed>
 where
     S: Sink<Message> + Unpin,
     S::Error: std::fmt::Display,
 {
-    if let Ok(Subscribe { streams }) = serde_json::from_str::<Subscribe>(text) {
-        let streams: HashSet<Arc<str>> = streams.into_iter().map(Arc::from).collect();
-        let added: Vec<Arc<str>> = match wants {
-            Wants::Streams(had) => streams.difference(had).cloned().collect(),
-            Wants::Undeclared | Wants::All => streams.iter().cloned().collect(),
-        };
-        tracing::debug!(
-            link,
-            streams = streams.len(),
-            added = added.len(),
-            "subscription"
-        );
-        *wants = Wants::Streams(streams);
-        for stream in added {
-            send_frames(tx, hub.backlog_of(&stream), metrics).await?;
-            let synced = serde_json::to_string(&Synced {
-                stream: stream.to_string(),
-            })
-            .expect("a Synced always serializes");
-            socket::send(tx, Message::Text(synced.into())).await?;
+    for frame in held {
+        if down.takes(&frame) {
+            send_frame(tx, &frame, metrics).await?;
         }
-        return Ok(());
-    }
-    match serde_json::from_str::<LinkUp>(text) {
-        Ok(up) => {
-            roster.heard(link, up);
-            if matches!(wants, Wants::Undeclared) {
-                // A heartbeat first: a cluster publisher, which takes every stream.
-                *wants = Wants::All;
-                return send_frames(tx, hub.backlog(), metrics).await;
-            }
-        }
-        Err(e) => tracing::warn!(link, error = %e, "unreadable message from a lower tier"),
     }
     Ok(())
 }
@@ -233,6 +363,8 @@ pub async fn keep_upstream(
 ) {
     let url = upstream.url.as_str();
     let mut backoff = MIN_BACKOFF;
+    // Every message goes to the socket as it is sent, as on the upper end: see the module docs.
+    let config = WebSocketConfig::default().write_buffer_size(0);
     loop {
         let request = match link_request(&upstream) {
             Ok(request) => request,
@@ -241,12 +373,13 @@ pub async fn keep_upstream(
                 return;
             }
         };
+        let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
         let connected = tokio::select! {
-            connected = tokio_tungstenite::connect_async(request) => connected,
-            _ = stop.stopped() => return,
+            connected = tokio::time::timeout(CONNECT_DEADLINE, connect) => connected,
+            () = stop.stopped() => return,
         };
         match connected {
-            Ok((socket, _)) => {
+            Ok(Ok((socket, _))) => {
                 tracing::info!(upstream = %url, "upstream link open");
                 backoff = MIN_BACKOFF;
                 // The tier above syncs every wanted stream again on this link.
@@ -266,13 +399,16 @@ pub async fn keep_upstream(
                     }
                 }
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!(upstream = %url, error = %e, retry_in = ?backoff, "cannot reach upstream")
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %url, deadline = ?CONNECT_DEADLINE, retry_in = ?backoff, "upstream did not answer")
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = stop.stopped() => return,
+            () = stop.stopped() => return,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -293,13 +429,25 @@ fn link_request(
     Ok(request)
 }
 
-/// A [`Subscribe`] for `streams`, as sent up.
-fn subscription(streams: &[String]) -> ClientMessage {
-    let text = serde_json::to_string(&Subscribe {
-        streams: streams.to_vec(),
+fn subscription(sub: &Subscribe) -> ClientMessage {
+    ClientMessage::text(serde_json::to_string(sub).expect("a Subscribe always serializes"))
+}
+
+/// The change from the streams subscribed `before` to those wanted `now`, with the newest epoch
+/// held of each added one; `None` when nothing changed.
+fn delta(before: &BTreeSet<String>, now: &BTreeSet<String>, hub: &Hub) -> Option<Subscribe> {
+    let add: Vec<String> = now.difference(before).cloned().collect();
+    let remove: Vec<String> = before.difference(now).cloned().collect();
+    if add.is_empty() && remove.is_empty() {
+        return None;
+    }
+    let have = hub.newest_epochs(Some(add.iter().map(String::as_str)));
+    Some(Subscribe {
+        all: false,
+        add,
+        remove,
+        have,
     })
-    .expect("a Subscribe always serializes");
-    ClientMessage::text(text)
 }
 
 async fn upstream_session<S>(
@@ -311,57 +459,95 @@ async fn upstream_session<S>(
     stop: &mut Stop,
 ) -> Ended
 where
-    S: futures_util::Sink<ClientMessage, Error = tokio_tungstenite::tungstenite::Error>
-        + futures_util::Stream<Item = Result<ClientMessage, tokio_tungstenite::tungstenite::Error>>
+    S: Sink<ClientMessage, Error = tokio_tungstenite::tungstenite::Error>
+        + Stream<Item = Result<ClientMessage, tokio_tungstenite::tungstenite::Error>>
         + Unpin,
 {
-    let (mut tx, mut rx) = socket.split();
-    let mut wanted = hub.wanted();
-    // First message: what this tier wants (see the module docs).
-    if subscribe {
-        let first = subscription(&wanted.borrow_and_update());
-        if let Err(e) = socket::send(&mut tx, first).await {
-            return Ended::Write(e);
+    let (mut tx, rx) = socket.split();
+    let ended = tokio::select! {
+        ended = read_upstream(rx, hub, metrics) => ended,
+        ended = write_upstream(&mut tx, hub, subscribe, heartbeat) => ended,
+        () = stop.stopped() => Ended::Stopped,
+    };
+    if matches!(ended, Ended::Stopped) {
+        let _ = tokio::time::timeout(socket::CLOSE_DEADLINE, tx.close()).await;
+    }
+    ended
+}
+
+/// The lower end's reader: every frame into the hub. Ends when the upper tier leaves or says
+/// nothing for [`SILENCE`] (it pings every [`HEARTBEAT`] while no frames flow).
+async fn read_upstream<R>(mut rx: R, hub: &Hub, metrics: &Metrics) -> Ended
+where
+    R: Stream<Item = Result<ClientMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let Ok(msg) = tokio::time::timeout(SILENCE, rx.next()).await else {
+            return Ended::Silent;
+        };
+        match msg {
+            Some(Ok(ClientMessage::Text(text))) => {
+                // Validated as UTF-8 again, but not copied: the bytes stay the ones read.
+                match Utf8Bytes::try_from(Bytes::from(text)) {
+                    Ok(text) => from_upstream(text, hub, metrics),
+                    Err(e) => tracing::warn!(error = %e, "upstream sent invalid UTF-8"),
+                }
+            }
+            Some(Ok(ClientMessage::Close(_))) | None => return Ended::Closed,
+            Some(Err(e)) => return Ended::Read(e.to_string()),
+            // tungstenite answers pings by itself.
+            Some(Ok(_)) => {}
         }
     }
-    let mut last_heard = Instant::now();
+}
+
+/// The lower end's writer: the first subscription, its changes, heartbeats.
+async fn write_upstream<S>(
+    tx: &mut S,
+    hub: &Hub,
+    subscribe: bool,
+    heartbeat: &impl Fn() -> LinkUp,
+) -> Ended
+where
+    S: Sink<ClientMessage, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let mut wanted = hub.wanted();
+    let mut subscribed = BTreeSet::new();
+    // First message: what this tier wants, and what it has (see the module docs).
+    let first = if subscribe {
+        let now: BTreeSet<String> = wanted.borrow_and_update().iter().cloned().collect();
+        let first = delta(&subscribed, &now, hub).unwrap_or_default();
+        subscribed = now;
+        first
+    } else {
+        Subscribe {
+            all: true,
+            have: hub.newest_epochs(None::<[&str; 0]>),
+            ..Subscribe::default()
+        }
+    };
+    if let Err(e) = socket::send(tx, subscription(&first)).await {
+        return Ended::Write(e);
+    }
     let mut beat = tokio::time::interval(HEARTBEAT);
     loop {
         let written = tokio::select! {
-            msg = rx.next() => {
-                last_heard = Instant::now();
-                match msg {
-                    Some(Ok(ClientMessage::Text(text))) => {
-                        // Validated as UTF-8 again, but not copied: the bytes stay the ones read.
-                        match Utf8Bytes::try_from(Bytes::from(text)) {
-                            Ok(text) => from_upstream(text, hub, metrics),
-                            Err(e) => tracing::warn!(error = %e, "upstream sent invalid UTF-8"),
-                        }
-                        Ok(())
-                    }
-                    Some(Ok(ClientMessage::Close(_))) | None => return Ended::Closed,
-                    Some(Err(e)) => return Ended::Read(e.to_string()),
-                    // tungstenite answers pings by itself.
-                    Some(Ok(_)) => Ok(()),
-                }
-            },
             changed = wanted.changed(), if subscribe => {
                 if changed.is_err() {
                     return Ended::Stopped;
                 }
-                let streams = wanted.borrow_and_update().clone();
-                socket::send(&mut tx, subscription(&streams)).await
+                let now: BTreeSet<String> = wanted.borrow_and_update().iter().cloned().collect();
+                match delta(&subscribed, &now, hub) {
+                    Some(change) => {
+                        subscribed = now;
+                        socket::send(tx, subscription(&change)).await
+                    }
+                    None => Ok(()),
+                }
             }
             _ = beat.tick() => {
-                if last_heard.elapsed() > SILENCE {
-                    return Ended::Silent;
-                }
                 let up = serde_json::to_string(&heartbeat()).expect("a LinkUp always serializes");
-                socket::send(&mut tx, ClientMessage::text(up)).await
-            }
-            _ = stop.stopped() => {
-                let _ = tokio::time::timeout(socket::CLOSE_DEADLINE, tx.close()).await;
-                return Ended::Stopped;
+                socket::send(tx, ClientMessage::text(up)).await
             }
         };
         if let Err(e) = written {
@@ -416,6 +602,7 @@ impl std::fmt::Display for Ended {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn synced_notices_start_with_their_tag() {
@@ -425,13 +612,125 @@ mod tests {
         .unwrap();
         assert_eq!(text, r#"{"type":"synced","stream":"main"}"#);
         assert!(text.starts_with(SYNCED_PREFIX));
-        let sub = serde_json::to_string(&Subscribe {
-            streams: vec!["a".into()],
-        })
-        .unwrap();
-        assert_eq!(sub, r#"{"type":"subscribe","streams":["a"]}"#);
-        // A heartbeat is not a subscription.
-        let beat = r#"{"type":"subscriber","name":"s","url":"ws://x","viewers":0}"#;
-        assert!(serde_json::from_str::<Subscribe>(beat).is_err());
+        let sub = serde_json::to_string(&Subscribe::default()).unwrap();
+        assert_eq!(sub, r#"{"type":"subscribe"}"#);
+        assert!(sub.starts_with(SUBSCRIBE_PREFIX));
+        let beat = LinkUp::Subscriber {
+            name: "s".into(),
+            url: "ws://x".into(),
+            viewers: 0,
+            room: None,
+        };
+        assert!(!serde_json::to_string(&beat)
+            .unwrap()
+            .starts_with(SUBSCRIBE_PREFIX));
+    }
+
+    fn set(streams: &[&str]) -> BTreeSet<String> {
+        streams.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn frame(stream: &str, epoch: u64) -> Utf8Bytes {
+        format!(r#"{{"type":"epoch","stream":"{stream}","epoch":{epoch}}}"#).into()
+    }
+
+    #[test]
+    fn subscriptions_go_up_as_changes_with_the_epochs_held() {
+        let hub = Hub::new(4);
+        hub.publish(frame("a", 5)).unwrap();
+        hub.publish(frame("b", 9)).unwrap();
+        assert_eq!(delta(&set(&["a"]), &set(&["a"]), &hub), None);
+        assert_eq!(
+            delta(&set(&["a", "x"]), &set(&["a", "b", "c"]), &hub),
+            Some(Subscribe {
+                all: false,
+                add: vec!["b".into(), "c".into()],
+                remove: vec!["x".into()],
+                have: BTreeMap::from([("b".to_string(), 9)]),
+            })
+        );
+    }
+
+    /// Collects what the upper end sends for `sub` into a channel.
+    async fn sent_for(down: &mut Downstream, sub: Subscribe, hub: &Hub) -> Vec<String> {
+        let metrics = Metrics::new("cluster");
+        let (mut tx, mut rx) = futures_channel::mpsc::unbounded::<Message>();
+        down.subscribe(sub, &mut tx, hub, &metrics).await.unwrap();
+        drop(tx);
+        let mut texts = Vec::new();
+        while let Some(Message::Text(t)) = rx.next().await {
+            texts.push(t.to_string());
+        }
+        texts
+    }
+
+    fn downstream() -> Downstream {
+        Downstream {
+            wants: Wants::Undeclared,
+            has: HashMap::new(),
+            seen: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_what_the_lower_tier_lacks_goes_down_and_never_twice() {
+        let hub = Hub::new(8);
+        for e in 1..=4 {
+            hub.publish(frame("a", e)).unwrap();
+            hub.publish(frame("b", e + 10)).unwrap();
+        }
+        let mut down = downstream();
+        let add = |stream: &str, have: Option<u64>| Subscribe {
+            add: vec![stream.into()],
+            have: have.map(|e| (stream.to_string(), e)).into_iter().collect(),
+            ..Subscribe::default()
+        };
+        let synced = |s: &str| format!(r#"{{"type":"synced","stream":"{s}"}}"#);
+        assert_eq!(
+            sent_for(&mut down, add("a", Some(2)), &hub).await,
+            [
+                frame("a", 3).to_string(),
+                frame("a", 4).to_string(),
+                synced("a")
+            ]
+        );
+        assert_eq!(
+            sent_for(&mut down, add("b", None), &hub).await,
+            [11, 12, 13, 14]
+                .map(|e| frame("b", e).to_string())
+                .into_iter()
+                .chain([synced("b")])
+                .collect::<Vec<_>>()
+        );
+        // The feed repeats frames the backlog had: they are not sent again.
+        hub.publish(frame("a", 5)).unwrap();
+        let (held, _) = hub.held_after(0);
+        let again: Vec<u64> = held
+            .iter()
+            .filter(|f| down.takes(f))
+            .map(|f| f.epoch)
+            .collect();
+        assert_eq!(again, [5]);
+        // Removed, a stream's frames stop; a stream not subscribed never came.
+        let removed = Subscribe {
+            remove: vec!["a".into()],
+            ..Subscribe::default()
+        };
+        assert!(sent_for(&mut down, removed, &hub).await.is_empty());
+        hub.publish(frame("a", 6)).unwrap();
+        hub.publish(frame("c", 1)).unwrap();
+        let (held, _) = hub.held_after(0);
+        assert!(held.iter().all(|f| !down.takes(f)));
+
+        // A cluster publisher takes every stream after what it has.
+        let mut cluster = downstream();
+        let all = Subscribe {
+            all: true,
+            have: BTreeMap::from([("a".to_string(), 5), ("b".to_string(), 14)]),
+            ..Subscribe::default()
+        };
+        let mut got = sent_for(&mut cluster, all, &hub).await;
+        got.sort();
+        assert_eq!(got, [frame("a", 6).to_string(), frame("c", 1).to_string()]);
     }
 }

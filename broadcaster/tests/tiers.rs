@@ -365,6 +365,67 @@ async fn sse_until(conn: &mut TcpStream, want: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_on_a_non_loopback_address_needs_the_link_secret() {
+    let (stop, stopped) = watch::channel(false);
+    // 0.0.0.0 takes connections from every host, as any non-loopback address does.
+    let open = || async { TcpListener::bind("0.0.0.0:0").await.unwrap() };
+    let secretless = [Some(String::new()), None];
+    for link_secret in secretless {
+        let settings = Settings {
+            link_secret,
+            ..settings()
+        };
+        let (_frames, frames_rx) = mpsc::channel(1);
+        let main = main_publisher(open().await, settings.clone(), frames_rx, until(&stopped));
+        let cluster = cluster_publisher(
+            open().await,
+            "c0".into(),
+            "127.0.0.1:9".into(),
+            settings.clone(),
+            until(&stopped),
+        );
+        let sub = subscriber(
+            open().await,
+            "c0-s0".into(),
+            "127.0.0.1:9".into(),
+            "ws://h:1".into(),
+            settings,
+            until(&stopped),
+        );
+        for refused in [
+            timeout(DEADLINE, main).await.unwrap(),
+            timeout(DEADLINE, cluster).await.unwrap(),
+            timeout(DEADLINE, sub).await.unwrap(),
+        ] {
+            let message = refused.unwrap_err().to_string();
+            assert!(
+                message.starts_with("listening on 0.0.0.0:")
+                    && message.ends_with(
+                        ", which is not a loopback address, needs broadcaster.link_secret (or \
+                         EMOSTREAM_BROADCASTER__LINK_SECRET): without it any host that reaches \
+                         this port could link to this tier"
+                    ),
+                "{message}"
+            );
+        }
+    }
+    // With a secret it serves, until told to stop.
+    let settings = Settings {
+        link_secret: Some("tier-secret".into()),
+        ..settings()
+    };
+    let (_frames, frames_rx) = mpsc::channel(1);
+    let main = tokio::spawn(main_publisher(
+        open().await,
+        settings,
+        frames_rx,
+        until(&stopped),
+    ));
+    stop.send_replace(true);
+    timeout(DEADLINE, main).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_secrets_sse_resume_and_clear_errors() {
     use emostream_broadcaster::TokenKey;
     use emostream_protocol::wire::Admission;

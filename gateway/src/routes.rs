@@ -286,14 +286,15 @@ async fn home(State(state): State<AppState>) -> Html<String> {
     Html(state.0.home.clone())
 }
 
-/// The viewer page of every subscriber (`http://host:port`, as [`home_page`] links it) and the
+/// The viewer page of every subscriber (`http://host:port` of its advertised URL, as
+/// [`home_page`] links it) and the
 /// configured `cors_origins`: a page elsewhere cannot make its visitors' browsers post taps.
 fn cors_origins(config: &Config) -> Result<Vec<HeaderValue>, StartError> {
     let subscribers = config
         .broadcaster
         .clusters
         .iter()
-        .flat_map(|c| c.subscribers.iter().map(|s| format!("http://{s}")));
+        .flat_map(|c| c.page_origins());
     subscribers
         .chain(config.gateway.cors_origins.iter().cloned())
         .map(|origin| {
@@ -308,8 +309,12 @@ fn home_page(config: &Config) -> String {
         .broadcaster
         .clusters
         .iter()
-        .flat_map(|c| c.subscribers.iter().map(move |s| (c.name.as_str(), s)))
-        .map(|(cluster, sub)| format!("<li><a href=\"http://{sub}/\">{sub}</a> ({cluster})</li>"))
+        .flat_map(|c| {
+            c.page_origins()
+                .into_iter()
+                .map(move |page| (c.name.as_str(), page))
+        })
+        .map(|(cluster, page)| format!("<li><a href=\"{page}/\">{page}</a> ({cluster})</li>"))
         .collect();
     format!(
         "<!doctype html><meta charset=utf-8><title>Emostream gateway</title>\

@@ -301,7 +301,9 @@ pub struct BroadcasterConfig {
     #[serde(default = "BroadcasterConfig::viewer_token_ttl_s")]
     pub viewer_token_ttl_s: u64,
     /// Shared secret a lower tier presents on its link to the tier above (`Authorization:
-    /// Bearer`); the upper tier refuses any other with 401. Absent: links are not authenticated.
+    /// Bearer`); the upper tier refuses any other with 401. Absent: links are not authenticated,
+    /// which a tier allows only while it listens on a loopback address (it refuses to start on
+    /// any other without one).
     #[serde(default)]
     pub link_secret: Option<String>,
     /// Bytes a viewer may fall behind (frames waiting behind a write it has not taken, plus
@@ -380,6 +382,42 @@ pub struct ClusterConfig {
     pub listen: String,
     /// `host:port` of each subscriber in this cluster.
     pub subscribers: Vec<String>,
+    /// Where viewers reach each subscriber (`ws://host:port` or `wss://…`), in the order of
+    /// `subscribers`, for subscribers on other hosts, behind a proxy, or listening on an
+    /// unspecified address (`0.0.0.0`). Empty (the default): `ws://` + its listen address.
+    /// `/register` hands this out; `--advertise` overrides it.
+    #[serde(default)]
+    pub advertise: Vec<String>,
+}
+
+impl ClusterConfig {
+    /// Where viewers reach the `i`-th subscriber: its configured `advertise` URL, or
+    /// `ws://{listen}`.
+    pub fn advertised(&self, i: usize) -> Option<String> {
+        let listen = self.subscribers.get(i)?;
+        Some(
+            self.advertise
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("ws://{listen}")),
+        )
+    }
+
+    /// The origin of each subscriber's viewer page (`http://host:port`, `https://` for a `wss://`
+    /// URL), in order: where viewers load the page that posts taps to the gateway.
+    pub fn page_origins(&self) -> Vec<String> {
+        (0..self.subscribers.len())
+            .filter_map(|i| self.advertised(i))
+            .map(|url| {
+                let (scheme, rest) = match url.strip_prefix("wss://") {
+                    Some(rest) => ("https", rest),
+                    None => ("http", url.strip_prefix("ws://").unwrap_or(&url)),
+                };
+                let authority = rest.split('/').next().unwrap_or(rest);
+                format!("{scheme}://{authority}")
+            })
+            .collect()
+    }
 }
 
 /// The development broker `scripts/broker.sh` runs for the local system, the tests and the
@@ -500,6 +538,26 @@ impl Config {
         }
         if self.gateway.flush_max_events == 0 {
             return bad("gateway.flush_max_events must be at least 1");
+        }
+        for c in &self.broadcaster.clusters {
+            if !c.advertise.is_empty() && c.advertise.len() != c.subscribers.len() {
+                return Err(ConfigError::Invalid(format!(
+                    "broadcaster.clusters {:?}: advertise has {} URLs for {} subscribers (one each, in order, or none)",
+                    c.name,
+                    c.advertise.len(),
+                    c.subscribers.len()
+                )));
+            }
+            if let Some(url) = c
+                .advertise
+                .iter()
+                .find(|u| !(u.starts_with("ws://") || u.starts_with("wss://")))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "broadcaster.clusters {:?}: advertise URL {url:?} must start with ws:// or wss://",
+                    c.name
+                )));
+            }
         }
         let g = &self.gateway;
         if g.max_in_flight_bytes < MIN_IN_FLIGHT_BYTES {
@@ -716,6 +774,37 @@ subscribers = ["127.0.0.1:9011"]
         assert_eq!(
             err.to_string(),
             "invalid configuration: epochs.divisor must be at least 1"
+        );
+    }
+
+    #[test]
+    fn each_subscriber_can_advertise_its_own_url() {
+        let c = Config::from_toml(SAMPLE).unwrap();
+        let c0 = &c.broadcaster.clusters[0];
+        assert_eq!(c0.advertised(0).as_deref(), Some("ws://127.0.0.1:9011"));
+        assert_eq!(c0.advertised(1), None);
+        let two = SAMPLE.replace(
+            r#"subscribers = ["127.0.0.1:9011"]"#,
+            r#"subscribers = ["0.0.0.0:9011", "0.0.0.0:9012"]
+advertise = ["ws://host-a:9011", "wss://host-b/s1"]"#,
+        );
+        let c = Config::from_toml(&two).unwrap();
+        let c0 = &c.broadcaster.clusters[0];
+        assert_eq!(c0.advertised(0).as_deref(), Some("ws://host-a:9011"));
+        assert_eq!(c0.advertised(1).as_deref(), Some("wss://host-b/s1"));
+        assert_eq!(c0.page_origins(), ["http://host-a:9011", "https://host-b"]);
+
+        let short = two.replace(r#", "wss://host-b/s1""#, "");
+        assert_eq!(
+            Config::from_toml(&short).unwrap_err().to_string(),
+            "invalid configuration: broadcaster.clusters \"c0\": advertise has 1 URLs for 2 \
+             subscribers (one each, in order, or none)"
+        );
+        let http = two.replace("wss://host-b/s1", "http://host-b");
+        assert_eq!(
+            Config::from_toml(&http).unwrap_err().to_string(),
+            "invalid configuration: broadcaster.clusters \"c0\": advertise URL \"http://host-b\" \
+             must start with ws:// or wss://"
         );
     }
 }

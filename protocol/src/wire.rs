@@ -4,7 +4,7 @@
 //! `emoji-events` batch records ([`EmojiEvent`]), the closed-epoch frame on `emoji-epochs` and to
 //! viewers ([`EpochFrame`]), the notices viewers get besides frames ([`ViewerNotice`]), viewer
 //! registration ([`Register`], [`Assignment`]) and the messages a broadcaster tier sends to the
-//! tier above it ([`LinkUp`]).
+//! tier above it ([`LinkUp`], [`Subscribe`]) and gets back ([`Synced`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -225,13 +225,33 @@ pub enum LinkUp {
     },
 }
 
-/// A subscriber's subscription, sent up its link at open and whenever the set changes: the streams
-/// it wants frames of, replacing the previous set. A lower tier that never sends one gets every
-/// stream (cluster publishers do: they are few, and their subscribers' streams change often).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a lower tier asks of the tier above, sent up its link: first when the link opens, then
+/// whenever a subscriber's set of streams changes, as the change alone (a subscriber's viewers
+/// choose stream names, so a full list per change would grow with the square of the names).
+///
+/// `have` says, per stream, the newest epoch the lower tier already holds, so that the tier above
+/// resends only the epochs after it: a reconnect after a blip costs the blip, not the ring.
+///
+/// Every field has a default, and serde does not check a struct's `type` tag when reading one, so
+/// a reader tells a subscription from a heartbeat by its tag (serialized first) before parsing.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(tag = "type", rename = "subscribe")]
 pub struct Subscribe {
-    pub streams: Vec<String>,
+    /// Every stream, now and later (a cluster publisher: few of them, and their subscribers'
+    /// streams are then served from their own ring at once). `add` and `remove` are unused then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+    /// Streams to start receiving: each one's epochs after `have`, its newest trend frames, then
+    /// a [`Synced`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    /// Streams to stop receiving.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    /// The newest epoch held of a stream being added (or, with `all`, of any stream); a stream
+    /// not named here gets its whole ring.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub have: std::collections::BTreeMap<String, u64>,
 }
 
 /// Sent down a link once the ring of a newly subscribed stream has been sent: the lower tier now
@@ -340,6 +360,24 @@ mod tests {
         for (notice, text) in cases {
             assert_eq!(serde_json::to_string(&notice).unwrap(), text);
         }
+    }
+
+    #[test]
+    fn subscriptions_carry_only_what_changed_and_what_is_held() {
+        let delta = Subscribe {
+            add: vec!["a".into()],
+            have: [("a".to_string(), 7)].into(),
+            ..Subscribe::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&delta).unwrap(),
+            r#"{"type":"subscribe","add":["a"],"have":{"a":7}}"#
+        );
+        let all: Subscribe = serde_json::from_str(r#"{"type":"subscribe","all":true}"#).unwrap();
+        assert!(all.all && all.add.is_empty() && all.have.is_empty());
+        // serde does not check a struct's tag: a reader tells messages apart by it first.
+        let beat = r#"{"type":"subscriber","name":"s","url":"ws://x","viewers":0}"#;
+        assert!(serde_json::from_str::<Subscribe>(beat).is_ok());
     }
 
     #[test]

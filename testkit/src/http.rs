@@ -75,7 +75,41 @@ async fn exchange(
     content_type: Option<&str>,
     body: &[u8],
 ) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect(addr).await?;
+    let stream = TcpStream::connect(addr).await?;
+    exchange_on(stream, addr, method, path, content_type, body).await
+}
+
+/// [`request`] on a connection already made, to `addr`: one made inside a network namespace
+/// ([`crate::netns::connect`]).
+pub async fn request_on(
+    stream: TcpStream,
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<Response> {
+    tokio::time::timeout(
+        EXCHANGE_LIMIT,
+        exchange_on(stream, addr, method, path, content_type, body),
+    )
+    .await
+    .map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{method} {path} on {addr}: no complete answer in {EXCHANGE_LIMIT:?}"),
+        )
+    })?
+}
+
+async fn exchange_on(
+    mut stream: TcpStream,
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()

@@ -21,6 +21,7 @@ pub async fn cluster_publisher(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    super::require_link_secret(&listener, &settings)?;
     let hub = Arc::new(Hub::new(settings.ring_epochs));
     let roster = Arc::new(Roster::default());
     let metrics = Arc::new(Metrics::new("cluster"));

@@ -33,6 +33,7 @@ pub async fn main_publisher(
     frames: mpsc::Receiver<Utf8Bytes>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    super::require_link_secret(&listener, &settings)?;
     let hub = Arc::new(Hub::new(settings.ring_epochs));
     let roster = Arc::new(Roster::default());
     let metrics = Arc::new(Metrics::new("main"));

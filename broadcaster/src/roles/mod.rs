@@ -250,10 +250,12 @@ pub async fn run(
                         .map(move |(i, s)| (c, i, s))
                 })
                 .find(|(c, i, _)| format!("{}-s{i}", c.name) == name)
-                .map(|(c, _, s)| (c.listen.clone(), s.clone()));
-            let (cluster, listen) = match (upstream, listen, configured) {
-                (Some(up), Some(listen), _) => (up, listen),
-                (up, listen, Some((c, s))) => (up.unwrap_or(c), listen.unwrap_or(s)),
+                .map(|(c, i, s)| (c.listen.clone(), s.clone(), c.advertise.get(i).cloned()));
+            let (cluster, listen, configured_url) = match (upstream, listen, configured) {
+                (Some(up), Some(listen), configured) => {
+                    (up, listen, configured.and_then(|(_, _, url)| url))
+                }
+                (up, listen, Some((c, s, url))) => (up.unwrap_or(c), listen.unwrap_or(s), url),
                 (_, _, None) => {
                     return Err(Error::Role(format!(
                         "no subscriber named {name:?}: subscribers are named {{cluster}}-s{{i}}, \
@@ -263,10 +265,53 @@ pub async fn run(
                 }
             };
             let listener = bind(&listen).await?;
-            let url = advertise.unwrap_or_else(|| format!("ws://{listen}"));
+            let url = advertise
+                .or(configured_url)
+                .unwrap_or_else(|| format!("ws://{listen}"));
+            if unspecified(&url) {
+                return Err(Error::Role(format!(
+                    "subscriber {name} would tell viewers to connect to {url}, which is no host: \
+                     give --advertise, or its URL in its cluster's advertise list in cluster.toml"
+                )));
+            }
             subscriber::subscriber(listener, name, cluster, url, settings, shutdown).await
         }
     }
+}
+
+/// Whether a `ws://` URL names the unspecified address (`0.0.0.0`, `[::]`): a place to listen
+/// on, not to connect to.
+fn unspecified(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))
+        .unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|addr| addr.ip().is_unspecified())
+}
+
+/// Refuses to serve a tier on an address other hosts can reach without the link secret: its
+/// link route would take any lower tier, and a subscriber on such an address links to a tier
+/// above it across the network, which needs the secret too.
+pub fn require_link_secret(listener: &TcpListener, settings: &Settings) -> Result<(), Error> {
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: "the listener".into(),
+        source,
+    })?;
+    let has_secret = settings
+        .link_secret
+        .as_deref()
+        .is_some_and(|s| !s.is_empty());
+    if addr.ip().is_loopback() || has_secret {
+        return Ok(());
+    }
+    Err(Error::Role(format!(
+        "listening on {addr}, which is not a loopback address, needs broadcaster.link_secret \
+         (or EMOSTREAM_BROADCASTER__LINK_SECRET): without it any host that reaches this port \
+         could link to this tier"
+    )))
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, Error> {
@@ -465,5 +510,19 @@ mod tests {
         );
         assert_eq!(limit.rlim_cur, limit.rlim_max);
         assert_eq!(raised as u64, limit.rlim_cur);
+    }
+
+    #[test]
+    fn an_advertised_url_must_name_a_host() {
+        for (url, unusable) in [
+            ("ws://0.0.0.0:9011", true),
+            ("ws://[::]:9011/", true),
+            ("ws://127.0.0.1:9011", false),
+            ("ws://10.77.0.3:9011", false),
+            ("wss://viewers.example/s1", false),
+            ("ws://host:9011", false),
+        ] {
+            assert_eq!(unspecified(url), unusable, "{url}");
+        }
     }
 }

@@ -64,6 +64,7 @@ pub async fn subscriber(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    super::require_link_secret(&listener, &settings)?;
     let hub = Arc::new(Hub::new(settings.ring_epochs));
     let viewers = Arc::new(AtomicU64::new(0));
     let metrics = Arc::new(Metrics::new("subscriber"));

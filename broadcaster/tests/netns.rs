@@ -1,0 +1,571 @@
+//! The tiers on network "hosts" the test makes (testkit's `netns`: namespaces on a bridge, each
+//! with its own 10.77.0.x address), over links that behave like real ones: a far cluster
+//! publisher behind 200 ms of round trip and a rate limit, a subscriber on another host reached
+//! through the URL it advertises, and viewers behind 150 ms of delay each way, 1 % loss and
+//! 1 Mbit/s.
+//!
+//! A tier that is a process runs inside its host (`ip netns exec`); the main publisher runs in
+//! this process with its listener made inside its host, and is fed frames through a channel. The
+//! test's own clients make their sockets inside a host too: nothing here is reached from the
+//! machine's own namespace, and nothing leaves the machine. Needs root, `ip`, `tc` and `nft`
+//! (`scripts/install_build_deps.sh`).
+
+mod common;
+
+use axum::extract::ws::Utf8Bytes;
+use common::{config, sample};
+use emostream_broadcaster::{main_publisher, Settings};
+use emostream_protocol::synthetic::frame as synthetic_frame;
+use emostream_protocol::wire::{Admission, EmojiCount, EpochFrame, FrameType, TopologyView};
+use emostream_protocol::Config;
+use emostream_testkit::netns::{self, DelayProxy, Host, Net};
+use emostream_testkit::{http, wait_for, Process, Scratch};
+use futures_util::StreamExt;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// How long any one expected thing may take before the test fails: a few seconds here, on a
+/// loaded 2-core machine several times that.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Every tier here listens on a 10.77.0.x address, which needs the link secret.
+const SECRET: &str = "netns-link-secret";
+
+/// The tiers' listen ports: every host has its own port space, so fixed ones never clash.
+const MAIN_PORT: u16 = 9000;
+const CLUSTER_PORT: u16 = 9010;
+const SUBSCRIBER_PORT: u16 = 9011;
+
+/// A silent link is dropped after this long (`roster::SILENCE`); a backlog that takes longer
+/// is what a link must survive.
+const SILENCE: Duration = Duration::from_secs(3);
+
+/// The main publisher's settings from a `[broadcaster]` section, as the binary reads them.
+fn settings(ring_epochs: usize) -> Settings {
+    let text = format!(
+        "[kafka]\nbrokers = \"127.0.0.1:1\"\n[gateway]\nlisten = \"127.0.0.1:0\"\n\
+         [dataflow]\nprocesses = [\"127.0.0.1:0\"]\n[broadcaster]\nmain = \"127.0.0.1:0\"\n\
+         ring_epochs = {ring_epochs}\nlink_secret = \"{SECRET}\"\nclusters = []\n"
+    );
+    // A few viewers per test: any descriptor limit leaves them room.
+    Settings::from_config(&Config::from_toml(&text).unwrap().broadcaster, 20_000)
+}
+
+/// What stream viewers' epoch frames look like in production: about 30 emojis each (1.3 KB).
+fn realistic(stream: &str, epoch: u64) -> String {
+    const EMOJIS: [&str; 30] = [
+        "🔥", "❤️", "😂", "👍", "🎉", "😮", "😢", "👏", "🙌", "💯", "⚽", "🏆", "😡", "🤯", "🥳",
+        "😍", "🤔", "👀", "💪", "🙏", "😎", "🤩", "😱", "🥶", "💔", "✨", "⭐", "🚀", "🎯", "👑",
+    ];
+    let emojis: Vec<EmojiCount> = EMOJIS
+        .iter()
+        .enumerate()
+        .map(|(i, emoji)| EmojiCount {
+            emoji: emoji.to_string(),
+            count: 4000 / (i as u64 + 1) + epoch % 7,
+            scaled: 4 / (i as u64 + 1),
+        })
+        .collect();
+    let frame = EpochFrame {
+        kind: FrameType::Epoch,
+        stream: stream.into(),
+        epoch,
+        start_ms: epoch * 2000,
+        end_ms: epoch * 2000 + 2000,
+        total: emojis.iter().map(|e| e.count).sum(),
+        late: 0,
+        emojis,
+    };
+    serde_json::to_string(&frame).unwrap()
+}
+
+fn until(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut stop = stop.clone();
+    async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }
+}
+
+/// A broadcaster process inside `host`, killed when dropped; its log is `<scratch>/<name>.log`.
+fn broadcaster_in(
+    host: &Host,
+    scratch: &Scratch,
+    config: &Path,
+    name: &str,
+    args: &[&str],
+) -> Process {
+    Process::spawn(
+        name,
+        host.command(env!("CARGO_BIN_EXE_emostream-broadcaster"))
+            .arg("--config")
+            .arg(config)
+            .args(args),
+        &scratch.join(format!("{name}.log")),
+    )
+}
+
+/// One HTTP request from inside `from`: the status and body, or `None` if nothing answers.
+async fn http_in(
+    from: &Host,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Option<(u16, String)> {
+    let stream = timeout(Duration::from_secs(5), netns::connect(Some(from), addr))
+        .await
+        .ok()?
+        .ok()?;
+    let response = http::request_on(
+        stream,
+        &addr.to_string(),
+        method,
+        path,
+        Some("application/json"),
+        body.as_bytes(),
+    )
+    .await
+    .ok()?;
+    Some((response.status, response.body))
+}
+
+/// One sample of a tier's `/metrics`, read from inside `from`.
+async fn metric(from: &Host, addr: SocketAddr, series: &str) -> Option<f64> {
+    match http_in(from, addr, "GET", "/metrics", "").await? {
+        (200, body) => sample(&body, series),
+        _ => None,
+    }
+}
+
+async fn topology(from: &Host, main: SocketAddr) -> Option<TopologyView> {
+    match http_in(from, main, "GET", "/v1/topology", "").await? {
+        (200, body) => Some(serde_json::from_str(&body).unwrap()),
+        _ => None,
+    }
+}
+
+/// A WebSocket to `url` (`ws://host:port/…`) from inside `from`.
+async fn ws_in(from: &Host, url: &str) -> WebSocketStream<TcpStream> {
+    let authority = url
+        .strip_prefix("ws://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let addr: SocketAddr = authority.parse().unwrap();
+    let stream = timeout(DEADLINE, netns::connect(Some(from), addr))
+        .await
+        .expect("a connection in time")
+        .unwrap();
+    timeout(DEADLINE, tokio_tungstenite::client_async(url, stream))
+        .await
+        .expect("the upgrade answers")
+        .unwrap()
+        .0
+}
+
+fn occurrences(log: &Path, what: &str) -> usize {
+    std::fs::read_to_string(log).unwrap().matches(what).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_far_cluster_publisher_keeps_its_link_while_a_large_backlog_flows() {
+    const STREAMS: u64 = 40;
+    const RING: u64 = 200;
+    const FIRST: u64 = 1_000;
+    let backlog = STREAMS * RING;
+    let scratch = Scratch::new("netns-far-cluster");
+    let net = Net::new(&["main", "cluster"]);
+    let (main_host, cluster_host) = (net.host("main"), net.host("cluster"));
+    let main: SocketAddr = (main_host.addr(), MAIN_PORT).into();
+    let cluster: SocketAddr = (cluster_host.addr(), CLUSTER_PORT).into();
+    let (_stop, stopped) = watch::channel(false);
+    let (frames, frames_rx) = mpsc::channel::<Utf8Bytes>(1024);
+    tokio::spawn(main_publisher(
+        main_host.listen(main_host.addr(), MAIN_PORT),
+        settings(RING as usize),
+        frames_rx,
+        until(&stopped),
+    ));
+    let publish = |epochs: std::ops::Range<u64>| {
+        let frames = frames.clone();
+        async move {
+            for epoch in epochs {
+                for s in 0..STREAMS {
+                    let text = realistic(&format!("s{s}"), epoch);
+                    frames.send(text.into()).await.unwrap();
+                }
+            }
+        }
+    };
+    publish(FIRST..FIRST + RING).await;
+    let main_in = r#"emostream_broadcaster_frames_in_total{tier="main"}"#;
+    wait_for("the main publisher's rings full", DEADLINE, || async {
+        (metric(main_host, main, main_in).await? == backlog as f64).then_some(())
+    })
+    .await;
+
+    // 200 ms round trip through the delaying proxy on the cluster's host, and 20 Mbit/s: the
+    // 10 MB of rings take over 4 s to flow, longer than a link may be silent.
+    cluster_host.limit_rate(20_000);
+    let proxy = DelayProxy::start(
+        cluster_host.listen(Ipv4Addr::LOCALHOST, 0),
+        main,
+        Some(cluster_host.clone()),
+        Duration::from_millis(100),
+    );
+    let config = config(
+        &scratch,
+        &format!(
+            "[broadcaster]\nmain = \"{main}\"\nring_epochs = {RING}\nlink_secret = \"{SECRET}\"\n\
+             clusters = []\n"
+        ),
+    );
+    let started = Instant::now();
+    let _cluster = broadcaster_in(
+        cluster_host,
+        &scratch,
+        &config,
+        "cx",
+        &[
+            "cluster",
+            "--name",
+            "cx",
+            "--listen",
+            &cluster.to_string(),
+            "--upstream",
+            &proxy.addr().to_string(),
+        ],
+    );
+    let cluster_in = r#"emostream_broadcaster_frames_in_total{tier="cluster"}"#;
+    // The main publisher's view of the cluster, every 100 ms while the backlog flows: once its
+    // heartbeats are heard, it stays a member.
+    let mut listed_at = None;
+    loop {
+        let view = topology(main_host, main)
+            .await
+            .expect("the main publisher answers");
+        let listed = view.clusters.iter().any(|c| c.name == "cx");
+        match (listed, listed_at) {
+            (true, None) => listed_at = Some(started.elapsed()),
+            (false, Some(at)) => panic!(
+                "the cluster left the topology at {:?}, listed since {at:?}",
+                started.elapsed()
+            ),
+            _ => {}
+        }
+        if metric(cluster_host, cluster, cluster_in).await == Some(backlog as f64) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the backlog did not arrive in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    let listed_at = listed_at.expect("the cluster was listed while its backlog flowed");
+    eprintln!("backlog of {backlog} frames: listed after {listed_at:?}, all there after {took:?}");
+    // The rate limit alone makes it so: 10.4 MB at 2.5 MB/s.
+    assert!(
+        took > SILENCE,
+        "the backlog took {took:?}, not longer than a silence"
+    );
+    assert!(
+        listed_at < took,
+        "heartbeats were read while the backlog was written"
+    );
+    let log = scratch.join("cx.log");
+    assert_eq!(occurrences(&log, "upstream link open"), 1);
+    assert_eq!(occurrences(&log, "upstream link lost"), 0);
+
+    // Cut off for longer than a silence, the cluster misses 5 epochs of every stream; back, it
+    // gets those and nothing it had.
+    let link_sent = r#"emostream_broadcaster_frames_sent_total{tier="main",conn="link"}"#;
+    assert_eq!(
+        metric(main_host, main, link_sent).await,
+        Some(backlog as f64)
+    );
+    cluster_host.set_link(false);
+    let links_open = r#"emostream_broadcaster_connections{tier="main",conn="link"}"#;
+    wait_for(
+        "the main publisher to drop the silent link",
+        DEADLINE,
+        || async { (metric(main_host, main, links_open).await? == 0.0).then_some(()) },
+    )
+    .await;
+    publish(FIRST + RING..FIRST + RING + 5).await;
+    let missed = 5 * STREAMS;
+    wait_for(
+        "the main publisher to take 5 more epochs",
+        DEADLINE,
+        || async {
+            (metric(main_host, main, main_in).await? == (backlog + missed) as f64).then_some(())
+        },
+    )
+    .await;
+    cluster_host.set_link(true);
+    wait_for("the cluster to heal its gap", DEADLINE, || async {
+        (metric(cluster_host, cluster, cluster_in).await? == (backlog + missed) as f64)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(main_host, main, link_sent).await,
+        Some((backlog + missed) as f64),
+        "the reconnect resent only what the cluster lacked"
+    );
+    assert_eq!(occurrences(&log, "upstream link open"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_another_host_is_reached_through_its_advertised_url() {
+    const EVERY_MS: u64 = 200;
+    let scratch = Scratch::new("netns-advertised");
+    let net = Net::new(&["main", "cluster", "sub", "viewer"]);
+    let [main_host, cluster_host, sub_host, viewer] =
+        ["main", "cluster", "sub", "viewer"].map(|h| net.host(h));
+    let main: SocketAddr = (main_host.addr(), MAIN_PORT).into();
+    let cluster: SocketAddr = (cluster_host.addr(), CLUSTER_PORT).into();
+    let advertised = format!("ws://{}:{SUBSCRIBER_PORT}", sub_host.addr());
+    // The subscriber listens on every address of its host; only its advertised URL says where
+    // viewers find it.
+    let config = config(
+        &scratch,
+        &format!(
+            "[broadcaster]\nmain = \"{main}\"\nlink_secret = \"{SECRET}\"\n\
+             [[broadcaster.clusters]]\nname = \"c0\"\nlisten = \"{cluster}\"\n\
+             subscribers = [\"0.0.0.0:{SUBSCRIBER_PORT}\"]\nadvertise = [\"{advertised}\"]\n"
+        ),
+    );
+    let every = EVERY_MS.to_string();
+    let _main = broadcaster_in(
+        main_host,
+        &scratch,
+        &config,
+        "main",
+        &["main", "--synthetic-ms", &every],
+    );
+    let _cluster = broadcaster_in(
+        cluster_host,
+        &scratch,
+        &config,
+        "c0",
+        &["cluster", "--name", "c0"],
+    );
+    let _sub = broadcaster_in(
+        sub_host,
+        &scratch,
+        &config,
+        "c0-s0",
+        &["subscriber", "--name", "c0-s0"],
+    );
+    let admission: Admission = wait_for("a live subscriber to place on", DEADLINE, || async {
+        match http_in(viewer, main, "POST", "/register", r#"{"user_id":"far"}"#).await? {
+            (200, body) => Some(serde_json::from_str(&body).unwrap()),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(admission.assignment.subscriber, advertised);
+    assert_eq!(admission.assignment.subscriber_name, "c0-s0");
+    let view = topology(viewer, main).await.unwrap();
+    assert_eq!(view.clusters[0].subscribers[0].url, advertised);
+
+    let mut socket = ws_in(
+        viewer,
+        &format!("{}/v1/streams/main/ws", admission.assignment.subscriber),
+    )
+    .await;
+    let mut epochs = Vec::new();
+    while epochs.len() < 3 {
+        let msg = timeout(DEADLINE, socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("the socket stays open")
+            .unwrap();
+        if let Message::Text(text) = msg {
+            let epoch = serde_json::from_str::<EpochFrame>(&text).unwrap().epoch;
+            assert_eq!(*text, synthetic_frame("main", epoch, EVERY_MS));
+            epochs.push(epoch);
+        }
+    }
+    assert_eq!(epochs, [epochs[0], epochs[0] + 1, epochs[0] + 2]);
+}
+
+/// What one viewer got: epoch frames' epochs in order (and when), and anything else it was told.
+#[derive(Default, Debug)]
+struct Got {
+    epochs: Vec<u64>,
+    at: Vec<Instant>,
+    other: Vec<String>,
+    closed: Option<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_lossy_slow_viewers_resume_over_a_full_ring_without_a_false_lag() {
+    const VIEWERS: usize = 3;
+    const RING: u64 = 60;
+    const FIRST: u64 = 5_000;
+    const LIVE: u64 = 20;
+    let scratch = Scratch::new("netns-far-viewers");
+    let labels = ["main", "cluster", "sub", "v0", "v1", "v2"];
+    let net = Net::new(&labels);
+    let [main_host, cluster_host, sub_host] = ["main", "cluster", "sub"].map(|h| net.host(h));
+    let main: SocketAddr = (main_host.addr(), MAIN_PORT).into();
+    let cluster: SocketAddr = (cluster_host.addr(), CLUSTER_PORT).into();
+    let sub: SocketAddr = (sub_host.addr(), SUBSCRIBER_PORT).into();
+    let (_stop, stopped) = watch::channel(false);
+    let (frames, frames_rx) = mpsc::channel::<Utf8Bytes>(1024);
+    tokio::spawn(main_publisher(
+        main_host.listen(main_host.addr(), MAIN_PORT),
+        settings(RING as usize),
+        frames_rx,
+        until(&stopped),
+    ));
+    // A full ring of realistic frames: 78 KB, more than a viewer's 64 KiB lag budget.
+    for epoch in FIRST..FIRST + RING {
+        frames.send(realistic("main", epoch).into()).await.unwrap();
+    }
+    let config = config(
+        &scratch,
+        &format!(
+            "[broadcaster]\nmain = \"{main}\"\nring_epochs = {RING}\nlink_secret = \"{SECRET}\"\n\
+             [[broadcaster.clusters]]\nname = \"c0\"\nlisten = \"{cluster}\"\n\
+             subscribers = [\"{sub}\"]\n"
+        ),
+    );
+    let _cluster = broadcaster_in(
+        cluster_host,
+        &scratch,
+        &config,
+        "c0",
+        &["cluster", "--name", "c0"],
+    );
+    let _sub = broadcaster_in(
+        sub_host,
+        &scratch,
+        &config,
+        "c0-s0",
+        &["subscriber", "--name", "c0-s0"],
+    );
+    wait_for("the subscriber to be placed", DEADLINE, || async {
+        topology(main_host, main)
+            .await
+            .filter(|v| v.clusters.iter().any(|c| !c.subscribers.is_empty()))
+    })
+    .await;
+
+    // Each viewer on a host of its own: 1 Mbit/s and 1 % loss each way on its link, 150 ms each
+    // way through the proxy in front of it.
+    let mut proxies = Vec::new();
+    let mut viewers = Vec::new();
+    for label in &labels[3..] {
+        let host = net.host(label).clone();
+        host.limit_rate(1_000);
+        host.drop_percent(1);
+        let proxy = DelayProxy::start(
+            host.listen(Ipv4Addr::LOCALHOST, 0),
+            sub,
+            Some(host.clone()),
+            Duration::from_millis(150),
+        );
+        let url = format!(
+            "ws://{}/v1/streams/main/ws?since={}",
+            proxy.addr(),
+            FIRST - 1
+        );
+        proxies.push(proxy);
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Got::default()));
+        let log = got.clone();
+        viewers.push((
+            got,
+            tokio::spawn(async move {
+                let mut socket = ws_in(&host, &url).await;
+                while let Some(msg) = socket.next().await {
+                    match msg {
+                        Ok(Message::Text(text)) => {
+                            let head: serde_json::Value = serde_json::from_str(&text).unwrap();
+                            let mut got = log.lock().unwrap();
+                            match (head["type"].as_str(), head["epoch"].as_u64()) {
+                                (Some("epoch"), Some(epoch)) => {
+                                    got.epochs.push(epoch);
+                                    got.at.push(Instant::now());
+                                }
+                                _ => got.other.push(text.to_string()),
+                            }
+                        }
+                        Ok(Message::Close(frame)) => {
+                            log.lock().unwrap().closed = Some(format!("{frame:?}"));
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            log.lock().unwrap().closed = Some(e.to_string());
+                            return;
+                        }
+                    }
+                }
+                log.lock().unwrap().closed = Some("the socket ended".into());
+            }),
+        ));
+    }
+    // Live frames start once every viewer has joined, so every resume finds its whole ring; they
+    // come every 200 ms (ten times the production rate), into the replays still on their way.
+    let resumed = r#"emostream_broadcaster_resume_hits_total{tier="subscriber"}"#;
+    wait_for("every viewer joined", DEADLINE, || async {
+        (metric(sub_host, sub, resumed).await? == VIEWERS as f64).then_some(())
+    })
+    .await;
+    let mut published_last = Instant::now();
+    for epoch in FIRST + RING..FIRST + RING + LIVE {
+        if epoch > FIRST + RING {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        published_last = Instant::now();
+        frames.send(realistic("main", epoch).into()).await.unwrap();
+    }
+    let last = FIRST + RING + LIVE - 1;
+    let want: Vec<u64> = (FIRST..=last).collect();
+    wait_for("every viewer to have every epoch", DEADLINE * 2, || async {
+        viewers
+            .iter()
+            .all(|(got, _)| {
+                let got = got.lock().unwrap();
+                got.epochs.last() == Some(&last) || got.closed.is_some()
+            })
+            .then_some(())
+    })
+    .await;
+    // The replay crosses the 1 Mbit/s bucket: frames 2 to 60 arrive no sooner than their bytes
+    // take at 125,000 B/s, less the bucket's 4 KiB burst (headers only add to it).
+    let replay_bytes: usize = (FIRST + 1..FIRST + RING)
+        .map(|e| realistic("main", e).len())
+        .sum();
+    let at_rate = Duration::from_secs_f64((replay_bytes - 4096) as f64 / 125_000.0);
+    for (i, (got, _)) in viewers.iter().enumerate() {
+        let got = got.lock().unwrap();
+        assert_eq!(got.closed, None, "viewer {i} was closed: {got:?}");
+        assert_eq!(got.other, Vec::<String>::new(), "viewer {i} was told more");
+        assert_eq!(got.epochs, want, "viewer {i}: every epoch once, in order");
+        let replay = got.at[RING as usize - 1] - got.at[0];
+        let newest = *got.at.last().unwrap() - published_last;
+        eprintln!(
+            "viewer {i}: replay of {RING} frames over {replay:?}; the last live frame after \
+             {newest:?}; {} packets dropped on its link",
+            net.host(labels[3 + i]).dropped_packets()
+        );
+        assert!(
+            replay >= at_rate,
+            "viewer {i}: replay in {replay:?}, under {at_rate:?}"
+        );
+    }
+    drop(proxies);
+}
