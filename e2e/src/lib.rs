@@ -75,6 +75,9 @@ pub struct System {
     pub config: Config,
     config_path: PathBuf,
     processes: Vec<Process>,
+    topology: Topology,
+    /// How many times the processes were started: a restart's logs go to files of their own.
+    starts: usize,
     broker: Broker,
     /// Declared last, so it is removed after the processes and the broker have stopped.
     dir: Scratch,
@@ -89,21 +92,37 @@ impl System {
             config,
             config_path: broker.config_path().to_path_buf(),
             processes: Vec::new(),
+            topology,
+            starts: 0,
             broker,
             dir,
         };
-        system.spawn(
+        system.spawn_all().await;
+        system
+    }
+
+    /// Starts every process again after [`System::stop`], on the same broker, data and
+    /// configuration, and returns once the gateway is ready and every subscriber answers.
+    pub async fn restart(&mut self) {
+        assert!(self.processes.is_empty(), "restart after stop");
+        self.spawn_all().await;
+    }
+
+    async fn spawn_all(&mut self) {
+        self.starts += 1;
+        let topology = self.topology.clone();
+        self.spawn(
             "gateway",
             Command::new(binary("emostream-gateway"))
                 .arg("--config")
-                .arg(&system.config_path),
+                .arg(&self.config_path),
         );
         let mut hosts: Vec<&str> = (0..topology.worker_processes)
             .map(|i| topology.host_of(i))
             .collect();
         hosts.dedup();
         for host in &hosts {
-            let mut workers = workers::command(topology.worker_processes, &system.config_path);
+            let mut workers = workers::command(topology.worker_processes, &self.config_path);
             workers.envs(topology.worker_env.iter().map(|(k, v)| (k, v)));
             let name = if hosts.len() == 1 {
                 "workers".to_string()
@@ -115,37 +134,37 @@ impl System {
                 workers.args(["-p", &mine.join(",")]);
                 format!("workers-{host}")
             };
-            system.spawn(&name, &mut workers);
+            self.spawn(&name, &mut workers);
         }
         let broadcaster = binary("emostream-broadcaster");
-        system.spawn(
+        self.spawn(
             "main",
             Command::new(&broadcaster)
                 .arg("--config")
-                .arg(&system.config_path)
+                .arg(&self.config_path)
                 .arg("main"),
         );
-        for cluster in system.config.broadcaster.clusters.clone() {
-            system.spawn(
+        for cluster in self.config.broadcaster.clusters.clone() {
+            self.spawn(
                 &cluster.name,
                 Command::new(&broadcaster)
                     .arg("--config")
-                    .arg(&system.config_path)
+                    .arg(&self.config_path)
                     .args(["cluster", "--name", &cluster.name]),
             );
             for i in 0..cluster.subscribers.len() {
                 let name = format!("{}-s{i}", cluster.name);
-                system.spawn(
+                self.spawn(
                     &name,
                     Command::new(&broadcaster)
                         .arg("--config")
-                        .arg(&system.config_path)
+                        .arg(&self.config_path)
                         .args(["subscriber", "--name", &name]),
                 );
             }
         }
 
-        let gateway = system.config.gateway.listen.clone();
+        let gateway = self.config.gateway.listen.clone();
         wait_until("the gateway to be ready", Duration::from_secs(60), || {
             let gateway = gateway.clone();
             async move {
@@ -155,7 +174,7 @@ impl System {
             }
         })
         .await;
-        for sub in system.subscribers() {
+        for sub in self.subscribers() {
             wait_until(
                 &format!("subscriber {sub}"),
                 Duration::from_secs(60),
@@ -170,11 +189,13 @@ impl System {
             )
             .await;
         }
-        system
     }
 
     fn spawn(&mut self, name: &str, command: &mut Command) {
-        let log = self.dir.join(format!("{name}.log"));
+        let log = match self.starts {
+            1 => self.dir.join(format!("{name}.log")),
+            n => self.dir.join(format!("{name}.{n}.log")),
+        };
         self.processes.push(Process::spawn(name, command, &log));
     }
 
