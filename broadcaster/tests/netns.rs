@@ -2,7 +2,7 @@
 //! with its own 10.77.0.x address), over links that behave like real ones: a far cluster
 //! publisher behind 200 ms of round trip and a rate limit, a subscriber on another host reached
 //! through the URL it advertises, and viewers behind 150 ms of delay each way, 1 % loss and
-//! 1 Mbit/s.
+//! 1 Mbit/s, and a viewer on a link too slow for its stream.
 //!
 //! A tier that is a process runs inside its host (`ip netns exec`); the main publisher runs in
 //! this process with its listener made inside its host, and is fed frames through a channel. The
@@ -568,4 +568,167 @@ async fn far_lossy_slow_viewers_resume_over_a_full_ring_without_a_false_lag() {
         );
     }
     drop(proxies);
+}
+
+/// Reads one viewer's socket until it closes, or until it has `until_epoch`: epoch frames'
+/// epochs in order, every other text message, and how it closed.
+async fn read_viewer(host: Host, url: String, until_epoch: Option<u64>) -> Got {
+    let mut got = Got::default();
+    let mut socket = ws_in(&host, &url).await;
+    while let Some(msg) = timeout(DEADLINE, socket.next())
+        .await
+        .expect("the viewer hears something in time")
+    {
+        match msg {
+            Ok(Message::Text(text)) => {
+                let head: serde_json::Value = serde_json::from_str(&text).unwrap();
+                match (head["type"].as_str(), head["epoch"].as_u64()) {
+                    (Some("epoch"), Some(epoch)) => {
+                        got.epochs.push(epoch);
+                        got.at.push(Instant::now());
+                        if Some(epoch) == until_epoch {
+                            return got;
+                        }
+                    }
+                    _ => got.other.push(text.to_string()),
+                }
+            }
+            Ok(Message::Close(frame)) => {
+                got.closed = Some(match frame {
+                    Some(f) => format!("{} {}", u16::from(f.code), f.reason),
+                    None => "no close frame".into(),
+                });
+                return got;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                got.closed = Some(e.to_string());
+                return got;
+            }
+        }
+    }
+    got.closed = Some("the socket ended".into());
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_too_slow_for_its_stream_is_told_closed_and_resumes_without_a_gap() {
+    const FIRST: u64 = 7_000;
+    const FRAMES: u64 = 200;
+    let scratch = Scratch::new("netns-too-slow");
+    let labels = ["main", "cluster", "sub", "slow"];
+    let net = Net::new(&labels);
+    let [main_host, cluster_host, sub_host, slow] = labels.map(|h| net.host(h));
+    let main: SocketAddr = (main_host.addr(), MAIN_PORT).into();
+    let cluster: SocketAddr = (cluster_host.addr(), CLUSTER_PORT).into();
+    let sub: SocketAddr = (sub_host.addr(), SUBSCRIBER_PORT).into();
+    let (_stop, stopped) = watch::channel(false);
+    let (frames, frames_rx) = mpsc::channel::<Utf8Bytes>(1024);
+    // The ring holds every frame of the test, so the resume finds all the viewer missed.
+    let ring = FRAMES as usize + 16;
+    tokio::spawn(main_publisher(
+        main_host.listen(main_host.addr(), MAIN_PORT),
+        settings(ring),
+        frames_rx,
+        until(&stopped),
+    ));
+    let config = config(
+        &scratch,
+        &format!(
+            "[broadcaster]\nmain = \"{main}\"\nring_epochs = {ring}\nlink_secret = \"{SECRET}\"\n\
+             [[broadcaster.clusters]]\nname = \"c0\"\nlisten = \"{cluster}\"\n\
+             subscribers = [\"{sub}\"]\n"
+        ),
+    );
+    let _cluster = broadcaster_in(
+        cluster_host,
+        &scratch,
+        &config,
+        "c0",
+        &["cluster", "--name", "c0"],
+    );
+    let _sub = broadcaster_in(
+        sub_host,
+        &scratch,
+        &config,
+        "c0-s0",
+        &["subscriber", "--name", "c0-s0"],
+    );
+    wait_for("the subscriber to be placed", DEADLINE, || async {
+        topology(main_host, main)
+            .await
+            .filter(|v| v.clusters.iter().any(|c| !c.subscribers.is_empty()))
+    })
+    .await;
+
+    // 64 kbit/s (8 KB/s) against a stream of 1.3 KB frames every 10 ms (130 KB/s): the viewer
+    // falls past its 64 KiB lag budget within the first second.
+    slow.limit_rate(64);
+    let viewer = tokio::spawn(read_viewer(
+        slow.clone(),
+        format!("ws://{sub}/v1/streams/main/ws"),
+        None,
+    ));
+    let viewers = r#"emostream_broadcaster_connections{tier="subscriber",conn="ws"}"#;
+    wait_for("the slow viewer to be in", DEADLINE, || async {
+        (metric(sub_host, sub, viewers).await? == 1.0).then_some(())
+    })
+    .await;
+    let mut pace = tokio::time::interval(Duration::from_millis(10));
+    for epoch in FIRST..FIRST + FRAMES {
+        pace.tick().await;
+        frames.send(realistic("main", epoch).into()).await.unwrap();
+    }
+    let first = viewer.await.expect("the viewer task");
+    assert_eq!(
+        first.closed.as_deref(),
+        Some("1013 too slow; reconnect with since"),
+        "{first:?}"
+    );
+    assert!(
+        first
+            .other
+            .iter()
+            .any(|m| m.starts_with(r#"{"type":"lagged","missed":"#)),
+        "the viewer was told it lagged before it was closed: {first:?}"
+    );
+    assert!(first.epochs.windows(2).all(|w| w[0] < w[1]), "{first:?}");
+    // The epochs it holds without a hole: it resumes after the last of them.
+    let contiguous = first
+        .epochs
+        .iter()
+        .zip(FIRST..)
+        .take_while(|(got, want)| **got == *want)
+        .count() as u64;
+    assert!(
+        contiguous < FRAMES,
+        "a too-slow viewer cannot have every frame"
+    );
+
+    // On a better link it resumes: the replay is whole (every epoch after `since`, in order,
+    // nothing announced missing), then live frames follow.
+    slow.limit_rate(100_000);
+    let since = FIRST + contiguous - 1;
+    let live = FIRST + FRAMES;
+    let resume = tokio::spawn(read_viewer(
+        slow.clone(),
+        format!("ws://{sub}/v1/streams/main/ws?since={since}"),
+        Some(live),
+    ));
+    wait_for("the resumed viewer to be in", DEADLINE, || async {
+        (metric(sub_host, sub, viewers).await? == 1.0).then_some(())
+    })
+    .await;
+    frames.send(realistic("main", live).into()).await.unwrap();
+    let resumed = resume.await.expect("the resumed viewer's task");
+    eprintln!(
+        "too slow: {} of {FRAMES} frames before the close, {contiguous} without a hole; {} \
+         notices; the resume from {since} got {} frames",
+        first.epochs.len(),
+        first.other.len(),
+        resumed.epochs.len()
+    );
+    assert_eq!(resumed.closed, None, "{resumed:?}");
+    assert_eq!(resumed.other, Vec::<String>::new(), "{resumed:?}");
+    assert_eq!(resumed.epochs, (since + 1..=live).collect::<Vec<_>>());
 }
