@@ -1,7 +1,7 @@
 //! The main publisher: frames from its source into the hub and on to every cluster publisher,
 //! and the viewers' front door (`/register`).
 
-use super::{finish, link_routes, serve, untuned, LinkState, Settings};
+use super::{finish, link_routes, nodelay, serve, LinkState, Settings};
 use crate::auth::TokenKey;
 use crate::error::Error;
 use crate::hub::Hub;
@@ -62,7 +62,7 @@ pub async fn main_publisher(
         .route("/v1/topology", get(topology))
         .with_state(placement)
         .merge(link_routes(link));
-    let accepting = (settings.header_read_timeout, untuned as fn(&_));
+    let accepting = (settings.header_read_timeout, nodelay as fn(&_));
     serve(listener, finish(app, metrics), tasks, accepting, shutdown).await
 }
 

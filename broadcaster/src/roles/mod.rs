@@ -374,8 +374,15 @@ async fn serve(
 /// How long the accept loop waits after a failed accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Leaves an accepted socket as it is (the tiers above subscribers).
-fn untuned(_: &TcpStream) {}
+/// Sends every write at once on a socket accepted by a tier above subscribers, whose links carry
+/// frames down. An epoch's frames (the epoch and its trend frames) are written one after another;
+/// with Nagle's algorithm each after the first waits for the peer to acknowledge the one before,
+/// and the peer delays that acknowledgement by up to 40 ms, at every tier.
+fn nodelay(socket: &TcpStream) {
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::debug!(error = %e, "link socket options");
+    }
+}
 
 /// Applies the small read buffer to an upgrade, and makes every write go out at once: frames are
 /// written one flush at a time by their task, so tungstenite's 128 KiB write batching would only
