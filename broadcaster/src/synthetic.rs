@@ -1,9 +1,11 @@
 //! A frame source for benchmarks: the main publisher emits one epoch per stream every `every_ms`
-//! without Kafka, each stamped so that `end_ms` is the moment it is emitted. A viewer's
-//! `receipt - end_ms` is then exactly the main publisher's emit → receipt latency.
+//! without Kafka — each stream's epoch frame and trend frames, and the popular frame, as
+//! production publishes them ([`emostream_protocol::synthetic::frames`]) — each stamped so that
+//! `end_ms` is the moment it is emitted. A viewer's `receipt - end_ms` is then exactly the main
+//! publisher's emit → receipt latency.
 
 use axum::extract::ws::Utf8Bytes;
-use emostream_protocol::synthetic::frame;
+use emostream_protocol::synthetic::frames;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
@@ -33,22 +35,18 @@ pub struct Synthetic {
 }
 
 impl Synthetic {
-    /// Sends every stream's frame at the end of each window until the receiver is dropped. A
+    /// Sends every frame of each window at its end until the receiver is dropped. A
     /// window that ends while the process is busy is sent late rather than skipped: consecutive
     /// epochs are what viewers' gap checks rely on.
-    pub async fn run(self, frames: mpsc::Sender<Utf8Bytes>) {
+    pub async fn run(self, frames_tx: mpsc::Sender<Utf8Bytes>) {
         let every_ms = self.every_ms.max(1);
         let mut epoch = unix_ms() / every_ms;
         loop {
             let end_ms = (epoch + 1) * every_ms;
             let wait_ms = end_ms.saturating_sub(unix_ms());
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-            for stream in &self.streams {
-                if frames
-                    .send(frame(stream, epoch, every_ms).into())
-                    .await
-                    .is_err()
-                {
+            for text in frames(&self.streams, epoch, every_ms) {
+                if frames_tx.send(text.into()).await.is_err() {
                     return;
                 }
             }
@@ -69,7 +67,7 @@ mod tests {
     use emostream_protocol::wire::EpochFrame;
 
     #[tokio::test]
-    async fn one_frame_per_stream_per_window_in_epoch_order() {
+    async fn every_frame_of_each_window_in_publication_order() {
         let (tx, mut rx) = mpsc::channel(8);
         let source = Synthetic {
             every_ms: 50,
@@ -77,16 +75,15 @@ mod tests {
         };
         let running = tokio::spawn(source.run(tx));
         let mut got = Vec::new();
-        for _ in 0..4 {
-            let text = rx.recv().await.unwrap();
-            let f: EpochFrame = serde_json::from_str(&text).unwrap();
-            got.push((f.stream, f.epoch));
+        // Two windows of seven frames: two epochs, two trending, two sentiment, one popular.
+        for _ in 0..14 {
+            got.push(rx.recv().await.unwrap().to_string());
         }
         drop(rx);
         running.await.unwrap();
-        assert_eq!((got[0].0.as_str(), got[1].0.as_str()), ("a", "b"));
-        assert_eq!(got[0].1, got[1].1);
-        assert_eq!(got[2].1, got[0].1 + 1);
-        assert_eq!(got[3], ("b".into(), got[0].1 + 1));
+        let first: EpochFrame = serde_json::from_str(&got[0]).unwrap();
+        let epoch = first.epoch;
+        assert_eq!(got[..7], frames(&["a", "b"], epoch, 50));
+        assert_eq!(got[7..], frames(&["a", "b"], epoch + 1, 50));
     }
 }

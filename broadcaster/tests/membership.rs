@@ -53,9 +53,17 @@ fn resuming_viewer(main: String, user: usize) -> Received {
             while let Some(Ok(msg)) = socket.next().await {
                 if let Message::Text(text) = msg {
                     let head: serde_json::Value = serde_json::from_str(&text).unwrap();
-                    let epoch = head["epoch"]
-                        .as_u64()
-                        .expect("only epoch frames: nobody lags here");
+                    // The synthetic source's trend frames are state beside the epochs; resume
+                    // and gaps are about epoch frames.
+                    if head["type"] != "epoch" {
+                        assert!(
+                            ["trending", "sentiment", "popular"]
+                                .contains(&head["type"].as_str().unwrap()),
+                            "nobody lags here: {text}"
+                        );
+                        continue;
+                    }
+                    let epoch = head["epoch"].as_u64().unwrap();
                     let from = admission.assignment.subscriber_name.clone();
                     log.lock().unwrap().push((epoch, text.to_string(), from));
                 }

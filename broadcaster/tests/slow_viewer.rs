@@ -40,7 +40,7 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
         ring_epochs: 4,
         tokens: None,
         link_secret: None,
-        page_gateway: None,
+        page: None,
         viewer_lag_budget_bytes: 256 * 1024,
         subscriber_threads: 0,
         max_viewers: 1000,

@@ -28,7 +28,7 @@ fn settings() -> Settings {
         ring_epochs: 8,
         tokens: None,
         link_secret: None,
-        page_gateway: None,
+        page: None,
         viewer_lag_budget_bytes: 64 * 1024,
         subscriber_threads: 0,
         max_viewers: 1000,

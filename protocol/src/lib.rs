@@ -8,7 +8,8 @@
 //! - [`trends`]: the trend frames (trending, sentiment, popular) on `emoji-trends`.
 //! - [`websocket`]: WebSocket opcodes and the server's frame encoding, for viewers' sockets.
 //! - [`wire`]: the HTTP bodies, the Kafka records and the viewer frames.
-//! - [`synthetic`]: the fixed epoch frame the fan-out benchmark and its floor both send.
+//! - [`synthetic`]: the frames of an epoch (epoch and trend frames) the fan-out benchmark and its
+//!   floor both send.
 //! - [`shutdown`] (feature `signal`): one future that resolves on Ctrl-C or SIGTERM.
 
 pub mod config;

@@ -4,13 +4,15 @@
 //! # Layout
 //! - `static/index.html`, `static/app.css`, `static/app.js`, `static/icon.svg`: the page, embedded
 //!   into the binary with `include_str!`, so serving it needs no build step and no files on disk.
-//! - [`routes`]: the router that serves them, plus `/config.json`, the page's one setting (the
-//!   gateway's URL, where taps are POSTed).
+//! - [`routes`]: the router that serves them, plus `/config.json`, the page's settings ([`Page`]:
+//!   the gateway's URL, where taps are POSTed, and the main publisher's, where it registers).
 //!
-//! The page talks to two services: it POSTs taps to the gateway's
-//! `/v1/streams/{stream}/emojis` (cross-origin, so the gateway must answer CORS preflights), and
+//! The page talks to three services: it POSTs taps to the gateway's
+//! `/v1/streams/{stream}/emojis` (cross-origin, so the gateway must answer CORS preflights),
 //! watches `/v1/streams/{stream}/ws` on the host that served it — a subscriber — or on the one
-//! named by the page's `?subscriber=ws://host:port` query parameter.
+//! named by the page's `?subscriber=ws://host:port` query parameter, and when that subscriber
+//! sends it away (closes with 1001, 1008 or 1012, or refuses the connection) it POSTs to the main
+//! publisher's `/register` (cross-origin too) for another subscriber and a fresh token.
 
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::IntoResponse;
@@ -26,11 +28,27 @@ const ICON_SVG: &str = include_str!("../static/icon.svg");
 /// on the next load rather than after some heuristic expiry.
 const REVALIDATE: &str = "no-cache";
 
+/// What `/config.json` tells the page: the services it talks to besides the subscriber that
+/// served it, each as a browser reaches it (`http://host:port`; a bare `host:port` gets
+/// `http://`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The gateway, where the page POSTs taps.
+    pub gateway: String,
+    /// The main publisher, where the page registers again for a subscriber; `None`: the page
+    /// knows none and only ever reconnects to the subscriber it watches.
+    pub main: Option<String>,
+}
+
 /// The page at `/`, its assets under `/assets/`, and `/config.json`, which tells the page where
-/// the gateway is. `gateway_url` is the gateway as a browser reaches it (`http://host:port`; a
-/// bare `host:port` gets `http://`). Generic over the state so it merges into any router.
-pub fn routes<S: Clone + Send + Sync + 'static>(gateway_url: String) -> Router<S> {
-    let config = serde_json::json!({ "gateway": normalize_gateway(&gateway_url) }).to_string();
+/// the gateway and the main publisher are. Generic over the state so it merges into any router.
+pub fn routes<S: Clone + Send + Sync + 'static>(page: Page) -> Router<S> {
+    let Page { gateway, main } = page;
+    let config = serde_json::json!({
+        "gateway": normalize_url(&gateway),
+        "main": main.as_deref().map(normalize_url),
+    })
+    .to_string();
     Router::new()
         .route(
             "/",
@@ -63,7 +81,7 @@ fn asset(content_type: &'static str, body: impl Into<String>) -> impl IntoRespon
 
 /// `127.0.0.1:8080` → `http://127.0.0.1:8080`; a trailing `/` is dropped, because the page
 /// appends absolute paths to it.
-fn normalize_gateway(url: &str) -> String {
+fn normalize_url(url: &str) -> String {
     let url = url.trim().trim_end_matches('/');
     if url.starts_with("http://") || url.starts_with("https://") {
         url.to_string()
@@ -101,7 +119,12 @@ mod tests {
 
     #[tokio::test]
     async fn serves_the_page_and_every_asset_it_links() {
-        let app = || routes::<()>("http://127.0.0.1:8080".into());
+        let app = || {
+            routes::<()>(Page {
+                gateway: "http://127.0.0.1:8080".into(),
+                main: None,
+            })
+        };
         let (status, content_type, html) = get(app(), "/").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(content_type, "text/html; charset=utf-8");
@@ -123,17 +146,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn config_names_the_gateway_as_a_browser_reaches_it() {
-        for (given, expected) in [
-            ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
-            ("127.0.0.1:8080", "http://127.0.0.1:8080"),
-            ("https://taps.example.com/", "https://taps.example.com"),
+    async fn config_names_the_gateway_and_the_main_publisher_as_a_browser_reaches_them() {
+        for (gateway, main, expected) in [
+            (
+                "http://127.0.0.1:8080",
+                Some("127.0.0.1:9000"),
+                r#"{"gateway":"http://127.0.0.1:8080","main":"http://127.0.0.1:9000"}"#,
+            ),
+            (
+                "127.0.0.1:8080",
+                Some("https://register.example.com/"),
+                r#"{"gateway":"http://127.0.0.1:8080","main":"https://register.example.com"}"#,
+            ),
+            (
+                "https://taps.example.com/",
+                None,
+                r#"{"gateway":"https://taps.example.com","main":null}"#,
+            ),
         ] {
-            let (status, content_type, body) =
-                get(routes::<()>(given.into()), "/config.json").await;
+            let page = Page {
+                gateway: gateway.into(),
+                main: main.map(Into::into),
+            };
+            let (status, content_type, body) = get(routes::<()>(page), "/config.json").await;
             assert_eq!(status, StatusCode::OK);
             assert_eq!(content_type, "application/json");
-            assert_eq!(body, format!(r#"{{"gateway":"{expected}"}}"#));
+            assert_eq!(body, expected);
         }
     }
 }

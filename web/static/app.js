@@ -3,8 +3,16 @@
 // the popular streams, and the connection's state.
 //
 // Query parameters: ?stream=<id> picks the stream; ?subscriber=ws://host:port watches another
-// subscriber than the one that served the page; ?gateway=http://host:port overrides
-// /config.json; ?token=… is passed on to the subscriber when viewer tokens are required.
+// subscriber than the one that served the page first; ?gateway=http://host:port and
+// ?main=http://host:port override /config.json's gateway and main publisher; ?token=… is passed on
+// to the subscriber when viewer tokens are required, until a registration brings a new one.
+//
+// Client guidance (README, "Writing a viewer client"): when the subscriber sends the page away
+// (1001 stopping, 1008 token expired, 1012 upstream lost, or a refusal before the upgrade — a 503
+// when full or without upstream, a 401 — which a browser sees only as a close before the socket
+// opened), the page registers again at the main publisher's POST /register for a subscriber and
+// a fresh token, then resumes with ?since; after 1013 (too slow) or a `lagged` notice it resumes
+// from the same subscriber. Every retry backs off exponentially with jitter.
 'use strict';
 
 // Single- and multi-codepoint emojis alike: a skin tone, VS16, a flag and a ZWJ family.
@@ -21,6 +29,8 @@ const MAX_FLOATING = 350;
 const MAX_PER_EPOCH = 240;
 const EPOCH_ROWS = 12;
 const RESUMED_SHOW_MS = 5000;
+// A gap is news the viewer should not miss in a blink: lost epochs do not come back.
+const GAP_SHOW_MS = 15_000;
 const TRENDING_ROWS = 5;
 const POPULAR_ROWS = 6;
 // A window sentiment index within this of 0 reads "neutral": single taps of mildly positive
@@ -34,6 +44,9 @@ const params = new URLSearchParams(location.search);
 
 const state = {
   gateway: '',
+  // The main publisher (http://host:port), where the page registers again; '' when unknown, and
+  // then it only ever reconnects to the subscriber it watches.
+  main: '',
   subscriber: '',
   token: params.get('token'),
   userId: userId(),
@@ -78,7 +91,8 @@ function userId() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Connection: one WebSocket to a subscriber; on a drop, back off and resume with ?since.
+// Connection: one WebSocket to a subscriber; on a drop, back off and resume with ?since, from
+// the same subscriber or, when it sent the page away, from the one a new registration names.
 
 function setConn(kind, text) {
   const el = $('conn');
@@ -100,8 +114,10 @@ function connect() {
     return;
   }
   state.ws = ws;
+  let opened = false;
   ws.onopen = () => {
     if (generation !== state.generation) return;
+    opened = true;
     state.attempt = 0;
     clearTimeout(state.resumedTimer);
     if (resuming) {
@@ -131,35 +147,45 @@ function connect() {
       ws.close(4000, 'lagged');
     } else if (msg.type === 'gap') {
       // Resumed from further back than the subscriber's ring: the epochs between are gone.
+      // Nothing brings them back, and every subscriber keeps the same ring: show it, go on.
       const from = msg.oldest === null ? 'live' : `#${msg.oldest}`;
       setConn('resumed', `Missed epochs after #${msg.since}; resumed from ${from}`);
+      clearTimeout(state.resumedTimer);
+      state.resumedTimer = setTimeout(() => {
+        if (generation === state.generation && state.ws === ws) setConn('live', 'Live');
+      }, GAP_SHOW_MS);
     }
   };
   ws.onclose = (ev) => {
     if (generation !== state.generation || state.ws !== ws) return;
     state.ws = null;
-    onClosed(ev.code, ev.reason);
+    onClosed(ev.code, ev.reason, opened);
   };
 }
 
-// What each close code asks of the page (docs/contracts.md). A refusal before the upgrade (503
-// full or without upstream, 401) reaches a browser only as 1006, so it backs off like a drop.
-function onClosed(code, reason) {
+// What each close code asks of the page (docs/contracts.md). `opened`: whether the socket had
+// opened; a refusal before the upgrade (503 full or without upstream, 401) reaches a browser only
+// as a 1006 before that.
+function onClosed(code, reason, opened) {
   switch (code) {
     case 1008:
-      // The viewer token expired while watching: only a new token helps, and this page got
-      // its token from the URL.
-      setConn('failed', 'Viewer token expired: open the page again with a new ?token=');
+      // The viewer token expired while watching: only a new token helps.
+      if (state.main) {
+        registerAgain('Viewer token expired');
+      } else {
+        setConn('failed', 'Viewer token expired: open the page again with a new ?token=');
+      }
       return;
     case 1012:
-      // The subscriber lost the tier above: try again soon, it may be back or another may serve.
-      scheduleReconnect('Subscriber lost its upstream');
+      // The subscriber lost the tier above: another may serve.
+      registerAgain('Subscriber lost its upstream');
       return;
     case 1013:
+      // The page read too slowly: pause, then fetch what it missed from the same subscriber.
       scheduleReconnect('Too slow for this stream');
       return;
     case 1001:
-      scheduleReconnect('Subscriber restarting');
+      registerAgain('Subscriber stopping');
       return;
     case 1002:
     case 1007:
@@ -167,22 +193,78 @@ function onClosed(code, reason) {
       scheduleReconnect(`Refused by the subscriber (${code}${reason ? `: ${reason}` : ''})`);
       return;
     default:
-      scheduleReconnect();
+      // Refused before the upgrade, or unreachable: registration finds a subscriber with room
+      // and a token for this stream. A drop after opening is tried on the same one first.
+      if (opened) {
+        scheduleReconnect();
+      } else {
+        registerAgain('Subscriber refused or unreachable');
+      }
   }
 }
 
 function scheduleReconnect(why) {
+  retryLater(why, 'Reconnecting', connect);
+}
+
+// Registers again at the main publisher when the page knows it; else the subscriber it watches
+// is all it has.
+function registerAgain(why) {
+  if (state.main) {
+    retryLater(why, 'Registering again', register);
+  } else {
+    scheduleReconnect(why);
+  }
+}
+
+function retryLater(why, what, then) {
   const generation = state.generation;
-  // Exponential backoff with jitter, so a restarted subscriber is not hit by every viewer at once.
+  // Exponential backoff with jitter, so a restarted subscriber (or the main publisher, when every
+  // subscriber sends its viewers away at once) is not hit by every viewer at once.
   const base = Math.min(8000, 500 * 2 ** state.attempt);
   const delay = Math.round(base / 2 + Math.random() * base / 2);
   state.attempt += 1;
   const lead = why ? `${why}. ` : '';
-  setConn('reconnecting', `${lead}Reconnecting in ${Math.ceil(delay / 1000)} s…`);
+  setConn('reconnecting', `${lead}${what} in ${Math.ceil(delay / 1000)} s…`);
   clearTimeout(state.retryTimer);
   state.retryTimer = setTimeout(() => {
-    if (generation === state.generation) connect();
+    if (generation === state.generation) then();
   }, delay);
+}
+
+// POST /register at the main publisher: the subscriber with the most room for this stream and,
+// when viewer tokens are on, a token good for this stream only. Then watch there, resuming with
+// ?since (connect() passes the newest epoch the page has).
+async function register() {
+  const generation = state.generation;
+  setConn('connecting', 'Registering…');
+  let admission;
+  try {
+    const response = await fetch(`${state.main}/register`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ user_id: state.userId, stream: state.stream }),
+    });
+    if (!response.ok) {
+      // 503: no live subscriber, or every one is full.
+      let error = `HTTP ${response.status}`;
+      try {
+        error = (await response.json()).error || error;
+      } catch {
+        // Not the JSON error body: the status says enough.
+      }
+      if (generation === state.generation) registerAgain(`No subscriber for now (${error})`);
+      return;
+    }
+    admission = await response.json();
+  } catch {
+    if (generation === state.generation) registerAgain(`Can't reach the main publisher at ${state.main}`);
+    return;
+  }
+  if (generation !== state.generation) return;
+  state.subscriber = wsBase(admission.subscriber);
+  state.token = admission.token || null;
+  connect();
 }
 
 window.addEventListener('online', () => {
@@ -748,6 +830,7 @@ async function start() {
     // Served without /config.json (a plain file server): the gateway is then this origin.
   }
   state.gateway = (params.get('gateway') || config.gateway || location.origin).replace(/\/+$/, '');
+  state.main = (params.get('main') || config.main || '').replace(/\/+$/, '');
   state.subscriber = wsBase(params.get('subscriber') || location.origin);
   $('user').textContent = state.userId;
 

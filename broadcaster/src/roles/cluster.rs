@@ -1,6 +1,6 @@
 //! A cluster publisher: one link up to the main publisher, a link down to each subscriber.
 
-use super::{finish, link_routes, serve, untuned, LinkState, Settings};
+use super::{finish, link_routes, nodelay, serve, LinkState, Settings};
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::link::{self, Upstream};
@@ -57,7 +57,7 @@ pub async fn cluster_publisher(
         listener,
         finish(link_routes(link), metrics),
         tasks,
-        (settings.header_read_timeout, untuned),
+        (settings.header_read_timeout, nodelay),
         shutdown,
     )
     .await

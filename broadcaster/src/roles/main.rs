@@ -1,7 +1,7 @@
 //! The main publisher: frames from its source into the hub and on to every cluster publisher,
 //! and the viewers' front door (`/register`).
 
-use super::{finish, link_routes, serve, untuned, LinkState, Settings};
+use super::{finish, link_routes, nodelay, serve, LinkState, Settings};
 use crate::auth::TokenKey;
 use crate::error::Error;
 use crate::hub::Hub;
@@ -11,6 +11,7 @@ use crate::tasks::{Stop, Tasks};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::Utf8Bytes;
 use axum::extract::State;
+use axum::http::{header, Method};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use emostream_protocol::wire::{
@@ -19,10 +20,11 @@ use emostream_protocol::wire::{
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tower_http::cors::{Any, CorsLayer};
 
 /// Serves the main publisher on `listener`, taking frames (each an epoch's or a trend frame's
 /// exact JSON; the hub tells them apart by `type`) from `frames`: Kafka's `emoji-epochs` and
@@ -61,10 +63,25 @@ pub async fn main_publisher(
         .route("/v1/viewers", post(register))
         .route("/unregister", post(unregister))
         .route("/v1/topology", get(topology))
+        // Before the layer, so that a preflight (OPTIONS) goes through it: the fallback `finish`
+        // gives every route later would take it unwrapped and answer 405.
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .layer(registration_cors())
         .with_state(placement)
         .merge(link_routes(link));
-    let accepting = (settings.header_read_timeout, untuned as fn(&_));
+    let accepting = (settings.header_read_timeout, nodelay as fn(&_));
     serve(listener, finish(app, metrics), tasks, accepting, shutdown).await
+}
+
+/// The viewer page is served by the subscribers and registers here, cross-origin. Registration
+/// is open to anyone and carries no credentials (a token comes back in the body), so any origin
+/// may call it; the links to the tiers below are not covered.
+fn registration_cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(600))
 }
 
 async fn ingest(

@@ -23,6 +23,7 @@ use axum::routing::get;
 use axum::Router;
 use emostream_protocol::config::BroadcasterConfig;
 use emostream_protocol::Config;
+use emostream_web::Page;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -97,9 +98,9 @@ pub struct Settings {
     pub viewer_lag_budget_bytes: usize,
     /// A subscriber's threads, one fan-out lane each; 0: one per core.
     pub subscriber_threads: usize,
-    /// Where the viewer page served by subscribers posts taps (`http://host:port` of a
-    /// gateway); `None`: subscribers serve no page.
-    pub page_gateway: Option<String>,
+    /// The services the viewer page served by subscribers talks to: the gateway it posts taps
+    /// to, the main publisher it registers with; `None`: subscribers serve no page.
+    pub page: Option<Page>,
     /// Viewers a subscriber holds at most (already cut to its descriptor limit).
     pub max_viewers: usize,
     /// Distinct streams a subscriber's viewers may watch at once.
@@ -147,7 +148,7 @@ impl Settings {
             link_secret: link_secret.clone(),
             viewer_lag_budget_bytes: *viewer_lag_budget_bytes,
             subscriber_threads: *subscriber_threads,
-            page_gateway: None,
+            page: None,
             max_viewers,
             max_streams: *max_streams,
             header_read_timeout: Duration::from_millis(*header_read_timeout_ms),
@@ -189,7 +190,12 @@ pub async fn run(
 ) -> Result<(), Error> {
     let broadcaster = &config.broadcaster;
     let settings = Settings {
-        page_gateway: Some(format!("http://{}", config.gateway.listen)),
+        // The addresses the tiers themselves use: the main publisher's is the one cluster
+        // publishers on other hosts connect to, so browsers can reach it too.
+        page: Some(Page {
+            gateway: format!("http://{}", config.gateway.listen),
+            main: Some(format!("http://{}", broadcaster.main)),
+        }),
         ..Settings::from_config(broadcaster, raise_descriptor_limit())
     };
     match role {
@@ -419,8 +425,15 @@ async fn serve(
 /// How long the accept loop waits after a failed accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Leaves an accepted socket as it is (the tiers above subscribers).
-fn untuned(_: &TcpStream) {}
+/// Sends every write at once on a socket accepted by a tier above subscribers, whose links carry
+/// frames down. An epoch's frames (the epoch and its trend frames) are written one after another;
+/// with Nagle's algorithm each after the first waits for the peer to acknowledge the one before,
+/// and the peer delays that acknowledgement by up to 40 ms, at every tier.
+fn nodelay(socket: &TcpStream) {
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::debug!(error = %e, "link socket options");
+    }
+}
 
 /// Applies the small read buffer to an upgrade, and makes every write go out at once: frames are
 /// written one flush at a time by their task, so tungstenite's 128 KiB write batching would only

@@ -119,9 +119,10 @@ pub async fn subscriber(
     let mut app = Router::new()
         .route("/v1/streams/{stream}/ws", get(watch_ws))
         .route("/v1/streams/{stream}/sse", get(watch_sse));
-    if let Some(gateway) = settings.page_gateway {
-        // The viewer page: `/`, its assets and `/config.json` naming the gateway for taps.
-        app = app.merge(emostream_web::routes(gateway));
+    if let Some(page) = settings.page {
+        // The viewer page: `/`, its assets and `/config.json` naming the gateway for taps and
+        // the main publisher for registering again.
+        app = app.merge(emostream_web::routes(page));
     }
     let app = app.with_state(state);
     let accepting = (settings.header_read_timeout, tune as fn(&_));

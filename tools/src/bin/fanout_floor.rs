@@ -1,7 +1,8 @@
 //! `emostream-fanout-floor`: the least work a fan-out can do, as the yardstick for the
 //! broadcaster's. It takes WebSocket viewers like a subscriber (a minimal handshake, enough for
 //! `emostream-swarm`) and, at the end of every `--every-ms` window, writes the same synthetic
-//! epoch frame the main publisher's `--synthetic-ms` emits to every socket, one `write` each, from
+//! frames the main publisher's `--synthetic-ms` emits (stream `main`'s epoch frame, its trending
+//! and sentiment frames, the popular frame) to every socket, one `write` per frame per socket, from
 //! one thread: no tiers, no hub, no runtime, no per-viewer state, no pings.
 //!
 //! ```text
@@ -20,8 +21,8 @@ use std::time::Duration;
 /// A handshake request is a few hundred bytes; anything longer is not our swarm.
 const MAX_REQUEST: usize = 4096;
 
-/// The least work a fan-out can do: the same synthetic epoch frame to every WebSocket viewer at
-/// the end of every window, one write each, from one thread.
+/// The least work a fan-out can do: the same synthetic frames to every WebSocket viewer at the
+/// end of every window, one write per frame each, from one thread.
 #[derive(Debug, clap::Parser)]
 #[command(name = "emostream-fanout-floor")]
 struct Cli {
@@ -77,18 +78,25 @@ fn handshake(mut conn: TcpStream) -> std::io::Result<TcpStream> {
     Ok(conn)
 }
 
-/// At each window's end, one write of the window's frame to every viewer. A viewer whose socket
-/// does not take the whole frame at once is dropped: the floor is the cost of the writes that
-/// succeed, and the swarm reports what went missing.
+/// At each window's end, one write of each of the window's frames to every viewer, a frame to all
+/// of them before the next: the frames reach a fan-out one at a time (trend frames come from
+/// another topic than epochs), so no fan-out could write them as one. A viewer whose socket does
+/// not take a whole frame at once is dropped: the floor is the cost of the writes that succeed,
+/// and the swarm reports what went missing.
 fn write_every_window(viewers: &Mutex<Vec<TcpStream>>, every_ms: u64) {
     let mut epoch = now_ms() / every_ms;
     loop {
         let end_ms = (epoch + 1) * every_ms;
         std::thread::sleep(Duration::from_millis(end_ms.saturating_sub(now_ms())));
-        let text = emostream_protocol::synthetic::frame("main", epoch, every_ms);
-        let frame = server_frame(OP_TEXT, text.as_bytes());
+        let frames: Vec<Vec<u8>> =
+            emostream_protocol::synthetic::frames(&["main"], epoch, every_ms)
+                .iter()
+                .map(|text| server_frame(OP_TEXT, text.as_bytes()))
+                .collect();
         let mut viewers = viewers.lock().expect("never poisoned");
-        viewers.retain_mut(|v| matches!(v.write(&frame), Ok(n) if n == frame.len()));
+        for frame in &frames {
+            viewers.retain_mut(|v| matches!(v.write(frame), Ok(n) if n == frame.len()));
+        }
         drop(viewers);
         epoch += 1;
     }

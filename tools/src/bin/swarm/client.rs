@@ -13,9 +13,9 @@ use std::time::Duration;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
-/// Server frames here are a few hundred bytes; a longer one grows the buffer for as long as it
-/// needs to.
-const READ_CHUNK: usize = 1024;
+/// An epoch's frames (the epoch frame and three trend frames) are 2.8 KB and arrive together, so
+/// one read takes them all; a longer burst grows the buffer for as long as it needs to.
+const READ_CHUNK: usize = 4096;
 
 /// The handshake response is a few headers; anything longer is not our server.
 const MAX_RESPONSE_HEAD: usize = 4096;

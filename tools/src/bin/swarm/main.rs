@@ -1,12 +1,14 @@
-//! `emostream-swarm`: N WebSocket viewers spread over the subscribers, measuring each epoch's
-//! `end_ms` → receipt (with the main publisher's `--synthetic-ms`, that is emit → receipt), with a
-//! progress line every second and a summary table at the end.
+//! `emostream-swarm`: N WebSocket viewers spread over the subscribers, measuring every frame's
+//! `end_ms` → receipt (with the main publisher's `--synthetic-ms`, that is emit → receipt): the
+//! epoch frames and the trend frames (`trending`, `sentiment`, `popular`) alike, as a viewer needs
+//! all of them. A progress line every second and a summary table at the end.
 //!
-//! Receipt is measured twice: when the frame's last packet reached the viewer's socket (the
-//! kernel's receive stamp, `SO_TIMESTAMPNS`), which is when it reached the viewer's machine, and
-//! when the swarm read it. On one machine the second adds the swarm's own wait for a core, which
-//! viewers on machines of their own would not have; `--idle` runs the swarm in the idle
-//! scheduling class, so that it takes nothing from the subscribers' cores either.
+//! Receipt is measured twice. **Read**: when the `read` that returned the frame's last bytes
+//! returned, the moment an ordinary client has the frame; the swarm runs at normal priority, as
+//! such a client does, so on one machine this includes its wait for a core. **Stamp**: when the
+//! frame's last packet reached the viewer's socket (the kernel's receive stamp, `SO_TIMESTAMPNS`);
+//! on loopback the receiving stack runs inside the server's `send`, so this is the server-side
+//! fan-out time — when the server had handed the frame over — not a receipt.
 //!
 //! ```text
 //! emostream-swarm --subscribers ws://127.0.0.1:9011,ws://127.0.0.1:9012 --viewers 10000 --seconds 20
@@ -39,10 +41,10 @@ struct Tally {
     missing: AtomicU64,
     lagged: AtomicU64,
     measuring: AtomicBool,
-    /// End → on the viewer's socket, per 1 ms bucket.
-    latency_ms: Vec<AtomicU64>,
-    /// End → read by the swarm.
-    read_latency_ms: Vec<AtomicU64>,
+    /// End → read by the viewer, per 1 ms bucket.
+    read_ms: Vec<AtomicU64>,
+    /// End → the kernel's stamp on the viewer's socket, per 1 ms bucket.
+    stamp_ms: Vec<AtomicU64>,
 }
 
 /// What one swarm reports, and what `merge` adds up.
@@ -55,11 +57,10 @@ struct Report {
     frames: u64,
     missing: u64,
     lagged: u64,
-    /// Count per 1 ms bucket of end → on the viewer's socket.
-    latency_ms: Vec<u64>,
-    /// Count per 1 ms bucket of end → read by the swarm.
-    #[serde(default)]
-    read_latency_ms: Vec<u64>,
+    /// Count per 1 ms bucket of end → read by the viewer.
+    read_ms: Vec<u64>,
+    /// Count per 1 ms bucket of end → the kernel's stamp on the viewer's socket.
+    stamp_ms: Vec<u64>,
 }
 
 impl Report {
@@ -71,50 +72,59 @@ impl Report {
         self.frames += other.frames;
         self.missing += other.missing;
         self.lagged += other.lagged;
-        add_buckets(&mut self.latency_ms, other.latency_ms);
-        add_buckets(&mut self.read_latency_ms, other.read_latency_ms);
+        add_buckets(&mut self.read_ms, other.read_ms);
+        add_buckets(&mut self.stamp_ms, other.stamp_ms);
     }
 
-    /// End → on the viewer's socket.
+    /// End → read by the viewer: the headline.
     fn percentile(&self, p: f64) -> Option<u64> {
-        bucket_percentile(&self.latency_ms, p)
+        bucket_percentile(&self.read_ms, p)
+    }
+
+    fn stamp_percentile(&self, p: f64) -> Option<u64> {
+        bucket_percentile(&self.stamp_ms, p)
     }
 
     fn table(&self) -> String {
-        let ms = |p| self.percentile(p).map_or("-".into(), |v| format!("{v} ms"));
-        let read_ms = |p| {
-            bucket_percentile(&self.read_latency_ms, p).map_or("-".into(), |v| format!("{v} ms"))
-        };
+        let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
+        let num = |v: Option<u64>| v.map_or(-1, |v| v as i64);
         let rows = [
             ("viewers asked", self.viewers.to_string()),
             ("connected", self.connected.to_string()),
             ("failed to connect", self.failed.to_string()),
             ("dropped while measuring", self.dropped.to_string()),
             ("frames received", self.frames.to_string()),
-            ("missing epochs", self.missing.to_string()),
+            ("missing frames", self.missing.to_string()),
             ("lag notices", self.lagged.to_string()),
-            ("p50 end → on the viewer's socket", ms(0.50)),
-            ("p99 end → on the viewer's socket", ms(0.99)),
-            ("max end → on the viewer's socket", ms(1.0)),
-            ("p50 end → read by the swarm", read_ms(0.50)),
-            ("p99 end → read by the swarm", read_ms(0.99)),
+            ("p50 end → read by the viewer", ms(self.percentile(0.50))),
+            ("p99 end → read by the viewer", ms(self.percentile(0.99))),
+            ("max end → read by the viewer", ms(self.percentile(1.0))),
+            (
+                "p50 end → kernel stamp (server-side fan-out)",
+                ms(self.stamp_percentile(0.50)),
+            ),
+            (
+                "p99 end → kernel stamp (server-side fan-out)",
+                ms(self.stamp_percentile(0.99)),
+            ),
         ];
         let mut out = String::from("| what | value |\n|---|---|\n");
         for (what, value) in rows {
             out.push_str(&format!("| {what} | {value} |\n"));
         }
         out.push_str(&format!(
-            "SWARM connected={} failed={} frames={} missing={} lagged={} p50_ms={} p99_ms={} \
-             p50_read_ms={} p99_read_ms={}\n",
+            "SWARM connected={} failed={} dropped={} frames={} missing={} lagged={} \
+             p50_read_ms={} p99_read_ms={} p50_stamp_ms={} p99_stamp_ms={}\n",
             self.connected,
             self.failed,
+            self.dropped,
             self.frames,
             self.missing,
             self.lagged,
-            self.percentile(0.5).map_or(-1, |v| v as i64),
-            self.percentile(0.99).map_or(-1, |v| v as i64),
-            bucket_percentile(&self.read_latency_ms, 0.5).map_or(-1, |v| v as i64),
-            bucket_percentile(&self.read_latency_ms, 0.99).map_or(-1, |v| v as i64),
+            num(self.percentile(0.5)),
+            num(self.percentile(0.99)),
+            num(self.stamp_percentile(0.5)),
+            num(self.stamp_percentile(0.99)),
         ));
         out
     }
@@ -126,6 +136,56 @@ fn add_buckets(into: &mut Vec<u64>, from: Vec<u64>) {
     }
     for (a, b) in into.iter_mut().zip(from) {
         *a += b;
+    }
+}
+
+/// The newest epoch one viewer has of each kind of frame: epoch, trending, sentiment, popular.
+type Sequences = [Option<u64>; 4];
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            read_ms: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            stamp_ms: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            ..Tally::default()
+        }
+    }
+
+    /// One text message a viewer read at `read_ms`, its last packet stamped `arrived_ms`.
+    fn record(&self, last: &mut Sequences, text: &[u8], read_ms: u64, arrived_ms: u64) {
+        let Ok(head) = serde_json::from_slice::<Head>(text) else {
+            return;
+        };
+        // Each kind has its own epoch sequence: the synthetic source sends every kind every
+        // epoch, so a gap in any of them is a frame this viewer never got.
+        let kind = match head.kind {
+            "epoch" => 0,
+            "trending" => 1,
+            "sentiment" => 2,
+            "popular" => 3,
+            "lagged" => {
+                self.lagged.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            _ => return,
+        };
+        let (Some(epoch), Some(end_ms)) = (head.epoch, head.end_ms) else {
+            return;
+        };
+        let last = &mut last[kind];
+        if !self.measuring.load(Ordering::Relaxed) {
+            *last = Some(epoch);
+            return;
+        }
+        if let Some(last) = *last {
+            self.missing
+                .fetch_add(epoch.saturating_sub(last + 1), Ordering::Relaxed);
+        }
+        *last = Some(epoch);
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        let bucket = |at: u64| at.saturating_sub(end_ms).min(BUCKETS as u64 - 1) as usize;
+        self.read_ms[bucket(read_ms)].fetch_add(1, Ordering::Relaxed);
+        self.stamp_ms[bucket(arrived_ms)].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -178,7 +238,7 @@ async fn viewer(url: String, seed: u64, tally: Arc<Tally>) {
         return;
     };
     tally.connected.fetch_add(1, Ordering::Relaxed);
-    let mut last: Option<u64> = None;
+    let mut last = Sequences::default();
     let (mut arrived, mut read) = (0, 0);
     loop {
         let text = match client
@@ -191,35 +251,7 @@ async fn viewer(url: String, seed: u64, tally: Arc<Tally>) {
             Ok(Event::Text(text)) => text,
             Ok(Event::Closed) | Err(_) => break,
         };
-        let Ok(head) = serde_json::from_slice::<Head>(text) else {
-            continue;
-        };
-        match head.kind {
-            "lagged" => {
-                tally.lagged.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            // Trend frames are state about an epoch, not the epoch sequence gaps are counted in.
-            "epoch" => {}
-            _ => continue,
-        }
-        let (Some(epoch), Some(end_ms)) = (head.epoch, head.end_ms) else {
-            continue;
-        };
-        if !tally.measuring.load(Ordering::Relaxed) {
-            last = Some(epoch);
-            continue;
-        }
-        if let Some(last) = last {
-            tally
-                .missing
-                .fetch_add(epoch.saturating_sub(last + 1), Ordering::Relaxed);
-        }
-        last = Some(epoch);
-        tally.frames.fetch_add(1, Ordering::Relaxed);
-        let bucket = |at: u64| at.saturating_sub(end_ms).min(BUCKETS as u64 - 1) as usize;
-        tally.latency_ms[bucket(arrived)].fetch_add(1, Ordering::Relaxed);
-        tally.read_latency_ms[bucket(read)].fetch_add(1, Ordering::Relaxed);
+        tally.record(&mut last, text, read, arrived);
     }
     if tally.measuring.load(Ordering::Relaxed) {
         tally.dropped.fetch_add(1, Ordering::Relaxed);
@@ -263,17 +295,6 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     let swarm = swarm.expect("clap requires the swarm's options when there is no merge");
-    if swarm.idle {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: this process, a valid policy and parameter.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) } != 0 {
-            eprintln!(
-                "emostream-swarm: --idle: {}",
-                std::io::Error::last_os_error()
-            );
-            return std::process::ExitCode::FAILURE;
-        }
-    }
     // One thread: the swarm shares the machine with what it measures, and a second worker would
     // only add cross-thread wake-ups to every frame.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -332,20 +353,13 @@ struct Swarm {
     /// Write the report here as JSON (for merge).
     #[arg(long, value_name = "FILE")]
     out: Option<String>,
-    /// Run in the idle scheduling class, as viewers on other machines would.
-    #[arg(long)]
-    idle: bool,
 }
 
 impl Swarm {
     async fn run(&self) -> Result<Report, std::io::Error> {
         // Held to the end: while it lives, every viewer's frames carry their arrival stamps.
         let _stamping = client::kernel_stamping(Duration::from_secs(10)).await?;
-        let tally = Arc::new(Tally {
-            latency_ms: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            read_latency_ms: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            ..Tally::default()
-        });
+        let tally = Arc::new(Tally::new());
         let started = Instant::now();
         let progress = {
             let tally = Arc::clone(&tally);
@@ -356,7 +370,7 @@ impl Swarm {
                     tick.tick().await;
                     let report = snapshot(&tally, viewers);
                     eprintln!(
-                        "[{:>4}s] connected {}/{} failed {} frames {} missing {} p50 {} p99 {}",
+                        "[{:>4}s] connected {}/{} failed {} frames {} missing {} read p50 {} p99 {}",
                         started.elapsed().as_secs(),
                         report.connected,
                         viewers,
@@ -430,8 +444,8 @@ fn snapshot(tally: &Tally, viewers: u64) -> Report {
         frames: load(&tally.frames),
         missing: load(&tally.missing),
         lagged: load(&tally.lagged),
-        latency_ms: tally.latency_ms.iter().map(load).collect(),
-        read_latency_ms: tally.read_latency_ms.iter().map(load).collect(),
+        read_ms: tally.read_ms.iter().map(load).collect(),
+        stamp_ms: tally.stamp_ms.iter().map(load).collect(),
     }
 }
 
@@ -442,12 +456,12 @@ mod tests {
     #[test]
     fn percentiles_come_from_merged_buckets() {
         let mut a = Report {
-            latency_ms: vec![0, 98, 0, 0],
+            read_ms: vec![0, 98, 0, 0],
             viewers: 1,
             ..Report::default()
         };
         let b = Report {
-            latency_ms: vec![0, 0, 0, 2],
+            read_ms: vec![0, 0, 0, 2],
             viewers: 2,
             ..Report::default()
         };
@@ -457,5 +471,44 @@ mod tests {
         assert_eq!(a.percentile(0.98), Some(1));
         assert_eq!(a.percentile(0.99), Some(3));
         assert_eq!(Report::default().percentile(0.5), None);
+    }
+
+    #[test]
+    fn every_kind_of_frame_is_timed_and_its_gaps_counted() {
+        use emostream_protocol::synthetic::frames;
+        let tally = Tally::new();
+        let mut last = Sequences::default();
+        // Epoch 10 (end_ms 22000) before measuring: it only starts the sequences.
+        for text in frames(&["main"], 10, 2000) {
+            tally.record(&mut last, text.as_bytes(), 22_500, 22_400);
+        }
+        tally.measuring.store(true, Ordering::Relaxed);
+        // Epoch 11 whole, read 30 ms after its end and stamped 20 ms after it.
+        for text in frames(&["main"], 11, 2000) {
+            tally.record(&mut last, text.as_bytes(), 24_030, 24_020);
+        }
+        // Epoch 12 lost its epoch frame; epoch 13 lost nothing but comes 200 ms late.
+        for text in &frames(&["main"], 12, 2000)[1..] {
+            tally.record(&mut last, text.as_bytes(), 26_005, 26_001);
+        }
+        tally.record(
+            &mut last,
+            br#"{"type":"lagged","missed":1}"#,
+            27_000,
+            27_000,
+        );
+        for text in frames(&["main"], 13, 2000) {
+            tally.record(&mut last, text.as_bytes(), 28_200, 28_100);
+        }
+        let report = snapshot(&tally, 1);
+        assert_eq!((report.frames, report.missing, report.lagged), (11, 1, 1));
+        let counts = |buckets: &[u64]| -> Vec<(usize, u64)> {
+            (buckets.iter().enumerate())
+                .filter(|(_, n)| **n > 0)
+                .map(|(ms, n)| (ms, *n))
+                .collect()
+        };
+        assert_eq!(counts(&report.read_ms), vec![(5, 3), (30, 4), (200, 4)]);
+        assert_eq!(counts(&report.stamp_ms), vec![(1, 3), (20, 4), (100, 4)]);
     }
 }
