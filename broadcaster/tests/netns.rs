@@ -15,7 +15,7 @@ mod common;
 use axum::extract::ws::Utf8Bytes;
 use common::{config, sample};
 use emostream_broadcaster::{main_publisher, Settings};
-use emostream_protocol::synthetic::frame as synthetic_frame;
+use emostream_protocol::synthetic;
 use emostream_protocol::wire::{Admission, EmojiCount, EpochFrame, FrameType, TopologyView};
 use emostream_protocol::Config;
 use emostream_testkit::netns::{self, DelayProxy, Host, Net};
@@ -391,10 +391,17 @@ async fn a_subscriber_on_another_host_is_reached_through_its_advertised_url() {
             .expect("a frame in time")
             .expect("the socket stays open")
             .unwrap();
+        // Each epoch brings the production mix: the epoch frame, then the trend frames.
         if let Message::Text(text) = msg {
-            let epoch = serde_json::from_str::<EpochFrame>(&text).unwrap().epoch;
-            assert_eq!(*text, synthetic_frame("main", epoch, EVERY_MS));
-            epochs.push(epoch);
+            let head: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let epoch = head["epoch"].as_u64().unwrap();
+            assert!(
+                synthetic::frames(&["main"], epoch, EVERY_MS).contains(&text.to_string()),
+                "not a frame of the synthetic mix: {text}"
+            );
+            if head["type"] == "epoch" {
+                epochs.push(epoch);
+            }
         }
     }
     assert_eq!(epochs, [epochs[0], epochs[0] + 1, epochs[0] + 2]);
@@ -409,6 +416,81 @@ struct Got {
     closed: Option<String>,
 }
 
+/// One of each tier on the hosts `main`, `cluster` and `sub` of a test's `Net`: the main
+/// publisher in this process, fed through `frames`, and a cluster publisher and its one
+/// subscriber as processes, stopped when this is dropped.
+struct Tiers {
+    frames: mpsc::Sender<Utf8Bytes>,
+    sub: SocketAddr,
+    sub_host: Host,
+    _processes: [Process; 2],
+    _stop: watch::Sender<bool>,
+}
+
+impl Tiers {
+    /// Starts them with a ring of `ring` epochs; `preload` goes into the main publisher's ring
+    /// before the lower tiers connect. Returns once `/register` can place on the subscriber.
+    async fn start(net: &Net, scratch: &Scratch, ring: usize, preload: &[String]) -> Tiers {
+        let [main_host, cluster_host, sub_host] = ["main", "cluster", "sub"].map(|h| net.host(h));
+        let main: SocketAddr = (main_host.addr(), MAIN_PORT).into();
+        let cluster: SocketAddr = (cluster_host.addr(), CLUSTER_PORT).into();
+        let sub: SocketAddr = (sub_host.addr(), SUBSCRIBER_PORT).into();
+        let (stop, stopped) = watch::channel(false);
+        let (frames, frames_rx) = mpsc::channel::<Utf8Bytes>(1024);
+        tokio::spawn(main_publisher(
+            main_host.listen(main_host.addr(), MAIN_PORT),
+            settings(ring),
+            frames_rx,
+            until(&stopped),
+        ));
+        for frame in preload {
+            frames.send(frame.clone().into()).await.unwrap();
+        }
+        let config = config(
+            scratch,
+            &format!(
+                "[broadcaster]\nmain = \"{main}\"\nring_epochs = {ring}\nlink_secret = \"{SECRET}\"\n\
+                 [[broadcaster.clusters]]\nname = \"c0\"\nlisten = \"{cluster}\"\n\
+                 subscribers = [\"{sub}\"]\n"
+            ),
+        );
+        let processes = [
+            broadcaster_in(
+                cluster_host,
+                scratch,
+                &config,
+                "c0",
+                &["cluster", "--name", "c0"],
+            ),
+            broadcaster_in(
+                sub_host,
+                scratch,
+                &config,
+                "c0-s0",
+                &["subscriber", "--name", "c0-s0"],
+            ),
+        ];
+        wait_for("the subscriber to be placed", DEADLINE, || async {
+            topology(main_host, main)
+                .await
+                .filter(|v| v.clusters.iter().any(|c| !c.subscribers.is_empty()))
+        })
+        .await;
+        Tiers {
+            frames,
+            sub,
+            sub_host: sub_host.clone(),
+            _processes: processes,
+            _stop: stop,
+        }
+    }
+
+    /// One sample of the subscriber's `/metrics`.
+    async fn sub_metric(&self, series: &str) -> Option<f64> {
+        metric(&self.sub_host, self.sub, series).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn far_lossy_slow_viewers_resume_over_a_full_ring_without_a_false_lag() {
     const VIEWERS: usize = 3;
@@ -418,50 +500,12 @@ async fn far_lossy_slow_viewers_resume_over_a_full_ring_without_a_false_lag() {
     let scratch = Scratch::new("netns-far-viewers");
     let labels = ["main", "cluster", "sub", "v0", "v1", "v2"];
     let net = Net::new(&labels);
-    let [main_host, cluster_host, sub_host] = ["main", "cluster", "sub"].map(|h| net.host(h));
-    let main: SocketAddr = (main_host.addr(), MAIN_PORT).into();
-    let cluster: SocketAddr = (cluster_host.addr(), CLUSTER_PORT).into();
-    let sub: SocketAddr = (sub_host.addr(), SUBSCRIBER_PORT).into();
-    let (_stop, stopped) = watch::channel(false);
-    let (frames, frames_rx) = mpsc::channel::<Utf8Bytes>(1024);
-    tokio::spawn(main_publisher(
-        main_host.listen(main_host.addr(), MAIN_PORT),
-        settings(RING as usize),
-        frames_rx,
-        until(&stopped),
-    ));
     // A full ring of realistic frames: 78 KB, more than a viewer's 64 KiB lag budget.
-    for epoch in FIRST..FIRST + RING {
-        frames.send(realistic("main", epoch).into()).await.unwrap();
-    }
-    let config = config(
-        &scratch,
-        &format!(
-            "[broadcaster]\nmain = \"{main}\"\nring_epochs = {RING}\nlink_secret = \"{SECRET}\"\n\
-             [[broadcaster.clusters]]\nname = \"c0\"\nlisten = \"{cluster}\"\n\
-             subscribers = [\"{sub}\"]\n"
-        ),
-    );
-    let _cluster = broadcaster_in(
-        cluster_host,
-        &scratch,
-        &config,
-        "c0",
-        &["cluster", "--name", "c0"],
-    );
-    let _sub = broadcaster_in(
-        sub_host,
-        &scratch,
-        &config,
-        "c0-s0",
-        &["subscriber", "--name", "c0-s0"],
-    );
-    wait_for("the subscriber to be placed", DEADLINE, || async {
-        topology(main_host, main)
-            .await
-            .filter(|v| v.clusters.iter().any(|c| !c.subscribers.is_empty()))
-    })
-    .await;
+    let ring: Vec<String> = (FIRST..FIRST + RING)
+        .map(|epoch| realistic("main", epoch))
+        .collect();
+    let tiers = Tiers::start(&net, &scratch, RING as usize, &ring).await;
+    let (sub, frames) = (tiers.sub, &tiers.frames);
 
     // Each viewer on a host of its own: 1 Mbit/s and 1 % loss each way on its link, 150 ms each
     // way through the proxy in front of it.
@@ -521,7 +565,7 @@ async fn far_lossy_slow_viewers_resume_over_a_full_ring_without_a_false_lag() {
     // come every 200 ms (ten times the production rate), into the replays still on their way.
     let resumed = r#"emostream_broadcaster_resume_hits_total{tier="subscriber"}"#;
     wait_for("every viewer joined", DEADLINE, || async {
-        (metric(sub_host, sub, resumed).await? == VIEWERS as f64).then_some(())
+        (tiers.sub_metric(resumed).await? == VIEWERS as f64).then_some(())
     })
     .await;
     let mut published_last = Instant::now();
@@ -618,48 +662,10 @@ async fn a_viewer_too_slow_for_its_stream_is_told_closed_and_resumes_without_a_g
     let scratch = Scratch::new("netns-too-slow");
     let labels = ["main", "cluster", "sub", "slow"];
     let net = Net::new(&labels);
-    let [main_host, cluster_host, sub_host, slow] = labels.map(|h| net.host(h));
-    let main: SocketAddr = (main_host.addr(), MAIN_PORT).into();
-    let cluster: SocketAddr = (cluster_host.addr(), CLUSTER_PORT).into();
-    let sub: SocketAddr = (sub_host.addr(), SUBSCRIBER_PORT).into();
-    let (_stop, stopped) = watch::channel(false);
-    let (frames, frames_rx) = mpsc::channel::<Utf8Bytes>(1024);
+    let slow = net.host("slow");
     // The ring holds every frame of the test, so the resume finds all the viewer missed.
-    let ring = FRAMES as usize + 16;
-    tokio::spawn(main_publisher(
-        main_host.listen(main_host.addr(), MAIN_PORT),
-        settings(ring),
-        frames_rx,
-        until(&stopped),
-    ));
-    let config = config(
-        &scratch,
-        &format!(
-            "[broadcaster]\nmain = \"{main}\"\nring_epochs = {ring}\nlink_secret = \"{SECRET}\"\n\
-             [[broadcaster.clusters]]\nname = \"c0\"\nlisten = \"{cluster}\"\n\
-             subscribers = [\"{sub}\"]\n"
-        ),
-    );
-    let _cluster = broadcaster_in(
-        cluster_host,
-        &scratch,
-        &config,
-        "c0",
-        &["cluster", "--name", "c0"],
-    );
-    let _sub = broadcaster_in(
-        sub_host,
-        &scratch,
-        &config,
-        "c0-s0",
-        &["subscriber", "--name", "c0-s0"],
-    );
-    wait_for("the subscriber to be placed", DEADLINE, || async {
-        topology(main_host, main)
-            .await
-            .filter(|v| v.clusters.iter().any(|c| !c.subscribers.is_empty()))
-    })
-    .await;
+    let tiers = Tiers::start(&net, &scratch, FRAMES as usize + 16, &[]).await;
+    let (sub, frames) = (tiers.sub, &tiers.frames);
 
     // 64 kbit/s (8 KB/s) against a stream of 1.3 KB frames every 10 ms (130 KB/s): the viewer
     // falls past its 64 KiB lag budget within the first second.
@@ -671,7 +677,7 @@ async fn a_viewer_too_slow_for_its_stream_is_told_closed_and_resumes_without_a_g
     ));
     let viewers = r#"emostream_broadcaster_connections{tier="subscriber",conn="ws"}"#;
     wait_for("the slow viewer to be in", DEADLINE, || async {
-        (metric(sub_host, sub, viewers).await? == 1.0).then_some(())
+        (tiers.sub_metric(viewers).await? == 1.0).then_some(())
     })
     .await;
     let mut pace = tokio::time::interval(Duration::from_millis(10));
@@ -716,7 +722,7 @@ async fn a_viewer_too_slow_for_its_stream_is_told_closed_and_resumes_without_a_g
         Some(live),
     ));
     wait_for("the resumed viewer to be in", DEADLINE, || async {
-        (metric(sub_host, sub, viewers).await? == 1.0).then_some(())
+        (tiers.sub_metric(viewers).await? == 1.0).then_some(())
     })
     .await;
     frames.send(realistic("main", live).into()).await.unwrap();
