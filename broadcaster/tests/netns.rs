@@ -13,7 +13,7 @@
 mod common;
 
 use axum::extract::ws::Utf8Bytes;
-use common::{config, sample};
+use common::{config, sample, until};
 use emostream_broadcaster::{main_publisher, Settings};
 use emostream_protocol::synthetic;
 use emostream_protocol::wire::{Admission, EmojiCount, EpochFrame, FrameType, TopologyView};
@@ -21,7 +21,6 @@ use emostream_protocol::Config;
 use emostream_testkit::netns::{self, DelayProxy, Host, Net};
 use emostream_testkit::{http, wait_for, Process, Scratch};
 use futures_util::StreamExt;
-use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -84,13 +83,6 @@ fn realistic(stream: &str, epoch: u64) -> String {
         emojis,
     };
     serde_json::to_string(&frame).unwrap()
-}
-
-fn until(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    let mut stop = stop.clone();
-    async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }
 }
 
 /// A broadcaster process inside `host`, killed when dropped; its log is `<scratch>/<name>.log`.

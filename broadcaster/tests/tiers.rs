@@ -3,12 +3,11 @@
 
 mod common;
 
-use common::http;
+use common::{http, listener, sse_until, until};
 use emostream_broadcaster::{cluster_publisher, main_publisher, subscriber, Error, Settings};
 use emostream_protocol::wire::{Assignment, ErrorBody};
 use emostream_testkit::wait_for;
 use futures_util::StreamExt;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,19 +46,6 @@ fn frame(stream: &str, epoch: u64) -> String {
         epoch * 2000,
         epoch * 2000 + 2000
     )
-}
-
-async fn listener() -> (TcpListener, SocketAddr) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    (l, addr)
-}
-
-fn until(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    let mut stop = stop.clone();
-    async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }
 }
 
 /// Subscriber `name`, listening on `l` (which is `addr`) and linked to the cluster publisher at
@@ -342,26 +328,6 @@ async fn a_restarted_cluster_publisher_heals_the_gap_from_the_ring() {
             .unwrap()
             .unwrap();
     }
-}
-
-/// Reads an SSE response until `want` has appeared in its body (or the deadline passes).
-async fn sse_until(conn: &mut TcpStream, want: &str) -> String {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    timeout(DEADLINE, async {
-        while !String::from_utf8_lossy(&seen).contains(want) {
-            let n = conn.read(&mut buf).await.unwrap();
-            assert!(
-                n > 0,
-                "the SSE stream ended early: {}",
-                String::from_utf8_lossy(&seen)
-            );
-            seen.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {want:?} in {}", String::from_utf8_lossy(&seen)));
-    String::from_utf8(seen).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

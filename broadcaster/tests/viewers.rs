@@ -4,12 +4,11 @@
 
 mod common;
 
-use common::{http, sample};
+use common::{http, listener, sample, sse_until, until};
 use emostream_broadcaster::{cluster_publisher, main_publisher, subscriber, Error, Settings};
 use emostream_protocol::wire::{Assignment, EmojiCount, EpochFrame, FrameType};
 use emostream_testkit::wait_for;
 use futures_util::StreamExt;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -70,19 +69,6 @@ fn realistic(epoch: u64) -> String {
 /// A small epoch frame.
 fn frame(epoch: u64) -> String {
     format!(r#"{{"type":"epoch","stream":"main","epoch":{epoch},"total":{epoch}}}"#)
-}
-
-async fn listener() -> (TcpListener, SocketAddr) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    (l, addr)
-}
-
-fn until(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    let mut stop = stop.clone();
-    async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }
 }
 
 type Role = JoinHandle<Result<(), Error>>;
@@ -554,24 +540,4 @@ async fn viewers_are_told_of_gaps_and_of_a_lost_upstream() {
         "{metrics}"
     );
     stop_all(stop, roles).await;
-}
-
-/// Reads an SSE response until `want` has arrived; returns all of it.
-async fn sse_until(conn: &mut TcpStream, want: &str) -> String {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    timeout(DEADLINE, async {
-        while !String::from_utf8_lossy(&seen).contains(want) {
-            let n = conn.read(&mut buf).await.unwrap();
-            assert!(
-                n > 0,
-                "the SSE stream ended early: {}",
-                String::from_utf8_lossy(&seen)
-            );
-            seen.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {want:?} in {}", String::from_utf8_lossy(&seen)));
-    String::from_utf8(seen).unwrap()
 }

@@ -1,14 +1,20 @@
 //! What the broadcaster's process-level tests share on top of `emostream-testkit`: a
-//! configuration file, the broadcaster binary as a real process, and HTTP answers as
-//! (status, body).
+//! configuration file, the broadcaster binary as a real process, HTTP answers as
+//! (status, body), a role's listener and stop signal, and reading an SSE stream.
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 use emostream_testkit::{http, Process, Scratch};
 use std::fmt::Display;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::timeout;
 
 /// How long any one expected thing may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -62,4 +68,40 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// A listener on a free loopback port, and its address.
+pub async fn listener() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    (l, addr)
+}
+
+/// A role's shutdown future: resolves once `stop` says true.
+pub fn until(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut stop = stop.clone();
+    async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }
+}
+
+/// Reads an SSE response until `want` has appeared in it (or the deadline passes); returns all
+/// of it.
+pub async fn sse_until(conn: &mut TcpStream, want: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    timeout(DEADLINE, async {
+        while !String::from_utf8_lossy(&seen).contains(want) {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "the SSE stream ended early: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {want:?} in {}", String::from_utf8_lossy(&seen)));
+    String::from_utf8(seen).unwrap()
 }
