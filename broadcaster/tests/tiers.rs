@@ -22,18 +22,9 @@ use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
 
 /// How long any one expected thing may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(10);
+/// The settings every role of this file runs with.
 fn settings() -> Settings {
-    Settings {
-        ring_epochs: 8,
-        tokens: None,
-        link_secret: None,
-        page: None,
-        viewer_lag_budget_bytes: 64 * 1024,
-        subscriber_threads: 0,
-        max_viewers: 1000,
-        max_streams: 64,
-        header_read_timeout: Duration::from_secs(5),
-    }
+    common::settings(8)
 }
 
 type Viewer = WebSocketStream<MaybeTlsStream<TcpStream>>;

@@ -25,18 +25,9 @@ use tokio_tungstenite::{client_async, connect_async, MaybeTlsStream, WebSocketSt
 /// How long any one expected thing may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The settings every role of this file runs with.
 fn settings() -> Settings {
-    Settings {
-        ring_epochs: 60,
-        tokens: None,
-        link_secret: None,
-        page: None,
-        viewer_lag_budget_bytes: 64 * 1024,
-        subscriber_threads: 0,
-        max_viewers: 1000,
-        max_streams: 64,
-        header_read_timeout: Duration::from_secs(5),
-    }
+    common::settings(60)
 }
 
 /// An epoch frame the size of a busy stream's: 30 emojis, about 1.4 KiB.

@@ -8,7 +8,9 @@ use crate::trace::{self, Truth};
 use emostream_protocol::wire::{EmojiEvent, EpochFrame};
 use emostream_testkit::netns::{Host, Net};
 use emostream_testkit::procfs::pids_with;
-use emostream_testkit::{bin_dir, free_port, now_ms, repo_root, topic, Process, Rng, Scratch};
+use emostream_testkit::{
+    bin_dir, free_port, now_ms, repo_root, topic, wait_for, Process, Rng, Scratch,
+};
 use rdkafka::producer::FutureRecord;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -195,6 +197,21 @@ impl HostCluster {
             .kafka
             .enter(move || topic::payloads(&brokers, "emoji-epochs"));
         (payloads.len(), trace::distinct_frames(&payloads))
+    }
+
+    /// Waits up to 90 s until `emoji-epochs` holds every (stream, epoch) of `truth`, and returns
+    /// what [`HostCluster::epochs`] read then.
+    pub async fn published(&self, truth: &Truth) -> (usize, BTreeMap<(String, u64), EpochFrame>) {
+        wait_for(
+            "every epoch on emoji-epochs",
+            Duration::from_secs(90),
+            || {
+                let (records, frames) = self.epochs();
+                let all = truth.keys().all(|k| frames.contains_key(k));
+                async move { all.then_some((records, frames)) }
+            },
+        )
+        .await
     }
 
     /// Produces from host `kafka` in the background: one record per 20 ms, streams in turn, 30

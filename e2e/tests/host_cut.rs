@@ -59,16 +59,7 @@ async fn a_cut_off_host_restarts_the_cluster_within_the_bound_and_epochs_stay_ex
     )
     .await;
     let truth = load.truth().await;
-    let (_, frames) = wait_for(
-        "every epoch on emoji-epochs",
-        Duration::from_secs(90),
-        || {
-            let (records, frames) = cluster.epochs();
-            let all = truth.keys().all(|k| frames.contains_key(k));
-            async move { all.then_some((records, frames)) }
-        },
-    )
-    .await;
+    let (_, frames) = cluster.published(&truth).await;
     eprintln!(
         "{} epochs exact, {} taps",
         frames.len(),

@@ -82,16 +82,7 @@ async fn a_rolling_stop_under_load_then_a_restart_is_exact() {
     )
     .await;
     let truth = load.truth().await;
-    let (records, frames) = wait_for(
-        "every epoch on emoji-epochs",
-        Duration::from_secs(90),
-        || {
-            let (records, frames) = cluster.epochs();
-            let all = truth.keys().all(|k| frames.contains_key(k));
-            async move { all.then_some((records, frames)) }
-        },
-    )
-    .await;
+    let (records, frames) = cluster.published(&truth).await;
     eprintln!(
         "{} epochs exact, {records} records ({} identical re-publications)",
         frames.len(),

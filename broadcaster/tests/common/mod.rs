@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+use emostream_broadcaster::Settings;
 use emostream_testkit::{http, Process, Scratch};
 use std::fmt::Display;
 use std::future::Future;
@@ -104,4 +105,20 @@ pub async fn sse_until(conn: &mut TcpStream, want: &str) -> String {
     .await
     .unwrap_or_else(|_| panic!("no {want:?} in {}", String::from_utf8_lossy(&seen)));
     String::from_utf8(seen).unwrap()
+}
+
+/// A role's settings for an in-process test: a ring of `ring_epochs`, no tokens or link secret,
+/// room for 1,000 viewers over 64 streams.
+pub fn settings(ring_epochs: usize) -> Settings {
+    Settings {
+        ring_epochs,
+        tokens: None,
+        link_secret: None,
+        page: None,
+        viewer_lag_budget_bytes: 64 * 1024,
+        subscriber_threads: 0,
+        max_viewers: 1000,
+        max_streams: 64,
+        header_read_timeout: Duration::from_secs(5),
+    }
 }
