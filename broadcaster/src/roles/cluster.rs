@@ -1,12 +1,14 @@
 //! A cluster publisher: one link up to the main publisher, a link down to each subscriber.
 
-use super::{finish, link_routes, nodelay, serve, LinkState, Settings};
+use super::Settings;
 use crate::error::Error;
 use crate::hub::Hub;
-use crate::link::{self, Upstream};
 use crate::metrics::Metrics;
-use crate::roster::Roster;
-use crate::tasks::Tasks;
+use crate::server::tasks::Tasks;
+use crate::server::{finish, nodelay, serve};
+use crate::tiers::link::{self, Upstream};
+use crate::tiers::roster::Roster;
+use crate::tiers::{link_routes, LinkState};
 use emostream_protocol::wire::{LinkUp, Member};
 use std::future::Future;
 use std::sync::Arc;

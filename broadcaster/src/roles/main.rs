@@ -1,13 +1,15 @@
 //! The main publisher: frames from its source into the hub and on to every cluster publisher,
 //! and the viewers' front door (`/register`).
 
-use super::{finish, link_routes, nodelay, serve, LinkState, Settings};
+use super::Settings;
 use crate::auth::TokenKey;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::roster::{Roster, SILENCE};
-use crate::tasks::{Stop, Tasks};
+use crate::server::tasks::{Stop, Tasks};
+use crate::server::{finish, nodelay, serve};
+use crate::tiers::roster::{Roster, SILENCE};
+use crate::tiers::{link_routes, LinkState};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::Utf8Bytes;
 use axum::extract::State;

@@ -1,17 +1,18 @@
 //! A subscriber: one link up to its cluster publisher, and the viewers' WebSockets and SSE
 //! streams.
 
-use super::{finish, serve, Settings};
+use super::Settings;
 use crate::auth::{self, TokenKey};
 use crate::error::Error;
-use crate::fanout::Fanout;
 use crate::hub::{Hub, Watching};
-use crate::link::{self, Upstream};
 use crate::metrics::{Conn, Metrics};
-use crate::outlet::{Offer, Outlet, SseWire, Wire, WsWire};
-use crate::tasks::{Stop, Tasks};
-use crate::viewer::{self, Until};
-use crate::websocket::Upgrade;
+use crate::server::tasks::{Stop, Tasks};
+use crate::server::{finish, serve};
+use crate::tiers::link::{self, Upstream};
+use crate::viewers::connection::{self, Until};
+use crate::viewers::lanes::Fanout;
+use crate::viewers::outlet::{Offer, Outlet, SseWire, Wire, WsWire};
+use crate::viewers::websocket::Upgrade;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -39,7 +40,7 @@ const SYNC_WAIT: Duration = Duration::from_secs(2);
 /// How long the subscriber may be without a live upstream before it closes its viewers (1012)
 /// and refuses new ones (503), so that they register again and land where frames flow. A link
 /// dropped by a blip is back within its backoff (at most 2 s); a dead upstream is declared
-/// [`SILENCE`](crate::roster::SILENCE) (3 s) after it was last heard, which this adds to.
+/// [`SILENCE`](crate::tiers::roster::SILENCE) (3 s) after it was last heard, which this adds to.
 pub const UPSTREAM_LOST_AFTER: Duration = Duration::from_secs(5);
 
 /// Unsent bytes a viewer's socket holds before a write returns WouldBlock (`TCP_NOTSENT_LOWAT`):
@@ -322,7 +323,7 @@ async fn watch_ws(
         // Joined only now, after the upgrade, so the replay is as fresh as the socket.
         viewers.join(&stream, query.since, &outlet).await;
         let until = viewers.until(&admitted);
-        viewer::serve_ws(socket, early, outlet, &viewers.metrics, until).await;
+        connection::serve_ws(socket, early, outlet, &viewers.metrics, until).await;
         drop(admitted);
     }))
 }
@@ -361,7 +362,7 @@ async fn watch_sse(
     tokio::spawn(async move {
         let _open = viewers.metrics.open(Conn::Sse);
         let until = viewers.until(&admitted);
-        viewer::serve_sse(outlet, &viewers.metrics, until).await;
+        connection::serve_sse(outlet, &viewers.metrics, until).await;
         drop(admitted);
     });
     let body = Body::from_stream(body.map(Ok::<_, Infallible>));

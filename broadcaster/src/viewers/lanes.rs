@@ -3,13 +3,13 @@
 //! A few lanes (one per runtime worker) split the viewers between them; each lane reads the hub's
 //! feed of every frame, in publication order, and offers each frame to its viewers of that frame's
 //! stream. An offer to a viewer that keeps up is one non-blocking write of bytes shared by every
-//! viewer ([`crate::outlet`]), so a frame reaches thousands of sockets without a task wake-up or
+//! viewer ([`crate::viewers::outlet`]), so a frame reaches thousands of sockets without a task wake-up or
 //! an allocation per viewer. A lane gives its worker back every [`YIELD_EVERY`] offers so the
 //! same thread keeps answering pings, joins and HTTP while it writes.
 
 use crate::hub::{Frame, Hub};
 use crate::metrics::{Deliveries, Metrics};
-use crate::outlet::Offer;
+use crate::viewers::outlet::Offer;
 use emostream_protocol::trends::ALL_STREAMS;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

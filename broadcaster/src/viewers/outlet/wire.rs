@@ -52,15 +52,15 @@ impl Wire for WsWire {
     }
 
     fn notice(notice: &ViewerNotice) -> Bytes {
-        crate::websocket::text(&notice_json(notice))
+        crate::viewers::websocket::text(&notice_json(notice))
     }
 
     fn farewell(code: u16, reason: &str) -> Bytes {
-        crate::websocket::close(code, reason)
+        crate::viewers::websocket::close(code, reason)
     }
 
     fn ping() -> Bytes {
-        crate::websocket::ping()
+        crate::viewers::websocket::ping()
     }
 
     fn try_write(&mut self, bytes: &Bytes, then: Option<&Bytes>) -> io::Result<usize> {

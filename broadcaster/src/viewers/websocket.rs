@@ -5,7 +5,7 @@
 //! Viewers do not go through axum's `WebSocket`: its socket sits behind a sink that one task must
 //! drive, so every frame to every viewer cost a task wake-up, a poll of that task's whole select,
 //! a lock between the socket's halves and an encoding pass. Owning the socket lets the fan-out
-//! write a frame's shared bytes straight into each socket ([`crate::outlet`]); links between
+//! write a frame's shared bytes straight into each socket ([`crate::viewers::outlet`]); links between
 //! tiers, a handful of sockets, still use axum's.
 
 use crate::error::Error;

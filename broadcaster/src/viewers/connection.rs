@@ -1,14 +1,14 @@
 //! One task per viewer connection, WebSocket or SSE. The fan-out writes frames straight into the
-//! socket ([`crate::outlet`]); this task does the rest: it drains what the socket did not take at
+//! socket ([`crate::viewers::outlet`]); this task does the rest: it drains what the socket did not take at
 //! once, answers and sends pings, reads what a WebSocket viewer says, and closes the connection
 //! when the viewer leaves, stops reading, falls too far behind, its token expires, the subscriber
 //! loses its upstream for too long, or the role shuts down.
 
 use crate::metrics::Metrics;
-use crate::outlet::{Outlet, SseWire, Standing, Wire, WsWire};
-use crate::socket::{CLOSE_DEADLINE, WRITE_DEADLINE};
-use crate::tasks::Stop;
-use crate::websocket::{close_code, FromViewer, Reader, Violation};
+use crate::server::socket::{CLOSE_DEADLINE, WRITE_DEADLINE};
+use crate::server::tasks::Stop;
+use crate::viewers::outlet::{Outlet, SseWire, Standing, Wire, WsWire};
+use crate::viewers::websocket::{close_code, FromViewer, Reader, Violation};
 use bytes::Bytes;
 use std::future::poll_fn;
 use std::io;

@@ -19,9 +19,9 @@
 use crate::auth;
 use crate::hub::{Frame, Hub};
 use crate::metrics::{Conn, Metrics};
-use crate::roster::{LinkId, Roster, HEARTBEAT, SILENCE};
-use crate::socket::{self, going_away, WriteFailed};
-use crate::tasks::Stop;
+use crate::server::socket::{self, going_away, WriteFailed};
+use crate::server::tasks::Stop;
+use crate::tiers::roster::{LinkId, Roster, HEARTBEAT, SILENCE};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use emostream_protocol::trends::ALL_STREAMS;

@@ -228,7 +228,7 @@ impl Hub {
             seq: self.published.fetch_add(1, Ordering::Relaxed) + 1,
             ring,
             sse: sse_event(ring.then_some(epoch), &text),
-            ws: crate::websocket::text(&text),
+            ws: crate::viewers::websocket::text(&text),
             text,
             at: Instant::now(),
         })
