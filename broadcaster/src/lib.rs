@@ -44,3 +44,4 @@ pub use roles::main::main_publisher;
 pub use roles::subscriber::subscriber;
 pub use roles::{run, Role, Settings};
 pub use sources::synthetic::Synthetic;
+pub use viewers::outlet::ViewerLimits;

@@ -291,11 +291,6 @@ impl Metrics {
         add(&cells.sum_us, d.latency_sum_us);
     }
 
-    /// Bytes written that carry no frame (lag notices, pings): traffic, but not deliveries.
-    pub fn overhead(&self, conn: Conn, bytes: usize) {
-        self.bytes_sent[conn.index()].inc_by(bytes as u64);
-    }
-
     pub fn lag_close(&self) {
         self.lag_closes.inc();
     }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{broadcaster, config, http, sample, DEADLINE};
-use emostream_broadcaster::{cluster_publisher, main_publisher, Settings};
+use emostream_broadcaster::{cluster_publisher, main_publisher, Settings, ViewerLimits};
 use emostream_testkit::{free_port, now_ms, wait_for, Scratch};
 use futures_util::StreamExt;
 use std::time::Duration;
@@ -41,7 +41,8 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
         tokens: None,
         link_secret: None,
         page: None,
-        viewer_lag_budget_bytes: 256 * 1024,
+        viewer_limits: ViewerLimits::new(256 * 1024, Duration::from_secs(4)),
+        bundle_wait: Duration::from_millis(5),
         subscriber_threads: 0,
         max_viewers: 1000,
         max_streams: 64,

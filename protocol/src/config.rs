@@ -310,6 +310,18 @@ pub struct BroadcasterConfig {
     /// frames conflated away) before it is closed as too slow; it can resume with `since`.
     #[serde(default = "BroadcasterConfig::viewer_lag_budget_bytes")]
     pub viewer_lag_budget_bytes: usize,
+    /// How stale a viewer's view may get, in milliseconds: live frames are held back while the
+    /// oldest one its peer has not yet acknowledged arrived more than a third of this ago, and
+    /// while held, a newer epoch replaces the waiting frames of older ones (the viewer is told
+    /// `lagged`, and can fetch them with `since`); a viewer that keeps skipping for twice this
+    /// long without reading an epoch within it is closed with 1013. Two 2 s epochs by default.
+    #[serde(default = "BroadcasterConfig::viewer_max_staleness_ms")]
+    pub viewer_max_staleness_ms: u64,
+    /// How long a subscriber's lane waits, after an epoch frame, for the same epoch's trend
+    /// frames (trending, sentiment, popular), so that each viewer gets them all in one write;
+    /// 0: never wait.
+    #[serde(default = "BroadcasterConfig::bundle_wait_ms")]
+    pub bundle_wait_ms: u64,
     /// Threads a subscriber runs on, each writing frames to its share of the viewers (one fan-out
     /// lane per thread); 0 (the default): one per core. A host running several subscribers
     /// gives each fewer, since their fan-outs run at once and would only take turns on the cores.
@@ -347,6 +359,18 @@ impl BroadcasterConfig {
     /// 5 s, as the gateway's: a phone on a poor network sends a request's header well within it.
     const fn header_read_timeout_ms() -> u64 {
         5_000
+    }
+
+    /// Two 2 s epochs.
+    const fn viewer_max_staleness_ms() -> u64 {
+        4_000
+    }
+
+    /// An epoch's trend frames follow its epoch frame within a millisecond or two when the
+    /// tier above has them together; waiting longer would delay every epoch frame of a tier
+    /// whose trend frames come late or not at all.
+    const fn bundle_wait_ms() -> u64 {
+        5
     }
 
     /// Two minutes of 2 s epochs.

@@ -193,6 +193,13 @@ impl Host {
     /// receives. The queue in front of the bucket holds 200 ms of traffic (at least 16 KiB),
     /// a bottleneck router's buffer; what overflows it is dropped, as there.
     pub fn limit_rate(&self, kbit: u32) {
+        let bytes_per_s = u64::from(kbit) * 1000 / 8;
+        self.limit_rate_queued(kbit, (bytes_per_s / 5).max(16 * 1024));
+    }
+
+    /// As [`Host::limit_rate`], with `queue_bytes` in front of each bucket: a mobile network's
+    /// deep buffers hold seconds of traffic.
+    pub fn limit_rate_queued(&self, kbit: u32, queue_bytes: u64) {
         assert!(
             kbit >= 8,
             "a rate limit of {kbit} kbit/s is below one packet a second"
@@ -201,7 +208,7 @@ impl Host {
         // The bucket lets a few packets through at line rate: 10 ms of traffic, at least 4 KiB
         // so a full-size frame always fits.
         let burst = (bytes_per_s / 100).max(4096);
-        let limit = (bytes_per_s / 5).max(16 * 1024);
+        let limit = queue_bytes;
         for (ns, dev) in [(&self.ns, IFACE), (&self.switch, self.port.as_str())] {
             run(Command::new("tc").args([
                 "-n",

@@ -30,7 +30,7 @@ const LINK_CAPACITY: usize = 1024;
 /// What a frame is, by its `type`: how the hub keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum Kind {
+pub enum Kind {
     Trending,
     Sentiment,
     Popular,
@@ -73,6 +73,7 @@ impl Head {
 pub struct FrameData {
     pub stream: Arc<str>,
     pub epoch: u64,
+    pub kind: Kind,
     /// Where the frame falls in this hub's publication order, counting from 1.
     pub seq: u64,
     /// An epoch frame (kept in the ring, deduplicated by epoch), not a trend frame.
@@ -194,7 +195,7 @@ impl Hub {
                 {
                     return Ok(false);
                 }
-                let frame = self.frame(stream, head.epoch, text, true);
+                let frame = self.frame(stream, head.epoch, head.kind, text);
                 if state.ring.len() == self.ring_epochs {
                     state.evicted = state.ring.pop_front().map(|f| f.epoch);
                 }
@@ -209,7 +210,7 @@ impl Hub {
                         return Ok(false);
                     }
                 }
-                let frame = self.frame(stream, head.epoch, text, false);
+                let frame = self.frame(stream, head.epoch, head.kind, text);
                 state.latest[slot] = Some(Arc::clone(&frame));
                 frame
             }
@@ -221,10 +222,12 @@ impl Hub {
 
     /// The next frame in publication order; a ring frame's SSE event id is its epoch. Called
     /// under the lock.
-    fn frame(&self, stream: Arc<str>, epoch: u64, text: Utf8Bytes, ring: bool) -> Frame {
+    fn frame(&self, stream: Arc<str>, epoch: u64, kind: Kind, text: Utf8Bytes) -> Frame {
+        let ring = kind.trend_slot().is_none();
         Arc::new(FrameData {
             stream,
             epoch,
+            kind,
             seq: self.published.fetch_add(1, Ordering::Relaxed) + 1,
             ring,
             sse: sse_event(ring.then_some(epoch), &text),

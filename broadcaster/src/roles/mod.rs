@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::server::bind;
 use crate::sources::kafka::FrameSource;
 use crate::sources::synthetic::Synthetic;
+use crate::viewers::outlet::ViewerLimits;
 use emostream_protocol::config::BroadcasterConfig;
 use emostream_protocol::Config;
 use emostream_web::Page;
@@ -74,7 +75,10 @@ pub struct Settings {
     pub tokens: Option<TokenKey>,
     /// Presented to the tier above and required from the tier below.
     pub link_secret: Option<String>,
-    pub viewer_lag_budget_bytes: usize,
+    /// How far behind a viewer may fall, in bytes and in time.
+    pub viewer_limits: ViewerLimits,
+    /// How long a lane waits after an epoch frame for the same epoch's trend frames.
+    pub bundle_wait: Duration,
     /// A subscriber's threads, one fan-out lane each; 0: one per core.
     pub subscriber_threads: usize,
     /// The services the viewer page served by subscribers talks to: the gateway it posts taps
@@ -99,6 +103,8 @@ impl Settings {
             viewer_token_ttl_s,
             link_secret,
             viewer_lag_budget_bytes,
+            viewer_max_staleness_ms,
+            bundle_wait_ms,
             subscriber_threads,
             max_viewers,
             max_streams,
@@ -125,7 +131,11 @@ impl Settings {
                 .as_deref()
                 .map(|secret| TokenKey::new(secret, Duration::from_secs(*viewer_token_ttl_s))),
             link_secret: link_secret.clone(),
-            viewer_lag_budget_bytes: *viewer_lag_budget_bytes,
+            viewer_limits: ViewerLimits::new(
+                *viewer_lag_budget_bytes,
+                Duration::from_millis(*viewer_max_staleness_ms),
+            ),
+            bundle_wait: Duration::from_millis(*bundle_wait_ms),
             subscriber_threads: *subscriber_threads,
             page: None,
             max_viewers,

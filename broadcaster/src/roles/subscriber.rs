@@ -11,7 +11,7 @@ use crate::server::{finish, serve};
 use crate::tiers::link::{self, Upstream};
 use crate::viewers::connection::{self, Until};
 use crate::viewers::lanes::Fanout;
-use crate::viewers::outlet::{Offer, Outlet, SseWire, Wire, WsWire};
+use crate::viewers::outlet::{Offer, Outlet, SseWire, ViewerLimits, Wire, WsWire};
 use crate::viewers::websocket::Upgrade;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -104,7 +104,12 @@ pub async fn subscriber(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let fanout = Arc::new(Fanout::start(&hub, lanes, Arc::clone(&metrics)));
+    let fanout = Arc::new(Fanout::start(
+        &hub,
+        lanes,
+        settings.bundle_wait,
+        Arc::clone(&metrics),
+    ));
     let state = Viewers {
         hub,
         fanout,
@@ -114,7 +119,7 @@ pub async fn subscriber(
         upstream_lost,
         metrics: Arc::clone(&metrics),
         tokens: settings.tokens,
-        budget_bytes: settings.viewer_lag_budget_bytes,
+        limits: settings.viewer_limits,
         stop: tasks.stop_handle(),
     };
     let mut app = Router::new()
@@ -180,7 +185,7 @@ struct Viewers {
     upstream_lost: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     tokens: Option<TokenKey>,
-    budget_bytes: usize,
+    limits: ViewerLimits,
     stop: Stop,
 }
 
@@ -319,7 +324,7 @@ async fn watch_ws(
     Ok(upgrade.on_upgrade(move |socket, early| async move {
         let _open = viewers.metrics.open(Conn::Ws);
         let socket = Arc::new(socket);
-        let outlet = Outlet::new(WsWire::new(Arc::clone(&socket)), viewers.budget_bytes);
+        let outlet = Outlet::new(WsWire::new(Arc::clone(&socket)), viewers.limits);
         // Joined only now, after the upgrade, so the replay is as fresh as the socket.
         viewers.join(&stream, query.since, &outlet).await;
         let until = viewers.until(&admitted);
@@ -357,7 +362,7 @@ async fn watch_sse(
     // Capacity 0 gives the sender one slot: the fan-out hands over a frame only once hyper has
     // taken the previous one for the socket, so a stalled reader backs up into the outlet.
     let (tx, body) = futures_channel::mpsc::channel::<Bytes>(0);
-    let outlet = Outlet::new(SseWire(tx), viewers.budget_bytes);
+    let outlet = Outlet::new(SseWire(tx), viewers.limits);
     viewers.join(&stream, since, &outlet).await;
     tokio::spawn(async move {
         let _open = viewers.metrics.open(Conn::Sse);

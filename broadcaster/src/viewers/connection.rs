@@ -7,7 +7,7 @@
 use crate::metrics::Metrics;
 use crate::server::socket::{CLOSE_DEADLINE, WRITE_DEADLINE};
 use crate::server::tasks::Stop;
-use crate::viewers::outlet::{Outlet, SseWire, Standing, Wire, WsWire};
+use crate::viewers::outlet::{Outlet, SseWire, Standing, Wire, WsWire, HELD_RECHECK};
 use crate::viewers::websocket::{close_code, FromViewer, Reader, Violation};
 use bytes::Bytes;
 use std::future::poll_fn;
@@ -199,6 +199,8 @@ async fn serve<W: Wire>(
             }
             // The fan-out left something the socket did not take, or changed the standing.
             () = outlet.woken() => {}
+            // Held back for staleness: the peer's acknowledgements wake nothing, so look again.
+            () = tokio::time::sleep(HELD_RECHECK), if outlet.held() => {}
             heard = incoming.next() => match heard {
                 // Pongs, and anything else the viewer says, prove it is still there.
                 Ok(FromViewer::Alive) => awaiting_pong = false,

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
-use emostream_broadcaster::Settings;
+use emostream_broadcaster::{Settings, ViewerLimits};
 use emostream_testkit::{http, Process, Scratch};
 use std::fmt::Display;
 use std::future::Future;
@@ -115,7 +115,8 @@ pub fn settings(ring_epochs: usize) -> Settings {
         tokens: None,
         link_secret: None,
         page: None,
-        viewer_lag_budget_bytes: 64 * 1024,
+        viewer_limits: ViewerLimits::new(64 * 1024, Duration::from_secs(4)),
+        bundle_wait: Duration::from_millis(5),
         subscriber_threads: 0,
         max_viewers: 1000,
         max_streams: 64,

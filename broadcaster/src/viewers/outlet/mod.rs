@@ -1,21 +1,27 @@
-//! One viewer's sending side, shared by the fan-out that offers it every frame of its stream and
+//! One viewer's sending side, shared by the lane that offers it every frame of its stream and
 //! the viewer's own task, which finishes whatever the peer did not take at once.
 //!
-//! The fan-out writes a frame's shared bytes straight into the socket when nothing is waiting
-//! there, which is every frame of a viewer that keeps up: no task wakes, nothing is copied but by
-//! the kernel. Only what a socket does not take at once waits, in a small conflating backlog the
-//! viewer's task drains as the socket drains: at most [`OUTBOX_FRAMES`] live frames besides the one
-//! being written. A newer frame arriving at a full backlog drops the oldest waiting one; the
-//! viewer is told how many it missed just before the next frame it does get, and can fetch them
-//! with `since`. A viewer further behind than its byte budget is closed. The join's replay goes
-//! ahead of every live frame and whole: it is neither conflated nor counted against the budget.
+//! A lane offers a viewer all the frames it has for it at once (an epoch's frame and its trend
+//! frames), and the outlet writes them straight into the socket in one write when nothing is
+//! waiting there, which is every epoch of a viewer that keeps up: no task wakes, nothing is
+//! copied but by the kernel. Only what a socket does not take at once waits, in a small
+//! conflating backlog the viewer's task drains as the socket drains.
+//!
+//! A viewer is kept fresh in time, not only in bytes. The kernel says how much of what it took
+//! the peer has acknowledged; while the oldest live frame the peer lacks arrived more than a
+//! third of the staleness bound ago, new frames are held back rather than queued behind it in
+//! the kernel, and a newer epoch replaces the older ones waiting. The viewer is told how many it
+//! missed as soon as they are skipped, and can fetch them with `since`. A viewer that
+//! keeps skipping for twice the bound, or falls further behind than its byte budget, is closed.
+//! The join's replay goes ahead of every live frame and whole: it is neither conflated, nor held,
+//! nor counted against the budget.
 //!
 //! Everything written to a socket goes through here under one lock (frames, lag notices, pings,
-//! pongs, the Close frame), so writes from the fan-out and from the viewer's task never interleave
-//! mid-frame. The lock is held for one non-blocking write at most, never across an await.
+//! pongs, the Close frame), so writes from the lane and from the viewer's task never interleave
+//! mid-frame. The lock is held for a few non-blocking writes at most, never across an await.
 //!
 //! - `wire`: the two kinds of viewer socket (WebSocket, SSE) and their bytes.
-//! - `backlog`: what waits for a socket: the queue, conflation, how far behind the viewer is.
+//! - `backlog`: what waits for a socket: the queue, conflation, staleness, the write itself.
 
 mod backlog;
 #[cfg(test)]
@@ -26,26 +32,57 @@ pub use wire::{SseWire, Wire, WsWire};
 
 use crate::hub::Frame;
 use crate::metrics::{Deliveries, Metrics};
-use backlog::{Backlog, Item};
+use backlog::{Backlog, Item, Wrote};
 use bytes::Bytes;
 use emostream_protocol::wire::ViewerNotice;
-use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Frames that may wait behind the one being written. An epoch comes every 2 s with at most three
-/// trend frames beside it, so a healthy viewer never has more than four waiting; a longer stall
-/// conflates, and the viewer resumes with `since`.
-pub const OUTBOX_FRAMES: usize = 4;
+/// Live frames that may wait behind the one being written: two epochs' frames (an epoch and
+/// its three trend frames each). An epoch frame already drops the older epochs' waiting frames,
+/// so this only bounds a stream of trend frames without epochs.
+pub const OUTBOX_FRAMES: usize = 8;
 
-/// What the fan-out sees of an outlet, whatever its wire.
+/// How often the viewer's task looks again at a viewer held back for staleness: its peer's
+/// acknowledgements wake nothing.
+pub const HELD_RECHECK: Duration = Duration::from_millis(100);
+
+/// How far behind a viewer may fall.
+#[derive(Debug, Clone, Copy)]
+pub struct ViewerLimits {
+    /// Bytes behind (waiting and conflated) before the viewer is closed as too slow.
+    pub budget_bytes: usize,
+    /// Live frames are held back while the oldest one the peer has not acknowledged arrived
+    /// longer ago than this.
+    pub hold_after: Duration,
+    /// A viewer skipping frames this long without catching up is closed as too slow.
+    pub close_after: Duration,
+}
+
+impl ViewerLimits {
+    /// Limits for a byte budget and a staleness bound: frames are held back at a third of the
+    /// bound (well inside one 2 s epoch at the default 4 s, so the next epoch already finds the
+    /// viewer held), leaving the rest for the newest epoch to cross the link; a viewer skipping
+    /// for twice the bound is closed.
+    pub fn new(budget_bytes: usize, max_staleness: Duration) -> Self {
+        Self {
+            budget_bytes,
+            hold_after: max_staleness / 3,
+            close_after: max_staleness * 2,
+        }
+    }
+}
+
+/// What a lane sees of an outlet, whatever its wire.
 pub trait Offer: Send + Sync {
-    /// Offers a frame of the outlet's stream. `false`: the viewer is gone; forget it.
-    fn offer(&self, frame: &Frame, sent: &mut Deliveries) -> bool;
-    /// The fan-out itself fell `frames` behind its feed: they are lost to this viewer.
+    /// Offers the frames the lane has for the outlet's viewer now, in publication order.
+    /// `false`: the viewer is gone; forget it.
+    fn offer(&self, frames: &[Frame], sent: &mut Deliveries) -> bool;
+    /// The lane itself fell `frames` behind its feed: they are lost to this viewer.
     fn missed(&self, frames: u64, sent: &mut Deliveries) -> bool;
 }
 
@@ -64,26 +101,16 @@ pub struct Outlet<W> {
     /// Wakes the viewer's task: something waits that the socket did not take, or the standing
     /// changed.
     wake: Notify,
-    budget_bytes: usize,
+    limits: ViewerLimits,
 }
 
 impl<W: Wire> Outlet<W> {
     /// An outlet that takes no frames until [`Outlet::start`].
-    pub fn new(wire: W, budget_bytes: usize) -> Arc<Self> {
+    pub fn new(wire: W, limits: ViewerLimits) -> Arc<Self> {
         Arc::new(Self {
-            backlog: Mutex::new(Backlog {
-                wire: Some(wire),
-                after: u64::MAX,
-                queue: VecDeque::new(),
-                written: 0,
-                missed: 0,
-                missed_bytes: 0,
-                busy_since: None,
-                ping_due: false,
-                standing: Standing::Open,
-            }),
+            backlog: Mutex::new(Backlog::new(wire)),
             wake: Notify::new(),
-            budget_bytes,
+            limits,
         })
     }
 
@@ -118,6 +145,12 @@ impl<W: Wire> Outlet<W> {
     /// Whether something waits to be written.
     pub fn busy_since(&self) -> Option<Instant> {
         self.lock().busy_since
+    }
+
+    /// Whether live frames are held back for staleness: the viewer's task then looks again
+    /// every [`HELD_RECHECK`].
+    pub fn held(&self) -> bool {
+        self.lock().held
     }
 
     /// Resolves when the fan-out has left work for the viewer's task.
@@ -159,52 +192,47 @@ impl<W: Wire> Outlet<W> {
         b.busy_since.get_or_insert_with(Instant::now);
     }
 
-    /// Writes what waits until the socket takes no more (then waits for it) or nothing is left.
+    /// Writes what waits until the socket takes no more (then waits for it), the viewer is held
+    /// back for staleness (then the task's recheck polls again), or nothing is left.
     /// Cancel-safe: all progress lives in the backlog.
     pub fn poll_drain(&self, cx: &mut Context<'_>, metrics: &Metrics) -> Poll<io::Result<()>> {
+        let mut sent = Deliveries::default();
         let mut guard = self.lock();
         let b = &mut *guard;
-        loop {
-            if b.written == 0 && b.missed > 0 && matches!(b.queue.front(), Some(Item::Frame(_))) {
-                let missed = std::mem::take(&mut b.missed);
-                let notice = W::notice(&ViewerNotice::Lagged { missed });
-                b.queue.push_front(Item::Control(notice));
+        let drained = loop {
+            match b.write_queued(self.limits.hold_after, &mut sent) {
+                Ok(Wrote::AllOut) => break Poll::Ready(Ok(())),
+                Ok(Wrote::Held) => break Poll::Pending,
+                Ok(Wrote::Blocked) => {}
+                Err(e) => break Poll::Ready(Err(e)),
             }
-            let Some(front) = b.queue.front() else {
-                b.busy_since = None;
-                b.missed_bytes = 0;
-                return Poll::Ready(Ok(()));
-            };
             let Some(wire) = b.wire.as_mut() else {
-                return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+                break Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
             };
-            let bytes = front.bytes::<W>();
-            let n = if b.written == 0 {
-                wire.try_write(bytes, None)?
-            } else {
-                wire.try_write(&bytes.slice(b.written..), None)?
-            };
-            if n == 0 {
-                ready!(wire.poll_write_ready(cx))?;
-                continue;
+            match wire.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Pending => break Poll::Pending,
             }
-            // The peer took something: the write deadline counts from here.
-            b.busy_since = Some(Instant::now());
-            b.written += n;
-            if b.written < bytes.len() {
-                continue;
-            }
-            b.written = 0;
-            match b.queue.pop_front() {
-                Some(Item::Frame(frame) | Item::Replay(frame)) => {
-                    metrics.sent(W::CONN, W::frame(&frame).len(), frame.at.elapsed())
-                }
-                Some(Item::Control(bytes) | Item::Pong(bytes)) => {
-                    metrics.overhead(W::CONN, bytes.len())
-                }
-                None => unreachable!("the front was just written"),
-            }
+        };
+        let standing = self.judge(b);
+        drop(guard);
+        metrics.add(&sent);
+        if standing == Standing::TooSlow {
+            self.wake.notify_one();
         }
+        drained
+    }
+
+    /// Marks the viewer too slow once it has been skipping frames for too long.
+    fn judge(&self, b: &mut Backlog<W>) -> Standing {
+        if b.standing == Standing::Open
+            && b.lagging_since
+                .is_some_and(|since| since.elapsed() > self.limits.close_after)
+        {
+            b.standing = Standing::TooSlow;
+        }
+        b.standing
     }
 
     /// Ends the outlet: frames not yet started are dropped, `farewell` (a Close frame) goes after
@@ -231,7 +259,7 @@ impl<W: Wire> Outlet<W> {
 }
 
 impl<W: Wire> Offer for Outlet<W> {
-    fn offer(&self, frame: &Frame, sent: &mut Deliveries) -> bool {
+    fn offer(&self, frames: &[Frame], sent: &mut Deliveries) -> bool {
         let mut guard = self.lock();
         let b = &mut *guard;
         match b.standing {
@@ -239,23 +267,24 @@ impl<W: Wire> Offer for Outlet<W> {
             Standing::TooSlow => return true,
             Standing::Gone => return false,
         }
-        if frame.seq <= b.after {
+        // The viewer's task is writing (or will): it takes what is queued here.
+        let idle = b.queue.is_empty() && b.missed == 0;
+        let mut offered = false;
+        let after = b.after;
+        for frame in frames.iter().filter(|frame| frame.seq > after) {
+            b.push(Arc::clone(frame), !idle, sent);
+            offered = true;
+        }
+        if !offered {
             return true;
         }
-        // After frames the fan-out itself lost, the next frame goes through the backlog, which puts
-        // the lag notice in front of it.
-        if b.queue.is_empty() && b.missed == 0 {
-            let Some(wire) = b.wire.as_mut() else {
-                return false;
-            };
-            let bytes = W::frame(frame);
-            let ping = b.ping_due.then(W::ping);
-            let written = match &ping {
-                Some(ping) => wire.try_write(bytes, Some(ping)),
-                None => wire.try_write(bytes, None),
-            };
-            let n = match written {
-                Ok(n) => n,
+        if std::mem::take(&mut b.ping_due) {
+            b.queue.push_back(Item::Control(W::ping()));
+        }
+        if idle {
+            match b.write_queued(self.limits.hold_after, sent) {
+                Ok(Wrote::AllOut) => return true,
+                Ok(Wrote::Blocked | Wrote::Held) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "viewer dropped");
                     b.standing = Standing::Gone;
@@ -263,39 +292,12 @@ impl<W: Wire> Offer for Outlet<W> {
                     self.wake.notify_one();
                     return false;
                 }
-            };
-            if n >= bytes.len() {
-                sent.sent(W::CONN, bytes.len(), frame.at.elapsed());
-            } else {
-                b.written = n;
-                b.queue.push_back(Item::Frame(Arc::clone(frame)));
-            }
-            if let Some(ping) = ping {
-                b.ping_due = false;
-                let ping_written = n.saturating_sub(bytes.len());
-                if ping_written == ping.len() {
-                    sent.overhead(W::CONN, ping.len());
-                } else {
-                    if b.queue.is_empty() {
-                        b.written = ping_written;
-                    }
-                    b.queue.push_back(Item::Control(ping));
-                }
-            }
-            if b.queue.is_empty() {
-                return true;
-            }
-            b.busy_since = Some(Instant::now());
-        } else {
-            b.push(Arc::clone(frame), sent);
-            if std::mem::take(&mut b.ping_due) {
-                b.queue.push_back(Item::Control(W::ping()));
-            }
-            if b.behind_bytes() > self.budget_bytes {
-                b.standing = Standing::TooSlow;
             }
         }
-        let keep = b.standing != Standing::Gone;
+        if b.behind_bytes() > self.limits.budget_bytes {
+            b.standing = Standing::TooSlow;
+        }
+        let keep = self.judge(b) != Standing::Gone;
         drop(guard);
         self.wake.notify_one();
         keep

@@ -1,5 +1,6 @@
 //! The two kinds of viewer connection: the bytes each sends, and how it writes to its peer.
 
+use super::backlog::MAX_PARTS;
 use crate::hub::FrameData;
 use crate::metrics::Conn;
 use bytes::Bytes;
@@ -13,6 +14,8 @@ use tokio::net::TcpStream;
 /// A kind of viewer connection: its bytes for each thing sent, and its socket.
 pub trait Wire: Send + 'static {
     const CONN: Conn;
+    /// Whether [`Wire::unacknowledged`] tells anything.
+    const ACKS: bool;
     /// The bytes that carry `frame`, made once per frame per tier.
     fn frame(frame: &FrameData) -> &Bytes;
     /// A notice to the viewer, made when it is sent (rarely: a lag, a gap, a farewell).
@@ -21,9 +24,17 @@ pub trait Wire: Send + 'static {
     /// has no close of its own) a `closing` notice with the same code.
     fn farewell(code: u16, reason: &str) -> Bytes;
     fn ping() -> Bytes;
-    /// Writes what the peer takes now of `bytes`, then of `then` (a ping riding along), in one
-    /// write and without waiting: `Ok(0)` when it takes nothing.
-    fn try_write(&mut self, bytes: &Bytes, then: Option<&Bytes>) -> io::Result<usize>;
+    /// Writes what the peer takes now of `parts` one after another, the first from `offset` on
+    /// (the rest of a partly written item), in one write and without waiting: `Ok(0)` when it
+    /// takes nothing.
+    fn try_write<'a>(
+        &mut self,
+        parts: impl Iterator<Item = &'a Bytes>,
+        offset: usize,
+    ) -> io::Result<usize>;
+    /// Bytes the kernel has taken that the peer has not acknowledged yet, unsent ones included;
+    /// `None` where the wire cannot tell.
+    fn unacknowledged(&self) -> Option<usize>;
     /// Ready once [`Wire::try_write`] may make progress.
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
@@ -46,6 +57,7 @@ impl WsWire {
 
 impl Wire for WsWire {
     const CONN: Conn = Conn::Ws;
+    const ACKS: bool = true;
 
     fn frame(frame: &FrameData) -> &Bytes {
         &frame.ws
@@ -63,36 +75,45 @@ impl Wire for WsWire {
         crate::viewers::websocket::ping()
     }
 
-    fn try_write(&mut self, bytes: &Bytes, then: Option<&Bytes>) -> io::Result<usize> {
+    fn try_write<'a>(
+        &mut self,
+        parts: impl Iterator<Item = &'a Bytes>,
+        offset: usize,
+    ) -> io::Result<usize> {
+        let mut slices = [io::IoSlice::new(&[]); MAX_PARTS];
+        let mut n = 0;
+        for (slice, part) in slices.iter_mut().zip(parts) {
+            *slice = io::IoSlice::new(if n == 0 { &part[offset..] } else { part });
+            n += 1;
+        }
+        let slices = &slices[..n];
         // SAFETY: `self.socket` owns the descriptor and outlives this borrow of it.
         let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
         let raw = socket2::SockRef::from(&fd);
-        // The socket is non-blocking, so a plain send is the same write tokio would make, minus
-        // its readiness bookkeeping. Only when the socket is full does the write go through
-        // tokio, so that tokio learns it is no longer writable and `poll_write_ready` waits for
-        // it to drain. A ping riding along makes it one `sendmsg` of two slices, on the stack:
-        // this runs once per viewer per frame.
-        let written = match then {
-            None => match raw.send(bytes) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.socket.try_write(bytes),
-                other => other,
-            },
-            Some(then) => {
-                let slices = [io::IoSlice::new(bytes), io::IoSlice::new(then)];
-                match raw.send_vectored(&slices) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.socket.try_write_vectored(&slices)
-                    }
-                    other => other,
-                }
+        // The socket is non-blocking, so a plain sendmsg is the same write tokio would make,
+        // minus its readiness bookkeeping; the slices point at bytes shared by every viewer. Only
+        // when the socket is full does the write go through tokio, so that tokio learns it is no
+        // longer writable and `poll_write_ready` waits for it to drain.
+        let written = match raw.send_vectored_with_flags(slices, libc::MSG_NOSIGNAL) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.socket.try_write_vectored(slices)
             }
+            other => other,
         };
         match written {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
             // A peer that has closed its end takes nothing more, ever.
-            Ok(0) if !bytes.is_empty() => Err(io::ErrorKind::WriteZero.into()),
+            Ok(0) if slices.iter().any(|s| !s.is_empty()) => Err(io::ErrorKind::WriteZero.into()),
             other => other,
         }
+    }
+
+    fn unacknowledged(&self) -> Option<usize> {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int, the socket's bytes not yet acknowledged by
+        // the peer; `self.socket` owns the descriptor.
+        let done = unsafe { libc::ioctl(self.fd, libc::TIOCOUTQ, &mut queued) };
+        (done == 0).then(|| usize::try_from(queued).unwrap_or(0))
     }
 
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -107,6 +128,7 @@ pub struct SseWire(pub futures_channel::mpsc::Sender<Bytes>);
 
 impl Wire for SseWire {
     const CONN: Conn = Conn::Sse;
+    const ACKS: bool = false;
 
     fn frame(frame: &FrameData) -> &Bytes {
         &frame.sse
@@ -135,18 +157,29 @@ impl Wire for SseWire {
         Bytes::from_static(b": ping\n\n")
     }
 
-    fn try_write(&mut self, bytes: &Bytes, then: Option<&Bytes>) -> io::Result<usize> {
-        // One chunk, so that hyper writes both at once; a ping rides along every 25 s at most.
-        let chunk = match then {
-            None => Bytes::clone(bytes),
-            Some(then) => [&bytes[..], &then[..]].concat().into(),
+    /// One item a write: the body's channel has a single slot, and hyper writes each chunk as
+    /// it comes. The item's shared bytes go as they are (a slice for the rest of a partly
+    /// written one), never copied into a chunk of their own.
+    fn try_write<'a>(
+        &mut self,
+        mut parts: impl Iterator<Item = &'a Bytes>,
+        offset: usize,
+    ) -> io::Result<usize> {
+        let Some(first) = parts.next() else {
+            return Ok(0);
         };
+        let chunk = first.slice(offset..);
         let len = chunk.len();
         match self.0.try_send(chunk) {
             Ok(()) => Ok(len),
             Err(e) if e.is_full() => Ok(0),
             Err(_) => Err(io::ErrorKind::BrokenPipe.into()),
         }
+    }
+
+    /// hyper owns the socket, so only the body's channel shows how far behind the viewer is.
+    fn unacknowledged(&self) -> Option<usize> {
+        None
     }
 
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
