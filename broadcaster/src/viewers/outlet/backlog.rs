@@ -8,6 +8,7 @@ use bytes::Bytes;
 use emostream_protocol::wire::ViewerNotice;
 use std::collections::VecDeque;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Queued items one write takes at most: an epoch's four frames, a notice and a ping fit with
@@ -268,14 +269,95 @@ impl<W: Wire> Backlog<W> {
         }
     }
 
+    /// Writes `frames` (and a due ping) straight from the lane's batch when nothing waits,
+    /// which is every epoch of a viewer that keeps up: its queue is never touched, so it never
+    /// holds an allocation. What the socket does not take, or everything while the viewer is
+    /// stale, is queued for [`Backlog::write_queued`]. Returns whether everything went out.
+    pub(super) fn write_direct(
+        &mut self,
+        frames: &[Frame],
+        hold_after: Duration,
+        sent: &mut Deliveries,
+    ) -> io::Result<bool> {
+        debug_assert!(self.queue.is_empty() && self.missed == 0);
+        let ping = std::mem::take(&mut self.ping_due).then(W::ping);
+        self.held = self.stale(hold_after);
+        if frames.len() >= MAX_PARTS || self.held {
+            self.queue
+                .extend(frames.iter().map(|frame| Item::Frame(Arc::clone(frame))));
+            self.queue.extend(ping.map(Item::Control));
+            self.busy_since = Some(tokio::time::Instant::now());
+            return Ok(false);
+        }
+        let Some(wire) = self.wire.as_mut() else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let parts = frames.iter().map(|frame| W::frame(frame)).chain(&ping);
+        let mut left = wire.try_write(parts, 0)?;
+        let mut oldest = None;
+        let mut taken = frames.len();
+        for (i, frame) in frames.iter().enumerate() {
+            let len = W::frame(frame).len();
+            if left < len {
+                taken = i;
+                break;
+            }
+            left -= len;
+            self.handed += len as u64;
+            sent.sent(W::CONN, len, frame.at.elapsed());
+            oldest.get_or_insert(frame.at);
+        }
+        self.mark(oldest);
+        let rest = frames[taken..]
+            .iter()
+            .map(|frame| Item::Frame(Arc::clone(frame)))
+            .chain(ping.map(Item::Control));
+        for item in rest {
+            if self.queue.is_empty() && left >= item.bytes::<W>().len() {
+                // Only the ping can be whole here: a frame that fits was taken above.
+                left -= item.bytes::<W>().len();
+                self.handed += item.bytes::<W>().len() as u64;
+                sent.overhead(W::CONN, item.bytes::<W>().len());
+                continue;
+            }
+            if self.queue.is_empty() {
+                self.written = left;
+                self.handed += left as u64;
+                left = 0;
+            }
+            self.queue.push_back(item);
+        }
+        if self.queue.is_empty() {
+            return Ok(true);
+        }
+        self.busy_since = Some(tokio::time::Instant::now());
+        Ok(false)
+    }
+
+    /// Remembers that the live frames handed to the kernel so far, the oldest of which this
+    /// tier got at `oldest`, end where the byte stream is now.
+    fn mark(&mut self, oldest: Option<Instant>) {
+        let Some(at) = oldest.filter(|_| W::ACKS) else {
+            return;
+        };
+        if self.marks.len() == MAX_MARKS {
+            self.marks.pop_front();
+        }
+        self.marks.push_back(Mark {
+            end: self.handed,
+            at,
+        });
+    }
+
     /// Takes `n` written bytes off the front of the queue.
     fn consume(&mut self, mut n: usize, sent: &mut Deliveries) {
+        let mut oldest = None;
         while n > 0 {
             let len = self.queue.front().expect("written").bytes::<W>().len() - self.written;
             if n < len {
                 self.written += n;
                 self.handed += n as u64;
-                return;
+                break;
             }
             n -= len;
             self.handed += len as u64;
@@ -283,16 +365,7 @@ impl<W: Wire> Backlog<W> {
             match self.queue.pop_front().expect("written") {
                 Item::Frame(frame) => {
                     sent.sent(W::CONN, W::frame(&frame).len(), frame.at.elapsed());
-                    if !W::ACKS {
-                        continue;
-                    }
-                    if self.marks.len() == MAX_MARKS {
-                        self.marks.pop_front();
-                    }
-                    self.marks.push_back(Mark {
-                        end: self.handed,
-                        at: frame.at,
-                    });
+                    oldest.get_or_insert(frame.at);
                 }
                 Item::Replay(frame) => {
                     sent.sent(W::CONN, W::frame(&frame).len(), frame.at.elapsed());
@@ -300,6 +373,11 @@ impl<W: Wire> Backlog<W> {
                 }
                 Item::Control(bytes) | Item::Pong(bytes) => sent.overhead(W::CONN, bytes.len()),
             }
+        }
+        self.mark(oldest);
+        if self.queue.is_empty() && self.queue.capacity() > MAX_PARTS {
+            // A replay's worth of capacity is not kept for the life of the connection.
+            self.queue = VecDeque::new();
         }
     }
 

@@ -267,24 +267,18 @@ impl<W: Wire> Offer for Outlet<W> {
             Standing::TooSlow => return true,
             Standing::Gone => return false,
         }
-        // The viewer's task is writing (or will): it takes what is queued here.
-        let idle = b.queue.is_empty() && b.missed == 0;
-        let mut offered = false;
-        let after = b.after;
-        for frame in frames.iter().filter(|frame| frame.seq > after) {
-            b.push(Arc::clone(frame), !idle, sent);
-            offered = true;
-        }
-        if !offered {
-            return true;
-        }
-        if std::mem::take(&mut b.ping_due) {
-            b.queue.push_back(Item::Control(W::ping()));
-        }
-        if idle {
-            match b.write_queued(self.limits.hold_after, sent) {
-                Ok(Wrote::AllOut) => return true,
-                Ok(Wrote::Blocked | Wrote::Held) => {}
+        // Nothing waits: the socket takes the batch at once (a viewer that keeps up), or what
+        // it leaves is queued for the viewer's task.
+        if b.queue.is_empty() && b.missed == 0 {
+            // A batch is in publication order: what the join's replay did not cover is a tail.
+            let after = b.after;
+            let fresh = &frames[frames.partition_point(|frame| frame.seq <= after)..];
+            if fresh.is_empty() {
+                return true;
+            }
+            match b.write_direct(fresh, self.limits.hold_after, sent) {
+                Ok(true) => return true,
+                Ok(false) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "viewer dropped");
                     b.standing = Standing::Gone;
@@ -292,6 +286,15 @@ impl<W: Wire> Offer for Outlet<W> {
                     self.wake.notify_one();
                     return false;
                 }
+            }
+        } else {
+            // The viewer's task is writing: it takes what is queued here.
+            let after = b.after;
+            for frame in frames.iter().filter(|frame| frame.seq > after) {
+                b.push(Arc::clone(frame), true, sent);
+            }
+            if std::mem::take(&mut b.ping_due) {
+                b.queue.push_back(Item::Control(W::ping()));
             }
         }
         if b.behind_bytes() > self.limits.budget_bytes {
