@@ -7,7 +7,7 @@ pub mod subscriber;
 
 use crate::auth::TokenKey;
 use crate::error::Error;
-use crate::server::bind;
+use crate::server::{bind, Accepting};
 use crate::sources::kafka::FrameSource;
 use crate::sources::synthetic::Synthetic;
 use emostream_protocol::config::BroadcasterConfig;
@@ -15,7 +15,7 @@ use emostream_protocol::Config;
 use emostream_web::Page;
 use std::future::Future;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// Frames read from Kafka but not yet in the hub. Frames arrive a few per second, so this only
@@ -86,6 +86,10 @@ pub struct Settings {
     pub max_streams: usize,
     /// How long a connection may take to send a request's header.
     pub header_read_timeout: Duration,
+    /// Connections not yet upgraded a role holds at once (see [`Accepting::max_pending`]): half
+    /// the descriptors kept back from viewers, so a flood of them leaves the rest to the
+    /// upstream link, the listener and the logs.
+    pub max_pending: usize,
 }
 
 impl Settings {
@@ -131,6 +135,17 @@ impl Settings {
             max_viewers,
             max_streams: *max_streams,
             header_read_timeout: Duration::from_millis(*header_read_timeout_ms),
+            max_pending: (reserved / 2).max(1),
+        }
+    }
+
+    /// How this role's accept loop treats connections.
+    pub(crate) fn accepting(&self, tune: fn(&TcpStream), keep_alive: bool) -> Accepting {
+        Accepting {
+            header_read_timeout: self.header_read_timeout,
+            tune,
+            max_pending: self.max_pending,
+            keep_alive,
         }
     }
 }
@@ -299,6 +314,14 @@ mod tests {
         for (wanted, descriptors, got) in cases {
             let settings = Settings::from_config(&config(wanted), descriptors);
             assert_eq!(settings.max_viewers, got, "{wanted:?} of {descriptors}");
+        }
+    }
+
+    #[test]
+    fn pending_connections_get_half_the_reserve() {
+        for (descriptors, pending) in [(20_000, 512), (1024, 128), (256, 32), (3, 1)] {
+            let settings = Settings::from_config(&config(None), descriptors);
+            assert_eq!(settings.max_pending, pending, "of {descriptors}");
         }
     }
 
