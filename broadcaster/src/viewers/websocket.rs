@@ -180,7 +180,7 @@ pub enum FromViewer {
     Ping(Bytes),
     /// The viewer is closing; its code, if it gave one.
     Close(Option<u16>),
-    /// A pong, or data a viewer has no reason to send: it is alive, and that is all.
+    /// A pong: the viewer is alive, and that is all.
     Alive,
 }
 
@@ -206,7 +206,8 @@ impl Reader {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next whole frame, if one has arrived.
+    /// The next whole frame, if one has arrived. A frame that breaks the rules fails as soon as
+    /// its header has, without waiting for (or copying) its payload.
     pub fn next(&mut self) -> Result<Option<FromViewer>, Violation> {
         let buf = &self.buf;
         let [b0, b1, ..] = *buf.as_slice() else {
@@ -225,6 +226,20 @@ impl Reader {
         if len > self.max_payload as u64 {
             return Err(Violation(close_code::SIZE));
         }
+        let opcode = b0 & 0x0f;
+        let control = opcode & 0x8 != 0;
+        // RSV1-3 mean an extension, and none was agreed (RFC 6455 5.2).
+        if b0 & 0x70 != 0 || (control && (b0 & 0x80 == 0 || len > 125)) {
+            return Err(Violation(close_code::PROTOCOL));
+        }
+        match opcode {
+            OP_PING | OP_PONG | OP_CLOSE => {}
+            // A viewer has nothing to say: data from one is refused rather than read and dropped.
+            OP_TEXT | OP_BINARY | OP_CONTINUATION => {
+                return Err(Violation(close_code::UNSUPPORTED))
+            }
+            _ => return Err(Violation(close_code::PROTOCOL)),
+        }
         let start = 2 + len_bytes + 4;
         let end = start + len as usize;
         if buf.len() < end {
@@ -236,17 +251,10 @@ impl Reader {
             .zip(mask.iter().cycle())
             .map(|(b, m)| b ^ m)
             .collect();
-        let opcode = b0 & 0x0f;
-        let control = opcode & 0x8 != 0;
-        // RSV1-3 mean an extension, and none was agreed (RFC 6455 5.2).
-        if b0 & 0x70 != 0 || (control && (b0 & 0x80 == 0 || len > 125)) {
-            return Err(Violation(close_code::PROTOCOL));
-        }
         let got = match opcode {
             OP_PING => FromViewer::Ping(pong(&payload)),
             OP_CLOSE => FromViewer::Close(close_payload(&payload)?),
-            OP_PONG | OP_TEXT | OP_BINARY | OP_CONTINUATION => FromViewer::Alive,
-            _ => return Err(Violation(close_code::PROTOCOL)),
+            _ => FromViewer::Alive,
         };
         self.buf.drain(..end);
         if self.buf.is_empty() {
@@ -332,8 +340,19 @@ mod tests {
         big.extend(&masked(0x81, &[b'x'; 101]));
         assert_eq!(big.next(), Err(Violation(close_code::SIZE)));
         let mut fits = Reader::new(300);
-        fits.extend(&masked(0x81, &[b'x'; 300]));
+        fits.extend(&masked(0x8A, &[b'x'; 125]));
         assert_eq!(fits.next(), Ok(Some(FromViewer::Alive)));
+
+        // Data frames fail at their header, whole or not, fragmented or not: 1003.
+        for b0 in [0x81, 0x82, 0x01, 0x80] {
+            let mut data = Reader::new(4096);
+            data.extend(&masked(b0, b"hello")[..2]);
+            assert_eq!(
+                data.next(),
+                Err(Violation(close_code::UNSUPPORTED)),
+                "{b0:x}"
+            );
+        }
 
         let mut unknown = Reader::new(4096);
         unknown.extend(&masked(0x83, b""));
