@@ -134,7 +134,7 @@ impl Incoming {
             return std::future::pending().await;
         };
         loop {
-            match reader.next() {
+            match reader.next_frame() {
                 Ok(Some(FromViewer::Ping(pong))) => {
                     if ponged.is_some_and(|at| at.elapsed() < PONG_AT_MOST_EVERY) {
                         return Ok(FromViewer::Alive);
