@@ -248,3 +248,101 @@ async fn a_keep_alive_flood_past_the_descriptor_limit_leaves_viewers_and_the_lin
             .unwrap();
     }
 }
+
+/// Reads an HTTP answer's head (and whatever came with it) from `conn`.
+async fn head(conn: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = timeout(DEADLINE, conn.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before an answer: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(got).unwrap()
+}
+
+/// With one pending place and one seat: an SSE viewer, once admitted, gives its pending place up
+/// (so the next connection is answered, not closed unanswered) and is told its own reconnection
+/// delay; the next viewer is refused with 503, `Retry-After` and `Connection: close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admitted_sse_viewer_frees_its_pending_place_and_a_refusal_says_when_to_retry() {
+    let (stop, stopped) = watch::channel(false);
+    let (l, s) = listener().await;
+    let (_, nobody) = listener().await;
+    let settings = emostream_broadcaster::Settings {
+        max_viewers: 1,
+        max_pending: 1,
+        ..common::settings(8)
+    };
+    let role = tokio::spawn(emostream_broadcaster::subscriber(
+        l,
+        "s".into(),
+        nobody.to_string(),
+        format!("ws://{s}"),
+        settings,
+        until(&stopped),
+    ));
+
+    let mut sse = TcpStream::connect(s).await.unwrap();
+    sse.write_all(format!("GET /v1/streams/main/sse HTTP/1.1\r\nHost: {s}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = head(&mut sse).await;
+    while !answer.contains("\n\n") {
+        let mut chunk = [0u8; 256];
+        let n = timeout(DEADLINE, sse.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "{answer}");
+        answer.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+    }
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let retry_ms: u64 = answer
+        .split("retry: ")
+        .nth(1)
+        .and_then(|rest| rest.split('\n').next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no retry: in {answer}"));
+    assert!((2_000..7_000).contains(&retry_ms), "{retry_ms}");
+
+    let mut refused = TcpStream::connect(s).await.unwrap();
+    refused
+        .write_all(
+            format!(
+                "GET /v1/streams/main/ws HTTP/1.1\r\nHost: {s}\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    timeout(DEADLINE, refused.read_to_end(&mut answer))
+        .await
+        .expect("the refusal closes the connection")
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap().to_ascii_lowercase();
+    assert!(
+        answer.starts_with("http/1.1 503 service unavailable\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(answer.contains("\r\nretry-after: 2\r\n"), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"error":"this subscriber is full (1 viewers); register again"}"#),
+        "{answer}"
+    );
+
+    drop(sse);
+    stop.send_replace(true);
+    timeout(DEADLINE, role).await.unwrap().unwrap().unwrap();
+}

@@ -323,7 +323,10 @@ mod tests {
         reader.extend(first);
         assert_eq!(reader.next_frame(), Ok(None));
         reader.extend(rest);
-        assert_eq!(reader.next_frame(), Ok(Some(FromViewer::Ping(pong(b"abc")))));
+        assert_eq!(
+            reader.next_frame(),
+            Ok(Some(FromViewer::Ping(pong(b"abc"))))
+        );
         assert_eq!(reader.next_frame(), Ok(Some(FromViewer::Alive)));
         assert_eq!(reader.next_frame(), Ok(Some(FromViewer::Close(Some(1000)))));
         assert_eq!(reader.next_frame(), Ok(None));
@@ -359,7 +362,10 @@ mod tests {
         assert_eq!(unknown.next_frame(), Err(Violation(close_code::PROTOCOL)));
         let mut fragmented_ping = Reader::new(4096);
         fragmented_ping.extend(&masked(0x09, b""));
-        assert_eq!(fragmented_ping.next_frame(), Err(Violation(close_code::PROTOCOL)));
+        assert_eq!(
+            fragmented_ping.next_frame(),
+            Err(Violation(close_code::PROTOCOL))
+        );
     }
 
     type Heard = Result<Option<FromViewer>, Violation>;
