@@ -48,7 +48,7 @@ pub async fn cluster_publisher(
         };
         link::keep_upstream(upstream, &up_hub, &up_metrics, heartbeat, stop).await;
     });
-    let accepting = settings.accepting(nodelay, true);
+    let accepting = settings.accepting_requests(nodelay);
     let link = LinkState {
         hub,
         roster,

@@ -139,13 +139,26 @@ impl Settings {
         }
     }
 
-    /// How this role's accept loop treats connections.
-    pub(crate) fn accepting(&self, tune: fn(&TcpStream), keep_alive: bool) -> Accepting {
+    /// How a subscriber's accept loop treats connections: the pending places the reserve leaves,
+    /// and one request each, as viewers make (an upgrade or an SSE stream): a connection kept
+    /// alive after any other answer would only hold a pending place.
+    pub(crate) fn accepting_viewers(&self, tune: fn(&TcpStream)) -> Accepting {
         Accepting {
             header_read_timeout: self.header_read_timeout,
             tune,
             max_pending: self.max_pending,
-            keep_alive,
+            keep_alive: false,
+        }
+    }
+
+    /// How a main or cluster publisher's accept loop treats connections. They hold no viewers,
+    /// so the descriptors a subscriber would give viewers are theirs for requests too (browsers
+    /// calling `/register` in a reconnect storm), and keep-alive helps those browsers.
+    pub(crate) fn accepting_requests(&self, tune: fn(&TcpStream)) -> Accepting {
+        Accepting {
+            max_pending: self.max_pending.saturating_add(self.max_viewers),
+            keep_alive: true,
+            ..self.accepting_viewers(tune)
         }
     }
 }

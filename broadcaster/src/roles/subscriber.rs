@@ -110,9 +110,8 @@ pub async fn subscriber(
         n => n,
     };
     let fanout = Arc::new(Fanout::start(&hub, lanes, Arc::clone(&metrics)));
-    // Viewers make one request per connection (an upgrade or an SSE stream): a connection kept
-    // alive after any other answer would only hold a pending place.
-    let accepting = settings.accepting(tune, false);
+    // Viewers make one request per connection (see `Settings::accepting_viewers`).
+    let accepting = settings.accepting_viewers(tune);
     let state = Viewers {
         hub,
         fanout,
