@@ -2,7 +2,8 @@
 # README command 2: runs every test on a fresh machine that has the Rust toolchain.
 # Installs the build prerequisites and the broker once (the broker into ~/.cache/emostream,
 # reused afterwards), checks formatting and clippy, builds every target (benches included; the
-# end-to-end tests start the binaries as real processes), fuzzes the gateway's parser briefly,
+# end-to-end tests start the binaries as real processes), fuzzes the gateway's body parser and the
+# subscriber's WebSocket frame reader briefly,
 # then runs the whole workspace's tests and prints the time it took.
 #
 #   scripts/test.sh                      # everything
@@ -46,7 +47,7 @@ step "building every target: the binaries the end-to-end tests run, the tests, b
 cargo build --locked --workspace --all-targets
 
 if (($# == 0)); then
-  step "fuzzing the gateway's body parser for ${FUZZ_SECONDS:-30} s (nightly + cargo-fuzz, cached once)"
+  step "fuzzing the gateway's body parser and the viewer frame reader for ${FUZZ_SECONDS:-30} s in all (nightly + cargo-fuzz, cached once)"
   scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 fi
 

@@ -7,8 +7,9 @@
 //! good for the one stream it names, until it expires, also on a connection already open.
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -102,13 +103,15 @@ impl TokenKey {
     }
 }
 
-/// Whether a link presented the shared secret, compared in constant time.
+/// Whether a link presented the shared secret, compared in constant time. Their digests are
+/// compared, not the secrets: those are always 32 bytes, so neither the time taken nor an early
+/// return on a length mismatch tells a guesser how long the secret is.
 pub fn link_secret_matches(expected: &str, presented: Option<&str>) -> bool {
     let Some(presented) = presented else {
         return false;
     };
-    let (a, b) = (expected.as_bytes(), presented.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let (a, b) = (Sha256::digest(expected), Sha256::digest(presented));
+    a.as_slice().ct_eq(b.as_slice()).into()
 }
 
 /// The token of an `Authorization: Bearer <token>` header value.

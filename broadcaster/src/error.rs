@@ -102,6 +102,9 @@ from_rejection!(
     axum::extract::ws::rejection::WebSocketUpgradeRejection
 );
 
+/// Seconds a client refused with 503 should wait before asking again.
+const RETRY_AFTER_S: &str = "2";
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -126,14 +129,19 @@ impl IntoResponse for Error {
             Error::Invalid { field, .. } => Some((*field).to_owned()),
             _ => None,
         };
-        if let Error::Unavailable(_) = self {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             // A refused viewer goes to register again elsewhere: its connection is of no more
-            // use here, and a flood of them must not keep descriptors.
+            // use here, and a flood of them must not keep descriptors. Retry-After asks clients
+            // that retry in place not to come back at once, all together.
             let body = ErrorBody {
                 error: self.to_string(),
                 field,
             };
-            return (status, [(header::CONNECTION, "close")], Json(body)).into_response();
+            let headers = [
+                (header::CONNECTION, "close"),
+                (header::RETRY_AFTER, RETRY_AFTER_S),
+            ];
+            return (status, headers, Json(body)).into_response();
         }
         (
             status,

@@ -45,3 +45,11 @@ pub use roles::subscriber::subscriber;
 pub use roles::{run, Role, Settings};
 pub use sources::synthetic::Synthetic;
 pub use viewers::outlet::ViewerLimits;
+
+/// What the fuzz target in `broadcaster/fuzz` reads viewers' bytes with; not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::viewers::connection::MAX_VIEWER_MESSAGE_BYTES;
+    pub use crate::viewers::websocket::{FromViewer, Reader, Violation};
+}

@@ -47,6 +47,7 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
         max_viewers: 1000,
         max_streams: 64,
         header_read_timeout: Duration::from_secs(5),
+        max_pending: 512,
     };
     let main_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cluster_l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -347,7 +347,8 @@ pub struct BroadcasterConfig {
 
 impl BroadcasterConfig {
     /// Descriptors a subscriber keeps for everything but viewers: its link, the listener,
-    /// requests not yet upgraded (each lives at most `header_read_timeout_ms`), logs.
+    /// connections not yet upgraded (at most half of these; past that a new one is closed at
+    /// once), logs.
     pub const RESERVED_DESCRIPTORS: usize = 1024;
 
     /// Far more than a subscriber's viewers watch at once (one event's streams), far fewer than

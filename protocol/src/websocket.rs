@@ -18,6 +18,9 @@ pub mod close_code {
     pub const AWAY: u16 = 1001;
     /// The viewer broke RFC 6455: unmasked or unknown frames, RSV bits, a bad Close code.
     pub const PROTOCOL: u16 = 1002;
+    /// The viewer sent a data frame (text, binary or continuation): viewers have nothing to say
+    /// beyond pings, pongs and Close.
+    pub const UNSUPPORTED: u16 = 1003;
     /// A Close reason that is not UTF-8.
     pub const INVALID_DATA: u16 = 1007;
     /// The viewer token expired while the connection was open: register again for a new one.

@@ -12,7 +12,8 @@
 // when full or without upstream, a 401 — which a browser sees only as a close before the socket
 // opened), the page registers again at the main publisher's POST /register for a subscriber and
 // a fresh token, then resumes with ?since; after 1013 (too slow) or a `lagged` notice it resumes
-// from the same subscriber. Every retry backs off exponentially with jitter.
+// from the same subscriber. Every retry backs off exponentially with full jitter, from 2–5 s after
+// 1001 and 1012, which a subscriber sends to all its viewers at once.
 'use strict';
 
 // Single- and multi-codepoint emojis alike: a skin tone, VS16, a flag and a ZWJ family.
@@ -178,14 +179,14 @@ function onClosed(code, reason, opened) {
       return;
     case 1012:
       // The subscriber lost the tier above: another may serve.
-      registerAgain('Subscriber lost its upstream');
+      registerAgain('Subscriber lost its upstream', MASS_CLOSE);
       return;
     case 1013:
       // The page read too slowly: pause, then fetch what it missed from the same subscriber.
       scheduleReconnect('Too slow for this stream');
       return;
     case 1001:
-      registerAgain('Subscriber stopping');
+      registerAgain('Subscriber stopping', MASS_CLOSE);
       return;
     case 1002:
     case 1007:
@@ -203,26 +204,32 @@ function onClosed(code, reason, opened) {
   }
 }
 
-function scheduleReconnect(why) {
-  retryLater(why, 'Reconnecting', connect);
+// A close every viewer of a subscriber gets together (1001 stopping, 1012 upstream lost).
+const MASS_CLOSE = true;
+
+function scheduleReconnect(why, massClose = false) {
+  retryLater(why, 'Reconnecting', connect, massClose);
 }
 
 // Registers again at the main publisher when the page knows it; else the subscriber it watches
 // is all it has.
-function registerAgain(why) {
+function registerAgain(why, massClose = false) {
   if (state.main) {
-    retryLater(why, 'Registering again', register);
+    retryLater(why, 'Registering again', register, massClose);
   } else {
-    scheduleReconnect(why);
+    scheduleReconnect(why, massClose);
   }
 }
 
-function retryLater(why, what, then) {
+function retryLater(why, what, then, massClose = false) {
   const generation = state.generation;
-  // Exponential backoff with jitter, so a restarted subscriber (or the main publisher, when every
-  // subscriber sends its viewers away at once) is not hit by every viewer at once.
-  const base = Math.min(8000, 500 * 2 ** state.attempt);
-  const delay = Math.round(base / 2 + Math.random() * base / 2);
+  // Exponential backoff with full jitter (a uniform delay up to the backoff), so a restarted
+  // subscriber, or the main publisher when a subscriber sends all its viewers away at once, is
+  // not hit by every viewer at once. After such a mass close the first backoff is 2–5 s, not
+  // 0.5 s: tens of thousands of pages spread over half a second would still be a storm.
+  const first = massClose ? 2000 + Math.random() * 3000 : 500;
+  const base = Math.min(8000, first * 2 ** state.attempt);
+  const delay = Math.round(Math.random() * base);
   state.attempt += 1;
   const lead = why ? `${why}. ` : '';
   setConn('reconnecting', `${lead}${what} in ${Math.ceil(delay / 1000)} s…`);

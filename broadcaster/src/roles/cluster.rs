@@ -48,6 +48,7 @@ pub async fn cluster_publisher(
         };
         link::keep_upstream(upstream, &up_hub, &up_metrics, heartbeat, stop).await;
     });
+    let accepting = settings.accepting_requests(nodelay);
     let link = LinkState {
         hub,
         roster,
@@ -59,7 +60,7 @@ pub async fn cluster_publisher(
         listener,
         finish(link_routes(link), metrics),
         tasks,
-        (settings.header_read_timeout, nodelay),
+        accepting,
         shutdown,
     )
     .await

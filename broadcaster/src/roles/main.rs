@@ -71,7 +71,7 @@ pub async fn main_publisher(
         .layer(registration_cors())
         .with_state(placement)
         .merge(link_routes(link));
-    let accepting = (settings.header_read_timeout, nodelay as fn(&_));
+    let accepting = settings.accepting_requests(nodelay);
     serve(listener, finish(app, metrics), tasks, accepting, shutdown).await
 }
 

@@ -7,7 +7,7 @@ pub mod subscriber;
 
 use crate::auth::TokenKey;
 use crate::error::Error;
-use crate::server::bind;
+use crate::server::{bind, Accepting};
 use crate::sources::kafka::FrameSource;
 use crate::sources::synthetic::Synthetic;
 use crate::viewers::outlet::ViewerLimits;
@@ -16,7 +16,7 @@ use emostream_protocol::Config;
 use emostream_web::Page;
 use std::future::Future;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// Frames read from Kafka but not yet in the hub. Frames arrive a few per second, so this only
@@ -90,6 +90,10 @@ pub struct Settings {
     pub max_streams: usize,
     /// How long a connection may take to send a request's header.
     pub header_read_timeout: Duration,
+    /// Connections not yet upgraded a role holds at once (see [`Accepting::max_pending`]): half
+    /// the descriptors kept back from viewers, so a flood of them leaves the rest to the
+    /// upstream link, the listener and the logs.
+    pub max_pending: usize,
 }
 
 impl Settings {
@@ -141,6 +145,30 @@ impl Settings {
             max_viewers,
             max_streams: *max_streams,
             header_read_timeout: Duration::from_millis(*header_read_timeout_ms),
+            max_pending: (reserved / 2).max(1),
+        }
+    }
+
+    /// How a subscriber's accept loop treats connections: the pending places the reserve leaves,
+    /// and one request each, as viewers make (an upgrade or an SSE stream): a connection kept
+    /// alive after any other answer would only hold a pending place.
+    pub(crate) fn accepting_viewers(&self, tune: fn(&TcpStream)) -> Accepting {
+        Accepting {
+            header_read_timeout: self.header_read_timeout,
+            tune,
+            max_pending: self.max_pending,
+            keep_alive: false,
+        }
+    }
+
+    /// How a main or cluster publisher's accept loop treats connections. They hold no viewers,
+    /// so the descriptors a subscriber would give viewers are theirs for requests too (browsers
+    /// calling `/register` in a reconnect storm), and keep-alive helps those browsers.
+    pub(crate) fn accepting_requests(&self, tune: fn(&TcpStream)) -> Accepting {
+        Accepting {
+            max_pending: self.max_pending.saturating_add(self.max_viewers),
+            keep_alive: true,
+            ..self.accepting_viewers(tune)
         }
     }
 }
@@ -309,6 +337,14 @@ mod tests {
         for (wanted, descriptors, got) in cases {
             let settings = Settings::from_config(&config(wanted), descriptors);
             assert_eq!(settings.max_viewers, got, "{wanted:?} of {descriptors}");
+        }
+    }
+
+    #[test]
+    fn pending_connections_get_half_the_reserve() {
+        for (descriptors, pending) in [(20_000, 512), (1024, 128), (256, 32), (3, 1)] {
+            let settings = Settings::from_config(&config(None), descriptors);
+            assert_eq!(settings.max_pending, pending, "of {descriptors}");
         }
     }
 

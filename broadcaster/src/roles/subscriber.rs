@@ -7,15 +7,16 @@ use crate::error::Error;
 use crate::hub::{Hub, Watching};
 use crate::metrics::{Conn, Metrics};
 use crate::server::tasks::{Stop, Tasks};
+use crate::server::Pending;
 use crate::server::{finish, serve};
 use crate::tiers::link::{self, Upstream};
-use crate::viewers::connection::{self, Until};
+use crate::viewers::connection::{self, Until, CLOSE_SPREAD};
 use crate::viewers::lanes::Fanout;
 use crate::viewers::outlet::{Offer, Outlet, SseWire, ViewerLimits, Wire, WsWire};
 use crate::viewers::websocket::Upgrade;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -42,6 +43,10 @@ const SYNC_WAIT: Duration = Duration::from_secs(2);
 /// dropped by a blip is back within its backoff (at most 2 s); a dead upstream is declared
 /// [`SILENCE`](crate::tiers::roster::SILENCE) (3 s) after it was last heard, which this adds to.
 pub const UPSTREAM_LOST_AFTER: Duration = Duration::from_secs(5);
+
+/// The shortest reconnection delay an SSE viewer is given (`retry:`); each gets a random part of
+/// [`CLOSE_SPREAD`] more.
+const SSE_RETRY_MIN: Duration = Duration::from_secs(2);
 
 /// Unsent bytes a viewer's socket holds before a write returns WouldBlock (`TCP_NOTSENT_LOWAT`):
 /// about ten 1.5 KiB epoch frames. Without it the kernel takes 100+ KB per socket before the
@@ -110,6 +115,8 @@ pub async fn subscriber(
         settings.bundle_wait,
         Arc::clone(&metrics),
     ));
+    // Viewers make one request per connection (see `Settings::accepting_viewers`).
+    let accepting = settings.accepting_viewers(tune);
     let state = Viewers {
         hub,
         fanout,
@@ -131,7 +138,6 @@ pub async fn subscriber(
         app = app.merge(emostream_web::routes(page));
     }
     let app = app.with_state(state);
-    let accepting = (settings.header_read_timeout, tune as fn(&_));
     serve(listener, finish(app, metrics), tasks, accepting, shutdown).await
 }
 
@@ -265,12 +271,16 @@ impl Viewers {
         })
     }
 
-    /// What ends the viewer's connection besides the viewer.
+    /// What ends the viewer's connection besides the viewer. Its token is honoured for a random
+    /// part of [`CLOSE_SPREAD`] past its expiry: tokens issued in one burst (a reconnect storm)
+    /// would otherwise all expire, and send their viewers to register, in the same second.
     fn until(&self, admitted: &Admitted) -> Until {
         Until {
             stop: self.stop.clone(),
             upstream_lost: self.upstream_lost.clone(),
-            token_expires: admitted.token_expires,
+            token_expires: admitted
+                .token_expires
+                .map(|at| at + connection::spread(CLOSE_SPREAD)),
         }
     }
 
@@ -340,6 +350,7 @@ async fn watch_sse(
     stream: Result<Path<String>, PathRejection>,
     query: Result<Query<ViewerQuery>, QueryRejection>,
     headers: HeaderMap,
+    pending: Option<Extension<Pending>>,
 ) -> Result<Response, Error> {
     let Path(stream) = stream?;
     valid_stream(&stream)?;
@@ -359,6 +370,10 @@ async fn watch_sse(
     };
     let since = last_event_id.or(query.since);
     let admitted = viewers.admit(&stream, token_expires)?;
+    // A viewer now, counted by its seat: its connection is no longer a pending one.
+    if let Some(Extension(pending)) = pending {
+        pending.release();
+    }
     // Capacity 0 gives the sender one slot: the fan-out hands over a frame only once hyper has
     // taken the previous one for the socket, so a stalled reader backs up into the outlet.
     let (tx, body) = futures_channel::mpsc::channel::<Bytes>(0);
@@ -370,6 +385,11 @@ async fn watch_sse(
         connection::serve_sse(outlet, &viewers.metrics, until).await;
         drop(admitted);
     });
+    // Each connection's own reconnection delay: `EventSource`'s default (about 3 s) would bring
+    // every viewer of a closed subscriber back in the same instant.
+    let retry = SSE_RETRY_MIN + connection::spread(CLOSE_SPREAD);
+    let retry = Bytes::from(format!("retry: {}\n\n", retry.as_millis()));
+    let body = futures_util::stream::once(std::future::ready(retry)).chain(body);
     let body = Body::from_stream(body.map(Ok::<_, Infallible>));
     Ok((
         [

@@ -7,45 +7,32 @@ pub mod tasks;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use axum::extract::Request;
-use axum::http::header;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::prometheus_text;
+use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tasks::Tasks;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 /// Raises this process's soft limit on open descriptors to its hard limit, and returns the limit
 /// now in force. Every viewer is a descriptor, and the soft limit is often 1024 where the hard one
 /// is far higher.
 pub fn raise_descriptor_limit() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid rlimit for the call to fill and then to read.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit.rlim_cur = limit.rlim_max;
-            }
-        }
-    }
-    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    let limit = rlimit::increase_nofile_limit(u64::MAX)
+        .or_else(|_| rlimit::Resource::NOFILE.get().map(|(soft, _)| soft))
+        .unwrap_or(1024);
+    usize::try_from(limit).unwrap_or(usize::MAX)
 }
 
 pub async fn bind(addr: &str) -> Result<TcpListener, Error> {
@@ -73,29 +60,67 @@ pub fn finish(router: Router, metrics: Arc<Metrics>) -> Router {
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
 }
 
+/// How a role's accept loop treats connections.
+#[derive(Clone, Copy)]
+pub struct Accepting {
+    /// How long a connection may take to send a request's header.
+    pub header_read_timeout: Duration,
+    /// Socket options, set on each accepted socket before anything is read.
+    pub tune: fn(&TcpStream),
+    /// Connections that have neither upgraded nor become a long answer (SSE, which gives up its
+    /// place with [`Pending::release`]) held at once. Past it, a new connection is closed at
+    /// once, unanswered: a flood of them cannot use the descriptors that upgraded viewers, the
+    /// upstream link and the connections already being served need.
+    pub max_pending: usize,
+    /// Whether a connection may carry a second request. Without it every answer but an upgrade
+    /// says `Connection: close`, so a client polling on one connection cannot keep its place
+    /// among the pending ones forever (hyper restarts the header-read timeout for each request).
+    pub keep_alive: bool,
+}
+
+/// hyper's read buffer may grow to this (its default is about 400 KiB): a request header and a
+/// small body fit, and a connection that has not upgraded pins no more.
+const MAX_BUF_BYTES: usize = 16 * 1024;
+
+/// Headers a request may have (hyper's default is 100); more is answered 431.
+const MAX_HEADERS: usize = 32;
+
+/// A connection's place among the pending ones ([`Accepting::max_pending`]), in every request's
+/// extensions so that a handler whose answer lasts (SSE) can give it up; an upgraded connection
+/// gives it up when it leaves hyper.
+#[derive(Clone)]
+pub struct Pending(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl Pending {
+    pub fn release(&self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown`, then closes every socket and waits for every task.
 /// HTTP/1.1 only, as viewers and tiers speak it: hyper's automatic HTTP/2 detection first reads
 /// the preface with no deadline, so a client trickling its first bytes would escape the
-/// header-read timeout. Each accepted socket goes through `tune` first; a connection that has
-/// not sent a request's whole header within `header_read_timeout` is closed.
+/// header-read timeout. See [`Accepting`] for what each connection is allowed.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tasks: Tasks,
-    (header_read_timeout, tune): (Duration, fn(&TcpStream)),
+    accepting: Accepting,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "listening");
+        tracing::info!(%addr, max_pending = accepting.max_pending, "listening");
     }
-    let stopping = tasks.trigger();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    // Connections learn of shutdown here, and their senders going is how the last is known.
-    let (closing, closing_rx) = watch::channel(false);
-    let (open, mut all_closed) = mpsc::channel::<()>(1);
+        .header_read_timeout(accepting.header_read_timeout)
+        .max_buf_size(MAX_BUF_BYTES)
+        .max_headers(MAX_HEADERS);
+    let pending = Arc::new(Semaphore::new(accepting.max_pending));
+    // Connections learn of shutdown here; the tracker is how the last is known.
+    let closing = CancellationToken::new();
+    let connections = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -111,21 +136,36 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        tune(&stream);
+        let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+            tracing::debug!("too many connections not yet upgraded; closing a new one");
+            continue;
+        };
+        (accepting.tune)(&stream);
+        let place = Pending(Arc::new(Mutex::new(Some(permit))));
         let router = app.clone();
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            router.clone().oneshot(request)
+        let keep_alive = accepting.keep_alive;
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(place.clone());
+            let answer = router.clone().oneshot(request);
+            async move {
+                let mut response = answer.await?;
+                if !keep_alive && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
-        let (mut closing, open) = (closing_rx.clone(), open.clone());
-        tokio::spawn(async move {
-            let _open = open;
+        let closing = closing.clone();
+        connections.spawn(async move {
             tokio::pin!(connection);
             let served = tokio::select! {
                 served = connection.as_mut() => served,
-                _ = async { closing.wait_for(|closing| *closing).await.map(|_| ()) } => {
+                () = closing.cancelled() => {
                     // Answers the request in progress, if any, then closes.
                     connection.as_mut().graceful_shutdown();
                     connection.await
@@ -138,13 +178,13 @@ pub async fn serve(
         });
     }
     // The router's state holds `Stop`s too: `tasks.stop` waits for it to go.
-    drop((listener, app, open));
+    drop((listener, app));
     // Sockets are told to close as soon as shutdown begins, while plain requests drain; upgraded
     // sockets have left hyper, which is what `tasks` is for.
-    stopping.send_replace(true);
-    closing.send_replace(true);
-    // Nothing is ever sent: `None` means the last connection is gone.
-    let _ = all_closed.recv().await;
+    tasks.trigger();
+    closing.cancel();
+    connections.close();
+    connections.wait().await;
     tasks.stop().await;
     tracing::info!("stopped");
     Ok(())
@@ -170,16 +210,8 @@ mod tests {
     #[test]
     fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
         let raised = raise_descriptor_limit();
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: `limit` is a valid rlimit for the call to fill.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-            0
-        );
-        assert_eq!(limit.rlim_cur, limit.rlim_max);
-        assert_eq!(raised as u64, limit.rlim_cur);
+        let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap();
+        assert_eq!(soft, hard);
+        assert_eq!(raised as u64, soft);
     }
 }

@@ -1,66 +1,58 @@
 //! Stopping every socket and background task of a role, and knowing when they have all ended.
 //!
 //! axum's graceful shutdown does not see upgraded WebSockets (they run in tasks of their own), so
-//! each such task holds a [`Stop`]: it learns of shutdown through the watch channel, and the
-//! `mpsc::Sender` inside it is how [`Tasks::stop`] knows it has gone, as in mini-redis.
+//! each such task holds a [`Stop`]: it learns of shutdown through the cancellation token, and its
+//! tracker token is how [`Tasks::stop`] knows it has gone.
 
-use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
 
 pub struct Tasks {
-    stop: watch::Sender<bool>,
-    done: mpsc::Sender<()>,
-    all_done: mpsc::Receiver<()>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
 }
 
 /// Held by every long-lived task of a role.
 #[derive(Clone)]
 pub struct Stop {
-    stop: watch::Receiver<bool>,
-    _done: mpsc::Sender<()>,
+    stop: CancellationToken,
+    _running: TaskTrackerToken,
 }
 
 impl Tasks {
     pub fn new() -> Self {
-        let (done, all_done) = mpsc::channel(1);
         Self {
-            stop: watch::channel(false).0,
-            done,
-            all_done,
+            stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
         }
     }
 
     pub fn stop_handle(&self) -> Stop {
         Stop {
-            stop: self.stop.subscribe(),
-            _done: self.done.clone(),
+            stop: self.stop.clone(),
+            _running: self.tracker.token(),
         }
     }
 
     /// Tells every task to stop; usable before [`Tasks::stop`] so that sockets close while the
     /// HTTP server drains.
-    pub fn trigger(&self) -> watch::Sender<bool> {
-        self.stop.clone()
+    pub fn trigger(&self) {
+        self.stop.cancel();
     }
 
     /// Stops every task and waits until each has dropped its [`Stop`].
     pub async fn stop(self) {
-        let Self {
-            stop,
-            done,
-            mut all_done,
-        } = self;
-        stop.send_replace(true);
-        drop(done);
-        // Nothing is ever sent: `None` means the last `Stop` is gone.
-        let _ = all_done.recv().await;
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
     }
 }
 
 impl Stop {
     /// Resolves once shutdown has begun.
     pub async fn stopped(&mut self) {
-        // An error means the `Tasks` is gone, which only happens once the role is ending anyway.
-        let _ = self.stop.wait_for(|stopping| *stopping).await;
+        self.stop.cancelled().await;
     }
 }
 
@@ -68,6 +60,7 @@ impl Stop {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use tokio::sync::mpsc;
 
     #[tokio::test]
     async fn stop_waits_for_every_task() {

@@ -47,6 +47,22 @@ fn first_ping() -> Duration {
 /// What a viewer's socket reads between frames: a stack buffer, so an idle viewer holds none.
 const READ_CHUNK: usize = 512;
 
+/// A viewer's pings are answered at most this often: each pong is a write, and a viewer pinging
+/// at line rate would otherwise take the worker its lane shares. Pings in between still prove
+/// the viewer is there.
+const PONG_AT_MOST_EVERY: Duration = Duration::from_secs(1);
+
+/// Closes the subscriber makes of many viewers at once (its upstream lost, tokens issued in one
+/// burst expiring together) come at a random point of this window for each viewer, so that they
+/// do not all register and reconnect in the same instant. Shutdown (1001) is not spread: it has
+/// [`CLOSE_DEADLINE`] in all, and the viewers' own jittered backoff spreads their return.
+pub const CLOSE_SPREAD: Duration = Duration::from_secs(5);
+
+/// A uniformly random duration in `[0, window)`.
+pub fn spread(window: Duration) -> Duration {
+    window.mul_f64(fastrand::f64())
+}
+
 /// Why a viewer's connection ends, and so what it is told.
 enum End {
     /// It sent Close (with this code, which a peer may send): it gets one back.
@@ -100,6 +116,8 @@ enum Incoming {
     Ws {
         socket: Arc<TcpStream>,
         reader: Reader,
+        /// When the viewer's last ping was answered.
+        ponged: Option<Instant>,
     },
     Nothing,
 }
@@ -107,11 +125,23 @@ enum Incoming {
 impl Incoming {
     /// The next thing the viewer said. Cancel-safe: what was read is kept in the reader.
     async fn next(&mut self) -> Result<FromViewer, End> {
-        let Incoming::Ws { socket, reader } = self else {
+        let Incoming::Ws {
+            socket,
+            reader,
+            ponged,
+        } = self
+        else {
             return std::future::pending().await;
         };
         loop {
-            match reader.next() {
+            match reader.next_frame() {
+                Ok(Some(FromViewer::Ping(pong))) => {
+                    if ponged.is_some_and(|at| at.elapsed() < PONG_AT_MOST_EVERY) {
+                        return Ok(FromViewer::Alive);
+                    }
+                    *ponged = Some(Instant::now());
+                    return Ok(FromViewer::Ping(pong));
+                }
                 Ok(Some(heard)) => return Ok(heard),
                 Ok(None) => {}
                 Err(Violation(code)) => return Err(End::Violation(code)),
@@ -140,27 +170,63 @@ pub async fn serve_ws(
     reader.extend(&early);
     // Usually a slice of hyper's whole read buffer, which it would keep alive.
     drop(early);
-    let incoming = Incoming::Ws { socket, reader };
+    let incoming = Incoming::Ws {
+        socket: Arc::clone(&socket),
+        reader,
+        ponged: None,
+    };
     let end = serve(&outlet, incoming, metrics, until).await;
-    farewell_and_close(&outlet, end, metrics).await;
+    farewell_and_close(&outlet, end, metrics, Some(&socket)).await;
 }
 
 /// Serves an SSE viewer whose response body reads from the outlet's channel.
 pub async fn serve_sse(outlet: Arc<Outlet<SseWire>>, metrics: &Metrics, until: Until) {
     let end = serve(&outlet, Incoming::Nothing, metrics, until).await;
     // Ending the response is the only close SSE has; a `closing` notice says why before it.
-    farewell_and_close(&outlet, end, metrics).await;
+    farewell_and_close(&outlet, end, metrics, None).await;
 }
 
-async fn farewell_and_close<W: Wire>(outlet: &Outlet<W>, end: End, metrics: &Metrics) {
-    outlet.finish(
-        end.farewell()
-            .map(|(code, reason)| W::farewell(code, reason)),
-    );
+/// Sends the farewell, if the viewer can still be told anything, and closes. On a WebSocket
+/// (`socket`) a Close frame that went out is followed by a half-close and reading until the
+/// viewer closes too: a socket closed with bytes unread (a ping, the viewer's own Close) is reset,
+/// and a reset can make the viewer's stack throw away the Close frame it had not read yet.
+async fn farewell_and_close<W: Wire>(
+    outlet: &Outlet<W>,
+    end: End,
+    metrics: &Metrics,
+    socket: Option<&TcpStream>,
+) {
+    let farewell = end.farewell();
+    outlet.finish(farewell.map(|(code, reason)| W::farewell(code, reason)));
     // Bounded like every farewell: a peer that stopped reading would hold it forever.
-    let _ =
+    let drained =
         tokio::time::timeout(CLOSE_DEADLINE, poll_fn(|cx| outlet.poll_drain(cx, metrics))).await;
+    if let (Some(socket), Some(_), Ok(Ok(()))) = (socket, farewell, drained) {
+        let _ = tokio::time::timeout(CLOSE_DEADLINE, half_close(socket)).await;
+    }
     outlet.close();
+}
+
+/// Shuts the write half and discards what the peer sends until it closes its own.
+async fn half_close(socket: &TcpStream) {
+    if socket2::SockRef::from(socket)
+        .shutdown(std::net::Shutdown::Write)
+        .is_err()
+    {
+        return;
+    }
+    let mut chunk = [0u8; READ_CHUNK];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        match socket.try_read(&mut chunk) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
 }
 
 async fn serve<W: Wire>(
@@ -178,6 +244,8 @@ async fn serve<W: Wire>(
     let mut ping = tokio::time::interval_at(Instant::now() + first_ping(), PING_EVERY);
     let mut awaiting_pong = false;
     let mut ping_alone_at = None;
+    // When this viewer is closed for the lost upstream, unless the upstream is back by then.
+    let mut upstream_lost_close_at: Option<Instant> = None;
     loop {
         match outlet.standing() {
             Standing::Open => {}
@@ -190,6 +258,7 @@ async fn serve<W: Wire>(
         }
         let busy_since = outlet.busy_since();
         let deadline = busy_since.map(|since| since + WRITE_DEADLINE);
+        let closing_for_upstream = upstream_lost_close_at.is_some();
         tokio::select! {
             drained = poll_fn(|cx| outlet.poll_drain(cx, metrics)), if busy_since.is_some() => {
                 if let Err(e) = drained {
@@ -230,7 +299,11 @@ async fn serve<W: Wire>(
                 metrics.silent_close();
                 return End::Silent;
             }
-            Ok(_) = upstream_lost.wait_for(|lost| *lost) => {
+            Ok(_) = upstream_lost.wait_for(|lost| *lost != closing_for_upstream) => {
+                upstream_lost_close_at =
+                    (!closing_for_upstream).then(|| Instant::now() + spread(CLOSE_SPREAD));
+            }
+            () = tokio::time::sleep_until(upstream_lost_close_at.unwrap_or_else(Instant::now)), if closing_for_upstream => {
                 metrics.upstream_lost_close();
                 return End::UpstreamLost;
             }

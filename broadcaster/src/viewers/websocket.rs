@@ -180,7 +180,7 @@ pub enum FromViewer {
     Ping(Bytes),
     /// The viewer is closing; its code, if it gave one.
     Close(Option<u16>),
-    /// A pong, or data a viewer has no reason to send: it is alive, and that is all.
+    /// A pong: the viewer is alive, and that is all.
     Alive,
 }
 
@@ -206,8 +206,9 @@ impl Reader {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next whole frame, if one has arrived.
-    pub fn next(&mut self) -> Result<Option<FromViewer>, Violation> {
+    /// The next whole frame, if one has arrived. A frame that breaks the rules fails as soon as
+    /// its header has, without waiting for (or copying) its payload.
+    pub fn next_frame(&mut self) -> Result<Option<FromViewer>, Violation> {
         let buf = &self.buf;
         let [b0, b1, ..] = *buf.as_slice() else {
             return Ok(None);
@@ -225,6 +226,20 @@ impl Reader {
         if len > self.max_payload as u64 {
             return Err(Violation(close_code::SIZE));
         }
+        let opcode = b0 & 0x0f;
+        let control = opcode & 0x8 != 0;
+        // RSV1-3 mean an extension, and none was agreed (RFC 6455 5.2).
+        if b0 & 0x70 != 0 || (control && (b0 & 0x80 == 0 || len > 125)) {
+            return Err(Violation(close_code::PROTOCOL));
+        }
+        match opcode {
+            OP_PING | OP_PONG | OP_CLOSE => {}
+            // A viewer has nothing to say: data from one is refused rather than read and dropped.
+            OP_TEXT | OP_BINARY | OP_CONTINUATION => {
+                return Err(Violation(close_code::UNSUPPORTED))
+            }
+            _ => return Err(Violation(close_code::PROTOCOL)),
+        }
         let start = 2 + len_bytes + 4;
         let end = start + len as usize;
         if buf.len() < end {
@@ -236,17 +251,10 @@ impl Reader {
             .zip(mask.iter().cycle())
             .map(|(b, m)| b ^ m)
             .collect();
-        let opcode = b0 & 0x0f;
-        let control = opcode & 0x8 != 0;
-        // RSV1-3 mean an extension, and none was agreed (RFC 6455 5.2).
-        if b0 & 0x70 != 0 || (control && (b0 & 0x80 == 0 || len > 125)) {
-            return Err(Violation(close_code::PROTOCOL));
-        }
         let got = match opcode {
             OP_PING => FromViewer::Ping(pong(&payload)),
             OP_CLOSE => FromViewer::Close(close_payload(&payload)?),
-            OP_PONG | OP_TEXT | OP_BINARY | OP_CONTINUATION => FromViewer::Alive,
-            _ => return Err(Violation(close_code::PROTOCOL)),
+            _ => FromViewer::Alive,
         };
         self.buf.drain(..end);
         if self.buf.is_empty() {
@@ -313,12 +321,15 @@ mod tests {
         bytes.extend(masked(0x88, &1000u16.to_be_bytes()));
         let (first, rest) = bytes.split_at(3);
         reader.extend(first);
-        assert_eq!(reader.next(), Ok(None));
+        assert_eq!(reader.next_frame(), Ok(None));
         reader.extend(rest);
-        assert_eq!(reader.next(), Ok(Some(FromViewer::Ping(pong(b"abc")))));
-        assert_eq!(reader.next(), Ok(Some(FromViewer::Alive)));
-        assert_eq!(reader.next(), Ok(Some(FromViewer::Close(Some(1000)))));
-        assert_eq!(reader.next(), Ok(None));
+        assert_eq!(
+            reader.next_frame(),
+            Ok(Some(FromViewer::Ping(pong(b"abc"))))
+        );
+        assert_eq!(reader.next_frame(), Ok(Some(FromViewer::Alive)));
+        assert_eq!(reader.next_frame(), Ok(Some(FromViewer::Close(Some(1000)))));
+        assert_eq!(reader.next_frame(), Ok(None));
         assert_eq!(reader.buf.capacity(), 0);
     }
 
@@ -326,21 +337,35 @@ mod tests {
     fn a_reader_fails_unmasked_oversized_and_unknown_frames() {
         let mut unmasked = Reader::new(4096);
         unmasked.extend(b"\x81\x02hi");
-        assert_eq!(unmasked.next(), Err(Violation(close_code::PROTOCOL)));
+        assert_eq!(unmasked.next_frame(), Err(Violation(close_code::PROTOCOL)));
 
         let mut big = Reader::new(100);
         big.extend(&masked(0x81, &[b'x'; 101]));
-        assert_eq!(big.next(), Err(Violation(close_code::SIZE)));
+        assert_eq!(big.next_frame(), Err(Violation(close_code::SIZE)));
         let mut fits = Reader::new(300);
-        fits.extend(&masked(0x81, &[b'x'; 300]));
-        assert_eq!(fits.next(), Ok(Some(FromViewer::Alive)));
+        fits.extend(&masked(0x8A, &[b'x'; 125]));
+        assert_eq!(fits.next_frame(), Ok(Some(FromViewer::Alive)));
+
+        // Data frames fail at their header, whole or not, fragmented or not: 1003.
+        for b0 in [0x81, 0x82, 0x01, 0x80] {
+            let mut data = Reader::new(4096);
+            data.extend(&masked(b0, b"hello")[..2]);
+            assert_eq!(
+                data.next_frame(),
+                Err(Violation(close_code::UNSUPPORTED)),
+                "{b0:x}"
+            );
+        }
 
         let mut unknown = Reader::new(4096);
         unknown.extend(&masked(0x83, b""));
-        assert_eq!(unknown.next(), Err(Violation(close_code::PROTOCOL)));
+        assert_eq!(unknown.next_frame(), Err(Violation(close_code::PROTOCOL)));
         let mut fragmented_ping = Reader::new(4096);
         fragmented_ping.extend(&masked(0x09, b""));
-        assert_eq!(fragmented_ping.next(), Err(Violation(close_code::PROTOCOL)));
+        assert_eq!(
+            fragmented_ping.next_frame(),
+            Err(Violation(close_code::PROTOCOL))
+        );
     }
 
     type Heard = Result<Option<FromViewer>, Violation>;
@@ -373,7 +398,7 @@ mod tests {
         for (bytes, want) in cases {
             let mut reader = Reader::new(4096);
             reader.extend(&bytes);
-            assert_eq!(reader.next(), want, "{bytes:x?}");
+            assert_eq!(reader.next_frame(), want, "{bytes:x?}");
         }
     }
 

@@ -121,5 +121,6 @@ pub fn settings(ring_epochs: usize) -> Settings {
         max_viewers: 1000,
         max_streams: 64,
         header_read_timeout: Duration::from_secs(5),
+        max_pending: 512,
     }
 }
