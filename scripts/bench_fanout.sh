@@ -53,8 +53,8 @@
 # of its slab memory (sockets, their files, epoll entries) and of TCP buffer memory
 # (/proc/net/sockstat), per viewer, halved, as each viewer is two sockets here. The SSE phase
 # (SSE_VIEWERS viewers over GET /v1/streams/main/sse, against the broadcaster only: the floors speak
-# WebSocket) runs first, so its growth is measured from the same empty start; the WebSocket levels
-# that follow are larger, so the memory the SSE phase leaves in the allocator is reused, not added.
+# WebSocket) runs last, on subscribers restarted for it, so its growth is measured from an empty
+# start too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -132,17 +132,25 @@ start() { # name, args…
 step "starting main (synthetic, every 2000 ms), 2 clusters, $SUBSCRIBERS subscribers"
 start main main --synthetic-ms 2000
 urls=()
-sub_pids=()
+sub_names=()
 for c in 0 1; do
     start "c$c" cluster --name "c$c"
     for i in $(seq 0 $((per_cluster - 1))); do
         if (( c * per_cluster + i < SUBSCRIBERS )); then
-            start "c$c-s$i" subscriber --name "c$c-s$i"
-            sub_pids+=("$(cat "$work/c$c-s$i.pid")")
+            sub_names+=("c$c-s$i")
             urls+=("ws://127.0.0.1:$((BASE_PORT + 10 * (c + 1) + i + 1))")
         fi
     done
 done
+start_subscribers() { # sets sub_pids
+    local name
+    sub_pids=()
+    for name in "${sub_names[@]}"; do
+        start "$name" subscriber --name "$name"
+        sub_pids+=("$(cat "$work/$name.pid")")
+    done
+}
+start_subscribers
 subscribers_csv=$(IFS=,; echo "${urls[*]}")
 # The yardsticks: for each kind of floor as many bare fan-out processes as subscribers, each writing
 # the same frames to its viewers at the same moments from one thread (tools/src/bin/fanout_floor.rs):
@@ -158,12 +166,19 @@ start_floors() { # writes, first port; sets floor_csv
 }
 start_floors one $((BASE_PORT + 200)); floor1_csv=$floor_csv
 start_floors four $((BASE_PORT + 300)); floor4_csv=$floor_csv
-for _ in $(seq 1 100); do
-    live=$(curl -s "http://$main/v1/topology" | grep -o '"url"' | wc -l || true)
-    [[ $live -ge $SUBSCRIBERS ]] && break
-    sleep 0.1
-done
-[[ $live -ge $SUBSCRIBERS ]] || { echo "only $live of $SUBSCRIBERS subscribers came up" >&2; exit 1; }
+# Subscribers the main publisher lists as live (linked to their cluster, so frames reach them).
+live_subscribers() {
+    curl -s "http://$main/v1/topology" | grep -o '"url"' | wc -l || true
+}
+wait_for_subscribers() {
+    for _ in $(seq 1 100); do
+        live=$(live_subscribers)
+        [[ $live -ge $SUBSCRIBERS ]] && break
+        sleep 0.1
+    done
+    [[ $live -ge $SUBSCRIBERS ]] || { echo "only $live of $SUBSCRIBERS subscribers came up" >&2; exit 1; }
+}
+wait_for_subscribers
 
 rss_kib() { # sum of VmRSS over the subscribers
     local total=0 pid
@@ -272,16 +287,6 @@ row() { # viewers, run, server: one row of $runs from what swarm set
         "$p99_epoch_read" "$p99_epoch_stamp" "$4" "$5" "$6"
 }
 
-if (( SSE_VIEWERS > 0 )); then
-    step "SSE: $SSE_VIEWERS viewers over GET /v1/streams/main/sse ($SUBSCRIBERS subscribers, measuring $MEASURE_S s)"
-    swarm "sse-$SSE_VIEWERS" "$SSE_VIEWERS" "$subscribers_csv" "$sub_ports" --sse
-    sse_conn=$per_conn sse_p99=$p99_read
-    printf '| %d | %d | %d | %d | %d | %d ms | %d ms | %d ms | %d ms | %s KiB | %s KiB | %s KiB |\n' "$SSE_VIEWERS" \
-        "$connected" "$dropped" "$missing" "$epochs" "$p50_read" "$p99_read" "$p99_stamp" "$p99_epoch_read" \
-        "$per_rss" "$per_kernel" "$per_conn" >>"$sse"
-    row "$SSE_VIEWERS" 1 "broadcaster, SSE" "$per_rss KiB" "$per_kernel KiB" "$per_conn KiB" >>"$runs"
-fi
-
 for n in $LEVELS; do
     b_read=() f1_read=() f4_read=() b_stamp=() b_epoch=() mem_rss=() mem_kernel=() mem_conn=()
     fewest=$n lost=0 clean=1
@@ -325,6 +330,31 @@ for n in $LEVELS; do
     fi
     best=$n best_p99=$b_med best_stamp=$(median "${b_stamp[@]}")
 done
+
+# SSE last, on subscribers started afresh: memory the WebSocket levels freed stays in the
+# subscribers' allocators, and would be reused by (and hide) the SSE viewers' cost; measured first,
+# SSE's leftovers inflated the WebSocket figures instead.
+if (( SSE_VIEWERS > 0 )); then
+    step "SSE: restarting the subscribers, then $SSE_VIEWERS viewers over GET /v1/streams/main/sse (measuring $MEASURE_S s)"
+    for pid in "${sub_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${sub_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for _ in $(seq 1 100); do
+        (( $(live_subscribers) == 0 )) && break
+        sleep 0.1
+    done
+    start_subscribers
+    wait_for_subscribers
+    # An epoch first, so that the baseline holds what every subscriber allocates for its first
+    # frames (the hub's ring), as the first baseline did.
+    sleep 2
+    rss0=$(rss_kib); kernel0=$(kernel_kib)
+    swarm "sse-$SSE_VIEWERS" "$SSE_VIEWERS" "$subscribers_csv" "$sub_ports" --sse
+    sse_conn=$per_conn sse_p99=$p99_read
+    printf '| %d | %d | %d | %d | %d | %d ms | %d ms | %d ms | %d ms | %s KiB | %s KiB | %s KiB |\n' "$SSE_VIEWERS" \
+        "$connected" "$dropped" "$missing" "$epochs" "$p50_read" "$p99_read" "$p99_stamp" "$p99_epoch_read" \
+        "$per_rss" "$per_kernel" "$per_conn" >>"$sse"
+    row "$SSE_VIEWERS" 1 "broadcaster, SSE" "$per_rss KiB" "$per_kernel KiB" "$per_conn KiB" >>"$runs"
+fi
 
 step "every run, then per level"
 legend() {
