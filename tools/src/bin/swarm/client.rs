@@ -1,5 +1,7 @@
-//! A WebSocket viewer as lean as the measurement needs: the opening handshake, then server frames
-//! read straight off the socket, pings answered, everything else ignored.
+//! A viewer client with only what the measurement needs: for WebSocket, the opening handshake,
+//! then server frames read straight off the socket, pings answered, everything else ignored; for
+//! SSE, the response head, then the chunked body cut into events, each event's `data:` lines
+//! being the frame.
 //!
 //! The swarm runs on the same cores as the subscribers it measures, so every microsecond it spends
 //! per frame is one the subscribers do not get. A general-purpose client (tokio-tungstenite, one
@@ -27,10 +29,23 @@ use emostream_protocol::websocket::{
 /// One open viewer connection.
 pub struct Client {
     stream: TcpStream,
-    /// Bytes read and not yet consumed, from the start of a frame.
+    /// Bytes read and not yet consumed, from the start of a frame (for SSE: of a chunk).
     pending: Vec<u8>,
     /// The length of the text frame at the front of `pending` that was last returned.
     consumed: usize,
+    /// An SSE viewer's event stream; `None` for WebSocket.
+    sse: Option<Sse>,
+}
+
+/// What an SSE viewer keeps between reads.
+struct Sse {
+    /// Whether the body comes in `Transfer-Encoding: chunked` (hyper's way for a body of unknown
+    /// length on HTTP/1.1), or raw up to the close.
+    chunked: bool,
+    /// The body with the chunk framing taken off: events, each ended by an empty line.
+    body: Vec<u8>,
+    /// The `data:` of the event last returned.
+    data: Vec<u8>,
 }
 
 /// What the server sent next.
@@ -41,22 +56,30 @@ pub enum Event<'a> {
 }
 
 impl Client {
-    /// Connects to `url` (`ws://host:port/path`) and completes the opening handshake.
+    /// Connects to `url` and completes the opening handshake: `ws://host:port/path` for a
+    /// WebSocket viewer, `http://host:port/path` for an SSE viewer (a GET whose answer is an
+    /// event stream).
     pub async fn connect(url: &str, key_seed: u64) -> io::Result<Self> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| invalid("only ws:// URLs"))?;
+        let (rest, sse) = match (url.strip_prefix("ws://"), url.strip_prefix("http://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => return Err(invalid("only ws:// and http:// URLs")),
+        };
         let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let path = if path.is_empty() { "/" } else { path };
         let mut stream = TcpStream::connect(host).await?;
         stream.set_nodelay(true)?;
-        // Before the handshake: the server may send the latest epoch right behind its 101.
+        // Before the handshake: the server may send the latest epoch right behind its answer.
         stamp_arrivals(&stream)?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            handshake_key(key_seed)
-        );
+        let request = if sse {
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n")
+        } else {
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                handshake_key(key_seed)
+            )
+        };
         stream.write_all(request.as_bytes()).await?;
         let mut pending = Vec::with_capacity(READ_CHUNK);
         let head_end = loop {
@@ -70,22 +93,83 @@ impl Client {
                 return Err(invalid("closed during the handshake"));
             }
         };
-        if !pending.starts_with(b"HTTP/1.1 101") {
+        let wanted: &[u8] = if sse {
+            b"HTTP/1.1 200"
+        } else {
+            b"HTTP/1.1 101"
+        };
+        if !pending.starts_with(wanted) {
             let status = String::from_utf8_lossy(&pending[..head_end.min(64)]).into_owned();
             return Err(invalid(&format!("handshake refused: {status}")));
         }
+        let sse = sse.then(|| Sse {
+            chunked: find(
+                &pending[..head_end].to_ascii_lowercase(),
+                b"transfer-encoding: chunked",
+            )
+            .is_some(),
+            body: Vec::new(),
+            data: Vec::new(),
+        });
         pending.drain(..head_end);
         Ok(Self {
             stream,
             pending,
             consumed: 0,
+            sse,
         })
+    }
+
+    /// Reads until the next SSE event with data, or the end of the body. `on_read` as for
+    /// [`Client::next`].
+    async fn next_event(&mut self, mut on_read: impl FnMut(Option<u64>)) -> io::Result<Event<'_>> {
+        let sse = self.sse.as_mut().expect("an SSE client");
+        loop {
+            if let Some(end) = find(&sse.body, b"\n\n") {
+                sse.data.clear();
+                // `id:` repeats the epoch the data carries, `event:` names a notice (`closing`,
+                // the end follows), and a line starting with `:` is a comment: only data counts.
+                for line in sse.body[..end].split(|&b| b == b'\n') {
+                    if let Some(value) = line.strip_prefix(b"data:") {
+                        if !sse.data.is_empty() {
+                            sse.data.push(b'\n');
+                        }
+                        sse.data
+                            .extend_from_slice(value.strip_prefix(b" ").unwrap_or(value));
+                    }
+                }
+                sse.body.drain(..end + 2);
+                if sse.data.is_empty() {
+                    continue;
+                }
+                break;
+            }
+            if sse.chunked {
+                match dechunk(&mut self.pending, &mut sse.body)? {
+                    Chunks::Moved => continue,
+                    Chunks::Partial => {}
+                    Chunks::Ended => return Ok(Event::Closed),
+                }
+            } else if !self.pending.is_empty() {
+                sse.body.append(&mut self.pending);
+                continue;
+            }
+            let (n, arrived_ms) = read_stamped(&self.stream, &mut self.pending).await?;
+            if n == 0 {
+                return Ok(Event::Closed);
+            }
+            on_read(arrived_ms);
+        }
+        Ok(Event::Text(&sse.data))
     }
 
     /// Reads until the next text frame or the close, answering pings on the way. `on_read` runs
     /// after every read that returned bytes, before they are parsed, with the moment the kernel
     /// received the last of them (Unix ms), when it said.
     pub async fn next(&mut self, mut on_read: impl FnMut(Option<u64>)) -> io::Result<Event<'_>> {
+        if self.sse.is_some() {
+            return self.next_event(on_read).await;
+        }
         // The text frame returned last time was lent out of `pending`; it is dropped only now.
         self.pending.drain(..std::mem::take(&mut self.consumed));
         loop {
@@ -117,6 +201,48 @@ impl Client {
             }
         }
     }
+}
+
+/// What [`dechunk`] did.
+#[derive(Debug, PartialEq)]
+enum Chunks {
+    /// At least one whole chunk's data moved to the body.
+    Moved,
+    /// Not one whole chunk yet: read more.
+    Partial,
+    /// The last chunk (size 0): the body has ended.
+    Ended,
+}
+
+/// Moves the data of every whole chunk at the front of `raw` to `body` (RFC 9112 7.1; chunk
+/// extensions are skipped, trailers are not read since the body has ended).
+fn dechunk(raw: &mut Vec<u8>, body: &mut Vec<u8>) -> io::Result<Chunks> {
+    let mut at = 0;
+    let mut moved = Chunks::Partial;
+    while let Some(line) = find(&raw[at..], b"\r\n") {
+        let size = &raw[at..at + line];
+        let size = size.split(|&b| b == b';').next().unwrap_or(size);
+        let size = std::str::from_utf8(size)
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+            .ok_or_else(|| invalid("bad chunk size"))?;
+        if size == 0 {
+            // The events before the end are the caller's first; the end is told the next time.
+            if moved == Chunks::Partial {
+                return Ok(Chunks::Ended);
+            }
+            break;
+        }
+        let data = at + line + 2;
+        if raw.len() < data + size + 2 {
+            break;
+        }
+        body.extend_from_slice(&raw[data..data + size]);
+        at = data + size + 2;
+        moved = Chunks::Moved;
+    }
+    raw.drain(..at);
+    Ok(moved)
 }
 
 /// The first whole frame in `buf`: its opcode, where its payload is, and its whole length.
@@ -308,6 +434,52 @@ fn invalid(message: &str) -> io::Error {
 mod tests {
     use super::*;
     use emostream_testkit::now_ms;
+
+    #[test]
+    fn chunks_come_off_whole_and_a_partial_one_waits() {
+        let mut raw = b"5\r\nid: 1\r\n3;ext=1\r\nabc\r\n4\r\nde".to_vec();
+        let mut body = Vec::new();
+        assert_eq!(dechunk(&mut raw, &mut body).unwrap(), Chunks::Moved);
+        assert_eq!((&body[..], &raw[..]), (&b"id: 1abc"[..], &b"4\r\nde"[..]));
+        assert_eq!(dechunk(&mut raw, &mut body).unwrap(), Chunks::Partial);
+        raw.extend_from_slice(b"f\n\r\n0\r\n\r\n");
+        assert_eq!(dechunk(&mut raw, &mut body).unwrap(), Chunks::Moved);
+        assert_eq!(dechunk(&mut raw, &mut body).unwrap(), Chunks::Ended);
+        assert_eq!(&body[..], b"id: 1abcdef\n");
+        assert!(dechunk(&mut b"zz\r\n".to_vec(), &mut body).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_sse_viewer_gets_each_events_data_across_chunks() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/v1/streams/main/sse",
+            listener.local_addr().unwrap()
+        );
+        let server = async {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let n = tokio::io::AsyncReadExt::read(&mut conn, &mut request)
+                .await
+                .unwrap();
+            assert!(request[..n].starts_with(b"GET /v1/streams/main/sse HTTP/1.1\r\n"));
+            // One event split over two chunks, a comment, a second event, the end.
+            let events = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                          Transfer-Encoding: chunked\r\n\r\n\
+                          9\r\nid: 7\ndat\r\n\
+                          10\r\na: {\"a\":1}\n\n: c\n\r\n\
+                          b\r\n\ndata: {}\n\n\r\n0\r\n\r\n";
+            conn.write_all(events.as_bytes()).await.unwrap();
+            conn
+        };
+        let (mut client, _conn) =
+            tokio::join!(async { Client::connect(&url, 0).await.unwrap() }, server);
+        let mut texts = Vec::new();
+        while let Event::Text(text) = client.next(|_| {}).await.unwrap() {
+            texts.push(String::from_utf8(text.to_vec()).unwrap());
+        }
+        assert_eq!(texts, [r#"{"a":1}"#, "{}"]);
+    }
 
     #[tokio::test]
     async fn a_read_carries_the_moment_its_bytes_arrived_not_the_moment_it_ran() {

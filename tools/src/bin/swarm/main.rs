@@ -1,22 +1,30 @@
-//! `emostream-swarm`: N WebSocket viewers spread over the subscribers, measuring every frame's
-//! `end_ms` → receipt (with the main publisher's `--synthetic-ms`, that is emit → receipt): the
-//! epoch frames and the trend frames (`trending`, `sentiment`, `popular`) alike, as a viewer needs
-//! all of them. A progress line every second and a summary table at the end.
+//! `emostream-swarm`: N viewers (WebSocket, or SSE with `--sse`) spread over the subscribers,
+//! measuring how long after an epoch's `end_ms` (with the main publisher's `--synthetic-ms`, the
+//! moment it emitted the epoch) each viewer had it. A progress line every second and a summary
+//! table at the end.
 //!
-//! Receipt is measured twice. **Read**: when the `read` that returned the frame's last bytes
-//! returned, the moment an ordinary client has the frame; the swarm runs at normal priority, as
+//! An epoch reaches a viewer as four messages: the epoch frame, then the `trending`, `sentiment`
+//! and `popular` frames. Two moments per viewer and epoch are timed:
+//! - **the epoch frame**: when the viewer had the epoch frame itself;
+//! - **the whole epoch** (the headline): when the viewer had the last of the four, whichever came
+//!   last — the moment the viewer can show everything about the epoch.
+//!
+//! and each of them twice. **Read**: when the `read` that returned the message's last bytes
+//! returned, the moment an ordinary client has the message; the swarm runs at normal priority, as
 //! such a client does, so on one machine this includes its wait for a core. **Stamp**: when the
-//! frame's last packet reached the viewer's socket (the kernel's receive stamp, `SO_TIMESTAMPNS`);
-//! on loopback the receiving stack runs inside the server's `send`, so this is the server-side
-//! fan-out time — when the server had handed the frame over — not a receipt.
+//! message's last packet reached the viewer's socket (the kernel's receive stamp,
+//! `SO_TIMESTAMPNS`); on loopback the receiving stack runs inside the server's `send`, so this is
+//! the server-side fan-out time — when the server had handed the message over — not a receipt.
 //!
 //! ```text
 //! emostream-swarm --subscribers ws://127.0.0.1:9011,ws://127.0.0.1:9012 --viewers 10000 --seconds 20
+//! emostream-swarm --subscribers ws://127.0.0.1:9011 --sse --viewers 1000  # GET …/sse instead
 //! emostream-swarm --main 127.0.0.1:9000 --viewers 100            # placed by POST /v1/viewers
 //! emostream-swarm merge a.json b.json                            # one table for several swarms
 //! ```
-//! A process may hold only so many sockets (here 20,000 open files), so a large swarm is several
-//! processes, each with `--out FILE`, merged afterwards.
+//! A process may hold only so many sockets (its hard limit on open files; the swarm raises its
+//! soft limit to it), so a large swarm is several processes, each with `--out FILE`, merged
+//! afterwards.
 
 use emostream_protocol::wire::Admission;
 use emostream_testkit::{bucket_percentile, now_ms};
@@ -28,6 +36,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod client;
 use client::{Client, Event};
+#[path = "../../limits.rs"]
+mod limits;
 
 /// Latency buckets of 1 ms up to 10 s; the last bucket holds everything slower.
 const BUCKETS: usize = 10_001;
@@ -40,11 +50,15 @@ struct Tally {
     frames: AtomicU64,
     missing: AtomicU64,
     lagged: AtomicU64,
+    /// Epochs a viewer had all four messages of.
+    epochs: AtomicU64,
     measuring: AtomicBool,
-    /// End → read by the viewer, per 1 ms bucket.
-    read_ms: Vec<AtomicU64>,
-    /// End → the kernel's stamp on the viewer's socket, per 1 ms bucket.
-    stamp_ms: Vec<AtomicU64>,
+    /// Per 1 ms bucket: end → the epoch frame read by the viewer, and its kernel stamp.
+    epoch_read_ms: Vec<AtomicU64>,
+    epoch_stamp_ms: Vec<AtomicU64>,
+    /// Per 1 ms bucket: end → the epoch's last message read by the viewer, and its kernel stamp.
+    whole_read_ms: Vec<AtomicU64>,
+    whole_stamp_ms: Vec<AtomicU64>,
 }
 
 /// What one swarm reports, and what `merge` adds up.
@@ -57,10 +71,13 @@ struct Report {
     frames: u64,
     missing: u64,
     lagged: u64,
-    /// Count per 1 ms bucket of end → read by the viewer.
-    read_ms: Vec<u64>,
-    /// Count per 1 ms bucket of end → the kernel's stamp on the viewer's socket.
-    stamp_ms: Vec<u64>,
+    epochs: u64,
+    /// Counts per 1 ms bucket of end → the epoch frame read by the viewer, and its kernel stamp.
+    epoch_read_ms: Vec<u64>,
+    epoch_stamp_ms: Vec<u64>,
+    /// Counts per 1 ms bucket of end → the epoch's last message read, and its kernel stamp.
+    whole_read_ms: Vec<u64>,
+    whole_stamp_ms: Vec<u64>,
 }
 
 impl Report {
@@ -72,59 +89,65 @@ impl Report {
         self.frames += other.frames;
         self.missing += other.missing;
         self.lagged += other.lagged;
-        add_buckets(&mut self.read_ms, other.read_ms);
-        add_buckets(&mut self.stamp_ms, other.stamp_ms);
+        self.epochs += other.epochs;
+        add_buckets(&mut self.epoch_read_ms, other.epoch_read_ms);
+        add_buckets(&mut self.epoch_stamp_ms, other.epoch_stamp_ms);
+        add_buckets(&mut self.whole_read_ms, other.whole_read_ms);
+        add_buckets(&mut self.whole_stamp_ms, other.whole_stamp_ms);
     }
 
-    /// End → read by the viewer: the headline.
+    /// End → the epoch's last message read by the viewer: the headline.
     fn percentile(&self, p: f64) -> Option<u64> {
-        bucket_percentile(&self.read_ms, p)
-    }
-
-    fn stamp_percentile(&self, p: f64) -> Option<u64> {
-        bucket_percentile(&self.stamp_ms, p)
+        bucket_percentile(&self.whole_read_ms, p)
     }
 
     fn table(&self) -> String {
         let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
         let num = |v: Option<u64>| v.map_or(-1, |v| v as i64);
+        let p = |buckets: &[u64], p: f64| bucket_percentile(buckets, p);
+        let (epoch_read, epoch_stamp) = (&self.epoch_read_ms, &self.epoch_stamp_ms);
+        let (whole_read, whole_stamp) = (&self.whole_read_ms, &self.whole_stamp_ms);
         let rows = [
             ("viewers asked", self.viewers.to_string()),
             ("connected", self.connected.to_string()),
             ("failed to connect", self.failed.to_string()),
             ("dropped while measuring", self.dropped.to_string()),
-            ("frames received", self.frames.to_string()),
-            ("missing frames", self.missing.to_string()),
+            ("messages received", self.frames.to_string()),
+            (
+                "whole epochs received (all four messages)",
+                self.epochs.to_string(),
+            ),
+            ("missing messages", self.missing.to_string()),
             ("lag notices", self.lagged.to_string()),
-            ("p50 end → read by the viewer", ms(self.percentile(0.50))),
-            ("p99 end → read by the viewer", ms(self.percentile(0.99))),
-            ("max end → read by the viewer", ms(self.percentile(1.0))),
-            (
-                "p50 end → kernel stamp (server-side fan-out)",
-                ms(self.stamp_percentile(0.50)),
-            ),
-            (
-                "p99 end → kernel stamp (server-side fan-out)",
-                ms(self.stamp_percentile(0.99)),
-            ),
+            ("p50 end → whole epoch read", ms(p(whole_read, 0.5))),
+            ("p99 end → whole epoch read", ms(p(whole_read, 0.99))),
+            ("max end → whole epoch read", ms(p(whole_read, 1.0))),
+            ("p99 end → whole epoch stamped", ms(p(whole_stamp, 0.99))),
+            ("p50 end → epoch frame read", ms(p(epoch_read, 0.5))),
+            ("p99 end → epoch frame read", ms(p(epoch_read, 0.99))),
+            ("p99 end → epoch frame stamped", ms(p(epoch_stamp, 0.99))),
         ];
         let mut out = String::from("| what | value |\n|---|---|\n");
         for (what, value) in rows {
             out.push_str(&format!("| {what} | {value} |\n"));
         }
         out.push_str(&format!(
-            "SWARM connected={} failed={} dropped={} frames={} missing={} lagged={} \
-             p50_read_ms={} p99_read_ms={} p50_stamp_ms={} p99_stamp_ms={}\n",
+            "SWARM connected={} failed={} dropped={} frames={} epochs={} missing={} lagged={} \
+             p50_read_ms={} p99_read_ms={} p99_stamp_ms={} \
+             p50_epoch_read_ms={} p99_epoch_read_ms={} p99_epoch_stamp_ms={}\n",
             self.connected,
             self.failed,
             self.dropped,
             self.frames,
+            self.epochs,
             self.missing,
             self.lagged,
-            num(self.percentile(0.5)),
-            num(self.percentile(0.99)),
-            num(self.stamp_percentile(0.5)),
-            num(self.stamp_percentile(0.99)),
+            num(p(whole_read, 0.5)),
+            num(p(whole_read, 0.99)),
+            num(p(whole_stamp, 0.99)),
+            num(p(epoch_read, 0.5)),
+            num(p(epoch_read, 0.99)),
+            num(p(epoch_stamp, 0.99)),
         ));
         out
     }
@@ -139,25 +162,46 @@ fn add_buckets(into: &mut Vec<u64>, from: Vec<u64>) {
     }
 }
 
-/// The newest epoch one viewer has of each kind of frame: epoch, trending, sentiment, popular.
-type Sequences = [Option<u64>; 4];
+/// What one viewer has seen: the newest epoch of each kind of message (epoch, trending,
+/// sentiment, popular), and the epoch it is collecting the four messages of.
+#[derive(Default)]
+struct Watch {
+    last: [Option<u64>; 4],
+    open: Option<Collecting>,
+}
+
+/// An epoch whose messages are arriving at one viewer.
+struct Collecting {
+    epoch: u64,
+    /// The kinds seen, a bit each.
+    kinds: u8,
+    /// The latest read and stamp among them (Unix ms).
+    read_ms: u64,
+    stamp_ms: u64,
+}
+
+/// All four kinds of message of an epoch.
+const WHOLE: u8 = 0b1111;
 
 impl Tally {
     fn new() -> Self {
+        let buckets = || (0..BUCKETS).map(|_| AtomicU64::new(0)).collect();
         Tally {
-            read_ms: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            stamp_ms: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            epoch_read_ms: buckets(),
+            epoch_stamp_ms: buckets(),
+            whole_read_ms: buckets(),
+            whole_stamp_ms: buckets(),
             ..Tally::default()
         }
     }
 
     /// One text message a viewer read at `read_ms`, its last packet stamped `arrived_ms`.
-    fn record(&self, last: &mut Sequences, text: &[u8], read_ms: u64, arrived_ms: u64) {
+    fn record(&self, watch: &mut Watch, text: &[u8], read_ms: u64, arrived_ms: u64) {
         let Ok(head) = serde_json::from_slice::<Head>(text) else {
             return;
         };
         // Each kind has its own epoch sequence: the synthetic source sends every kind every
-        // epoch, so a gap in any of them is a frame this viewer never got.
+        // epoch, so a gap in any of them is a message this viewer never got.
         let kind = match head.kind {
             "epoch" => 0,
             "trending" => 1,
@@ -172,20 +216,53 @@ impl Tally {
         let (Some(epoch), Some(end_ms)) = (head.epoch, head.end_ms) else {
             return;
         };
-        let last = &mut last[kind];
-        if !self.measuring.load(Ordering::Relaxed) {
-            *last = Some(epoch);
-            return;
-        }
-        if let Some(last) = *last {
-            self.missing
-                .fetch_add(epoch.saturating_sub(last + 1), Ordering::Relaxed);
+        let measuring = self.measuring.load(Ordering::Relaxed);
+        let last = &mut watch.last[kind];
+        if measuring {
+            if let Some(last) = *last {
+                self.missing
+                    .fetch_add(epoch.saturating_sub(last + 1), Ordering::Relaxed);
+            }
         }
         *last = Some(epoch);
+        // The epoch is whole at its fourth kind, whatever their order (trend frames come from
+        // another topic than epoch frames). A newer epoch abandons an unfinished one: its
+        // missing message is counted above when the next of its kind comes.
+        let whole = match &mut watch.open {
+            // A message of an epoch older than the one collected: counted, but that epoch was
+            // abandoned.
+            Some(open) if open.epoch > epoch => None,
+            open => {
+                let open = match open {
+                    Some(open) if open.epoch == epoch => open,
+                    open => open.insert(Collecting {
+                        epoch,
+                        kinds: 0,
+                        read_ms,
+                        stamp_ms: arrived_ms,
+                    }),
+                };
+                let was_whole = open.kinds == WHOLE;
+                open.kinds |= 1 << kind;
+                open.read_ms = open.read_ms.max(read_ms);
+                open.stamp_ms = open.stamp_ms.max(arrived_ms);
+                (open.kinds == WHOLE && !was_whole).then_some((open.read_ms, open.stamp_ms))
+            }
+        };
+        if !measuring {
+            return;
+        }
         self.frames.fetch_add(1, Ordering::Relaxed);
         let bucket = |at: u64| at.saturating_sub(end_ms).min(BUCKETS as u64 - 1) as usize;
-        self.read_ms[bucket(read_ms)].fetch_add(1, Ordering::Relaxed);
-        self.stamp_ms[bucket(arrived_ms)].fetch_add(1, Ordering::Relaxed);
+        if kind == 0 {
+            self.epoch_read_ms[bucket(read_ms)].fetch_add(1, Ordering::Relaxed);
+            self.epoch_stamp_ms[bucket(arrived_ms)].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some((read_ms, stamp_ms)) = whole {
+            self.epochs.fetch_add(1, Ordering::Relaxed);
+            self.whole_read_ms[bucket(read_ms)].fetch_add(1, Ordering::Relaxed);
+            self.whole_stamp_ms[bucket(stamp_ms)].fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -197,9 +274,20 @@ struct Head<'a> {
     end_ms: Option<u64>,
 }
 
+/// Where a viewer of `stream` on the subscriber at `base` (`ws://host:port`) connects: its
+/// WebSocket endpoint, or with `sse` its event stream (plain HTTP, the same host and port).
+fn viewer_url(base: &str, stream: &str, sse: bool, query: &str) -> String {
+    if sse {
+        let host = base.strip_prefix("ws://").unwrap_or(base);
+        format!("http://{host}/v1/streams/{stream}/sse{query}")
+    } else {
+        format!("{base}/v1/streams/{stream}/ws{query}")
+    }
+}
+
 /// `POST /v1/viewers` at the main publisher: the URL to watch `stream` at (a viewer token is
 /// good for the stream it was issued for only).
-async fn register(main: &str, user: usize, stream: &str) -> Option<String> {
+async fn register(main: &str, user: usize, stream: &str, sse: bool) -> Option<String> {
     let body = format!(r#"{{"user_id":"swarm-{user}","stream":"{stream}"}}"#);
     let mut conn = tokio::net::TcpStream::connect(main).await.ok()?;
     let request = format!(
@@ -216,9 +304,11 @@ async fn register(main: &str, user: usize, stream: &str) -> Option<String> {
         .token
         .map(|t| format!("?token={t}"))
         .unwrap_or_default();
-    Some(format!(
-        "{}/v1/streams/{stream}/ws{token}",
-        admission.assignment.subscriber
+    Some(viewer_url(
+        &admission.assignment.subscriber,
+        stream,
+        sse,
+        &token,
     ))
 }
 
@@ -238,7 +328,7 @@ async fn viewer(url: String, seed: u64, tally: Arc<Tally>) {
         return;
     };
     tally.connected.fetch_add(1, Ordering::Relaxed);
-    let mut last = Sequences::default();
+    let mut watch = Watch::default();
     let (mut arrived, mut read) = (0, 0);
     loop {
         let text = match client
@@ -251,7 +341,7 @@ async fn viewer(url: String, seed: u64, tally: Arc<Tally>) {
             Ok(Event::Text(text)) => text,
             Ok(Event::Closed) | Err(_) => break,
         };
-        tally.record(&mut last, text, read, arrived);
+        tally.record(&mut watch, text, read, arrived);
     }
     if tally.measuring.load(Ordering::Relaxed) {
         tally.dropped.fetch_add(1, Ordering::Relaxed);
@@ -295,6 +385,15 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     let swarm = swarm.expect("clap requires the swarm's options when there is no merge");
+    let descriptors = limits::raise_descriptor_limit();
+    if swarm.viewers + 100 > descriptors {
+        eprintln!(
+            "emostream-swarm: {} viewers need more descriptors than the limit of {descriptors}; \
+             split them over several swarms (--out, then merge)",
+            swarm.viewers
+        );
+        return std::process::ExitCode::FAILURE;
+    }
     // One thread: the swarm shares the machine with what it measures, and a second worker would
     // only add cross-thread wake-ups to every frame.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -338,6 +437,9 @@ struct Swarm {
     /// How many viewers.
     #[arg(long, value_name = "N")]
     viewers: u64,
+    /// Watch over SSE (`GET /v1/streams/STREAM/sse`) instead of WebSocket.
+    #[arg(long)]
+    sse: bool,
     /// The stream to watch.
     #[arg(long, default_value = "main")]
     stream: String,
@@ -393,14 +495,11 @@ impl Swarm {
         for i in 0..self.viewers as usize {
             pace.tick().await;
             let url = match &self.main {
-                Some(main) => register(main, i, &self.stream).await,
+                Some(main) => register(main, i, &self.stream, self.sse).await,
                 None => {
                     let subs = &self.subscribers;
-                    Some(format!(
-                        "{}/v1/streams/{}/ws",
-                        subs[(self.offset + i) % subs.len()],
-                        self.stream
-                    ))
+                    let sub = &subs[(self.offset + i) % subs.len()];
+                    Some(viewer_url(sub, &self.stream, self.sse, ""))
                 }
             };
             match url {
@@ -444,8 +543,11 @@ fn snapshot(tally: &Tally, viewers: u64) -> Report {
         frames: load(&tally.frames),
         missing: load(&tally.missing),
         lagged: load(&tally.lagged),
-        read_ms: tally.read_ms.iter().map(load).collect(),
-        stamp_ms: tally.stamp_ms.iter().map(load).collect(),
+        epochs: load(&tally.epochs),
+        epoch_read_ms: tally.epoch_read_ms.iter().map(load).collect(),
+        epoch_stamp_ms: tally.epoch_stamp_ms.iter().map(load).collect(),
+        whole_read_ms: tally.whole_read_ms.iter().map(load).collect(),
+        whole_stamp_ms: tally.whole_stamp_ms.iter().map(load).collect(),
     }
 }
 
@@ -456,12 +558,12 @@ mod tests {
     #[test]
     fn percentiles_come_from_merged_buckets() {
         let mut a = Report {
-            read_ms: vec![0, 98, 0, 0],
+            whole_read_ms: vec![0, 98, 0, 0],
             viewers: 1,
             ..Report::default()
         };
         let b = Report {
-            read_ms: vec![0, 0, 0, 2],
+            whole_read_ms: vec![0, 0, 0, 2],
             viewers: 2,
             ..Report::default()
         };
@@ -474,41 +576,68 @@ mod tests {
     }
 
     #[test]
-    fn every_kind_of_frame_is_timed_and_its_gaps_counted() {
+    fn every_kind_is_timed_and_its_gaps_counted_and_an_epoch_is_whole_at_its_last_message() {
         use emostream_protocol::synthetic::frames;
         let tally = Tally::new();
-        let mut last = Sequences::default();
+        let mut watch = Watch::default();
         // Epoch 10 (end_ms 22000) before measuring: it only starts the sequences.
         for text in frames(&["main"], 10, 2000) {
-            tally.record(&mut last, text.as_bytes(), 22_500, 22_400);
+            tally.record(&mut watch, text.as_bytes(), 22_500, 22_400);
         }
         tally.measuring.store(true, Ordering::Relaxed);
-        // Epoch 11 whole, read 30 ms after its end and stamped 20 ms after it.
-        for text in frames(&["main"], 11, 2000) {
-            tally.record(&mut last, text.as_bytes(), 24_030, 24_020);
+        // Epoch 11 whole: the epoch frame read 30 ms after its end (stamped at 20), the last
+        // message read at 45 (stamped at 40).
+        let epoch_11 = frames(&["main"], 11, 2000);
+        for (i, text) in epoch_11.iter().enumerate() {
+            let (read, stamp) = if i == 3 {
+                (24_045, 24_040)
+            } else {
+                (24_030, 24_020)
+            };
+            tally.record(&mut watch, text.as_bytes(), read, stamp);
         }
-        // Epoch 12 lost its epoch frame; epoch 13 lost nothing but comes 200 ms late.
+        // Epoch 12 lost its epoch frame, so it is never whole; epoch 13 lost nothing but comes
+        // 200 ms late, its trend frames first.
         for text in &frames(&["main"], 12, 2000)[1..] {
-            tally.record(&mut last, text.as_bytes(), 26_005, 26_001);
+            tally.record(&mut watch, text.as_bytes(), 26_005, 26_001);
         }
         tally.record(
-            &mut last,
+            &mut watch,
             br#"{"type":"lagged","missed":1}"#,
             27_000,
             27_000,
         );
-        for text in frames(&["main"], 13, 2000) {
-            tally.record(&mut last, text.as_bytes(), 28_200, 28_100);
+        let mut epoch_13 = frames(&["main"], 13, 2000);
+        epoch_13.rotate_left(1);
+        for text in epoch_13 {
+            tally.record(&mut watch, text.as_bytes(), 28_200, 28_100);
         }
         let report = snapshot(&tally, 1);
-        assert_eq!((report.frames, report.missing, report.lagged), (11, 1, 1));
+        assert_eq!(
+            (report.frames, report.epochs, report.missing, report.lagged),
+            (11, 2, 1, 1)
+        );
         let counts = |buckets: &[u64]| -> Vec<(usize, u64)> {
             (buckets.iter().enumerate())
                 .filter(|(_, n)| **n > 0)
                 .map(|(ms, n)| (ms, *n))
                 .collect()
         };
-        assert_eq!(counts(&report.read_ms), vec![(5, 3), (30, 4), (200, 4)]);
-        assert_eq!(counts(&report.stamp_ms), vec![(1, 3), (20, 4), (100, 4)]);
+        assert_eq!(counts(&report.epoch_read_ms), vec![(30, 1), (200, 1)]);
+        assert_eq!(counts(&report.epoch_stamp_ms), vec![(20, 1), (100, 1)]);
+        assert_eq!(counts(&report.whole_read_ms), vec![(45, 1), (200, 1)]);
+        assert_eq!(counts(&report.whole_stamp_ms), vec![(40, 1), (100, 1)]);
+    }
+
+    #[test]
+    fn sse_viewers_go_to_the_same_host_and_port() {
+        assert_eq!(
+            viewer_url("ws://127.0.0.1:9011", "main", true, "?token=t"),
+            "http://127.0.0.1:9011/v1/streams/main/sse?token=t"
+        );
+        assert_eq!(
+            viewer_url("ws://127.0.0.1:9011", "main", false, ""),
+            "ws://127.0.0.1:9011/v1/streams/main/ws"
+        );
     }
 }
