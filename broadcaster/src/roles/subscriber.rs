@@ -295,7 +295,7 @@ impl Viewers {
             );
         }
         let resumed = self.hub.join(stream, since, |after, replay, gap| {
-            outlet.start(after, replay, gap.as_ref());
+            outlet.start(after, since, replay, gap.as_ref());
             self.fanout
                 .add(stream, Arc::clone(outlet) as Arc<dyn Offer>);
         });

@@ -69,6 +69,9 @@ pub(super) struct Backlog<W> {
     pub(super) wire: Option<W>,
     /// The publication number the join's replay covers: later frames come live.
     pub(super) after: u64,
+    /// The newest epoch the viewer has (its `since`, its replay, what it was sent live): an
+    /// epoch frame at or before it is not sent again.
+    pub(super) has_epoch: Option<u64>,
     /// Not yet fully written, oldest first; the front may be partly written.
     pub(super) queue: VecDeque<Item>,
     /// Bytes of the front already written.
@@ -105,6 +108,7 @@ impl<W: Wire> Backlog<W> {
         Self {
             wire: Some(wire),
             after: u64::MAX,
+            has_epoch: None,
             queue: VecDeque::new(),
             written: 0,
             missed: 0,

@@ -123,10 +123,21 @@ impl<W: Wire> Outlet<W> {
 
     /// The join: `replay` goes first and whole, then every frame published after `after`. Called
     /// under the hub's lock, so no frame falls between the two.
-    /// `first`, a notice (the gap before a short replay), goes before everything.
-    pub fn start(&self, after: u64, replay: Vec<Frame>, first: Option<&ViewerNotice>) {
+    /// `first`, a notice (the gap before a short replay), goes before everything. `since`, the
+    /// epoch the viewer says it has: no epoch at or before it, or before the replay's newest,
+    /// is sent live (a viewer that joins before the tier above has sent this tier the stream's
+    /// ring would get them again as they arrive).
+    pub fn start(
+        &self,
+        after: u64,
+        since: Option<u64>,
+        replay: Vec<Frame>,
+        first: Option<&ViewerNotice>,
+    ) {
         let mut b = self.lock();
         b.after = after;
+        let replayed = replay.iter().filter(|f| f.ring).map(|f| f.epoch).max();
+        b.has_epoch = since.max(replayed);
         if let Some(notice) = first {
             b.queue.push_back(Item::Control(W::notice(notice)));
         }
@@ -267,15 +278,18 @@ impl<W: Wire> Offer for Outlet<W> {
             Standing::TooSlow => return true,
             Standing::Gone => return false,
         }
+        // A batch is in publication order: what the join's replay did not cover is a tail.
+        let after = b.after;
+        let fresh = &frames[frames.partition_point(|frame| frame.seq <= after)..];
+        let has = b.has_epoch;
+        let new = |frame: &&Frame| !(frame.ring && has.is_some_and(|has| frame.epoch <= has));
+        b.has_epoch = has.max(fresh.iter().filter(|f| f.ring).map(|f| f.epoch).max());
+        if fresh.is_empty() {
+            return true;
+        }
         // Nothing waits: the socket takes the batch at once (a viewer that keeps up), or what
         // it leaves is queued for the viewer's task.
-        if b.queue.is_empty() && b.missed == 0 {
-            // A batch is in publication order: what the join's replay did not cover is a tail.
-            let after = b.after;
-            let fresh = &frames[frames.partition_point(|frame| frame.seq <= after)..];
-            if fresh.is_empty() {
-                return true;
-            }
+        if b.queue.is_empty() && b.missed == 0 && fresh.iter().all(|f| new(&f)) {
             match b.write_direct(fresh, self.limits.hold_after, sent) {
                 Ok(true) => return true,
                 Ok(false) => {}
@@ -288,13 +302,17 @@ impl<W: Wire> Offer for Outlet<W> {
                 }
             }
         } else {
-            // The viewer's task is writing: it takes what is queued here.
-            let after = b.after;
-            for frame in frames.iter().filter(|frame| frame.seq > after) {
-                b.push(Arc::clone(frame), true, sent);
+            // The viewer's task is writing (or an epoch it has came again): the task takes what
+            // is queued here.
+            let behind = !b.queue.is_empty() || b.missed > 0;
+            for frame in fresh.iter().filter(new) {
+                b.push(Arc::clone(frame), behind, sent);
             }
             if std::mem::take(&mut b.ping_due) {
                 b.queue.push_back(Item::Control(W::ping()));
+            }
+            if !b.queue.is_empty() {
+                b.busy_since.get_or_insert_with(tokio::time::Instant::now);
             }
         }
         if b.behind_bytes() > self.limits.budget_bytes {

@@ -118,7 +118,7 @@ fn fixture(n: u64, budget_bytes: usize) -> (Vec<Frame>, Recorder, Arc<Outlet<Rec
     let f = frames(&hub, 1..=n);
     let wire = Recorder::default();
     let outlet = Outlet::new(wire.clone(), budget(budget_bytes));
-    outlet.start(0, Vec::new(), None);
+    outlet.start(0, None, Vec::new(), None);
     (f, wire, outlet)
 }
 
@@ -162,7 +162,7 @@ fn a_viewer_that_keeps_up_gets_each_batch_in_one_write_and_only_after_its_replay
     let wire = Recorder::default();
     let outlet = Outlet::new(wire.clone(), budget(1 << 20));
     let mut sent = Deliveries::default();
-    outlet.start(f[0].seq, vec![Arc::clone(&f[0])], None);
+    outlet.start(f[0].seq, None, vec![Arc::clone(&f[0])], None);
     // The replay waits for the task; live frames queue behind it, in order.
     assert!(
         outlet.offer(&one(&f[0]), &mut sent),
@@ -204,7 +204,7 @@ fn a_stalled_viewer_skips_to_the_newest_epoch_is_told_and_closed_past_its_budget
     let wire = Recorder::default();
     let len = f[0].sse.len();
     let outlet = Outlet::new(wire.clone(), budget(5 * len + len / 2));
-    outlet.start(0, Vec::new(), None);
+    outlet.start(0, None, Vec::new(), None);
     let mut sent = Deliveries::default();
     wire.limit.store(3, Ordering::Relaxed);
     assert!(
@@ -229,7 +229,7 @@ fn a_stalled_viewer_skips_to_the_newest_epoch_is_told_and_closed_past_its_budget
     // of the 7 it missed.
     let other = Recorder::default();
     let patient = Outlet::new(other.clone(), budget(1 << 20));
-    patient.start(0, Vec::new(), None);
+    patient.start(0, None, Vec::new(), None);
     other.blocked.store(true, Ordering::Relaxed);
     for frame in &f {
         assert!(patient.offer(&one(frame), &mut sent));
@@ -250,7 +250,7 @@ fn a_viewer_whose_peer_lags_in_time_is_held_skipped_forward_told_and_then_closed
     };
     let wire = Recorder::default();
     let outlet = Outlet::new(wire.clone(), limits);
-    outlet.start(0, Vec::new(), None);
+    outlet.start(0, None, Vec::new(), None);
     let mut sent = Deliveries::default();
     let metrics = Metrics::new("subscriber");
     // The peer acknowledges nothing of epoch 1, which came 3 s ago.
@@ -285,7 +285,7 @@ fn a_viewer_whose_peer_lags_in_time_is_held_skipped_forward_told_and_then_closed
     };
     let wire = Recorder::default();
     let outlet = Outlet::new(wire.clone(), limits);
-    outlet.start(0, Vec::new(), None);
+    outlet.start(0, None, Vec::new(), None);
     wire.acks.store(false, Ordering::Relaxed);
     assert!(outlet.offer(&one(&e1), &mut sent));
     assert!(outlet.offer(&one(&e2), &mut sent));
@@ -312,7 +312,7 @@ fn frames_behind_an_unacknowledged_replay_are_not_held() {
         },
     );
     let replay: Vec<Frame> = (1..=3).map(|e| aged("epoch", e, e, old)).collect();
-    outlet.start(3, replay.clone(), None);
+    outlet.start(3, None, replay.clone(), None);
     wire.acks.store(false, Ordering::Relaxed);
     let metrics = Metrics::new("subscriber");
     assert!(matches!(drain(&outlet, &metrics), Poll::Ready(Ok(()))));
@@ -390,7 +390,7 @@ fn a_replay_larger_than_the_budget_goes_whole_before_live_frames() {
     let wire = Recorder::default();
     // A budget of four short frames, a replay of twelve, and three live frames while it waits.
     let outlet = Outlet::new(wire.clone(), budget(4 * frame_len));
-    outlet.start(f[11].seq, f[..12].to_vec(), None);
+    outlet.start(f[11].seq, None, f[..12].to_vec(), None);
     let mut sent = Deliveries::default();
     wire.blocked.store(true, Ordering::Relaxed);
     for frame in &f[12..=14] {
@@ -410,7 +410,7 @@ fn a_replay_larger_than_the_budget_goes_whole_before_live_frames() {
         since: 0,
         oldest: Some(1),
     };
-    joiner.start(f[9].seq, f[..10].to_vec(), Some(&gap));
+    joiner.start(f[9].seq, None, f[..10].to_vec(), Some(&gap));
     other.blocked.store(true, Ordering::Relaxed);
     for frame in &f[10..] {
         assert!(joiner.offer(&one(frame), &mut sent));
@@ -422,4 +422,32 @@ fn a_replay_larger_than_the_budget_goes_whole_before_live_frames() {
         + &lagged_notice(2)
         + &f[12..].iter().map(sse).collect::<String>();
     assert_eq!(other.text(), want);
+}
+
+#[test]
+fn an_epoch_the_viewer_has_is_not_sent_again_live() {
+    // A viewer that joined with `since` = 5 before the stream synced: the tier above's ring
+    // arrives afterwards, live, and only what is newer than 5 reaches it.
+    let wire = Recorder::default();
+    let outlet = Outlet::new(wire.clone(), budget(1 << 20));
+    outlet.start(0, Some(5), Vec::new(), None);
+    let mut sent = Deliveries::default();
+    let ring: Vec<Frame> = (3..=7)
+        .map(|e| aged("epoch", e, e, Duration::ZERO))
+        .collect();
+    assert!(outlet.offer(&ring, &mut sent));
+    let metrics = Metrics::new("subscriber");
+    assert!(matches!(drain(&outlet, &metrics), Poll::Ready(Ok(()))));
+    assert_eq!(wire.text(), sse(&ring[3]) + &sse(&ring[4]));
+    // Nor what it was sent already; a trend frame of a known epoch still goes.
+    let again = [
+        aged("epoch", 7, 8, Duration::ZERO),
+        aged("trending", 7, 9, Duration::ZERO),
+    ];
+    assert!(outlet.offer(&again, &mut sent));
+    assert!(matches!(drain(&outlet, &metrics), Poll::Ready(Ok(()))));
+    assert_eq!(
+        wire.text(),
+        sse(&ring[3]) + &sse(&ring[4]) + &sse(&again[1])
+    );
 }
