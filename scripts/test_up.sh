@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Checks scripts/up.sh's failure and stop paths in a few seconds, without building anything: the
+# release binaries are stand-ins (scripts/test_up_stub.py) that listen where the real tiers would,
+# and up.sh runs with -k (no development broker) from a copy of scripts/ in a temporary folder, so
+# its .run/ is that folder's and its ports (17000-17102) are not the local system's.
+#   1. a tier that fails at start: up.sh exits 1 naming the tier and its log;
+#   2. a tier that dies while running: the same;
+#   3. Ctrl-C (SIGINT to the whole process group) while the output pipe's reader is already gone;
+#   4. SIGTERM to up.sh alone.
+# After each, no process that up.sh started is left. The broker and PostgreSQL are not part of
+# this test: with -k up.sh starts neither.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/emostream-test-up.XXXXXX")
+leftovers() { pgrep -f "$tmp/" || true; }
+cleanup() { local pid; for pid in $(leftovers); do kill -KILL "$pid" 2>/dev/null || true; done; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+mkdir -p "$tmp/root/scripts" "$tmp/bin"
+cp "$here/up.sh" "$here/run_workers.sh" "$tmp/root/scripts/"
+for tier in config gateway dataflow broadcaster; do ln -s "$here/test_up_stub.py" "$tmp/bin/emostream-$tier"; done
+cat >"$tmp/cluster.toml" <<'TOML'
+[kafka]
+brokers = "127.0.0.1:17092"
+[gateway]
+listen = "127.0.0.1:17080"
+[dataflow]
+processes = ["127.0.0.1:17101", "127.0.0.1:17102"]
+[broadcaster]
+main = "127.0.0.1:17000"
+[[broadcaster.clusters]]
+name = "c0"
+listen = "127.0.0.1:17010"
+subscribers = ["127.0.0.1:17011", "127.0.0.1:17012"]
+[[broadcaster.clusters]]
+name = "c1"
+listen = "127.0.0.1:17020"
+subscribers = ["127.0.0.1:17021"]
+TOML
+logs="$tmp/root/.run/logs"
+# env execs up.sh, so $! of a background `"${up[@]}" &` is up.sh's own pid.
+up=(env EMOSTREAM_BIN_DIR="$tmp/bin" "$tmp/root/scripts/up.sh" -k -c "$tmp/cluster.toml")
+
+failed=0
+check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; failed=1; fi; }
+nothing_left() { local left; left=$(leftovers); [[ -z $left ]] || { ps -o pid,args -p "${left//$'\n'/,}"; false; }; }
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+until_up() { local deadline=$((SECONDS + 20)); until answers 17021; do ((SECONDS < deadline)) || return 1; sleep 0.1; done; sleep 0.5; }
+
+echo "1. the gateway fails at start"
+status=0; STUB_FAIL=gateway "${up[@]}" >"$tmp/out1" 2>&1 || status=$?
+check "exit status 1 (got $status)" '((status == 1))'
+check "names the tier and its log" 'grep -q "gateway (pid [0-9]*) exited with status 1" "$tmp/out1" && grep -qF "$logs/gateway.log" "$tmp/out1"'
+check "nothing left running" nothing_left
+
+echo "2. subscriber c1-s0 dies a second after it started"
+status=0; STUB_DIE=c1-s0 "${up[@]}" >"$tmp/out2" 2>&1 || status=$?
+check "exit status 1 (got $status)" '((status == 1))'
+check "names the tier and its log" 'grep -q "c1-s0 (pid [0-9]*) exited with status 7" "$tmp/out2" && grep -qF "$logs/c1-s0.log" "$tmp/out2"'
+check "nothing left running" nothing_left
+
+echo "3. Ctrl-C after the output pipe's reader is gone (up.sh | head -1)"
+# setsid: a process group of its own, as a terminal's foreground job; env: a background job's
+# SIGINT is ignored unless reset, and bash cannot trap a signal ignored on entry.
+mkfifo "$tmp/pipe"
+setsid env --default-signal=INT "${up[@]}" >"$tmp/pipe" 2>&1 </dev/null & group=$!
+head -n 1 <"$tmp/pipe" >/dev/null
+check "came up" until_up
+kill -INT -- "-$group"
+status=0; wait "$group" || status=$?
+check "exit status 0 (got $status)" '((status == 0))'
+check "its messages went on in up.log" 'grep -q "stopping" "$logs/up.log"'
+check "nothing left running" nothing_left
+
+echo "4. SIGTERM to up.sh alone"
+"${up[@]}" >"$tmp/out4" 2>&1 & pid=$!
+check "came up" until_up
+kill -TERM "$pid"
+status=0; wait "$pid" || status=$?
+check "exit status 0 (got $status)" '((status == 0))'
+check "stopped every tier" 'grep -q "stopped gateway" "$tmp/out4" && grep -q "stopped workers" "$tmp/out4"'
+check "nothing left running" nothing_left
+
+exit "$failed"
