@@ -10,9 +10,22 @@
 # After each, no process that up.sh started is left. The broker and PostgreSQL are not part of
 # this test: with -k up.sh starts neither.
 set -euo pipefail
+# The stand-ins read TOML with Python's tomllib (3.11 and later: Debian 12's python3).
+if ! command -v python3 >/dev/null; then
+  if ((EUID == 0)); then sudo=(); else sudo=(sudo); fi
+  "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq python3 >/dev/null
+fi
+python3 -c 'import tomllib' 2>/dev/null || { echo "test_up.sh needs Python 3.11 or later (tomllib)" >&2; exit 1; }
 here=$(cd "$(dirname "$0")" && pwd)
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/emostream-test-up.XXXXXX")
-leftovers() { pgrep -f "$tmp/" || true; }
+# The pids of processes with the temporary folder on their command line: up.sh and what it started.
+leftovers() {
+  local f
+  for f in /proc/[0-9]*/cmdline; do
+    grep -qF "$tmp/" "$f" 2>/dev/null && { f=${f#/proc/}; echo "${f%/cmdline}"; }
+  done
+  true
+}
 cleanup() { local pid; for pid in $(leftovers); do kill -KILL "$pid" 2>/dev/null || true; done; rm -rf "$tmp"; }
 trap cleanup EXIT
 
@@ -43,7 +56,11 @@ up=(env EMOSTREAM_BIN_DIR="$tmp/bin" "$tmp/root/scripts/up.sh" -k -c "$tmp/clust
 
 failed=0
 check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; failed=1; fi; }
-nothing_left() { local left; left=$(leftovers); [[ -z $left ]] || { ps -o pid,args -p "${left//$'\n'/,}"; false; }; }
+nothing_left() {
+  local pid left; left=$(leftovers)
+  for pid in $left; do echo "left running: $pid $(tr '\0' ' ' <"/proc/$pid/cmdline")"; done
+  [[ -z $left ]]
+}
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 until_up() { local deadline=$((SECONDS + 20)); until answers 17021; do ((SECONDS < deadline)) || return 1; sleep 0.1; done; sleep 0.5; }
 
