@@ -8,7 +8,10 @@
 #      kubernetes-validate (from PyPI, into a venv in ${EMOSTREAM_CACHE:-~/.cache/emostream} once),
 #      strictly, for the oldest and newest Kubernetes versions we claim
 #      (scripts/check_kubernetes.py, which also renders the ConfigMap from cluster.toml);
-#   3. deploy/kubernetes/cluster.toml, read by emostream-config as every tier reads it.
+#   3. deploy/kubernetes/cluster.toml, read by emostream-config as every tier reads it;
+#   4. every ExecStart and container command line, parsed by the binary it names (with --help
+#      appended), when the binaries are built: ${EMOSTREAM_BIN_DIR:-target/debug}, as
+#      scripts/test.sh leaves them before this step; without them this check is skipped, and says so.
 # deploy/Containerfile is not checked: no container runtime here (deploy/README.md).
 #
 #   scripts/check_deploy.sh
@@ -51,15 +54,16 @@ for exe in $(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' deploy/systemd/*.service | s
   printf '#!/bin/sh\n' >"$sysroot$exe"
   chmod +x "$sysroot$exe"
 done
+# Each template is verified (and its command line parsed, below) as one instance.
+declare -A instance=([emostream-dataflow@.service]=0 [emostream-broadcaster-cluster@.service]=c0
+  [emostream-broadcaster-subscriber@.service]=c0-s0)
 units=()
 for file in deploy/systemd/*; do
   unit=$(basename "$file")
-  case $unit in
-    emostream-dataflow@.service) unit=emostream-dataflow@0.service ;;
-    emostream-broadcaster-cluster@.service) unit=emostream-broadcaster-cluster@c0.service ;;
-    emostream-broadcaster-subscriber@.service) unit=emostream-broadcaster-subscriber@c0-s0.service ;;
-    *@.*) say "no instance to verify $unit with: add one here"; exit 1 ;;
-  esac
+  if [[ $unit == *@.* ]]; then
+    [[ -n ${instance[$unit]:-} ]] || { say "no instance to verify $unit with: add one here"; exit 1; }
+    unit=${unit/@./@${instance[$unit]}.}
+  fi
   units+=("$unit")
 done
 messages=$(cd "$sysroot/etc/systemd/system" && systemd-analyze verify --man=no --root="$sysroot" "${units[@]}" 2>&1) \
@@ -67,8 +71,15 @@ messages=$(cd "$sysroot/etc/systemd/system" && systemd-analyze verify --man=no -
 [[ -z $messages ]] || { printf '%s\n' "$messages" >&2; say "systemd-analyze verify printed messages"; exit 1; }
 say "systemd: ${#units[@]} units verified (${units[*]})"
 
-# --- 2. Kubernetes manifests --------------------------------------------------------------------
-"$venv/bin/python" scripts/check_kubernetes.py deploy/kubernetes "${KUBERNETES_VERSIONS[@]}"
+# --- 2. Kubernetes manifests (and their command lines, with the binaries: 4.) ---------------------
+bin_dir=${EMOSTREAM_BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
+binaries=1
+for tier in gateway dataflow broadcaster; do [[ -x $bin_dir/emostream-$tier ]] || binaries=0; done
+if ((binaries)); then
+  EMOSTREAM_BIN_DIR="$bin_dir" "$venv/bin/python" scripts/check_kubernetes.py deploy/kubernetes "${KUBERNETES_VERSIONS[@]}"
+else
+  "$venv/bin/python" scripts/check_kubernetes.py deploy/kubernetes "${KUBERNETES_VERSIONS[@]}"
+fi
 
 # --- 3. the Kubernetes configuration, as the tiers read it ---------------------------------------
 config_bin=${EMOSTREAM_CONFIG_BIN:-}
@@ -78,3 +89,18 @@ if [[ -z $config_bin ]]; then
 fi
 "$config_bin" --config deploy/kubernetes/cluster.toml print >/dev/null
 say "deploy/kubernetes/cluster.toml: read by emostream-config without error"
+
+# --- 4. the units' command lines, parsed by the binaries themselves (--help appended) -------------
+if ((binaries)); then
+  for file in deploy/systemd/*.service; do
+    unit=$(basename "$file")
+    line=$(sed -n 's/^ExecStart=//p' "$file")
+    line=${line//%i/${instance[$unit]:-}}
+    line=${line//'${DATAFLOW_PROCESSES}'/4}
+    read -ra words <<<"${line//\/usr\/local\/bin\//$bin_dir/}"
+    "${words[@]}" --help >/dev/null || { say "$unit: its ExecStart does not parse: ${words[*]}"; exit 1; }
+  done
+  say "command lines of the units and manifests: parsed by the binaries in $bin_dir"
+else
+  say "command lines NOT parsed: no emostream-{gateway,dataflow,broadcaster} in $bin_dir (scripts/test.sh builds them first; EMOSTREAM_BIN_DIR names another folder)"
+fi

@@ -5,10 +5,15 @@ its namespace) and validates every document, strictly (no unknown fields), again
 Kubernetes schemas of kubernetes-validate for each version given. Then checks what the schemas
 cannot: every workload uses the image kustomization.yaml names, mounts the generated ConfigMap,
 and the StatefulSet's replicas and -n equal the number of dataflow.processes in cluster.toml.
+With EMOSTREAM_BIN_DIR set, each container's command line (its $(VAR)s replaced by examples) is
+also parsed by that folder's binary, with --help appended: an unknown flag or role fails.
 
     check_kubernetes.py DIR VERSION...
 """
+import os
 import pathlib
+import re
+import subprocess
 import sys
 import tomllib
 
@@ -56,6 +61,19 @@ for source, doc in documents:
         if not doc["spec"]["replicas"] == n == len(processes):
             failures.append(f"{source}: {name}: replicas {doc['spec']['replicas']}, -n {n} and "
                             f"{len(processes)} dataflow.processes in cluster.toml must be equal")
+
+bin_dir = os.environ.get("EMOSTREAM_BIN_DIR")
+examples = {"POD_INDEX": "0", "POD_NAME": "emostream-c0-subscriber-0", "POD_IP": "10.0.0.1"}
+for source, doc in documents if bin_dir else []:
+    if doc["kind"] not in ("Deployment", "StatefulSet"):
+        continue
+    for container in doc["spec"]["template"]["spec"]["containers"]:
+        line = container["command"] + container.get("args", []) + ["--help"]
+        line = [re.sub(r"\$\((\w+)\)", lambda m: examples[m.group(1)], word) for word in line]
+        line[0] = os.path.join(bin_dir, line[0])
+        run = subprocess.run(line, capture_output=True, text=True)
+        if run.returncode != 0:
+            failures.append(f"{source}: {doc['metadata']['name']}: {' '.join(line)}: {run.stderr.strip()}")
 
 for failure in failures:
     print(failure, file=sys.stderr)
