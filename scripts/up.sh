@@ -34,9 +34,10 @@ bin="${EMOSTREAM_BIN_DIR:-$root/target/release}"
 mkdir -p "$logs"
 
 # A closed output pipe must not kill the script (SIGPIPE) before it has stopped what it started:
-# writes fail instead, and the first failed one sends every later message to up.log.
+# writes fail instead, and the first failed one sends every later message to up.log. One line
+# per argument.
 trap '' PIPE
-say() { printf '%s\n' "$*" >&2 2>/dev/null || { exec 2>>"$logs/up.log"; printf '%s\n' "$*" >&2; }; }
+say() { printf '%s\n' "$@" >&2 2>/dev/null || { exec 2>>"$logs/up.log"; printf '%s\n' "$@" >&2; }; }
 step() { say $'\n\033[1m==> '"$*"$'\033[0m'; }
 
 # Settings as the tiers read them (cluster.toml plus EMOSTREAM_* overrides), through the project's
