@@ -43,7 +43,9 @@ cache="${EMOSTREAM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/emostream}"
 prefix="$cache/nisshi-$NISSHI_VERSION"
 nisshi="$prefix/bin/nisshi"
 
-say() { printf '[broker] %s\n' "$*" >&2; }
+# A message that cannot be written (its reader gone: `up.sh | tee` after Ctrl-C) must not stop the
+# script half-way, least of all stop before PostgreSQL is stopped.
+say() { printf '[broker] %s\n' "$*" >&2 2>/dev/null || true; }
 die() { say "$*"; exit 1; }
 
 install() {
@@ -358,6 +360,7 @@ start() {
 }
 
 stop() {
+  trap '' PIPE
   local pid
   if [[ -f $pidfile ]]; then
     pid=$(<"$pidfile")

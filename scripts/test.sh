@@ -2,9 +2,9 @@
 # README command 2: runs every test on a fresh machine that has the Rust toolchain.
 # Installs the build prerequisites and the broker once (the broker into ~/.cache/emostream,
 # reused afterwards), checks formatting and clippy, builds every target (benches included; the
-# end-to-end tests start the binaries as real processes), fuzzes the gateway's body parser and the
-# subscriber's WebSocket frame reader briefly,
-# then runs the whole workspace's tests and prints the time it took.
+# end-to-end tests start the binaries as real processes), checks the deployment files of deploy/
+# and up.sh's failure and stop paths, fuzzes the gateway's body parser and the subscriber's
+# WebSocket frame reader briefly, then runs the whole workspace's tests and prints the time it took.
 #
 #   scripts/test.sh                      # everything
 #   scripts/test.sh -p emostream-e2e --test broker_restart   # one test target (cargo test args;
@@ -45,6 +45,12 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 
 step "building every target: the binaries the end-to-end tests run, the tests, benches and examples"
 cargo build --locked --workspace --all-targets
+
+step "deployment files: systemd units (systemd-analyze verify), Kubernetes manifests (offline schemas)"
+scripts/check_deploy.sh
+
+step "up.sh: a tier that fails or dies, Ctrl-C and SIGTERM (stand-in binaries, a few seconds)"
+scripts/test_up.sh
 
 if (($# == 0)); then
   step "fuzzing the gateway's body parser and the viewer frame reader for ${FUZZ_SECONDS:-30} s in all (nightly + cargo-fuzz, cached once)"
