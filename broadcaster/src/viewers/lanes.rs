@@ -121,17 +121,28 @@ impl Feed {
 }
 
 /// Whether every epoch frame in `frames` has its epoch's trending and sentiment frames of its
-/// stream and the popular frame beside it: then nothing of that epoch is left to wait for.
+/// stream and the popular frame beside it: then nothing of that epoch is left to wait for. One
+/// pass over the batch, which at the close of an epoch holds every stream's frames at once.
 fn bundled(frames: &[Frame]) -> bool {
-    let has = |kind: Kind, stream: &str, epoch: u64| {
-        frames
-            .iter()
-            .any(|f| f.kind == kind && f.epoch == epoch && &*f.stream == stream)
-    };
+    const TRENDING: u8 = 1;
+    const SENTIMENT: u8 = 2;
+    let mut seen: HashMap<(&str, u64), u8> = HashMap::new();
+    let mut popular = Vec::new();
+    for frame in frames {
+        let bit = match frame.kind {
+            Kind::Trending => TRENDING,
+            Kind::Sentiment => SENTIMENT,
+            Kind::Popular => {
+                popular.push(frame.epoch);
+                continue;
+            }
+            Kind::Epoch => continue,
+        };
+        *seen.entry((&frame.stream, frame.epoch)).or_default() |= bit;
+    }
     frames.iter().filter(|f| f.ring).all(|epoch| {
-        has(Kind::Trending, &epoch.stream, epoch.epoch)
-            && has(Kind::Sentiment, &epoch.stream, epoch.epoch)
-            && has(Kind::Popular, ALL_STREAMS, epoch.epoch)
+        seen.get(&(&*epoch.stream, epoch.epoch)) == Some(&(TRENDING | SENTIMENT))
+            && popular.contains(&epoch.epoch)
     })
 }
 
