@@ -44,7 +44,7 @@
 # of each floor, so all see the same machine.
 #
 # A level holds when in every broadcaster run every viewer connected and stayed, no message went
-# missing, and the median over the runs of the whole-epoch read p99 is <= 200 ms; the spread
+# missing, and the median over the runs of the whole-epoch read p99 is <= 400 ms; the spread
 # (min-max, median) is reported for the broadcaster and both floors. The run stops at the first
 # level that fails.
 #
@@ -65,7 +65,7 @@ MEASURE_S=${MEASURE_S:-20}
 RUNS=${RUNS:-5}
 SSE_VIEWERS=${SSE_VIEWERS:-10000}
 BASE_PORT=${BASE_PORT:-19100}
-P99_LIMIT_MS=200
+P99_LIMIT_MS=400
 
 # Descriptors: as many as the kernel allows per process, where this shell may raise the hard
 # limit; otherwise the limit stays and the viewers are spread (see the header).
@@ -376,7 +376,7 @@ LEGEND
     (( SSE_VIEWERS > 0 )) && { cat "$sse"; echo; }
     legend
 } >&2
-echo "largest level held: $best viewers (target: >= 50000; <= 12 KiB per WebSocket connection, <= 16 KiB per SSE one; whole epoch read p99 <= ${P99_LIMIT_MS} ms)" >&2
+echo "largest level held: $best viewers (target: >= 50000; <= 12 KiB per WebSocket connection, <= 16 KiB per SSE one; whole epoch read p99 <= ${P99_LIMIT_MS} ms and <= 1.15 x the 1-write floor)" >&2
 
 # The figures the capacity model (scripts/capacity.py) reads: the largest level held, and the
 # memory per viewer of the last level measured (memory does not depend on how loaded the cores
