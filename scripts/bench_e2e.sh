@@ -26,4 +26,4 @@ scripts/broker.sh install
 
 exec target/release/emostream-bench-e2e --viewers "${VIEWERS:-10000}" --rate "${RATE:-2000}" \
     --batch "${BATCH:-1}" --seconds "${MEASURE_S:-30}" --warmup-seconds "${WARMUP_S:-3}" \
-    --stream "${STREAM:-main}" --swarms "${SWARMS:-4}"
+    --stream "${STREAM:-main}" --swarms "${SWARMS:-4}" --results "${RESULTS_DIR:-$PWD/.run/bench}"

@@ -61,6 +61,9 @@ struct Args {
     /// gateway's producer and the dataflow at the rate before the measured taps.
     #[arg(long, default_value_t = 3)]
     warmup_seconds: u64,
+    /// Where the report (e2e.md) and its key figures (e2e.txt, key=value) are written.
+    #[arg(long, default_value = ".run/bench")]
+    results: std::path::PathBuf,
     /// Swarm processes at least (more when one would exceed its descriptor limit).
     #[arg(long, default_value_t = 4)]
     swarms: u64,
@@ -82,8 +85,8 @@ fn main() -> ExitCode {
         // broker and its PostgreSQL last) and the swarms (killed).
         tokio::select! {
             code = run(args) => code,
-            _ = tokio::signal::ctrl_c() => { eprintln!("interrupted: stopping everything"); ExitCode::from(130) }
-            _ = term.recv() => { eprintln!("terminated: stopping everything"); ExitCode::from(143) }
+            _ = tokio::signal::ctrl_c() => { eprintln!("interrupted: everything this run started was stopped"); ExitCode::from(130) }
+            _ = term.recv() => { eprintln!("terminated: everything this run started was stopped"); ExitCode::from(143) }
         }
     })
 }
@@ -278,9 +281,18 @@ async fn run(args: Args) -> ExitCode {
         answer.add(ms, 1);
     }
 
-    println!("\n## Per epoch of the taps\n");
-    println!("| epoch | taps acknowledged | frame total on emoji-epochs | totals viewers saw (viewers) | viewer reads | epoch end → published | end → read p50 / p99 / max |");
-    println!("|---|---|---|---|---|---|---|");
+    // The report goes to stdout and, whole, to the results folder.
+    let mut out = String::new();
+    macro_rules! say {
+        () => { out.push('\n') };
+        ($($arg:tt)*) => {{
+            out.push_str(&format!($($arg)*));
+            out.push('\n');
+        }};
+    }
+    say!("\n## Per epoch of the taps\n");
+    say!("| epoch | taps acknowledged | frame total on emoji-epochs | totals viewers saw (viewers) | viewer reads | epoch end → published | end → read p50 / p99 / max |");
+    say!("|---|---|---|---|---|---|---|");
     for row in &figures.epochs {
         let end_ms = (row.epoch + 1) * window_ms;
         let seen: Vec<String> = row
@@ -294,7 +306,7 @@ async fn run(args: Args) -> ExitCode {
                 }
             })
             .collect();
-        println!(
+        say!(
             "| {} | {} | {} | {} | {} | {} | {} |",
             row.epoch,
             row.acked,
@@ -309,46 +321,46 @@ async fn run(args: Args) -> ExitCode {
         );
     }
 
-    println!("\n## Tap sent → the epoch holding it read by a viewer\n");
+    say!("\n## Tap sent → the epoch holding it read by a viewer\n");
     let refused: Vec<String> = outcome
         .refused
         .iter()
         .map(|(s, n)| format!("{n} × {s}"))
         .collect();
-    println!("| what | over | p50 / p99 / max |");
-    println!("|---|---|---|");
-    println!(
+    say!("| what | over | p50 / p99 / max |");
+    say!("|---|---|---|");
+    say!(
         "| **tap → screen** (tap sent → a viewer's read of the epoch frame holding it) | {} (tap, viewer) pairs | **{}** |",
         figures.tap_to_screen.count(),
         figures.tap_to_screen.summary()
     );
-    println!(
+    say!(
         "| 1. tap sent → its epoch's end (the window wait, 0–{window_ms} ms by design) | {} taps | {} |",
         figures.tap_to_end.count(),
         figures.tap_to_end.summary()
     );
-    println!(
+    say!(
         "| 2. epoch end → frame readable on emoji-epochs (dataflow; this tool's consume hop included) | {} epochs | {} |",
         figures.end_to_published.count(),
         figures.end_to_published.summary()
     );
-    println!(
+    say!(
         "| 3. readable on emoji-epochs → read by a viewer (broadcaster fan-out) | {} viewer reads | {} |",
         figures.published_to_read.count(),
         figures.published_to_read.summary()
     );
-    println!(
+    say!(
         "| 2 + 3. epoch end → read by a viewer | {} viewer reads | {} |",
         figures.end_to_read.count(),
         figures.end_to_read.summary()
     );
-    println!(
+    say!(
         "| (tap sent → the gateway's 2xx, beside the path) | {} requests | {} |",
         answer.count(),
         answer.summary()
     );
-    println!();
-    println!(
+    say!();
+    say!(
         "taps: {} requests of {} in {:.1} s ({:.0} taps/s offered), {} taps acknowledged, refused {}, no answer {}, skipped (all {} connections busy) {}",
         outcome.requests,
         args.batch,
@@ -360,11 +372,11 @@ async fn run(args: Args) -> ExitCode {
         taps::MAX_CONNECTIONS,
         outcome.skipped
     );
-    println!(
+    say!(
         "viewers: {} asked, {connected} connected to the end, {failed} failed to connect, {dropped} dropped; {swarms} swarm processes",
         args.viewers
     );
-    println!("percentiles are nearest-rank over 1 ms buckets; the legs' percentiles do not add up to the total's. Clock: this machine's wall clock (Unix ms) for every stamp.");
+    say!("percentiles are nearest-rank over 1 ms buckets; the legs' percentiles do not add up to the total's. Clock: this machine's wall clock (Unix ms) for every stamp.");
     let exact = figures.mismatches.is_empty()
         && outcome.transport_errors == 0
         && failed == 0
@@ -372,31 +384,65 @@ async fn run(args: Args) -> ExitCode {
         && connected == args.viewers
         && !figures.epochs.is_empty();
     if exact {
-        println!(
+        say!(
             "EXACT: every viewer saw, for each of the {} epochs, the taps the gateway acknowledged for it ({acked_taps} in all)",
             figures.epochs.len()
         );
-        println!(
+        say!(
             "E2E viewers={connected} taps={acked_taps} p50_ms={} p99_ms={} max_ms={}",
             figures.tap_to_screen.percentile(0.5).unwrap_or(0),
             figures.tap_to_screen.percentile(0.99).unwrap_or(0),
             figures.tap_to_screen.percentile(1.0).unwrap_or(0)
         );
-        ExitCode::SUCCESS
     } else {
-        println!("MISMATCH:");
+        say!("MISMATCH:");
         for m in &figures.mismatches {
-            println!("  {m}");
+            say!("  {m}");
         }
         if outcome.transport_errors > 0 {
-            println!(
-                "  {} requests got no answer: whether they landed is unknown",
-                outcome.transport_errors
+            say!(
+                "  {} requests got no answer: whether they landed is unknown ({:?})",
+                outcome.transport_errors,
+                outcome.errors
             );
         }
         if connected != args.viewers || failed > 0 || dropped > 0 {
-            println!("  viewers: {connected} of {} connected to the end, {failed} failed, {dropped} dropped", args.viewers);
+            say!("  viewers: {connected} of {} connected to the end, {failed} failed, {dropped} dropped", args.viewers);
         }
+    }
+    print!("{out}");
+    let p = |q: f64, h: &figures::Histogram| h.percentile(q).map_or(-1, |v| v as i64);
+    let keys = format!(
+        "# scripts/bench_e2e.sh, {} viewers, {} taps/s x{} per request, {} s, {} cores\n\
+         viewers={connected}\ntaps_acknowledged={acked_taps}\nexact={}\n\
+         tap_to_screen_p50_ms={}\ntap_to_screen_p99_ms={}\ntap_to_screen_max_ms={}\n\
+         tap_to_end_p50_ms={}\nend_to_published_p50_ms={}\nend_to_published_max_ms={}\n\
+         published_to_read_p50_ms={}\npublished_to_read_p99_ms={}\n",
+        args.viewers,
+        args.rate,
+        args.batch,
+        args.seconds,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        u8::from(exact),
+        p(0.5, &figures.tap_to_screen),
+        p(0.99, &figures.tap_to_screen),
+        p(1.0, &figures.tap_to_screen),
+        p(0.5, &figures.tap_to_end),
+        p(0.5, &figures.end_to_published),
+        p(1.0, &figures.end_to_published),
+        p(0.5, &figures.published_to_read),
+        p(0.99, &figures.published_to_read),
+    );
+    let written = std::fs::create_dir_all(&args.results)
+        .and_then(|()| std::fs::write(args.results.join("e2e.md"), &out))
+        .and_then(|()| std::fs::write(args.results.join("e2e.txt"), keys));
+    match written {
+        Ok(()) => eprintln!("report: {}", args.results.join("e2e.md").display()),
+        Err(e) => eprintln!("could not write to {}: {e}", args.results.display()),
+    }
+    if exact {
+        ExitCode::SUCCESS
+    } else {
         ExitCode::FAILURE
     }
 }
