@@ -132,6 +132,9 @@ pub struct Figures {
     pub end_to_published: Histogram,
     /// Frame consumed from `emoji-epochs` → read by a viewer, over viewer-reads.
     pub published_to_read: Histogram,
+    /// Viewer-reads before this tool's consumer had the frame (the main publisher's own fetch
+    /// was quicker): counted as 0 in `published_to_read`.
+    pub read_before_published: u64,
     /// Epoch end → read by a viewer, over viewer-reads.
     pub end_to_read: Histogram,
     pub epochs: Vec<EpochRow>,
@@ -190,6 +193,7 @@ pub fn compute(
                 figures
                     .published_to_read
                     .add(read_ms.saturating_sub(p.at_ms), 1);
+                figures.read_before_published += u64::from(read_ms < p.at_ms);
             }
         }
         row.viewer_reads = row.end_to_read.count();

@@ -345,7 +345,8 @@ async fn run(args: Args) -> ExitCode {
         figures.end_to_published.summary()
     );
     say!(
-        "| 3. readable on emoji-epochs → read by a viewer (broadcaster fan-out) | {} viewer reads | {} |",
+        "| 3. readable on emoji-epochs → read by a viewer (broadcaster fan-out; {} reads came before this tool's consumer had the frame, counted as 0) | {} viewer reads | {} |",
+        figures.read_before_published,
         figures.published_to_read.count(),
         figures.published_to_read.summary()
     );
