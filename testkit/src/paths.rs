@@ -11,14 +11,19 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `target/<profile>`, where cargo put the running executable (`…/deps/name-hash`) and, built
-/// with the same profile, the workspace's binaries.
+/// `target/<profile>`, where cargo put the running executable (a test or bench as
+/// `…/deps/name-hash`, a binary such as `emostream-bench-e2e` straight in it) and, built with the
+/// same profile, the workspace's binaries.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the executable knows its own path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("tests and benches run from target/<profile>/deps")
-        .to_path_buf()
+    let dir = exe.parent().expect("an executable lives in a folder");
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        dir.parent()
+            .expect("tests and benches run from target/<profile>/deps")
+            .to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// A binary of this workspace, from the target directory the test runs from.

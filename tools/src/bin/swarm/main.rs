@@ -59,6 +59,26 @@ struct Tally {
     /// Per 1 ms bucket: end → the epoch's last message read by the viewer, and its kernel stamp.
     whole_read_ms: Vec<AtomicU64>,
     whole_stamp_ms: Vec<AtomicU64>,
+    /// With `--epoch-reads`: every epoch frame each viewer read, by epoch.
+    epoch_reads: Option<std::sync::Mutex<EpochReads>>,
+}
+
+/// `--epoch-reads`: per epoch of the watched stream, when each viewer read its epoch frame and
+/// the count it saw, so that `scripts/bench_e2e.sh` can join them with the taps sent into that
+/// epoch (tap → screen) and check the count against the taps the gateway acknowledged.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct EpochReads {
+    epochs: std::collections::BTreeMap<u64, EpochRead>,
+}
+
+/// One epoch's frame as the viewers of one swarm read it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct EpochRead {
+    end_ms: u64,
+    /// Unix ms at which a viewer's `read` returned the frame's last bytes, one per viewer-read.
+    read_ms: Vec<u64>,
+    /// The frame's `total` and `late` as each viewer read them: (total, late) → viewer-reads.
+    counts: Vec<(u64, u64, u64)>,
 }
 
 /// What one swarm reports, and what `merge` adds up.
@@ -216,6 +236,22 @@ impl Tally {
         let (Some(epoch), Some(end_ms)) = (head.epoch, head.end_ms) else {
             return;
         };
+        if let (0, Some(reads)) = (kind, &self.epoch_reads) {
+            // Whether measuring or not: the epochs the taps went into decide which count.
+            let mut reads = reads.lock().expect("the swarm's one thread");
+            let entry = reads.epochs.entry(epoch).or_default();
+            entry.end_ms = end_ms;
+            entry.read_ms.push(read_ms);
+            let (total, late) = (head.total.unwrap_or(0), head.late.unwrap_or(0));
+            match entry
+                .counts
+                .iter_mut()
+                .find(|c| (c.0, c.1) == (total, late))
+            {
+                Some(c) => c.2 += 1,
+                None => entry.counts.push((total, late, 1)),
+            }
+        }
         let measuring = self.measuring.load(Ordering::Relaxed);
         let last = &mut watch.last[kind];
         if measuring {
@@ -272,6 +308,9 @@ struct Head<'a> {
     kind: &'a str,
     epoch: Option<u64>,
     end_ms: Option<u64>,
+    /// An epoch frame's raw count and late taps (for `--epoch-reads`).
+    total: Option<u64>,
+    late: Option<u64>,
 }
 
 /// Where a viewer of `stream` on the subscriber at `base` (`ws://host:port`) connects: its
@@ -455,13 +494,21 @@ struct Swarm {
     /// Write the report here as JSON (for merge).
     #[arg(long, value_name = "FILE")]
     out: Option<String>,
+    /// Write every epoch frame read, per epoch (each viewer's read time and the count it saw),
+    /// here as JSON at the end (for scripts/bench_e2e.sh).
+    #[arg(long, value_name = "FILE")]
+    epoch_reads: Option<String>,
 }
 
 impl Swarm {
     async fn run(&self) -> Result<Report, std::io::Error> {
         // Held to the end: while it lives, every viewer's frames carry their arrival stamps.
         let _stamping = client::kernel_stamping(Duration::from_secs(10)).await?;
-        let tally = Arc::new(Tally::new());
+        let mut tally = Tally::new();
+        if self.epoch_reads.is_some() {
+            tally.epoch_reads = Some(Default::default());
+        }
+        let tally = Arc::new(tally);
         let started = Instant::now();
         let progress = {
             let tally = Arc::clone(&tally);
@@ -529,6 +576,12 @@ impl Swarm {
         tokio::time::sleep(Duration::from_secs(self.seconds)).await;
         tally.measuring.store(false, Ordering::Relaxed);
         progress.abort();
+        if let (Some(path), Some(reads)) = (&self.epoch_reads, &tally.epoch_reads) {
+            let reads = reads.lock().expect("the swarm's one thread");
+            let json = serde_json::to_string(&*reads).expect("epoch reads serialize");
+            std::fs::write(path, json)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("writing {path}: {e}")))?;
+        }
         Ok(snapshot(&tally, self.viewers))
     }
 }
@@ -627,6 +680,30 @@ mod tests {
         assert_eq!(counts(&report.epoch_stamp_ms), vec![(20, 1), (100, 1)]);
         assert_eq!(counts(&report.whole_read_ms), vec![(45, 1), (200, 1)]);
         assert_eq!(counts(&report.whole_stamp_ms), vec![(40, 1), (100, 1)]);
+    }
+
+    #[test]
+    fn epoch_reads_keep_each_viewers_read_and_count_of_every_epoch_frame() {
+        use emostream_protocol::synthetic::frames;
+        let mut tally = Tally::new();
+        tally.epoch_reads = Some(Default::default());
+        // Two viewers read epoch 10's frames, one of them epoch 11's too; only epoch frames
+        // (the first of each epoch's four messages) are kept, measuring or not.
+        for (read, epoch) in [(22_100, 10), (22_300, 10), (24_050, 11)] {
+            let mut watch = Watch::default();
+            for text in frames(&["main"], epoch, 2000) {
+                tally.record(&mut watch, text.as_bytes(), read, read);
+            }
+        }
+        let reads = tally.epoch_reads.unwrap().into_inner().unwrap();
+        let e10 = &reads.epochs[&10];
+        assert_eq!(
+            (e10.end_ms, &e10.read_ms[..]),
+            (22_000, &[22_100, 22_300][..])
+        );
+        assert_eq!(e10.counts.len(), 1);
+        assert_eq!(e10.counts[0].2, 2);
+        assert_eq!(reads.epochs[&11].read_ms, [24_050]);
     }
 
     #[test]
