@@ -86,6 +86,7 @@ pub struct Metrics {
     open: [Gauge; 3],
     frames_sent: [Counter; 3],
     bytes_sent: [Counter; 3],
+    writes: [Counter; 3],
     frames_in: Counter,
     conflated: Counter,
     lag_closes: Counter,
@@ -106,6 +107,7 @@ pub struct Metrics {
 pub struct Deliveries {
     frames: [u64; 3],
     bytes: [u64; 3],
+    writes: [u64; 3],
     latency_buckets: [u64; LATENCY_BUCKETS_S.len() + 1],
     latency_count: u64,
     latency_sum_us: u64,
@@ -130,6 +132,11 @@ impl Deliveries {
     /// Bytes written that carry no frame (a ping).
     pub fn overhead(&mut self, conn: Conn, bytes: usize) {
         self.bytes[conn.index()] += bytes as u64;
+    }
+
+    /// One write (a `sendmsg`, whatever it carried) the peer's socket took something of.
+    pub fn wrote(&mut self, conn: Conn) {
+        self.writes[conn.index()] += 1;
     }
 
     /// Frames a slow viewer skipped.
@@ -177,6 +184,13 @@ impl Metrics {
             "bytes_sent",
             "Payload bytes written to peers (frames, lag notices, SSE pings)",
             bytes_sent.clone(),
+        );
+        let writes = Family::default();
+        registry.register(
+            "writes",
+            "Writes to viewers' sockets that took something: one per viewer per epoch when an \
+             epoch's frames go together",
+            writes.clone(),
         );
         let mut counter = |name: &str, help: &str| {
             let c = Counter::default();
@@ -233,6 +247,7 @@ impl Metrics {
             open,
             frames_sent: per_conn(&frames_sent),
             bytes_sent: per_conn(&bytes_sent),
+            writes: per_conn(&writes),
             frames_in,
             conflated,
             lag_closes,
@@ -276,6 +291,7 @@ impl Metrics {
         for i in 0..CONNS.len() {
             add(&self.frames_sent[i], d.frames[i]);
             add(&self.bytes_sent[i], d.bytes[i]);
+            add(&self.writes[i], d.writes[i]);
         }
         add(&self.conflated, d.conflated);
         let cells = &self.delivery.0;
@@ -347,6 +363,7 @@ mod tests {
         let mut batch = Deliveries::default();
         batch.conflated(3);
         batch.sent(Conn::Sse, 20, Duration::from_millis(2));
+        batch.wrote(Conn::Sse);
         m.add(&batch);
         let text = m.render();
         for line in [
@@ -355,6 +372,7 @@ mod tests {
             r#"emostream_broadcaster_bytes_sent_total{tier="subscriber",conn="ws"} 150"#,
             r#"emostream_broadcaster_bytes_sent_total{tier="subscriber",conn="link"} 7"#,
             r#"emostream_broadcaster_frames_sent_total{tier="subscriber",conn="sse"} 1"#,
+            r#"emostream_broadcaster_writes_total{tier="subscriber",conn="sse"} 1"#,
             r#"emostream_broadcaster_conflated_total{tier="subscriber"} 3"#,
             r#"emostream_broadcaster_resume_hits_total{tier="subscriber"} 1"#,
             r#"emostream_broadcaster_resume_misses_total{tier="subscriber"} 1"#,

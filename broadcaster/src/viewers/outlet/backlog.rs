@@ -264,6 +264,7 @@ impl<W: Wire> Backlog<W> {
             if n == 0 {
                 return Ok(Wrote::Blocked);
             }
+            sent.wrote(W::CONN);
             // The peer took something: the write deadline counts from here.
             self.busy_since = Some(tokio::time::Instant::now());
             self.consume(n, sent);
@@ -298,6 +299,9 @@ impl<W: Wire> Backlog<W> {
         };
         let parts = frames.iter().map(|frame| W::frame(frame)).chain(&ping);
         let mut left = wire.try_write(parts, 0)?;
+        if left > 0 {
+            sent.wrote(W::CONN);
+        }
         let mut oldest = None;
         let mut taken = frames.len();
         for (i, frame) in frames.iter().enumerate() {
