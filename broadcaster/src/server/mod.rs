@@ -181,9 +181,9 @@ pub async fn serve(
                         serve_native(stream, &native, deadline, place, &closing).await;
                         return;
                     }
-                    // Closed, failed, or silent for the whole header-read timeout: closed
+                    // Closed, failed, or undecided for the whole header-read timeout: closed
                     // unanswered, as hyper does.
-                    Ok(Err(_)) | Err(_) => return,
+                    Ok(Err(_)) | Err(_) => return native::discard_peeked(&stream),
                 }
                 // The request's first bytes came out of its header-read timeout: hyper has the
                 // rest, so that a trickling client is cut off when it would have been anyway.

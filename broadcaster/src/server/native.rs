@@ -79,14 +79,26 @@ pub async fn claimed(socket: &TcpStream, claims: fn(&[u8]) -> Option<bool>) -> i
     }
 }
 
+/// Takes the bytes [`claimed`] only looked at, so that closing the socket sends a FIN: a socket
+/// closed with bytes unread is reset, which the peer may see as an error rather than a close.
+pub fn discard_peeked(socket: &TcpStream) {
+    let mut start = [0u8; PEEK_BYTES];
+    // Past tokio: [`claimed`] left its readiness cleared, and `try_read` would not even try.
+    let _ = recv(socket, &mut start, libc::MSG_DONTWAIT);
+}
+
 fn peek(socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    recv(socket, buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+}
+
+fn recv(socket: &TcpStream, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
     // SAFETY: `buf` is valid for `buf.len()` bytes; `socket` owns the descriptor.
     let n = unsafe {
         libc::recv(
             socket.as_raw_fd(),
             buf.as_mut_ptr().cast(),
             buf.len(),
-            libc::MSG_PEEK,
+            flags,
         )
     };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
