@@ -194,7 +194,7 @@ pub async fn serve_ws(
         ponged: None,
     };
     let end = serve(&outlet, incoming, metrics, until).await;
-    farewell_and_close(&outlet, end, metrics, &socket).await;
+    farewell_and_close(&outlet, end, metrics, Some(&socket)).await;
 }
 
 /// Serves an SSE viewer on its socket, the response's head already sent.
@@ -206,26 +206,28 @@ pub async fn serve_sse(
 ) {
     let end = serve(&outlet, Incoming::Sse(Arc::clone(&socket)), metrics, until).await;
     // Closing the connection ends the response, the only close SSE has; a `closing` notice says
-    // why before it.
-    farewell_and_close(&outlet, end, metrics, &socket).await;
+    // why before it. No half-close: an SSE viewer sends nothing that could be left unread (what
+    // it did send has been read), so closing sends a FIN behind the notice, not a reset, and the
+    // viewer's place is given back at once, as when hyper ended the response.
+    farewell_and_close(&outlet, end, metrics, None).await;
 }
 
-/// Sends the farewell, if the viewer can still be told anything, and closes. A farewell that
-/// went out is followed by a half-close and reading until the viewer closes too: a socket closed
-/// with bytes unread (a ping, a WebSocket viewer's own Close) is reset, and a reset can make the
-/// viewer's stack throw away the Close frame or `closing` event it had not read yet.
+/// Sends the farewell, if the viewer can still be told anything, and closes. On a WebSocket
+/// (`socket`) a Close frame that went out is followed by a half-close and reading until the
+/// viewer closes too: a socket closed with bytes unread (a ping, the viewer's own Close) is reset,
+/// and a reset can make the viewer's stack throw away the Close frame it had not read yet.
 async fn farewell_and_close<W: Wire>(
     outlet: &Outlet<W>,
     end: End,
     metrics: &Metrics,
-    socket: &TcpStream,
+    socket: Option<&TcpStream>,
 ) {
     let farewell = end.farewell();
     outlet.finish(farewell.map(|(code, reason)| W::farewell(code, reason)));
     // Bounded like every farewell: a peer that stopped reading would hold it forever.
     let drained =
         tokio::time::timeout(CLOSE_DEADLINE, poll_fn(|cx| outlet.poll_drain(cx, metrics))).await;
-    if let (Some(_), Ok(Ok(()))) = (farewell, drained) {
+    if let (Some(socket), Some(_), Ok(Ok(()))) = (socket, farewell, drained) {
         let _ = tokio::time::timeout(CLOSE_DEADLINE, half_close(socket)).await;
     }
     outlet.close();
