@@ -537,8 +537,9 @@ async fn viewers_are_told_of_gaps_and_of_a_lost_upstream() {
 /// with `Last-Event-ID` (which wins over `since`) gets exactly the answer's head, its `retry:`,
 /// the epochs after the one it has and every live one, each event as it is and nothing between
 /// them but pings (no chunk framing); its leaving is noticed; at shutdown it is told why and the
-/// connection is closed, not reset. The health check, the page, a WebSocket upgrade and a POST
-/// to the SSE path are still answered by hyper, and a bad stream id by the native path, in JSON.
+/// connection is closed, not reset. The health check, the page, a WebSocket upgrade, a POST to
+/// the SSE path and a GET of it as an absolute URL are still answered by hyper, and a bad stream
+/// id by the native path, in JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_viewers_get_exact_events_on_the_raw_socket_and_hyper_keeps_every_other_route() {
     let (stop, stopped) = watch::channel(false);
@@ -615,6 +616,13 @@ async fn sse_viewers_get_exact_events_on_the_raw_socket_and_hyper_keeps_every_ot
         Some((
             422,
             r#"{"error":"a stream id is 1 to 64 of [a-z0-9_-]","field":"stream"}"#.into()
+        ))
+    );
+    assert_eq!(
+        http(s0, "GET", &format!("http://{s0}/v1/streams/main/sse"), "").await,
+        Some((
+            400,
+            r#"{"error":"an SSE request's target is its path, not an absolute URL"}"#.into()
         ))
     );
     let mut upgraded = watch_stream(s0, "?since=4").await;

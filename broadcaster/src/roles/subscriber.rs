@@ -19,7 +19,7 @@ use crate::viewers::websocket::Upgrade;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
@@ -416,13 +416,22 @@ async fn watch_sse(viewers: Viewers, socket: TcpStream, request: Parts, pending:
 }
 
 /// What hyper gets at the SSE path: the methods other than GET, answered 405 as a GET-only route
-/// answers them, and a GET whose stream segment is too long for the peek to see past
-/// ([`native::PEEK_BYTES`]), which is no stream id.
-async fn sse_elsewhere(method: Method) -> Error {
-    if method == Method::GET {
-        invalid_stream()
-    } else {
-        Error::MethodNotAllowed
+/// answers them, and the GETs the peek does not claim: one whose stream segment is too long for
+/// it to see past ([`native::PEEK_BYTES`]), which is no stream id, and one whose target is an
+/// absolute URL (as sent to a proxy), which only a path is served as.
+async fn sse_elsewhere(method: Method, stream: Result<Path<String>, PathRejection>) -> Error {
+    if method != Method::GET {
+        return Error::MethodNotAllowed;
+    }
+    match stream
+        .map_err(Error::from)
+        .and_then(|Path(stream)| valid_stream(&stream))
+    {
+        Err(e) => e,
+        Ok(()) => Error::Rejected {
+            status: StatusCode::BAD_REQUEST,
+            message: "an SSE request's target is its path, not an absolute URL".into(),
+        },
     }
 }
 
