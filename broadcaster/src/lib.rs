@@ -17,12 +17,14 @@
 //!   `outlet` is one viewer's sending side (frames written straight into its socket while it
 //!   keeps up, a small conflating backlog when it does not, lag notices, the byte budget);
 //!   `connection` is one task per viewer (drains the backlog, pings, reads, closes);
-//!   `websocket` is the viewers' side of RFC 6455.
+//!   `websocket` is the viewers' side of RFC 6455; `sse` is which requests are SSE viewers' and
+//!   the head of their answer.
 //! - `roles`: [`run`], and one module per role ([`main_publisher`], [`cluster_publisher`],
 //!   [`subscriber`]) with its routes and [`Settings`].
 //! - `server`: what every role serves with: binding, the HTTP/1.1 accept loop with its
-//!   header-read timeout, health, metrics, 404, the descriptor limit, write deadlines (`socket`)
-//!   and stopping every socket task at shutdown (`tasks`).
+//!   header-read timeout, health, metrics, 404, the descriptor limit, requests served on the raw
+//!   socket instead of by hyper (`native`: SSE viewers), write deadlines (`socket`) and stopping
+//!   every socket task at shutdown (`tasks`).
 //! - `auth`: signed viewer tokens and the tiers' shared link secret.
 //! - `metrics`: each tier's counters as Prometheus text.
 //! - `error`: [`Error`], for start-up and for HTTP answers.

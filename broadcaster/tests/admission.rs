@@ -346,3 +346,94 @@ async fn an_admitted_sse_viewer_frees_its_pending_place_and_a_refusal_says_when_
     stop.send_replace(true);
     timeout(DEADLINE, role).await.unwrap().unwrap().unwrap();
 }
+
+/// What an SSE request's head is allowed, now that the subscriber reads it itself: the same as
+/// hyper allows every other request. One that stops half-way (in its request line, before the
+/// route can be told, or in its fields) is closed unanswered at the header-read timeout, and
+/// the rest of the port is served meanwhile; one with too many fields or too many bytes is
+/// answered 431, a malformed one 400, in JSON like every error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_request_head_gets_the_header_read_timeout_and_the_limits_hyper_applies() {
+    let (stop, stopped) = watch::channel(false);
+    let (l, s) = listener().await;
+    let (_, nobody) = listener().await;
+    let settings = emostream_broadcaster::Settings {
+        header_read_timeout: Duration::from_secs(1),
+        ..common::settings(8)
+    };
+    let role = tokio::spawn(emostream_broadcaster::subscriber(
+        l,
+        "s".into(),
+        nobody.to_string(),
+        format!("ws://{s}"),
+        settings,
+        until(&stopped),
+    ));
+
+    let stalled = |sent: &'static str| async move {
+        let mut conn = TcpStream::connect(s).await.unwrap();
+        let started = std::time::Instant::now();
+        conn.write_all(sent.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        timeout(DEADLINE, conn.read_to_end(&mut answer))
+            .await
+            .expect("closed in time")
+            .unwrap();
+        (started.elapsed(), String::from_utf8(answer).unwrap())
+    };
+    let stalls = [
+        tokio::spawn(stalled("GET /v1/streams/ma")),
+        tokio::spawn(stalled("GET /v1/streams/main/sse HTTP/1.1\r\nHost: x\r\n")),
+    ];
+    // Served meanwhile.
+    assert_eq!(
+        common::http(s, "GET", "/healthz", "").await,
+        Some((200, "ok".into()))
+    );
+    for stall in stalls {
+        let (held, answer) = stall.await.unwrap();
+        assert_eq!(answer, "", "closed unanswered");
+        // 1 s, and far below what a stalled client would hold otherwise; the margin is what a
+        // loaded machine may add.
+        assert!(
+            held >= Duration::from_millis(900) && held < Duration::from_secs(10),
+            "closed after {held:?}"
+        );
+    }
+
+    let refused = |head: String| async move {
+        let mut conn = TcpStream::connect(s).await.unwrap();
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        timeout(DEADLINE, conn.read_to_end(&mut answer))
+            .await
+            .expect("answered and closed in time")
+            .unwrap();
+        String::from_utf8(answer).unwrap()
+    };
+    let request = "GET /v1/streams/main/sse HTTP/1.1\r\nHost: x\r\n";
+    let too_large = |body: &str| {
+        format!(
+            "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let body = r#"{"error":"the request header is too large"}"#;
+    let many_fields = format!("{request}{}\r\n", "X-Field: 1\r\n".repeat(32));
+    assert_eq!(refused(many_fields).await, too_large(body));
+    let many_bytes = format!("{request}X-Big: {}\r\n\r\n", "b".repeat(16 * 1024));
+    assert_eq!(refused(many_bytes).await, too_large(body));
+    let body = r#"{"error":"the request header is malformed"}"#;
+    assert_eq!(
+        refused(format!("{request}no colon\r\n\r\n")).await,
+        format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    );
+
+    stop.send_replace(true);
+    timeout(DEADLINE, role).await.unwrap().unwrap().unwrap();
+}

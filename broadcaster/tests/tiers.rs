@@ -748,7 +748,7 @@ async fn trend_frames_reach_the_viewers_of_their_stream_newest_first_at_join() {
         format!("GET /v1/streams/main/sse HTTP/1.1\r\nHost: {s1}\r\nLast-Event-ID: 11\r\n\r\n");
     sse.write_all(request.as_bytes()).await.unwrap();
     let seen = sse_until(&mut sse, &format!("data: {}\n\n", popular(10, 30))).await;
-    // Each event is one chunk of the chunked body, in this order.
+    // Each event whole, in this order.
     let at: Vec<usize> = [
         format!("id: 12\ndata: {}\n\n", frame("main", 12)),
         format!("data: {}\n\n", latest[0]),

@@ -532,3 +532,138 @@ async fn viewers_are_told_of_gaps_and_of_a_lost_upstream() {
     );
     stop_all(stop, roles).await;
 }
+
+/// SSE viewers are served on the raw socket, beside hyper on the same port. A viewer resuming
+/// with `Last-Event-ID` (which wins over `since`) gets exactly the answer's head, its `retry:`,
+/// the epochs after the one it has and every live one, each event as it is and nothing between
+/// them but pings (no chunk framing); its leaving is noticed; at shutdown it is told why and the
+/// connection is closed, not reset. The health check, the page, a WebSocket upgrade, a POST to
+/// the SSE path and a GET of it as an absolute URL are still answered by hyper, and a bad stream
+/// id by the native path, in JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_viewers_get_exact_events_on_the_raw_socket_and_hyper_keeps_every_other_route() {
+    let (stop, stopped) = watch::channel(false);
+    let settings = Settings {
+        page: Some(emostream_web::Page {
+            gateway: "http://127.0.0.1:9".into(),
+            main: None,
+        }),
+        ..settings()
+    };
+    let (frames, _, cluster, mut roles) = upper_tiers(&settings, &stopped).await;
+    let (s0, role) = spawn_subscriber("c0-s0", cluster, settings, &stopped).await;
+    roles.push(role);
+    let mut ws = watch_stream(s0, "").await;
+    for e in 1..=4 {
+        frames.send(frame(e).into()).await.unwrap();
+    }
+    while epoch_of(&text_of(next(&mut ws).await)) != 4 {}
+
+    let mut sse = TcpStream::connect(s0).await.unwrap();
+    sse.write_all(
+        format!(
+            "GET /v1/streams/main/sse?since=1 HTTP/1.1\r\nHost: {s0}\r\nLast-Event-ID: 2\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let event = |e: u64| format!("id: {e}\ndata: {}\n\n", frame(e));
+    let mut seen = sse_until(&mut sse, &event(4)).await;
+    frames.send(frame(5).into()).await.unwrap();
+    seen += &sse_until(&mut sse, &event(5)).await;
+    let (head, body) = seen.split_once("\r\n\r\n").unwrap();
+    assert_eq!(
+        head,
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+         connection: close"
+    );
+    // Pings are comments, whole events of their own, wherever they fall.
+    let body = body.replace(": ping\n\n", "");
+    let retry = body
+        .strip_prefix("retry: ")
+        .and_then(|rest| rest.split_once("\n\n"))
+        .map(|(ms, _)| ms.parse::<u64>().unwrap())
+        .unwrap_or_else(|| panic!("no retry: first in {body:?}"));
+    assert!((2_000..7_000).contains(&retry), "{retry}");
+    assert_eq!(
+        body,
+        format!("retry: {retry}\n\n{}{}{}", event(3), event(4), event(5))
+    );
+    assert_eq!(epoch_of(&text_of(next(&mut ws).await)), 5);
+
+    // hyper's routes, on the same port.
+    assert_eq!(
+        http(s0, "GET", "/healthz", "").await,
+        Some((200, "ok".into()))
+    );
+    let (status, page) = http(s0, "GET", "/", "").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("<html"), "{page}");
+    assert_eq!(
+        http(s0, "GET", "/config.json", "").await,
+        Some((
+            200,
+            r#"{"gateway":"http://127.0.0.1:9","main":null}"#.into()
+        ))
+    );
+    assert_eq!(
+        http(s0, "POST", "/v1/streams/main/sse", "").await,
+        Some((405, r#"{"error":"method not allowed"}"#.into()))
+    );
+    assert_eq!(
+        http(s0, "GET", "/v1/streams/Main!/sse", "").await,
+        Some((
+            422,
+            r#"{"error":"a stream id is 1 to 64 of [a-z0-9_-]","field":"stream"}"#.into()
+        ))
+    );
+    assert_eq!(
+        http(s0, "GET", &format!("http://{s0}/v1/streams/main/sse"), "").await,
+        Some((
+            400,
+            r#"{"error":"an SSE request's target is its path, not an absolute URL"}"#.into()
+        ))
+    );
+    let mut upgraded = watch_stream(s0, "?since=4").await;
+    assert_eq!(epoch_of(&text_of(next(&mut upgraded).await)), 5);
+
+    // The viewer leaves: its connection is gone from the count without a frame to write.
+    let open_sse = r#"emostream_broadcaster_connections{tier="subscriber",conn="sse"}"#;
+    let metrics = http(s0, "GET", "/metrics", "").await.unwrap().1;
+    assert_eq!(sample(&metrics, open_sse), Some(1.0));
+    drop(sse);
+    wait_for("the SSE viewer's leaving noticed", DEADLINE, || async {
+        let metrics = http(s0, "GET", "/metrics", "").await?.1;
+        (sample(&metrics, open_sse)? == 0.0).then_some(())
+    })
+    .await;
+
+    // At shutdown a viewer is told why, then the connection ends cleanly.
+    let mut sse = TcpStream::connect(s0).await.unwrap();
+    sse.write_all(format!("GET /v1/streams/main/sse HTTP/1.1\r\nHost: {s0}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    sse_until(&mut sse, &event(5)).await;
+    let ending = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        timeout(DEADLINE, sse.read_to_end(&mut rest))
+            .await
+            .expect("the connection ends")
+            .expect("closed, not reset");
+        String::from_utf8(rest).unwrap()
+    });
+    stop_all(stop, roles).await;
+    let rest = ending.await.unwrap().replace(": ping\n\n", "");
+    assert_eq!(
+        rest,
+        "event: closing\ndata: {\"type\":\"closing\",\"code\":1001,\"reason\":\"shutting down\"}\n\n"
+    );
+}
+
+fn text_of(message: Message) -> String {
+    match message {
+        Message::Text(text) => text.to_string(),
+        other => panic!("a text frame, not {other:?}"),
+    }
+}

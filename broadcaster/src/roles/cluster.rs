@@ -59,6 +59,7 @@ pub async fn cluster_publisher(
     serve(
         listener,
         finish(link_routes(link), metrics),
+        None,
         tasks,
         accepting,
         shutdown,

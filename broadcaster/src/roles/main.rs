@@ -72,7 +72,15 @@ pub async fn main_publisher(
         .with_state(placement)
         .merge(link_routes(link));
     let accepting = settings.accepting_requests(nodelay);
-    serve(listener, finish(app, metrics), tasks, accepting, shutdown).await
+    serve(
+        listener,
+        finish(app, metrics),
+        None,
+        tasks,
+        accepting,
+        shutdown,
+    )
+    .await
 }
 
 /// The viewer page is served by the subscribers and registers here, cross-origin. Registration

@@ -6,26 +6,25 @@ use crate::auth::{self, TokenKey};
 use crate::error::Error;
 use crate::hub::{Hub, Watching};
 use crate::metrics::{Conn, Metrics};
+use crate::server::native::{self, Native};
+use crate::server::socket::WRITE_DEADLINE;
 use crate::server::tasks::{Stop, Tasks};
-use crate::server::Pending;
-use crate::server::{finish, serve};
+use crate::server::{finish, serve, Pending};
 use crate::tiers::link::{self, Upstream};
 use crate::viewers::connection::{self, Until, CLOSE_SPREAD};
 use crate::viewers::lanes::Fanout;
 use crate::viewers::outlet::{Offer, Outlet, SseWire, ViewerLimits, Wire, WsWire};
+use crate::viewers::sse;
 use crate::viewers::websocket::Upgrade;
-use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Extension, Path, Query, State};
-use axum::http::{header, HeaderMap};
+use axum::extract::{Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
-use bytes::Bytes;
 use emostream_protocol::wire::LinkUp;
-use futures_util::StreamExt;
 use serde::Deserialize;
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -129,16 +128,26 @@ pub async fn subscriber(
         limits: settings.viewer_limits,
         stop: tasks.stop_handle(),
     };
+    let native = Native {
+        claims: sse::claims,
+        handler: {
+            let viewers = state.clone();
+            Arc::new(move |socket, request, pending| {
+                Box::pin(watch_sse(viewers.clone(), socket, request, pending))
+            })
+        },
+    };
     let mut app = Router::new()
         .route("/v1/streams/{stream}/ws", get(watch_ws))
-        .route("/v1/streams/{stream}/sse", get(watch_sse));
+        .route("/v1/streams/{stream}/sse", any(sse_elsewhere));
     if let Some(page) = settings.page {
         // The viewer page: `/`, its assets and `/config.json` naming the gateway for taps and
         // the main publisher for registering again.
         app = app.merge(emostream_web::routes(page));
     }
     let app = app.with_state(state);
-    serve(listener, finish(app, metrics), tasks, accepting, shutdown).await
+    let app = finish(app, metrics);
+    serve(listener, app, Some(native), tasks, accepting, shutdown).await
 }
 
 /// Makes a slow viewer's backpressure visible to its outlet, and a dead one's socket fail.
@@ -284,6 +293,31 @@ impl Viewers {
         }
     }
 
+    /// Checks an SSE viewer's request as axum's extractors and `watch_ws` check a WebSocket
+    /// viewer's, and lets it in: its stream, and the epoch it has (`Last-Event-ID` wins over
+    /// `since`).
+    fn admit_sse(&self, request: &Parts) -> Result<(String, Option<u64>, Admitted), Error> {
+        let stream = sse::stream_of(request.uri.path()).ok_or_else(invalid_stream)?;
+        valid_stream(&stream)?;
+        let Query(query) = Query::<ViewerQuery>::try_from_uri(&request.uri)?;
+        let token_expires = self.authorize(&stream, &query, &request.headers)?;
+        let last_event_id = match request.headers.get("last-event-id") {
+            Some(id) => Some(
+                id.to_str()
+                    .ok()
+                    .and_then(|id| id.trim().parse::<u64>().ok())
+                    .ok_or_else(|| Error::Invalid {
+                        field: "Last-Event-ID",
+                        message: "Last-Event-ID must be an epoch (a whole number)".into(),
+                    })?,
+            ),
+            None => None,
+        };
+        let since = last_event_id.or(query.since);
+        let admitted = self.admit(&stream, token_expires)?;
+        Ok((stream, since, admitted))
+    }
+
     /// If this subscriber did not carry `stream` yet, waits for the tier above to send its ring;
     /// then joins: `outlet` gets the replay (after a gap notice, if `since` is older than the
     /// ring), then every later frame.
@@ -311,10 +345,14 @@ fn valid_stream(stream: &str) -> Result<(), Error> {
     if emostream_protocol::wire::is_stream_id(stream) {
         Ok(())
     } else {
-        Err(Error::Invalid {
-            field: "stream",
-            message: "a stream id is 1 to 64 of [a-z0-9_-]".into(),
-        })
+        Err(invalid_stream())
+    }
+}
+
+fn invalid_stream() -> Error {
+    Error::Invalid {
+        field: "stream",
+        message: "a stream id is 1 to 64 of [a-z0-9_-]".into(),
     }
 }
 
@@ -344,61 +382,57 @@ async fn watch_ws(
 }
 
 /// `GET /v1/streams/{stream}/sse`: every epoch as an event whose id is the epoch, so a browser's
-/// `EventSource` resumes by itself after a drop (`Last-Event-ID`); `?since=` works too.
-async fn watch_sse(
-    State(viewers): State<Viewers>,
-    stream: Result<Path<String>, PathRejection>,
-    query: Result<Query<ViewerQuery>, QueryRejection>,
-    headers: HeaderMap,
-    pending: Option<Extension<Pending>>,
-) -> Result<Response, Error> {
-    let Path(stream) = stream?;
-    valid_stream(&stream)?;
-    let Query(query) = query?;
-    let token_expires = viewers.authorize(&stream, &query, &headers)?;
-    let last_event_id = match headers.get("last-event-id") {
-        Some(id) => Some(
-            id.to_str()
-                .ok()
-                .and_then(|id| id.trim().parse::<u64>().ok())
-                .ok_or_else(|| Error::Invalid {
-                    field: "Last-Event-ID",
-                    message: "Last-Event-ID must be an epoch (a whole number)".into(),
-                })?,
-        ),
-        None => None,
+/// `EventSource` resumes by itself after a drop (`Last-Event-ID`); `?since=` works too. Served on
+/// the raw socket, never by hyper ([`crate::viewers::sse`]), so that the viewer costs what a
+/// WebSocket viewer costs; it answers as the other routes do, in JSON, when it refuses.
+async fn watch_sse(viewers: Viewers, socket: TcpStream, request: Parts, pending: Pending) {
+    let (stream, since, admitted) = match viewers.admit_sse(&request) {
+        Ok(admitted) => admitted,
+        Err(refused) => return native::answer(socket, refused.into_response()).await,
     };
-    let since = last_event_id.or(query.since);
-    let admitted = viewers.admit(&stream, token_expires)?;
     // A viewer now, counted by its seat: its connection is no longer a pending one.
-    if let Some(Extension(pending)) = pending {
-        pending.release();
-    }
-    // Capacity 0 gives the sender one slot: the fan-out hands over a frame only once hyper has
-    // taken the previous one for the socket, so a stalled reader backs up into the outlet.
-    let (tx, body) = futures_channel::mpsc::channel::<Bytes>(0);
-    let outlet = Outlet::new(SseWire(tx), viewers.limits);
-    viewers.join(&stream, since, &outlet).await;
+    pending.release();
     tokio::spawn(async move {
         let _open = viewers.metrics.open(Conn::Sse);
+        let socket = Arc::new(socket);
+        // Each connection's own reconnection delay: `EventSource`'s default (about 3 s) would
+        // bring every viewer of a closed subscriber back in the same instant.
+        let retry = SSE_RETRY_MIN + connection::spread(CLOSE_SPREAD);
+        // Written before the outlet exists, so nothing can go ahead of it; a new socket takes
+        // these few hundred bytes at once.
+        let head = sse::response_head(retry);
+        if !matches!(
+            tokio::time::timeout(WRITE_DEADLINE, native::write_all(&socket, &head)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+        let outlet = Outlet::new(SseWire::new(Arc::clone(&socket)), viewers.limits);
+        viewers.join(&stream, since, &outlet).await;
         let until = viewers.until(&admitted);
-        connection::serve_sse(outlet, &viewers.metrics, until).await;
+        connection::serve_sse(socket, outlet, &viewers.metrics, until).await;
         drop(admitted);
     });
-    // Each connection's own reconnection delay: `EventSource`'s default (about 3 s) would bring
-    // every viewer of a closed subscriber back in the same instant.
-    let retry = SSE_RETRY_MIN + connection::spread(CLOSE_SPREAD);
-    let retry = Bytes::from(format!("retry: {}\n\n", retry.as_millis()));
-    let body = futures_util::stream::once(std::future::ready(retry)).chain(body);
-    let body = Body::from_stream(body.map(Ok::<_, Infallible>));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response())
+}
+
+/// What hyper gets at the SSE path: the methods other than GET, answered 405 as a GET-only route
+/// answers them, and the GETs the peek does not claim: one whose stream segment is too long for
+/// it to see past ([`native::PEEK_BYTES`]), which is no stream id, and one whose target is an
+/// absolute URL (as sent to a proxy), which only a path is served as.
+async fn sse_elsewhere(method: Method, stream: Result<Path<String>, PathRejection>) -> Error {
+    if method != Method::GET {
+        return Error::MethodNotAllowed;
+    }
+    match stream
+        .map_err(Error::from)
+        .and_then(|Path(stream)| valid_stream(&stream))
+    {
+        Err(e) => e,
+        Ok(()) => Error::Rejected {
+            status: StatusCode::BAD_REQUEST,
+            message: "an SSE request's target is its path, not an absolute URL".into(),
+        },
+    }
 }
 
 /// One viewer's place in the count reported upstream and checked against `max_viewers`, for as

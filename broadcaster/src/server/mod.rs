@@ -1,6 +1,7 @@
 //! What every role serves with: binding, the HTTP/1.1 accept loop with its header-read timeout
 //! and graceful shutdown, the routes every role answers, and the descriptor limit.
 
+pub mod native;
 pub mod socket;
 pub mod tasks;
 
@@ -8,11 +9,13 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use native::{HeadError, Native};
 use prometheus_client::encoding::prometheus_text;
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,6 +24,7 @@ use std::time::Duration;
 use tasks::Tasks;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -67,8 +71,8 @@ pub struct Accepting {
     pub header_read_timeout: Duration,
     /// Socket options, set on each accepted socket before anything is read.
     pub tune: fn(&TcpStream),
-    /// Connections that have neither upgraded nor become a long answer (SSE, which gives up its
-    /// place with [`Pending::release`]) held at once. Past it, a new connection is closed at
+    /// Connections that have neither upgraded nor become a long answer (an SSE viewer, served
+    /// natively, which gives up its place with [`Pending::release`]) held at once. Past it, a new connection is closed at
     /// once, unanswered: a flood of them cannot use the descriptors that upgraded viewers, the
     /// upstream link and the connections already being served need.
     pub max_pending: usize,
@@ -79,15 +83,16 @@ pub struct Accepting {
 }
 
 /// hyper's read buffer may grow to this (its default is about 400 KiB): a request header and a
-/// small body fit, and a connection that has not upgraded pins no more.
+/// small body fit, and a connection that has not upgraded pins no more. A natively served
+/// request's head may be as large.
 const MAX_BUF_BYTES: usize = 16 * 1024;
 
 /// Headers a request may have (hyper's default is 100); more is answered 431.
 const MAX_HEADERS: usize = 32;
 
-/// A connection's place among the pending ones ([`Accepting::max_pending`]), in every request's
-/// extensions so that a handler whose answer lasts (SSE) can give it up; an upgraded connection
-/// gives it up when it leaves hyper.
+/// A connection's place among the pending ones ([`Accepting::max_pending`]), handed to a native
+/// route ([`native::Handler`]) so that an answer that lasts (an SSE viewer) can give it up; a
+/// connection hyper serves gives it up when it leaves hyper (upgraded, or closed).
 #[derive(Clone)]
 pub struct Pending(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
 
@@ -100,10 +105,13 @@ impl Pending {
 /// Serves `app` on `listener` until `shutdown`, then closes every socket and waits for every task.
 /// HTTP/1.1 only, as viewers and tiers speak it: hyper's automatic HTTP/2 detection first reads
 /// the preface with no deadline, so a client trickling its first bytes would escape the
-/// header-read timeout. See [`Accepting`] for what each connection is allowed.
+/// header-read timeout. See [`Accepting`] for what each connection is allowed. Requests `native`
+/// claims are served on the raw socket instead ([`native`]), under the same header-read timeout
+/// and limits.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    native: Option<Native>,
     tasks: Tasks,
     accepting: Accepting,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -144,8 +152,7 @@ pub async fn serve(
         let place = Pending(Arc::new(Mutex::new(Some(permit))));
         let router = app.clone();
         let keep_alive = accepting.keep_alive;
-        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(place.clone());
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let answer = router.clone().oneshot(request);
             async move {
                 let mut response = answer.await?;
@@ -157,11 +164,37 @@ pub async fn serve(
                 Ok::<_, Infallible>(response)
             }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
+        let mut builder = builder.clone();
         let closing = closing.clone();
+        let native = native.clone();
+        let header_read_timeout = accepting.header_read_timeout;
         connections.spawn(async move {
+            let deadline = Instant::now() + header_read_timeout;
+            if let Some(native) = native {
+                let claimed = tokio::select! {
+                    claimed = tokio::time::timeout_at(deadline, native::claimed(&stream, native.claims)) => claimed,
+                    () = closing.cancelled() => return,
+                };
+                match claimed {
+                    Ok(Ok(false)) => {}
+                    Ok(Ok(true)) => {
+                        serve_native(stream, &native, deadline, place, &closing).await;
+                        return;
+                    }
+                    // Closed, failed, or undecided for the whole header-read timeout: closed
+                    // unanswered, as hyper does.
+                    Ok(Err(_)) | Err(_) => return native::discard_peeked(&stream),
+                }
+                // The request's first bytes came out of its header-read timeout: hyper has the
+                // rest, so that a trickling client is cut off when it would have been anyway.
+                builder.header_read_timeout(deadline.saturating_duration_since(Instant::now()));
+            }
+            // Held while hyper has the connection: an upgraded one gives its place up as it
+            // leaves hyper, when this task ends.
+            let _place = place;
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::pin!(connection);
             let served = tokio::select! {
                 served = connection.as_mut() => served,
@@ -178,7 +211,7 @@ pub async fn serve(
         });
     }
     // The router's state holds `Stop`s too: `tasks.stop` waits for it to go.
-    drop((listener, app));
+    drop((listener, app, native));
     // Sockets are told to close as soon as shutdown begins, while plain requests drain; upgraded
     // sockets have left hyper, which is what `tasks` is for.
     tasks.trigger();
@@ -188,6 +221,38 @@ pub async fn serve(
     tasks.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the head of a request `native` claimed, by `deadline`, and hands it over; a head that
+/// is too large or malformed is answered as hyper answers it (but in JSON, like every error), and
+/// one that does not come in time, or never whole, is closed unanswered.
+async fn serve_native(
+    stream: TcpStream,
+    native: &Native,
+    deadline: Instant,
+    place: Pending,
+    closing: &CancellationToken,
+) {
+    let head = tokio::select! {
+        head = tokio::time::timeout_at(deadline, native::read_head(&stream, MAX_BUF_BYTES, MAX_HEADERS)) => head,
+        () = closing.cancelled() => return,
+    };
+    let refusal = |status, message: &str| Error::Rejected {
+        status,
+        message: message.to_owned(),
+    };
+    let refused = match head {
+        Ok(Ok(head)) => return (native.handler)(stream, head, place).await,
+        Ok(Err(HeadError::TooLarge)) => refusal(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "the request header is too large",
+        ),
+        Ok(Err(HeadError::Malformed)) => {
+            refusal(StatusCode::BAD_REQUEST, "the request header is malformed")
+        }
+        Ok(Err(HeadError::Closed)) | Err(_) => return,
+    };
+    native::answer(stream, refused.into_response()).await;
 }
 
 /// How long the accept loop waits after a failed accept.

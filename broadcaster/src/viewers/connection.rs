@@ -5,6 +5,7 @@
 //! loses its upstream for too long, or the role shuts down.
 
 use crate::metrics::Metrics;
+use crate::server::native::half_close;
 use crate::server::socket::{CLOSE_DEADLINE, WRITE_DEADLINE};
 use crate::server::tasks::Stop;
 use crate::viewers::outlet::{Outlet, SseWire, Standing, Wire, WsWire, HELD_RECHECK};
@@ -111,7 +112,7 @@ pub struct Until {
     pub token_expires: Option<Instant>,
 }
 
-/// What this task hears from the viewer: a WebSocket's frames, or nothing (SSE).
+/// What this task hears from the viewer: a WebSocket's frames, or on SSE only that it left.
 enum Incoming {
     Ws {
         socket: Arc<TcpStream>,
@@ -119,19 +120,19 @@ enum Incoming {
         /// When the viewer's last ping was answered.
         ponged: Option<Instant>,
     },
-    Nothing,
+    Sse(Arc<TcpStream>),
 }
 
 impl Incoming {
     /// The next thing the viewer said. Cancel-safe: what was read is kept in the reader.
     async fn next(&mut self) -> Result<FromViewer, End> {
-        let Incoming::Ws {
-            socket,
-            reader,
-            ponged,
-        } = self
-        else {
-            return std::future::pending().await;
+        let (socket, reader, ponged) = match self {
+            Incoming::Ws {
+                socket,
+                reader,
+                ponged,
+            } => (socket, reader, ponged),
+            Incoming::Sse(socket) => return Err(left(socket).await),
         };
         loop {
             match reader.next_frame() {
@@ -158,6 +159,23 @@ impl Incoming {
     }
 }
 
+/// Reads an SSE viewer's socket until the viewer closes it. It has nothing to say: whatever it
+/// sends is dropped (a stack buffer at a time, so an idle viewer holds none).
+async fn left(socket: &TcpStream) -> End {
+    loop {
+        if socket.readable().await.is_err() {
+            return End::Dropped;
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        match socket.try_read(&mut chunk) {
+            Ok(0) => return End::Dropped,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return End::Dropped,
+        }
+    }
+}
+
 /// Serves a WebSocket viewer on its upgraded socket; `early` is what it sent after its request.
 pub async fn serve_ws(
     socket: Arc<TcpStream>,
@@ -179,10 +197,18 @@ pub async fn serve_ws(
     farewell_and_close(&outlet, end, metrics, Some(&socket)).await;
 }
 
-/// Serves an SSE viewer whose response body reads from the outlet's channel.
-pub async fn serve_sse(outlet: Arc<Outlet<SseWire>>, metrics: &Metrics, until: Until) {
-    let end = serve(&outlet, Incoming::Nothing, metrics, until).await;
-    // Ending the response is the only close SSE has; a `closing` notice says why before it.
+/// Serves an SSE viewer on its socket, the response's head already sent.
+pub async fn serve_sse(
+    socket: Arc<TcpStream>,
+    outlet: Arc<Outlet<SseWire>>,
+    metrics: &Metrics,
+    until: Until,
+) {
+    let end = serve(&outlet, Incoming::Sse(Arc::clone(&socket)), metrics, until).await;
+    // Closing the connection ends the response, the only close SSE has; a `closing` notice says
+    // why before it. No half-close: an SSE viewer sends nothing that could be left unread (what
+    // it did send has been read), so closing sends a FIN behind the notice, not a reset, and the
+    // viewer's place is given back at once, as when hyper ended the response.
     farewell_and_close(&outlet, end, metrics, None).await;
 }
 
@@ -205,28 +231,6 @@ async fn farewell_and_close<W: Wire>(
         let _ = tokio::time::timeout(CLOSE_DEADLINE, half_close(socket)).await;
     }
     outlet.close();
-}
-
-/// Shuts the write half and discards what the peer sends until it closes its own.
-async fn half_close(socket: &TcpStream) {
-    if socket2::SockRef::from(socket)
-        .shutdown(std::net::Shutdown::Write)
-        .is_err()
-    {
-        return;
-    }
-    let mut chunk = [0u8; READ_CHUNK];
-    loop {
-        if socket.readable().await.is_err() {
-            return;
-        }
-        match socket.try_read(&mut chunk) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
-        }
-    }
 }
 
 async fn serve<W: Wire>(

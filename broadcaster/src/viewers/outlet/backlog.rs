@@ -219,11 +219,6 @@ impl<W: Wire> Backlog<W> {
                 self.busy_since = None;
                 self.missed_bytes = 0;
                 self.held = false;
-                // Where the kernel tells what arrived, a delivery within the bound ends the lag
-                // ([`Backlog::stale`]); elsewhere an empty queue is all there is to go by.
-                if !W::ACKS {
-                    self.lagging_since = None;
-                }
                 return Ok(Wrote::AllOut);
             }
             let mut parts = self.queue.len().min(MAX_PARTS);
@@ -345,7 +340,7 @@ impl<W: Wire> Backlog<W> {
     /// Remembers that the live frames handed to the kernel so far, the oldest of which this
     /// tier got at `oldest`, end where the byte stream is now.
     fn mark(&mut self, oldest: Option<Instant>) {
-        let Some(at) = oldest.filter(|_| W::ACKS) else {
+        let Some(at) = oldest else {
             return;
         };
         if self.marks.len() == MAX_MARKS {

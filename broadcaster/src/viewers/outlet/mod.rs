@@ -260,7 +260,7 @@ impl<W: Wire> Outlet<W> {
         }
     }
 
-    /// Drops the socket (or the SSE body's sender).
+    /// Drops the outlet's hold on the socket.
     pub fn close(&self) {
         let mut b = self.lock();
         b.standing = Standing::Gone;

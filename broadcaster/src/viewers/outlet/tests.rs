@@ -32,7 +32,6 @@ impl Default for Recorder {
 
 impl Wire for Recorder {
     const CONN: Conn = Conn::Sse;
-    const ACKS: bool = true;
     fn frame(frame: &FrameData) -> &Bytes {
         &frame.sse
     }

@@ -1,4 +1,5 @@
-//! The two kinds of viewer connection: the bytes each sends, and how it writes to its peer.
+//! The two kinds of viewer connection, WebSocket and SSE: the bytes each sends. Both write to
+//! the raw socket the same way.
 
 use super::backlog::MAX_PARTS;
 use crate::hub::FrameData;
@@ -14,8 +15,6 @@ use tokio::net::TcpStream;
 /// A kind of viewer connection: its bytes for each thing sent, and its socket.
 pub trait Wire: Send + 'static {
     const CONN: Conn;
-    /// Whether [`Wire::unacknowledged`] tells anything.
-    const ACKS: bool;
     /// The bytes that carry `frame`, made once per frame per tier.
     fn frame(frame: &FrameData) -> &Bytes;
     /// A notice to the viewer, made when it is sent (rarely: a lag, a gap, a farewell).
@@ -33,14 +32,15 @@ pub trait Wire: Send + 'static {
         offset: usize,
     ) -> io::Result<usize>;
     /// Bytes the kernel has taken that the peer has not acknowledged yet, unsent ones included;
-    /// `None` where the wire cannot tell.
+    /// `None` if the kernel would not say.
     fn unacknowledged(&self) -> Option<usize>;
     /// Ready once [`Wire::try_write`] may make progress.
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
-/// A WebSocket viewer's socket, shared with its task, which reads from it.
-pub struct WsWire {
+/// A viewer's socket, shared with its task, which reads from it: the fan-out writes the bytes
+/// every viewer shares straight into it, whatever the protocol on top.
+struct Socket {
     socket: Arc<TcpStream>,
     /// `socket`'s descriptor, kept here, beside the backlog's lock: the fan-out's write then
     /// touches no memory of the socket's own (tokio's registration), one less cold cache line
@@ -48,31 +48,10 @@ pub struct WsWire {
     fd: RawFd,
 }
 
-impl WsWire {
-    pub fn new(socket: Arc<TcpStream>) -> Self {
+impl Socket {
+    fn new(socket: Arc<TcpStream>) -> Self {
         let fd = socket.as_raw_fd();
         Self { socket, fd }
-    }
-}
-
-impl Wire for WsWire {
-    const CONN: Conn = Conn::Ws;
-    const ACKS: bool = true;
-
-    fn frame(frame: &FrameData) -> &Bytes {
-        &frame.ws
-    }
-
-    fn notice(notice: &ViewerNotice) -> Bytes {
-        crate::viewers::websocket::text(&notice_json(notice))
-    }
-
-    fn farewell(code: u16, reason: &str) -> Bytes {
-        crate::viewers::websocket::close(code, reason)
-    }
-
-    fn ping() -> Bytes {
-        crate::viewers::websocket::ping()
     }
 
     fn try_write<'a>(
@@ -121,14 +100,64 @@ impl Wire for WsWire {
     }
 }
 
-/// An SSE viewer's response body: hyper takes one chunk at a time from the channel's single
-/// slot, so a peer that stops reading backs up here, where it is conflated and budgeted like a
-/// WebSocket viewer.
-pub struct SseWire(pub futures_channel::mpsc::Sender<Bytes>);
+/// A WebSocket viewer's socket, taken from hyper at the upgrade.
+pub struct WsWire(Socket);
+
+impl WsWire {
+    pub fn new(socket: Arc<TcpStream>) -> Self {
+        Self(Socket::new(socket))
+    }
+}
+
+impl Wire for WsWire {
+    const CONN: Conn = Conn::Ws;
+
+    fn frame(frame: &FrameData) -> &Bytes {
+        &frame.ws
+    }
+
+    fn notice(notice: &ViewerNotice) -> Bytes {
+        crate::viewers::websocket::text(&notice_json(notice))
+    }
+
+    fn farewell(code: u16, reason: &str) -> Bytes {
+        crate::viewers::websocket::close(code, reason)
+    }
+
+    fn ping() -> Bytes {
+        crate::viewers::websocket::ping()
+    }
+
+    fn try_write<'a>(
+        &mut self,
+        parts: impl Iterator<Item = &'a Bytes>,
+        offset: usize,
+    ) -> io::Result<usize> {
+        self.0.try_write(parts, offset)
+    }
+
+    fn unacknowledged(&self) -> Option<usize> {
+        self.0.unacknowledged()
+    }
+
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_write_ready(cx)
+    }
+}
+
+/// An SSE viewer's socket, never given to hyper ([`crate::viewers::sse`]): after the response
+/// head, whose body lasts until the connection closes, events go into it as they are, like a
+/// WebSocket's frames.
+pub struct SseWire(Socket);
+
+impl SseWire {
+    pub fn new(socket: Arc<TcpStream>) -> Self {
+        Self(Socket::new(socket))
+    }
+}
 
 impl Wire for SseWire {
     const CONN: Conn = Conn::Sse;
-    const ACKS: bool = false;
 
     fn frame(frame: &FrameData) -> &Bytes {
         &frame.sse
@@ -157,35 +186,20 @@ impl Wire for SseWire {
         Bytes::from_static(b": ping\n\n")
     }
 
-    /// One item a write: the body's channel has a single slot, and hyper writes each chunk as
-    /// it comes. The item's shared bytes go as they are (a slice for the rest of a partly
-    /// written one), never copied into a chunk of their own.
     fn try_write<'a>(
         &mut self,
-        mut parts: impl Iterator<Item = &'a Bytes>,
+        parts: impl Iterator<Item = &'a Bytes>,
         offset: usize,
     ) -> io::Result<usize> {
-        let Some(first) = parts.next() else {
-            return Ok(0);
-        };
-        let chunk = first.slice(offset..);
-        let len = chunk.len();
-        match self.0.try_send(chunk) {
-            Ok(()) => Ok(len),
-            Err(e) if e.is_full() => Ok(0),
-            Err(_) => Err(io::ErrorKind::BrokenPipe.into()),
-        }
+        self.0.try_write(parts, offset)
     }
 
-    /// hyper owns the socket, so only the body's channel shows how far behind the viewer is.
     fn unacknowledged(&self) -> Option<usize> {
-        None
+        self.0.unacknowledged()
     }
 
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0
-            .poll_ready(cx)
-            .map_err(|_| io::ErrorKind::BrokenPipe.into())
+        self.0.poll_write_ready(cx)
     }
 }
 

@@ -1,7 +1,7 @@
 //! A viewer client with only what the measurement needs: for WebSocket, the opening handshake,
 //! then server frames read straight off the socket, pings answered, everything else ignored; for
-//! SSE, the response head, then the chunked body cut into events, each event's `data:` lines
-//! being the frame.
+//! SSE, the response head, then the body (raw up to the close, as a subscriber sends it, or
+//! chunked) cut into events, each event's `data:` lines being the frame.
 //!
 //! The swarm runs on the same cores as the subscribers it measures, so every microsecond it spends
 //! per frame is one the subscribers do not get. A general-purpose client (tokio-tungstenite, one
@@ -40,7 +40,8 @@ pub struct Client {
 /// What an SSE viewer keeps between reads.
 struct Sse {
     /// Whether the body comes in `Transfer-Encoding: chunked` (hyper's way for a body of unknown
-    /// length on HTTP/1.1), or raw up to the close.
+    /// length on HTTP/1.1), or raw up to the close (a subscriber's, which serves SSE without
+    /// hyper).
     chunked: bool,
     /// The body with the chunk framing taken off: events, each ended by an empty line.
     body: Vec<u8>,
