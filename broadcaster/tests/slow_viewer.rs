@@ -42,7 +42,7 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
         link_secret: None,
         page: None,
         viewer_limits: ViewerLimits::new(256 * 1024, Duration::from_secs(4)),
-        bundle_wait: Duration::from_millis(5),
+        bundle_wait: Duration::from_millis(30),
         subscriber_threads: 0,
         max_viewers: 1000,
         max_streams: 64,

@@ -116,7 +116,7 @@ pub fn settings(ring_epochs: usize) -> Settings {
         link_secret: None,
         page: None,
         viewer_limits: ViewerLimits::new(64 * 1024, Duration::from_secs(4)),
-        bundle_wait: Duration::from_millis(5),
+        bundle_wait: Duration::from_millis(30),
         subscriber_threads: 0,
         max_viewers: 1000,
         max_streams: 64,
