@@ -245,7 +245,7 @@ async fn serve<W: Wire>(
         token_expires,
     } = until;
     let pongs = matches!(incoming, Incoming::Ws { .. });
-    let mut ping = tokio::time::interval_at(Instant::now() + first_ping(), PING_EVERY);
+    let mut next_ping = Instant::now() + first_ping();
     let mut awaiting_pong = false;
     let mut ping_alone_at = None;
     // When this viewer is closed for the lost upstream, unless the upstream is back by then.
@@ -263,6 +263,20 @@ async fn serve<W: Wire>(
         let busy_since = outlet.busy_since();
         let deadline = busy_since.map(|since| since + WRITE_DEADLINE);
         let closing_for_upstream = upstream_lost_close_at.is_some();
+        // One timer for every deadline: each viewer's task is one allocation for the life of its
+        // connection, and a timer per deadline made it several hundred bytes larger. A viewer
+        // held back for staleness looks again shortly: its peer's acknowledgements wake nothing.
+        let held_recheck = outlet.held().then(|| Instant::now() + HELD_RECHECK);
+        let wake_at = [
+            held_recheck,
+            ping_alone_at,
+            deadline,
+            upstream_lost_close_at,
+            token_expires,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(next_ping, Instant::min);
         tokio::select! {
             drained = poll_fn(|cx| outlet.poll_drain(cx, metrics)), if busy_since.is_some() => {
                 if let Err(e) = drained {
@@ -272,8 +286,6 @@ async fn serve<W: Wire>(
             }
             // The fan-out left something the socket did not take, or changed the standing.
             () = outlet.woken() => {}
-            // Held back for staleness: the peer's acknowledgements wake nothing, so look again.
-            () = tokio::time::sleep(HELD_RECHECK), if outlet.held() => {}
             heard = incoming.next() => match heard {
                 // Pongs, and anything else the viewer says, prove it is still there.
                 Ok(FromViewer::Alive) => awaiting_pong = false,
@@ -284,36 +296,42 @@ async fn serve<W: Wire>(
                 Ok(FromViewer::Close(code)) => return End::ViewerClosed(code),
                 Err(end) => return end,
             },
-            _ = ping.tick() => {
-                if awaiting_pong {
-                    tracing::debug!("viewer stopped answering pings");
+            () = tokio::time::sleep_until(wake_at) => {
+                let now = Instant::now();
+                let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
+                if due(token_expires) {
+                    metrics.token_expiry_close();
+                    return End::TokenExpired;
+                }
+                if due(upstream_lost_close_at) {
+                    metrics.upstream_lost_close();
+                    return End::UpstreamLost;
+                }
+                if due(deadline) {
+                    tracing::debug!("viewer took no data for {WRITE_DEADLINE:?}; closing");
                     metrics.silent_close();
                     return End::Silent;
                 }
-                awaiting_pong = pongs;
-                outlet.request_ping();
-                ping_alone_at = Some(Instant::now() + PING_ALONE_AFTER);
-            }
-            () = tokio::time::sleep_until(ping_alone_at.unwrap_or_else(Instant::now)), if ping_alone_at.is_some() => {
-                outlet.ping_now();
-                ping_alone_at = None;
-            }
-            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                tracing::debug!("viewer took no data for {WRITE_DEADLINE:?}; closing");
-                metrics.silent_close();
-                return End::Silent;
+                if next_ping <= now {
+                    if awaiting_pong {
+                        tracing::debug!("viewer stopped answering pings");
+                        metrics.silent_close();
+                        return End::Silent;
+                    }
+                    awaiting_pong = pongs;
+                    outlet.request_ping();
+                    ping_alone_at = Some(now + PING_ALONE_AFTER);
+                    // A task starved past a whole period pings once, not twice in a row.
+                    next_ping = now + PING_EVERY;
+                }
+                if due(ping_alone_at) {
+                    outlet.ping_now();
+                    ping_alone_at = None;
+                }
             }
             Ok(_) = upstream_lost.wait_for(|lost| *lost != closing_for_upstream) => {
                 upstream_lost_close_at =
                     (!closing_for_upstream).then(|| Instant::now() + spread(CLOSE_SPREAD));
-            }
-            () = tokio::time::sleep_until(upstream_lost_close_at.unwrap_or_else(Instant::now)), if closing_for_upstream => {
-                metrics.upstream_lost_close();
-                return End::UpstreamLost;
-            }
-            () = tokio::time::sleep_until(token_expires.unwrap_or_else(Instant::now)), if token_expires.is_some() => {
-                metrics.token_expiry_close();
-                return End::TokenExpired;
             }
             () = stop.stopped() => return End::Away,
         }

@@ -15,10 +15,6 @@ use std::time::{Duration, Instant};
 /// room to spare, and a replay goes out in a few writes instead of one per frame.
 pub(super) const MAX_PARTS: usize = 16;
 
-/// Live frames handed to the kernel that are remembered until the peer acknowledges them. A
-/// viewer that keeps up has a few at most; one that does not is held back long before this.
-const MAX_MARKS: usize = 32;
-
 pub(super) enum Item {
     /// A live frame: conflated when too many wait, counted against the byte budget.
     Frame(Frame),
@@ -44,8 +40,10 @@ impl Item {
     }
 }
 
-/// A live frame the kernel took: where it ends in the socket's byte stream, and when this tier
-/// got it. The oldest one the peer has not acknowledged says how stale the viewer's view is.
+/// Live frames the kernel took: where they end in the socket's byte stream, and when this tier
+/// got the oldest of them. The oldest mark the peer has not acknowledged says how stale the
+/// viewer's view is.
+#[derive(Clone, Copy)]
 struct Mark {
     end: u64,
     at: Instant,
@@ -94,8 +92,12 @@ pub(super) struct Backlog<W> {
     /// Where the join's replay ends in the byte stream: until the peer has it, nothing counts
     /// as lag.
     replay_end: u64,
-    /// Live frames handed to the kernel, oldest first, not yet known to be acknowledged.
-    marks: VecDeque<Mark>,
+    /// Live frames handed to the kernel and not yet known to be acknowledged: the oldest write,
+    /// and every later one folded into the second (with the time of the oldest of them, which
+    /// errs towards holding a little early). Two inline, so that a viewer costs no allocation
+    /// for them: one that keeps up has at most one epoch's write outstanding, and one that does
+    /// not is held back.
+    marks: [Option<Mark>; 2],
     /// The last write stopped at [`Wrote::Held`].
     pub(super) held: bool,
     /// Since when the viewer has been skipping frames without a frame delivered within the
@@ -119,7 +121,7 @@ impl<W: Wire> Backlog<W> {
             handed: 0,
             acked: 0,
             replay_end: 0,
-            marks: VecDeque::new(),
+            marks: [None, None],
             held: false,
             lagging_since: None,
         }
@@ -343,13 +345,12 @@ impl<W: Wire> Backlog<W> {
         let Some(at) = oldest else {
             return;
         };
-        if self.marks.len() == MAX_MARKS {
-            self.marks.pop_front();
+        let end = self.handed;
+        match &mut self.marks {
+            [first @ None, _] => *first = Some(Mark { end, at }),
+            [Some(_), second @ None] => *second = Some(Mark { end, at }),
+            [Some(_), Some(later)] => later.end = end,
         }
-        self.marks.push_back(Mark {
-            end: self.handed,
-            at,
-        });
     }
 
     /// Takes `n` written bytes off the front of the queue.
@@ -391,7 +392,7 @@ impl<W: Wire> Backlog<W> {
     /// epochs. A lagging viewer stops lagging once a frame is seen delivered within the
     /// staleness bound (three times `hold_after`): catching up on old frames is not enough.
     fn stale(&mut self, hold_after: Duration) -> bool {
-        let Some(oldest) = self.marks.front() else {
+        let Some(oldest) = self.marks[0] else {
             return false;
         };
         if self.lagging_since.is_none() && oldest.at.elapsed() <= hold_after {
@@ -406,17 +407,15 @@ impl<W: Wire> Backlog<W> {
             // Acknowledgements are progress: the write deadline counts from the last one.
             self.busy_since = Some(tokio::time::Instant::now());
         }
-        while let Some(delivered) = self.marks.front().filter(|m| m.end <= acked) {
+        while let Some(delivered) = self.marks[0].filter(|m| m.end <= acked) {
             if delivered.at.elapsed() <= hold_after * 3 {
                 self.lagging_since = None;
             }
-            self.marks.pop_front();
+            self.marks = [self.marks[1], None];
         }
         if acked < self.replay_end {
             return false;
         }
-        self.marks
-            .front()
-            .is_some_and(|m| m.at.elapsed() > hold_after)
+        self.marks[0].is_some_and(|m| m.at.elapsed() > hold_after)
     }
 }
