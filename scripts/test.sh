@@ -11,7 +11,7 @@
 #                                                            # no fuzz run then)
 #
 # The whole run is bounded by TEST_TIMEOUT (default 50 minutes; a run with the caches warm takes
-# about 15 on 2 cores).
+# about 19 on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

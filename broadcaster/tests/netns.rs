@@ -63,15 +63,26 @@ fn realistic(stream: &str, epoch: u64) -> String {
         "🔥", "❤️", "😂", "👍", "🎉", "😮", "😢", "👏", "🙌", "💯", "⚽", "🏆", "😡", "🤯", "🥳",
         "😍", "🤔", "👀", "💪", "🙏", "😎", "🤩", "😱", "🥶", "💔", "✨", "⭐", "🚀", "🎯", "👑",
     ];
-    let emojis: Vec<EmojiCount> = EMOJIS
-        .iter()
-        .enumerate()
-        .map(|(i, emoji)| EmojiCount {
-            emoji: emoji.to_string(),
-            count: 4000 / (i as u64 + 1) + epoch % 7,
-            scaled: 4 / (i as u64 + 1),
-        })
-        .collect();
+    let emojis = EMOJIS.iter().enumerate().map(|(i, emoji)| EmojiCount {
+        emoji: emoji.to_string(),
+        count: 4000 / (i as u64 + 1) + epoch % 7,
+        scaled: 4 / (i as u64 + 1),
+    });
+    epoch_frame(stream, epoch, emojis.collect())
+}
+
+/// An epoch frame of `emojis` emojis (about 42 bytes each), larger than production's.
+fn wide(stream: &str, epoch: u64, emojis: u32) -> String {
+    let emojis = (0..emojis).map(|i| EmojiCount {
+        emoji: char::from_u32(0x1F400 + i).unwrap().to_string(),
+        count: 100_000 / (u64::from(i) + 1) + epoch % 7,
+        scaled: 100 / (u64::from(i) + 1),
+    });
+    epoch_frame(stream, epoch, emojis.collect())
+}
+
+/// Epoch `epoch`'s frame of `stream` with these emojis, as the dataflow writes it.
+fn epoch_frame(stream: &str, epoch: u64, emojis: Vec<EmojiCount>) -> String {
     let frame = EpochFrame {
         kind: FrameType::Epoch,
         stream: stream.into(),
@@ -736,28 +747,6 @@ async fn a_viewer_too_slow_for_its_stream_is_told_closed_and_resumes_without_a_g
     assert_eq!(resumed.closed, None, "{resumed:?}");
     assert_eq!(resumed.other, Vec::<String>::new(), "{resumed:?}");
     assert_eq!(resumed.epochs, (since + 1..=live).collect::<Vec<_>>());
-}
-
-/// An epoch frame of `emojis` emojis (about 42 bytes each).
-fn wide(stream: &str, epoch: u64, emojis: u32) -> String {
-    let emojis: Vec<EmojiCount> = (0..emojis)
-        .map(|i| EmojiCount {
-            emoji: char::from_u32(0x1F400 + i).unwrap().to_string(),
-            count: 100_000 / (u64::from(i) + 1) + epoch % 7,
-            scaled: 100 / (u64::from(i) + 1),
-        })
-        .collect();
-    let frame = EpochFrame {
-        kind: FrameType::Epoch,
-        stream: stream.into(),
-        epoch,
-        start_ms: epoch * 2000,
-        end_ms: epoch * 2000 + 2000,
-        total: emojis.iter().map(|e| e.count).sum(),
-        late: 0,
-        emojis,
-    };
-    serde_json::to_string(&frame).unwrap()
 }
 
 /// Ten viewers sharing a 64 kbit/s link (3 s of queue in front of it) on a stream whose
