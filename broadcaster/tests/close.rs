@@ -48,16 +48,7 @@ async fn upgrade(subscriber: SocketAddr, query: &str) -> TcpStream {
          Sec-WebSocket-Version: 13\r\n\r\n"
     );
     conn.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        timeout(DEADLINE, conn.read_exact(&mut byte))
-            .await
-            .expect("the answer in time")
-            .unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let head = common::response_head(&mut conn, DEADLINE).await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     conn
 }

@@ -810,16 +810,9 @@ async fn raw_upgrade(subscriber: SocketAddr, stream: &str) -> TcpStream {
          Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     conn.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        timeout(DEADLINE, conn.read_exact(&mut byte))
-            .await
-            .expect("the answer in time")
-            .unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let head = common::response_head(&mut conn, DEADLINE)
+        .await
+        .to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     // The RFC's own example key and accept value.
     assert!(

@@ -86,6 +86,21 @@ pub fn until(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 
     }
 }
 
+/// Reads an HTTP response's head, byte by byte so that nothing after it is taken from the
+/// socket, each byte within `deadline`.
+pub async fn response_head(conn: &mut TcpStream, deadline: Duration) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        timeout(deadline, conn.read_exact(&mut byte))
+            .await
+            .expect("the answer in time")
+            .unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
 /// Reads an SSE response until `want` has appeared in it (or the deadline passes); returns all
 /// of it.
 pub async fn sse_until(conn: &mut TcpStream, want: &str) -> String {
