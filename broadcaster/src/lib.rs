@@ -41,6 +41,7 @@ mod viewers;
 
 pub use auth::TokenKey;
 pub use error::Error;
+pub use hub::Retention;
 pub use roles::cluster::cluster_publisher;
 pub use roles::main::main_publisher;
 pub use roles::subscriber::subscriber;

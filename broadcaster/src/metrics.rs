@@ -98,6 +98,9 @@ pub struct Metrics {
     resume_misses: Counter,
     unauthorized: Counter,
     delivery: DeliveryHistogram,
+    streams_held: Gauge,
+    held_bytes: Gauge,
+    streams_forgotten: Counter,
 }
 
 /// Deliveries counted locally, then added to [`Metrics`] at once: a fan-out pass writes thousands
@@ -235,6 +238,24 @@ impl Metrics {
             "Resumes from before the oldest epoch the ring still holds",
         );
         let unauthorized = counter("unauthorized", "Viewers or links refused with 401");
+        let streams_forgotten = counter(
+            "streams_forgotten",
+            "Streams nobody here watched that this tier forgot after stream_idle_s without a frame",
+        );
+        let streams_held = Gauge::default();
+        registry.register(
+            "streams_held",
+            "Streams this tier holds a ring or trend frames of",
+            streams_held.clone(),
+        );
+        let held_bytes = Gauge::default();
+        registry.register_with_unit(
+            "held",
+            "What this tier's held frames cost, their bookkeeping included (bounded by \
+             max_held_bytes)",
+            Unit::Bytes,
+            held_bytes.clone(),
+        );
         let delivery = DeliveryHistogram::default();
         registry.register_with_unit(
             "delivery",
@@ -259,7 +280,17 @@ impl Metrics {
             resume_misses,
             unauthorized,
             delivery,
+            streams_held,
+            held_bytes,
+            streams_forgotten,
         }
+    }
+
+    /// What the hub holds now, and how many idle streams it just forgot.
+    pub fn held(&self, streams: usize, bytes: usize, forgotten: usize) {
+        self.streams_held.set(streams as i64);
+        self.held_bytes.set(bytes as i64);
+        self.streams_forgotten.inc_by(forgotten as u64);
     }
 
     pub fn open(&self, conn: Conn) -> Open<'_> {

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{broadcaster, config, http, sample, DEADLINE};
-use emostream_broadcaster::{cluster_publisher, main_publisher, Settings, ViewerLimits};
+use emostream_broadcaster::{cluster_publisher, main_publisher, Retention, Settings, ViewerLimits};
 use emostream_testkit::{free_port, now_ms, wait_for, Scratch};
 use futures_util::StreamExt;
 use std::time::Duration;
@@ -37,7 +37,7 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
         }
     };
     let settings = Settings {
-        ring_epochs: 4,
+        retention: Retention::ring(4),
         tokens: None,
         link_secret: None,
         page: None,

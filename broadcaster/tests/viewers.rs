@@ -5,7 +5,9 @@
 mod common;
 
 use common::{http, listener, sample, sse_until, until};
-use emostream_broadcaster::{cluster_publisher, main_publisher, subscriber, Error, Settings};
+use emostream_broadcaster::{
+    cluster_publisher, main_publisher, subscriber, Error, Retention, Settings,
+};
 use emostream_protocol::wire::{Assignment, EmojiCount, EpochFrame, FrameType};
 use emostream_testkit::wait_for;
 use futures_util::StreamExt;
@@ -403,7 +405,7 @@ async fn viewers_are_told_of_gaps_and_of_a_lost_upstream() {
     let (stop, stopped) = watch::channel(false);
     let (cluster_stop, cluster_stopped) = watch::channel(false);
     let settings = Settings {
-        ring_epochs: 4,
+        retention: Retention::ring(4),
         ..settings()
     };
     let (main_l, main) = listener().await;

@@ -343,6 +343,18 @@ pub struct BroadcasterConfig {
     /// closed, so slowloris clients cannot hold descriptors meant for viewers.
     #[serde(default = "BroadcasterConfig::header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
+    /// Every tier forgets a stream that none of its own viewers watch once it has had no frame
+    /// for this many seconds: its ring, its trend frames, its place in a lower tier's resync.
+    /// Stream names are the clients' choice, so without it every name ever tapped is kept. A
+    /// stream that gets frames again starts a new ring; a resume from before that is told the
+    /// gap.
+    #[serde(default = "BroadcasterConfig::stream_idle_s")]
+    pub stream_idle_s: u64,
+    /// The most bytes of frames one tier holds (rings and trend frames of every stream, counted
+    /// with their bookkeeping); past it, the unwatched streams quiet the longest are forgotten
+    /// first, whatever their idle time.
+    #[serde(default = "BroadcasterConfig::max_held_bytes")]
+    pub max_held_bytes: usize,
 }
 
 impl BroadcasterConfig {
@@ -374,6 +386,17 @@ impl BroadcasterConfig {
     /// gets no trend frames at all.
     const fn bundle_wait_ms() -> u64 {
         30
+    }
+
+    /// Twice the ring's two minutes: a viewer that left a stream and comes back within the
+    /// ring's span still resumes from every tier.
+    const fn stream_idle_s() -> u64 {
+        240
+    }
+
+    /// 1 GiB: about 10,000 streams with a full ring of 1.5 KiB epochs, and their trend frames.
+    const fn max_held_bytes() -> usize {
+        1 << 30
     }
 
     /// Two minutes of 2 s epochs.

@@ -9,8 +9,12 @@
 //!
 //! A frame enters once, as the exact text the dataflow wrote, and leaves as clones of one
 //! refcounted [`FrameData`]: a hub never parses more than a frame's head and never re-serializes
-//! it. The WebSocket frame and the SSE event are made here too, once per frame per tier, for the
-//! same reason.
+//! it. The WebSocket frame and the SSE event are made from it once, by the first viewer that
+//! needs them: only subscribers have viewers, so the tiers above never build them.
+//!
+//! Stream names are the clients' choice, so what a hub holds is bounded twice: a stream nobody
+//! here watches is forgotten once it has had no frame for `idle`, and when the frames held pass
+//! `max_bytes`, the unwatched streams quiet the longest go first.
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
@@ -19,13 +23,21 @@ use emostream_protocol::wire::ViewerNotice;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
 /// Frames, across all streams, a downstream link or a fan-out lane may fall behind before it
-/// loses some. They are few and read as soon as frames come, so this can be generous.
-const LINK_CAPACITY: usize = 1024;
+/// loses some (and has to catch up from the rings, [`Hub::held_after`]). An epoch's close brings
+/// three to four frames per stream at once, so this holds a close of some 16,000 streams. A slot
+/// costs about 40 bytes, and a frame every reader has read is dropped from its slot at once.
+const LINK_CAPACITY: usize = 64 * 1024;
+
+/// What a frame costs besides its text, and a stream besides its frames, in [`Hub`]'s count of
+/// the bytes it holds: the shared frame, its `Arc`s and its slot in the ring; the stream's map
+/// entry, name and state.
+const FRAME_OVERHEAD_BYTES: usize = 160;
+const STREAM_OVERHEAD_BYTES: usize = 320;
 
 /// What a frame is, by its `type`: how the hub keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -80,12 +92,31 @@ pub struct FrameData {
     pub ring: bool,
     /// The dataflow's exact bytes: what lower tiers get.
     pub text: Utf8Bytes,
-    /// The text as a WebSocket text frame: what WebSocket viewers get.
-    pub ws: Bytes,
-    /// The text as `data:` lines, after `id: <epoch>` for an epoch frame: what SSE viewers get.
-    pub sse: Bytes,
+    /// [`FrameData::ws`], once a viewer needed it.
+    pub ws: OnceLock<Bytes>,
+    /// [`FrameData::sse`], once a viewer needed it.
+    pub sse: OnceLock<Bytes>,
     /// When this tier got it, for the delivery-latency metric.
     pub at: Instant,
+}
+
+impl FrameData {
+    /// The text as a WebSocket text frame: what WebSocket viewers get.
+    pub fn ws(&self) -> &Bytes {
+        self.ws
+            .get_or_init(|| crate::viewers::websocket::text(&self.text))
+    }
+
+    /// The text as `data:` lines, after `id: <epoch>` for an epoch frame: what SSE viewers get.
+    pub fn sse(&self) -> &Bytes {
+        self.sse
+            .get_or_init(|| sse_event(self.ring.then_some(self.epoch), &self.text))
+    }
+
+    /// What holding it costs, in [`Hub`]'s count.
+    fn cost(&self) -> usize {
+        self.text.len() + FRAME_OVERHEAD_BYTES
+    }
 }
 
 pub type Frame = Arc<FrameData>;
@@ -120,6 +151,13 @@ struct StreamState {
     watchers: usize,
     /// The tier above has sent its whole ring of this stream since it was last subscribed.
     synced: bool,
+    /// The publication number of the newest frame pushed out of the ring: a reader of the feed
+    /// that fell behind before it cannot get it from the ring any more.
+    evicted_seq: u64,
+    /// When the stream was created or last got a frame.
+    last_frame: Instant,
+    /// What its frames cost ([`FrameData::cost`]).
+    bytes: usize,
 }
 
 impl StreamState {
@@ -130,17 +168,110 @@ impl StreamState {
             latest: Default::default(),
             watchers: 0,
             synced: false,
+            evicted_seq: 0,
+            last_frame: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    fn cost(&self) -> usize {
+        self.bytes + STREAM_OVERHEAD_BYTES
+    }
+}
+
+/// How much a hub holds before it forgets streams nobody watches.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Epochs kept per stream for `since` resumes; below 1 still keeps one, as the
+    /// latest-on-join and the dedupe need it.
+    pub ring_epochs: usize,
+    /// An unwatched stream with no frame for this long is forgotten ([`Hub::forget_idle`]).
+    pub idle: Duration,
+    /// Past this many bytes of held frames, unwatched streams are forgotten, the longest quiet
+    /// first, until a tenth of it is free again.
+    pub max_bytes: usize,
+}
+
+impl Retention {
+    /// Only a ring: nothing is forgotten for being idle or large (tests, benchmarks).
+    pub fn ring(ring_epochs: usize) -> Self {
+        Self {
+            ring_epochs,
+            idle: Duration::MAX,
+            max_bytes: usize::MAX,
         }
     }
 }
 
+/// The streams a hub holds, and what their frames cost together.
+#[derive(Default)]
+struct Streams {
+    map: HashMap<Arc<str>, StreamState>,
+    bytes: usize,
+    /// The newest epoch of any stream forgotten so far: a stream made after that may have had
+    /// epochs up to it here, so a resume from before it is told of a gap. (Per stream it would
+    /// cost what forgetting frees; a resume that old is rare.)
+    forgot_through: u64,
+}
+
+impl std::ops::Deref for Streams {
+    type Target = HashMap<Arc<str>, StreamState>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for Streams {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
+}
+
+impl Streams {
+    /// `stream`'s name as held, and its state, made if it has none.
+    fn state(&mut self, stream: &str) -> (Arc<str>, &mut StreamState) {
+        let name = match self.map.get_key_value(stream) {
+            Some((name, _)) => Arc::clone(name),
+            None => {
+                let mut state = StreamState::new();
+                state.evicted = (self.forgot_through > 0).then_some(self.forgot_through);
+                self.bytes += state.cost();
+                let name: Arc<str> = stream.into();
+                self.map.insert(Arc::clone(&name), state);
+                name
+            }
+        };
+        let state = self.map.get_mut(&name).expect("found or just made");
+        (name, state)
+    }
+
+    fn forget(&mut self, stream: &str) {
+        if let Some(state) = self.map.remove(stream) {
+            self.bytes -= state.cost();
+            if let Some(newest) = state.ring.back() {
+                self.forgot_through = self.forgot_through.max(newest.epoch);
+            }
+        }
+    }
+}
+
+/// What a reader of the feed that fell behind can still get: see [`Hub::held_after`].
+pub struct Held {
+    /// Every frame still held that was published after the reader's last, in publication order.
+    pub frames: Vec<Frame>,
+    /// The number of the newest frame published: the feed repeats what `frames` has up to it.
+    pub published: u64,
+    /// The streams whose rings have since pushed out an epoch the reader never got.
+    pub broken: Vec<Arc<str>>,
+}
+
 pub struct Hub {
-    ring_epochs: usize,
+    retention: Retention,
     // A std mutex: every critical section is a few pointer moves with no await inside, and a
     // frame arrives every couple of seconds per stream, so there is nothing to contend on.
     // Publishing and joining both happen under it, which is what makes "subscribe, then take the
     // ring" atomic: a joiner can neither miss a frame nor see one twice.
-    streams: Mutex<HashMap<Arc<str>, StreamState>>,
+    streams: Mutex<Streams>,
     /// Frames published so far; changed only under `streams`' lock.
     published: AtomicU64,
     /// Every published frame, in order: for links to lower tiers and the viewers' fan-out.
@@ -152,11 +283,19 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// `ring_epochs` below 1 still keeps one frame: the latest-on-join and the dedupe need it.
+    /// A hub that keeps `ring_epochs` per stream and never forgets a stream that has frames.
+    #[cfg(test)]
     pub fn new(ring_epochs: usize) -> Self {
+        Self::with_retention(Retention::ring(ring_epochs))
+    }
+
+    pub fn with_retention(retention: Retention) -> Self {
         Self {
-            ring_epochs: ring_epochs.max(1),
-            streams: Mutex::new(HashMap::new()),
+            retention: Retention {
+                ring_epochs: retention.ring_epochs.max(1),
+                ..retention
+            },
+            streams: Mutex::new(Streams::default()),
             published: AtomicU64::new(0),
             links: broadcast::channel(LINK_CAPACITY).0,
             wanted: watch::channel(Vec::new()).0,
@@ -172,20 +311,9 @@ impl Hub {
     pub fn publish(&self, text: Utf8Bytes) -> Result<bool, serde_json::Error> {
         let head: Head = serde_json::from_str(&text)?;
         let mut streams = self.lock();
-        let (stream, state) = match streams.get_key_value(head.stream.as_str()) {
-            Some((name, _)) => {
-                let name = Arc::clone(name);
-                let state = streams.get_mut(&name).expect("just found");
-                (name, state)
-            }
-            None => {
-                let name: Arc<str> = head.stream.into();
-                let state = streams
-                    .entry(Arc::clone(&name))
-                    .or_insert_with(StreamState::new);
-                (name, state)
-            }
-        };
+        let streams = &mut *streams;
+        let (stream, state) = streams.state(&head.stream);
+        let before = state.bytes;
         let frame = match head.kind.trend_slot() {
             None => {
                 if state
@@ -195,10 +323,15 @@ impl Hub {
                 {
                     return Ok(false);
                 }
-                let frame = self.frame(stream, head.epoch, head.kind, text);
-                if state.ring.len() == self.ring_epochs {
-                    state.evicted = state.ring.pop_front().map(|f| f.epoch);
+                let frame = self.frame(Arc::clone(&stream), head.epoch, head.kind, text);
+                if state.ring.len() == self.retention.ring_epochs {
+                    if let Some(old) = state.ring.pop_front() {
+                        state.evicted = Some(old.epoch);
+                        state.evicted_seq = old.seq;
+                        state.bytes -= old.cost();
+                    }
                 }
+                state.bytes += frame.cost();
                 state.ring.push_back(Arc::clone(&frame));
                 frame
             }
@@ -210,31 +343,89 @@ impl Hub {
                         return Ok(false);
                     }
                 }
-                let frame = self.frame(stream, head.epoch, head.kind, text);
-                state.latest[slot] = Some(Arc::clone(&frame));
+                let frame = self.frame(Arc::clone(&stream), head.epoch, head.kind, text);
+                state.bytes += frame.cost();
+                if let Some(old) = state.latest[slot].replace(Arc::clone(&frame)) {
+                    state.bytes -= old.cost();
+                }
                 frame
             }
         };
+        state.last_frame = frame.at;
+        let after = state.bytes;
+        streams.bytes = streams.bytes + after - before;
+        if streams.bytes > self.retention.max_bytes {
+            self.make_room(streams, &stream);
+        }
         // Fails only when nobody listens, which is normal.
         let _ = self.links.send(frame);
         Ok(true)
     }
 
-    /// The next frame in publication order; a ring frame's SSE event id is its epoch. Called
-    /// under the lock.
+    /// The next frame in publication order. Called under the lock.
     fn frame(&self, stream: Arc<str>, epoch: u64, kind: Kind, text: Utf8Bytes) -> Frame {
-        let ring = kind.trend_slot().is_none();
         Arc::new(FrameData {
             stream,
             epoch,
             kind,
             seq: self.published.fetch_add(1, Ordering::Relaxed) + 1,
-            ring,
-            sse: sse_event(ring.then_some(epoch), &text),
-            ws: crate::viewers::websocket::text(&text),
+            ring: kind.trend_slot().is_none(),
             text,
+            ws: OnceLock::new(),
+            sse: OnceLock::new(),
             at: Instant::now(),
         })
+    }
+
+    /// Forgets unwatched streams, those quiet the longest first, until a tenth of
+    /// [`Retention::max_bytes`] is free, sparing `keep` (the stream just published to, whose
+    /// frame is on its way to the links). Forgetting a tenth at a time keeps the sort this
+    /// takes rare.
+    fn make_room(&self, streams: &mut Streams, keep: &str) {
+        let target = self.retention.max_bytes - self.retention.max_bytes / 10;
+        let mut quiet: Vec<(Instant, Arc<str>)> = streams
+            .iter()
+            .filter(|(name, s)| s.watchers == 0 && &***name != keep && &***name != ALL_STREAMS)
+            .map(|(name, s)| (s.last_frame, Arc::clone(name)))
+            .collect();
+        quiet.sort_unstable();
+        let mut forgotten = 0;
+        for (_, name) in quiet {
+            if streams.bytes <= target {
+                break;
+            }
+            streams.forget(&name);
+            forgotten += 1;
+        }
+        tracing::warn!(
+            forgotten,
+            held_bytes = streams.bytes,
+            max_bytes = self.retention.max_bytes,
+            "held frames passed their bound; forgot the unwatched streams quiet the longest"
+        );
+    }
+
+    /// Forgets every stream nobody here watches that has had no frame for
+    /// [`Retention::idle`]; returns how many. A stream that gets frames again later starts a
+    /// new ring, and a resume from before that is told of the gap.
+    pub fn forget_idle(&self) -> usize {
+        let idle = self.retention.idle;
+        let mut streams = self.lock();
+        let gone: Vec<Arc<str>> = streams
+            .iter()
+            .filter(|(_, s)| s.watchers == 0 && s.last_frame.elapsed() >= idle)
+            .map(|(name, _)| Arc::clone(name))
+            .collect();
+        for name in &gone {
+            streams.forget(name);
+        }
+        gone.len()
+    }
+
+    /// How many streams this hub holds, and what their frames cost ([`FrameData::cost`]).
+    pub fn held(&self) -> (usize, usize) {
+        let streams = self.lock();
+        (streams.len(), streams.bytes)
     }
 
     /// A viewer of this process is about to watch `stream`: the stream is wanted from upstream
@@ -246,9 +437,7 @@ impl Hub {
         if !watched && streams.values().filter(|s| s.watchers > 0).count() >= max_streams {
             return None;
         }
-        let state = streams
-            .entry(stream.into())
-            .or_insert_with(StreamState::new);
+        let (_, state) = streams.state(stream);
         state.watchers += 1;
         if state.watchers == 1 {
             self.update_wanted(&streams);
@@ -273,7 +462,7 @@ impl Hub {
         state.synced = false;
         if state.ring.is_empty() && state.latest.iter().all(Option::is_none) {
             // Nothing published and nobody watching: made-up stream names leave nothing behind.
-            streams.remove(stream);
+            streams.forget(stream);
         }
         self.update_wanted(&streams);
     }
@@ -341,9 +530,7 @@ impl Hub {
     ) -> Option<bool> {
         let mut streams = self.lock();
         let popular = popular(&streams);
-        let state = streams
-            .entry(stream.into())
-            .or_insert_with(StreamState::new);
+        let (_, state) = streams.state(stream);
         let (mut replay, resumed): (Vec<Frame>, _) = match since {
             Some(since) => {
                 let replay = state
@@ -355,7 +542,7 @@ impl Hub {
                 // Served in full unless an epoch after `since` has already left the ring: this
                 // one's, or (a full ring synced from the tier above, which evicted them there)
                 // the ring above's.
-                let full_ring = state.ring.len() == self.ring_epochs;
+                let full_ring = state.ring.len() == self.retention.ring_epochs;
                 let older_gone =
                     full_ring && state.ring.front().is_some_and(|f| f.epoch > since + 1);
                 let in_full = state.evicted.is_none_or(|e| e <= since) && !older_gone;
@@ -443,22 +630,33 @@ impl Hub {
     }
 
     /// Every frame still held (rings and newest trend frames) that was published after frame
-    /// `seq`, in publication order, and the number of the newest frame published: what a link
-    /// whose feed lost frames after `seq` can still send, and up to where the feed then repeats
-    /// what was sent.
-    pub fn held_after(&self, seq: u64) -> (Vec<Frame>, u64) {
+    /// `seq`, in publication order, the number of the newest frame published, and the streams
+    /// that lost an epoch published after `seq` from their ring: what a reader of the feed whose
+    /// feed lost frames after `seq` can still deliver, up to where the feed then repeats it, and
+    /// which streams it has to report a loss for. A trend frame replaced since is no loss: it is
+    /// state, and its newest is here.
+    pub fn held_after(&self, seq: u64) -> Held {
         let streams = self.lock();
-        let mut held: Vec<Frame> = streams
+        let mut frames: Vec<Frame> = streams
             .values()
             .flat_map(|s| s.ring.iter().chain(s.latest.iter().flatten()))
             .filter(|f| f.seq > seq)
             .cloned()
             .collect();
-        held.sort_by_key(|f| f.seq);
-        (held, self.published.load(Ordering::Relaxed))
+        frames.sort_by_key(|f| f.seq);
+        let broken = streams
+            .iter()
+            .filter(|(_, s)| s.evicted_seq > seq)
+            .map(|(name, _)| Arc::clone(name))
+            .collect();
+        Held {
+            frames,
+            published: self.published.load(Ordering::Relaxed),
+            broken,
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, StreamState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Streams> {
         // Nothing under this lock can panic half-way through an update, so a poisoned lock still
         // holds consistent state.
         self.streams
@@ -625,7 +823,7 @@ mod tests {
         let joined = join(&hub, "main", None);
         assert_eq!(texts(&joined.replay), [frame("main", 2)]);
         assert_eq!(
-            joined.replay[0].sse,
+            *joined.replay[0].sse(),
             "id: 2\ndata: ".to_owned() + &frame("main", 2) + "\n\n"
         );
     }
@@ -649,7 +847,12 @@ mod tests {
         assert!(hub.backlog_of("c", None).is_empty());
         assert_eq!(hub.newest_epochs(Some(["a", "c"])), has_newest("a", 3));
         // Five frames were published; after the third (a 2), the rings still hold a 3 and b 8.
-        let (held, published) = hub.held_after(3);
+        let Held {
+            frames: held,
+            published,
+            broken,
+        } = hub.held_after(3);
+        assert!(broken.is_empty());
         assert_eq!(published, 5);
         assert_eq!(texts(&held), [frame("a", 3), frame("b", 8)]);
         let mut live = hub.link();
@@ -779,7 +982,11 @@ mod tests {
         assert_eq!(hub.backlog(&BTreeMap::new()).len(), 2 + 4);
         // Trend frames come again whatever is had; the ring's epochs do not.
         assert_eq!(hub.backlog(&has_newest("main", 11)).len(), 4);
-        let (held, published) = hub.held_after(4);
+        let Held {
+            frames: held,
+            published,
+            ..
+        } = hub.held_after(4);
         assert_eq!(published, 7);
         assert_eq!(
             texts(&held),
@@ -791,9 +998,82 @@ mod tests {
         );
         // No SSE id: `Last-Event-ID` stays the last epoch frame's.
         assert_eq!(
-            joined.replay[1].sse,
+            *joined.replay[1].sse(),
             "data: ".to_owned() + &latest[0] + "\n\n"
         );
+    }
+
+    fn names(hub: &Hub) -> Vec<String> {
+        let mut names: Vec<String> = hub.lock().keys().map(|n| n.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn unwatched_streams_quiet_for_the_idle_time_are_forgotten_and_their_bytes_counted_out() {
+        let hub = Arc::new(Hub::with_retention(Retention {
+            ring_epochs: 2,
+            idle: Duration::ZERO,
+            max_bytes: usize::MAX,
+        }));
+        let watched = hub.watch("watched", 8).unwrap();
+        for stream in ["watched", "quiet", "other"] {
+            for epoch in 1..=3 {
+                hub.publish(frame(stream, epoch)).unwrap();
+            }
+            hub.publish(trend("trending", stream, 3, 1)).unwrap();
+        }
+        // Each stream: its state, a ring of epochs 2 and 3, and one trend frame.
+        let stream_cost = |stream: &str| {
+            STREAM_OVERHEAD_BYTES
+                + frame(stream, 2).len()
+                + frame(stream, 3).len()
+                + trend("trending", stream, 3, 1).len()
+                + 3 * FRAME_OVERHEAD_BYTES
+        };
+        let all: usize = ["watched", "quiet", "other"].map(stream_cost).iter().sum();
+        assert_eq!(hub.held(), (3, all));
+        assert_eq!(hub.forget_idle(), 2);
+        assert_eq!(names(&hub), ["watched"]);
+        assert_eq!(hub.held(), (1, stream_cost("watched")));
+        // A forgotten stream that comes back starts afresh, and a resume from before what was
+        // forgotten is told of a gap.
+        hub.publish(frame("quiet", 7)).unwrap();
+        let joined = join(&hub, "quiet", Some(2));
+        assert_eq!(epochs(&joined.replay), [7]);
+        assert_eq!(
+            joined.gap,
+            Some(ViewerNotice::Gap {
+                since: 2,
+                oldest: Some(7)
+            })
+        );
+        assert_eq!(join(&hub, "quiet", Some(3)).gap, None);
+        drop(watched);
+        assert_eq!(hub.forget_idle(), 2);
+        assert_eq!(hub.held(), (0, 0));
+    }
+
+    #[test]
+    fn past_its_byte_bound_a_hub_forgets_the_unwatched_streams_quiet_the_longest() {
+        let one = STREAM_OVERHEAD_BYTES + frame("s00", 1).len() + FRAME_OVERHEAD_BYTES;
+        let hub = Arc::new(Hub::with_retention(Retention {
+            ring_epochs: 4,
+            idle: Duration::MAX,
+            max_bytes: 10 * one,
+        }));
+        let _watched = hub.watch("s00", 8).unwrap();
+        for n in 0..15 {
+            hub.publish(frame(&format!("s{n:02}"), 1)).unwrap();
+        }
+        // At 11 streams' worth, two go (down to nine tenths of the bound): s01 and s02 at s10,
+        // s03 and s04 at s12, s05 and s06 at s14. The watched s00 stays, however quiet.
+        let kept: Vec<String> = std::iter::once(0)
+            .chain(7..15)
+            .map(|n| format!("s{n:02}"))
+            .collect();
+        assert_eq!(names(&hub), kept);
+        assert_eq!(hub.held(), (9, 9 * one));
     }
 
     #[test]

@@ -2,7 +2,6 @@
 
 use super::Settings;
 use crate::error::Error;
-use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::server::tasks::Tasks;
 use crate::server::{finish, nodelay, serve};
@@ -24,10 +23,10 @@ pub async fn cluster_publisher(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     super::require_link_secret(&listener, &settings)?;
-    let hub = Arc::new(Hub::new(settings.ring_epochs));
     let roster = Arc::new(Roster::default());
     let metrics = Arc::new(Metrics::new("cluster"));
     let tasks = Tasks::new();
+    let hub = super::start_hub(settings.retention, &metrics, tasks.stop_handle());
     let upstream = Upstream {
         url: format!("ws://{main}{}", link::PATH),
         secret: settings.link_secret.clone(),

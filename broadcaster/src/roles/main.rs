@@ -38,10 +38,10 @@ pub async fn main_publisher(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     super::require_link_secret(&listener, &settings)?;
-    let hub = Arc::new(Hub::new(settings.ring_epochs));
     let roster = Arc::new(Roster::default());
     let metrics = Arc::new(Metrics::new("main"));
     let tasks = Tasks::new();
+    let hub = super::start_hub(settings.retention, &metrics, tasks.stop_handle());
     tokio::spawn(ingest(
         frames,
         Arc::clone(&hub),

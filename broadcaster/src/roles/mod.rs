@@ -7,6 +7,9 @@ pub mod subscriber;
 
 use crate::auth::TokenKey;
 use crate::error::Error;
+use crate::hub::{Hub, Retention};
+use crate::metrics::Metrics;
+use crate::server::tasks::Stop;
 use crate::server::{bind, Accepting};
 use crate::sources::kafka::FrameSource;
 use crate::sources::synthetic::Synthetic;
@@ -15,6 +18,7 @@ use emostream_protocol::config::BroadcasterConfig;
 use emostream_protocol::Config;
 use emostream_web::Page;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -70,7 +74,8 @@ pub enum Role {
 /// What every tier takes from `[broadcaster]`.
 #[derive(Clone)]
 pub struct Settings {
-    pub ring_epochs: usize,
+    /// What every tier's hub keeps, and when it forgets a stream.
+    pub retention: Retention,
     /// Issues (main) and checks (subscribers) viewer tokens; `None`: viewers need none.
     pub tokens: Option<TokenKey>,
     /// Presented to the tier above and required from the tier below.
@@ -113,6 +118,8 @@ impl Settings {
             max_viewers,
             max_streams,
             header_read_timeout_ms,
+            stream_idle_s,
+            max_held_bytes,
         } = config;
         // A small limit (1024 is common) still leaves most of it to viewers.
         let reserved = BroadcasterConfig::RESERVED_DESCRIPTORS.min(descriptors / 4);
@@ -130,7 +137,11 @@ impl Settings {
             None => room,
         };
         Self {
-            ring_epochs: *ring_epochs,
+            retention: Retention {
+                ring_epochs: *ring_epochs,
+                idle: Duration::from_secs(*stream_idle_s),
+                max_bytes: *max_held_bytes,
+            },
             tokens: viewer_token_secret
                 .as_deref()
                 .map(|secret| TokenKey::new(secret, Duration::from_secs(*viewer_token_ttl_s))),
@@ -196,7 +207,7 @@ pub async fn run(
             let sources = match synthetic {
                 Some(synthetic) => vec![tokio::spawn(synthetic.run(frames_tx))],
                 None => {
-                    let sources = FrameSource::all(&config.kafka, settings.ring_epochs)?
+                    let sources = FrameSource::all(&config.kafka, settings.retention.ring_epochs)?
                         .map(|source| tokio::spawn(source.run(frames_tx.clone())));
                     // Only the sources hold senders, so the hub hears when both have ended.
                     drop(frames_tx);
@@ -309,6 +320,31 @@ pub fn require_link_secret(listener: &TcpListener, settings: &Settings) -> Resul
          (or EMOSTREAM_BROADCASTER__LINK_SECRET): without it any host that reaches this port \
          could link to this tier"
     )))
+}
+
+/// A role's hub, kept within its [`Retention`] for as long as the role runs: idle streams are
+/// forgotten, and what it holds is reported, every quarter of the idle time (between 1 and 30 s).
+fn start_hub(retention: Retention, metrics: &Arc<Metrics>, mut stop: Stop) -> Arc<Hub> {
+    let hub = Arc::new(Hub::with_retention(retention));
+    let every = (retention.idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let (kept, metrics) = (Arc::clone(&hub), Arc::clone(metrics));
+    tokio::spawn(async move {
+        let mut sweep = tokio::time::interval(every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = sweep.tick() => {}
+                () = stop.stopped() => return,
+            }
+            let forgotten = kept.forget_idle();
+            let (streams, bytes) = kept.held();
+            if forgotten > 0 {
+                tracing::debug!(forgotten, streams, bytes, "forgot idle streams");
+            }
+            metrics.held(streams, bytes, forgotten);
+        }
+    });
+    hub
 }
 
 #[cfg(test)]

@@ -70,10 +70,10 @@ pub async fn subscriber(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     super::require_link_secret(&listener, &settings)?;
-    let hub = Arc::new(Hub::new(settings.ring_epochs));
     let viewers = Arc::new(AtomicU64::new(0));
     let metrics = Arc::new(Metrics::new("subscriber"));
     let tasks = Tasks::new();
+    let hub = super::start_hub(settings.retention, &metrics, tasks.stop_handle());
     let upstream = Upstream {
         url: format!("ws://{cluster}{}", link::PATH),
         secret: settings.link_secret.clone(),

@@ -308,10 +308,10 @@ where
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
-                    let (held, published) = hub.held_after(down.seen);
-                    tracing::warn!(missed, resent = held.len(), "downstream link lagged; sending what the rings still hold");
-                    down.seen = published;
-                    catch_up(&mut down, held, tx, metrics).await
+                    let held = hub.held_after(down.seen);
+                    tracing::warn!(missed, resent = held.frames.len(), lost_streams = held.broken.len(), "downstream link lagged; sending what the rings still hold");
+                    down.seen = held.published;
+                    catch_up(&mut down, held.frames, tx, metrics).await
                 }
                 Err(RecvError::Closed) => return Ended::Stopped,
             },
@@ -704,7 +704,7 @@ mod tests {
         );
         // The feed repeats frames the backlog had: they are not sent again.
         hub.publish(frame("a", 5)).unwrap();
-        let (held, _) = hub.held_after(0);
+        let held = hub.held_after(0).frames;
         let again: Vec<u64> = held
             .iter()
             .filter(|f| down.takes(f))
@@ -719,7 +719,7 @@ mod tests {
         assert!(sent_for(&mut down, removed, &hub).await.is_empty());
         hub.publish(frame("a", 6)).unwrap();
         hub.publish(frame("c", 1)).unwrap();
-        let (held, _) = hub.held_after(0);
+        let held = hub.held_after(0).frames;
         assert!(held.iter().all(|f| !down.takes(f)));
 
         // A cluster publisher takes every stream after what it has.

@@ -9,6 +9,11 @@
 //! by every viewer ([`crate::viewers::outlet`]), without a task wake-up or an allocation per
 //! viewer. A lane gives its worker back every [`YIELD_EVERY`] offers so the same thread keeps
 //! answering pings, joins and HTTP while it writes.
+//!
+//! A lane that falls behind its feed (thousands of streams closing an epoch at once, on a busy
+//! core) catches up from the hub's rings, as a link does: its viewers get every frame the rings
+//! still hold, and only the viewers of a stream whose ring has since pushed out an epoch they
+//! did not get are told they missed something. A lane's own delay is never a viewer's `lagged`.
 
 use crate::hub::{Frame, Hub, Kind};
 use crate::metrics::{Deliveries, Metrics};
@@ -41,12 +46,19 @@ pub struct Fanout {
 impl Fanout {
     /// Starts `lanes` lanes fed by `hub`, each waiting up to `bundle_wait` after an epoch frame
     /// for its trend frames; they end when the hub does.
-    pub fn start(hub: &Hub, lanes: usize, bundle_wait: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        hub: &Arc<Hub>,
+        lanes: usize,
+        bundle_wait: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let lanes = (0..lanes.max(1))
             .map(|_| {
                 let (joins_tx, joins) = mpsc::unbounded_channel();
                 let feed = Feed {
                     frames: hub.link(),
+                    seen: hub.published(),
+                    hub: Arc::clone(hub),
                     bundle_wait,
                 };
                 tokio::spawn(lane(feed, joins, Arc::clone(&metrics)));
@@ -72,15 +84,20 @@ impl Fanout {
 /// A lane's view of the hub's feed: frames in batches.
 struct Feed {
     frames: broadcast::Receiver<Frame>,
+    /// The publication number of the newest frame read or caught up on.
+    seen: u64,
+    /// Where frames the feed lost are caught up from.
+    hub: Arc<Hub>,
     bundle_wait: Duration,
 }
 
 /// What a lane read from its feed in one go.
 enum Batch {
-    /// Frames in publication order; the lane fell behind by `lost` frames while reading them.
+    /// Frames in publication order, and the streams whose ring pushed out an epoch the lane
+    /// fell too far behind to get (usually none).
     Frames {
         frames: Vec<Frame>,
-        lost: u64,
+        broken: Vec<Arc<str>>,
     },
     Closed,
 }
@@ -116,7 +133,31 @@ impl Feed {
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
-        Batch::Frames { frames, lost }
+        if lost == 0 {
+            if let Some(last) = frames.last() {
+                self.seen = last.seq;
+            }
+            return Batch::Frames {
+                frames,
+                broken: Vec::new(),
+            };
+        }
+        // Every frame the rings still hold after the last one read, then those read that are
+        // newer still; what the feed repeats of the catch-up is skipped.
+        let held = self.hub.held_after(self.seen);
+        tracing::warn!(
+            lost,
+            caught_up = held.frames.len(),
+            lost_streams = held.broken.len(),
+            "the fan-out fell behind its feed; caught up from the rings"
+        );
+        let mut caught_up = held.frames;
+        caught_up.extend(frames.into_iter().filter(|f| f.seq > held.published));
+        self.seen = caught_up.last().map_or(held.published, |f| f.seq);
+        Batch::Frames {
+            frames: caught_up,
+            broken: held.broken,
+        }
     }
 }
 
@@ -191,18 +232,24 @@ async fn lane(mut feed: Feed, mut joins: mpsc::UnboundedReceiver<Join>, metrics:
             }
             first = feed.frames.recv() => first,
         };
-        let Batch::Frames { frames, lost } = feed.batch(first).await else {
+        // Frames the feed still holds from before a catch-up: already delivered.
+        if matches!(&first, Ok(frame) if frame.seq <= feed.seen) {
+            continue;
+        }
+        let Batch::Frames { frames, broken } = feed.batch(first).await else {
             return;
         };
         // A viewer attached before these frames were published is in the queue by now.
         while let Ok(join) = joins.try_recv() {
             audiences.add(join);
         }
-        if lost > 0 {
-            tracing::warn!(lost, "the fan-out fell behind its feed");
+        if !broken.is_empty() {
             let mut counted = Deliveries::default();
-            for audience in audiences.0.values_mut() {
-                audience.retain(|outlet| outlet.missed(lost, &mut counted));
+            for stream in &broken {
+                if let Some(audience) = audiences.0.get_mut(stream) {
+                    // At least one epoch; the hub keeps no count of what its rings pushed out.
+                    audience.retain(|outlet| outlet.missed(1, &mut counted));
+                }
             }
             metrics.add(&counted);
         }
@@ -287,6 +334,8 @@ mod tests {
     struct Recorded {
         offers: Mutex<Vec<Vec<(String, u64)>>>,
         lives: AtomicUsize,
+        /// How often it was told it missed frames.
+        missed: AtomicUsize,
     }
 
     impl Recorded {
@@ -294,6 +343,7 @@ mod tests {
             Arc::new(Self {
                 offers: Mutex::new(Vec::new()),
                 lives: AtomicUsize::new(lives),
+                missed: AtomicUsize::new(0),
             })
         }
 
@@ -316,6 +366,7 @@ mod tests {
             self.lives.fetch_sub(1, Ordering::Relaxed) > 1
         }
         fn missed(&self, _: u64, _: &mut Deliveries) -> bool {
+            self.missed.fetch_add(1, Ordering::Relaxed);
             true
         }
     }
@@ -339,7 +390,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_viewer_gets_its_streams_frames_and_popular_at_once_and_leavers_are_forgotten() {
-        let hub = Hub::new(8);
+        let hub = Arc::new(Hub::new(8));
         let metrics = Arc::new(Metrics::new("subscriber"));
         let fanout = Fanout::start(&hub, 2, Duration::ZERO, Arc::clone(&metrics));
         let main: Vec<_> = (0..3).map(|_| Recorded::new(usize::MAX)).collect();
@@ -379,10 +430,46 @@ mod tests {
         assert_eq!(leaver.offers(), [want_football[..2].to_vec()]);
     }
 
+    #[tokio::test]
+    async fn a_lane_that_fell_behind_catches_up_from_the_rings_and_tells_only_who_lost_an_epoch() {
+        let hub = Arc::new(Hub::new(2));
+        let fanout = Fanout::start(
+            &hub,
+            1,
+            Duration::ZERO,
+            Arc::new(Metrics::new("subscriber")),
+        );
+        let (a, b) = (Recorded::new(usize::MAX), Recorded::new(usize::MAX));
+        hub.join("a", None, |_, _, _| fanout.add("a", a.clone()));
+        hub.join("b", None, |_, _, _| fanout.add("b", b.clone()));
+        // Published without a yield, so the lane reads none of it before its feed overflows:
+        // stream a's epochs 1 to 3 leave its ring of 2 on the way, b's only epoch stays.
+        for epoch in 1..=3 {
+            publish(&hub, "epoch", "a", epoch);
+        }
+        for epoch in 1..=70_000 {
+            publish(&hub, "trending", "unwatched", epoch);
+        }
+        for epoch in 4..=5 {
+            publish(&hub, "epoch", "a", epoch);
+        }
+        publish(&hub, "epoch", "b", 1);
+        until("the catch-up", || a.got().len() == 2 && b.got().len() == 1).await;
+        assert_eq!(a.got(), pairs(&[("a", 4), ("a", 5)]));
+        assert_eq!(b.got(), pairs(&[("b", 1)]));
+        assert_eq!(a.missed.load(Ordering::Relaxed), 1, "a lost epochs 1 to 3");
+        assert_eq!(b.missed.load(Ordering::Relaxed), 0, "b lost nothing");
+        // Live again: the next frame comes once, and nothing of the catch-up comes twice.
+        publish(&hub, "epoch", "b", 2);
+        until("the next epoch", || b.got().len() == 2).await;
+        assert_eq!(b.got(), pairs(&[("b", 1), ("b", 2)]));
+        assert_eq!(a.got(), pairs(&[("a", 4), ("a", 5)]));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_lane_waits_briefly_for_an_epochs_trend_frames_and_offers_them_together() {
         for (wait, offers) in [(Duration::from_millis(5), 1), (Duration::ZERO, 2)] {
-            let hub = Hub::new(8);
+            let hub = Arc::new(Hub::new(8));
             let fanout = Fanout::start(&hub, 1, wait, Arc::new(Metrics::new("subscriber")));
             let viewer = Recorded::new(usize::MAX);
             hub.join("main", None, |_, _, _| fanout.add("main", viewer.clone()));
@@ -403,7 +490,7 @@ mod tests {
         }
 
         // An epoch whose trend frames never come goes alone once the wait is over.
-        let hub = Hub::new(8);
+        let hub = Arc::new(Hub::new(8));
         let fanout = Fanout::start(
             &hub,
             1,
@@ -426,7 +513,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn viewers_that_left_a_quiet_stream_are_forgotten() {
-        let hub = Hub::new(8);
+        let hub = Arc::new(Hub::new(8));
         let metrics = Arc::new(Metrics::new("subscriber"));
         let fanout = Fanout::start(&hub, 1, Duration::ZERO, Arc::clone(&metrics));
         let stays = Recorded::new(usize::MAX);

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
-use emostream_broadcaster::{Settings, ViewerLimits};
+use emostream_broadcaster::{Retention, Settings, ViewerLimits};
 use emostream_testkit::{http, Process, Scratch};
 use std::fmt::Display;
 use std::future::Future;
@@ -122,11 +122,11 @@ pub async fn sse_until(conn: &mut TcpStream, want: &str) -> String {
     String::from_utf8(seen).unwrap()
 }
 
-/// A role's settings for an in-process test: a ring of `ring_epochs`, no tokens or link secret,
-/// room for 1,000 viewers over 64 streams.
+/// A role's settings for an in-process test: a ring of `ring_epochs`, no stream forgotten, no
+/// tokens or link secret, room for 1,000 viewers over 64 streams.
 pub fn settings(ring_epochs: usize) -> Settings {
     Settings {
-        ring_epochs,
+        retention: Retention::ring(ring_epochs),
         tokens: None,
         link_secret: None,
         page: None,

@@ -82,7 +82,8 @@ pub trait Offer: Send + Sync {
     /// Offers the frames the lane has for the outlet's viewer now, in publication order.
     /// `false`: the viewer is gone; forget it.
     fn offer(&self, frames: &[Frame], sent: &mut Deliveries) -> bool;
-    /// The lane itself fell `frames` behind its feed: they are lost to this viewer.
+    /// The lane fell so far behind its feed that the ring of this viewer's stream no longer
+    /// holds at least `frames` of the frames it was owed: they are lost to this viewer.
     fn missed(&self, frames: u64, sent: &mut Deliveries) -> bool;
 }
 
@@ -324,8 +325,6 @@ impl<W: Wire> Offer for Outlet<W> {
         keep
     }
 
-    /// Every viewer of the lane is told, whichever streams the lost frames were of: the lane no
-    /// longer knows, and a viewer told too much resumes with `since` and gets nothing twice.
     fn missed(&self, frames: u64, sent: &mut Deliveries) -> bool {
         let mut b = self.lock();
         b.conflate(frames, 0, sent);

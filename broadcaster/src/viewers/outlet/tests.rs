@@ -33,7 +33,7 @@ impl Default for Recorder {
 impl Wire for Recorder {
     const CONN: Conn = Conn::Sse;
     fn frame(frame: &FrameData) -> &Bytes {
-        &frame.sse
+        frame.sse()
     }
     fn notice(notice: &ViewerNotice) -> Bytes {
         wire::notice_json(notice).into()
@@ -127,7 +127,7 @@ fn drain(outlet: &Outlet<Recorder>, metrics: &Metrics) -> Poll<io::Result<()>> {
 }
 
 fn sse(frame: &Frame) -> String {
-    String::from_utf8_lossy(&frame.sse).into_owned()
+    String::from_utf8_lossy(frame.sse()).into_owned()
 }
 
 fn one(frame: &Frame) -> [Frame; 1] {
@@ -201,7 +201,7 @@ fn a_stalled_viewer_skips_to_the_newest_epoch_is_told_and_closed_past_its_budget
     let hub = Hub::new(60);
     let f = frames(&hub, 1..=8);
     let wire = Recorder::default();
-    let len = f[0].sse.len();
+    let len = f[0].sse().len();
     let outlet = Outlet::new(wire.clone(), budget(5 * len + len / 2));
     outlet.start(0, None, Vec::new(), None);
     let mut sent = Deliveries::default();
@@ -341,7 +341,7 @@ fn a_requested_ping_rides_along_with_the_next_frame_or_goes_alone() {
 
     // The socket takes the frame and half the ping: the rest waits for the task.
     outlet.request_ping();
-    wire.limit.store(f[1].sse.len() + 4, Ordering::Relaxed);
+    wire.limit.store(f[1].sse().len() + 4, Ordering::Relaxed);
     assert!(outlet.offer(&one(&f[1]), &mut sent));
     assert!(outlet.busy_since().is_some());
     let metrics = Metrics::new("subscriber");
@@ -385,7 +385,7 @@ fn finishing_keeps_the_frame_being_written_and_then_the_farewell() {
 fn a_replay_larger_than_the_budget_goes_whole_before_live_frames() {
     let hub = Hub::new(60);
     let f = frames(&hub, 1..=20);
-    let frame_len = f[0].sse.len();
+    let frame_len = f[0].sse().len();
     let wire = Recorder::default();
     // A budget of four short frames, a replay of twelve, and three live frames while it waits.
     let outlet = Outlet::new(wire.clone(), budget(4 * frame_len));

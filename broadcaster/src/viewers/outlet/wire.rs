@@ -113,7 +113,7 @@ impl Wire for WsWire {
     const CONN: Conn = Conn::Ws;
 
     fn frame(frame: &FrameData) -> &Bytes {
-        &frame.ws
+        frame.ws()
     }
 
     fn notice(notice: &ViewerNotice) -> Bytes {
@@ -160,7 +160,7 @@ impl Wire for SseWire {
     const CONN: Conn = Conn::Sse;
 
     fn frame(frame: &FrameData) -> &Bytes {
-        &frame.sse
+        frame.sse()
     }
 
     /// An event named by the notice's type, so an `EventSource` listens for it by name.
