@@ -189,11 +189,20 @@ async fn a_slow_viewer_gets_its_whole_replay_and_every_live_epoch_once() {
         frames.send(realistic(e).into()).await.unwrap();
     }
     assert!(realistic(1).len() > 1024, "{}", realistic(1).len());
+    // The cluster holds the whole ring before any viewer joins: a subscriber syncs a newly
+    // watched stream from what its cluster holds, so the fast viewer's ring comes as a replay.
+    let cluster_frames = r#"emostream_broadcaster_frames_in_total{tier="cluster"}"#;
+    wait_for("the cluster to hold the ring", DEADLINE, || async {
+        let metrics = http(cluster, "GET", "/metrics", "").await?.1;
+        (sample(&metrics, cluster_frames)? == RING as f64).then_some(())
+    })
+    .await;
     // A fast viewer first, so the subscriber holds the whole ring when the slow one joins.
     let mut fast = watch_stream(s0, "?since=0").await;
     for e in 1..=RING {
-        let Message::Text(text) = next(&mut fast).await else {
-            panic!("a text frame")
+        let msg = next(&mut fast).await;
+        let Message::Text(text) = msg else {
+            panic!("a text frame, got {msg:?}")
         };
         assert_eq!(epoch_of(&text), e);
     }
@@ -532,6 +541,106 @@ async fn viewers_are_told_of_gaps_and_of_a_lost_upstream() {
         Some(2.0),
         "{metrics}"
     );
+    stop_all(stop, roles).await;
+}
+
+/// "Upstream lost" goes all the way down: a cluster publisher whose main publisher has gone
+/// cuts its subscribers' links (1012) and refuses them (503), so their viewers are closed with
+/// 1012 too and register again where frames flow, within the documented bound (docs/broadcaster.md:
+/// the cluster's 5 s, the subscriber's 5 s, the viewers' 5 s spread, and a heartbeat each). Once
+/// the main publisher is back, the same subscriber takes viewers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_cut_from_main_tells_its_subscribers_and_their_viewers() {
+    let (stop, stopped) = watch::channel(false);
+    let (main_stop, main_stopped) = watch::channel(false);
+    let settings = settings();
+    let (main_l, main) = listener().await;
+    let (cluster_l, cluster) = listener().await;
+    let (frames, frames_rx) = mpsc::channel(64);
+    let first_main = tokio::spawn(main_publisher(
+        main_l,
+        settings.clone(),
+        frames_rx,
+        until(&main_stopped),
+    ));
+    let mut roles = vec![tokio::spawn(cluster_publisher(
+        cluster_l,
+        "c0".into(),
+        main.to_string(),
+        settings.clone(),
+        until(&stopped),
+    ))];
+    let (s0, role) = spawn_subscriber("c0-s0", cluster, settings.clone(), &stopped).await;
+    roles.push(role);
+    wait_for("the subscriber in the topology", DEADLINE, || async {
+        member(main, "c0-s0").await.map(|_| ())
+    })
+    .await;
+    let mut viewer = watch_stream(s0, "").await;
+    frames.send(frame(1).into()).await.unwrap();
+    let Message::Text(text) = next(&mut viewer).await else {
+        panic!("a text frame")
+    };
+    assert_eq!(epoch_of(&text), 1);
+
+    main_stop.send_replace(true);
+    let lost_at = Instant::now();
+    timeout(DEADLINE, first_main)
+        .await
+        .expect("the main publisher stops in time")
+        .unwrap()
+        .unwrap();
+    // `next` waits DEADLINE (20 s) at most, past the bound.
+    let close = match next(&mut viewer).await {
+        Message::Close(Some(close)) => close,
+        other => panic!("nothing flows without an upstream; expected a Close, got {other:?}"),
+    };
+    let closed_after = lost_at.elapsed();
+    assert_eq!(close.code, CloseCode::Restart);
+    assert_eq!(close.reason.as_str(), "upstream lost; register again");
+    // Two hops of UPSTREAM_LOST_AFTER (5 s) after heartbeats at most 1 s old, at most the spread
+    // (5 s) and a heartbeat more; the main publisher said goodbye, so no silence is waited out.
+    assert!(
+        closed_after >= Duration::from_secs(8) && closed_after <= Duration::from_secs(17),
+        "closed after {closed_after:?}"
+    );
+    match connect_async(format!("ws://{cluster}/internal/link")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            assert_eq!(
+                response.body().as_deref(),
+                Some(
+                    &br#"{"error":"this tier has lost its own upstream; it serves no frames until it is back"}"#[..]
+                )
+            );
+        }
+        other => panic!("expected 503 from the cluster, got {other:?}"),
+    }
+    match connect_async(format!("ws://{s0}/v1/streams/main/ws")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("expected 503 from the subscriber, got {other:?}"),
+    }
+
+    // Back on the same address: the cluster takes its subscriber again, which takes viewers.
+    let (frames, frames_rx) = mpsc::channel(64);
+    roles.push(tokio::spawn(main_publisher(
+        TcpListener::bind(main).await.unwrap(),
+        settings,
+        frames_rx,
+        until(&stopped),
+    )));
+    let mut back = wait_for("viewers taken again", DEADLINE, || async {
+        let url = format!("ws://{s0}/v1/streams/main/ws?since=1");
+        connect_async(url).await.ok().map(|(viewer, _)| viewer)
+    })
+    .await;
+    frames.send(frame(2).into()).await.unwrap();
+    let Message::Text(text) = next(&mut back).await else {
+        panic!("a text frame")
+    };
+    assert_eq!(epoch_of(&text), 2);
     stop_all(stop, roles).await;
 }
 

@@ -5,7 +5,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::server::tasks::Tasks;
 use crate::server::{finish, nodelay, serve};
-use crate::tiers::link::{self, Upstream};
+use crate::tiers::link::{self, Upstream, UpstreamHealth};
 use crate::tiers::roster::Roster;
 use crate::tiers::{link_routes, LinkState};
 use emostream_protocol::wire::{LinkUp, Member};
@@ -40,10 +40,15 @@ pub async fn cluster_publisher(
         Arc::clone(&metrics),
         tasks.stop_handle(),
     );
+    let health = Arc::new(UpstreamHealth::start(tasks.stop_handle()));
+    let upstream_lost = health.lost();
     tokio::spawn(async move {
-        let heartbeat = || LinkUp::Cluster {
-            name: name.clone(),
-            subscribers: live_subscribers(&up_roster),
+        let heartbeat = || {
+            health.heard();
+            LinkUp::Cluster {
+                name: name.clone(),
+                subscribers: live_subscribers(&up_roster),
+            }
         };
         link::keep_upstream(upstream, &up_hub, &up_metrics, heartbeat, stop).await;
     });
@@ -54,6 +59,7 @@ pub async fn cluster_publisher(
         metrics: Arc::clone(&metrics),
         secret: settings.link_secret,
         stop: tasks.stop_handle(),
+        upstream_lost: Some(upstream_lost),
     };
     serve(
         listener,

@@ -59,6 +59,7 @@ pub async fn main_publisher(
         metrics: Arc::clone(&metrics),
         secret: settings.link_secret.clone(),
         stop: tasks.stop_handle(),
+        upstream_lost: None,
     };
     let app = Router::new()
         .route("/register", post(register))

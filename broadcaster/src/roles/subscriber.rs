@@ -10,7 +10,7 @@ use crate::server::native::{self, Native};
 use crate::server::socket::WRITE_DEADLINE;
 use crate::server::tasks::{Stop, Tasks};
 use crate::server::{finish, serve, Pending};
-use crate::tiers::link::{self, Upstream};
+use crate::tiers::link::{self, Upstream, UpstreamHealth};
 use crate::viewers::connection::{self, Until, CLOSE_SPREAD};
 use crate::viewers::lanes::Fanout;
 use crate::viewers::outlet::{Offer, Outlet, SseWire, ViewerLimits, Wire, WsWire};
@@ -36,12 +36,6 @@ use tokio::time::Instant;
 /// How long a viewer of a stream this subscriber did not carry yet waits for the tier above to
 /// send the stream's ring; past it, the viewer gets what is here and the rest live.
 const SYNC_WAIT: Duration = Duration::from_secs(2);
-
-/// How long the subscriber may be without a live upstream before it closes its viewers (1012)
-/// and refuses new ones (503), so that they register again and land where frames flow. A link
-/// dropped by a blip is back within its backoff (at most 2 s); a dead upstream is declared
-/// [`SILENCE`](crate::tiers::roster::SILENCE) (3 s) after it was last heard, which this adds to.
-pub const UPSTREAM_LOST_AFTER: Duration = Duration::from_secs(5);
 
 /// The shortest reconnection delay an SSE viewer is given (`retry:`); each gets a random part of
 /// [`CLOSE_SPREAD`] more.
@@ -80,11 +74,8 @@ pub async fn subscriber(
         subscribe: true,
     };
     let max_viewers = settings.max_viewers as u64;
-    // Stamped with each heartbeat sent up: a link session sends one only while it has heard
-    // from the tier above within SILENCE, so a fresh stamp means a live upstream.
-    let (upstream_heard, heard) = watch::channel(None);
-    let (lost_tx, upstream_lost) = watch::channel(false);
-    tokio::spawn(watch_upstream(heard, lost_tx, tasks.stop_handle()));
+    let health = Arc::new(UpstreamHealth::start(tasks.stop_handle()));
+    let upstream_lost = health.lost();
     let (up_hub, up_viewers, up_metrics, stop) = (
         Arc::clone(&hub),
         Arc::clone(&viewers),
@@ -93,7 +84,7 @@ pub async fn subscriber(
     );
     tokio::spawn(async move {
         let heartbeat = || {
-            upstream_heard.send_replace(Some(Instant::now()));
+            health.heard();
             let viewers = up_viewers.load(Ordering::Relaxed);
             LinkUp::Subscriber {
                 name: name.clone(),
@@ -159,34 +150,6 @@ fn tune(socket: &TcpStream) {
         .and_then(|()| raw.set_tcp_user_timeout(Some(USER_TIMEOUT)));
     if let Err(e) = tuned {
         tracing::debug!(error = %e, "viewer socket options");
-    }
-}
-
-/// Says `lost` once no heartbeat has gone up for [`UPSTREAM_LOST_AFTER`], and not lost again
-/// as soon as one does. A subscriber whose upstream has never been up has lost nothing: no
-/// viewer was placed on it by `/register`, whose roster it is not in yet.
-async fn watch_upstream(
-    mut heard: watch::Receiver<Option<Instant>>,
-    lost: watch::Sender<bool>,
-    mut stop: Stop,
-) {
-    loop {
-        let deadline = heard.borrow_and_update().map(|at| at + UPSTREAM_LOST_AFTER);
-        tokio::select! {
-            changed = heard.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                if lost.send_replace(false) {
-                    tracing::info!("upstream back; taking viewers again");
-                }
-            }
-            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !*lost.borrow() => {
-                tracing::warn!(after = ?UPSTREAM_LOST_AFTER, "upstream lost; closing viewers (1012)");
-                lost.send_replace(true);
-            }
-            () = stop.stopped() => return,
-        }
     }
 }
 

@@ -22,6 +22,15 @@ pub fn going_away() -> Message {
     }))
 }
 
+/// The close a cluster publisher sends its subscribers when it has lost its own upstream: the
+/// code viewers get for the same reason.
+pub fn upstream_lost() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: close_code::RESTART,
+        reason: Utf8Bytes::from_static("upstream lost"),
+    }))
+}
+
 /// Why a write ended the connection.
 #[derive(Debug)]
 pub enum WriteFailed {

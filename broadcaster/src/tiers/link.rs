@@ -31,7 +31,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -182,10 +183,12 @@ pub async fn serve_downstream(
     roster: &Roster,
     metrics: &Metrics,
     mut stop: Stop,
+    upstream_lost: Option<watch::Receiver<bool>>,
 ) {
     let _open = metrics.open(Conn::Link);
     let link = roster.open();
-    let ended = downstream_session(socket, link, hub, roster, metrics, &mut stop).await;
+    let ended =
+        downstream_session(socket, link, hub, roster, metrics, &mut stop, upstream_lost).await;
     roster.close(link);
     tracing::info!(link, reason = %ended, "downstream link closed");
 }
@@ -208,6 +211,7 @@ async fn downstream_session(
     roster: &Roster,
     metrics: &Metrics,
     stop: &mut Stop,
+    upstream_lost: Option<watch::Receiver<bool>>,
 ) -> Ended {
     let (mut tx, rx) = socket.split();
     // Subscribed before anything is sent, so that a frame published while a backlog is on its
@@ -216,13 +220,24 @@ async fn downstream_session(
     let seen = hub.published();
     let (asks_tx, asks) = mpsc::unbounded_channel();
     tracing::info!(link, "downstream link open");
+    let lost = async {
+        match upstream_lost {
+            Some(mut lost) => {
+                let _ = lost.wait_for(|lost| *lost).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     let ended = tokio::select! {
         ended = read_downstream(rx, link, roster, asks_tx) => ended,
         ended = write_downstream(&mut tx, live, seen, asks, hub, metrics) => ended,
         () = stop.stopped() => Ended::Stopped,
+        () = lost => Ended::UpstreamLost,
     };
-    if matches!(ended, Ended::Stopped) {
-        socket::close(&mut tx, going_away()).await;
+    match ended {
+        Ended::Stopped => socket::close(&mut tx, going_away()).await,
+        Ended::UpstreamLost => socket::close(&mut tx, socket::upstream_lost()).await,
+        _ => {}
     }
     ended
 }
@@ -339,6 +354,70 @@ where
         }
     }
     Ok(())
+}
+
+/// How long a tier may be without a live upstream before it says so to everything below it: a
+/// subscriber closes its viewers (1012) and refuses new ones (503), so that they register again
+/// and land where frames flow; a cluster publisher closes its subscribers' links (1012) and
+/// refuses them (503) until its own upstream is back, so that its subscribers do the same a
+/// hop later. A link dropped by a blip is back within its backoff (at most 2 s); a dead
+/// upstream is declared [`SILENCE`] (3 s) after it was last heard, which this adds to.
+pub const UPSTREAM_LOST_AFTER: Duration = Duration::from_secs(5);
+
+/// Whether this tier's link to the tier above is alive, judged by the heartbeats it sends up: a
+/// link session sends one only while it has heard from the tier above within [`SILENCE`], so a
+/// fresh one means a live upstream.
+pub struct UpstreamHealth {
+    heard: watch::Sender<Option<Instant>>,
+    lost: watch::Receiver<bool>,
+}
+
+impl UpstreamHealth {
+    /// Watches until `stop`.
+    pub fn start(stop: Stop) -> Self {
+        let (heard, heard_rx) = watch::channel(None);
+        let (lost_tx, lost) = watch::channel(false);
+        tokio::spawn(watch_upstream(heard_rx, lost_tx, stop));
+        Self { heard, lost }
+    }
+
+    /// A heartbeat went up.
+    pub fn heard(&self) {
+        self.heard.send_replace(Some(Instant::now()));
+    }
+
+    /// `true` while the upstream has been lost for [`UPSTREAM_LOST_AFTER`].
+    pub fn lost(&self) -> watch::Receiver<bool> {
+        self.lost.clone()
+    }
+}
+
+/// Says `lost` once no heartbeat has gone up for [`UPSTREAM_LOST_AFTER`], and not lost again
+/// as soon as one does. A tier whose upstream has never been up has lost nothing: nothing was
+/// placed on it by `/register`, whose roster it is not in yet.
+async fn watch_upstream(
+    mut heard: watch::Receiver<Option<Instant>>,
+    lost: watch::Sender<bool>,
+    mut stop: Stop,
+) {
+    loop {
+        let deadline = heard.borrow_and_update().map(|at| at + UPSTREAM_LOST_AFTER);
+        tokio::select! {
+            changed = heard.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if lost.send_replace(false) {
+                    tracing::info!("upstream back");
+                }
+            }
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !*lost.borrow() => {
+                tracing::warn!(after = ?UPSTREAM_LOST_AFTER, "upstream lost; telling every tier and viewer below (1012)");
+                lost.send_replace(true);
+            }
+            () = stop.stopped() => return,
+        }
+    }
 }
 
 /// How a lower tier reaches the one above it.
@@ -581,6 +660,8 @@ pub fn authorized(secret: Option<&str>, authorization: Option<&str>) -> bool {
 /// Why a link session ended.
 enum Ended {
     Stopped,
+    /// This tier's own upstream is lost: the link below is cut so that its tier knows too.
+    UpstreamLost,
     Closed,
     Silent,
     Read(String),
@@ -591,6 +672,7 @@ impl std::fmt::Display for Ended {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Ended::Stopped => write!(f, "shutting down"),
+            Ended::UpstreamLost => write!(f, "this tier lost its own upstream"),
             Ended::Closed => write!(f, "closed by the peer"),
             Ended::Silent => write!(f, "silent for {SILENCE:?}"),
             Ended::Read(e) => write!(f, "read failed: {e}"),

@@ -16,6 +16,7 @@ use axum::routing::get;
 use axum::Router;
 use roster::Roster;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// tungstenite allocates its read buffer up front, 128 KiB by default; peers here send only small
 /// heartbeats and pongs, and a subscriber holds many thousands of sockets.
@@ -36,6 +37,9 @@ pub struct LinkState {
     pub metrics: Arc<Metrics>,
     pub secret: Option<String>,
     pub stop: Stop,
+    /// `true` while this tier's own upstream is lost (a cluster publisher's); `None` for the
+    /// main publisher, which has none. Lower tiers are refused and cut while it is.
+    pub upstream_lost: Option<watch::Receiver<bool>>,
 }
 
 /// `GET /internal/link`, where the tier below connects.
@@ -59,9 +63,23 @@ async fn link_upgrade(
             "this link needs the tiers' shared secret",
         ));
     }
-    Ok(lean(ws?)
+    let ws = ws?;
+    if s.upstream_lost.as_ref().is_some_and(|lost| *lost.borrow()) {
+        return Err(Error::Unavailable(
+            "this tier has lost its own upstream; it serves no frames until it is back".into(),
+        ));
+    }
+    Ok(lean(ws)
         .on_upgrade(move |socket| async move {
-            link::serve_downstream(socket, &s.hub, &s.roster, &s.metrics, s.stop).await;
+            link::serve_downstream(
+                socket,
+                &s.hub,
+                &s.roster,
+                &s.metrics,
+                s.stop,
+                s.upstream_lost,
+            )
+            .await;
         })
         .into_response())
 }

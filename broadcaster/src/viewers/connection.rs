@@ -70,7 +70,7 @@ enum End {
     ViewerClosed(Option<u16>),
     Violation(u16),
     TooSlow,
-    /// The subscriber has had no upstream for [`UPSTREAM_LOST_AFTER`](crate::roles::subscriber):
+    /// The subscriber has had no upstream for [`UPSTREAM_LOST_AFTER`](crate::tiers::link::UPSTREAM_LOST_AFTER):
     /// the viewer should register again, and may land where frames still flow.
     UpstreamLost,
     /// Its token expired while it watched.
