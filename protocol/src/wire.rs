@@ -203,6 +203,10 @@ pub struct Member {
     /// not report it, which placement treats as unbounded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room: Option<u64>,
+    /// Streams it can still start carrying (`max_streams` less those its viewers watch);
+    /// absent from a subscriber that does not report it, which placement treats as unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_room: Option<u64>,
 }
 
 /// What a lower tier tells the tier above over their link (the frames flow the other way).
@@ -217,6 +221,9 @@ pub enum LinkUp {
         /// As [`Member::room`].
         #[serde(default, skip_serializing_if = "Option::is_none")]
         room: Option<u64>,
+        /// As [`Member::stream_room`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stream_room: Option<u64>,
     },
     /// A cluster publisher's heartbeat to the main publisher, listing its live subscribers.
     Cluster {

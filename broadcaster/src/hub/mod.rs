@@ -448,6 +448,11 @@ impl Hub {
         })
     }
 
+    /// How many streams this process's viewers watch.
+    pub fn watched(&self) -> usize {
+        self.lock().values().filter(|s| s.watchers > 0).count()
+    }
+
     fn unwatch(&self, stream: &str) {
         let mut streams = self.lock();
         let Some(state) = streams.get_mut(stream) else {

@@ -82,11 +82,13 @@ fn live_subscribers(roster: &Roster) -> Vec<Member> {
                 url,
                 viewers,
                 room,
+                stream_room,
             } => Some(Member {
                 name,
                 url,
                 viewers,
                 room,
+                stream_room,
             }),
             // Only subscribers link to a cluster publisher.
             LinkUp::Cluster { .. } => None,

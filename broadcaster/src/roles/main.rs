@@ -158,11 +158,19 @@ impl Recent {
     }
 }
 
+/// How far above the average load a subscriber may go before a stream's viewers spill past
+/// it: consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018).
+const LOAD_BOUND: f64 = 1.25;
+
 impl Placement {
-    /// The live subscriber with the most room across live clusters; ties go to the first by
-    /// name. A subscriber with no room left is skipped, so viewers go elsewhere before they are
-    /// refused there.
-    fn assign(&self) -> Result<Assignment, Error> {
+    /// Where a viewer of `stream` goes: live subscribers in the stream's own order (rendezvous
+    /// hashing of the stream and each subscriber's name), the first whose load (viewers, and
+    /// viewers placed since its last report) is under [`LOAD_BOUND`] times the average. So a
+    /// stream's viewers stay on as few subscribers as balance allows (each carries fewer
+    /// streams, and fewer copies of each cross the links above), a big stream spreads over
+    /// every subscriber, and a subscriber's leaving moves only its own viewers' streams.
+    /// Skipped: a subscriber with no room for viewers, or none for a stream it may not carry.
+    fn assign(&self, stream: &str) -> Result<Assignment, Error> {
         let now = Instant::now();
         let mut recent = self
             .recent
@@ -176,18 +184,28 @@ impl Placement {
         if members.is_empty() {
             return Err(Error::NoLiveSubscriber);
         }
-        let room = |m: &Member| {
-            let placed = recent.per_subscriber.get(&m.name).copied().unwrap_or(0);
-            // A subscriber that reports no room (one from before it was reported) has as much
-            // as it has fewer viewers: the old least-loaded order.
-            let room = m.room.unwrap_or(u64::MAX - m.viewers);
-            room.saturating_sub(placed)
+        let placed = |m: &Member| recent.per_subscriber.get(&m.name).copied().unwrap_or(0);
+        // A subscriber that reports no room (one from before it was reported) is unbounded.
+        let has_room = |m: &Member| {
+            m.room.is_none_or(|room| room > placed(m)) && m.stream_room.is_none_or(|r| r > 0)
         };
-        let (cluster, member) = members
+        let load = |m: &Member| m.viewers + placed(m);
+        let mut open: Vec<(u64, String, Member)> = members
             .into_iter()
-            .filter(|(_, m)| room(m) > 0)
-            .max_by(|(_, a), (_, b)| (room(a), &b.name).cmp(&(room(b), &a.name)))
-            .ok_or(Error::Full)?;
+            .filter(|(_, m)| has_room(m))
+            .map(|(cluster, m)| (rendezvous(stream, &m.name), cluster, m))
+            .collect();
+        if open.is_empty() {
+            return Err(Error::Full);
+        }
+        open.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.2.name.cmp(&b.2.name)));
+        let total: u64 = open.iter().map(|(_, _, m)| load(m)).sum();
+        let bound = (LOAD_BOUND * (total + 1) as f64 / open.len() as f64).ceil() as u64;
+        let chosen = open
+            .iter()
+            .position(|(_, _, m)| load(m) < bound)
+            .unwrap_or(0);
+        let (_, cluster, member) = open.swap_remove(chosen);
         recent.add(now, &member.name);
         Ok(Assignment {
             cluster,
@@ -195,6 +213,17 @@ impl Placement {
             subscriber_name: member.name,
         })
     }
+}
+
+/// The rank of subscriber `name` for `stream`: every stream orders the subscribers its own way,
+/// and the same way wherever and whenever it is asked.
+fn rendezvous(stream: &str, name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: stable across calls (the standard library does not promise it
+    // across releases, and nothing outlives this process).
+    let mut h = std::hash::DefaultHasher::new();
+    (stream, name).hash(&mut h);
+    h.finish()
 }
 
 fn live_clusters(roster: &Roster) -> Vec<TopologyCluster> {
@@ -223,8 +252,8 @@ async fn register(
     State(placement): State<Arc<Placement>>,
     body: Result<Json<Register>, JsonRejection>,
 ) -> Result<Json<Admission>, Error> {
-    // Placement is by room alone; who asks does not change where they go, only whose token it
-    // is and for which stream.
+    // Placement is by stream and load; who asks does not change where they go, only whose
+    // token it is.
     let Json(Register {
         user_id,
         group_id: _,
@@ -237,7 +266,7 @@ async fn register(
             message: "a stream id is 1 to 64 of [a-z0-9_-]".into(),
         });
     }
-    let assignment = placement.assign()?;
+    let assignment = placement.assign(&stream)?;
     tracing::debug!(%user_id, subscriber = %assignment.subscriber_name, "viewer assigned");
     let (token, token_expires_s) = match &placement.tokens {
         Some(key) => {
@@ -287,6 +316,7 @@ mod tests {
             url: format!("ws://{name}"),
             viewers,
             room,
+            stream_room: None,
         }
     }
 
@@ -306,29 +336,67 @@ mod tests {
         }
     }
 
-    fn names(placement: &Placement, n: usize) -> Vec<String> {
+    fn names(placement: &Placement, stream: &str, n: usize) -> Vec<String> {
         (0..n)
-            .map(|_| placement.assign().unwrap().subscriber_name)
+            .map(|_| placement.assign(stream).unwrap().subscriber_name)
             .collect()
     }
 
-    #[test]
-    fn viewers_go_where_there_is_most_room_and_never_to_a_full_subscriber() {
-        let p = placement(vec![
-            member("a", 5, Some(2)),
-            member("b", 1, Some(3)),
-            member("full", 0, Some(0)),
-        ]);
-        // b (3), then a and b tie at 2 (a first by name), then b, a, and both are full.
-        assert_eq!(names(&p, 5), ["b", "a", "b", "a", "b"]);
-        assert!(matches!(p.assign(), Err(Error::Full)));
+    /// The subscribers in `stream`'s own order.
+    fn order(stream: &str, names: &[&str]) -> Vec<String> {
+        let mut names: Vec<&str> = names.to_vec();
+        names.sort_by_key(|name| std::cmp::Reverse(rendezvous(stream, name)));
+        names.into_iter().map(String::from).collect()
+    }
 
-        // A member that reports no room counts as unbounded, ranked by its load.
+    #[test]
+    fn a_streams_viewers_keep_to_its_own_subscribers_as_far_as_balance_allows() {
+        let all = ["a", "b", "c"];
+        // Balanced and busy: every viewer of a stream goes to the stream's first subscriber,
+        // and two streams' firsts are where the hash puts them.
+        let busy = || placement(all.map(|n| member(n, 10, Some(100))).to_vec());
+        let p = busy();
+        for stream in ["football", "concert", "news"] {
+            let first = order(stream, &all)[0].clone();
+            assert_eq!(names(&p, stream, 3), [first.clone(), first.clone(), first]);
+        }
+        // One big stream on idle subscribers spreads: under 1.25 × the average load each, in
+        // the stream's order (loads 1, 1, 2, 2, 3, 3, then the third).
+        let p = placement(all.map(|n| member(n, 0, Some(100))).to_vec());
+        let o = order("final", &all);
+        let want = [0, 1, 0, 1, 0, 1, 2].map(|i| o[i].clone());
+        assert_eq!(names(&p, "final", 7), want);
+        // The same stream asked again elsewhere ranks the subscribers the same way.
+        assert_eq!(order("final", &["c", "a", "b"]), o);
+    }
+
+    #[test]
+    fn a_subscriber_without_room_for_viewers_or_streams_is_skipped() {
+        let o = order("main", &["a", "b", "full"]);
+        let mut members = vec![
+            member("a", 0, Some(1)),
+            member("b", 0, Some(1)),
+            member("full", 0, Some(0)),
+        ];
+        // Whichever of a and b ranks first for "main" has no room for another stream.
+        let first_open = o.iter().find(|n| *n != "full").unwrap().clone();
+        let other = if first_open == "a" { "b" } else { "a" };
+        members
+            .iter_mut()
+            .find(|m| m.name == first_open)
+            .unwrap()
+            .stream_room = Some(0);
+        let p = placement(members);
+        assert_eq!(names(&p, "main", 1), [other]);
+        assert!(matches!(p.assign("main"), Err(Error::Full)));
+
+        // A member that reports no room counts as unbounded.
         let p = placement(vec![member("new", 0, Some(1)), member("old", 7, None)]);
-        assert_eq!(names(&p, 2), ["old", "old"]);
+        let got = names(&p, "main", 3);
+        assert_eq!(got.iter().filter(|n| *n == "old").count(), 2, "{got:?}");
 
         assert!(matches!(
-            placement(Vec::new()).assign(),
+            placement(Vec::new()).assign("main"),
             Err(Error::NoLiveSubscriber)
         ));
     }

@@ -73,7 +73,7 @@ pub async fn subscriber(
         secret: settings.link_secret.clone(),
         subscribe: true,
     };
-    let max_viewers = settings.max_viewers as u64;
+    let (max_viewers, max_streams) = (settings.max_viewers as u64, settings.max_streams);
     let health = Arc::new(UpstreamHealth::start(tasks.stop_handle()));
     let upstream_lost = health.lost();
     let (up_hub, up_viewers, up_metrics, stop) = (
@@ -91,6 +91,7 @@ pub async fn subscriber(
                 url: url.clone(),
                 viewers,
                 room: Some(max_viewers.saturating_sub(viewers)),
+                stream_room: Some(max_streams.saturating_sub(up_hub.watched()) as u64),
             }
         };
         link::keep_upstream(upstream, &up_hub, &up_metrics, heartbeat, stop).await;

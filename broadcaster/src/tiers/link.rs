@@ -702,6 +702,7 @@ mod tests {
             url: "ws://x".into(),
             viewers: 0,
             room: None,
+            stream_room: None,
         };
         assert!(!serde_json::to_string(&beat)
             .unwrap()

@@ -83,6 +83,7 @@ mod tests {
             url: format!("ws://{name}"),
             viewers,
             room: None,
+            stream_room: None,
         }
     }
 
