@@ -9,6 +9,7 @@ use emostream_broadcaster::{
     cluster_publisher, main_publisher, subscriber, Error, Retention, Settings,
 };
 use emostream_protocol::wire::{Assignment, EmojiCount, EpochFrame, FrameType};
+use emostream_testkit::netns::DelayProxy;
 use emostream_testkit::wait_for;
 use futures_util::StreamExt;
 use std::net::SocketAddr;
@@ -641,6 +642,79 @@ async fn a_cluster_cut_from_main_tells_its_subscribers_and_their_viewers() {
         panic!("a text frame")
     };
     assert_eq!(epoch_of(&text), 2);
+    stop_all(stop, roles).await;
+}
+
+/// A hole in a stream's epochs above a tier reaches its viewers: a cluster publisher cut from
+/// the main publisher while the main publisher's ring (4 epochs) moved past what the cluster had
+/// is told of the hole when its link is back, and passes it on, so the subscriber's live viewer
+/// gets `gap` before the epochs after the hole, and a viewer joining from before the hole is told
+/// of it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hole_above_reaches_live_and_joining_viewers_as_a_gap_notice() {
+    let (stop, stopped) = watch::channel(false);
+    let settings = Settings {
+        retention: Retention::ring(4),
+        ..settings()
+    };
+    let (main_l, main) = listener().await;
+    let (frames, frames_rx) = mpsc::channel(64);
+    let mut roles = vec![tokio::spawn(main_publisher(
+        main_l,
+        settings.clone(),
+        frames_rx,
+        until(&stopped),
+    ))];
+    // The cluster reaches the main publisher through a proxy, which the test cuts.
+    let (proxy_l, proxy) = listener().await;
+    let cut = DelayProxy::start(proxy_l, main, None, Duration::ZERO);
+    let (cluster_l, cluster) = listener().await;
+    roles.push(tokio::spawn(cluster_publisher(
+        cluster_l,
+        "c0".into(),
+        proxy.to_string(),
+        settings.clone(),
+        until(&stopped),
+    )));
+    let (s0, role) = spawn_subscriber("c0-s0", cluster, settings, &stopped).await;
+    roles.push(role);
+    wait_for("the subscriber in the topology", DEADLINE, || async {
+        member(main, "c0-s0").await.map(|_| ())
+    })
+    .await;
+    let mut live = watch_stream(s0, "").await;
+    frames.send(frame(1).into()).await.unwrap();
+    assert_eq!(epoch_of(&text_of(next(&mut live).await)), 1);
+
+    drop(cut);
+    wait_for("the cluster gone from the topology", DEADLINE, || async {
+        let (_, body) = http(main, "GET", "/v1/topology", "").await?;
+        (!body.contains("c0-s0")).then_some(())
+    })
+    .await;
+    // Epochs 2 to 6 leave the main publisher's ring of 4 while the cluster cannot get them.
+    for e in 2..=10 {
+        frames.send(frame(e).into()).await.unwrap();
+    }
+    let _back = DelayProxy::start(
+        TcpListener::bind(proxy).await.unwrap(),
+        main,
+        None,
+        Duration::ZERO,
+    );
+    let gap = r#"{"type":"gap","stream":"main","since":1,"oldest":7}"#;
+    assert_eq!(text_of(next(&mut live).await), gap);
+    for e in 7..=10 {
+        assert_eq!(epoch_of(&text_of(next(&mut live).await)), e);
+    }
+    let mut joiner = watch_stream(s0, "?since=1").await;
+    assert_eq!(
+        text_of(next(&mut joiner).await),
+        r#"{"type":"gap","since":1,"oldest":7}"#
+    );
+    for e in 7..=10 {
+        assert_eq!(epoch_of(&text_of(next(&mut joiner).await)), e);
+    }
     stop_all(stop, roles).await;
 }
 

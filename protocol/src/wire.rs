@@ -282,6 +282,19 @@ pub struct Admission {
     pub token_expires_s: Option<u64>,
 }
 
+/// Sent down a link before what a lower tier lacks of a stream, when the tier above no longer
+/// holds all of it: epochs after `since` (the newest the lower tier had) and before `oldest` are
+/// lost. The lower tier keeps the hole, tells its own joiners from before it, and passes this on
+/// as it is to its lower tiers and to the stream's live viewers (for whom it reads as the
+/// [`ViewerNotice::Gap`] with the stream named).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "gap")]
+pub struct StreamGap {
+    pub stream: String,
+    pub since: u64,
+    pub oldest: u64,
+}
+
 /// What a subscriber tells a viewer besides frames: a WebSocket text message, or over SSE an
 /// event named by its `type` (`event: lagged`) with this JSON as its data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -46,6 +46,9 @@ pub enum Kind {
     Trending,
     Sentiment,
     Popular,
+    /// A hole in a stream's epochs, reported by the tier above ([`StreamGap`]): kept as the
+    /// stream's newest hole, and passed on like a trend frame but stored nowhere.
+    Gap,
     /// `epoch`, and any type this tier does not know: those go through the ring, as every frame
     /// did before trend frames existed.
     #[serde(other)]
@@ -59,18 +62,21 @@ impl Kind {
             Kind::Trending => Some(0),
             Kind::Sentiment => Some(1),
             Kind::Popular => Some(2),
-            Kind::Epoch => None,
+            Kind::Gap | Kind::Epoch => None,
         }
     }
 }
 
 /// Just enough of any frame to route it. Missing `type` means an epoch, as before it was read.
+/// Every kind has an `epoch` but a gap, which has `since` and `oldest` instead.
 #[derive(Deserialize)]
 struct Head {
     #[serde(rename = "type", default = "Head::epoch")]
     kind: Kind,
     stream: String,
-    epoch: u64,
+    epoch: Option<u64>,
+    since: Option<u64>,
+    oldest: Option<u64>,
 }
 
 impl Head {
@@ -107,10 +113,17 @@ impl FrameData {
             .get_or_init(|| crate::viewers::websocket::text(&self.text))
     }
 
-    /// The text as `data:` lines, after `id: <epoch>` for an epoch frame: what SSE viewers get.
+    /// The text as `data:` lines, after `id: <epoch>` for an epoch frame and `event: gap` for a
+    /// gap (a notice, named as every notice is): what SSE viewers get.
     pub fn sse(&self) -> &Bytes {
-        self.sse
-            .get_or_init(|| sse_event(self.ring.then_some(self.epoch), &self.text))
+        self.sse.get_or_init(|| {
+            let head = match self.kind {
+                _ if self.ring => format!("id: {}\n", self.epoch),
+                Kind::Gap => "event: gap\n".to_owned(),
+                _ => String::new(),
+            };
+            sse_event(head, &self.text)
+        })
     }
 
     /// What holding it costs, in [`Hub`]'s count.
@@ -121,14 +134,11 @@ impl FrameData {
 
 pub type Frame = Arc<FrameData>;
 
-/// The SSE event for a frame. An epoch frame's id is its epoch, so `Last-Event-ID` resumes after
-/// it; a trend frame has none, so that the browser keeps resuming from the last epoch frame (a
-/// trend frame of epoch E can arrive before epoch E's own frame).
-fn sse_event(id: Option<u64>, text: &str) -> Bytes {
-    let mut event = match id {
-        Some(epoch) => format!("id: {epoch}\n"),
-        None => String::new(),
-    };
+/// The SSE event for a frame, after `head`. An epoch frame's id is its epoch, so `Last-Event-ID`
+/// resumes after it; a trend frame has none, so that the browser keeps resuming from the last
+/// epoch frame (a trend frame of epoch E can arrive before epoch E's own frame).
+fn sse_event(head: String, text: &str) -> Bytes {
+    let mut event = head;
     // A JSON frame is one line, but a line break inside one must not end the event early.
     for line in text.split('\n') {
         event.push_str("data: ");
@@ -158,6 +168,9 @@ struct StreamState {
     last_frame: Instant,
     /// What its frames cost ([`FrameData::cost`]).
     bytes: usize,
+    /// The newest hole the tier above reported, `(since, oldest)`: epochs after `since` and
+    /// before `oldest` are lost here.
+    hole: Option<(u64, u64)>,
 }
 
 impl StreamState {
@@ -171,6 +184,7 @@ impl StreamState {
             evicted_seq: 0,
             last_frame: Instant::now(),
             bytes: 0,
+            hole: None,
         }
     }
 
@@ -309,7 +323,15 @@ impl Hub {
     /// or identical to it. A trend frame of the same epoch with other content replaces it: the
     /// dataflow re-published that epoch after a restart, and the newest wins.
     pub fn publish(&self, text: Utf8Bytes) -> Result<bool, serde_json::Error> {
+        use serde::de::Error as _;
         let head: Head = serde_json::from_str(&text)?;
+        let missing = |field| serde_json::Error::custom(format!("a frame without `{field}`"));
+        if head.kind == Kind::Gap {
+            let since = head.since.ok_or_else(|| missing("since"))?;
+            let oldest = head.oldest.ok_or_else(|| missing("oldest"))?;
+            return Ok(self.publish_gap(&head.stream, since, oldest, text));
+        }
+        let epoch = head.epoch.ok_or_else(|| missing("epoch"))?;
         let mut streams = self.lock();
         let streams = &mut *streams;
         let (stream, state) = streams.state(&head.stream);
@@ -319,11 +341,11 @@ impl Hub {
                 if state
                     .ring
                     .back()
-                    .is_some_and(|newest| newest.epoch >= head.epoch)
+                    .is_some_and(|newest| newest.epoch >= epoch)
                 {
                     return Ok(false);
                 }
-                let frame = self.frame(Arc::clone(&stream), head.epoch, head.kind, text);
+                let frame = self.frame(Arc::clone(&stream), epoch, head.kind, text);
                 if state.ring.len() == self.retention.ring_epochs {
                     if let Some(old) = state.ring.pop_front() {
                         state.evicted = Some(old.epoch);
@@ -337,13 +359,11 @@ impl Hub {
             }
             Some(slot) => {
                 if let Some(stored) = &state.latest[slot] {
-                    if stored.epoch > head.epoch
-                        || (stored.epoch == head.epoch && stored.text == text)
-                    {
+                    if stored.epoch > epoch || (stored.epoch == epoch && stored.text == text) {
                         return Ok(false);
                     }
                 }
-                let frame = self.frame(Arc::clone(&stream), head.epoch, head.kind, text);
+                let frame = self.frame(Arc::clone(&stream), epoch, head.kind, text);
                 state.bytes += frame.cost();
                 if let Some(old) = state.latest[slot].replace(Arc::clone(&frame)) {
                     state.bytes -= old.cost();
@@ -362,6 +382,43 @@ impl Hub {
         Ok(true)
     }
 
+    /// A hole the tier above reported in `stream`: kept (joiners from before it are told) and
+    /// passed on to the links below and the stream's viewers. `false` when this tier is past it
+    /// already (it holds an epoch at or after `oldest - 1`).
+    fn publish_gap(&self, stream: &str, since: u64, oldest: u64, text: Utf8Bytes) -> bool {
+        let mut streams = self.lock();
+        let (stream, state) = streams.state(stream);
+        let past = state
+            .ring
+            .back()
+            .is_some_and(|newest| newest.epoch + 1 >= oldest);
+        if past || oldest <= since + 1 || state.hole == Some((since, oldest)) {
+            return false;
+        }
+        state.hole = Some((since, oldest));
+        let frame = self.frame(stream, oldest, Kind::Gap, text);
+        let _ = self.links.send(frame);
+        true
+    }
+
+    /// The hole a lower tier that has `stream` up to `have` would fall into, as `(since,
+    /// oldest)`: epochs after `have` that have left this tier's ring, up to the first it still
+    /// holds; or else the hole reported from above, if it lies after `have`.
+    pub fn gap_after(&self, stream: &str, have: u64) -> Option<(u64, u64)> {
+        let streams = self.lock();
+        let state = streams.get(stream)?;
+        let first = state.ring.iter().find(|f| f.epoch > have).map(|f| f.epoch);
+        match first {
+            Some(first) if first > have + 1 && state.evicted.is_some_and(|e| e > have) => {
+                Some((have, first))
+            }
+            _ => state
+                .hole
+                .filter(|&(_, oldest)| oldest > have + 1)
+                .map(|(since, oldest)| (since.max(have), oldest)),
+        }
+    }
+
     /// The next frame in publication order. Called under the lock.
     fn frame(&self, stream: Arc<str>, epoch: u64, kind: Kind, text: Utf8Bytes) -> Frame {
         Arc::new(FrameData {
@@ -369,7 +426,7 @@ impl Hub {
             epoch,
             kind,
             seq: self.published.fetch_add(1, Ordering::Relaxed) + 1,
-            ring: kind.trend_slot().is_none(),
+            ring: kind == Kind::Epoch,
             text,
             ws: OnceLock::new(),
             sse: OnceLock::new(),
@@ -555,13 +612,23 @@ impl Hub {
             }
             None => (state.ring.back().cloned().into_iter().collect(), None),
         };
-        let gap = match (since, resumed) {
-            (Some(since), Some(false)) => Some(ViewerNotice::Gap {
+        // A hole reported from above that this join's replay spans is lost to it too.
+        let hole = match (since, state.hole) {
+            (Some(since), Some((from, oldest))) if since + 1 < oldest => Some((from, oldest)),
+            _ => None,
+        };
+        let gap = match (since, resumed, hole) {
+            (Some(since), Some(false), _) => Some(ViewerNotice::Gap {
                 since,
-                oldest: state.ring.front().map(|f| f.epoch),
+                oldest: replay.first().map(|f| f.epoch),
+            }),
+            (Some(since), _, Some((from, oldest))) => Some(ViewerNotice::Gap {
+                since: since.max(from),
+                oldest: Some(oldest),
             }),
             _ => None,
         };
+        let resumed = if gap.is_some() { Some(false) } else { resumed };
         replay.extend(state.latest.iter().flatten().cloned().chain(popular));
         attach(self.published.load(Ordering::Relaxed), replay, gap);
         resumed
@@ -1079,6 +1146,58 @@ mod tests {
             .collect();
         assert_eq!(names(&hub), kept);
         assert_eq!(hub.held(), (9, 9 * one));
+    }
+
+    #[test]
+    fn a_hole_reported_from_above_is_kept_for_joiners_and_passed_on_once() {
+        let hub = Hub::new(8);
+        let mut live = hub.link();
+        hub.publish(frame("main", 3)).unwrap();
+        hub.publish(frame("main", 4)).unwrap();
+        let gap = r#"{"type":"gap","stream":"main","since":4,"oldest":9}"#;
+        assert!(hub.publish(gap.into()).unwrap());
+        assert!(!hub.publish(gap.into()).unwrap(), "a repeat");
+        hub.publish(frame("main", 9)).unwrap();
+        let past = r#"{"type":"gap","stream":"main","since":1,"oldest":3}"#;
+        assert!(
+            !hub.publish(past.into()).unwrap(),
+            "a hole this tier is past"
+        );
+
+        let got: Vec<Frame> = std::iter::from_fn(|| live.try_recv().ok()).collect();
+        assert_eq!(
+            texts(&got),
+            [
+                frame("main", 3),
+                frame("main", 4),
+                gap.into(),
+                frame("main", 9)
+            ]
+        );
+        assert_eq!((got[2].kind, got[2].ring), (Kind::Gap, false));
+        assert_eq!(*got[2].sse(), format!("event: gap\ndata: {gap}\n\n"));
+
+        // A joiner whose replay spans the hole is told which of its epochs are lost; one after
+        // it is not told anything.
+        for (since, lost_after) in [(2, 4), (4, 4), (6, 6)] {
+            let joined = join(&hub, "main", Some(since));
+            let gap = ViewerNotice::Gap {
+                since: lost_after,
+                oldest: Some(9),
+            };
+            assert_eq!(joined.gap, Some(gap), "since {since}");
+            assert_eq!(joined.resumed, Some(false), "since {since}");
+        }
+        assert_eq!(epochs(&join(&hub, "main", Some(2)).replay), [3, 4, 9]);
+        assert_eq!(join(&hub, "main", Some(8)).gap, None);
+        assert_eq!(join(&hub, "main", Some(8)).resumed, Some(true));
+        // What a lower tier with a given newest epoch is told before its backlog.
+        assert_eq!(hub.gap_after("main", 2), Some((4, 9)));
+        assert_eq!(hub.gap_after("main", 4), Some((4, 9)));
+        assert_eq!(hub.gap_after("main", 8), None);
+        assert!(hub
+            .publish(r#"{"type":"gap","stream":"main"}"#.into())
+            .is_err());
     }
 
     #[test]

@@ -165,7 +165,8 @@ const LOAD_BOUND: f64 = 1.25;
 impl Placement {
     /// Where a viewer of `stream` goes: live subscribers in the stream's own order (rendezvous
     /// hashing of the stream and each subscriber's name), the first whose load (viewers, and
-    /// viewers placed since its last report) is under [`LOAD_BOUND`] times the average. So a
+    /// viewers placed since its last report) is under [`LOAD_BOUND`] times the average with this
+    /// viewer (at least 1), or else the least loaded, first in that order. So a
     /// stream's viewers stay on as few subscribers as balance allows (each carries fewer
     /// streams, and fewer copies of each cross the links above), a big stream spreads over
     /// every subscriber, and a subscriber's leaving moves only its own viewers' streams.
@@ -200,11 +201,17 @@ impl Placement {
         }
         open.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.2.name.cmp(&b.2.name)));
         let total: u64 = open.iter().map(|(_, _, m)| load(m)).sum();
-        let bound = (LOAD_BOUND * (total + 1) as f64 / open.len() as f64).ceil() as u64;
+        // Rounded down (and at least 1), so that a handful of viewers spread one by one too.
+        let bound = ((LOAD_BOUND * (total + 1) as f64 / open.len() as f64) as u64).max(1);
         let chosen = open
             .iter()
             .position(|(_, _, m)| load(m) < bound)
-            .unwrap_or(0);
+            .unwrap_or_else(|| {
+                let least = open.iter().map(|(_, _, m)| load(m)).min().unwrap_or(0);
+                open.iter()
+                    .position(|(_, _, m)| load(m) == least)
+                    .unwrap_or(0)
+            });
         let (_, cluster, member) = open.swap_remove(chosen);
         recent.add(now, &member.name);
         Ok(Assignment {
@@ -354,17 +361,17 @@ mod tests {
         let all = ["a", "b", "c"];
         // Balanced and busy: every viewer of a stream goes to the stream's first subscriber,
         // and two streams' firsts are where the hash puts them.
-        let busy = || placement(all.map(|n| member(n, 10, Some(100))).to_vec());
-        let p = busy();
+        let p = placement(all.map(|n| member(n, 100, Some(1000))).to_vec());
         for stream in ["football", "concert", "news"] {
             let first = order(stream, &all)[0].clone();
             assert_eq!(names(&p, stream, 3), [first.clone(), first.clone(), first]);
         }
-        // One big stream on idle subscribers spreads: under 1.25 × the average load each, in
-        // the stream's order (loads 1, 1, 2, 2, 3, 3, then the third).
+        // One big stream on idle subscribers spreads over all of them, in the stream's order:
+        // each takes one, then each takes a second (1.25 × the average, rounded down, is 1 and
+        // then 2), and so on.
         let p = placement(all.map(|n| member(n, 0, Some(100))).to_vec());
         let o = order("final", &all);
-        let want = [0, 1, 0, 1, 0, 1, 2].map(|i| o[i].clone());
+        let want = [0, 1, 2, 0, 1, 2, 0].map(|i| o[i].clone());
         assert_eq!(names(&p, "final", 7), want);
         // The same stream asked again elsewhere ranks the subscribers the same way.
         assert_eq!(order("final", &["c", "a", "b"]), o);

@@ -17,7 +17,7 @@
 //! long the whole backlog takes.
 
 use crate::auth;
-use crate::hub::{Frame, Hub};
+use crate::hub::{Frame, Held, Hub};
 use crate::metrics::{Conn, Metrics};
 use crate::server::socket::{self, going_away, WriteFailed};
 use crate::server::tasks::Stop;
@@ -25,7 +25,7 @@ use crate::tiers::roster::{LinkId, Roster, HEARTBEAT, SILENCE};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use emostream_protocol::trends::ALL_STREAMS;
-use emostream_protocol::wire::{LinkUp, Subscribe, Synced};
+use emostream_protocol::wire::{LinkUp, StreamGap, Subscribe, Synced};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -132,6 +132,7 @@ impl Downstream {
             self.wants = Wants::All;
             for (stream, epoch) in &have {
                 self.has.insert(stream.as_str().into(), *epoch);
+                send_gap(tx, hub, stream, *epoch).await?;
             }
             for frame in hub.backlog(&have) {
                 if self.takes(&frame) {
@@ -155,9 +156,14 @@ impl Downstream {
         for stream in added {
             let after = have.get(&*stream).copied();
             match after {
-                Some(epoch) => self.has.insert(Arc::clone(&stream), epoch),
-                None => self.has.remove(&stream),
-            };
+                Some(epoch) => {
+                    self.has.insert(Arc::clone(&stream), epoch);
+                    send_gap(tx, hub, &stream, epoch).await?;
+                }
+                None => {
+                    self.has.remove(&stream);
+                }
+            }
             for frame in hub.backlog_of(&stream, after) {
                 if self.takes(&frame) {
                     send_frame(tx, &frame, metrics).await?;
@@ -191,6 +197,25 @@ pub async fn serve_downstream(
         downstream_session(socket, link, hub, roster, metrics, &mut stop, upstream_lost).await;
     roster.close(link);
     tracing::info!(link, reason = %ended, "downstream link closed");
+}
+
+/// Tells a lower tier that has `stream` up to `have` of the hole this tier's ring has after it,
+/// if any, before the epochs it lacks.
+async fn send_gap<S>(tx: &mut S, hub: &Hub, stream: &str, have: u64) -> Result<(), WriteFailed>
+where
+    S: Sink<Message> + Unpin,
+    S::Error: std::fmt::Display,
+{
+    let Some((since, oldest)) = hub.gap_after(stream, have) else {
+        return Ok(());
+    };
+    let gap = StreamGap {
+        stream: stream.to_owned(),
+        since,
+        oldest,
+    };
+    let text = serde_json::to_string(&gap).expect("a StreamGap always serializes");
+    socket::send(tx, Message::Text(text.into())).await
 }
 
 /// Sends one frame, counting it as delivered.
@@ -326,7 +351,7 @@ where
                     let held = hub.held_after(down.seen);
                     tracing::warn!(missed, resent = held.frames.len(), lost_streams = held.broken.len(), "downstream link lagged; sending what the rings still hold");
                     down.seen = held.published;
-                    catch_up(&mut down, held.frames, tx, metrics).await
+                    catch_up(&mut down, held, hub, tx, metrics).await
                 }
                 Err(RecvError::Closed) => return Ended::Stopped,
             },
@@ -338,9 +363,12 @@ where
     }
 }
 
+/// Sends a link that fell behind the feed what the rings still hold, after a gap for each stream
+/// whose ring pushed out an epoch it did not get.
 async fn catch_up<S>(
     down: &mut Downstream,
-    held: Vec<Frame>,
+    held: Held,
+    hub: &Hub,
     tx: &mut S,
     metrics: &Metrics,
 ) -> Result<(), WriteFailed>
@@ -348,7 +376,17 @@ where
     S: Sink<Message> + Unpin,
     S::Error: std::fmt::Display,
 {
-    for frame in held {
+    for stream in &held.broken {
+        let wanted = match &down.wants {
+            Wants::All => true,
+            Wants::Streams(streams) => streams.contains(stream),
+            Wants::Undeclared => false,
+        };
+        if let (true, Some(&have)) = (wanted, down.has.get(stream)) {
+            send_gap(tx, hub, stream, have).await?;
+        }
+    }
+    for frame in held.frames {
         if down.takes(&frame) {
             send_frame(tx, &frame, metrics).await?;
         }

@@ -482,6 +482,10 @@ struct Swarm {
     /// The stream to watch.
     #[arg(long, default_value = "main")]
     stream: String,
+    /// Watch this many streams instead, STREAM-0 to STREAM-(N-1): viewer i watches the
+    /// (i mod N)-th, as the main publisher's `--synthetic-streams` names them.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    stream_count: u64,
     /// How long to measure once all are connected.
     #[arg(long, value_name = "S", default_value_t = 20)]
     seconds: u64,
@@ -501,6 +505,14 @@ struct Swarm {
 }
 
 impl Swarm {
+    /// The stream viewer `i` watches.
+    fn stream_of(&self, i: u64) -> String {
+        match self.stream_count {
+            1 => self.stream.clone(),
+            n => format!("{}-{}", self.stream, i % n),
+        }
+    }
+
     async fn run(&self) -> Result<Report, std::io::Error> {
         // Held to the end: while it lives, every viewer's frames carry their arrival stamps.
         let _stamping = client::kernel_stamping(Duration::from_secs(10)).await?;
@@ -541,12 +553,13 @@ impl Swarm {
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         for i in 0..self.viewers as usize {
             pace.tick().await;
+            let stream = self.stream_of(i as u64);
             let url = match &self.main {
-                Some(main) => register(main, i, &self.stream, self.sse).await,
+                Some(main) => register(main, i, &stream, self.sse).await,
                 None => {
                     let subs = &self.subscribers;
                     let sub = &subs[(self.offset + i) % subs.len()];
-                    Some(viewer_url(sub, &self.stream, self.sse, ""))
+                    Some(viewer_url(sub, &stream, self.sse, ""))
                 }
             };
             match url {
