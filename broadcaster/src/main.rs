@@ -108,12 +108,13 @@ mod tests {
                 }),
             ),
             (
-                "main --synthetic-ms 100 --synthetic-streams a,b",
+                "main --synthetic-ms 100 --synthetic-streams a,b --synthetic-epochs 3",
                 Ok(Role::Main {
                     listen: None,
                     synthetic: Some(Synthetic {
                         every_ms: 100,
                         streams: vec!["a".into(), "b".into()],
+                        epochs: Some(3),
                     }),
                 }),
             ),
@@ -124,6 +125,7 @@ mod tests {
                     synthetic: Some(Synthetic {
                         every_ms: 2000,
                         streams: vec!["main".into()],
+                        epochs: None,
                     }),
                 }),
             ),

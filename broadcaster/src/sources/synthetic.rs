@@ -32,6 +32,10 @@ pub struct Synthetic {
         requires = "every_ms"
     )]
     pub streams: Vec<String>,
+    /// Stop after this many epochs (the main publisher keeps serving what it holds): a
+    /// benchmark then sees every tier with the streams live, and after they go idle.
+    #[arg(long = "synthetic-epochs", value_name = "N", requires = "every_ms")]
+    pub epochs: Option<u64>,
 }
 
 impl Synthetic {
@@ -41,7 +45,7 @@ impl Synthetic {
     pub async fn run(self, frames_tx: mpsc::Sender<Utf8Bytes>) {
         let every_ms = self.every_ms.max(1);
         let mut epoch = unix_ms() / every_ms;
-        loop {
+        for _ in 0..self.epochs.unwrap_or(u64::MAX) {
             let end_ms = (epoch + 1) * every_ms;
             let wait_ms = end_ms.saturating_sub(unix_ms());
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
@@ -72,6 +76,7 @@ mod tests {
         let source = Synthetic {
             every_ms: 50,
             streams: vec!["a".into(), "b".into()],
+            epochs: None,
         };
         let running = tokio::spawn(source.run(tx));
         let mut got = Vec::new();
@@ -85,5 +90,23 @@ mod tests {
         let epoch = first.epoch;
         assert_eq!(got[..7], frames(&["a", "b"], epoch, 50));
         assert_eq!(got[7..], frames(&["a", "b"], epoch + 1, 50));
+    }
+
+    #[tokio::test]
+    async fn a_source_with_a_count_of_epochs_ends_after_them() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let source = Synthetic {
+            every_ms: 10,
+            streams: vec!["a".into()],
+            epochs: Some(2),
+        };
+        let running = tokio::spawn(source.run(tx));
+        let mut got = Vec::new();
+        while let Some(text) = rx.recv().await {
+            got.push(text.to_string());
+        }
+        running.await.unwrap();
+        // Two windows of four frames (epoch, trending, sentiment, popular), then the end.
+        assert_eq!(got.len(), 8);
     }
 }
