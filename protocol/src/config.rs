@@ -118,8 +118,8 @@ impl EpochConfig {
         1000
     }
     /// Twice the variety of a busy stream (about 30 distinct emojis an epoch, the synthetic
-    /// production mix): such a stream's frames are never cut, and a frame is at most ~7 KB
-    /// (`EpochFrame::max_bytes(64)`, 7,200 bytes) where every RGI emoji listed would be ~170 KB.
+    /// production mix): such a stream's frames are never cut, and a frame is at most 7,200
+    /// bytes (`EpochFrame::max_bytes(64)`) where every RGI emoji listed once would be 180 KB.
     const fn max_frame_emojis() -> usize {
         64
     }

@@ -166,7 +166,7 @@ pub struct EpochFrame {
     pub emojis: Vec<EmojiCount>,
     /// The emojis of the epoch past that bound, summed; absent when every emoji is listed. Any
     /// client can tap every RGI emoji once an epoch: listing them all would make every viewer's
-    /// frame ~170 KB.
+    /// frame 180 KB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub other: Option<OtherEmojis>,
 }
