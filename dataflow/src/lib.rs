@@ -194,7 +194,7 @@ pub fn run_worker(
         let frames = counts
             .container::<Vec<PartialCount>>()
             .count_epochs()
-            .per_thousand(epochs);
+            .per_thousand(epochs, Arc::clone(&metrics));
         let published = frames
             .clone()
             .publish_epochs(gate, publisher, epochs.window_ms, metrics);

@@ -2,22 +2,39 @@
 //! place: every emoji's `scaled = max(1, count / divisor)`, and at most `max_frame_emojis`
 //! emojis listed, the rest summed.
 
+use crate::metrics::Metrics;
 use crate::EpochCount;
 use emostream_protocol::config::EpochConfig;
 use emostream_protocol::epoch::{epoch_bounds, scaled};
 use emostream_protocol::wire::{EmojiCount, EpochFrame, FrameType, OtherEmojis};
 use std::cmp::Ordering;
+use std::sync::Arc;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::Stream;
 
 pub trait PerThousand<'scope> {
-    /// Turns each closed [`EpochCount`] into the viewers' [`EpochFrame`] by [`reduce`].
-    fn per_thousand(self, epochs: EpochConfig) -> Stream<'scope, u64, Vec<EpochFrame>>;
+    /// Turns each closed [`EpochCount`] into the viewers' [`EpochFrame`] by [`reduce`], counting
+    /// the frames that had to sum emojis in `other`.
+    fn per_thousand(
+        self,
+        epochs: EpochConfig,
+        metrics: Arc<Metrics>,
+    ) -> Stream<'scope, u64, Vec<EpochFrame>>;
 }
 
 impl<'scope> PerThousand<'scope> for Stream<'scope, u64, Vec<EpochCount>> {
-    fn per_thousand(self, epochs: EpochConfig) -> Stream<'scope, u64, Vec<EpochFrame>> {
-        self.map(move |c| reduce(c, epochs))
+    fn per_thousand(
+        self,
+        epochs: EpochConfig,
+        metrics: Arc<Metrics>,
+    ) -> Stream<'scope, u64, Vec<EpochFrame>> {
+        self.map(move |c| {
+            let frame = reduce(c, epochs);
+            if frame.other.is_some() {
+                metrics.bounded();
+            }
+            frame
+        })
     }
 }
 
@@ -239,11 +256,13 @@ mod tests {
 
     #[test]
     fn operator_applies_the_reduction() {
-        let captured = timely::example(|scope| {
+        let metrics = Arc::new(Metrics::default());
+        let counted = Arc::clone(&metrics);
+        let captured = timely::example(move |scope| {
             vec![count(&[("🔥", 1001)]), count(&[("🔥", 1999), ("😮", 1)])]
                 .to_stream(scope)
                 .container::<Vec<_>>()
-                .per_thousand(epochs(1))
+                .per_thousand(epochs(1), counted)
                 .capture()
         });
         let frames: Vec<String> = captured
@@ -261,5 +280,9 @@ mod tests {
                 r#"{"type":"epoch","stream":"main","epoch":5,"start_ms":10000,"end_ms":12000,"total":2000,"late":0,"emojis":[{"emoji":"🔥","count":1999,"scaled":1}],"other":{"distinct":1,"count":1,"scaled":1}}"#,
             ]
         );
+        assert!(metrics
+            .render()
+            .lines()
+            .any(|l| l == "emostream_dataflow_frames_bounded_total 1"));
     }
 }

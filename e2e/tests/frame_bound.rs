@@ -3,8 +3,9 @@
 //! broker, two timely processes and broadcaster. Every epoch frame on `emoji-epochs` and at a
 //! viewer must list exactly `max_frame_emojis` (64) emojis — 🔥 first, then the lowest emojis by
 //! UTF-8 bytes — sum the rest in `other`, keep `total` exact against what the gateway
-//! acknowledged, and stay within `EpochFrame::max_bytes`; every trend frame must equal the
-//! brute-force window over those published frames.
+//! acknowledged, and stay within `EpochFrame::max_bytes`; the dataflow's metrics must count each
+//! cut frame once; every trend frame must equal the brute-force window over those published
+//! frames.
 
 use emostream_e2e::trace::{self, Truth};
 use emostream_e2e::viewer::Viewer;
@@ -186,6 +187,24 @@ async fn every_rgi_emoji_each_epoch_keeps_frames_bounded_and_totals_exact() {
         }
     }
     assert!(cut >= 1, "no epoch held every RGI emoji: {truth:?}");
+    // The processes counted each cut frame once (nothing was replayed: no process restarted).
+    let mut bounded = 0;
+    for addr in &system.config.dataflow.metrics {
+        let text = http::get(addr, "/metrics")
+            .await
+            .expect("the dataflow serves metrics")
+            .body;
+        bounded += text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("emostream_dataflow_frames_bounded_total")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no frames_bounded_total in\n{text}"));
+    }
+    assert_eq!(bounded, cut, "frames bounded, summed over the processes");
 
     // The viewer got those very bytes.
     let last = markers[STREAM];
