@@ -92,6 +92,7 @@ fn epoch_frame(stream: &str, epoch: u64, emojis: Vec<EmojiCount>) -> String {
         total: emojis.iter().map(|e| e.count).sum(),
         late: 0,
         emojis,
+        other: None,
     };
     serde_json::to_string(&frame).unwrap()
 }

@@ -56,6 +56,7 @@ fn realistic(epoch: u64) -> String {
                 scaled: 100 - i as u64,
             })
             .collect(),
+        other: None,
     };
     serde_json::to_string(&frame).unwrap()
 }

@@ -8,7 +8,8 @@
 //! - [`recovery`]: reading the last progress record at start.
 //! - [`source`]: the Kafka source operator (never blocks; pre-counts per epoch; emits marks).
 //! - [`count`]: `CountEpochs`, exchange by stream and close each epoch on the frontier.
-//! - [`reduce`]: `PerThousand`, the per-1000 reduction into viewer frames.
+//! - [`reduce`]: `PerThousand`, the per-1000 reduction into viewer frames, each listing at most
+//!   `max_frame_emojis` emojis.
 //! - [`publish`]: `PublishEpochs`, gated, acknowledged publication to `emoji-epochs`.
 //! - [`progress`]: `WriteProgress`, the progress record and the gate it feeds back.
 //! - [`fence`]: the progress chain's check that stops a second cluster writing the same topics.
@@ -21,7 +22,7 @@
 //!
 //! ```text
 //! KafkaSource ─┬─ counts ─▶ CountEpochs ─▶ PerThousand ─▶ PublishEpochs ─▶ (published frontier)
-//!              │                 └─▶ Trends ─▶ PublishTrends       │
+//!              │                                 └─▶ Trends ─▶ PublishTrends       │
 //!              └─ marks ──────────────────────────────────────▶ WriteProgress ◀──┘
 //!                                          gate ◀── feedback(+1 epoch) ──┘
 //! ```
@@ -59,7 +60,7 @@ use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, Input, Inspect, OkErr};
 use timely::dataflow::InputHandleVec;
 use timely::worker::Worker;
@@ -190,15 +191,19 @@ pub fn run_worker(
             SourceItem::Count(c) => Ok(c),
             SourceItem::Mark(m) => Err(m),
         });
-        let closed = counts.container::<Vec<PartialCount>>().count_epochs();
-        let published = closed
+        let frames = counts
+            .container::<Vec<PartialCount>>()
+            .count_epochs()
+            .per_thousand(epochs, Arc::clone(&metrics));
+        let published = frames
             .clone()
-            .per_thousand(epochs.divisor, epochs.window_ms)
             .publish_epochs(gate, publisher, epochs.window_ms, metrics);
         if let Some(producer) = trends_publisher {
-            // The output's frontier (frames answered) only keeps a graceful stop waiting for
-            // the broker; nothing else depends on it.
-            let _answered = closed
+            // Trends read the frames as published, bound included, as a restart's refill reads
+            // them back. The output's frontier (frames answered) only keeps a graceful stop
+            // waiting for the broker; nothing else depends on it.
+            let _answered = frames
+                .map(reduce::counted)
                 .concat(scope.refill(refilled))
                 .trends(trend_settings)
                 .publish_trends(published.clone(), first_epoch, producer);

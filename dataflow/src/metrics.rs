@@ -28,6 +28,7 @@ pub struct Metrics {
     replay_skipped: Counter,
     unreadable: Counter,
     epochs_published: Counter,
+    frames_bounded: Counter,
     publish_latency: Histogram,
     watermark_lag: Family<PartitionLabels, Gauge<f64, AtomicU64>>,
     floor_epoch: Family<PartitionLabels, Gauge>,
@@ -59,6 +60,10 @@ impl Default for Metrics {
             "epochs_published",
             "(stream, epoch) frames acknowledged on emoji-epochs",
         );
+        let frames_bounded = counter(
+            "frames_bounded",
+            "(stream, epoch) frames built with more distinct emojis than max_frame_emojis, the rest summed in other",
+        );
         let watermark_lag = Family::default();
         registry.register_with_unit(
             "watermark_lag",
@@ -87,6 +92,7 @@ impl Default for Metrics {
             replay_skipped,
             unreadable,
             epochs_published,
+            frames_bounded,
             publish_latency,
             watermark_lag,
             floor_epoch,
@@ -117,6 +123,12 @@ impl Metrics {
     pub fn published(&self, frames: u64, latency_ms: u64) {
         self.epochs_published.inc_by(frames);
         self.publish_latency.observe(latency_ms as f64 / 1000.0);
+    }
+
+    /// A frame was built with emojis summed in its `other`: a stream tapped with more variety
+    /// than a frame lists, or a client spraying distinct emojis.
+    pub fn bounded(&self) {
+        self.frames_bounded.inc();
     }
 
     pub fn render(&self) -> String {
@@ -160,6 +172,7 @@ mod tests {
         m.partition(1, 640, 42);
         m.published(2, 300);
         m.published(1, 5_000);
+        m.bounded();
         let text = m.render();
         for line in [
             "emostream_dataflow_records_total 3",
@@ -168,6 +181,7 @@ mod tests {
             "emostream_dataflow_replay_skipped_total 5",
             "emostream_dataflow_unreadable_events_total 1",
             "emostream_dataflow_epochs_published_total 3",
+            "emostream_dataflow_frames_bounded_total 1",
             "emostream_dataflow_watermark_lag_seconds{partition=\"1\"} 0.64",
             "emostream_dataflow_floor_epoch{partition=\"1\"} 42",
             "emostream_dataflow_publish_latency_seconds_bucket{le=\"0.25\"} 0",

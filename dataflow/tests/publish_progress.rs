@@ -58,6 +58,7 @@ fn frame(stream: &str, epoch: u64, emojis: &[(&str, u64, u64)]) -> EpochFrame {
                 scaled,
             })
             .collect(),
+        other: None,
     }
 }
 

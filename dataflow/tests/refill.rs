@@ -30,6 +30,7 @@ fn frame(stream: &str, epoch: u64, emojis: &[(&str, u64)]) -> EpochFrame {
                 scaled: (count / 1000).max(1),
             })
             .collect(),
+        other: None,
     }
 }
 

@@ -3,9 +3,13 @@
 //   node e2e/browser/tap.mjs <page url> <screenshot dir>
 //
 // 1. loads the page and waits until its WebSocket is live;
-// 2. taps 🔥 and waits for the page's POST to the gateway, which must be answered 202 for one tap;
-// 3. waits until the page shows that tap counted: the epoch list row of the epoch the gateway
-//    named holds 🔥 with count 1, and the "your taps" box says counted for that epoch;
+// 2. taps 🔥 and ❤️ at once and waits for the page's POST to the gateway, which must carry both and
+//    be answered 202 for two taps;
+// 3. waits until the page shows those taps counted. The system runs with a frame bound of one
+//    emoji (`max_frame_emojis` = 1), so the frame lists ❤️ (equal counts go by UTF-8 bytes, and
+//    ❤️'s are lower) and sums 🔥 in `other`: the epoch list row of the epoch the gateway named
+//    holds ❤️ with count 1 and "+1 other 1", the latest-epoch chips end with "+1 more", and the
+//    "your taps" box says counted for that epoch, 🔥 "in other";
 // 4. saves page.png (desktop) and page-phone.png (a phone's viewport) in the screenshot dir.
 //
 // Every wait is on a condition with a deadline. On success the last stdout line is one JSON
@@ -22,7 +26,9 @@ if (!pageUrl || !shotDir) {
   process.exit(2);
 }
 
-const EMOJI = '🔥';
+// Tapped in this order; LISTED is the one a one-emoji frame lists.
+const TAPPED = ['🔥', '❤️'];
+const LISTED = '❤️';
 const LIVE_MS = 30_000;
 const ACK_MS = 30_000;
 // The epoch must close (window + allowed lateness) and pass three broadcaster tiers.
@@ -69,29 +75,38 @@ try {
     },
     () => new Promise(() => {}), // no failure before the deadline: leave the race to `answered`
   );
-  await page.locator(`#tap-buttons button[data-emoji="${EMOJI}"]`).click();
+  // Both clicks in one task of the page, so both taps go out in one POST, in one epoch.
+  await page.evaluate((emojis) => {
+    for (const e of emojis) document.querySelector(`#tap-buttons button[data-emoji="${e}"]`).click();
+  }, TAPPED);
   const response = await Promise.race([answered, blocked]);
   const sentBody = JSON.parse(response.request().postData() ?? 'null');
-  check(Array.isArray(sentBody) && sentBody.length === 1 && sentBody[0].emoji === EMOJI,
-    `the page POSTed one ${EMOJI} tap, sent ${JSON.stringify(sentBody)}`);
+  check(Array.isArray(sentBody) && sentBody.map((t) => t.emoji).join() === TAPPED.join(),
+    `the page POSTed ${TAPPED.join(' and ')}, sent ${JSON.stringify(sentBody)}`);
   const status = response.status();
   const ack = await response.json();
   check(status === 202, `the gateway answered ${status}: ${JSON.stringify(ack)}`);
-  check(ack.accepted === 1, `accepted 1, got ${ack.accepted}`);
+  check(ack.accepted === 2, `accepted 2, got ${ack.accepted}`);
 
   const row = page.locator(`#epochs li[data-epoch="${ack.epoch}"]`);
-  const cell = row.locator(`[data-emoji="${EMOJI}"]`);
+  const cell = row.locator(`[data-emoji="${LISTED}"]`);
   await cell.waitFor({ timeout: COUNTED_MS });
   const count = Number(await cell.getAttribute('data-count'));
-  check(count === 1, `epoch ${ack.epoch} shows ${EMOJI} ×1, shows ${count}`);
+  check(count === 1, `epoch ${ack.epoch} shows ${LISTED} ×1, shows ${count}`);
   const cellText = await cell.textContent();
-  check(cellText === `${EMOJI} 1`, `the row reads "${EMOJI} 1", reads "${cellText}"`);
+  check(cellText === `${LISTED} 1`, `the row reads "${LISTED} 1", reads "${cellText}"`);
+  const other = row.locator('.other');
+  const otherText = await other.textContent();
+  check(otherText === '+1 other 1' && (await other.getAttribute('data-distinct')) === '1',
+    `the row sums the unlisted emoji as "+1 other 1", reads "${otherText}"`);
+  const more = await page.locator('#now-emojis li.more').textContent();
+  check(more === '+1 more1', `the latest epoch's chips end with "+1 more" and its 1 tap, read "${more}"`);
   const mine = page.locator(`#mine[data-state="counted"][data-epoch="${ack.epoch}"]`);
   await mine.waitFor({ timeout: COUNTED_MS });
   const mineText = await mine.textContent();
-  check(mineText.startsWith('✓ Your 1 tap counted') && mineText.endsWith(`${EMOJI} 1`), `"your taps" says counted: ${mineText}`);
+  check(mineText.startsWith('✓ Your 2 taps counted') && mineText.endsWith(`🔥 in other · ${LISTED} 1`), `"your taps" says counted: ${mineText}`);
   const counted = await page.locator('#counted').textContent();
-  check(counted === '1', `the tap bar counts 1 counted tap, shows ${counted}`);
+  check(counted === '2', `the tap bar counts 2 counted taps, shows ${counted}`);
 
   await mkdir(shotDir, { recursive: true });
   await page.screenshot({ path: join(shotDir, 'page.png') });

@@ -1,14 +1,16 @@
 //! The viewer page in a real browser: headless Chromium (driven by `e2e/browser/tap.mjs` through
-//! playwright-core) loads the page, taps 🔥, sees the gateway answer 202, and sees its own tap
-//! counted in that epoch's row on screen. A WebSocket viewer of the same subscriber checks that
-//! what the page showed is what the system published. Screenshots go to `target/browser/`.
+//! playwright-core) loads the page, taps 🔥 and ❤️, sees the gateway answer 202, and sees its own
+//! taps counted in that epoch's row on screen. The dataflow runs with a frame bound of one emoji,
+//! so the frame lists ❤️ and sums 🔥 in `other`, and the page must show that part too. A
+//! WebSocket viewer of the same subscriber checks that what the page showed is what the system
+//! published. Screenshots go to `target/browser/`.
 //!
 //! Needs Chromium, a colour emoji font, Node.js and playwright-core:
 //! `scripts/install_browser_deps.sh` installs whichever is missing, and this test runs it first.
 
 use emostream_e2e::viewer::Viewer;
 use emostream_e2e::{System, Topology};
-use emostream_protocol::wire::EpochFrame;
+use emostream_protocol::wire::{EpochFrame, OtherEmojis};
 use emostream_testkit::{repo_root, wait_for};
 use serde::Deserialize;
 use std::process::Stdio;
@@ -16,7 +18,9 @@ use std::time::Duration;
 
 /// A stream nothing else writes to, so the page's tap is the only one in its epoch.
 const STREAM: &str = "browser";
-const EMOJI: &str = "🔥";
+/// The emoji a one-emoji frame lists of the two the page taps (🔥 and ❤️, once each): equal
+/// counts go by UTF-8 bytes, and ❤️'s are lower.
+const LISTED: &str = "❤️";
 /// Generous: Chromium's first start on a cold disk takes seconds, and the epoch must close and
 /// pass three tiers; tap.mjs has tighter deadlines of its own for each step.
 const BROWSER_DEADLINE: Duration = Duration::from_secs(180);
@@ -43,7 +47,11 @@ async fn a_tap_in_the_page_is_counted_on_screen() {
         "installing the browser test's deps failed"
     );
 
-    let system = System::start(Topology::default()).await;
+    let system = System::start(Topology {
+        worker_env: vec![("EMOSTREAM_EPOCHS__MAX_FRAME_EMOJIS", "1".into())],
+        ..Topology::default()
+    })
+    .await;
     let subscriber = system.subscribers()[0].clone();
     let viewer = Viewer::connect(&format!("ws://{subscriber}"), STREAM).await;
     // Each subscriber serves the page; it reads the gateway from the subscriber's /config.json.
@@ -70,7 +78,7 @@ async fn a_tap_in_the_page_is_counted_on_screen() {
     );
     let outcome: Outcome = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("{e}: tap.mjs's last line is not its outcome:\n{stdout}"));
-    assert_eq!((outcome.status, outcome.accepted), (202, 1), "{outcome:?}");
+    assert_eq!((outcome.status, outcome.accepted), (202, 2), "{outcome:?}");
     assert_eq!(outcome.count, 1, "the page showed {outcome:?}");
     assert!(outcome.user_id.starts_with("web-"), "{outcome:?}");
 
@@ -89,11 +97,19 @@ async fn a_tap_in_the_page_is_counted_on_screen() {
     )
     .await;
     assert_eq!(frame.stream, STREAM);
-    assert_eq!(frame.total, 1, "{frame:?}");
+    assert_eq!(frame.total, 2, "{frame:?}");
     assert_eq!(frame.emojis.len(), 1, "{frame:?}");
     assert_eq!(
         (frame.emojis[0].emoji.as_str(), frame.emojis[0].count),
-        (EMOJI, 1)
+        (LISTED, 1)
+    );
+    assert_eq!(
+        frame.other,
+        Some(OtherEmojis {
+            distinct: 1,
+            count: 1,
+            scaled: 1
+        })
     );
 
     for name in ["page.png", "page-phone.png"] {

@@ -64,11 +64,19 @@ fn top(sums: &BTreeMap<String, u64>) -> Vec<(String, u64)> {
     all
 }
 
+/// `stream`'s taps over the epochs `epoch - w + 1 ..= epoch`: the frames' totals, which count the
+/// emojis a frame sums in `other` too.
+fn taps(epochs: &BTreeMap<(String, u64), EpochFrame>, stream: &str, epoch: u64, w: u64) -> u64 {
+    (epoch.saturating_sub(w - 1)..=epoch)
+        .filter_map(|e| epochs.get(&(stream.to_string(), e)))
+        .map(|frame| frame.total)
+        .sum()
+}
+
 /// Brute force of the index: the tap-weighted mean score in millionths, halves away from zero.
-fn index(sums: &BTreeMap<String, u64>) -> SentimentIndex {
-    let (mut weighted, mut scored, mut taps) = (0i128, 0i128, 0u64);
+fn index(sums: &BTreeMap<String, u64>, taps: u64) -> SentimentIndex {
+    let (mut weighted, mut scored) = (0i128, 0i128);
     for (emoji, n) in sums {
-        taps += n;
         if let Some(score) = lexicon::score(emoji) {
             weighted += *n as i128 * score as i128;
             scored += *n as i128;
@@ -89,7 +97,7 @@ fn index(sums: &BTreeMap<String, u64>) -> SentimentIndex {
 fn popular(epochs: &BTreeMap<(String, u64), EpochFrame>, epoch: u64) -> Vec<(String, u64)> {
     let mut ranking: Vec<(String, u64)> = STREAMS
         .iter()
-        .map(|s| (s.to_string(), window(epochs, s, epoch, W).values().sum()))
+        .map(|s| (s.to_string(), taps(epochs, s, epoch, W)))
         .filter(|(_, taps)| *taps > 0)
         .collect();
     ranking.sort_by_key(|(stream, taps)| (std::cmp::Reverse(*taps), stream.clone()));
@@ -128,7 +136,10 @@ fn check(frame: &TrendFrame, epochs: &BTreeMap<(String, u64), EpochFrame>) -> (S
             let sums = window(epochs, &f.stream, f.epoch, W);
             assert_eq!(
                 (&f.this_epoch, &f.window),
-                (&index(&now), &index(&sums)),
+                (
+                    &index(&now, taps(epochs, &f.stream, f.epoch, 1)),
+                    &index(&sums, taps(epochs, &f.stream, f.epoch, W))
+                ),
                 "sentiment {} at {}",
                 f.stream,
                 f.epoch

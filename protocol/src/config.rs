@@ -98,6 +98,10 @@ pub struct EpochConfig {
     /// Taps per swarm emoji in the reduction `max(1, n / divisor)`.
     #[serde(default = "EpochConfig::divisor")]
     pub divisor: u64,
+    /// The most emojis an epoch frame lists (the most tapped; the rest are summed in its
+    /// `other`), so a viewer's frame stays small whatever clients tap.
+    #[serde(default = "EpochConfig::max_frame_emojis")]
+    pub max_frame_emojis: usize,
 }
 
 impl EpochConfig {
@@ -113,6 +117,12 @@ impl EpochConfig {
     const fn divisor() -> u64 {
         1000
     }
+    /// Twice the variety of a busy stream (about 30 distinct emojis an epoch, the synthetic
+    /// production mix): such a stream's frames are never cut, and a frame is at most 7,200
+    /// bytes (`EpochFrame::max_bytes(64)`) where every RGI emoji listed once would be 180 KB.
+    const fn max_frame_emojis() -> usize {
+        64
+    }
 }
 
 impl Default for EpochConfig {
@@ -121,6 +131,7 @@ impl Default for EpochConfig {
             window_ms: Self::window_ms(),
             allowed_lateness_ms: Self::allowed_lateness_ms(),
             divisor: Self::divisor(),
+            max_frame_emojis: Self::max_frame_emojis(),
         }
     }
 }
@@ -577,6 +588,9 @@ impl Config {
         if self.epochs.divisor == 0 {
             return bad("epochs.divisor must be at least 1");
         }
+        if self.epochs.max_frame_emojis == 0 {
+            return bad("epochs.max_frame_emojis must be at least 1");
+        }
         if self.kafka.events_partitions == 0 {
             return bad("kafka.events_partitions must be at least 1");
         }
@@ -736,7 +750,8 @@ subscribers = ["127.0.0.1:9011"]
             EpochConfig {
                 window_ms: 2000,
                 allowed_lateness_ms: 350,
-                divisor: 1000
+                divisor: 1000,
+                max_frame_emojis: 64,
             }
         );
         assert_eq!(c.kafka.events_topic, "emoji-events");
@@ -789,8 +804,8 @@ subscribers = ["127.0.0.1:9011"]
             err.to_string(),
             // figment's own wording, quirky backquotes included.
             "invalid configuration: unknown field: found `window`, expected `one of \
-             `window_ms`, `allowed_lateness_ms`, `divisor`` for key \"EMOSTREAM_EPOCHS__WINDOW\" \
-             in the environment"
+             `window_ms`, `allowed_lateness_ms`, `divisor`, `max_frame_emojis`` for key \
+             \"EMOSTREAM_EPOCHS__WINDOW\" in the environment"
         );
     }
 
@@ -825,6 +840,16 @@ subscribers = ["127.0.0.1:9011"]
         assert_eq!(
             err.to_string(),
             "invalid configuration: epochs.divisor must be at least 1"
+        );
+    }
+
+    #[test]
+    fn a_frame_bound_of_zero_is_refused() {
+        let err =
+            load_with_env(SAMPLE, &[("EMOSTREAM_EPOCHS__MAX_FRAME_EMOJIS", "0")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: epochs.max_frame_emojis must be at least 1"
         );
     }
 

@@ -101,6 +101,7 @@ pub fn frame(stream: &str, epoch: u64, every_ms: u64) -> String {
         total: total(),
         late: 0,
         emojis,
+        other: None,
     };
     serde_json::to_string(&frame).expect("an epoch frame always serializes")
 }

@@ -161,9 +161,74 @@ pub struct EpochFrame {
     pub total: u64,
     /// Taps that arrived after their own epoch had closed and were folded into this one.
     pub late: u64,
-    /// Ordered by count, highest first, then by emoji, so a re-published epoch is byte-identical.
+    /// The `epochs.max_frame_emojis` most tapped emojis, ordered by count, highest first, then
+    /// by emoji (its UTF-8 bytes, lowest first), so a re-published epoch is byte-identical.
     pub emojis: Vec<EmojiCount>,
+    /// The emojis of the epoch past that bound, summed; absent when every emoji is listed. Any
+    /// client can tap every RGI emoji once an epoch: listing them all would make every viewer's
+    /// frame 180 KB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other: Option<OtherEmojis>,
 }
+
+/// The emojis an epoch frame leaves out, summed, in the same units as [`EmojiCount`]: so
+/// `total` = Σ `emojis[].count` + `other.count`, and `other.scaled` is what their `scaled`
+/// values would have added up to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtherEmojis {
+    /// How many distinct emojis are summed here (at least 1).
+    pub distinct: u64,
+    /// Their raw taps.
+    pub count: u64,
+    /// Σ `max(1, count / divisor)` over them, each reduced on its own as if it were listed.
+    pub scaled: u64,
+}
+
+impl EpochFrame {
+    /// The most bytes an epoch frame with at most `max_emojis` listed emojis can take as JSON:
+    /// a 64-byte stream id, every number at its widest (20 digits), every listed emoji the
+    /// longest RGI one (35 bytes) and an `other` part. What a viewer is sent for one epoch,
+    /// whatever clients tap.
+    pub const fn max_bytes(max_emojis: usize) -> usize {
+        // `{"type":"epoch","stream":"`, the id, `","epoch":`, …, `,"emojis":[`, `]`, `}`.
+        const HEAD: usize = r#"{"type":"epoch","stream":""#.len()
+            + 64
+            + r#"","epoch":"#.len()
+            + 20
+            + r#","start_ms":"#.len()
+            + 20
+            + r#","end_ms":"#.len()
+            + 20
+            + r#","total":"#.len()
+            + 20
+            + r#","late":"#.len()
+            + 20
+            + r#","emojis":["#.len()
+            + "]".len()
+            + "}".len();
+        // `{"emoji":"…","count":…,"scaled":…}` and the comma before all but the first.
+        const ENTRY: usize = r#"{"emoji":""#.len()
+            + MAX_RGI_EMOJI_BYTES
+            + r#"","count":"#.len()
+            + 20
+            + r#","scaled":"#.len()
+            + 20
+            + "}".len()
+            + ",".len();
+        const OTHER: usize = r#","other":{"distinct":"#.len()
+            + 20
+            + r#","count":"#.len()
+            + 20
+            + r#","scaled":"#.len()
+            + 20
+            + "}".len();
+        HEAD + (max_emojis * ENTRY).saturating_sub(1) + OTHER
+    }
+}
+
+/// The longest emoji of Unicode's RGI list, in UTF-8: a kiss or couple with two skin tones
+/// (`👩🏻‍❤️‍💋‍👨🏼`). JSON writes it as is, without escapes.
+pub const MAX_RGI_EMOJI_BYTES: usize = 35;
 
 /// Just enough of any frame to route it: which stream and which epoch.
 #[derive(Debug, Clone, Deserialize)]
@@ -348,11 +413,62 @@ mod tests {
                 count: 3785,
                 scaled: 3,
             }],
+            other: None,
         };
         assert_eq!(
             serde_json::to_string(&frame).unwrap(),
             r#"{"type":"epoch","stream":"main","epoch":881234567,"start_ms":1762469134000,"end_ms":1762469136000,"total":4123,"late":0,"emojis":[{"emoji":"🔥","count":3785,"scaled":3}]}"#
         );
+        let bounded = EpochFrame {
+            total: 4123,
+            other: Some(OtherEmojis {
+                distinct: 2,
+                count: 338,
+                scaled: 2,
+            }),
+            ..frame
+        };
+        let text = serde_json::to_string(&bounded).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"epoch","stream":"main","epoch":881234567,"start_ms":1762469134000,"end_ms":1762469136000,"total":4123,"late":0,"emojis":[{"emoji":"🔥","count":3785,"scaled":3}],"other":{"distinct":2,"count":338,"scaled":2}}"#
+        );
+        assert_eq!(serde_json::from_str::<EpochFrame>(&text).unwrap(), bounded);
+    }
+
+    /// The bound is reached, not just respected: a frame at its widest everywhere is exactly
+    /// `max_bytes` long.
+    #[test]
+    fn max_bytes_is_the_widest_frame() {
+        let longest = "👩🏻\u{200d}❤\u{fe0f}\u{200d}💋\u{200d}👨🏼";
+        assert_eq!(longest.len(), MAX_RGI_EMOJI_BYTES);
+        for n in [0, 1, 2, 64] {
+            let widest = EpochFrame {
+                kind: FrameType::Epoch,
+                stream: "s".repeat(64),
+                epoch: u64::MAX,
+                start_ms: u64::MAX,
+                end_ms: u64::MAX,
+                total: u64::MAX,
+                late: u64::MAX,
+                emojis: vec![
+                    EmojiCount {
+                        emoji: longest.into(),
+                        count: u64::MAX,
+                        scaled: u64::MAX,
+                    };
+                    n
+                ],
+                other: Some(OtherEmojis {
+                    distinct: u64::MAX,
+                    count: u64::MAX,
+                    scaled: u64::MAX,
+                }),
+            };
+            let text = serde_json::to_string(&widest).unwrap();
+            assert_eq!(text.len(), EpochFrame::max_bytes(n), "{n} emojis");
+        }
+        assert_eq!(EpochFrame::max_bytes(64), 7_200);
     }
 
     #[test]

@@ -33,6 +33,8 @@ const RESUMED_SHOW_MS = 5000;
 // A gap is news the viewer should not miss in a blink: lost epochs do not come back.
 const GAP_SHOW_MS = 15_000;
 const TRENDING_ROWS = 5;
+// Chips of the latest epoch over the stage; the rest are one "+N more" chip.
+const NOW_CHIPS = 10;
 const POPULAR_ROWS = 6;
 // A window sentiment index within this of 0 reads "neutral": single taps of mildly positive
 // emojis (🔥, 😮) should not flip the word back and forth.
@@ -344,8 +346,16 @@ function renderNow() {
     list.append(el('li', { className: 'empty' }, 'Waiting for the first epoch…'));
     return;
   }
-  for (const e of f.emojis.slice(0, 10)) {
+  const shown = f.emojis.slice(0, NOW_CHIPS);
+  for (const e of shown) {
     list.append(el('li', {}, el('span', { className: 'e' }, e.emoji), fmt.format(e.count)));
+  }
+  // Everything else in one chip: the listed emojis past the chips, and those the frame itself
+  // sums in `other` (a frame lists only the stream's most tapped emojis).
+  const hidden = f.emojis.length - shown.length + (f.other ? f.other.distinct : 0);
+  if (hidden > 0) {
+    const taps = f.total - shown.reduce((a, e) => a + e.count, 0);
+    list.append(el('li', { className: 'more', title: `${fmt.format(hidden)} more emojis` }, `+${fmt.format(hidden)} more`, el('span', { className: 'n' }, fmt.format(taps))));
   }
 }
 
@@ -368,6 +378,13 @@ function renderEpochs() {
       item.dataset.count = String(e.count);
       return item;
     });
+    if (f.other) {
+      const n = f.other.distinct;
+      const item = el('span', { className: 'emoji-count other', title: `${fmt.format(n)} less tapped ${n === 1 ? 'emoji' : 'emojis'}, summed by the stream` }, `+${fmt.format(n)} other ${fmt.format(f.other.count)}`);
+      item.dataset.distinct = String(n);
+      item.dataset.count = String(f.other.count);
+      items.push(item);
+    }
     const total = el('span', { className: 'total' }, fmt.format(f.total));
     if (f.late > 0) total.append(el('span', { className: 'late', title: 'late taps folded in' }, `+${fmt.format(f.late)} late`));
     row.append(el('span', { className: 'id', title: `epoch #${epoch}` }, clock(f.start_ms)), el('span', { className: 'list' }, ...items), total);
@@ -596,16 +613,20 @@ function hideTapError() {
   $('tap-error').hidden = true;
 }
 
-// The acknowledged taps of an epoch are "counted" once that epoch's frame holds at least them.
+// The acknowledged taps of an epoch are "counted" once that epoch's frame holds at least them:
+// each listed emoji at least our taps of it, and the frame's `other` (the emojis it does not
+// list, summed) at least our taps of the emojis it does not list.
 function isCounted(epoch) {
   const frame = state.frames.get(epoch);
   const mine = state.mine.get(epoch);
   if (!frame || !mine) return false;
+  let unlisted = 0;
   for (const [emoji, n] of mine) {
     const got = frame.emojis.find((e) => e.emoji === emoji);
-    if (!got || got.count < n) return false;
+    if (!got) unlisted += n;
+    else if (got.count < n) return false;
   }
-  return true;
+  return unlisted === 0 || (frame.other ? frame.other.count : 0) >= unlisted;
 }
 
 function renderMine() {
@@ -628,8 +649,8 @@ function renderMine() {
   if (isCounted(epoch)) {
     const frame = state.frames.get(epoch);
     const parts = [...taps.keys()].map((emoji) => {
-      const count = frame.emojis.find((e) => e.emoji === emoji).count;
-      return [el('span', { className: 'e' }, emoji), ` ${fmt.format(count)}`];
+      const got = frame.emojis.find((e) => e.emoji === emoji);
+      return [el('span', { className: 'e' }, emoji), got ? ` ${fmt.format(got.count)}` : ' in other'];
     });
     box.dataset.state = 'counted';
     box.className = 'mine counted';
@@ -645,6 +666,7 @@ function renderMine() {
 // ---------------------------------------------------------------------------------------------
 // The swarm: each emoji's `scaled` count, released as floating emojis spread over the epoch.
 
+// Emojis a frame sums in `other` have no glyph to fly: the swarm is the listed ones.
 function releaseSwarm(frame, now) {
   const window = Math.max(500, frame.end_ms - frame.start_ms);
   const wanted = frame.emojis.reduce((a, e) => a + e.scaled, 0);

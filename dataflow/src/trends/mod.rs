@@ -14,11 +14,15 @@
 //! - [`publish`]: `PublishTrends`, publication on the trends topic behind the epochs' own.
 //!
 //! ```text
-//! CountEpochs ─┬─ SlideWindow(W) ─┬─ TopK ─────────── Snapshot ─▶ trending ──┐
+//! PerThousand ─┬─ SlideWindow(W) ─┬─ TopK ─────────── Snapshot ─▶ trending ──┐
 //!              │                  ├─ PopularStreams ─ Snapshot ─▶ popular ───┼─▶ PublishTrends
 //!              │                  └─ tally ─┐                                │
 //!              └─ SlideWindow(1) ─── tally ─┴─ CountTotal ─ Snapshot ─▶ sentiment ─┘
 //! ```
+//! The stage reads each epoch as its frame lists it (`reduce::counted`): the emojis past the
+//! frame's bound count in `taps` only, exactly as when a restart refills the windows from the
+//! published frames.
+//!
 //! Per epoch, each stream that closed an epoch adds its counts and the epoch leaving its window
 //! retracts them: the changes entering the stage are the same for any window length, and each
 //! differential operator's work is proportional to its changes (the top-k and the ranking also

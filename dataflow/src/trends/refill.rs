@@ -129,26 +129,10 @@ pub fn closed_epochs(
         if epochs.contains(&frame.epoch) {
             found
                 .entry((frame.epoch, frame.stream.clone()))
-                .or_insert_with(|| counted(frame));
+                .or_insert_with(|| crate::reduce::counted(frame));
         }
     }
     Ok(found.into_values().collect())
-}
-
-/// A published frame back into the count it was reduced from: the reduction keeps every
-/// emoji's raw count, the total and the late taps.
-fn counted(frame: EpochFrame) -> EpochCount {
-    EpochCount {
-        stream: frame.stream,
-        epoch: frame.epoch,
-        total: frame.total,
-        late: frame.late,
-        emojis: frame
-            .emojis
-            .into_iter()
-            .map(|e| (e.emoji, e.count))
-            .collect(),
-    }
 }
 
 pub trait Refill<'scope> {
