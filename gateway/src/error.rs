@@ -61,6 +61,8 @@ pub enum GatewayError {
         field: Option<String>,
         retry_after_s: u64,
     },
+    /// The client (its IP, or its IPv6 /64) already holds its share of the in-flight budget.
+    ShareFull,
     /// The in-flight budget or the ingest queue is full: nothing was counted.
     Overloaded { reason: &'static str },
     /// The broker cannot be reached or did not acknowledge: nothing was counted.
@@ -70,6 +72,8 @@ pub enum GatewayError {
     RecordRefused { reason: &'static str },
     /// The body was not read within `request_timeout_ms` (nothing reached the producer).
     Timeout { after_ms: u64 },
+    /// The body arrived slower than `min_body_bytes_per_s` (nothing reached the producer).
+    TooSlow { min_bytes_per_s: u64 },
     /// No route has this path.
     NotFound,
     /// The path exists, the method does not.
@@ -95,12 +99,16 @@ impl GatewayError {
             GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimited { .. } | GatewayError::ShareFull => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::Overloaded { .. } | GatewayError::BrokerUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             GatewayError::RecordRefused { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            GatewayError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::Timeout { .. } | GatewayError::TooSlow { .. } => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -115,10 +123,12 @@ impl GatewayError {
             GatewayError::Invalid { .. } => "invalid_field",
             GatewayError::RateLimited { field: Some(_), .. } => "rate_limited_user",
             GatewayError::RateLimited { field: None, .. } => "rate_limited_ip",
+            GatewayError::ShareFull => "share_full",
             GatewayError::Overloaded { .. } => "overloaded",
             GatewayError::BrokerUnavailable { .. } => "broker_unavailable",
             GatewayError::RecordRefused { .. } => "record_refused",
             GatewayError::Timeout { .. } => "timeout",
+            GatewayError::TooSlow { .. } => "too_slow",
             GatewayError::NotFound => "not_found",
             GatewayError::MethodNotAllowed => "method_not_allowed",
         }
@@ -126,17 +136,19 @@ impl GatewayError {
 }
 
 /// Every rejection reason, so `/metrics` can show each one from the start (at zero).
-pub const REASONS: [&str; 12] = [
+pub const REASONS: [&str; 14] = [
     "malformed",
     "too_large",
     "unsupported_media_type",
     "invalid_field",
     "rate_limited_user",
     "rate_limited_ip",
+    "share_full",
     "overloaded",
     "broker_unavailable",
     "record_refused",
     "timeout",
+    "too_slow",
     "not_found",
     "method_not_allowed",
 ];
@@ -147,8 +159,11 @@ impl IntoResponse for GatewayError {
         let reason = self.reason();
         let retry_after_s = match &self {
             GatewayError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
-            // The broker's reconnect backoff and the flush interval are both well under a second.
-            GatewayError::Overloaded { .. } | GatewayError::BrokerUnavailable { .. } => Some(1),
+            // The broker's reconnect backoff and the flush interval are both well under a second,
+            // and so is a client's own request that holds its share.
+            GatewayError::Overloaded { .. }
+            | GatewayError::BrokerUnavailable { .. }
+            | GatewayError::ShareFull => Some(1),
             _ => None,
         };
         let body = match self {
@@ -175,6 +190,10 @@ impl IntoResponse for GatewayError {
                 },
                 field,
             },
+            GatewayError::ShareFull => ErrorBody {
+                error: "this address holds its share of the ingest budget, retry shortly".into(),
+                field: None,
+            },
             GatewayError::Overloaded { reason }
             | GatewayError::BrokerUnavailable { reason }
             | GatewayError::RecordRefused { reason } => ErrorBody {
@@ -183,6 +202,10 @@ impl IntoResponse for GatewayError {
             },
             GatewayError::Timeout { after_ms } => ErrorBody {
                 error: format!("request body not read within {after_ms} ms"),
+                field: None,
+            },
+            GatewayError::TooSlow { min_bytes_per_s } => ErrorBody {
+                error: format!("request body arrived slower than {min_bytes_per_s} bytes/s"),
                 field: None,
             },
             GatewayError::NotFound => ErrorBody {

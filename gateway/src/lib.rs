@@ -10,7 +10,7 @@
 //!   Kafka record, answering each request once the broker has acknowledged its record:
 //!   `batcher/batches` (when a batch is due) and `batcher/packer` (sending, answers).
 //! - `producer`: the Kafka producer and the broker's health (503 at once while it is down).
-//! - `listener`: the connection cap.
+//! - `listener`: the connection caps, the write timeout, and the key a client is counted under.
 //! - `error`: [`GatewayError`], every refusal as a status and a JSON reason.
 //! - `metrics`: counters, gauges and the broker-ack histogram served on `/metrics`.
 
@@ -41,11 +41,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 /// Serves the gateway on `listener` until `shutdown` resolves: then it stops accepting, lets
-/// in-flight requests finish (each still waits for its broker acknowledgement), flushes every
-/// open batch and waits for the broker's answers before returning. A fatal producer error
+/// in-flight requests finish (each still waits for its broker acknowledgement) for up to
+/// `drain_timeout_ms - delivery_timeout_ms` and closes the connections still open, flushes
+/// every open batch and waits for the broker's answers before returning. A fatal producer error
 /// starts the same drain and then returns [`StartError::Fatal`], so the process exits non-zero
 /// and its supervisor restarts it.
 pub async fn run(
@@ -100,15 +102,20 @@ pub async fn serve(
         }
     };
     let state = AppState::new(&config, handle, metrics)?;
+    let g = &config.gateway;
     let listener = CappedListener::new(
         listener,
         state.connections(),
-        config.gateway.max_connections_per_ip,
+        g.max_connections_per_ip,
+        Duration::from_millis(g.write_timeout_ms),
     );
     serve_connections(
         listener,
         app(state),
-        Duration::from_millis(config.gateway.header_read_timeout_ms),
+        Duration::from_millis(g.header_read_timeout_ms),
+        // The rest of the drain is for the records sent meanwhile, which the producer answers
+        // within its delivery timeout.
+        Duration::from_millis(g.drain_timeout_ms - g.delivery_timeout_ms),
         stop,
     )
     .await;
@@ -122,15 +129,17 @@ pub async fn serve(
 
 /// The accept loop: HTTP/1.1 only (one request at a time per connection, so a connection costs
 /// at most one request's memory; HTTP/2 would multiplex many), and a deadline on each request's
-/// header. On `stop` it stops accepting, closes idle connections and waits for every request
-/// in progress to be answered.
+/// header. On `stop` it stops accepting, closes idle connections and waits up to `drain` for
+/// every request in progress to be answered; then it closes the connections still open.
 async fn serve_connections(
     mut listener: CappedListener,
     router: axum::Router,
     header_read_timeout: Duration,
+    drain: Duration,
     stop: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
+    let (close, closing) = watch::channel(false);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -149,13 +158,28 @@ async fn serve_connections(
             router.clone().oneshot(request)
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let mut closing = closing.clone();
         tokio::spawn(async move {
-            // A client that vanished or timed out: nothing to answer.
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection closed");
+            tokio::select! {
+                // A client that vanished or timed out: nothing to answer.
+                done = connection => if let Err(e) = done {
+                    tracing::debug!(error = %e, "connection closed");
+                },
+                // Past the drain deadline the connection goes with its request: an answer not
+                // sent is no acknowledgement, and taps already queued are still flushed.
+                _ = closing.wait_for(|&closed| closed) => {}
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
+    if tokio::time::timeout(drain, &mut drained).await.is_err() {
+        tracing::warn!(
+            drain_ms = drain.as_millis() as u64,
+            "closing the connections still open at the drain deadline"
+        );
+        let _ = close.send(true);
+        drained.await;
+    }
 }

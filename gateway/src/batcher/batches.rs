@@ -1,8 +1,7 @@
 //! The batching policy: which (partition, stream, epoch) batch is due when.
 
-use super::{Ack, Submission};
+use super::{Ack, Reservation, Submission};
 use std::collections::hash_map::{Entry, HashMap};
-use tokio::sync::OwnedSemaphorePermit;
 
 #[derive(Clone, Hash, PartialEq, Eq)]
 pub(super) struct BatchKey {
@@ -19,7 +18,7 @@ pub(super) struct OpenBatch {
     pub(super) events: usize,
     pub(super) lines: Vec<u8>,
     pub(super) acks: Vec<Ack>,
-    pub(super) permits: Vec<OwnedSemaphorePermit>,
+    pub(super) permits: Vec<Reservation>,
 }
 
 /// Which batches go out when (the group commit and the caps), apart from the producer that

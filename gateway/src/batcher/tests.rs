@@ -43,7 +43,8 @@ fn submission(
         ack,
         permit: Arc::clone(budget)
             .try_acquire_many_owned(events as u32)
-            .expect("the test's budget is large enough"),
+            .expect("the test's budget is large enough")
+            .into(),
     };
     (submission, answer)
 }
@@ -246,10 +247,11 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
     };
     let first = handle
         .submit(
+            None,
             "main",
             None,
             &[tap("first", "🔥")],
-            handle.reserve(0).unwrap(),
+            handle.reserve(None, 0).unwrap(),
         )
         .await
         .unwrap();
@@ -269,7 +271,7 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
             let user = format!("u{}", i % 8);
             let taps: Vec<Tap> = (0..=i % 3).map(|_| tap(&user, "👍🏽")).collect();
             let accepted = handle
-                .submit(stream, None, &taps, handle.reserve(0).unwrap())
+                .submit(None, stream, None, &taps, handle.reserve(None, 0).unwrap())
                 .await
                 .unwrap();
             (i, accepted.accepted)
@@ -349,16 +351,15 @@ async fn the_in_flight_budget_counts_bytes_not_events() {
     };
     let budget = config.gateway.max_in_flight_bytes;
     assert_eq!(handle.in_flight(), (0, budget));
-    let held = Arc::clone(&handle.budget)
-        .try_acquire_many_owned((budget - 150) as u32)
-        .unwrap();
+    let held = handle.reserve(None, budget - 150).unwrap();
     assert_eq!(
         handle
             .submit(
+                None,
                 "main",
                 None,
                 &[tap("x".repeat(128))],
-                handle.reserve(0).unwrap()
+                handle.reserve(None, 0).unwrap()
             )
             .await,
         Err(GatewayError::Overloaded {
@@ -366,7 +367,13 @@ async fn the_in_flight_budget_counts_bytes_not_events() {
         })
     );
     let accepted = handle
-        .submit("main", None, &[tap("s".into())], handle.reserve(0).unwrap())
+        .submit(
+            None,
+            "main",
+            None,
+            &[tap("s".into())],
+            handle.reserve(None, 0).unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(accepted.accepted, 1);
