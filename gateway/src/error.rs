@@ -52,6 +52,8 @@ pub enum GatewayError {
     },
     /// The body is larger than the route allows.
     TooLarge { limit: usize },
+    /// The request's taps encode to more than one Kafka record holds.
+    EncodedTooLarge { limit: usize },
     /// Neither JSON nor NDJSON.
     UnsupportedMediaType,
     /// Well-formed, but a field is missing or invalid.
@@ -96,7 +98,9 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::Malformed { .. } => StatusCode::BAD_REQUEST,
-            GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::TooLarge { .. } | GatewayError::EncodedTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::RateLimited { .. } | GatewayError::ShareFull => {
@@ -118,7 +122,7 @@ impl GatewayError {
     pub fn reason(&self) -> &'static str {
         match self {
             GatewayError::Malformed { .. } => "malformed",
-            GatewayError::TooLarge { .. } => "too_large",
+            GatewayError::TooLarge { .. } | GatewayError::EncodedTooLarge { .. } => "too_large",
             GatewayError::UnsupportedMediaType => "unsupported_media_type",
             GatewayError::Invalid { .. } => "invalid_field",
             GatewayError::RateLimited { field: Some(_), .. } => "rate_limited_user",
@@ -173,6 +177,13 @@ impl IntoResponse for GatewayError {
             },
             GatewayError::TooLarge { limit } => ErrorBody {
                 error: format!("body larger than {limit} bytes"),
+                field: None,
+            },
+            GatewayError::EncodedTooLarge { limit } => ErrorBody {
+                error: format!(
+                    "the taps encode to more than one Kafka record holds ({limit} bytes); \
+                     send fewer in one request"
+                ),
                 field: None,
             },
             GatewayError::UnsupportedMediaType => ErrorBody {

@@ -22,9 +22,10 @@ use tokio::task::JoinHandle;
 /// stay well under the broker's message size limit.
 pub const FLUSH_BYTES: usize = 8 * 1024 * 1024;
 
-/// The largest record the gateway builds: a batch is flushed once it passes FLUSH_BYTES, and
-/// the request that pushed it past adds the lines of a 1 MiB body (under 5 MiB), so twice the
-/// threshold always fits.
+/// The largest record the gateway builds (the producer's `message.max.bytes`): a request whose
+/// lines would take its open batch past it sends that batch first and opens the next, and one
+/// request's lines never pass it (a 1 MiB body encodes to about 10 MiB at most, since the
+/// stream and `request_id` are repeated on every line).
 pub const MAX_RECORD_BYTES: usize = 2 * FLUSH_BYTES;
 
 /// How often a down broker is probed.

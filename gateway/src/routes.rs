@@ -37,7 +37,7 @@ pub const OPENAPI: &str = "/openapi.json";
 /// The seed route carries one emoji; anything near this size is not one.
 const SINGLE_BODY_LIMIT: usize = 4 * 1024;
 /// A batch: about 10,000 emojis.
-const BATCH_BODY_LIMIT: usize = 1024 * 1024;
+pub(crate) const BATCH_BODY_LIMIT: usize = 1024 * 1024;
 /// The stream of the seeds' route, which has no stream in its path.
 const DEFAULT_STREAM: &str = "main";
 

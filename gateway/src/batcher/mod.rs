@@ -29,7 +29,7 @@ mod tests;
 
 use crate::metrics::Metrics;
 use crate::parse::Tap;
-use crate::producer::{self, Health, Kafka, FLUSH_BYTES};
+use crate::producer::{self, Health, Kafka, FLUSH_BYTES, MAX_RECORD_BYTES};
 use crate::{GatewayError, StartError};
 use batches::Batches;
 use budget::Budget;
@@ -103,18 +103,14 @@ impl BatcherHandle {
         }
         let recv_ms = now_ms();
         let epoch = epoch_of(recv_ms, self.window_ms);
-        let mut lines = Vec::with_capacity(taps.len() * (96 + stream.len()));
-        for tap in taps {
-            let event = EmojiEvent {
-                stream: Cow::Borrowed(stream),
-                user_id: Cow::Borrowed(&tap.user_id),
-                emoji: Cow::Borrowed(tap.emoji),
-                ts: tap.ts.clone(),
-                recv_ms,
-                request_id: request_id.map(Cow::Borrowed),
-            };
-            serde_json::to_writer(&mut lines, &event).expect("serializing to a Vec cannot fail");
-            lines.push(b'\n');
+        let lines = encode(stream, request_id, taps, recv_ms);
+        // No accepted body encodes to this much (a 1 MiB body of minimal taps with the longest
+        // stream and key is about 10 MiB, `the_largest_accepted_body_fits_one_record`): this
+        // keeps it so, whatever the route limits become, for this request alone.
+        if lines.len() > MAX_RECORD_BYTES {
+            return Err(GatewayError::EncodedTooLarge {
+                limit: MAX_RECORD_BYTES,
+            });
         }
         // The budget counts the bytes held until the broker answers, whatever the taps' count:
         // a tap's encoded size varies several times over with its user id and timestamp. The
@@ -287,7 +283,11 @@ impl Batcher {
         let packer = Packer {
             producer,
             topic,
-            batches: Batches::new(config.gateway.flush_max_events, FLUSH_BYTES),
+            batches: Batches::new(
+                config.gateway.flush_max_events,
+                FLUSH_BYTES,
+                MAX_RECORD_BYTES,
+            ),
             in_flight: JoinSet::new(),
             health,
             metrics,
@@ -310,6 +310,31 @@ impl Batcher {
         }
         self.probe.abort();
     }
+}
+
+/// The NDJSON lines of one request's taps, as they go into a record: its stream and
+/// `request_id` are repeated on every line, so a line is several times its tap's share of the
+/// body.
+pub(super) fn encode(
+    stream: &str,
+    request_id: Option<&str>,
+    taps: &[Tap<'_>],
+    recv_ms: u64,
+) -> Vec<u8> {
+    let mut lines = Vec::with_capacity(taps.len() * (96 + stream.len()));
+    for tap in taps {
+        let event = EmojiEvent {
+            stream: Cow::Borrowed(stream),
+            user_id: Cow::Borrowed(&tap.user_id),
+            emoji: Cow::Borrowed(tap.emoji),
+            ts: tap.ts.clone(),
+            recv_ms,
+            request_id: request_id.map(Cow::Borrowed),
+        };
+        serde_json::to_writer(&mut lines, &event).expect("serializing to a Vec cannot fail");
+        lines.push(b'\n');
+    }
+    lines
 }
 
 fn now_ms() -> u64 {
