@@ -127,6 +127,11 @@ pub async fn serve(
     }
 }
 
+/// The most a connection's read buffer holds: a request head larger than this is answered 431.
+const MAX_BUF_BYTES: usize = 16 * 1024;
+/// Header fields of one request: a browser sends about 15, a load balancer adds a few.
+const MAX_HEADERS: usize = 32;
+
 /// The accept loop: HTTP/1.1 only (one request at a time per connection, so a connection costs
 /// at most one request's memory; HTTP/2 would multiplex many), and a deadline on each request's
 /// header. On `stop` it stops accepting, closes idle connections and waits up to `drain` for
@@ -141,9 +146,14 @@ async fn serve_connections(
     let graceful = GracefulShutdown::new();
     let (close, closing) = watch::channel(false);
     let mut builder = http1::Builder::new();
+    // hyper's smallest read buffer (it cannot go under 8 KiB) and a head of 32 fields: a
+    // connection's buffers stay about 16 KiB whatever its client sends, where hyper's default
+    // lets each grow to about 400 KiB.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(MAX_BUF_BYTES)
+        .max_headers(MAX_HEADERS);
     tokio::pin!(stop);
     loop {
         let (stream, addr) = tokio::select! {

@@ -1110,3 +1110,47 @@ async fn a_client_ip_past_its_connection_cap_is_answered_429_and_closed() {
     drop(open);
     gw.stop().await;
 }
+
+/// The whole answer to `raw`, sent as it is on its own connection.
+async fn raw_exchange(addr: &str, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("the gateway answers and closes")
+        .unwrap();
+    String::from_utf8(answer).unwrap()
+}
+
+#[tokio::test]
+async fn requests_hyper_cannot_parse_are_refused_in_json_too() {
+    let kafka = Kafka::start("");
+    let gw = Gateway::start(kafka.config.clone()).await;
+    let bad_header = raw_exchange(&gw.addr, b"GET /healthz HTTP/1.1\r\nbad header\r\n\r\n").await;
+    assert_eq!(
+        bad_header,
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 34\r\n\
+         connection: close\r\n\r\n{\"error\":\"malformed HTTP request\"}"
+    );
+    // A head past the 16 KiB read buffer.
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nHost: gateway\r\nx-pad: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let too_large = raw_exchange(&gw.addr, huge.as_bytes()).await;
+    assert_eq!(
+        too_large,
+        "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n\
+         content-length: 67\r\nconnection: close\r\n\r\n\
+         {\"error\":\"request header too large (16 KiB and 32 fields at most)\"}"
+    );
+    let mut many = "GET /healthz HTTP/1.1\r\nHost: gateway\r\n".to_string();
+    for i in 0..40 {
+        many.push_str(&format!("x-{i}: 1\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(raw_exchange(&gw.addr, many.as_bytes()).await, too_large);
+    gw.stop().await;
+}
