@@ -10,6 +10,8 @@ pub enum StartError {
     AllowList(String),
     #[error("gateway.cors_origins: {0:?} is not an origin")]
     CorsOrigin(String),
+    #[error("gateway.trusted_proxies: {0:?} is not an address or a CIDR network")]
+    TrustedProxy(String),
     #[error("creating the Kafka producer: {0}")]
     Producer(#[source] rdkafka::error::KafkaError),
     #[error("broker unreachable: {0}")]

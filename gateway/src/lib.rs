@@ -5,6 +5,8 @@
 //! - [`parse`]: request bodies (JSON object, JSON array, NDJSON) into validated taps (public for
 //!   the fuzz target in `gateway/fuzz`): `parse/fast` (borrowed structs), `parse/slow` (every
 //!   refusal names its field), `parse/validate` (the rules both share), `parse/emoji`.
+//! - `client`: who a request is from (behind `trusted_proxies`, the forwarded address), and the
+//!   key it is counted under (IPv4 address, IPv6 /64).
 //! - `limits`: token buckets per user id and per client IP.
 //! - `batcher`: the in-flight budget, and the packing of one (partition, stream, epoch) into one
 //!   Kafka record, answering each request once the broker has acknowledged its record:
@@ -15,6 +17,7 @@
 //! - `metrics`: counters, gauges and the broker-ack histogram served on `/metrics`.
 
 mod batcher;
+mod client;
 mod error;
 mod limits;
 mod listener;
@@ -107,6 +110,7 @@ pub async fn serve(
         listener,
         state.connections(),
         g.max_connections_per_ip,
+        state.trusted_proxies(),
         Duration::from_millis(g.write_timeout_ms),
     );
     serve_connections(

@@ -6,11 +6,12 @@
 //! whose answer waits longer than `write_timeout_ms` for the client to read is closed, so a
 //! client that stops reading (hyper then stops reading its requests too) frees its slot.
 
+use crate::client::{client_key, TrustedProxies};
 use axum::serve::Listener;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -19,19 +20,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
-
-/// The key a client is counted under (connections, rate, budget share): its IPv4 address, or
-/// the /64 of its IPv6 address, since a host is given a whole /64 and may use any address in
-/// it. An IPv4-mapped IPv6 address is its IPv4 address.
-pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),
-        },
-    }
-}
 
 /// The answer written to a connection refused at accept, before closing it: the refusal shape
 /// of every route. Written without waiting (it fits any socket buffer), so a client that does
@@ -45,6 +33,8 @@ pub struct CappedListener {
     permits: Arc<Semaphore>,
     per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     max_per_ip: usize,
+    /// A load balancer's connections are its clients', not its own: no per-IP cap.
+    trusted: Arc<TrustedProxies>,
     write_timeout: Duration,
 }
 
@@ -53,6 +43,7 @@ impl CappedListener {
         inner: TcpListener,
         permits: Arc<Semaphore>,
         max_per_ip: usize,
+        trusted: Arc<TrustedProxies>,
         write_timeout: Duration,
     ) -> Self {
         CappedListener {
@@ -60,6 +51,7 @@ impl CappedListener {
             permits,
             per_ip: Arc::default(),
             max_per_ip,
+            trusted,
             write_timeout,
         }
     }
@@ -72,8 +64,10 @@ impl CappedListener {
                 .expect("the connection semaphore is never closed");
             // TcpListener's own accept logs and retries errors such as EMFILE.
             let (stream, addr) = Listener::accept(&mut self.inner).await;
-            let ip = client_key(addr.ip());
-            {
+            let slot = if self.trusted.contains(addr.ip()) {
+                None
+            } else {
+                let ip = client_key(addr.ip());
                 let mut per_ip = self.per_ip.lock().expect("never poisoned");
                 let open = per_ip.entry(ip).or_default();
                 if *open >= self.max_per_ip {
@@ -82,7 +76,11 @@ impl CappedListener {
                     continue;
                 }
                 *open += 1;
-            }
+                Some(IpSlot {
+                    ip,
+                    per_ip: Arc::clone(&self.per_ip),
+                })
+            };
             // Answers are small and written whole; Nagle would only delay them.
             let _ = stream.set_nodelay(true);
             let stream = CappedStream {
@@ -91,10 +89,7 @@ impl CappedListener {
                 write_timeout: self.write_timeout,
                 stalled: None,
                 _permit: permit,
-                _ip: IpSlot {
-                    ip,
-                    per_ip: Arc::clone(&self.per_ip),
-                },
+                _ip: slot,
             };
             return (stream, addr);
         }
@@ -135,7 +130,7 @@ pub struct CappedStream {
     /// Boxed: only a stalled connection pays for it.
     stalled: Option<Pin<Box<Sleep>>>,
     _permit: OwnedSemaphorePermit,
-    _ip: IpSlot,
+    _ip: Option<IpSlot>,
 }
 
 /// hyper answers a request it cannot parse itself, before any route sees it, with an empty
@@ -285,7 +280,7 @@ impl AsyncWrite for CappedStream {
 
 #[cfg(test)]
 mod tests {
-    use super::{client_key, json_refusal};
+    use super::json_refusal;
 
     #[test]
     fn hypers_own_refusals_become_json_and_nothing_else_is_touched() {
@@ -302,16 +297,5 @@ mod tests {
         assert_eq!(json_refusal(route_400), None);
         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
         assert_eq!(json_refusal(ok), None);
-    }
-    use std::net::IpAddr;
-
-    #[test]
-    fn ipv6_clients_are_keyed_per_64_and_ipv4_per_address() {
-        let key = |s: &str| client_key(s.parse::<IpAddr>().unwrap()).to_string();
-        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
-        assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::");
-        assert_eq!(key("2001:db8:1:3::1"), "2001:db8:1:3::");
-        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
-        assert_eq!(key("192.0.2.7"), "192.0.2.7");
     }
 }

@@ -164,6 +164,9 @@ pub fn create(config: &Config, health: Arc<Health>) -> Result<Kafka, KafkaError>
         user_burst_taps: _,
         ip_requests_per_s: _,
         ip_burst_requests: _,
+        ip_taps_per_s: _,
+        ip_burst_taps: _,
+        trusted_proxies: _,
     } = &config.gateway;
     ClientConfig::from_iter(config.kafka.client_settings(ClientRole::BatchProducer {
         delivery_timeout_ms: *delivery_timeout_ms,

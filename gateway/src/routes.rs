@@ -5,9 +5,10 @@
 
 use crate::batcher::BatcherHandle;
 use crate::batcher::Reservation;
+use crate::client::{client_key, TrustedProxies};
 use crate::error::Rejection;
 use crate::limits::{retry_after_s, RateLimiter};
-use crate::listener::{client_key, ClientAddr};
+use crate::listener::ClientAddr;
 use crate::metrics::{Gauges, Metrics};
 use crate::parse::{self, BodyFormat, Rules, Tap};
 use crate::{GatewayError, StartError};
@@ -105,6 +106,8 @@ struct Inner {
     rules: Rules,
     users: RateLimiter<String>,
     ips: RateLimiter<IpAddr>,
+    ip_taps: RateLimiter<IpAddr>,
+    trusted: Arc<TrustedProxies>,
     request_timeout: Duration,
     body_pace: BodyPace,
     connections: Arc<Semaphore>,
@@ -129,6 +132,8 @@ impl AppState {
             rules: Rules::new(&g.emoji_allow_list)?,
             users: RateLimiter::new(g.user_taps_per_s, g.user_burst_taps),
             ips: RateLimiter::new(g.ip_requests_per_s, g.ip_burst_requests),
+            ip_taps: RateLimiter::new(g.ip_taps_per_s, g.ip_burst_taps),
+            trusted: Arc::new(TrustedProxies::new(&g.trusted_proxies)?),
             request_timeout: Duration::from_millis(g.request_timeout_ms),
             body_pace: BodyPace {
                 grace: Duration::from_millis(g.body_grace_ms),
@@ -139,6 +144,11 @@ impl AppState {
             home: home_page(config),
             cors_origins: cors_origins(config)?,
         })))
+    }
+
+    /// The load balancers whose forwarding headers are believed, for the listener.
+    pub fn trusted_proxies(&self) -> Arc<TrustedProxies> {
+        Arc::clone(&self.0.trusted)
     }
 
     /// The connection cap's permits, for the listener.
@@ -213,12 +223,36 @@ impl AppState {
                 }
             }
         }
+        let ip_taps = &self.0.ip_taps;
+        let n = u32::try_from(taps.len()).unwrap_or(u32::MAX);
+        if n > ip_taps.burst() {
+            return Err(GatewayError::invalid(
+                "items",
+                format!(
+                    "more taps in one request than ip_burst_taps ({})",
+                    ip_taps.burst()
+                ),
+            ));
+        }
+        let now = Instant::now();
+        // One token per request bounds the requests of an address, one per tap its taps: one
+        // request may carry tens of thousands.
+        if let Some(ip) = client {
+            ip_taps
+                .take(&ip, n, now)
+                .map_err(|wait| GatewayError::RateLimited {
+                    field: None,
+                    retry_after_s: retry_after_s(wait),
+                })?;
+        }
         let give_back = |taken: &[Tap<'_>]| {
+            if let Some(ip) = client {
+                ip_taps.give_back(&ip, n);
+            }
             for tap in taken {
                 users.give_back(&*tap.user_id, 1);
             }
         };
-        let now = Instant::now();
         for (i, tap) in taps.iter().enumerate() {
             if let Err(wait) = users.take(&*tap.user_id, 1, now) {
                 give_back(&taps[..i]);
@@ -344,19 +378,23 @@ impl IntoResponse for Ingested {
     }
 }
 
-/// The key the client is counted under ([`client_key`]), when the server knows its address (an
-/// in-process test request has none).
+/// The key the client is counted under ([`client_key`]): the connection's peer, or behind a
+/// trusted proxy the address it forwards ([`TrustedProxies::client`]); None when the server
+/// does not know the peer (an in-process test request).
 struct ClientIp(Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         Ok(ClientIp(
             parts
                 .extensions
                 .get::<ConnectInfo<ClientAddr>>()
-                .map(|c| client_key(c.0 .0.ip())),
+                .map(|c| client_key(state.0.trusted.client(c.0 .0.ip(), &parts.headers))),
         ))
     }
 }

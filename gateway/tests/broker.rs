@@ -1154,3 +1154,72 @@ async fn requests_hyper_cannot_parse_are_refused_in_json_too() {
     assert_eq!(raw_exchange(&gw.addr, many.as_bytes()).await, too_large);
     gw.stop().await;
 }
+
+/// `taps` taps of fresh users posted from `ip` with the extra header lines `headers`.
+async fn taps_from(ip: &str, addr: &str, headers: &str, taps: usize) -> Response {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let items: Vec<String> = (0..taps)
+        .map(|_| {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!(r#"{{"user_id":"p{n}","emoji":"🔥"}}"#)
+        })
+        .collect();
+    let body = format!("[{}]", items.join(","));
+    let mut stream = connect_from(ip, addr).await;
+    let request = format!(
+        "POST /v1/streams/main/emojis HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\
+         Content-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    http::parse(&raw).expect("an HTTP answer")
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_limits_apply_per_forwarded_address_and_a_forged_header_changes_nothing(
+) {
+    // Three taps per address, refilled at one a second: a second request of three within 3 s
+    // is refused. Two connections per address, which the proxy's do not count against.
+    let kafka = Kafka::start(
+        "trusted_proxies = [\"127.0.0.2/32\"]\nip_taps_per_s = 1\nip_burst_taps = 3\n\
+         max_connections_per_ip = 2",
+    );
+    let gw = Gateway::start(kafka.config.clone()).await;
+    let addr = gw.addr.clone();
+    let _proxy_idle = [
+        connect_from("127.0.0.2", &addr).await,
+        connect_from("127.0.0.2", &addr).await,
+    ];
+    let limited = |r: &Response| {
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (
+                429,
+                r#"{"error":"too many requests from this address, slow down"}"#
+            )
+        );
+    };
+    let taken = |r: &Response| assert_eq!(accepted(r).accepted, 3);
+    let via_proxy = |headers: &'static str| taps_from("127.0.0.2", &addr, headers, 3);
+    // Each forwarded address has its own bucket; what a client wrote left of the address the
+    // proxy appended is not believed.
+    taken(&via_proxy("X-Forwarded-For: 198.51.100.1\r\n").await);
+    limited(&via_proxy("X-Forwarded-For: 198.51.100.1\r\n").await);
+    taken(&via_proxy("X-Forwarded-For: 198.51.100.1, 198.51.100.2\r\n").await);
+    limited(&via_proxy("X-Forwarded-For: 198.51.100.2\r\n").await);
+    // RFC 7239, and an IPv6 client counted by its /64.
+    taken(&via_proxy("Forwarded: for=\"[2001:db8:1:2::1]:4711\"\r\n").await);
+    limited(&via_proxy("Forwarded: for=\"[2001:db8:1:2::99]\"\r\n").await);
+    // From anyone else the headers are ignored: a new forged address buys nothing, and the
+    // address it named was not charged.
+    let forged = |headers: &'static str| taps_from("127.0.0.3", &addr, headers, 3);
+    taken(&forged("X-Forwarded-For: 198.51.100.3\r\n").await);
+    limited(&forged("X-Forwarded-For: 198.51.100.4\r\n").await);
+    limited(&forged("Forwarded: for=198.51.100.5\r\n").await);
+    taken(&via_proxy("X-Forwarded-For: 198.51.100.3\r\n").await);
+    gw.stop().await;
+    assert_eq!(kafka.events().await.len(), 5 * 3);
+}

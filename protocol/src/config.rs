@@ -206,6 +206,19 @@ pub struct GatewayConfig {
     /// … and the most requests one IP can send at once.
     #[serde(default = "GatewayConfig::ip_burst_requests")]
     pub ip_burst_requests: u32,
+    /// Token bucket per client IP counting taps (a request may carry thousands): taps per
+    /// second refilled …
+    #[serde(default = "GatewayConfig::ip_taps_per_s")]
+    pub ip_taps_per_s: u32,
+    /// … and the most taps one IP can send at once (more in one request: 422).
+    #[serde(default = "GatewayConfig::ip_burst_taps")]
+    pub ip_burst_taps: u32,
+    /// Load balancers (addresses, or networks as `10.0.0.0/8`) whose `Forwarded` or
+    /// `X-Forwarded-For` header names the client; the per-client limits then count that address.
+    /// A connection from any other address is its own client, whatever its headers say. Empty
+    /// (the default): no header is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// When the gateway answers a tap.
@@ -299,6 +312,16 @@ impl GatewayConfig {
     /// Two seconds of the per-IP rate.
     const fn ip_burst_requests() -> u32 {
         10_000
+    }
+    /// Ten per request at the per-IP request rate: a crowd behind one NAT bundling a few taps
+    /// each, where one client's largest requests (about 34,000 taps each) pass about once a
+    /// second.
+    const fn ip_taps_per_s() -> u32 {
+        50_000
+    }
+    /// Two seconds of the per-IP tap rate: the largest request fits.
+    const fn ip_burst_taps() -> u32 {
+        100_000
     }
 }
 
@@ -661,6 +684,8 @@ impl Config {
             g.user_burst_taps,
             g.ip_requests_per_s,
             g.ip_burst_requests,
+            g.ip_taps_per_s,
+            g.ip_burst_taps,
         ]
         .contains(&0)
         {
