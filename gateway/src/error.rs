@@ -33,6 +33,16 @@ pub enum StartError {
         found: u64,
         needed: usize,
     },
+    #[error(
+        "topic {topic} has min.insync.replicas = {found} on a cluster of {brokers} brokers: an \
+         acknowledged tap can be lost with its partition's leader; set it to 2 or more, or \
+         allow it with gateway.allow_min_insync_replicas_below_2 = true"
+    )]
+    MinInsyncReplicas {
+        topic: String,
+        found: u64,
+        brokers: usize,
+    },
     #[error("the Kafka producer failed for good, exiting to be restarted: {0}")]
     Fatal(String),
     #[error("the readiness check did not finish: {0}")]

@@ -79,18 +79,25 @@ pub async fn serve(
         batcher.abort();
         return Err(e);
     }
-    // The same for a topic whose records must be smaller than the gateway's largest: they
-    // would be refused (500) under load only. A broker that does not answer DescribeConfigs
-    // cannot be checked: a warning, not a refusal. (Nisshi 0.8.1 answers with the settings
-    // a topic was created with only, so a topic without this one is a warning.)
-    match producer::check_record_limit(&config).await {
-        Ok(producer::RecordLimit::Enough) => {}
-        Ok(producer::RecordLimit::Unknown(why)) => tracing::warn!(
-            topic = %config.kafka.events_topic,
-            why,
-            "could not read the topic's max.message.bytes; records reach {} bytes",
-            producer::MAX_RECORD_BYTES
-        ),
+    // The same for a topic whose records must be smaller than the gateway's largest (they
+    // would be refused, 500, under load only), or whose min.insync.replicas lets a production
+    // cluster lose acknowledged taps. A broker that does not answer DescribeConfigs cannot be
+    // checked: a warning, not a refusal. (Nisshi 0.8.1 answers with the settings a topic was
+    // created with only, so a topic without these is a warning.)
+    match producer::check_topic(&config).await {
+        Ok(check) => {
+            if let Some(producer::RecordLimit::Unknown(why)) = check.record_limit {
+                tracing::warn!(
+                    topic = %config.kafka.events_topic,
+                    why,
+                    "could not read the topic's max.message.bytes; records reach {} bytes",
+                    producer::MAX_RECORD_BYTES
+                );
+            }
+            if let Some(why) = check.durability {
+                tracing::warn!(topic = %config.kafka.events_topic, "{why}");
+            }
+        }
         Err(e) => {
             batcher.abort();
             return Err(e);

@@ -219,6 +219,11 @@ pub struct GatewayConfig {
     /// (the default): no header is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Start even when `emoji-events` has `min.insync.replicas` under 2 on a cluster of 3 or
+    /// more brokers, where an acknowledged tap can be lost with its partition's leader (a
+    /// warning then); false (the default): the gateway refuses to start.
+    #[serde(default)]
+    pub allow_min_insync_replicas_below_2: bool,
 }
 
 /// When the gateway answers a tap.
