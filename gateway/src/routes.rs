@@ -70,11 +70,13 @@ enum Refused {
     /// Malformed JSON or NDJSON.
     #[response(status = 400)]
     Malformed(ErrorBody),
-    /// The body was not read within `request_timeout_ms`; nothing was handed to the producer.
+    /// The body was not read within `request_timeout_ms`, or arrived slower than
+    /// `min_body_bytes_per_s` after `body_grace_ms`; nothing was handed to the producer.
     #[response(status = 408)]
     Timeout(ErrorBody),
     /// The body is larger than the route allows (4 KiB single, 1 MiB batch); at once when its
-    /// `Content-Length` says so.
+    /// `Content-Length` says so. (Also taps that would encode to more than one Kafka record
+    /// holds, which no body within the limits does.)
     #[response(status = 413)]
     TooLarge(ErrorBody),
     /// Neither `application/json` nor `application/x-ndjson`.
@@ -84,7 +86,8 @@ enum Refused {
     /// burst; `field` names it (`items[i].field` in a batch).
     #[response(status = 422)]
     Invalid(ErrorBody),
-    /// Past a per-user or per-IP rate limit.
+    /// Past a per-user or per-IP rate limit (requests or taps), or the client already holds
+    /// its share of the in-flight budget (`max_in_flight_bytes_per_ip`).
     #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
     RateLimited(ErrorBody),
     /// The broker refused the record holding the taps for good (too large, invalid): a retry
