@@ -669,6 +669,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         producer_queue_depth: s.batcher.producer_queue(),
         in_flight_bytes,
         in_flight_budget,
+        in_flight_clients: s.batcher.budget_clients(),
         open_connections: s.max_connections - s.connections.available_permits(),
         broker_reachable: s.batcher.broker_reachable(),
         tracked_users: s.users.tracked(),

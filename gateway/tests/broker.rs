@@ -564,6 +564,7 @@ async fn one_address_declaring_bodies_it_never_sends_holds_only_its_share_of_the
         },
     )
     .await;
+    assert_eq!(gauge(&addr, "emostream_gateway_in_flight_clients").await, 1);
     // Everyone else still finds the rest of the budget, at once.
     for (i, ip) in ["127.0.0.3", "127.0.0.4"].into_iter().enumerate() {
         let started = std::time::Instant::now();
@@ -612,6 +613,7 @@ async fn one_address_declaring_bodies_it_never_sends_holds_only_its_share_of_the
         || async { gauge(&addr, "emostream_gateway_in_flight_bytes").await == 0 },
     )
     .await;
+    assert_eq!(gauge(&addr, "emostream_gateway_in_flight_clients").await, 0);
     gateway.stop().await;
     let mut users: Vec<String> = kafka.events().await.into_iter().map(|e| e.1).collect();
     users.sort();
