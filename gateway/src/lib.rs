@@ -8,11 +8,12 @@
 //! - `client`: who a request is from (behind `trusted_proxies`, the forwarded address), and the
 //!   key it is counted under (IPv4 address, IPv6 /64).
 //! - `limits`: token buckets per user id and per client IP.
-//! - `batcher`: the in-flight budget, and the packing of one (partition, stream, epoch) into one
+//! - `batcher`: the in-flight budget (`batcher/budget`: each client's share), and the packing of one (partition, stream, epoch) into one
 //!   Kafka record, answering each request once the broker has acknowledged its record:
 //!   `batcher/batches` (when a batch is due) and `batcher/packer` (sending, answers).
 //! - `producer`: the Kafka producer and the broker's health (503 at once while it is down).
-//! - `listener`: the connection caps, the write timeout, and the key a client is counted under.
+//! - `listener`: the connection caps (none per IP for a trusted proxy), the write timeout, and
+//!   hyper's own refusals rewritten as JSON.
 //! - `error`: [`GatewayError`], every refusal as a status and a JSON reason.
 //! - `metrics`: counters, gauges and the broker-ack histogram served on `/metrics`.
 
@@ -126,7 +127,7 @@ pub async fn serve(
         Duration::from_millis(g.header_read_timeout_ms),
         // The rest of the drain is for the records sent meanwhile, which the producer answers
         // within its delivery timeout.
-        Duration::from_millis(g.drain_timeout_ms - g.delivery_timeout_ms),
+        Duration::from_millis(g.drain_timeout_ms.saturating_sub(g.delivery_timeout_ms)),
         stop,
     )
     .await;
