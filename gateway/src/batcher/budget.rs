@@ -8,8 +8,9 @@
 
 use crate::GatewayError;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub struct Budget {
@@ -19,18 +20,36 @@ pub struct Budget {
     shares: Arc<Shares>,
 }
 
-/// Bytes held per client key. A std `Mutex`: it is held for one map operation and never
-/// across an `.await`; a client is forgotten once it holds nothing, so the map follows the
-/// clients with a request in flight.
-#[derive(Default)]
-struct Shares(Mutex<HashMap<IpAddr, usize>>);
+/// Bytes held per client key, in a map sharded as the rate limiters' are: every request takes
+/// its client's shard a few times (reserve, top up, release), so one lock would make every
+/// request of every client queue on it. Std mutexes: each is held for one map operation and
+/// never across an `.await`. A client is forgotten once it holds nothing, so the maps follow
+/// the clients with a request in flight.
+struct Shares {
+    shards: Box<[Mutex<HashMap<IpAddr, usize>>]>,
+    hasher: RandomState,
+}
+
+const SHARDS: usize = 64;
+
+impl Default for Shares {
+    fn default() -> Self {
+        Shares {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+}
 
 impl Shares {
-    fn release(&self, client: IpAddr, bytes: usize) {
-        let mut held = self
-            .0
+    fn shard(&self, client: &IpAddr) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.shards[(self.hasher.hash_one(client) as usize) % SHARDS]
             .lock()
-            .expect("a budget share lock is never poisoned");
+            .expect("a budget share lock is never poisoned")
+    }
+
+    fn release(&self, client: IpAddr, bytes: usize) {
+        let mut held = self.shard(&client);
         if let Some(n) = held.get_mut(&client) {
             *n -= bytes;
             if *n == 0 {
@@ -116,11 +135,7 @@ impl Budget {
             return Ok(permit.into());
         };
         {
-            let mut held = self
-                .shares
-                .0
-                .lock()
-                .expect("a budget share lock is never poisoned");
+            let mut held = self.shares.shard(&client);
             let mine = held.entry(client).or_default();
             if *mine + bytes > self.per_client {
                 if *mine == 0 {
@@ -150,10 +165,14 @@ impl Budget {
     /// Clients holding a part of the budget now.
     pub fn clients(&self) -> usize {
         self.shares
-            .0
-            .lock()
-            .expect("a budget share lock is never poisoned")
-            .len()
+            .shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .expect("a budget share lock is never poisoned")
+                    .len()
+            })
+            .sum()
     }
 }
 
