@@ -82,6 +82,8 @@ events_partitions = 4
 listen = "127.0.0.1:$gateway_port"
 ip_requests_per_s = 1000000000
 ip_burst_requests = 1000000000
+ip_taps_per_s = 1000000000
+ip_burst_taps = 1000000000
 [dataflow]
 processes = ["127.0.0.1:2101"]
 [broadcaster]

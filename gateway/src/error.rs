@@ -10,6 +10,8 @@ pub enum StartError {
     AllowList(String),
     #[error("gateway.cors_origins: {0:?} is not an origin")]
     CorsOrigin(String),
+    #[error("gateway.trusted_proxies: {0:?} is not an address or a CIDR network")]
+    TrustedProxy(String),
     #[error("creating the Kafka producer: {0}")]
     Producer(#[source] rdkafka::error::KafkaError),
     #[error("broker unreachable: {0}")]
@@ -30,6 +32,16 @@ pub enum StartError {
         topic: String,
         found: u64,
         needed: usize,
+    },
+    #[error(
+        "topic {topic} has min.insync.replicas = {found} on a cluster of {brokers} brokers: an \
+         acknowledged tap can be lost with its partition's leader; set it to 2 or more, or \
+         allow it with gateway.allow_min_insync_replicas_below_2 = true"
+    )]
+    MinInsyncReplicas {
+        topic: String,
+        found: u64,
+        brokers: usize,
     },
     #[error("the Kafka producer failed for good, exiting to be restarted: {0}")]
     Fatal(String),
@@ -52,6 +64,8 @@ pub enum GatewayError {
     },
     /// The body is larger than the route allows.
     TooLarge { limit: usize },
+    /// The request's taps encode to more than one Kafka record holds.
+    EncodedTooLarge { limit: usize },
     /// Neither JSON nor NDJSON.
     UnsupportedMediaType,
     /// Well-formed, but a field is missing or invalid.
@@ -61,6 +75,8 @@ pub enum GatewayError {
         field: Option<String>,
         retry_after_s: u64,
     },
+    /// The client (its IP, or its IPv6 /64) already holds its share of the in-flight budget.
+    ShareFull,
     /// The in-flight budget or the ingest queue is full: nothing was counted.
     Overloaded { reason: &'static str },
     /// The broker cannot be reached or did not acknowledge: nothing was counted.
@@ -70,6 +86,8 @@ pub enum GatewayError {
     RecordRefused { reason: &'static str },
     /// The body was not read within `request_timeout_ms` (nothing reached the producer).
     Timeout { after_ms: u64 },
+    /// The body arrived slower than `min_body_bytes_per_s` (nothing reached the producer).
+    TooSlow { min_bytes_per_s: u64 },
     /// No route has this path.
     NotFound,
     /// The path exists, the method does not.
@@ -92,15 +110,21 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::Malformed { .. } => StatusCode::BAD_REQUEST,
-            GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::TooLarge { .. } | GatewayError::EncodedTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimited { .. } | GatewayError::ShareFull => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::Overloaded { .. } | GatewayError::BrokerUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             GatewayError::RecordRefused { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            GatewayError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::Timeout { .. } | GatewayError::TooSlow { .. } => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -110,15 +134,17 @@ impl GatewayError {
     pub fn reason(&self) -> &'static str {
         match self {
             GatewayError::Malformed { .. } => "malformed",
-            GatewayError::TooLarge { .. } => "too_large",
+            GatewayError::TooLarge { .. } | GatewayError::EncodedTooLarge { .. } => "too_large",
             GatewayError::UnsupportedMediaType => "unsupported_media_type",
             GatewayError::Invalid { .. } => "invalid_field",
             GatewayError::RateLimited { field: Some(_), .. } => "rate_limited_user",
             GatewayError::RateLimited { field: None, .. } => "rate_limited_ip",
+            GatewayError::ShareFull => "share_full",
             GatewayError::Overloaded { .. } => "overloaded",
             GatewayError::BrokerUnavailable { .. } => "broker_unavailable",
             GatewayError::RecordRefused { .. } => "record_refused",
             GatewayError::Timeout { .. } => "timeout",
+            GatewayError::TooSlow { .. } => "too_slow",
             GatewayError::NotFound => "not_found",
             GatewayError::MethodNotAllowed => "method_not_allowed",
         }
@@ -126,17 +152,19 @@ impl GatewayError {
 }
 
 /// Every rejection reason, so `/metrics` can show each one from the start (at zero).
-pub const REASONS: [&str; 12] = [
+pub const REASONS: [&str; 14] = [
     "malformed",
     "too_large",
     "unsupported_media_type",
     "invalid_field",
     "rate_limited_user",
     "rate_limited_ip",
+    "share_full",
     "overloaded",
     "broker_unavailable",
     "record_refused",
     "timeout",
+    "too_slow",
     "not_found",
     "method_not_allowed",
 ];
@@ -147,8 +175,11 @@ impl IntoResponse for GatewayError {
         let reason = self.reason();
         let retry_after_s = match &self {
             GatewayError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
-            // The broker's reconnect backoff and the flush interval are both well under a second.
-            GatewayError::Overloaded { .. } | GatewayError::BrokerUnavailable { .. } => Some(1),
+            // The broker's reconnect backoff and the flush interval are both well under a second,
+            // and so is a client's own request that holds its share.
+            GatewayError::Overloaded { .. }
+            | GatewayError::BrokerUnavailable { .. }
+            | GatewayError::ShareFull => Some(1),
             _ => None,
         };
         let body = match self {
@@ -158,6 +189,13 @@ impl IntoResponse for GatewayError {
             },
             GatewayError::TooLarge { limit } => ErrorBody {
                 error: format!("body larger than {limit} bytes"),
+                field: None,
+            },
+            GatewayError::EncodedTooLarge { limit } => ErrorBody {
+                error: format!(
+                    "the taps encode to more than one Kafka record holds ({limit} bytes); \
+                     send fewer in one request"
+                ),
                 field: None,
             },
             GatewayError::UnsupportedMediaType => ErrorBody {
@@ -175,6 +213,10 @@ impl IntoResponse for GatewayError {
                 },
                 field,
             },
+            GatewayError::ShareFull => ErrorBody {
+                error: "this address holds its share of the ingest budget, retry shortly".into(),
+                field: None,
+            },
             GatewayError::Overloaded { reason }
             | GatewayError::BrokerUnavailable { reason }
             | GatewayError::RecordRefused { reason } => ErrorBody {
@@ -183,6 +225,10 @@ impl IntoResponse for GatewayError {
             },
             GatewayError::Timeout { after_ms } => ErrorBody {
                 error: format!("request body not read within {after_ms} ms"),
+                field: None,
+            },
+            GatewayError::TooSlow { min_bytes_per_s } => ErrorBody {
+                error: format!("request body arrived slower than {min_bytes_per_s} bytes/s"),
                 field: None,
             },
             GatewayError::NotFound => ErrorBody {

@@ -5,16 +5,20 @@
 //! - [`parse`]: request bodies (JSON object, JSON array, NDJSON) into validated taps (public for
 //!   the fuzz target in `gateway/fuzz`): `parse/fast` (borrowed structs), `parse/slow` (every
 //!   refusal names its field), `parse/validate` (the rules both share), `parse/emoji`.
+//! - `client`: who a request is from (behind `trusted_proxies`, the forwarded address), and the
+//!   key it is counted under (IPv4 address, IPv6 /64).
 //! - `limits`: token buckets per user id and per client IP.
-//! - `batcher`: the in-flight budget, and the packing of one (partition, stream, epoch) into one
+//! - `batcher`: the in-flight budget (`batcher/budget`: each client's share), and the packing of one (partition, stream, epoch) into one
 //!   Kafka record, answering each request once the broker has acknowledged its record:
 //!   `batcher/batches` (when a batch is due) and `batcher/packer` (sending, answers).
 //! - `producer`: the Kafka producer and the broker's health (503 at once while it is down).
-//! - `listener`: the connection cap.
+//! - `listener`: the connection caps (none per IP for a trusted proxy), the write timeout, and
+//!   hyper's own refusals rewritten as JSON.
 //! - `error`: [`GatewayError`], every refusal as a status and a JSON reason.
 //! - `metrics`: counters, gauges and the broker-ack histogram served on `/metrics`.
 
 mod batcher;
+mod client;
 mod error;
 mod limits;
 mod listener;
@@ -41,11 +45,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 /// Serves the gateway on `listener` until `shutdown` resolves: then it stops accepting, lets
-/// in-flight requests finish (each still waits for its broker acknowledgement), flushes every
-/// open batch and waits for the broker's answers before returning. A fatal producer error
+/// in-flight requests finish (each still waits for its broker acknowledgement) for up to
+/// `drain_timeout_ms - delivery_timeout_ms` and closes the connections still open, flushes
+/// every open batch and waits for the broker's answers before returning. A fatal producer error
 /// starts the same drain and then returns [`StartError::Fatal`], so the process exits non-zero
 /// and its supervisor restarts it.
 pub async fn run(
@@ -74,18 +80,25 @@ pub async fn serve(
         batcher.abort();
         return Err(e);
     }
-    // The same for a topic whose records must be smaller than the gateway's largest: they
-    // would be refused (500) under load only. A broker that does not answer DescribeConfigs
-    // cannot be checked: a warning, not a refusal. (Nisshi 0.8.1 answers with the settings
-    // a topic was created with only, so a topic without this one is a warning.)
-    match producer::check_record_limit(&config).await {
-        Ok(producer::RecordLimit::Enough) => {}
-        Ok(producer::RecordLimit::Unknown(why)) => tracing::warn!(
-            topic = %config.kafka.events_topic,
-            why,
-            "could not read the topic's max.message.bytes; records reach {} bytes",
-            producer::MAX_RECORD_BYTES
-        ),
+    // The same for a topic whose records must be smaller than the gateway's largest (they
+    // would be refused, 500, under load only), or whose min.insync.replicas lets a production
+    // cluster lose acknowledged taps. A broker that does not answer DescribeConfigs cannot be
+    // checked: a warning, not a refusal. (Nisshi 0.8.1 answers with the settings a topic was
+    // created with only, so a topic without these is a warning.)
+    match producer::check_topic(&config).await {
+        Ok(check) => {
+            if let Some(producer::RecordLimit::Unknown(why)) = check.record_limit {
+                tracing::warn!(
+                    topic = %config.kafka.events_topic,
+                    why,
+                    "could not read the topic's max.message.bytes; records reach {} bytes",
+                    producer::MAX_RECORD_BYTES
+                );
+            }
+            if let Some(why) = check.durability {
+                tracing::warn!(topic = %config.kafka.events_topic, "{why}");
+            }
+        }
         Err(e) => {
             batcher.abort();
             return Err(e);
@@ -100,15 +113,21 @@ pub async fn serve(
         }
     };
     let state = AppState::new(&config, handle, metrics)?;
+    let g = &config.gateway;
     let listener = CappedListener::new(
         listener,
         state.connections(),
-        config.gateway.max_connections_per_ip,
+        g.max_connections_per_ip,
+        state.trusted_proxies(),
+        Duration::from_millis(g.write_timeout_ms),
     );
     serve_connections(
         listener,
         app(state),
-        Duration::from_millis(config.gateway.header_read_timeout_ms),
+        Duration::from_millis(g.header_read_timeout_ms),
+        // The rest of the drain is for the records sent meanwhile, which the producer answers
+        // within its delivery timeout.
+        Duration::from_millis(g.drain_timeout_ms.saturating_sub(g.delivery_timeout_ms)),
         stop,
     )
     .await;
@@ -120,21 +139,33 @@ pub async fn serve(
     }
 }
 
+/// The most a connection's read buffer holds: a request head larger than this is answered 431.
+const MAX_BUF_BYTES: usize = 16 * 1024;
+/// Header fields of one request: a browser sends about 15, a load balancer adds a few.
+const MAX_HEADERS: usize = 32;
+
 /// The accept loop: HTTP/1.1 only (one request at a time per connection, so a connection costs
 /// at most one request's memory; HTTP/2 would multiplex many), and a deadline on each request's
-/// header. On `stop` it stops accepting, closes idle connections and waits for every request
-/// in progress to be answered.
+/// header. On `stop` it stops accepting, closes idle connections and waits up to `drain` for
+/// every request in progress to be answered; then it closes the connections still open.
 async fn serve_connections(
     mut listener: CappedListener,
     router: axum::Router,
     header_read_timeout: Duration,
+    drain: Duration,
     stop: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
+    let (close, closing) = watch::channel(false);
     let mut builder = http1::Builder::new();
+    // hyper's smallest read buffer (it cannot go under 8 KiB) and a head of 32 fields: a
+    // connection's buffers stay about 16 KiB whatever its client sends, where hyper's default
+    // lets each grow to about 400 KiB.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(MAX_BUF_BYTES)
+        .max_headers(MAX_HEADERS);
     tokio::pin!(stop);
     loop {
         let (stream, addr) = tokio::select! {
@@ -149,13 +180,28 @@ async fn serve_connections(
             router.clone().oneshot(request)
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let mut closing = closing.clone();
         tokio::spawn(async move {
-            // A client that vanished or timed out: nothing to answer.
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection closed");
+            tokio::select! {
+                // A client that vanished or timed out: nothing to answer.
+                done = connection => if let Err(e) = done {
+                    tracing::debug!(error = %e, "connection closed");
+                },
+                // Past the drain deadline the connection goes with its request: an answer not
+                // sent is no acknowledgement, and taps already queued are still flushed.
+                _ = closing.wait_for(|&closed| closed) => {}
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
+    if tokio::time::timeout(drain, &mut drained).await.is_err() {
+        tracing::warn!(
+            drain_ms = drain.as_millis() as u64,
+            "closing the connections still open at the drain deadline"
+        );
+        let _ = close.send(true);
+        drained.await;
+    }
 }

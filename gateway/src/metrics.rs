@@ -74,7 +74,7 @@ pub struct Metrics {
 }
 
 /// The gauges read from their owners at each scrape: name and help, in [`Gauges::values`] order.
-const GAUGES: [(&str, &str); 7] = [
+const GAUGES: [(&str, &str); 8] = [
     (
         "producer_queue_depth",
         "The Kafka producer's out-queue: records not yet acknowledged plus protocol requests",
@@ -86,6 +86,10 @@ const GAUGES: [(&str, &str); 7] = [
     (
         "in_flight_budget_bytes",
         "The in-flight budget; a request that does not fit gets 503",
+    ),
+    (
+        "in_flight_clients",
+        "Clients (IPv4 addresses, IPv6 /64s) holding a part of the in-flight budget; each holds at most max_in_flight_bytes_per_ip",
     ),
     ("open_connections", "Client connections open now"),
     (
@@ -165,6 +169,7 @@ pub struct Gauges {
     /// Bytes of bodies and encoded events holding the in-flight budget, and the budget itself.
     pub in_flight_bytes: usize,
     pub in_flight_budget: usize,
+    pub in_flight_clients: usize,
     pub open_connections: usize,
     pub broker_reachable: bool,
     pub tracked_users: usize,
@@ -178,6 +183,7 @@ impl Gauges {
             i64::from(self.producer_queue_depth),
             n(self.in_flight_bytes),
             n(self.in_flight_budget),
+            n(self.in_flight_clients),
             n(self.open_connections),
             i64::from(self.broker_reachable),
             n(self.tracked_users),

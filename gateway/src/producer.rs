@@ -22,9 +22,10 @@ use tokio::task::JoinHandle;
 /// stay well under the broker's message size limit.
 pub const FLUSH_BYTES: usize = 8 * 1024 * 1024;
 
-/// The largest record the gateway builds: a batch is flushed once it passes FLUSH_BYTES, and
-/// the request that pushed it past adds the lines of a 1 MiB body (under 5 MiB), so twice the
-/// threshold always fits.
+/// The largest record the gateway builds (the producer's `message.max.bytes`): a request whose
+/// lines would take its open batch past it sends that batch first and opens the next, and one
+/// request's lines never pass it (a 1 MiB body encodes to about 10 MiB at most, since the
+/// stream and `request_id` are repeated on every line).
 pub const MAX_RECORD_BYTES: usize = 2 * FLUSH_BYTES;
 
 /// How often a down broker is probed.
@@ -149,7 +150,12 @@ pub fn create(config: &Config, health: Arc<Health>) -> Result<Kafka, KafkaError>
         ack_mode: _,
         emoji_allow_list: _,
         max_in_flight_bytes: _,
+        max_in_flight_bytes_per_ip: _,
         request_timeout_ms: _,
+        min_body_bytes_per_s: _,
+        body_grace_ms: _,
+        write_timeout_ms: _,
+        drain_timeout_ms: _,
         max_connections: _,
         max_connections_per_ip: _,
         header_read_timeout_ms: _,
@@ -158,6 +164,10 @@ pub fn create(config: &Config, health: Arc<Health>) -> Result<Kafka, KafkaError>
         user_burst_taps: _,
         ip_requests_per_s: _,
         ip_burst_requests: _,
+        ip_taps_per_s: _,
+        ip_burst_taps: _,
+        trusted_proxies: _,
+        allow_min_insync_replicas_below_2: _,
     } = &config.gateway;
     ClientConfig::from_iter(config.kafka.client_settings(ClientRole::BatchProducer {
         delivery_timeout_ms: *delivery_timeout_ms,
@@ -288,12 +298,21 @@ pub enum RecordLimit {
     Unknown(String),
 }
 
-/// Asks the broker for the events topic's `max.message.bytes` (DescribeConfigs): a topic that
-/// would refuse the gateway's larger records is an error at start instead of 500s under load.
-pub async fn check_record_limit(config: &Config) -> Result<RecordLimit, StartError> {
+/// What the start-up check of the events topic found that is worth a warning but not a refusal.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TopicCheck {
+    pub record_limit: Option<RecordLimit>,
+    /// Why the topic's durability is below what a 2xx promises, or could not be read.
+    pub durability: Option<String>,
+}
+
+/// Asks the broker for the events topic's settings (DescribeConfigs) and the cluster's size:
+/// a topic that would refuse the gateway's larger records, or one that could lose an
+/// acknowledged tap with its leader, is an error at start instead of 500s under load or taps
+/// lost after their 2xx.
+pub async fn check_topic(config: &Config) -> Result<TopicCheck, StartError> {
     use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
     use rdkafka::client::DefaultClientContext;
-    const SETTING: &str = "max.message.bytes";
     let topic = &config.kafka.events_topic;
     // The same connection settings as the epoch producer (TLS, SASL and the pass-through).
     let admin: AdminClient<DefaultClientContext> =
@@ -304,29 +323,134 @@ pub async fn check_record_limit(config: &Config) -> Result<RecordLimit, StartErr
     let answer = admin
         .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
         .await;
-    let resource = match answer.as_deref() {
-        Ok([Ok(resource)]) => resource,
-        Ok([Err(code)]) => return Ok(RecordLimit::Unknown(format!("{code:?}"))),
-        Ok(other) => return Ok(RecordLimit::Unknown(format!("{} answers", other.len()))),
-        Err(e) => return Ok(RecordLimit::Unknown(e.to_string())),
+    let settings = match answer.as_deref() {
+        Ok([Ok(resource)]) => Ok(resource),
+        Ok([Err(code)]) => Err(format!("{code:?}")),
+        Ok(other) => Err(format!("{} answers", other.len())),
+        Err(e) => Err(e.to_string()),
     };
-    let Some(value) = resource.get(SETTING).and_then(|e| e.value.as_deref()) else {
-        return Ok(RecordLimit::Unknown(format!("no {SETTING} entry")));
+    let setting = |name: &str| match &settings {
+        Ok(resource) => resource
+            .get(name)
+            .and_then(|e| e.value.clone())
+            .ok_or_else(|| format!("no {name} entry")),
+        Err(why) => Err(why.clone()),
+    };
+    let record_limit = record_limit(topic, setting("max.message.bytes"))?;
+    // The metadata call blocks, so it runs on the blocking pool; the count of brokers only
+    // decides whether a warning is due, so a failure leaves it unknown.
+    let brokers = tokio::task::spawn_blocking(move || {
+        admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map(|m| m.brokers().len())
+            .ok()
+    })
+    .await?;
+    let durability = durability(
+        topic,
+        brokers,
+        setting("min.insync.replicas"),
+        config.gateway.allow_min_insync_replicas_below_2,
+    )?;
+    Ok(TopicCheck {
+        record_limit: Some(record_limit).filter(|l| *l != RecordLimit::Enough),
+        durability,
+    })
+}
+
+fn record_limit(topic: &str, value: Result<String, String>) -> Result<RecordLimit, StartError> {
+    let value = match value {
+        Ok(value) => value,
+        Err(why) => return Ok(RecordLimit::Unknown(why)),
     };
     match value.parse::<u64>() {
         Ok(found) if found >= MAX_RECORD_BYTES as u64 => Ok(RecordLimit::Enough),
         Ok(found) => Err(StartError::RecordLimit {
-            topic: topic.clone(),
+            topic: topic.to_string(),
             found,
             needed: MAX_RECORD_BYTES,
         }),
-        Err(_) => Ok(RecordLimit::Unknown(format!("{SETTING} = {value:?}"))),
+        Err(_) => Ok(RecordLimit::Unknown(format!(
+            "max.message.bytes = {value:?}"
+        ))),
+    }
+}
+
+/// With acks=all, a write is acknowledged once the in-sync replicas have it, and with
+/// `min.insync.replicas` 1 that can be the leader alone: a cluster of 3 or more brokers is a
+/// production cluster, where losing that leader would lose taps already answered 2xx. There
+/// it is refused unless `allow_min_insync_replicas_below_2` says the loss is accepted (then a
+/// warning). A smaller cluster (the development broker) has nothing better to offer.
+fn durability(
+    topic: &str,
+    brokers: Option<usize>,
+    min_insync: Result<String, String>,
+    allowed: bool,
+) -> Result<Option<String>, StartError> {
+    let Some(brokers) = brokers.filter(|&n| n >= 3) else {
+        return Ok(None);
+    };
+    let found = match min_insync.map(|v| v.parse::<u64>()) {
+        Ok(Ok(found)) if found >= 2 => return Ok(None),
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => return Ok(Some(format!("min.insync.replicas unreadable: {e}"))),
+        Err(why) => return Ok(Some(format!("min.insync.replicas unknown: {why}"))),
+    };
+    if allowed {
+        Ok(Some(format!(
+            "topic {topic} has min.insync.replicas = {found} on a cluster of {brokers} brokers: \
+             an acknowledged tap can be lost with its partition's leader \
+             (allowed by gateway.allow_min_insync_replicas_below_2)"
+        )))
+    } else {
+        Err(StartError::MinInsyncReplicas {
+            topic: topic.to_string(),
+            found,
+            brokers,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_production_cluster_must_keep_an_acknowledged_tap_on_two_replicas() {
+        let check = |brokers: Option<usize>, min_insync: Result<&str, &str>, allowed: bool| {
+            durability(
+                "emoji-events",
+                brokers,
+                min_insync.map(str::to_string).map_err(str::to_string),
+                allowed,
+            )
+            .map_err(|e| e.to_string())
+        };
+        let refused = "topic emoji-events has min.insync.replicas = 1 on a cluster of 3 brokers: \
+             an acknowledged tap can be lost with its partition's leader; set it to 2 or more, \
+             or allow it with gateway.allow_min_insync_replicas_below_2 = true";
+        assert_eq!(check(Some(3), Ok("1"), false), Err(refused.to_string()));
+        assert_eq!(
+            check(Some(5), Ok("1"), true),
+            Ok(Some(
+                "topic emoji-events has min.insync.replicas = 1 on a cluster of 5 brokers: an \
+                 acknowledged tap can be lost with its partition's leader (allowed by \
+                 gateway.allow_min_insync_replicas_below_2)"
+                    .to_string()
+            ))
+        );
+        assert_eq!(check(Some(3), Ok("2"), false), Ok(None));
+        // The development broker, or a cluster whose size is not known.
+        assert_eq!(check(Some(1), Ok("1"), false), Ok(None));
+        assert_eq!(check(None, Ok("1"), false), Ok(None));
+        assert_eq!(
+            check(Some(3), Err("no min.insync.replicas entry"), false),
+            Ok(Some(
+                "min.insync.replicas unknown: no min.insync.replicas entry".to_string()
+            ))
+        );
+    }
 
     #[test]
     fn only_a_record_the_broker_refuses_for_good_is_permanent() {

@@ -4,6 +4,8 @@
 //! documents exactly the routes the router answers.
 
 use crate::batcher::BatcherHandle;
+use crate::batcher::Reservation;
+use crate::client::{client_key, TrustedProxies};
 use crate::error::Rejection;
 use crate::limits::{retry_after_s, RateLimiter};
 use crate::listener::ClientAddr;
@@ -24,7 +26,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::{IntoResponses, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -36,7 +38,7 @@ pub const OPENAPI: &str = "/openapi.json";
 /// The seed route carries one emoji; anything near this size is not one.
 const SINGLE_BODY_LIMIT: usize = 4 * 1024;
 /// A batch: about 10,000 emojis.
-const BATCH_BODY_LIMIT: usize = 1024 * 1024;
+pub(crate) const BATCH_BODY_LIMIT: usize = 1024 * 1024;
 /// The stream of the seeds' route, which has no stream in its path.
 const DEFAULT_STREAM: &str = "main";
 
@@ -68,11 +70,13 @@ enum Refused {
     /// Malformed JSON or NDJSON.
     #[response(status = 400)]
     Malformed(ErrorBody),
-    /// The body was not read within `request_timeout_ms`; nothing was handed to the producer.
+    /// The body was not read within `request_timeout_ms`, or arrived slower than
+    /// `min_body_bytes_per_s` after `body_grace_ms`; nothing was handed to the producer.
     #[response(status = 408)]
     Timeout(ErrorBody),
     /// The body is larger than the route allows (4 KiB single, 1 MiB batch); at once when its
-    /// `Content-Length` says so.
+    /// `Content-Length` says so. (Also taps that would encode to more than one Kafka record
+    /// holds, which no body within the limits does.)
     #[response(status = 413)]
     TooLarge(ErrorBody),
     /// Neither `application/json` nor `application/x-ndjson`.
@@ -82,7 +86,8 @@ enum Refused {
     /// burst; `field` names it (`items[i].field` in a batch).
     #[response(status = 422)]
     Invalid(ErrorBody),
-    /// Past a per-user or per-IP rate limit.
+    /// Past a per-user or per-IP rate limit (requests or taps), or the client already holds
+    /// its share of the in-flight budget (`max_in_flight_bytes_per_ip`).
     #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
     RateLimited(ErrorBody),
     /// The broker refused the record holding the taps for good (too large, invalid): a retry
@@ -104,7 +109,10 @@ struct Inner {
     rules: Rules,
     users: RateLimiter<String>,
     ips: RateLimiter<IpAddr>,
+    ip_taps: RateLimiter<IpAddr>,
+    trusted: Arc<TrustedProxies>,
     request_timeout: Duration,
+    body_pace: BodyPace,
     connections: Arc<Semaphore>,
     max_connections: usize,
     /// `GET /`: links to the viewer page on each subscriber of the configured topology.
@@ -127,12 +135,23 @@ impl AppState {
             rules: Rules::new(&g.emoji_allow_list)?,
             users: RateLimiter::new(g.user_taps_per_s, g.user_burst_taps),
             ips: RateLimiter::new(g.ip_requests_per_s, g.ip_burst_requests),
+            ip_taps: RateLimiter::new(g.ip_taps_per_s, g.ip_burst_taps),
+            trusted: Arc::new(TrustedProxies::new(&g.trusted_proxies)?),
             request_timeout: Duration::from_millis(g.request_timeout_ms),
+            body_pace: BodyPace {
+                grace: Duration::from_millis(g.body_grace_ms),
+                min_bytes_per_s: g.min_body_bytes_per_s,
+            },
             connections: Arc::new(Semaphore::new(g.max_connections)),
             max_connections: g.max_connections,
             home: home_page(config),
             cors_origins: cors_origins(config)?,
         })))
+    }
+
+    /// The load balancers whose forwarding headers are believed, for the listener.
+    pub fn trusted_proxies(&self) -> Arc<TrustedProxies> {
+        Arc::clone(&self.0.trusted)
     }
 
     /// The connection cap's permits, for the listener.
@@ -152,17 +171,22 @@ impl AppState {
     }
 
     /// Reads a body of at most `limit` bytes once its declared length fits in the in-flight
-    /// budget (503 at once otherwise, before a byte is read), so the bodies of many slow or
-    /// large requests cannot grow memory past the budget. The reservation goes on with the
-    /// request's taps ([`BatcherHandle::submit`]) and is returned when the broker answers.
+    /// budget and in the client's share of it (503 or 429 at once otherwise, before a byte is
+    /// read), so the bodies of many slow or large requests cannot grow memory past the budget,
+    /// nor one client's take it. The reservation goes on with the request's taps
+    /// ([`BatcherHandle::submit`]) and is returned when the broker answers.
     async fn read_body(
         &self,
+        client: Option<IpAddr>,
         headers: &HeaderMap,
         body: Body,
         limit: usize,
-    ) -> Result<(Bytes, OwnedSemaphorePermit), GatewayError> {
-        let reserved = self.0.batcher.reserve(declared_length(headers, limit)?)?;
-        let body = read_body(body, limit, self.0.request_timeout).await?;
+    ) -> Result<(Bytes, Reservation), GatewayError> {
+        let reserved = self
+            .0
+            .batcher
+            .reserve(client, declared_length(headers, limit)?)?;
+        let body = read_body(body, limit, self.0.request_timeout, self.0.body_pace).await?;
         Ok((body, reserved))
     }
 
@@ -171,11 +195,12 @@ impl AppState {
     /// pass. Tokens taken for a request refused later are given back.
     async fn ingest(
         &self,
+        client: Option<IpAddr>,
         stream: &str,
         request_id: Option<&str>,
         taps: &[Tap<'_>],
         indexed: bool,
-        reserved: OwnedSemaphorePermit,
+        reserved: Reservation,
     ) -> Result<Ingested, GatewayError> {
         let users = &self.0.users;
         let field = |i: usize| {
@@ -201,12 +226,36 @@ impl AppState {
                 }
             }
         }
+        let ip_taps = &self.0.ip_taps;
+        let n = u32::try_from(taps.len()).unwrap_or(u32::MAX);
+        if n > ip_taps.burst() {
+            return Err(GatewayError::invalid(
+                "items",
+                format!(
+                    "more taps in one request than ip_burst_taps ({})",
+                    ip_taps.burst()
+                ),
+            ));
+        }
+        let now = Instant::now();
+        // One token per request bounds the requests of an address, one per tap its taps: one
+        // request may carry tens of thousands.
+        if let Some(ip) = client {
+            ip_taps
+                .take(&ip, n, now)
+                .map_err(|wait| GatewayError::RateLimited {
+                    field: None,
+                    retry_after_s: retry_after_s(wait),
+                })?;
+        }
         let give_back = |taken: &[Tap<'_>]| {
+            if let Some(ip) = client {
+                ip_taps.give_back(&ip, n);
+            }
             for tap in taken {
                 users.give_back(&*tap.user_id, 1);
             }
         };
-        let now = Instant::now();
         for (i, tap) in taps.iter().enumerate() {
             if let Err(wait) = users.take(&*tap.user_id, 1, now) {
                 give_back(&taps[..i]);
@@ -219,7 +268,7 @@ impl AppState {
         let accepted = match self
             .0
             .batcher
-            .submit(stream, request_id, taps, reserved)
+            .submit(client, stream, request_id, taps, reserved)
             .await
         {
             Ok(accepted) => accepted,
@@ -332,18 +381,23 @@ impl IntoResponse for Ingested {
     }
 }
 
-/// The client's IP, when the server knows it (an in-process test request has none).
+/// The key the client is counted under ([`client_key`]): the connection's peer, or behind a
+/// trusted proxy the address it forwards ([`TrustedProxies::client`]); None when the server
+/// does not know the peer (an in-process test request).
 struct ClientIp(Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         Ok(ClientIp(
             parts
                 .extensions
                 .get::<ConnectInfo<ClientAddr>>()
-                .map(|c| c.0 .0.ip()),
+                .map(|c| client_key(state.0.trusted.client(c.0 .0.ip(), &parts.headers))),
         ))
     }
 }
@@ -377,10 +431,13 @@ async fn send_emoji(
         return Err(GatewayError::UnsupportedMediaType);
     }
     let request_id = request_id(&headers)?;
-    let (body, reserved) = state.read_body(&headers, body, SINGLE_BODY_LIMIT).await?;
+    let (body, reserved) = state
+        .read_body(ip, &headers, body, SINGLE_BODY_LIMIT)
+        .await?;
     let tap = parse::seed_body(&body, &state.0.rules)?;
     let Ingested(accepted) = state
         .ingest(
+            ip,
             DEFAULT_STREAM,
             request_id,
             std::slice::from_ref(&tap),
@@ -423,11 +480,13 @@ async fn stream_emojis(
     parse::stream_id(&stream)?;
     let format = BodyFormat::from_content_type(content_type(&headers))?;
     let request_id = request_id(&headers)?;
-    let (body, reserved) = state.read_body(&headers, body, BATCH_BODY_LIMIT).await?;
+    let (body, reserved) = state
+        .read_body(ip, &headers, body, BATCH_BODY_LIMIT)
+        .await?;
     let taps = parse::batch_body(&body, format, &state.0.rules)?;
     let indexed = parse::is_list(&body, format);
     state
-        .ingest(&stream, request_id, &taps, indexed, reserved)
+        .ingest(ip, &stream, request_id, &taps, indexed, reserved)
         .await
 }
 
@@ -488,28 +547,84 @@ fn declared_length(headers: &HeaderMap, limit: usize) -> Result<usize, GatewayEr
     }
 }
 
+/// How fast a body must arrive: `min_bytes_per_s` after `grace`.
+#[derive(Clone, Copy)]
+struct BodyPace {
+    grace: Duration,
+    min_bytes_per_s: u64,
+}
+
+impl BodyPace {
+    /// When a body of which `received` bytes have arrived falls behind the pace.
+    fn due(&self, started: tokio::time::Instant, received: usize) -> tokio::time::Instant {
+        let earned_ms = (received as u64).saturating_mul(1000) / self.min_bytes_per_s;
+        started + self.grace + Duration::from_millis(earned_ms)
+    }
+}
+
 /// The deadline covers reading the body only: once taps are handed to the producer they may
 /// land, so the request waits for the broker's verdict (bounded by `delivery_timeout_ms`)
 /// rather than answer 408, after which a browser resends the POST and the taps count twice.
-async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<Bytes, GatewayError> {
-    let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit))
-        .await
-        .map_err(|_| GatewayError::Timeout {
-            after_ms: deadline.as_millis() as u64,
-        })?;
-    read.map_err(|e| {
-        let too_large = std::error::Error::source(&e).is_some_and(|s| {
-            s.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-        });
-        if too_large {
-            GatewayError::TooLarge { limit }
-        } else {
-            GatewayError::Malformed {
-                reason: format!("could not read the body: {e}"),
-                field: None,
+/// Within it the body must keep `pace`, so a client that declares a large body and trickles
+/// it (or sends nothing) gives its reservation back after the grace, not after the deadline.
+/// Hand-written rather than tower-http's `RequestBodyLimitLayer`/`TimeoutLayer`: those answer
+/// in plain text and know neither the pace nor the budget reserved before the read.
+async fn read_body(
+    mut body: Body,
+    limit: usize,
+    deadline: Duration,
+    pace: BodyPace,
+) -> Result<Bytes, GatewayError> {
+    use http_body_util::BodyExt;
+    let started = tokio::time::Instant::now();
+    let end = started + deadline;
+    // Most bodies arrive as one frame, which is kept as it is; a second one starts a copy.
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<bytes::BytesMut> = None;
+    loop {
+        let received = joined
+            .as_ref()
+            .map_or_else(|| first.as_ref().map_or(0, Bytes::len), |j| j.len());
+        let due = pace.due(started, received).min(end);
+        let frame = match tokio::time::timeout_at(due, body.frame()).await {
+            Err(_) if due == end => {
+                return Err(GatewayError::Timeout {
+                    after_ms: deadline.as_millis() as u64,
+                })
             }
+            Err(_) => {
+                return Err(GatewayError::TooSlow {
+                    min_bytes_per_s: pace.min_bytes_per_s,
+                })
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(GatewayError::Malformed {
+                    reason: format!("could not read the body: {e}"),
+                    field: None,
+                })
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry no taps
+        };
+        if received + data.len() > limit {
+            return Err(GatewayError::TooLarge { limit });
         }
+        match (&mut first, &mut joined) {
+            (None, None) => first = Some(data),
+            (Some(_), None) => {
+                let mut j = bytes::BytesMut::from(first.take().expect("just matched"));
+                j.extend_from_slice(&data);
+                joined = Some(j);
+            }
+            (_, Some(j)) => j.extend_from_slice(&data),
+        }
+    }
+    Ok(match joined {
+        Some(j) => j.freeze(),
+        None => first.unwrap_or_default(),
     })
 }
 
@@ -554,6 +669,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         producer_queue_depth: s.batcher.producer_queue(),
         in_flight_bytes,
         in_flight_budget,
+        in_flight_clients: s.batcher.budget_clients(),
         open_connections: s.max_connections - s.connections.available_permits(),
         broker_reachable: s.batcher.broker_reachable(),
         tracked_users: s.users.tracked(),

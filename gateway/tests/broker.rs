@@ -495,90 +495,270 @@ async fn after_sigterm_under_load_every_acknowledged_emoji_is_in_kafka() {
     );
 }
 
+/// A connection to `addr` from `ip` (any of 127.0.0.0/8 on loopback), so one test can be
+/// many clients.
+async fn connect_from(ip: &str, addr: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    socket.connect(addr.parse().unwrap()).await.unwrap()
+}
+
+/// One tap of `user` posted from `ip`.
+async fn tap_from(ip: &str, addr: &str, user: &str) -> Response {
+    let body = format!(r#"{{"user_id":"{user}","emoji":"🔥"}}"#);
+    http::request_on(
+        connect_from(ip, addr).await,
+        addr,
+        "POST",
+        "/v1/streams/main/emojis",
+        Some("application/json"),
+        body.as_bytes(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The value of an unlabelled gauge on `/metrics`.
+async fn gauge(addr: &str, name: &str) -> usize {
+    let metrics = http::get(addr, "/metrics").await.unwrap().body;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(|v| v.parse::<usize>().unwrap())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+/// A request head declaring a 1 MiB JSON body.
+const DECLARES_1_MIB: &str = "POST /v1/streams/main/emojis HTTP/1.1\r\nHost: gateway\r\n\
+    Connection: close\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n";
+
 #[tokio::test]
-async fn bodies_hold_the_in_flight_budget_by_their_declared_length_before_they_are_read() {
+async fn one_address_declaring_bodies_it_never_sends_holds_only_its_share_of_the_budget() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const MIB: usize = 1 << 20;
-    let kafka = Kafka::start("");
-    let mut config = kafka.config.clone();
-    config.gateway.max_in_flight_bytes = 16 * MIB;
-    // The declared bodies below wait for the test, not for a slow client's deadline.
-    config.gateway.request_timeout_ms = 120_000;
-    let gateway = Gateway::start(config).await;
-    let in_flight = || async {
-        let metrics = http::get(&gateway.addr, "/metrics").await.unwrap().body;
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("emostream_gateway_in_flight_bytes "))
-            .map(|v| v.parse::<usize>().unwrap())
-            .unwrap()
-    };
-    // Sixteen requests declare 1 MiB bodies and send nothing of them yet: the whole budget.
+    // The defaults: a 128 MiB budget, 16 MiB of it per address. The declared bodies below wait
+    // for the test, not for the pace or a slow client's deadline.
+    let kafka = Kafka::start("request_timeout_ms = 120000\nbody_grace_ms = 120000");
+    let gateway = Gateway::start(kafka.config.clone()).await;
+    let addr = gateway.addr.clone();
+    // 128 connections from one address declare 1 MiB each and send nothing of them.
     let mut held = Vec::new();
-    for _ in 0..16 {
-        let mut stream = tokio::net::TcpStream::connect(&gateway.addr).await.unwrap();
-        let head = format!(
-            "POST /v1/streams/main/emojis HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {MIB}\r\n\r\n"
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        held.push(stream);
+    let mut answered = Vec::new();
+    for _ in 0..128 {
+        let mut stream = connect_from("127.0.0.2", &addr).await;
+        stream.write_all(DECLARES_1_MIB.as_bytes()).await.unwrap();
+        let (mut read, write) = stream.into_split();
+        answered.push(tokio::spawn(async move {
+            let mut raw = Vec::new();
+            let _ = read.read_to_end(&mut raw).await;
+            http::parse(&raw)
+        }));
+        held.push(write);
     }
     wait_until(
-        "the declared bodies to hold the whole budget",
+        "the address to hold its share",
         Duration::from_secs(30),
-        || async { in_flight().await == 16 * MIB },
+        || async {
+            gauge(&addr, "emostream_gateway_in_flight_bytes").await == 16 * MIB
+                && answered.iter().filter(|a| a.is_finished()).count() == 112
+        },
     )
     .await;
-    let tap = r#"{"user_id":"late","emoji":"🔥"}"#;
-    let refused = http::post_json(&gateway.addr, "/v1/streams/main/emojis", tap)
-        .await
-        .unwrap();
-    assert_eq!(
-        (
-            refused.status,
-            refused.body.as_str(),
-            refused.header("retry-after")
-        ),
-        (
-            503,
-            r#"{"error":"ingest budget full, retry shortly"}"#,
-            Some("1")
-        )
-    );
-    // Each held request's body: one tap, padded with JSON whitespace to the declared length.
-    // Its encoded tap fits in its own reservation, so every one is taken.
-    for (i, stream) in held.iter_mut().enumerate() {
+    assert_eq!(gauge(&addr, "emostream_gateway_in_flight_clients").await, 1);
+    // Everyone else still finds the rest of the budget, at once.
+    for (i, ip) in ["127.0.0.3", "127.0.0.4"].into_iter().enumerate() {
+        let started = std::time::Instant::now();
+        let r = tap_from(ip, &addr, &format!("other{i}")).await;
+        assert_eq!(accepted(&r).accepted, 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // The first 16 declared bodies hold a reservation; each of the others was refused at once.
+    let mut refused = 0;
+    let mut waiting = Vec::new();
+    for (answer, write) in answered.into_iter().zip(held) {
+        if answer.is_finished() {
+            let r = answer.await.unwrap().expect("an HTTP answer");
+            assert_eq!(
+                (r.status, r.body.as_str(), r.header("retry-after")),
+                (
+                    429,
+                    r#"{"error":"this address holds its share of the ingest budget, retry shortly"}"#,
+                    Some("1")
+                )
+            );
+            refused += 1;
+        } else {
+            waiting.push((answer, write));
+        }
+    }
+    assert_eq!((refused, waiting.len()), (112, 16));
+    // Each held request's body: one tap padded with JSON whitespace to the declared length.
+    let mut taken = 0;
+    for (i, (answer, mut write)) in waiting.into_iter().enumerate() {
         let mut body = format!(r#"[{{"user_id":"held{i}","emoji":"🔥"}}"#).into_bytes();
         body.resize(MIB - 1, b' ');
         body.push(b']');
-        stream.write_all(&body).await.unwrap();
+        write.write_all(&body).await.unwrap();
+        let r = answer.await.unwrap().expect("an HTTP answer");
+        taken += accepted(&r).accepted;
     }
-    for stream in &mut held {
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
-        let answer = http::parse(&raw).expect("an HTTP answer");
-        assert_eq!(answer.status, 202, "{}", answer.body);
-        assert_eq!(accepted(&answer).accepted, 1);
-    }
-    // The packer returns a record's permits once it has passed the broker's answer on.
+    assert_eq!(taken, 16);
     wait_until(
         "the budget to be free again",
         Duration::from_secs(30),
-        || async { in_flight().await == 0 },
+        || async { gauge(&addr, "emostream_gateway_in_flight_bytes").await == 0 },
     )
     .await;
-    let taken = http::post_json(&gateway.addr, "/v1/streams/main/emojis", tap)
-        .await
-        .unwrap();
-    assert_eq!(taken.status, 202, "{}", taken.body);
+    assert_eq!(gauge(&addr, "emostream_gateway_in_flight_clients").await, 0);
+    gateway.stop().await;
     let mut users: Vec<String> = kafka.events().await.into_iter().map(|e| e.1).collect();
     users.sort();
     let mut expected: Vec<String> = (0..16).map(|i| format!("held{i}")).collect();
-    expected.push("late".into());
+    expected.extend(["other0".into(), "other1".into()]);
     expected.sort();
     assert_eq!(users, expected);
+}
+
+#[tokio::test]
+async fn a_body_slower_than_the_minimum_rate_is_cut_with_408_and_gives_its_bytes_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let kafka = Kafka::start(
+        "request_timeout_ms = 120000\nbody_grace_ms = 500\nmin_body_bytes_per_s = 1024",
+    );
+    let gateway = Gateway::start(kafka.config.clone()).await;
+    let mut stream = connect_from("127.0.0.2", &gateway.addr).await;
+    let started = std::time::Instant::now();
+    stream.write_all(DECLARES_1_MIB.as_bytes()).await.unwrap();
+    // 100 bytes keep the pace for about 100 ms past the grace; then nothing more comes.
+    stream.write_all(&[b' '; 100]).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let cut_after = started.elapsed();
+    let r = http::parse(&raw).expect("an HTTP answer");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            408,
+            r#"{"error":"request body arrived slower than 1024 bytes/s"}"#
+        )
+    );
+    // Cut at the pace (0.6 s), long before the 120 s deadline; 10 s is a loaded machine's margin.
+    assert!(cut_after < Duration::from_secs(10), "{cut_after:?}");
+    assert_eq!(
+        gauge(&gateway.addr, "emostream_gateway_in_flight_bytes").await,
+        0
+    );
     gateway.stop().await;
+    assert_eq!(kafka.events().await.len(), 0);
+}
+
+/// A client that pipelines `GET /healthz` without ever reading an answer, through a small
+/// receive window: it writes until the gateway closes the connection, and returns how long
+/// before that its last write went through.
+async fn pipelines_and_never_reads(ip: &str, addr: &str) -> Duration {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let requests = "GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n".repeat(100);
+    let mut last_write = std::time::Instant::now();
+    while stream.write_all(requests.as_bytes()).await.is_ok() {
+        last_write = std::time::Instant::now();
+    }
+    last_write.elapsed()
+}
+
+#[tokio::test]
+async fn a_client_that_pipelines_and_never_reads_is_closed_within_the_write_timeout() {
+    // One connection per address, so a new one from the same address is taken only once the
+    // stuck one's slot is free.
+    let kafka = Kafka::start("write_timeout_ms = 1000\nmax_connections_per_ip = 1");
+    let gateway = Gateway::start(kafka.config.clone()).await;
+    let stuck = tokio::spawn({
+        let addr = gateway.addr.clone();
+        async move { pipelines_and_never_reads("127.0.0.2", &addr).await }
+    });
+    // Without the write timeout the client would write until the test's own limit.
+    let stalled_for = tokio::time::timeout(Duration::from_secs(60), stuck)
+        .await
+        .expect("the gateway closed the connection")
+        .unwrap();
+    // 1 s of timeout and 4 s of margin for a loaded 2-core machine.
+    assert!(stalled_for < Duration::from_secs(5), "{stalled_for:?}");
+    let r = wait_for(
+        "the address's slot to be free",
+        Duration::from_secs(10),
+        || async {
+            Some(tap_from("127.0.0.2", &gateway.addr, "after").await).filter(|r| r.status != 429)
+        },
+    )
+    .await;
+    assert_eq!(accepted(&r).accepted, 1);
+    gateway.stop().await;
+    assert_eq!(kafka.events().await.len(), 1);
+}
+
+#[tokio::test]
+async fn sigterm_with_stuck_clients_exits_within_the_drain_timeout_and_keeps_every_acknowledged_tap(
+) {
+    use tokio::io::AsyncWriteExt;
+    // Stuck for the whole test: no write timeout, pace or deadline frees them before the drain.
+    let kafka = Kafka::start(
+        "drain_timeout_ms = 8000\nwrite_timeout_ms = 600000\nbody_grace_ms = 600000\n\
+         request_timeout_ms = 600000",
+    );
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_emostream-gateway"))
+        .arg("--config")
+        .arg(kafka.broker.config_path())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("the gateway binary starts");
+    let addr = kafka.config.gateway.listen.clone();
+    wait_ready(&addr).await;
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        let user = format!("before{i}");
+        accepted(&tap_from("127.0.0.3", &addr, &user).await);
+        acked.push(user);
+    }
+    let open = || async { gauge(&addr, "emostream_gateway_open_connections").await };
+    let _stuck_reader = tokio::spawn({
+        let addr = addr.clone();
+        async move { pipelines_and_never_reads("127.0.0.2", &addr).await }
+    });
+    let mut declared = connect_from("127.0.0.4", &addr).await;
+    declared.write_all(DECLARES_1_MIB.as_bytes()).await.unwrap();
+    // Both stuck connections, and the one asking.
+    wait_until(
+        "the stuck clients to be connected",
+        Duration::from_secs(30),
+        || async { open().await == 3 },
+    )
+    .await;
+    let stopped = std::time::Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &gateway.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = wait_for("the gateway to exit", Duration::from_secs(60), || {
+        let exited = gateway.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    let took = stopped.elapsed();
+    assert!(exit.success(), "the gateway exited with {exit}");
+    // The 8 s drain and 4 s of margin for a loaded machine; without the deadline it would
+    // wait for the stuck clients as long as they stay.
+    assert!(took < Duration::from_secs(12), "{took:?}");
+    let mut users: Vec<String> = kafka.events().await.into_iter().map(|e| e.1).collect();
+    users.sort();
+    assert_eq!(users, acked);
 }
 
 /// A JSON POST with an `Idempotency-Key` header of exactly `key`.
@@ -931,4 +1111,117 @@ async fn a_client_ip_past_its_connection_cap_is_answered_429_and_closed() {
     assert_eq!(accepted(&r).accepted, 1);
     drop(open);
     gw.stop().await;
+}
+
+/// The whole answer to `raw`, sent as it is on its own connection.
+async fn raw_exchange(addr: &str, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("the gateway answers and closes")
+        .unwrap();
+    String::from_utf8(answer).unwrap()
+}
+
+#[tokio::test]
+async fn requests_hyper_cannot_parse_are_refused_in_json_too() {
+    let kafka = Kafka::start("");
+    let gw = Gateway::start(kafka.config.clone()).await;
+    let bad_header = raw_exchange(&gw.addr, b"GET /healthz HTTP/1.1\r\nbad header\r\n\r\n").await;
+    assert_eq!(
+        bad_header,
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 34\r\n\
+         connection: close\r\n\r\n{\"error\":\"malformed HTTP request\"}"
+    );
+    // A head past the 16 KiB read buffer.
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nHost: gateway\r\nx-pad: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let too_large = raw_exchange(&gw.addr, huge.as_bytes()).await;
+    assert_eq!(
+        too_large,
+        "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n\
+         content-length: 67\r\nconnection: close\r\n\r\n\
+         {\"error\":\"request header too large (16 KiB and 32 fields at most)\"}"
+    );
+    let mut many = "GET /healthz HTTP/1.1\r\nHost: gateway\r\n".to_string();
+    for i in 0..40 {
+        many.push_str(&format!("x-{i}: 1\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(raw_exchange(&gw.addr, many.as_bytes()).await, too_large);
+    gw.stop().await;
+}
+
+/// `taps` taps of fresh users posted from `ip` with the extra header lines `headers`.
+async fn taps_from(ip: &str, addr: &str, headers: &str, taps: usize) -> Response {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let items: Vec<String> = (0..taps)
+        .map(|_| {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!(r#"{{"user_id":"p{n}","emoji":"🔥"}}"#)
+        })
+        .collect();
+    let body = format!("[{}]", items.join(","));
+    let mut stream = connect_from(ip, addr).await;
+    let request = format!(
+        "POST /v1/streams/main/emojis HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\
+         Content-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    http::parse(&raw).expect("an HTTP answer")
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_limits_apply_per_forwarded_address_and_a_forged_header_changes_nothing(
+) {
+    // Three taps per address, refilled at one a second: a second request of three within 3 s
+    // is refused. Two connections per address, which the proxy's do not count against.
+    let kafka = Kafka::start(
+        "trusted_proxies = [\"127.0.0.2/32\"]\nip_taps_per_s = 1\nip_burst_taps = 3\n\
+         max_connections_per_ip = 2",
+    );
+    let gw = Gateway::start(kafka.config.clone()).await;
+    let addr = gw.addr.clone();
+    let _proxy_idle = [
+        connect_from("127.0.0.2", &addr).await,
+        connect_from("127.0.0.2", &addr).await,
+    ];
+    let limited = |r: &Response| {
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (
+                429,
+                r#"{"error":"too many requests from this address, slow down"}"#
+            )
+        );
+    };
+    let taken = |r: &Response| assert_eq!(accepted(r).accepted, 3);
+    let via_proxy = |headers: &'static str| taps_from("127.0.0.2", &addr, headers, 3);
+    // Each forwarded address has its own bucket; what a client wrote left of the address the
+    // proxy appended is not believed.
+    taken(&via_proxy("X-Forwarded-For: 198.51.100.1\r\n").await);
+    limited(&via_proxy("X-Forwarded-For: 198.51.100.1\r\n").await);
+    taken(&via_proxy("X-Forwarded-For: 198.51.100.1, 198.51.100.2\r\n").await);
+    limited(&via_proxy("X-Forwarded-For: 198.51.100.2\r\n").await);
+    // RFC 7239, and an IPv6 client counted by its /64.
+    taken(&via_proxy("Forwarded: for=\"[2001:db8:1:2::1]:4711\"\r\n").await);
+    limited(&via_proxy("Forwarded: for=\"[2001:db8:1:2::99]\"\r\n").await);
+    // From anyone else the headers are ignored: a new forged address buys nothing, and the
+    // address it named was not charged.
+    let forged = |headers: &'static str| taps_from("127.0.0.3", &addr, headers, 3);
+    taken(&forged("X-Forwarded-For: 198.51.100.3\r\n").await);
+    limited(&forged("X-Forwarded-For: 198.51.100.4\r\n").await);
+    limited(&forged("Forwarded: for=198.51.100.5\r\n").await);
+    taken(&via_proxy("X-Forwarded-For: 198.51.100.3\r\n").await);
+    gw.stop().await;
+    assert_eq!(kafka.events().await.len(), 5 * 3);
 }

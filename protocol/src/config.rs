@@ -160,6 +160,11 @@ pub struct GatewayConfig {
     /// at once.
     #[serde(default = "GatewayConfig::max_in_flight_bytes")]
     pub max_in_flight_bytes: usize,
+    /// The most of `max_in_flight_bytes` one client (an IPv4 address or an IPv6 /64) holds at
+    /// once, declared bodies and encoded taps alike; past it its requests get 429 at once, so
+    /// one client cannot take the budget from the others.
+    #[serde(default = "GatewayConfig::max_in_flight_bytes_per_ip")]
+    pub max_in_flight_bytes_per_ip: usize,
     /// How long the producer may try to deliver a record before its requests get 503.
     #[serde(default = "GatewayConfig::delivery_timeout_ms")]
     pub delivery_timeout_ms: u64,
@@ -168,6 +173,24 @@ pub struct GatewayConfig {
     /// would make a browser resend them.
     #[serde(default = "GatewayConfig::request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// A body must arrive at this rate at least, after `body_grace_ms`: by then, and at every
+    /// moment after, `min_body_bytes_per_s` × (time − grace) bytes of it; a slower one is cut
+    /// with 408 (before any of its taps reach the producer) and releases its reservation.
+    #[serde(default = "GatewayConfig::min_body_bytes_per_s")]
+    pub min_body_bytes_per_s: u64,
+    /// See `min_body_bytes_per_s`.
+    #[serde(default = "GatewayConfig::body_grace_ms")]
+    pub body_grace_ms: u64,
+    /// A connection whose answer has waited this long for the client to read it (the socket
+    /// buffer full) is closed, so a client that stops reading frees its slot.
+    #[serde(default = "GatewayConfig::write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// How long a stop (SIGTERM, or a fatal producer error) takes at most: connections get
+    /// until `drain_timeout_ms - delivery_timeout_ms` to finish their requests and are then
+    /// closed; the rest is for the broker to answer the last records. Acknowledged taps are in
+    /// Kafka either way.
+    #[serde(default = "GatewayConfig::drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
     /// Open client connections; further ones wait in the listen backlog until one closes.
     #[serde(default = "GatewayConfig::max_connections")]
     pub max_connections: usize,
@@ -194,6 +217,24 @@ pub struct GatewayConfig {
     /// … and the most requests one IP can send at once.
     #[serde(default = "GatewayConfig::ip_burst_requests")]
     pub ip_burst_requests: u32,
+    /// Token bucket per client IP counting taps (a request may carry thousands): taps per
+    /// second refilled …
+    #[serde(default = "GatewayConfig::ip_taps_per_s")]
+    pub ip_taps_per_s: u32,
+    /// … and the most taps one IP can send at once (more in one request: 422).
+    #[serde(default = "GatewayConfig::ip_burst_taps")]
+    pub ip_burst_taps: u32,
+    /// Load balancers (addresses, or networks as `10.0.0.0/8`) whose `Forwarded` or
+    /// `X-Forwarded-For` header names the client; the per-client limits then count that address.
+    /// A connection from any other address is its own client, whatever its headers say. Empty
+    /// (the default): no header is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Start even when `emoji-events` has `min.insync.replicas` under 2 on a cluster of 3 or
+    /// more brokers, where an acknowledged tap can be lost with its partition's leader (a
+    /// warning then); false (the default): the gateway refuses to start.
+    #[serde(default)]
+    pub allow_min_insync_replicas_below_2: bool,
 }
 
 /// When the gateway answers a tap.
@@ -226,9 +267,33 @@ impl GatewayConfig {
     const fn max_in_flight_bytes() -> usize {
         128 << 20
     }
+    /// An eighth of the default budget, and room for the largest request (a 1 MiB body of
+    /// minimal taps encodes to about 10 MiB).
+    const fn max_in_flight_bytes_per_ip() -> usize {
+        16 << 20
+    }
     /// 5 s: long enough to ride out a leader election, short enough for a client to retry.
     const fn delivery_timeout_ms() -> u64 {
         5_000
+    }
+    /// 1 KiB/s: a phone on 2G sends several times that; a client declaring a megabyte and
+    /// sending nothing is cut after the grace.
+    const fn min_body_bytes_per_s() -> u64 {
+        1024
+    }
+    /// 2 s: a phone on a poor network starts sending its body well within it.
+    const fn body_grace_ms() -> u64 {
+        2_000
+    }
+    /// 10 s: an answer is a few hundred bytes, so only a client that stopped reading fills its
+    /// socket buffer.
+    const fn write_timeout_ms() -> u64 {
+        10_000
+    }
+    /// 15 s: the delivery timeout (5 s) and 10 s for requests in progress, well inside a
+    /// supervisor's usual 30 s before SIGKILL.
+    const fn drain_timeout_ms() -> u64 {
+        15_000
     }
     /// 10 s: a phone on a poor network sends a 4 KiB body well within it; a client that sends
     /// headers and then stalls holds its connection no longer.
@@ -263,6 +328,16 @@ impl GatewayConfig {
     /// Two seconds of the per-IP rate.
     const fn ip_burst_requests() -> u32 {
         10_000
+    }
+    /// Ten per request at the per-IP request rate: a crowd behind one NAT bundling a few taps
+    /// each, where one client's largest requests (about 34,000 taps each) pass about once a
+    /// second.
+    const fn ip_taps_per_s() -> u32 {
+        50_000
+    }
+    /// Two seconds of the per-IP tap rate: the largest request fits.
+    const fn ip_burst_taps() -> u32 {
+        100_000
     }
 }
 
@@ -631,6 +706,19 @@ impl Config {
         if g.request_timeout_ms == 0 {
             return bad("gateway.request_timeout_ms must be at least 1");
         }
+        if g.max_in_flight_bytes_per_ip < MIN_IN_FLIGHT_BYTES
+            || g.max_in_flight_bytes_per_ip > g.max_in_flight_bytes
+        {
+            return bad("gateway.max_in_flight_bytes_per_ip must be between 16 MiB (16777216, the largest request's encoding fits) and max_in_flight_bytes");
+        }
+        if g.min_body_bytes_per_s == 0 || g.write_timeout_ms == 0 {
+            return bad(
+                "gateway.min_body_bytes_per_s and gateway.write_timeout_ms must be at least 1",
+            );
+        }
+        if g.drain_timeout_ms <= g.delivery_timeout_ms {
+            return bad("gateway.drain_timeout_ms must be longer than gateway.delivery_timeout_ms: the last records need that long");
+        }
         if g.max_connections == 0 {
             return bad("gateway.max_connections must be at least 1");
         }
@@ -639,6 +727,8 @@ impl Config {
             g.user_burst_taps,
             g.ip_requests_per_s,
             g.ip_burst_requests,
+            g.ip_taps_per_s,
+            g.ip_burst_taps,
         ]
         .contains(&0)
         {

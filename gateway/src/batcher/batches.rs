@@ -1,8 +1,7 @@
 //! The batching policy: which (partition, stream, epoch) batch is due when.
 
-use super::{Ack, Submission};
+use super::{Ack, Reservation, Submission};
 use std::collections::hash_map::{Entry, HashMap};
-use tokio::sync::OwnedSemaphorePermit;
 
 #[derive(Clone, Hash, PartialEq, Eq)]
 pub(super) struct BatchKey {
@@ -19,27 +18,47 @@ pub(super) struct OpenBatch {
     pub(super) events: usize,
     pub(super) lines: Vec<u8>,
     pub(super) acks: Vec<Ack>,
-    pub(super) permits: Vec<OwnedSemaphorePermit>,
+    pub(super) permits: Vec<Reservation>,
 }
 
 /// Which batches go out when (the group commit and the caps), apart from the producer that
 /// sends them.
 pub(super) struct Batches {
     max_events: usize,
+    /// A batch is due once its lines reach this …
     max_bytes: usize,
+    /// … and never grows past this, the producer's `message.max.bytes`: a record over it would
+    /// be refused for good, and every request in it answered 500.
+    max_record_bytes: usize,
     open: HashMap<BatchKey, OpenBatch>,
     /// Records awaiting the broker, per partition.
     unacked: HashMap<i32, usize>,
 }
 
 impl Batches {
-    pub(super) fn new(max_events: usize, max_bytes: usize) -> Self {
+    pub(super) fn new(max_events: usize, max_bytes: usize, max_record_bytes: usize) -> Self {
         Batches {
             max_events,
             max_bytes,
+            max_record_bytes,
             open: HashMap::new(),
             unacked: HashMap::new(),
         }
+    }
+
+    /// The open batch `s` would join, due now (even while its partition is busy) when `s`'s
+    /// lines would take it past the record cap: it goes as it is, and `s` opens the next one.
+    /// So a record holds at most the larger of the cap and one request's lines, and one client's
+    /// large request can never make a record that fails the requests of others.
+    pub(super) fn room_for(&mut self, s: &Submission) -> Option<(BatchKey, OpenBatch)> {
+        let key = BatchKey {
+            partition: s.partition,
+            stream: s.stream.clone(),
+            epoch: s.epoch,
+        };
+        let open = self.open.get(&key)?;
+        (open.lines.len() + s.lines.len() > self.max_record_bytes)
+            .then(|| self.open.remove_entry(&key).expect("just found"))
     }
 
     /// Adds a submission to its batch; the batch is due at once when it is full or its partition

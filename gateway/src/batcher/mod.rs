@@ -14,21 +14,26 @@
 //! its body's declared length before reading it and holds it until it answers; the request takes
 //! the size of its encoded events before they are queued, and those permits travel with them
 //! until the broker has answered for them. So neither bodies being read, the queue nor
-//! librdkafka can grow past `max_in_flight_bytes`.
+//! librdkafka can grow past `max_in_flight_bytes`, and one client holds at most
+//! `max_in_flight_bytes_per_ip` of it (`budget`).
 //!
+//! - `budget`: the in-flight budget and each client's share.
 //! - `batches`: which batches are due when (group commit, event and byte caps), apart from I/O.
 //! - `packer`: the task that sends due batches and passes each answer back to its requests.
 
 mod batches;
+mod budget;
 mod packer;
 #[cfg(test)]
 mod tests;
 
 use crate::metrics::Metrics;
 use crate::parse::Tap;
-use crate::producer::{self, Health, Kafka, FLUSH_BYTES};
+use crate::producer::{self, Health, Kafka, FLUSH_BYTES, MAX_RECORD_BYTES};
 use crate::{GatewayError, StartError};
 use batches::Batches;
+use budget::Budget;
+pub use budget::Reservation;
 use emostream_protocol::config::AckMode;
 use emostream_protocol::epoch::epoch_of;
 use emostream_protocol::wire::{Accepted, EmojiEvent};
@@ -38,9 +43,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// Requests waiting to be packed. The budget bounds events; this bounds requests (many tiny
@@ -59,15 +65,14 @@ pub(super) struct Submission {
     pub(super) lines: Vec<u8>,
     /// None in fire-and-forget mode: nobody waits.
     pub(super) ack: Option<Ack>,
-    pub(super) permit: OwnedSemaphorePermit,
+    pub(super) permit: Reservation,
 }
 
 /// The request handlers' side of the batcher.
 #[derive(Clone)]
 pub struct BatcherHandle {
     tx: mpsc::Sender<Submission>,
-    budget: Arc<Semaphore>,
-    budget_size: usize,
+    budget: Arc<Budget>,
     health: Arc<Health>,
     producer: Kafka,
     topic: String,
@@ -77,17 +82,16 @@ pub struct BatcherHandle {
 }
 
 impl BatcherHandle {
-    /// Queues the taps of one request and, in durable mode, waits until the broker has
-    /// acknowledged them.
     /// Hands `taps` to the producer and, in durable mode, waits for the broker's verdict.
     /// `request_id` (the client's `Idempotency-Key`) goes into every tap's record; `reserved` is
-    /// what the request already holds of the in-flight budget (its body's bytes).
+    /// what the request already holds of the in-flight budget (its body's bytes) for `client`.
     pub async fn submit(
         &self,
+        client: Option<IpAddr>,
         stream: &str,
         request_id: Option<&str>,
         taps: &[Tap<'_>],
-        reserved: OwnedSemaphorePermit,
+        reserved: Reservation,
     ) -> Result<Accepted, GatewayError> {
         if self.health.fatal().is_some() {
             return Err(packer::PRODUCER_FAILED);
@@ -99,26 +103,22 @@ impl BatcherHandle {
         }
         let recv_ms = now_ms();
         let epoch = epoch_of(recv_ms, self.window_ms);
-        let mut lines = Vec::with_capacity(taps.len() * (96 + stream.len()));
-        for tap in taps {
-            let event = EmojiEvent {
-                stream: Cow::Borrowed(stream),
-                user_id: Cow::Borrowed(&tap.user_id),
-                emoji: Cow::Borrowed(tap.emoji),
-                ts: tap.ts.clone(),
-                recv_ms,
-                request_id: request_id.map(Cow::Borrowed),
-            };
-            serde_json::to_writer(&mut lines, &event).expect("serializing to a Vec cannot fail");
-            lines.push(b'\n');
+        let lines = encode(stream, request_id, taps, recv_ms);
+        // No accepted body encodes to this much (a 1 MiB body of minimal taps with the longest
+        // stream and key is about 10 MiB, `the_largest_accepted_body_fits_one_record`): this
+        // keeps it so, whatever the route limits become, for this request alone.
+        if lines.len() > MAX_RECORD_BYTES {
+            return Err(GatewayError::EncodedTooLarge {
+                limit: MAX_RECORD_BYTES,
+            });
         }
         // The budget counts the bytes held until the broker answers, whatever the taps' count:
         // a tap's encoded size varies several times over with its user id and timestamp. The
         // body's reservation covers them when it is large enough; otherwise the request takes
         // the difference, so it holds the larger of the two until the answer.
         let mut permit = reserved;
-        if let Some(short) = lines.len().checked_sub(permit.num_permits()) {
-            permit.merge(self.reserve(short)?);
+        if let Some(short) = lines.len().checked_sub(permit.bytes()) {
+            permit.merge(self.reserve(client, short)?);
         }
         let (ack, acked) = match self.mode {
             AckMode::Durable => {
@@ -153,17 +153,16 @@ impl BatcherHandle {
         })
     }
 
-    /// Takes `bytes` of the in-flight budget until the permit is dropped, or refuses at once
-    /// (503) when they do not fit: the handlers reserve a body's bytes before reading it, the
-    /// batcher its encoded records until the broker answers.
-    pub fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, GatewayError> {
-        u32::try_from(bytes)
-            .ok()
-            .filter(|&n| n as usize <= self.budget_size)
-            .and_then(|n| Arc::clone(&self.budget).try_acquire_many_owned(n).ok())
-            .ok_or(GatewayError::Overloaded {
-                reason: "ingest budget full, retry shortly",
-            })
+    /// Takes `bytes` of the in-flight budget and of `client`'s share until the reservation is
+    /// dropped, or refuses at once (429 over the share, 503 when the budget is full): the
+    /// handlers reserve a body's bytes before reading it, the batcher its encoded records until
+    /// the broker answers.
+    pub fn reserve(
+        &self,
+        client: Option<IpAddr>,
+        bytes: usize,
+    ) -> Result<Reservation, GatewayError> {
+        self.budget.reserve(client, bytes)
     }
 
     pub fn broker_reachable(&self) -> bool {
@@ -197,8 +196,12 @@ impl BatcherHandle {
 
     /// (bytes holding budget now, the budget).
     pub fn in_flight(&self) -> (usize, usize) {
-        let used = self.budget_size - self.budget.available_permits();
-        (used, self.budget_size)
+        self.budget.in_flight()
+    }
+
+    /// Clients holding a part of the budget now.
+    pub fn budget_clients(&self) -> usize {
+        self.budget.clients()
     }
 
     /// A user's taps always land in the same partition, so load spreads over partitions with the
@@ -258,11 +261,12 @@ impl Batcher {
         let producer = producer::create(config, Arc::clone(&health))?;
         let topic = config.kafka.events_topic.clone();
         let (tx, rx) = mpsc::channel(SUBMISSION_QUEUE);
-        let budget_size = config.gateway.max_in_flight_bytes;
         let handle = BatcherHandle {
             tx,
-            budget: Arc::new(Semaphore::new(budget_size)),
-            budget_size,
+            budget: Arc::new(Budget::new(
+                config.gateway.max_in_flight_bytes,
+                config.gateway.max_in_flight_bytes_per_ip,
+            )),
             health: Arc::clone(&health),
             producer: producer.clone(),
             topic: topic.clone(),
@@ -279,7 +283,11 @@ impl Batcher {
         let packer = Packer {
             producer,
             topic,
-            batches: Batches::new(config.gateway.flush_max_events, FLUSH_BYTES),
+            batches: Batches::new(
+                config.gateway.flush_max_events,
+                FLUSH_BYTES,
+                MAX_RECORD_BYTES,
+            ),
             in_flight: JoinSet::new(),
             health,
             metrics,
@@ -302,6 +310,31 @@ impl Batcher {
         }
         self.probe.abort();
     }
+}
+
+/// The NDJSON lines of one request's taps, as they go into a record: its stream and
+/// `request_id` are repeated on every line, so a line is several times its tap's share of the
+/// body.
+pub(super) fn encode(
+    stream: &str,
+    request_id: Option<&str>,
+    taps: &[Tap<'_>],
+    recv_ms: u64,
+) -> Vec<u8> {
+    let mut lines = Vec::with_capacity(taps.len() * (96 + stream.len()));
+    for tap in taps {
+        let event = EmojiEvent {
+            stream: Cow::Borrowed(stream),
+            user_id: Cow::Borrowed(&tap.user_id),
+            emoji: Cow::Borrowed(tap.emoji),
+            ts: tap.ts.clone(),
+            recv_ms,
+            request_id: request_id.map(Cow::Borrowed),
+        };
+        serde_json::to_writer(&mut lines, &event).expect("serializing to a Vec cannot fail");
+        lines.push(b'\n');
+    }
+    lines
 }
 
 fn now_ms() -> u64 {

@@ -55,6 +55,9 @@ impl Packer {
     }
 
     fn add(&mut self, s: Submission) {
+        if let Some((key, batch)) = self.batches.room_for(&s) {
+            self.send(key, batch);
+        }
         if let Some((key, batch)) = self.batches.add(s) {
             self.send(key, batch);
         }

@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use crate::parse::Tap;
 use crate::GatewayError;
 use emostream_protocol::wire::EmojiEvent;
-use emostream_testkit::broker::minimal_config;
+use emostream_testkit::broker::{minimal_config, minimal_config_with};
 use emostream_testkit::topic::read_to_end;
 use emostream_testkit::{Broker, Scratch};
 use std::borrow::Cow;
@@ -43,7 +43,8 @@ fn submission(
         ack,
         permit: Arc::clone(budget)
             .try_acquire_many_owned(events as u32)
-            .expect("the test's budget is large enough"),
+            .expect("the test's budget is large enough")
+            .into(),
     };
     (submission, answer)
 }
@@ -66,7 +67,7 @@ fn shape(due: &(BatchKey, OpenBatch)) -> (i32, &str, u64, u64, usize, &str, usiz
 #[test]
 fn a_batch_goes_at_once_to_a_partition_with_nothing_in_flight() {
     let budget = Arc::new(Semaphore::new(100));
-    let mut batches = Batches::new(1000, 1 << 20);
+    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20));
     let (s, _answer) = submission(&budget, (2, "main", 7), 14_001, 2, "a\n", true);
     let due = batches.add(s).expect("partition 2 is idle");
     assert_eq!(shape(&due), (2, "main", 7, 14_001, 2, "a\na\n", 1, 1));
@@ -76,7 +77,7 @@ fn a_batch_goes_at_once_to_a_partition_with_nothing_in_flight() {
 #[test]
 fn while_a_record_is_in_flight_its_partition_gathers_until_the_answer() {
     let budget = Arc::new(Semaphore::new(100));
-    let mut batches = Batches::new(1000, 1 << 20);
+    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20));
     batches.sent(0);
     let (a, _) = submission(&budget, (0, "main", 7), 14_100, 2, "a\n", true);
     let (b, _) = submission(&budget, (0, "main", 7), 14_050, 3, "b\n", true);
@@ -103,7 +104,7 @@ fn while_a_record_is_in_flight_its_partition_gathers_until_the_answer() {
 #[test]
 fn the_answer_to_one_of_two_records_in_flight_releases_nothing() {
     let budget = Arc::new(Semaphore::new(100));
-    let mut batches = Batches::new(1000, 1 << 20);
+    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20));
     batches.sent(0);
     batches.sent(0);
     let (a, _) = submission(&budget, (0, "main", 7), 14_100, 1, "a\n", true);
@@ -119,7 +120,7 @@ fn the_answer_to_one_of_two_records_in_flight_releases_nothing() {
 #[test]
 fn a_batch_never_mixes_streams_or_epochs() {
     let budget = Arc::new(Semaphore::new(100));
-    let mut batches = Batches::new(1000, 1 << 20);
+    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20));
     batches.sent(0);
     for (stream, epoch, recv_ms, line) in [
         ("main", 7, 15_990, "m7\n"),
@@ -145,7 +146,7 @@ fn a_batch_never_mixes_streams_or_epochs() {
 #[test]
 fn a_batch_reaching_the_event_cap_goes_even_while_its_partition_is_busy() {
     let budget = Arc::new(Semaphore::new(100));
-    let mut batches = Batches::new(5, 1 << 20);
+    let mut batches = Batches::new(5, 1 << 20, 2 * (1 << 20));
     batches.sent(0);
     let (a, _) = submission(&budget, (0, "main", 7), 14_000, 3, "a\n", true);
     let (b, _) = submission(&budget, (0, "main", 7), 14_001, 2, "b\n", true);
@@ -161,7 +162,7 @@ fn a_batch_reaching_the_event_cap_goes_even_while_its_partition_is_busy() {
 #[test]
 fn a_batch_reaching_the_byte_cap_goes_even_while_its_partition_is_busy() {
     let budget = Arc::new(Semaphore::new(100));
-    let mut batches = Batches::new(1000, 10);
+    let mut batches = Batches::new(1000, 10, 2 * 10);
     batches.sent(0);
     let (a, _) = submission(&budget, (0, "main", 7), 14_000, 2, "abc\n", true);
     let (b, _) = submission(&budget, (0, "main", 7), 14_001, 1, "de\n", true);
@@ -175,7 +176,7 @@ fn a_batch_reaching_the_byte_cap_goes_even_while_its_partition_is_busy() {
 #[test]
 fn the_flush_tick_takes_every_open_batch_of_every_partition() {
     let budget = Arc::new(Semaphore::new(100));
-    let mut batches = Batches::new(1000, 1 << 20);
+    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20));
     batches.sent(0);
     batches.sent(3);
     let (a, _) = submission(&budget, (0, "main", 7), 14_000, 1, "a\n", true);
@@ -197,7 +198,7 @@ fn the_flush_tick_takes_every_open_batch_of_every_partition() {
 #[tokio::test]
 async fn a_batch_carries_each_waiting_request_its_answer_and_holds_the_budget_until_then() {
     let budget = Arc::new(Semaphore::new(10));
-    let mut batches = Batches::new(1000, 1 << 20);
+    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20));
     batches.sent(0);
     let (a, answer_a) = submission(&budget, (0, "main", 7), 14_000, 2, "a\n", true);
     let (b, answer_b) = submission(&budget, (0, "main", 7), 14_001, 3, "b\n", true);
@@ -246,10 +247,11 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
     };
     let first = handle
         .submit(
+            None,
             "main",
             None,
             &[tap("first", "🔥")],
-            handle.reserve(0).unwrap(),
+            handle.reserve(None, 0).unwrap(),
         )
         .await
         .unwrap();
@@ -269,7 +271,7 @@ async fn every_request_is_answered_after_its_events_are_in_kafka_each_once() {
             let user = format!("u{}", i % 8);
             let taps: Vec<Tap> = (0..=i % 3).map(|_| tap(&user, "👍🏽")).collect();
             let accepted = handle
-                .submit(stream, None, &taps, handle.reserve(0).unwrap())
+                .submit(None, stream, None, &taps, handle.reserve(None, 0).unwrap())
                 .await
                 .unwrap();
             (i, accepted.accepted)
@@ -349,16 +351,15 @@ async fn the_in_flight_budget_counts_bytes_not_events() {
     };
     let budget = config.gateway.max_in_flight_bytes;
     assert_eq!(handle.in_flight(), (0, budget));
-    let held = Arc::clone(&handle.budget)
-        .try_acquire_many_owned((budget - 150) as u32)
-        .unwrap();
+    let held = handle.reserve(None, budget - 150).unwrap();
     assert_eq!(
         handle
             .submit(
+                None,
                 "main",
                 None,
                 &[tap("x".repeat(128))],
-                handle.reserve(0).unwrap()
+                handle.reserve(None, 0).unwrap()
             )
             .await,
         Err(GatewayError::Overloaded {
@@ -366,7 +367,13 @@ async fn the_in_flight_budget_counts_bytes_not_events() {
         })
     );
     let accepted = handle
-        .submit("main", None, &[tap("s".into())], handle.reserve(0).unwrap())
+        .submit(
+            None,
+            "main",
+            None,
+            &[tap("s".into())],
+            handle.reserve(None, 0).unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(accepted.accepted, 1);
@@ -374,4 +381,185 @@ async fn the_in_flight_budget_counts_bytes_not_events() {
     assert_eq!(handle.in_flight(), (budget - 150, budget));
     drop(held);
     assert_eq!(handle.in_flight(), (0, budget));
+}
+
+#[test]
+fn a_request_that_would_take_its_open_batch_past_the_record_cap_sends_it_first() {
+    let budget = Arc::new(Semaphore::new(100));
+    let mut batches = Batches::new(1000, 10, 20);
+    batches.sent(0);
+    let (a, _) = submission(&budget, (0, "main", 7), 14_000, 2, "abc\n", true);
+    let (big, _) = submission(&budget, (0, "main", 7), 14_001, 5, "def\n", true);
+    assert!(batches.room_for(&a).is_none(), "no open batch yet");
+    assert!(batches.add(a).is_none(), "8 of 10 bytes");
+    // 8 + 20 bytes would pass the 20-byte cap: the open batch goes as it is, alone.
+    assert_eq!(
+        shape(&batches.room_for(&big).expect("past the record cap")),
+        (0, "main", 7, 14_000, 2, "abc\nabc\n", 1, 1)
+    );
+    assert_eq!(
+        shape(
+            &batches
+                .add(big)
+                .expect("20 bytes: past the flush threshold")
+        ),
+        (0, "main", 7, 14_001, 5, "def\ndef\ndef\ndef\ndef\n", 1, 1)
+    );
+}
+
+/// The longest stream id and `Idempotency-Key` the routes take.
+const LONGEST_STREAM: &str = "s123456789012345678901234567890123456789012345678901234567890123";
+
+fn longest_key() -> String {
+    "k".repeat(128)
+}
+
+/// The batch route's largest body of the smallest taps (each user under the per-user burst):
+/// the most lines one request can make.
+fn largest_body() -> Vec<u8> {
+    let mut body = b"[".to_vec();
+    for i in 0.. {
+        let user = format!("{:02}", i / 100);
+        let item = format!(r#"{{"user_id":"{user}","emoji":"©"}}"#);
+        if body.len() + item.len() + 2 > crate::routes::BATCH_BODY_LIMIT {
+            break;
+        }
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item.as_bytes());
+    }
+    body.resize(crate::routes::BATCH_BODY_LIMIT - 1, b' ');
+    body.push(b']');
+    body
+}
+
+#[test]
+fn the_largest_accepted_body_fits_one_record() {
+    use crate::parse::{self, BodyFormat, Rules};
+    let body = largest_body();
+    let taps = parse::batch_body(&body, BodyFormat::Json, &Rules::new(&[]).unwrap()).unwrap();
+    let key = longest_key();
+    let lines = super::encode(LONGEST_STREAM, Some(&key), &taps, 1_733_000_000_000);
+    assert_eq!((body.len(), taps.len()), (1_048_576, 34_147));
+    // Nine times the body (9.04 MiB): the stream and key are on every line.
+    assert_eq!(lines.len(), 9_482_866);
+    assert!(lines.len() <= crate::producer::MAX_RECORD_BYTES);
+}
+
+/// The whole batcher on a real broker, frozen (SIGSTOP) so that one record stays in flight and
+/// the next batch stays open: the open batch is filled to just under the flush threshold, then
+/// the largest accepted body with the longest stream and `Idempotency-Key` joins it. Together
+/// they would pass the producer's `message.max.bytes` and every request in the record would get
+/// 500; instead the open batch goes first, and every request is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_request_joining_a_full_open_batch_fails_no_other_request() {
+    use crate::parse::{self, BodyFormat, Rules};
+    use crate::producer::{FLUSH_BYTES, MAX_RECORD_BYTES};
+    use emostream_testkit::wait_until;
+    use std::process::Command;
+    use std::time::Duration;
+    const DAY_MS: u64 = 86_400_000;
+    let dir = Scratch::new("batcher-record-cap");
+    // One partition; a day-long epoch and a minute's flush tick, so that neither an epoch
+    // boundary nor the tick splits the batch the test builds.
+    let (broker, config) = Broker::start(dir.path(), |address| {
+        minimal_config_with(
+            address,
+            "events_partitions = 1\n[epochs]\nwindow_ms = 86400000\nallowed_lateness_ms = 60250",
+            "flush_ms = 60000\nflush_max_events = 1000000\ndelivery_timeout_ms = 60000\n\
+             drain_timeout_ms = 70000",
+        )
+    });
+    let (_batcher, handle) = Batcher::start(&config, Arc::new(Metrics::default())).unwrap();
+    wait_until(
+        "the day's epoch to have an hour left",
+        Duration::from_secs(3600),
+        || async { emostream_testkit::clock::now_ms() % DAY_MS < DAY_MS - 3_600_000 },
+    )
+    .await;
+    let tap = |user: String| Tap {
+        user_id: Cow::Owned(user),
+        emoji: "🔥",
+        ts: None,
+    };
+    let submit = |user_ids: Vec<String>, key: Option<String>| {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let taps: Vec<Tap> = user_ids.into_iter().map(tap).collect();
+            let reserved = handle.reserve(None, 0).unwrap();
+            handle
+                .submit(None, LONGEST_STREAM, key.as_deref(), &taps, reserved)
+                .await
+        })
+    };
+    // Connected and the topic known before the broker freezes.
+    submit(vec!["warm".into()], None).await.unwrap().unwrap();
+    let pid = broker.pid().expect("the broker's pid").to_string();
+    let signal = |name: &str| {
+        let status = Command::new("kill").args([name, &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let in_flight = submit(vec!["in-flight".into()], None);
+    // Taken by the packer and handed to librdkafka (whose queue may also hold a probe's
+    // metadata request).
+    let packed = |records: i32| {
+        let handle = handle.clone();
+        async move {
+            handle.tx.capacity() == super::SUBMISSION_QUEUE && handle.producer_queue() >= records
+        }
+    };
+    wait_until("a record in flight", Duration::from_secs(30), || packed(1)).await;
+    // Fillers of one size each, up to one line under the flush threshold.
+    let user = |i: usize| format!("f{i:06}");
+    let line = super::encode(LONGEST_STREAM, None, &[tap(user(0))], 1_733_000_000_000).len();
+    let fillers = (FLUSH_BYTES - 1) / line;
+    let mut requests = Vec::new();
+    for start in (0..fillers).step_by(5_000) {
+        requests.push(submit(
+            (start..fillers.min(start + 5_000)).map(user).collect(),
+            None,
+        ));
+    }
+    let body = largest_body();
+    let big: Vec<String> = parse::batch_body(&body, BodyFormat::Json, &Rules::new(&[]).unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|t| t.user_id.into_owned())
+        .collect();
+    let big_taps = big.len();
+    let big = submit(big, Some(longest_key()));
+    // The filled batch and the large request's, each its own record, behind the one in flight.
+    wait_until("both records queued", Duration::from_secs(60), || packed(3)).await;
+    signal("-CONT");
+    assert_eq!(in_flight.await.unwrap().unwrap().accepted, 1);
+    let mut filled = 0;
+    for request in requests {
+        filled += request.await.unwrap().unwrap().accepted;
+    }
+    assert_eq!(filled as usize, fillers);
+    assert_eq!(big.await.unwrap().unwrap().accepted as usize, big_taps);
+
+    let (brokers, topic) = (
+        config.kafka.brokers.clone(),
+        config.kafka.events_topic.clone(),
+    );
+    let records = tokio::task::spawn_blocking(move || read_to_end(&brokers, &topic))
+        .await
+        .unwrap();
+    // (lines, lines carrying the key) per record, in log order.
+    let shapes: Vec<(usize, usize)> = records
+        .iter()
+        .map(|r| {
+            let text = std::str::from_utf8(&r.payload).unwrap();
+            let keyed = text
+                .lines()
+                .filter(|l| l.contains(r#""request_id""#))
+                .count();
+            (text.lines().count(), keyed)
+        })
+        .collect();
+    assert_eq!(shapes, [(1, 0), (1, 0), (fillers, 0), (big_taps, big_taps)]);
+    assert!(records.iter().all(|r| r.payload.len() <= MAX_RECORD_BYTES));
 }
