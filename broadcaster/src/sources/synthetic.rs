@@ -39,13 +39,14 @@ pub struct Synthetic {
 }
 
 impl Synthetic {
-    /// Sends every frame of each window at its end until the receiver is dropped. A
-    /// window that ends while the process is busy is sent late rather than skipped: consecutive
-    /// epochs are what viewers' gap checks rely on.
+    /// Sends every frame of each window at its end until the receiver is dropped (or `epochs`
+    /// windows have been sent). A window that ends while the process is busy is sent late
+    /// rather than skipped: consecutive epochs are what viewers' gap checks rely on.
     pub async fn run(self, frames_tx: mpsc::Sender<Utf8Bytes>) {
         let every_ms = self.every_ms.max(1);
-        let mut epoch = unix_ms() / every_ms;
-        for _ in 0..self.epochs.unwrap_or(u64::MAX) {
+        let first = unix_ms() / every_ms;
+        let last = self.epochs.map_or(u64::MAX, |n| first.saturating_add(n));
+        for epoch in first..last {
             let end_ms = (epoch + 1) * every_ms;
             let wait_ms = end_ms.saturating_sub(unix_ms());
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
@@ -54,7 +55,6 @@ impl Synthetic {
                     return;
                 }
             }
-            epoch += 1;
         }
     }
 }
