@@ -6,6 +6,8 @@
 //! - [`watermark`]: per-partition watermarks and the idle rule.
 //! - [`partition`]: one partition's floor, epoch assignment, marks and replay rule.
 //! - [`recovery`]: reading the last progress record at start.
+//! - [`memory`]: refusing to start when the progress topic can lose records or has, or when
+//!   events a resume needs are deleted.
 //! - [`source`]: the Kafka source operator (never blocks; pre-counts per epoch; emits marks).
 //! - [`count`]: `CountEpochs`, exchange by stream and close each epoch on the frontier.
 //! - [`reduce`]: `PerThousand`, the per-1000 reduction into viewer frames.
@@ -31,6 +33,7 @@ pub mod crash;
 pub mod error;
 pub mod fence;
 pub mod links;
+pub mod memory;
 pub mod metrics;
 pub mod ownership;
 pub mod partition;
@@ -105,9 +108,20 @@ pub fn run_worker(
         events_partitions: kafka.events_partitions,
     };
     let recovered = agree_on_progress(worker, || {
+        memory::protect(kafka)?;
         let recovered = recovery::last_progress(kafka, &kafka.progress_topic)?;
-        if let Some(recovered) = &recovered {
-            recovery::check(&recovered.progress, counting, &kafka.progress_topic)?;
+        let progress = recovered.as_ref().map(|r| &r.progress);
+        if let Some(progress) = progress {
+            recovery::check(progress, counting, &kafka.progress_topic)?;
+        }
+        memory::check_published(
+            progress,
+            memory::newest_published(kafka, &kafka.epochs_topic)?,
+            &kafka.progress_topic,
+            &kafka.epochs_topic,
+        )?;
+        if let Some(progress) = progress {
+            memory::check_events_retained(kafka, progress)?;
         }
         Ok(recovered)
     })?;

@@ -185,7 +185,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             // Not at the join: the other threads may wait on this one forever (a check only
             // worker 0 makes, an exchange with a worker that is gone).
             eprintln!("emostream-dataflow: worker {index}: {e}");
-            std::process::exit(2);
+            std::process::exit(e.exit_status());
         }
     })?;
     for result in guards.join() {

@@ -57,6 +57,7 @@ impl MarkLedger {
             counting: Some(counting),
             partitions: out,
             follows: None,
+            run: None,
         })
     }
 
@@ -311,6 +312,7 @@ mod tests {
                     },
                 ],
                 follows: None,
+                run: None,
             })
         );
         // Partition 1's floor has not passed 7, so where a next run must hold partition 1 for

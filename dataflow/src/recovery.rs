@@ -47,7 +47,14 @@ pub fn last_progress(kafka: &KafkaConfig, topic: &str) -> Result<Option<Recovere
         .fetch_watermarks(topic, 0, PATIENCE)
         .map_err(read)?;
     if high <= low {
-        return Ok(None);
+        // Empty after records were written: retention, DeleteRecords or a recreated topic with
+        // offsets kept took the cluster's memory.
+        return match high {
+            0 => Ok(None),
+            _ => Err(Error::ProgressLost {
+                what: format!("every record of {topic} is deleted (offsets below {high})"),
+            }),
+        };
     }
     let mut assignment = TopicPartitionList::new();
     assignment
@@ -176,6 +183,7 @@ mod tests {
                 })
                 .collect(),
             follows: None,
+            run: None,
         }
     }
 

@@ -23,6 +23,7 @@ fn record(epoch: u64, follows: i64) -> Progress {
             hold_until: epoch as i64,
         }],
         follows: Some(follows),
+        run: None,
     }
 }
 
