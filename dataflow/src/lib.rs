@@ -166,10 +166,20 @@ pub fn run_worker(
     let progress_writer = if index == 0 {
         let producer = AckedProducer::connect(kafka, &kafka.progress_topic)?;
         producer.expect_partitions(&kafka.progress_topic, 1)?;
+        // A live cluster writes a record about once an epoch, an epoch closing a lateness after
+        // its end; four of those, and a rival's run that wrote nothing was its last.
+        let quiet = Duration::from_millis(4 * (epochs.window_ms + epochs.allowed_lateness_ms));
+        // Random per start (std seeds each RandomState from the OS); only worker 0 writes.
+        let run = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            std::process::id(),
+        );
+        tracing::info!(run, "cluster run");
         Some(ProgressWriter {
             producer,
-            chain: ChainCheck::start(kafka, &kafka.progress_topic)?,
+            chain: ChainCheck::start(kafka, &kafka.progress_topic, quiet)?,
             follows,
+            run,
         })
     } else {
         None
