@@ -146,6 +146,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(point) = emostream_dataflow::crash::arm_from_env()? {
         tracing::warn!(point, "crash point armed (EMOSTREAM_CRASH_AT)");
     }
+    if let Some(point) = emostream_dataflow::crash::hold_from_env()? {
+        tracing::warn!(point, "hold point armed (EMOSTREAM_HOLD_AT)");
+    }
 
     // SIGTERM/Ctrl-C only set a flag: the sources see it at their next activation and stop.
     let stop = Arc::new(AtomicBool::new(false));

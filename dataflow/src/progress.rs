@@ -160,7 +160,7 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
                     panic!("a progress record could not be written: {failure}");
                 }
                 if let Some(epoch) = in_flight {
-                    if !book.acknowledged(epoch) {
+                    if !book.acknowledged(epoch) || crate::crash::held("after-progress-write") {
                         activator.activate_after(ACK_POLL);
                         return;
                     }
@@ -254,6 +254,10 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
                 };
                 progress.follows = Some(follows);
                 progress.run = writer.as_ref().map(|w| w.run);
+                if crate::crash::held("before-progress-write") {
+                    activator.activate_after(ACK_POLL);
+                    return;
+                }
                 crate::crash::reached("before-progress-write");
                 let payload = serde_json::to_vec(&progress).expect("progress always serializes");
                 // Counted before the send: the acknowledgement can arrive on librdkafka's thread
