@@ -188,14 +188,15 @@ pub fn run_worker(
     // for them, and without their topic they are off.
     let trends_publisher = TrendsProducer::connect(kafka, &kafka.trends_topic)?;
     let trend_settings = TrendSettings::new(epochs.window_ms);
-    // The W epochs before the first one counted: the window of the epoch before it, so that the
-    // first epoch's frames say what changed exactly as they did before the restart. One worker
-    // reads them (the stage exchanges by its own keys, so where they enter does not matter).
+    // The 2W epochs before the first one counted: the W whose frames are sent again (a crash can
+    // cut them off) and the window of the epoch before those, so that their frames say what
+    // changed exactly as they did before the restart. One worker reads them (the stage
+    // exchanges by its own keys, so where they enter does not matter).
     let refilled = match (&trends_publisher, index) {
         (Some(_), 0) => trends::refill::closed_epochs(
             kafka,
             &kafka.epochs_topic,
-            first_epoch.saturating_sub(trend_settings.window_epochs)..first_epoch,
+            trends::refill::refilled(first_epoch, trend_settings.window_epochs),
             epochs.window_ms,
         )?,
         _ => Vec::new(),
@@ -218,14 +219,20 @@ pub fn run_worker(
         let published = closed
             .clone()
             .per_thousand(epochs.divisor, epochs.window_ms)
-            .publish_epochs(gate, publisher, epochs.window_ms, metrics);
+            .publish_epochs(gate.clone(), publisher, epochs.window_ms, metrics);
         if let Some(producer) = trends_publisher {
             // The output's frontier (frames answered) only keeps a graceful stop waiting for
             // the broker; nothing else depends on it.
             let _answered = closed
                 .concat(scope.refill(refilled))
                 .trends(trend_settings)
-                .publish_trends(published.clone(), first_epoch, producer);
+                .publish_trends(
+                    published.clone(),
+                    gate,
+                    first_epoch,
+                    trends::refill::resend_from(first_epoch, trend_settings.window_epochs),
+                    producer,
+                );
         }
         marks
             .container::<Vec<partition::Mark>>()
