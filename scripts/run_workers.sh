@@ -15,7 +15,9 @@
 # local process and exits 3 (docs/dataflow.md, "Exactly-once epochs"). A process that exits 4
 # refused to start because a restart cannot help (the progress topic can lose records or has,
 # or events a resume needs are deleted): the supervisor stops too and exits 4
-# (docs/operations.md, "The progress topic").
+# (docs/operations.md, "The progress topic"). A process that exits 75 lost its first progress
+# record to its killed predecessor's late one: it is restarted like any failure, and resumes
+# from that record (docs/dataflow.md, "Exactly-once epochs").
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
