@@ -66,8 +66,7 @@ pub enum Error {
         "refusing to start: {topic} can lose records ({reason}). It is the cluster's memory: \
          with its newest record deleted a restart would count retained events again. Keep every \
          record: kafka-configs.sh --alter --entity-type topics --entity-name {topic} \
-         --add-config retention.ms=-1,retention.bytes=-1 (Nisshi: the same with \
-         IncrementalAlterConfigs), then start again"
+         --add-config retention.ms=-1,retention.bytes=-1, then start again"
     )]
     ProgressRetention { topic: String, reason: String },
     /// Progress records were deleted while the epochs they stood for are published.

@@ -194,8 +194,7 @@ fn a_worker_refuses_to_start_when_the_clusters_memory_can_be_or_was_lost() {
              the cluster's memory: with its newest record deleted a restart would count \
              retained events again. Keep every record: kafka-configs.sh --alter --entity-type \
              topics --entity-name loose-progress --add-config \
-             retention.ms=-1,retention.bytes=-1 (Nisshi: the same with \
-             IncrementalAlterConfigs), then start again"
+             retention.ms=-1,retention.bytes=-1, then start again"
                 .to_string()
         )
     );
