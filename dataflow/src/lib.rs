@@ -27,6 +27,8 @@
 //!              └─ marks ──────────────────────────────────────▶ WriteProgress ◀──┘
 //!                                          gate ◀── feedback(+1 epoch) ──┘
 //! ```
+//! `PublishTrends` reads the published frontier and the gate too (their frontiers only): a
+//! trends frame leaves once both have passed its epoch.
 
 pub mod count;
 pub mod crash;
