@@ -43,7 +43,7 @@ pub fn protect(kafka: &KafkaConfig) -> Result<(), Error> {
         topic: topic.to_string(),
         source,
     };
-    let refused = |code| admin_error(KafkaError::AdminOp(code));
+    let admin_code = |code| admin_error(KafkaError::AdminOp(code));
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::from_iter(kafka.client_settings(ClientRole::EpochProducer))
             .create()
@@ -72,7 +72,7 @@ pub fn protect(kafka: &KafkaConfig) -> Result<(), Error> {
         .any(|t| t.name() == topic);
     if !exists {
         let new = KEEP_EVERYTHING.iter().fold(
-            // The broker's default replication (-1), as for every other topic of ours.
+            // The broker's default replication factor (-1: Kafka 2.4 and later, and Nisshi).
             NewTopic::new(topic, 1, TopicReplication::Fixed(-1)),
             |new, (key, value)| new.set(key, value),
         );
@@ -83,8 +83,8 @@ pub fn protect(kafka: &KafkaConfig) -> Result<(), Error> {
             Some(Ok(_)) => tracing::info!(topic, "progress topic created, keeping every record"),
             // Another process created it meanwhile: what it made is checked below.
             Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {}
-            Some(Err((_, code))) => return Err(refused(code)),
-            None => return Err(refused(RDKafkaErrorCode::Fail)),
+            Some(Err((_, code))) => return Err(admin_code(code)),
+            None => return Err(admin_code(RDKafkaErrorCode::Fail)),
         }
     }
     let described = runtime
@@ -92,8 +92,8 @@ pub fn protect(kafka: &KafkaConfig) -> Result<(), Error> {
         .map_err(admin_error)?;
     let resource = match described.into_iter().next() {
         Some(Ok(resource)) => resource,
-        Some(Err(code)) => return Err(refused(code)),
-        None => return Err(refused(RDKafkaErrorCode::Fail)),
+        Some(Err(code)) => return Err(admin_code(code)),
+        None => return Err(admin_code(RDKafkaErrorCode::Fail)),
     };
     let settings: BTreeMap<&str, Option<&str>> = resource
         .entries
