@@ -95,7 +95,7 @@ set_data() {
   pidfile="$data/broker.pid" log="$data/broker.log"
 }
 
-# The configuration as the Rust tiers read it: `topics` prints "name partitions" per topic,
+# The configuration as the Rust tiers read it: `topics` prints "name partitions [key=value…]" per topic,
 # `dev-broker` prints "listen advertised storage".
 config_bin=""
 emostream_config() {
@@ -341,10 +341,14 @@ start() {
     say "Nisshi $NISSHI_VERSION ($engine) listening for TLS only on $lhost:$lport, advertised $ahost:$aport (pid $pid, data $data); the topics are the caller's to create"
     return
   fi
-  while read -r name partitions; do
+  local settings setting
+  while read -r name partitions settings; do
+    # The settings a topic is created with (the progress topic keeps every record).
+    local with=()
+    for setting in $settings; do with+=(--config "$setting"); done
     # An existing topic is refused (exit 1) and left as it is; the listing below checks the result.
-    timeout 30 "$nisshi" topic create --broker "$url" --partitions "$partitions" --silent "$name" \
-      >/dev/null 2>>"$log" </dev/null || true
+    timeout 30 "$nisshi" topic create --broker "$url" --partitions "$partitions" "${with[@]}" \
+      --silent "$name" >/dev/null 2>>"$log" </dev/null || true
   done <<<"$topics"
   # The listing is the JSON array of the metadata response's topics: [{"name":"…",…},…].
   local listed names

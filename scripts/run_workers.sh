@@ -12,7 +12,12 @@
 #
 # A process that exits 3 was fenced: another cluster is publishing into the same topics (this
 # cluster.toml started twice). Restarting would only race it again, so the supervisor stops every
-# local process and exits 3 (docs/dataflow.md, "Exactly-once epochs").
+# local process and exits 3 (docs/dataflow.md, "Exactly-once epochs"). A process that exits 4
+# refused to start because a restart cannot help (the progress topic can lose records or has,
+# or events a resume needs are deleted): the supervisor stops too and exits 4
+# (docs/operations.md, "The progress topic"). A process that exits 75 lost its first progress
+# record to its killed predecessor's late one: it is restarted like any failure, and resumes
+# from that record (docs/dataflow.md, "Exactly-once epochs").
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -106,6 +111,12 @@ while true; do
     stop_all
     rm -rf "$run_dir"
     exit 3
+  fi
+  if ((status == 4)); then
+    echo "run_workers: the cluster refused to start (its log says why and what to do); stopping, not restarting" >&2
+    stop_all
+    rm -rf "$run_dir"
+    exit 4
   fi
   echo "run_workers: a worker process exited ($status); restarting the whole cluster" >&2
   stop_all

@@ -7,6 +7,12 @@
 //! crash `k − 1` has happened, so `after-progress-write,during-replay` crashes in the replay that
 //! follows the first crash, and `x,x` crashes at `x` twice in a row. Unset, every point is inert.
 //! Compiled into every build: the fault tests drive the binaries as they ship.
+//!
+//! Holds, for tests that must act while the protocol stands at a point:
+//! `EMOSTREAM_HOLD_AT=<point>` with `EMOSTREAM_HOLD_FILE=<file>` holds the progress writer at
+//! that point (`before-progress-write` or `after-progress-write`) while `<file>` exists; it
+//! creates `<file>.held` when it first holds. The operator does not block: it returns and looks
+//! again at its next activation, so the rest of the worker runs on.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -93,4 +99,50 @@ pub fn reached(point: &str) {
     if armed(point) {
         panic!("crash point {point} reached (EMOSTREAM_CRASH_AT)");
     }
+}
+
+struct Hold {
+    point: String,
+    file: PathBuf,
+}
+
+static HOLD: OnceLock<Option<Hold>> = OnceLock::new();
+
+/// Reads `EMOSTREAM_HOLD_AT` and `EMOSTREAM_HOLD_FILE`; an unknown point, or a point without a
+/// file, is an error. Call once, before the workers start. Returns the point armed.
+pub fn hold_from_env() -> Result<Option<String>, String> {
+    let hold = match std::env::var("EMOSTREAM_HOLD_AT") {
+        Err(_) => None,
+        Ok(point) => {
+            if !POINTS[..2].contains(&point.as_str()) {
+                return Err(format!(
+                    "EMOSTREAM_HOLD_AT={point} is not a point the progress writer holds at (one of {:?})",
+                    &POINTS[..2]
+                ));
+            }
+            let file = std::env::var_os("EMOSTREAM_HOLD_FILE")
+                .map(PathBuf::from)
+                .ok_or_else(|| format!("EMOSTREAM_HOLD_AT={point} needs EMOSTREAM_HOLD_FILE"))?;
+            Some(Hold { point, file })
+        }
+    };
+    Ok(HOLD.get_or_init(|| hold).as_ref().map(|h| h.point.clone()))
+}
+
+/// Whether the progress writer holds at `point` now (see the module's header).
+pub fn held(point: &str) -> bool {
+    let Some(Some(hold)) = HOLD.get() else {
+        return false;
+    };
+    if hold.point != point || !hold.file.exists() {
+        return false;
+    }
+    let mut marker = hold.file.as_os_str().to_owned();
+    marker.push(".held");
+    // Only the first look creates it; a failure shows as a test waiting in vain.
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(PathBuf::from(marker));
+    true
 }

@@ -3,6 +3,11 @@
 use rdkafka::error::KafkaError;
 use std::time::Duration;
 
+/// The exit status of a process that refuses to start because restarting cannot help: the
+/// cluster's memory is lost or can be, or events it needs are deleted. `run_workers.sh` stops
+/// instead of restarting it, and the message says what an operator must do.
+pub const EXIT_REFUSED: i32 = 4;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A Kafka client (producer, source consumer, recovery reader) could not be created or
@@ -53,7 +58,59 @@ pub enum Error {
     /// The closed epochs the trends windows refill from did not all arrive in time.
     #[error("the closed epochs on {topic} to refill the trends windows did not arrive within {patience:?}")]
     RefillTimeout { topic: String, patience: Duration },
+    /// The admin client could not describe or create the progress topic.
+    #[error("{topic} settings: {source}")]
+    Admin { topic: String, source: KafkaError },
+    /// The progress topic's settings let the broker delete its records.
+    #[error(
+        "refusing to start: {topic} can lose records ({reason}). It is the cluster's memory: \
+         with its newest record deleted a restart would count retained events again. Keep every \
+         record: kafka-configs.sh --alter --entity-type topics --entity-name {topic} \
+         --add-config retention.ms=-1,retention.bytes=-1, then start again"
+    )]
+    ProgressRetention { topic: String, reason: String },
+    /// Progress records were deleted while the epochs they stood for are published.
+    #[error(
+        "refusing to start: {what}. Counting now would count retained events again and \
+         re-publish epochs with other contents. Restore the progress topic's records, or start \
+         over on new progress and epochs topics (docs/operations.md, \"The progress topic\")"
+    )]
+    ProgressLost { what: String },
+    /// The published epochs could not be read back to check the progress topic against.
+    #[error("reading the published epochs on {topic}: {source}")]
+    EpochsRead { topic: String, source: KafkaError },
+    /// The events topic's log start could not be read.
+    #[error("reading where {topic} starts: {source}")]
+    EventsRead { topic: String, source: KafkaError },
+    /// Events not yet in a published epoch were deleted from the events topic.
+    #[error(
+        "refusing to start: {topic} partition {partition} starts at offset {low}, but the \
+         progress record resumes it at offset {resume}: events of epochs not yet published were \
+         deleted (its retention is shorter than the outage). Counting on would publish those \
+         epochs without them. Raise {topic}'s retention above the longest outage; to go on \
+         without the lost events, start over on new progress and epochs topics \
+         (docs/operations.md, \"The progress topic\")"
+    )]
+    EventsDeleted {
+        topic: String,
+        partition: i32,
+        resume: i64,
+        low: i64,
+    },
     /// The broker refused a record of `epoch` after librdkafka's own retries.
     #[error("epoch {epoch} was not delivered: {source}")]
     Delivery { epoch: u64, source: KafkaError },
+}
+
+impl Error {
+    /// The process's exit status for this error: [`EXIT_REFUSED`] when a restart cannot help,
+    /// 2 (restart) otherwise.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            Error::ProgressRetention { .. }
+            | Error::ProgressLost { .. }
+            | Error::EventsDeleted { .. } => EXIT_REFUSED,
+            _ => 2,
+        }
+    }
 }

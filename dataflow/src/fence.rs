@@ -9,6 +9,16 @@
 //! winner's, and nothing later. Nisshi refuses transactional producers, so the broker itself
 //! cannot fence the writer; the log's order decides instead.
 //!
+//! A record that beat the cluster's own is not always another cluster's: a record in flight when
+//! the cluster's predecessor was killed can land after the restarted cluster read the topic's
+//! end, and continue the same record. Each record names the cluster run that wrote it, so the
+//! check watches the rival's run for a while ([`ChainCheck::start`]'s `quiet`): a live cluster
+//! writes its next record within an epoch or two, following the rival or at least as the rival's
+//! run; a killed one writes nothing. Silence means a ghost ([`Verdict::Ghost`]): the process
+//! exits with [`EXIT_RESUME`] and its supervisor restarts the cluster, which then resumes from
+//! the ghost, the newest record on the chain (the chain's epochs strictly increase, so the
+//! cluster cannot simply carry on by writing its record again after the ghost).
+//!
 //! The check reads the progress topic from the followed record to the cluster's own, on a thread
 //! of its own: the worker only sends the question and is woken with the answer.
 
@@ -28,6 +38,11 @@ use timely::scheduling::SyncActivator;
 /// `run_workers.sh` stops instead of restarting it.
 pub const EXIT_FENCED: i32 = 3;
 
+/// The exit status of a process whose record lost to its own predecessor's ghost: the
+/// supervisor restarts it (any status but 3 and 4), and the next run resumes from the ghost.
+/// EX_TEMPFAIL of sysexits.h: try again.
+pub const EXIT_RESUME: i32 = 75;
+
 /// How long the broker may take to show the records up to the cluster's own (which it has
 /// acknowledged already). The gate stays closed meanwhile, which is safe for any length: this
 /// only bounds how long a broker outage right after an acknowledgement may last before the
@@ -39,8 +54,12 @@ const PATIENCE: Duration = Duration::from_secs(60);
 pub enum Verdict {
     /// No other record followed the same one before it: it is on the chain.
     OnChain,
-    /// The record at `rival` followed the same one first.
+    /// The record at `rival` followed the same one first, and its run wrote on: another
+    /// cluster is live on these topics.
     Lost { rival: i64 },
+    /// The record at `rival` followed the same one first, and its run wrote nothing more within
+    /// the quiet time: a record in flight when the cluster's predecessor was killed.
+    Ghost { rival: i64 },
 }
 
 type Answer = Result<Verdict, Error>;
@@ -53,8 +72,11 @@ pub struct ChainCheck {
 }
 
 impl ChainCheck {
-    /// Starts the thread and its consumer of `topic`'s partition 0.
-    pub fn start(kafka: &KafkaConfig, topic: &str) -> Result<Self, Error> {
+    /// Starts the thread and its consumer of `topic`'s partition 0. A rival whose run writes
+    /// nothing more for `quiet` is taken for a ghost: `quiet` must cover the time a live
+    /// cluster takes from one record to the next (an epoch closing, its frames and record
+    /// acknowledged, its chain check).
+    pub fn start(kafka: &KafkaConfig, topic: &str, quiet: Duration) -> Result<Self, Error> {
         let consumer: BaseConsumer =
             ClientConfig::from_iter(kafka.client_settings(ClientRole::AssignedReader {
                 group: "emostream-fence",
@@ -76,7 +98,7 @@ impl ChainCheck {
             .spawn(move || {
                 // Ends when the operator (and with it the sender) is gone.
                 while let Ok((follows, own)) = asked.recv() {
-                    let verdict = check(&consumer, &topic, follows, own);
+                    let verdict = check(&consumer, &topic, follows, own, quiet);
                     *reply.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
                     if let Some(wake) = woken.get() {
                         // The worker may be gone at shutdown; nothing is waiting then.
@@ -110,8 +132,9 @@ impl ChainCheck {
     }
 }
 
-/// Reads `topic` from `follows + 1` up to `own`: the first record there following `follows` won.
-fn check(consumer: &BaseConsumer, topic: &str, follows: i64, own: i64) -> Answer {
+/// Reads `topic` from `follows + 1` up to `own`: the first record there following `follows`
+/// won. If that is not `own`, reads on for `quiet` to tell a live rival from a ghost.
+fn check(consumer: &BaseConsumer, topic: &str, follows: i64, own: i64, quiet: Duration) -> Answer {
     let read = |source| Error::ProgressRead {
         topic: topic.to_string(),
         source,
@@ -121,8 +144,19 @@ fn check(consumer: &BaseConsumer, topic: &str, follows: i64, own: i64) -> Answer
         .add_partition_offset(topic, 0, Offset::Offset(follows + 1))
         .map_err(read)?;
     consumer.assign(&assignment).map_err(read)?;
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
+    let mut deadline = Instant::now() + PATIENCE;
+    // The rival's offset and run, once found.
+    let mut rival: Option<(i64, Option<u64>)> = None;
+    loop {
+        if Instant::now() >= deadline {
+            return match rival {
+                Some((offset, _)) => Ok(Verdict::Ghost { rival: offset }),
+                None => Err(Error::ProgressTimeout {
+                    topic: topic.to_string(),
+                    patience: PATIENCE,
+                }),
+            };
+        }
         let message = match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => message,
             // librdkafka reports a broker it cannot reach and carries on once it answers.
@@ -133,19 +167,30 @@ fn check(consumer: &BaseConsumer, topic: &str, follows: i64, own: i64) -> Answer
             None => continue,
         };
         let offset = message.offset();
-        if offset >= own {
-            return Ok(Verdict::OnChain);
-        }
-        let rival = message
+        let record = message
             .payload()
-            .and_then(|p| serde_json::from_slice::<Progress>(p).ok())
-            .is_some_and(|p| p.follows == Some(follows));
-        if rival {
-            return Ok(Verdict::Lost { rival: offset });
+            .and_then(|p| serde_json::from_slice::<Progress>(p).ok());
+        match rival {
+            None if offset >= own => return Ok(Verdict::OnChain),
+            None => {
+                if let Some(record) = record.filter(|r| r.follows == Some(follows)) {
+                    tracing::warn!(
+                        rival = offset,
+                        run = ?record.run,
+                        ?quiet,
+                        "another record continued the chain first; watching whether its run writes on"
+                    );
+                    rival = Some((offset, record.run));
+                    deadline = Instant::now() + quiet;
+                }
+            }
+            Some((rival, run)) => {
+                let live = record
+                    .is_some_and(|r| r.follows == Some(rival) || (run.is_some() && r.run == run));
+                if live {
+                    return Ok(Verdict::Lost { rival });
+                }
+            }
         }
     }
-    Err(Error::ProgressTimeout {
-        topic: topic.to_string(),
-        patience: PATIENCE,
-    })
 }

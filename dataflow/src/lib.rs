@@ -6,6 +6,8 @@
 //! - [`watermark`]: per-partition watermarks and the idle rule.
 //! - [`partition`]: one partition's floor, epoch assignment, marks and replay rule.
 //! - [`recovery`]: reading the last progress record at start.
+//! - [`memory`]: refusing to start when the progress topic can lose records or has, or when
+//!   events a resume needs are deleted.
 //! - [`source`]: the Kafka source operator (never blocks; pre-counts per epoch; emits marks).
 //! - [`count`]: `CountEpochs`, exchange by stream and close each epoch on the frontier.
 //! - [`reduce`]: `PerThousand`, the per-1000 reduction into viewer frames, each listing at most
@@ -26,12 +28,15 @@
 //!              └─ marks ──────────────────────────────────────▶ WriteProgress ◀──┘
 //!                                          gate ◀── feedback(+1 epoch) ──┘
 //! ```
+//! `PublishTrends` reads the published frontier and the gate too (their frontiers only): a
+//! trends frame leaves once both have passed its epoch.
 
 pub mod count;
 pub mod crash;
 pub mod error;
 pub mod fence;
 pub mod links;
+pub mod memory;
 pub mod metrics;
 pub mod ownership;
 pub mod partition;
@@ -106,9 +111,20 @@ pub fn run_worker(
         events_partitions: kafka.events_partitions,
     };
     let recovered = agree_on_progress(worker, || {
+        memory::protect(kafka)?;
         let recovered = recovery::last_progress(kafka, &kafka.progress_topic)?;
-        if let Some(recovered) = &recovered {
-            recovery::check(&recovered.progress, counting, &kafka.progress_topic)?;
+        let progress = recovered.as_ref().map(|r| &r.progress);
+        if let Some(progress) = progress {
+            recovery::check(progress, counting, &kafka.progress_topic)?;
+        }
+        memory::check_published(
+            progress,
+            memory::newest_published(kafka, &kafka.epochs_topic)?,
+            &kafka.progress_topic,
+            &kafka.epochs_topic,
+        )?;
+        if let Some(progress) = progress {
+            memory::check_events_retained(kafka, progress)?;
         }
         Ok(recovered)
     })?;
@@ -153,10 +169,20 @@ pub fn run_worker(
     let progress_writer = if index == 0 {
         let producer = AckedProducer::connect(kafka, &kafka.progress_topic)?;
         producer.expect_partitions(&kafka.progress_topic, 1)?;
+        // A live cluster writes a record about once an epoch, an epoch closing a lateness after
+        // its end; four of those, and a rival's run that wrote nothing was its last.
+        let quiet = Duration::from_millis(4 * (epochs.window_ms + epochs.allowed_lateness_ms));
+        // Random per start (std seeds each RandomState from the OS); only worker 0 writes.
+        let run = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            std::process::id(),
+        );
+        tracing::info!(run, "cluster run");
         Some(ProgressWriter {
             producer,
-            chain: ChainCheck::start(kafka, &kafka.progress_topic)?,
+            chain: ChainCheck::start(kafka, &kafka.progress_topic, quiet)?,
             follows,
+            run,
         })
     } else {
         None
@@ -165,14 +191,15 @@ pub fn run_worker(
     // for them, and without their topic they are off.
     let trends_publisher = TrendsProducer::connect(kafka, &kafka.trends_topic)?;
     let trend_settings = TrendSettings::new(epochs.window_ms);
-    // The W epochs before the first one counted: the window of the epoch before it, so that the
-    // first epoch's frames say what changed exactly as they did before the restart. One worker
-    // reads them (the stage exchanges by its own keys, so where they enter does not matter).
+    // The 2W epochs before the first one counted: the W whose frames are sent again (a crash can
+    // cut them off) and the window of the epoch before those, so that their frames say what
+    // changed exactly as they did before the restart. One worker reads them (the stage
+    // exchanges by its own keys, so where they enter does not matter).
     let refilled = match (&trends_publisher, index) {
         (Some(_), 0) => trends::refill::closed_epochs(
             kafka,
             &kafka.epochs_topic,
-            first_epoch.saturating_sub(trend_settings.window_epochs)..first_epoch,
+            trends::refill::refilled(first_epoch, trend_settings.window_epochs),
             epochs.window_ms,
         )?,
         _ => Vec::new(),
@@ -197,7 +224,7 @@ pub fn run_worker(
             .per_thousand(epochs, Arc::clone(&metrics));
         let published = frames
             .clone()
-            .publish_epochs(gate, publisher, epochs.window_ms, metrics);
+            .publish_epochs(gate.clone(), publisher, epochs.window_ms, metrics);
         if let Some(producer) = trends_publisher {
             // Trends read the frames as published, bound included, as a restart's refill reads
             // them back. The output's frontier (frames answered) only keeps a graceful stop
@@ -206,7 +233,13 @@ pub fn run_worker(
                 .map(reduce::counted)
                 .concat(scope.refill(refilled))
                 .trends(trend_settings)
-                .publish_trends(published.clone(), first_epoch, producer);
+                .publish_trends(
+                    published.clone(),
+                    gate,
+                    first_epoch,
+                    trends::refill::resend_from(first_epoch, trend_settings.window_epochs),
+                    producer,
+                );
         }
         marks
             .container::<Vec<partition::Mark>>()

@@ -146,6 +146,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(point) = emostream_dataflow::crash::arm_from_env()? {
         tracing::warn!(point, "crash point armed (EMOSTREAM_CRASH_AT)");
     }
+    if let Some(point) = emostream_dataflow::crash::hold_from_env()? {
+        tracing::warn!(point, "hold point armed (EMOSTREAM_HOLD_AT)");
+    }
 
     // SIGTERM/Ctrl-C only set a flag: the sources see it at their next activation and stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -185,7 +188,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             // Not at the join: the other threads may wait on this one forever (a check only
             // worker 0 makes, an exchange with a worker that is gone).
             eprintln!("emostream-dataflow: worker {index}: {e}");
-            std::process::exit(2);
+            std::process::exit(e.exit_status());
         }
     })?;
     for result in guards.join() {

@@ -4,7 +4,7 @@
 //! continues; before the gate opens, [`ChainCheck`] confirms no other cluster continued that
 //! one first ([`crate::fence`]).
 
-use crate::fence::{ChainCheck, Verdict, EXIT_FENCED};
+use crate::fence::{ChainCheck, Verdict, EXIT_FENCED, EXIT_RESUME};
 use crate::partition::Mark;
 use crate::publish::AckedProducer;
 use emostream_protocol::progress::{Counting, PartitionProgress, Progress};
@@ -57,6 +57,7 @@ impl MarkLedger {
             counting: Some(counting),
             partitions: out,
             follows: None,
+            run: None,
         })
     }
 
@@ -88,6 +89,8 @@ pub struct ProgressWriter {
     /// The offset of the record the first one continues (the one the run resumed from), or
     /// [`emostream_protocol::progress::FIRST`].
     pub follows: i64,
+    /// This cluster run's id, in every record it writes ([`crate::fence`]).
+    pub run: u64,
 }
 
 pub trait WriteProgress<'scope> {
@@ -157,7 +160,7 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
                     panic!("a progress record could not be written: {failure}");
                 }
                 if let Some(epoch) = in_flight {
-                    if !book.acknowledged(epoch) {
+                    if !book.acknowledged(epoch) || crate::crash::held("after-progress-write") {
                         activator.activate_after(ACK_POLL);
                         return;
                     }
@@ -190,6 +193,20 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
                                  other runs"
                             );
                             std::process::exit(EXIT_FENCED);
+                        }
+                        Some(Ok(Verdict::Ghost { rival })) => {
+                            // Not a panic either: nothing failed, and the restart's start-up
+                            // checks pass (the ghost is a record of a run now over).
+                            tracing::warn!(epoch, own, follows, rival, "a predecessor's ghost record");
+                            eprintln!(
+                                "emostream-dataflow: the record at offset {rival} of {topic}, \
+                                 written by a cluster run that has written nothing since (this \
+                                 cluster's predecessor, killed with the record in flight), \
+                                 continued the record at offset {follows} before this cluster's \
+                                 (offset {own}); the cluster restarts (exit {EXIT_RESUME}) to \
+                                 resume from it"
+                            );
+                            std::process::exit(EXIT_RESUME);
                         }
                         Some(Err(error)) => {
                             panic!("cannot tell whether progress record {own} is on the chain: {error}")
@@ -236,6 +253,11 @@ impl<'scope> WriteProgress<'scope> for Stream<'scope, u64, Vec<Mark>> {
                     return;
                 };
                 progress.follows = Some(follows);
+                progress.run = writer.as_ref().map(|w| w.run);
+                if crate::crash::held("before-progress-write") {
+                    activator.activate_after(ACK_POLL);
+                    return;
+                }
                 crate::crash::reached("before-progress-write");
                 let payload = serde_json::to_vec(&progress).expect("progress always serializes");
                 // Counted before the send: the acknowledgement can arrive on librdkafka's thread
@@ -311,6 +333,7 @@ mod tests {
                     },
                 ],
                 follows: None,
+                run: None,
             })
         );
         // Partition 1's floor has not passed 7, so where a next run must hold partition 1 for

@@ -47,7 +47,14 @@ pub fn last_progress(kafka: &KafkaConfig, topic: &str) -> Result<Option<Recovere
         .fetch_watermarks(topic, 0, PATIENCE)
         .map_err(read)?;
     if high <= low {
-        return Ok(None);
+        // Empty after records were written: retention, DeleteRecords or a recreated topic with
+        // offsets kept took the cluster's memory.
+        return match high {
+            0 => Ok(None),
+            _ => Err(Error::ProgressLost {
+                what: format!("every record of {topic} is deleted (offsets below {high})"),
+            }),
+        };
     }
     let mut assignment = TopicPartitionList::new();
     assignment
@@ -86,20 +93,27 @@ pub fn last_progress(kafka: &KafkaConfig, topic: &str) -> Result<Option<Recovere
 
 /// Of `records` (a tail of the topic, in offset order), the newest on the chain: a record is
 /// off it when an earlier record already continued the one it follows (it lost the race), or
-/// when it follows a record off the chain. A record following one before the tail, or naming
-/// none (written before records named one), is taken to be on it.
+/// when it follows a record off the chain, or when its epoch is not above the newest on the
+/// chain before it (the chain's epochs strictly increase: a loser's record that follows one
+/// before the tail, landing long after its race, is not taken for the chain's end). A record
+/// following one before the tail, or naming none (written before records named one), is
+/// otherwise taken to be on it.
 pub fn newest_on_chain(records: Vec<(i64, Progress)>) -> Option<Recovered> {
     let first = records.first()?.0;
     let mut continued = HashSet::new();
     let mut on_chain = HashSet::new();
-    let mut newest = None;
+    let mut newest: Option<Recovered> = None;
     for (offset, progress) in records {
-        let on = match progress.follows {
-            None => true,
-            Some(follows) => {
-                (follows < first || on_chain.contains(&follows)) && continued.insert(follows)
-            }
-        };
+        let later = newest
+            .as_ref()
+            .is_none_or(|n| progress.epoch > n.progress.epoch);
+        let on = later
+            && match progress.follows {
+                None => true,
+                Some(follows) => {
+                    (follows < first || on_chain.contains(&follows)) && continued.insert(follows)
+                }
+            };
         if on {
             on_chain.insert(offset);
             newest = Some(Recovered { offset, progress });
@@ -176,6 +190,7 @@ mod tests {
                 })
                 .collect(),
             follows: None,
+            run: None,
         }
     }
 
@@ -326,6 +341,18 @@ mod tests {
             newest(&[(70, 9, Some(12)), (71, 10, Some(70))]),
             Some((71, 10)),
             "the tail starts after the record its first one follows"
+        );
+        // A loser stalled for over a tail's worth of records: its record follows one before
+        // the tail, so only its epoch tells it from the chain's end.
+        assert_eq!(
+            newest(&[
+                (100, 50, Some(99)),
+                (101, 51, Some(100)),
+                (102, 40, Some(12)),
+                (103, 51, Some(12))
+            ]),
+            Some((101, 51)),
+            "a record whose epoch is not above the chain's is off it"
         );
     }
 }

@@ -12,6 +12,9 @@ use emostream_testkit::{topic, Broker, Scratch};
 use rdkafka::producer::FutureRecord;
 use std::time::{Duration, Instant};
 
+/// How long a rival's run may stay silent before its record is taken for a ghost.
+const QUIET: Duration = Duration::from_secs(1);
+
 fn record(epoch: u64, follows: i64) -> Progress {
     Progress {
         epoch,
@@ -23,6 +26,7 @@ fn record(epoch: u64, follows: i64) -> Progress {
             hold_until: epoch as i64,
         }],
         follows: Some(follows),
+        run: None,
     }
 }
 
@@ -61,7 +65,7 @@ fn the_first_record_to_continue_one_wins_and_a_restart_follows_the_chain() {
         minimal_config_with(address, "events_partitions = 1", "")
     });
     let kafka = &config.kafka;
-    let chain = ChainCheck::start(kafka, &kafka.progress_topic).unwrap();
+    let chain = ChainCheck::start(kafka, &kafka.progress_topic, QUIET).unwrap();
     assert_eq!(last_progress(kafka, &kafka.progress_topic).unwrap(), None);
 
     // Cluster A: 0 ← 1. Cluster B, started from 0, lands its record 2 after A's 1.
@@ -74,11 +78,6 @@ fn the_first_record_to_continue_one_wins_and_a_restart_follows_the_chain() {
         Verdict::OnChain,
         "A's record was first"
     );
-    assert_eq!(
-        verdict(&chain, 0, 2),
-        Verdict::Lost { rival: 1 },
-        "B's lost"
-    );
     let recovered = last_progress(kafka, &kafka.progress_topic)
         .unwrap()
         .unwrap();
@@ -87,11 +86,46 @@ fn the_first_record_to_continue_one_wins_and_a_restart_follows_the_chain() {
         (1, record(8, 0)),
         "B's record, the newest in the log, is off the chain"
     );
-    // A carries on from its record 1.
+    // A carries on from its record 1: B, watching, sees A live.
     assert_eq!(append(&config, &record(9, 1)), 3);
+    assert_eq!(
+        verdict(&chain, 0, 2),
+        Verdict::Lost { rival: 1 },
+        "B's lost"
+    );
     assert_eq!(verdict(&chain, 1, 3), Verdict::OnChain);
     let recovered = last_progress(kafka, &kafka.progress_topic)
         .unwrap()
         .unwrap();
     assert_eq!((recovered.offset, recovered.progress), (3, record(9, 1)));
+
+    // Run 1 of A sends record 4 and is killed; run 2, restarted from 3, lands 5 after it. Run 1
+    // writes nothing more: 4 was a ghost, and the next start resumes from it.
+    let ran = |epoch, follows, run| Progress {
+        run: Some(run),
+        ..record(epoch, follows)
+    };
+    assert_eq!(append(&config, &ran(10, 3, 1)), 4);
+    assert_eq!(append(&config, &ran(10, 3, 2)), 5);
+    let asked = Instant::now();
+    assert_eq!(verdict(&chain, 3, 5), Verdict::Ghost { rival: 4 });
+    assert!(
+        asked.elapsed() >= QUIET,
+        "a ghost only after the quiet time"
+    );
+    let recovered = last_progress(kafka, &kafka.progress_topic)
+        .unwrap()
+        .unwrap();
+    assert_eq!((recovered.offset, recovered.progress), (4, ran(10, 3, 1)));
+
+    // Run 3, restarted from 4, writes 6; a second cluster (run 4) started from 4 too lands 7.
+    // Run 3 writes on (8, following 6), so the second cluster sees a live rival, not a ghost.
+    assert_eq!(append(&config, &ran(11, 4, 3)), 6);
+    assert_eq!(append(&config, &ran(11, 4, 4)), 7);
+    assert_eq!(append(&config, &ran(12, 6, 3)), 8);
+    assert_eq!(
+        verdict(&chain, 4, 7),
+        Verdict::Lost { rival: 6 },
+        "the rival's run wrote on"
+    );
 }

@@ -118,8 +118,10 @@ fn publish(config: &Config) {
         let publisher = AckedProducer::connect(&kafka, &kafka.epochs_topic).unwrap();
         let writer = (index == 0).then(|| ProgressWriter {
             producer: AckedProducer::connect(&kafka, &kafka.progress_topic).unwrap(),
-            chain: ChainCheck::start(&kafka, &kafka.progress_topic).unwrap(),
+            chain: ChainCheck::start(&kafka, &kafka.progress_topic, Duration::from_secs(5))
+                .unwrap(),
             follows: FIRST,
+            run: RUN,
         });
         let mut frames_in = InputHandleVec::<u64, EpochFrame>::new();
         let mut marks_in = InputHandleVec::<u64, Mark>::new();
@@ -235,6 +237,9 @@ fn epoch_records(partition_of: impl Fn(&str) -> i32) -> Vec<Vec<Record>> {
     ]
 }
 
+/// The run id the writer stamps its records with.
+const RUN: u64 = 0x5eed;
+
 /// The progress records for epochs 0 to 3 (no key, no timestamp of ours: the producer's clock),
 /// each continuing the record at the offset `follows` gives.
 fn progress_payloads(follows: [i64; 4]) -> Vec<String> {
@@ -249,7 +254,7 @@ fn progress_payloads(follows: [i64; 4]) -> Vec<String> {
         .zip(follows)
         .map(|(record, follows)| {
             format!(
-                "{},\"follows\":{follows}}}",
+                "{},\"follows\":{follows},\"run\":{RUN}}}",
                 record.strip_suffix('}').unwrap()
             )
         })

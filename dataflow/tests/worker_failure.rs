@@ -3,8 +3,13 @@
 //! two refuses to start (the progress topic has two partitions, a check only worker 0 makes)
 //! while worker 1 has started its dataflow and would wait on worker 0 forever.
 
+use emostream_dataflow::memory::KEEP_EVERYTHING;
+use emostream_protocol::kafka::ClientRole;
 use emostream_testkit::broker::minimal_config_with;
 use emostream_testkit::{binary, Broker, Process, Scratch};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -19,16 +24,29 @@ fn a_worker_that_fails_ends_the_process() {
     let (broker, config) = Broker::start(dir.path(), |address| {
         minimal_config_with(address, "events_partitions = 2", "")
     });
+    // A progress topic that keeps every record, as it must, but has two partitions.
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::from_iter(config.kafka.client_settings(ClientRole::EpochProducer))
+            .create()
+            .unwrap();
+    let topic = KEEP_EVERYTHING.iter().fold(
+        NewTopic::new("two-partition-progress", 2, TopicReplication::Fixed(1)),
+        |topic, (key, value)| topic.set(key, value),
+    );
+    let created = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(admin.create_topics([&topic], &AdminOptions::new()))
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
     let mut process = Process::spawn(
         "dataflow",
         Command::new(binary("emostream-dataflow"))
             .arg("--config")
             .arg(broker.config_path())
             .args(["-w", "2"])
-            .env(
-                "EMOSTREAM_KAFKA__PROGRESS_TOPIC",
-                &config.kafka.epochs_topic,
-            ),
+            .env("EMOSTREAM_KAFKA__PROGRESS_TOPIC", "two-partition-progress"),
         &dir.join("dataflow.log"),
     );
     let started = Instant::now();
@@ -39,8 +57,8 @@ fn a_worker_that_fails_ends_the_process() {
     assert_eq!((status.code(), status.signal()), (Some(2), None), "{log}");
     assert!(
         log.contains(
-            "emostream-dataflow: worker 0: topic emoji-epochs has 2 partitions on the brokers; \
-             the configuration needs 1"
+            "emostream-dataflow: worker 0: topic two-partition-progress has 2 partitions on the \
+             brokers; the configuration needs 1"
         ),
         "{log}"
     );

@@ -223,6 +223,16 @@ impl System {
             .try_exit()
     }
 
+    /// Sends `signal` to the child named `name` (e.g. SIGKILL to a supervisor, so that it
+    /// restarts nothing), without waiting.
+    pub fn signal(&self, name: &str, signal: i32) {
+        self.processes
+            .iter()
+            .find(|p| p.name() == name)
+            .unwrap_or_else(|| panic!("no process named {name}"))
+            .signal(signal);
+    }
+
     pub fn gateway(&self) -> &str {
         &self.config.gateway.listen
     }

@@ -24,6 +24,12 @@ pub struct Progress {
     /// records written before it was recorded; those all count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follows: Option<i64>,
+    /// The id of the cluster run that wrote it, random per start. A record that lost the race
+    /// for the chain is another cluster's only while its run goes on writing; a run that wrote
+    /// nothing more was the cluster's own predecessor, killed with the record in flight. Absent
+    /// from records written before runs had ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<u64>,
 }
 
 /// The `follows` of a cluster's first record on an empty progress topic.

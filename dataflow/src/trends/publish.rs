@@ -1,10 +1,15 @@
 //! `PublishTrends`: trends frames → the trends topic (key: the frame's stream), acknowledged.
 //!
-//! A frame of epoch `t` leaves only once the epochs' published frontier has passed `t`: every epoch
-//! in its window is then acknowledged on the epochs topic, and a restart reproduces those epochs
-//! byte for byte (docs/dataflow.md), so the frame is a function of published epochs only, and the
-//! restarted cluster (its windows refilled, [`super::refill`]) sends the same frame again. Frames
-//! below the run's first epoch come from the refill and were sent by an earlier run: dropped.
+//! A frame of epoch `t` leaves only once both the epochs' published frontier and the gate have
+//! passed `t`: every epoch in its window is then complete and acknowledged on the epochs topic
+//! (or, for the last one the gate let out, complete and re-published byte for byte by the next
+//! run), and a restart reproduces those epochs byte for byte (docs/dataflow.md), so the frame is a
+//! function of published epochs only, and the restarted cluster (its windows refilled,
+//! [`super::refill`]) sends the same frame again. The published frontier alone is not enough: at
+//! a graceful stop it passes the epochs `PublishEpochs` dropped, which can be partial; the gate
+//! never passes them. A restarted run sends again the frames of the W epochs before its first
+//! (the ones a crash may have cut off, byte-identical where they went out) and drops the frames
+//! of the epochs refilled only to fill their windows.
 //!
 //! Delivery is at least once within a run and best effort across runs: each epoch's capability is
 //! held until the broker answered every frame of it, so a graceful stop waits for them; a frame
@@ -106,13 +111,17 @@ impl TrendsProducer {
 
 pub trait PublishTrends<'scope> {
     /// Publishes each epoch's trends frames once `published` (the epochs' published frontier)
-    /// has passed the epoch, and holds the epoch until the broker answered all of them. Frames
-    /// of epochs below `first_epoch` are dropped. The returned stream carries no data; its
-    /// frontier is the first epoch whose frames are not all answered.
+    /// and `gate` (the progress writer's gate, as `PublishEpochs` sees it) have passed the
+    /// epoch, and holds the epoch until the broker answered all of them. Epochs below
+    /// `first_epoch` were published by an earlier run; frames of epochs below `resend_from` are
+    /// dropped. The returned stream carries no data; its frontier is the first epoch whose
+    /// frames are not all answered.
     fn publish_trends(
         self,
         published: Stream<'scope, u64, Vec<()>>,
+        gate: Stream<'scope, u64, Vec<()>>,
         first_epoch: u64,
+        resend_from: u64,
         producer: TrendsProducer,
     ) -> Stream<'scope, u64, Vec<()>>;
 }
@@ -121,7 +130,9 @@ impl<'scope> PublishTrends<'scope> for Stream<'scope, u64, Vec<TrendFrame>> {
     fn publish_trends(
         self,
         published: Stream<'scope, u64, Vec<()>>,
+        gate: Stream<'scope, u64, Vec<()>>,
         first_epoch: u64,
+        resend_from: u64,
         producer: TrendsProducer,
     ) -> Stream<'scope, u64, Vec<()>> {
         let scope = self.scope();
@@ -131,6 +142,7 @@ impl<'scope> PublishTrends<'scope> for Stream<'scope, u64, Vec<TrendFrame>> {
         let (output, answered) = builder.new_output::<Vec<()>>();
         // Only its frontier matters: it holds no capability of this operator's output.
         let mut published = builder.new_input_connection(published, Pipeline, []);
+        let mut gate = builder.new_input_connection(gate, Pipeline, []);
 
         builder.build(move |_initial| {
             let activator = scope.activator_for(info.address.clone());
@@ -148,6 +160,8 @@ impl<'scope> PublishTrends<'scope> for Stream<'scope, u64, Vec<TrendFrame>> {
             let mut unsent: BTreeMap<u64, (Capability<u64>, Vec<TrendFrame>)> = BTreeMap::new();
             // Epochs below it are published: their frames may leave.
             let mut released_to = first_epoch;
+            // The gate's frontier as last seen: epochs below it are complete, and published.
+            let mut gate_at = first_epoch;
             // No data ever leaves on this output; its capabilities alone carry the frontier.
             let _output = output;
 
@@ -156,8 +170,8 @@ impl<'scope> PublishTrends<'scope> for Stream<'scope, u64, Vec<TrendFrame>> {
                     let Some(cap) = cap.retain_least(0) else {
                         return;
                     };
-                    if *cap.time() < first_epoch {
-                        return; // the refill's own epochs: an earlier run sent their frames
+                    if *cap.time() < resend_from {
+                        return; // epochs refilled only to fill the windows of later ones
                     }
                     let entry = unsent
                         .entry(*cap.time())
@@ -167,12 +181,18 @@ impl<'scope> PublishTrends<'scope> for Stream<'scope, u64, Vec<TrendFrame>> {
                     }
                 });
                 published.for_each_stamp(|_, _| {});
+                gate.for_each_stamp(|_, _| {});
+                if let Some(&at) = frontiers[2].frontier().first() {
+                    gate_at = at;
+                }
                 match frontiers[1].frontier().first() {
-                    Some(&at) => released_to = released_to.max(at),
+                    Some(&at) => released_to = released_to.max(at.min(gate_at)),
                     // A stop: the published frontier empties whether or not the epochs waiting
-                    // at the gate went out (they did not), so only the epochs it had passed
-                    // before are sure to be out; the frames of the others are dropped.
+                    // at the gate went out. Those below the gate's last frontier did (or will be
+                    // re-published byte for byte); the others, maybe partial, did not: their
+                    // frames are dropped.
                     None => {
+                        released_to = released_to.max(gate_at);
                         for (_, (_, frames)) in unsent.range_mut(released_to..) {
                             frames.clear();
                         }

@@ -135,6 +135,22 @@ pub fn closed_epochs(
     Ok(found.into_values().collect())
 }
 
+/// The epochs a run starting at `first_epoch` refills: the W (`window_epochs`) before the first
+/// epoch whose frames it sends ([`resend_from`]), so that this one's frames say what changed
+/// exactly as they did when it was first counted, and every epoch from there on.
+pub fn refilled(first_epoch: u64, window_epochs: u64) -> Range<u64> {
+    resend_from(first_epoch, window_epochs).saturating_sub(window_epochs)..first_epoch
+}
+
+/// The first epoch whose trend frames a run starting at `first_epoch` sends: the W before it
+/// are sent again, since a crash can cut off the frames of the last recorded epochs (their
+/// release trails the epochs' publication), and a frame sent twice is byte-identical. A crash
+/// with the trends stage lagging more than W epochs behind the published epochs leaves frames
+/// older than that unsent.
+pub fn resend_from(first_epoch: u64, window_epochs: u64) -> u64 {
+    first_epoch.saturating_sub(window_epochs)
+}
+
 pub trait Refill<'scope> {
     /// The counts as a stream, each at its own epoch, then nothing: the closed epochs the
     /// trends stage must hold before the first epoch this run counts.

@@ -2,7 +2,7 @@
 //! every window, over random traces; and the measurement that its work per epoch does not grow
 //! with the window's length.
 
-use super::refill::Refill;
+use super::refill::{refilled, resend_from, Refill};
 use super::{lexicon, TrendSettings, Trends};
 use crate::EpochCount;
 use emostream_protocol::trends::{SentimentIndex, TrendFrame};
@@ -90,8 +90,8 @@ fn run_until(trace: &Trace, settings: TrendSettings, workers: usize, last: u64) 
 }
 
 /// As [`run_until`], but as a run restarted at epoch `first`: the epochs before it are not
-/// counted but refilled (the W before `first`, worker 0, as `run_worker` does), and frames before
-/// `first` are dropped (as `PublishTrends` does).
+/// counted but refilled (worker 0, as `run_worker` does), and frames before the epochs sent again
+/// are dropped (as `PublishTrends` does).
 fn run_from(
     trace: &Trace,
     settings: TrendSettings,
@@ -108,7 +108,7 @@ fn run_from(
         let probe = ProbeHandle::new();
         let sink = Arc::clone(&sink);
         let refilled: Vec<EpochCount> = match index {
-            0 => (first.saturating_sub(settings.window_epochs)..first)
+            0 => refilled(first, settings.window_epochs)
                 .flat_map(|e| trace.epochs.get(e as usize).cloned().unwrap_or_default())
                 .collect(),
             _ => Vec::new(),
@@ -118,11 +118,16 @@ fn run_from(
                 .input_from(&mut input)
                 .concat(scope.refill(refilled))
                 .trends(settings)
-                .filter(move |frame| epoch_of(frame) >= first)
+                .filter(move |frame| epoch_of(frame) >= resend_from(first, settings.window_epochs))
                 .inspect(move |frame: &TrendFrame| sink.lock().unwrap().push(frame.clone()))
                 .probe_with(&probe);
         });
         input.advance_to(first);
+        // A restarted cluster's sources hold the frontier at its first epoch while they read:
+        // the refilled epochs go through (and their windows slide) before anything new closes.
+        while probe.less_than(&first) {
+            worker.step();
+        }
         for epoch in first..=last {
             for (i, count) in trace
                 .epochs
@@ -353,8 +358,9 @@ fn epoch_of(frame: &TrendFrame) -> u64 {
     }
 }
 
-/// A run restarted at any epoch, its windows refilled, sends from there on exactly the frames
-/// an uninterrupted run sends: the same epochs, the same content.
+/// A run restarted at any epoch, its windows refilled, sends from there on, and again for the W
+/// epochs before (a crash may have cut their frames off), exactly the frames an uninterrupted
+/// run sends: the same epochs, the same content.
 #[test]
 fn a_refilled_restart_sends_the_frames_of_an_uninterrupted_run() {
     let json = |frames: Vec<TrendFrame>| {
@@ -376,7 +382,11 @@ fn a_refilled_restart_sends_the_frames_of_an_uninterrupted_run() {
         let last = end(&trace, settings);
         let first = rng.below(last + 1);
         let whole = run_stage(&trace, settings, workers);
-        let after: Vec<TrendFrame> = whole.into_iter().filter(|f| epoch_of(f) >= first).collect();
+        let resent = resend_from(first, settings.window_epochs);
+        let after: Vec<TrendFrame> = whole
+            .into_iter()
+            .filter(|f| epoch_of(f) >= resent)
+            .collect();
         let restarted = run_from(&trace, settings, workers, first, last);
         assert_eq!(
             json(restarted),

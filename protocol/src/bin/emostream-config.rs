@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! emostream-config [--config cluster.toml] get kafka.events_topic   # one value; arrays one per line
-//! emostream-config [--config cluster.toml] topics                   # "name partitions" per topic
+//! emostream-config [--config cluster.toml] topics                   # "name partitions [key=value…]" per topic
 //! emostream-config [--config cluster.toml] dev-broker               # "listen advertised storage"
 //! emostream-config [--config cluster.toml] clusters                 # "name listen sub1,sub2,…" per cluster
 //! emostream-config [--config cluster.toml] print                    # everything, as TOML
@@ -32,7 +32,7 @@ enum Query {
         /// SECTION.FIELD[.FIELD…], e.g. kafka.events_topic
         key: String,
     },
-    /// "name partitions" per topic.
+    /// "name partitions [key=value…]" per topic: the settings a topic is created with.
     Topics,
     /// "listen advertised storage" of the development broker.
     DevBroker,
@@ -75,18 +75,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// Every topic the system uses, with the partitions a development broker creates it with. The
-/// progress topic has exactly one: its newest record is the recovery state.
+/// Every topic the system uses, with the partitions and settings a development broker creates
+/// it with. The progress topic has exactly one partition, and keeps every record: its newest is
+/// the recovery state (the dataflow refuses a progress topic that can delete records).
 fn topics(config: &Config) -> String {
     let k = &config.kafka;
+    let keep = "retention.ms=-1 retention.bytes=-1";
     [
-        (&k.events_topic, k.events_partitions),
-        (&k.epochs_topic, k.epochs_partitions),
-        (&k.progress_topic, 1),
-        (&k.trends_topic, k.trends_partitions),
+        (&k.events_topic, k.events_partitions, ""),
+        (&k.epochs_topic, k.epochs_partitions, ""),
+        (&k.progress_topic, 1, keep),
+        (&k.trends_topic, k.trends_partitions, ""),
     ]
     .iter()
-    .map(|(name, partitions)| format!("{name} {partitions}\n"))
+    .map(|(name, partitions, settings)| {
+        format!("{name} {partitions} {settings}")
+            .trim_end()
+            .to_string()
+            + "\n"
+    })
     .collect()
 }
 
@@ -179,7 +186,7 @@ subscribers = ["127.0.0.1:9011", "127.0.0.1:9012"]
         assert_eq!(dev_broker(&config), "0.0.0.0:9092 10.0.0.5:9092 memory\n");
         assert_eq!(
             topics(&config),
-            "emoji-events 8\nemoji-epochs 2\nemoji-progress 1\nemoji-trends 2\n"
+            "emoji-events 8\nemoji-epochs 2\nemoji-progress 1 retention.ms=-1 retention.bytes=-1\nemoji-trends 2\n"
         );
         assert_eq!(get(&config, "gateway.listen").unwrap(), "127.0.0.1:8080\n");
         assert_eq!(
