@@ -222,9 +222,10 @@ pub fn run_worker(
             .container::<Vec<PartialCount>>()
             .count_epochs()
             .per_thousand(epochs, Arc::clone(&metrics));
-        let published = frames
-            .clone()
-            .publish_epochs(gate.clone(), publisher, epochs.window_ms, metrics);
+        let published =
+            frames
+                .clone()
+                .publish_epochs(gate.clone(), publisher, epochs.window_ms, metrics);
         if let Some(producer) = trends_publisher {
             // Trends read the frames as published, bound included, as a restart's refill reads
             // them back. The output's frontier (frames answered) only keeps a graceful stop

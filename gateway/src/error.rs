@@ -77,6 +77,10 @@ pub enum GatewayError {
     },
     /// The client (its IP, or its IPv6 /64) already holds its share of the in-flight budget.
     ShareFull,
+    /// The stream is not open and `max_live_streams` are: nothing was counted.
+    StreamsFull { max: usize },
+    /// The stream is not open and the client opened its most new streams for now.
+    NewStreamsLimited { retry_after_s: u64 },
     /// The in-flight budget or the ingest queue is full: nothing was counted.
     Overloaded { reason: &'static str },
     /// The broker cannot be reached or did not acknowledge: nothing was counted.
@@ -115,12 +119,12 @@ impl GatewayError {
             }
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            GatewayError::RateLimited { .. } | GatewayError::ShareFull => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            GatewayError::Overloaded { .. } | GatewayError::BrokerUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::RateLimited { .. }
+            | GatewayError::ShareFull
+            | GatewayError::NewStreamsLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Overloaded { .. }
+            | GatewayError::BrokerUnavailable { .. }
+            | GatewayError::StreamsFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::RecordRefused { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Timeout { .. } | GatewayError::TooSlow { .. } => {
                 StatusCode::REQUEST_TIMEOUT
@@ -140,6 +144,8 @@ impl GatewayError {
             GatewayError::RateLimited { field: Some(_), .. } => "rate_limited_user",
             GatewayError::RateLimited { field: None, .. } => "rate_limited_ip",
             GatewayError::ShareFull => "share_full",
+            GatewayError::StreamsFull { .. } => "streams_full",
+            GatewayError::NewStreamsLimited { .. } => "rate_limited_new_streams",
             GatewayError::Overloaded { .. } => "overloaded",
             GatewayError::BrokerUnavailable { .. } => "broker_unavailable",
             GatewayError::RecordRefused { .. } => "record_refused",
@@ -152,7 +158,7 @@ impl GatewayError {
 }
 
 /// Every rejection reason, so `/metrics` can show each one from the start (at zero).
-pub const REASONS: [&str; 14] = [
+pub const REASONS: [&str; 16] = [
     "malformed",
     "too_large",
     "unsupported_media_type",
@@ -160,6 +166,8 @@ pub const REASONS: [&str; 14] = [
     "rate_limited_user",
     "rate_limited_ip",
     "share_full",
+    "streams_full",
+    "rate_limited_new_streams",
     "overloaded",
     "broker_unavailable",
     "record_refused",
@@ -174,7 +182,10 @@ impl IntoResponse for GatewayError {
         let status = self.status();
         let reason = self.reason();
         let retry_after_s = match &self {
-            GatewayError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
+            GatewayError::RateLimited { retry_after_s, .. }
+            | GatewayError::NewStreamsLimited { retry_after_s } => Some(*retry_after_s),
+            // A place frees when a stream has gone idle: not soon.
+            GatewayError::StreamsFull { .. } => Some(30),
             // The broker's reconnect backoff and the flush interval are both well under a second,
             // and so is a client's own request that holds its share.
             GatewayError::Overloaded { .. }
@@ -216,6 +227,19 @@ impl IntoResponse for GatewayError {
             GatewayError::ShareFull => ErrorBody {
                 error: "this address holds its share of the ingest budget, retry shortly".into(),
                 field: None,
+            },
+            GatewayError::StreamsFull { max } => ErrorBody {
+                error: format!(
+                    "this stream is not live and the most live streams ({max}) are: it cannot \
+                     open now, nothing was counted; retry later"
+                ),
+                field: Some("stream".into()),
+            },
+            GatewayError::NewStreamsLimited { .. } => ErrorBody {
+                error: "this address opened too many new streams, slow down; taps for streams \
+                        already live are taken"
+                    .into(),
+                field: Some("stream".into()),
             },
             GatewayError::Overloaded { reason }
             | GatewayError::BrokerUnavailable { reason }

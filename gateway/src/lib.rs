@@ -26,6 +26,7 @@ mod metrics;
 pub mod parse;
 mod producer;
 mod routes;
+mod streams;
 
 pub use batcher::{Batcher, BatcherHandle, ProducerHealth};
 pub use error::{GatewayError, StartError};

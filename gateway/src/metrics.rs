@@ -74,7 +74,7 @@ pub struct Metrics {
 }
 
 /// The gauges read from their owners at each scrape: name and help, in [`Gauges::values`] order.
-const GAUGES: [(&str, &str); 8] = [
+const GAUGES: [(&str, &str); 9] = [
     (
         "producer_queue_depth",
         "The Kafka producer's out-queue: records not yet acknowledged plus protocol requests",
@@ -103,6 +103,10 @@ const GAUGES: [(&str, &str); 8] = [
     (
         "rate_limit_tracked_ips",
         "Client IPs with a partly drained token bucket",
+    ),
+    (
+        "live_streams",
+        "Streams open now (a tap within stream_idle_s; at most max_live_streams, until the next sweep of a full set)",
     ),
 ];
 
@@ -174,6 +178,7 @@ pub struct Gauges {
     pub broker_reachable: bool,
     pub tracked_users: usize,
     pub tracked_ips: usize,
+    pub live_streams: usize,
 }
 
 impl Gauges {
@@ -188,6 +193,7 @@ impl Gauges {
             i64::from(self.broker_reachable),
             n(self.tracked_users),
             n(self.tracked_ips),
+            n(self.live_streams),
         ]
     }
 }

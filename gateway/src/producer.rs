@@ -168,6 +168,10 @@ pub fn create(config: &Config, health: Arc<Health>) -> Result<Kafka, KafkaError>
         ip_burst_taps: _,
         trusted_proxies: _,
         allow_min_insync_replicas_below_2: _,
+        max_live_streams: _,
+        stream_idle_s: _,
+        ip_new_streams_per_s: _,
+        ip_burst_new_streams: _,
     } = &config.gateway;
     ClientConfig::from_iter(config.kafka.client_settings(ClientRole::BatchProducer {
         delivery_timeout_ms: *delivery_timeout_ms,

@@ -11,6 +11,7 @@ use crate::limits::{retry_after_s, RateLimiter};
 use crate::listener::ClientAddr;
 use crate::metrics::{Gauges, Metrics};
 use crate::parse::{self, BodyFormat, Rules, Tap};
+use crate::streams::{self, LiveStreams};
 use crate::{GatewayError, StartError};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
@@ -86,15 +87,16 @@ enum Refused {
     /// burst; `field` names it (`items[i].field` in a batch).
     #[response(status = 422)]
     Invalid(ErrorBody),
-    /// Past a per-user or per-IP rate limit (requests or taps), or the client already holds
-    /// its share of the in-flight budget (`max_in_flight_bytes_per_ip`).
+    /// Past a per-user or per-IP rate limit (requests, taps, or new streams opened), or the
+    /// client already holds its share of the in-flight budget (`max_in_flight_bytes_per_ip`).
     #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
     RateLimited(ErrorBody),
     /// The broker refused the record holding the taps for good (too large, invalid): a retry
     /// cannot pass; nothing was counted.
     #[response(status = 500)]
     PermanentFailure(ErrorBody),
-    /// The in-flight budget is full or the broker is unreachable or did not acknowledge.
+    /// The in-flight budget is full, the broker is unreachable or did not acknowledge, or the
+    /// stream is not live and `max_live_streams` are.
     #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
     Unavailable(ErrorBody),
 }
@@ -110,6 +112,7 @@ struct Inner {
     users: RateLimiter<String>,
     ips: RateLimiter<IpAddr>,
     ip_taps: RateLimiter<IpAddr>,
+    streams: LiveStreams,
     trusted: Arc<TrustedProxies>,
     request_timeout: Duration,
     body_pace: BodyPace,
@@ -136,6 +139,12 @@ impl AppState {
             users: RateLimiter::new(g.user_taps_per_s, g.user_burst_taps),
             ips: RateLimiter::new(g.ip_requests_per_s, g.ip_burst_requests),
             ip_taps: RateLimiter::new(g.ip_taps_per_s, g.ip_burst_taps),
+            streams: LiveStreams::new(
+                g.max_live_streams,
+                Duration::from_secs(g.stream_idle_s),
+                g.ip_new_streams_per_s,
+                g.ip_burst_new_streams,
+            ),
             trusted: Arc::new(TrustedProxies::new(&g.trusted_proxies)?),
             request_timeout: Duration::from_millis(g.request_timeout_ms),
             body_pace: BodyPace {
@@ -238,6 +247,17 @@ impl AppState {
             ));
         }
         let now = Instant::now();
+        // Before any token is taken: a tap for a stream that cannot open costs the client
+        // nothing else.
+        self.0
+            .streams
+            .admit(stream, client, now)
+            .map_err(|refused| match refused {
+                streams::Refused::Full { max } => GatewayError::StreamsFull { max },
+                streams::Refused::TooManyNew { retry_after } => GatewayError::NewStreamsLimited {
+                    retry_after_s: retry_after_s(retry_after),
+                },
+            })?;
         // One token per request bounds the requests of an address, one per tap its taps: one
         // request may carry tens of thousands.
         if let Some(ip) = client {
@@ -674,6 +694,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         broker_reachable: s.batcher.broker_reachable(),
         tracked_users: s.users.tracked(),
         tracked_ips: s.ips.tracked(),
+        live_streams: s.streams.open(),
     };
     (
         [(

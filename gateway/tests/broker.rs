@@ -1225,3 +1225,65 @@ async fn behind_a_trusted_proxy_limits_apply_per_forwarded_address_and_a_forged_
     gw.stop().await;
     assert_eq!(kafka.events().await.len(), 5 * 3);
 }
+
+/// One tap of a fresh user for `stream`, posted from `ip`.
+async fn tap_stream_from(ip: &str, addr: &str, stream: &str) -> Response {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let body = format!(r#"{{"user_id":"s{n}","emoji":"🔥"}}"#);
+    http::request_on(
+        connect_from(ip, addr).await,
+        addr,
+        "POST",
+        &format!("/v1/streams/{stream}/emojis"),
+        Some("application/json"),
+        body.as_bytes(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn live_streams_are_a_bounded_set_opened_at_each_clients_rate_and_a_refusal_counts_nothing() {
+    // Three live streams at most; an address opens two at once, then one a second.
+    let kafka = Kafka::start(
+        "max_live_streams = 3\nip_new_streams_per_s = 1\nip_burst_new_streams = 2\n\
+         stream_idle_s = 3600",
+    );
+    let gw = Gateway::start(kafka.config.clone()).await;
+    let addr = gw.addr.clone();
+    let taken = |r: &Response| assert_eq!(accepted(r).accepted, 1);
+    taken(&tap_stream_from("127.0.0.1", &addr, "a").await);
+    taken(&tap_stream_from("127.0.0.1", &addr, "b").await);
+    // A third new stream from the same address at once: its rate, not the set, refuses it.
+    let too_many = tap_stream_from("127.0.0.1", &addr, "c").await;
+    assert_eq!(too_many.status, 429);
+    assert_eq!(too_many.header("retry-after"), Some("1"));
+    assert_eq!(
+        too_many.body,
+        r#"{"error":"this address opened too many new streams, slow down; taps for streams already live are taken","field":"stream"}"#
+    );
+    // Streams already live take taps from anyone, that address included.
+    taken(&tap_stream_from("127.0.0.1", &addr, "a").await);
+    taken(&tap_stream_from("127.0.0.2", &addr, "c").await);
+    // The set is full: a fourth stream is refused whoever asks, with a JSON reason.
+    let full = tap_stream_from("127.0.0.3", &addr, "d").await;
+    assert_eq!(full.status, 503);
+    assert_eq!(full.header("retry-after"), Some("30"));
+    assert_eq!(
+        full.body,
+        r#"{"error":"this stream is not live and the most live streams (3) are: it cannot open now, nothing was counted; retry later","field":"stream"}"#
+    );
+    taken(&tap_stream_from("127.0.0.3", &addr, "b").await);
+    assert_eq!(gauge(&addr, "emostream_gateway_live_streams").await, 3);
+    gw.stop().await;
+    // Exactly the acknowledged taps, none of the refused ones.
+    let mut streams: Vec<String> = kafka
+        .events()
+        .await
+        .into_iter()
+        .map(|(stream, ..)| stream)
+        .collect();
+    streams.sort();
+    assert_eq!(streams, ["a", "a", "b", "b", "c"]);
+}

@@ -235,6 +235,20 @@ pub struct GatewayConfig {
     /// warning then); false (the default): the gateway refuses to start.
     #[serde(default)]
     pub allow_min_insync_replicas_below_2: bool,
+    /// Streams the gateway keeps open at once: a stream is open from its first accepted tap
+    /// until `stream_idle_s` without one. A tap for another stream past this is refused (503),
+    /// so the streams every tier below carries are a bounded set whatever names clients send.
+    #[serde(default = "GatewayConfig::max_live_streams")]
+    pub max_live_streams: usize,
+    /// How long a stream stays open without a tap (as the broadcaster's `stream_idle_s`).
+    #[serde(default = "GatewayConfig::stream_idle_s")]
+    pub stream_idle_s: u64,
+    /// Token bucket per client IP counting the streams it opens: new streams per second …
+    #[serde(default = "GatewayConfig::ip_new_streams_per_s")]
+    pub ip_new_streams_per_s: u32,
+    /// … and the most it can open at once.
+    #[serde(default = "GatewayConfig::ip_burst_new_streams")]
+    pub ip_burst_new_streams: u32,
 }
 
 /// When the gateway answers a tap.
@@ -338,6 +352,23 @@ impl GatewayConfig {
     /// Two seconds of the per-IP tap rate: the largest request fits.
     const fn ip_burst_taps() -> u32 {
         100_000
+    }
+    /// What the default broadcaster topology carries at once: nine subscribers of
+    /// `max_streams` (2,048) each.
+    const fn max_live_streams() -> usize {
+        18_432
+    }
+    /// As the broadcaster's.
+    const fn stream_idle_s() -> u64 {
+        240
+    }
+    /// A client opens its streams now and then (a show, a match); a thousand at once covers a
+    /// load tool or a test opening every stream it taps, ten a second after that.
+    const fn ip_new_streams_per_s() -> u32 {
+        10
+    }
+    const fn ip_burst_new_streams() -> u32 {
+        1_000
     }
 }
 
@@ -722,6 +753,9 @@ impl Config {
         if g.max_connections == 0 {
             return bad("gateway.max_connections must be at least 1");
         }
+        if g.max_live_streams == 0 || g.stream_idle_s == 0 {
+            return bad("gateway.max_live_streams and gateway.stream_idle_s must be at least 1");
+        }
         if [
             g.user_taps_per_s,
             g.user_burst_taps,
@@ -729,6 +763,8 @@ impl Config {
             g.ip_burst_requests,
             g.ip_taps_per_s,
             g.ip_burst_taps,
+            g.ip_new_streams_per_s,
+            g.ip_burst_new_streams,
         ]
         .contains(&0)
         {
