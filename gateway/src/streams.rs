@@ -26,8 +26,11 @@ const SHARDS: usize = 64;
 /// How often a full set is swept for idle streams at most.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// Open streams by name, each with its last accepted tap.
+type Shard = Mutex<HashMap<Box<str>, Instant>>;
+
 pub struct LiveStreams {
-    shards: Box<[Mutex<HashMap<Box<str>, Instant>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
     open: AtomicUsize,
     max: usize,
@@ -95,7 +98,7 @@ impl LiveStreams {
         self.open.load(Ordering::Relaxed)
     }
 
-    fn shard(&self, stream: &str) -> &Mutex<HashMap<Box<str>, Instant>> {
+    fn shard(&self, stream: &str) -> &Shard {
         &self.shards[(self.hasher.hash_one(stream) as usize) % SHARDS]
     }
 
