@@ -27,7 +27,7 @@ use bytes::Bytes;
 use emostream_protocol::trends::ALL_STREAMS;
 use emostream_protocol::wire::{LinkUp, StreamGap, Subscribe, Synced};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -89,6 +89,31 @@ struct Downstream {
     /// The publication number of the newest frame of the feed dealt with: sent, skipped, or
     /// caught up on after the feed lost frames.
     seen: u64,
+    /// What subscriptions (and catch-ups) owe the lower tier, sent when no live frame waits: a
+    /// newly watched stream's ring must not hold up live frames of the streams already flowing.
+    /// A stream's live frames queue behind its own backlog, so each stream stays in order.
+    backlog: VecDeque<Owed>,
+    /// How many of `backlog`'s messages are of each stream.
+    owed: HashMap<Arc<str>, usize>,
+}
+
+/// A message owed to the lower tier.
+enum Owed {
+    Frame(Frame),
+    /// A gap or synced notice about `stream`.
+    Notice {
+        stream: Arc<str>,
+        text: Utf8Bytes,
+    },
+}
+
+impl Owed {
+    fn stream(&self) -> &Arc<str> {
+        match self {
+            Owed::Frame(frame) => &frame.stream,
+            Owed::Notice { stream, .. } => stream,
+        }
+    }
 }
 
 impl Downstream {
@@ -110,18 +135,8 @@ impl Downstream {
         true
     }
 
-    /// Applies a subscription and sends what it makes this link lack.
-    async fn subscribe<S>(
-        &mut self,
-        sub: Subscribe,
-        tx: &mut S,
-        hub: &Hub,
-        metrics: &Metrics,
-    ) -> Result<(), WriteFailed>
-    where
-        S: Sink<Message> + Unpin,
-        S::Error: std::fmt::Display,
-    {
+    /// Applies a subscription, queueing what it makes this link lack.
+    fn subscribe(&mut self, sub: Subscribe, hub: &Hub) {
         let Subscribe {
             all,
             add,
@@ -131,15 +146,16 @@ impl Downstream {
         if all {
             self.wants = Wants::All;
             for (stream, epoch) in &have {
-                self.has.insert(stream.as_str().into(), *epoch);
-                send_gap(tx, hub, stream, *epoch).await?;
+                let stream: Arc<str> = stream.as_str().into();
+                self.has.insert(Arc::clone(&stream), *epoch);
+                self.owe_gap(hub, stream, *epoch);
             }
             for frame in hub.backlog(&have) {
                 if self.takes(&frame) {
-                    send_frame(tx, &frame, metrics).await?;
+                    self.owe(Owed::Frame(frame));
                 }
             }
-            return Ok(());
+            return;
         }
         if !matches!(self.wants, Wants::Streams(_)) {
             self.wants = Wants::Streams(HashSet::new());
@@ -158,7 +174,7 @@ impl Downstream {
             match after {
                 Some(epoch) => {
                     self.has.insert(Arc::clone(&stream), epoch);
-                    send_gap(tx, hub, &stream, epoch).await?;
+                    self.owe_gap(hub, Arc::clone(&stream), epoch);
                 }
                 None => {
                     self.has.remove(&stream);
@@ -166,17 +182,104 @@ impl Downstream {
             }
             for frame in hub.backlog_of(&stream, after) {
                 if self.takes(&frame) {
-                    send_frame(tx, &frame, metrics).await?;
+                    self.owe(Owed::Frame(frame));
                 }
             }
             let synced = serde_json::to_string(&Synced {
                 stream: stream.to_string(),
             })
             .expect("a Synced always serializes");
-            socket::send(tx, Message::Text(synced.into())).await?;
+            self.owe(Owed::Notice {
+                stream,
+                text: synced.into(),
+            });
         }
         tracing::debug!(added = add.len(), removed = remove.len(), "subscription");
-        Ok(())
+    }
+
+    /// Queues the gap a lower tier that has `stream` up to `have` would fall into, if any.
+    fn owe_gap(&mut self, hub: &Hub, stream: Arc<str>, have: u64) {
+        let Some((since, oldest)) = hub.gap_after(&stream, have) else {
+            return;
+        };
+        let gap = StreamGap {
+            stream: stream.to_string(),
+            since,
+            oldest,
+        };
+        let text = serde_json::to_string(&gap).expect("a StreamGap always serializes");
+        self.owe(Owed::Notice {
+            stream,
+            text: text.into(),
+        });
+    }
+
+    fn owe(&mut self, owed: Owed) {
+        *self.owed.entry(Arc::clone(owed.stream())).or_default() += 1;
+        self.backlog.push_back(owed);
+    }
+
+    /// A live frame: straight down, unless its stream still has a backlog to go first.
+    async fn live<S>(
+        &mut self,
+        frame: Frame,
+        tx: &mut S,
+        metrics: &Metrics,
+    ) -> Result<(), WriteFailed>
+    where
+        S: Sink<Message> + Unpin,
+        S::Error: std::fmt::Display,
+    {
+        if !self.takes(&frame) {
+            return Ok(());
+        }
+        if self.owed.contains_key(&frame.stream) {
+            self.owe(Owed::Frame(frame));
+            return Ok(());
+        }
+        send_frame(tx, &frame, metrics).await
+    }
+
+    /// Sends the oldest owed message.
+    async fn send_owed<S>(&mut self, tx: &mut S, metrics: &Metrics) -> Result<(), WriteFailed>
+    where
+        S: Sink<Message> + Unpin,
+        S::Error: std::fmt::Display,
+    {
+        let Some(owed) = self.backlog.pop_front() else {
+            return Ok(());
+        };
+        if let Some(n) = self.owed.get_mut(owed.stream()) {
+            *n -= 1;
+            if *n == 0 {
+                self.owed.remove(owed.stream());
+            }
+        }
+        match owed {
+            Owed::Frame(frame) => send_frame(tx, &frame, metrics).await,
+            Owed::Notice { text, .. } => socket::send(tx, Message::Text(text)).await,
+        }
+    }
+
+    /// After the feed lost frames: every frame still held after the last one dealt with, behind
+    /// a gap for each stream whose ring pushed out an epoch this link did not get.
+    fn catch_up(&mut self, held: Held, hub: &Hub) {
+        for stream in &held.broken {
+            let wanted = match &self.wants {
+                Wants::All => true,
+                Wants::Streams(streams) => streams.contains(stream),
+                Wants::Undeclared => false,
+            };
+            if let (true, Some(&have)) = (wanted, self.has.get(stream)) {
+                self.owe_gap(hub, Arc::clone(stream), have);
+            }
+        }
+        for frame in held.frames {
+            if self.takes(&frame) {
+                self.owe(Owed::Frame(frame));
+            }
+        }
+        self.seen = held.published;
     }
 }
 
@@ -197,25 +300,6 @@ pub async fn serve_downstream(
         downstream_session(socket, link, hub, roster, metrics, &mut stop, upstream_lost).await;
     roster.close(link);
     tracing::info!(link, reason = %ended, "downstream link closed");
-}
-
-/// Tells a lower tier that has `stream` up to `have` of the hole this tier's ring has after it,
-/// if any, before the epochs it lacks.
-async fn send_gap<S>(tx: &mut S, hub: &Hub, stream: &str, have: u64) -> Result<(), WriteFailed>
-where
-    S: Sink<Message> + Unpin,
-    S::Error: std::fmt::Display,
-{
-    let Some((since, oldest)) = hub.gap_after(stream, have) else {
-        return Ok(());
-    };
-    let gap = StreamGap {
-        stream: stream.to_owned(),
-        since,
-        oldest,
-    };
-    let text = serde_json::to_string(&gap).expect("a StreamGap always serializes");
-    socket::send(tx, Message::Text(text.into())).await
 }
 
 /// Sends one frame, counting it as delivered.
@@ -326,72 +410,45 @@ where
         wants: Wants::Undeclared,
         has: HashMap::new(),
         seen,
+        backlog: VecDeque::new(),
+        owed: HashMap::new(),
     };
     // The lower tier's heartbeats prove it alive; these pings let it tell the same of us while
     // no frames flow.
     let mut ping = tokio::time::interval(HEARTBEAT);
     loop {
+        // Live frames first; what subscriptions owe goes a message at a time when none waits.
         let written = tokio::select! {
-            ask = asks.recv() => match ask {
-                Some(sub) => down.subscribe(sub, tx, hub, metrics).await,
-                // The reader has ended, and its reason ends the session.
-                None => std::future::pending().await,
-            },
+            biased;
             frame = live.recv() => match frame {
                 Ok(frame) if frame.seq <= down.seen => Ok(()),
                 Ok(frame) => {
                     down.seen = frame.seq;
-                    if down.takes(&frame) {
-                        send_frame(tx, &frame, metrics).await
-                    } else {
-                        Ok(())
-                    }
+                    down.live(frame, tx, metrics).await
                 }
                 Err(RecvError::Lagged(missed)) => {
                     let held = hub.held_after(down.seen);
                     tracing::warn!(missed, resent = held.frames.len(), lost_streams = held.broken.len(), "downstream link lagged; sending what the rings still hold");
-                    down.seen = held.published;
-                    catch_up(&mut down, held, hub, tx, metrics).await
+                    down.catch_up(held, hub);
+                    Ok(())
                 }
                 Err(RecvError::Closed) => return Ended::Stopped,
             },
+            ask = asks.recv() => match ask {
+                Some(sub) => {
+                    down.subscribe(sub, hub);
+                    Ok(())
+                }
+                // The reader has ended, and its reason ends the session.
+                None => std::future::pending().await,
+            },
             _ = ping.tick() => socket::send(tx, Message::Ping(Bytes::new())).await,
+            () = std::future::ready(()), if !down.backlog.is_empty() => down.send_owed(tx, metrics).await,
         };
         if let Err(e) = written {
             return Ended::Write(e);
         }
     }
-}
-
-/// Sends a link that fell behind the feed what the rings still hold, after a gap for each stream
-/// whose ring pushed out an epoch it did not get.
-async fn catch_up<S>(
-    down: &mut Downstream,
-    held: Held,
-    hub: &Hub,
-    tx: &mut S,
-    metrics: &Metrics,
-) -> Result<(), WriteFailed>
-where
-    S: Sink<Message> + Unpin,
-    S::Error: std::fmt::Display,
-{
-    for stream in &held.broken {
-        let wanted = match &down.wants {
-            Wants::All => true,
-            Wants::Streams(streams) => streams.contains(stream),
-            Wants::Undeclared => false,
-        };
-        if let (true, Some(&have)) = (wanted, down.has.get(stream)) {
-            send_gap(tx, hub, stream, have).await?;
-        }
-    }
-    for frame in held.frames {
-        if down.takes(&frame) {
-            send_frame(tx, &frame, metrics).await?;
-        }
-    }
-    Ok(())
 }
 
 /// How long a tier may be without a live upstream before it says so to everything below it: a
@@ -776,7 +833,10 @@ mod tests {
     async fn sent_for(down: &mut Downstream, sub: Subscribe, hub: &Hub) -> Vec<String> {
         let metrics = Metrics::new("cluster");
         let (mut tx, mut rx) = futures_channel::mpsc::unbounded::<Message>();
-        down.subscribe(sub, &mut tx, hub, &metrics).await.unwrap();
+        down.subscribe(sub, hub);
+        while !down.backlog.is_empty() {
+            down.send_owed(&mut tx, &metrics).await.unwrap();
+        }
         drop(tx);
         let mut texts = Vec::new();
         while let Some(Message::Text(t)) = rx.next().await {
@@ -790,7 +850,56 @@ mod tests {
             wants: Wants::Undeclared,
             has: HashMap::new(),
             seen: 0,
+            backlog: VecDeque::new(),
+            owed: HashMap::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_newly_watched_streams_ring_goes_after_live_frames_of_the_others_and_before_its_own()
+    {
+        let hub = Hub::new(8);
+        let metrics = Metrics::new("cluster");
+        for e in 1..=8 {
+            hub.publish(frame("big", e)).unwrap();
+        }
+        hub.publish(frame("flowing", 1)).unwrap();
+        let mut down = downstream();
+        let add = |stream: &str| Subscribe {
+            add: vec![stream.into()],
+            ..Subscribe::default()
+        };
+        let (mut tx, mut rx) = futures_channel::mpsc::unbounded::<Message>();
+        down.subscribe(add("flowing"), &hub);
+        while !down.backlog.is_empty() {
+            down.send_owed(&mut tx, &metrics).await.unwrap();
+        }
+        down.subscribe(add("big"), &hub);
+        // Live frames come while big's ring is owed: flowing's goes at once, big's behind its
+        // ring.
+        for (stream, epoch) in [("flowing", 2), ("big", 9)] {
+            hub.publish(frame(stream, epoch)).unwrap();
+            let newest = hub.held_after(0).frames.last().cloned().unwrap();
+            down.live(newest, &mut tx, &metrics).await.unwrap();
+        }
+        while !down.backlog.is_empty() {
+            down.send_owed(&mut tx, &metrics).await.unwrap();
+        }
+        drop(tx);
+        let mut texts = Vec::new();
+        while let Some(Message::Text(t)) = rx.next().await {
+            texts.push(t.to_string());
+        }
+        let mut want = vec![
+            frame("flowing", 1).to_string(),
+            r#"{"type":"synced","stream":"flowing"}"#.to_string(),
+            frame("flowing", 2).to_string(),
+        ];
+        want.extend((1..=8).map(|e| frame("big", e).to_string()));
+        want.push(r#"{"type":"synced","stream":"big"}"#.to_string());
+        want.push(frame("big", 9).to_string());
+        assert_eq!(texts, want);
+        assert!(down.owed.is_empty());
     }
 
     #[tokio::test]
