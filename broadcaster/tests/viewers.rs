@@ -719,6 +719,89 @@ async fn a_hole_above_reaches_live_and_joining_viewers_as_a_gap_notice() {
     stop_all(stop, roles).await;
 }
 
+/// A flood of new stream names (a frame each, as fast as the main publisher takes them) keeps
+/// every tier within its `max_held_bytes` at every sample, while a viewer of a stream that goes
+/// on publishing gets every epoch of it, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_new_streams_keeps_every_tier_within_its_bound_and_a_watched_stream_flowing() {
+    const BOUND: usize = 1 << 20;
+    const FLOOD: u64 = 30_000;
+    let (stop, stopped) = watch::channel(false);
+    let settings = Settings {
+        retention: Retention {
+            ring_epochs: 8,
+            // Each tier's held gauges are set by its sweep, every second at this idle time.
+            idle: Duration::from_secs(4),
+            max_bytes: BOUND,
+        },
+        ..settings()
+    };
+    let (frames, main, cluster, mut roles) = upper_tiers(&settings, &stopped).await;
+    let (s0, role) = spawn_subscriber("c0-s0", cluster, settings, &stopped).await;
+    roles.push(role);
+    wait_for("the subscriber in the topology", DEADLINE, || async {
+        member(main, "c0-s0").await.map(|_| ())
+    })
+    .await;
+    let mut viewer = watch_stream(s0, "").await;
+    frames.send(frame(1).into()).await.unwrap();
+    assert_eq!(epoch_of(&text_of(next(&mut viewer).await)), 1);
+
+    let held = |addr: SocketAddr, tier: &'static str| async move {
+        let (_, metrics) = http(addr, "GET", "/metrics", "").await?;
+        sample(
+            &metrics,
+            &format!("emostream_broadcaster_held_bytes{{tier=\"{tier}\"}}"),
+        )
+    };
+    // The largest each upper tier reports while the flood lasts, sampled every 100 ms.
+    let most = Arc::new(std::sync::Mutex::new([0.0f64; 2]));
+    let (flooding, mut flood_over) = watch::channel(true);
+    let sampler = {
+        let most = Arc::clone(&most);
+        tokio::spawn(async move {
+            while *flood_over.borrow_and_update() {
+                for (i, (addr, tier)) in [(main, "main"), (cluster, "cluster")]
+                    .into_iter()
+                    .enumerate()
+                {
+                    if let Some(bytes) = held(addr, tier).await {
+                        let mut most = most.lock().unwrap();
+                        most[i] = most[i].max(bytes);
+                    }
+                }
+                let _ = timeout(Duration::from_millis(100), flood_over.changed()).await;
+            }
+        })
+    };
+    let mut epoch = 1;
+    for n in 0..FLOOD {
+        let flood = format!(
+            r#"{{"type":"epoch","stream":"flood-{n}","epoch":1,"total":1,"late":0,"emojis":[]}}"#
+        );
+        frames.send(flood.into()).await.unwrap();
+        if n % 1_000 == 999 {
+            epoch += 1;
+            frames.send(frame(epoch).into()).await.unwrap();
+        }
+    }
+    for e in 2..=epoch {
+        assert_eq!(epoch_of(&text_of(next(&mut viewer).await)), e);
+    }
+    // A sweep after the flood (every second), then the last samples.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    flooding.send_replace(false);
+    sampler.await.unwrap();
+    let most = *most.lock().unwrap();
+    eprintln!("the most main and cluster held: {most:?} bytes (bound {BOUND})");
+    for (i, tier) in ["main", "cluster"].into_iter().enumerate() {
+        // Each flood stream costs about 580 bytes: the flood was 17 MB, 16 times the bound.
+        assert!(most[i] > 0.0, "{tier} reported what it holds");
+        assert!(most[i] <= BOUND as f64, "{tier} held {} bytes", most[i]);
+    }
+    stop_all(stop, roles).await;
+}
+
 /// SSE viewers are served on the raw socket, beside hyper on the same port. A viewer resuming
 /// with `Last-Event-ID` (which wins over `since`) gets exactly the answer's head, its `retry:`,
 /// the epochs after the one it has and every live one, each event as it is and nothing between
