@@ -50,6 +50,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// (200 ms), and then some.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
 
+/// Live frames a link's writer sends in a row, at most, while a backlog is owed: a cluster
+/// carrying thousands of streams has a live frame waiting most of the time, and a newly watched
+/// stream's ring must still arrive.
+const OWED_EVERY: u32 = 16;
+
 /// [`Synced`] serialized by serde starts with its tag, so a lower tier can tell it from an epoch
 /// frame without parsing every frame twice.
 const SYNCED_PREFIX: &str = r#"{"type":"synced""#;
@@ -416,14 +421,22 @@ where
     // The lower tier's heartbeats prove it alive; these pings let it tell the same of us while
     // no frames flow.
     let mut ping = tokio::time::interval(HEARTBEAT);
+    let mut live_in_a_row = 0;
     loop {
-        // Live frames first; what subscriptions owe goes a message at a time when none waits.
+        // Live frames first; what subscriptions owe goes a message at a time when none waits,
+        // and at least one in every OWED_EVERY under a steady stream of live frames.
+        let owed_due = !down.backlog.is_empty() && live_in_a_row >= OWED_EVERY;
         let written = tokio::select! {
             biased;
+            () = std::future::ready(()), if owed_due => {
+                live_in_a_row = 0;
+                down.send_owed(tx, metrics).await
+            }
             frame = live.recv() => match frame {
                 Ok(frame) if frame.seq <= down.seen => Ok(()),
                 Ok(frame) => {
                     down.seen = frame.seq;
+                    live_in_a_row += 1;
                     down.live(frame, tx, metrics).await
                 }
                 Err(RecvError::Lagged(missed)) => {
@@ -443,7 +456,10 @@ where
                 None => std::future::pending().await,
             },
             _ = ping.tick() => socket::send(tx, Message::Ping(Bytes::new())).await,
-            () = std::future::ready(()), if !down.backlog.is_empty() => down.send_owed(tx, metrics).await,
+            () = std::future::ready(()), if !down.backlog.is_empty() => {
+                live_in_a_row = 0;
+                down.send_owed(tx, metrics).await
+            }
         };
         if let Err(e) = written {
             return Ended::Write(e);
