@@ -31,6 +31,10 @@ pub enum Error {
     NotFound,
     /// A viewer without a valid token, or a link without the shared secret.
     Unauthorized(&'static str),
+    /// `[auth]` is on and `/register` came without a valid user token.
+    Unauthenticated(String),
+    /// `[auth]` is on and `/register` names another user than the token's `sub`.
+    OtherUser,
     /// A request field that parsed but is not acceptable.
     Invalid {
         field: &'static str,
@@ -54,6 +58,8 @@ impl std::fmt::Display for Error {
             Error::Unavailable(why) => write!(f, "{why}"),
             Error::NotFound => write!(f, "not found"),
             Error::Unauthorized(why) => write!(f, "{why}"),
+            Error::Unauthenticated(why) => write!(f, "{why}"),
+            Error::OtherUser => write!(f, "the user token is for another user than user_id"),
             Error::Invalid { message, .. } => write!(f, "{message}"),
             Error::MethodNotAllowed => write!(f, "method not allowed"),
             Error::Rejected { message, .. } => write!(f, "{message}"),
@@ -113,6 +119,15 @@ impl IntoResponse for Error {
             }
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Unauthenticated(_) => {
+                let body = ErrorBody {
+                    error: self.to_string(),
+                    field: None,
+                };
+                let headers = [(header::WWW_AUTHENTICATE, "Bearer")];
+                return (StatusCode::UNAUTHORIZED, headers, Json(body)).into_response();
+            }
+            Error::OtherUser => StatusCode::FORBIDDEN,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Rejected { status, .. } => *status,

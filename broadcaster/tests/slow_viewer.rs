@@ -41,6 +41,7 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
         tokens: None,
         link_secret: None,
         page: None,
+        user_tokens: None,
         viewer_limits: ViewerLimits::new(256 * 1024, Duration::from_secs(4)),
         bundle_wait: Duration::from_millis(30),
         subscriber_threads: 0,

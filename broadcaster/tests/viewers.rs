@@ -802,6 +802,92 @@ async fn a_flood_of_new_streams_keeps_every_tier_within_its_bound_and_a_watched_
     stop_all(stop, roles).await;
 }
 
+/// With `[auth]` on, `/register` hands a viewer token only to a signed-in user, and only for
+/// themselves: no token or a forged one is 401 (`WWW-Authenticate: Bearer`), another user's
+/// `user_id` 403, the token's own user is placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_register_takes_only_a_valid_user_token_for_its_own_user() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let (stop, stopped) = watch::channel(false);
+    let auth = emostream_protocol::config::AuthConfig {
+        enabled: true,
+        hs256_secret: Some("platform-secret".into()),
+        audience: "emostream".into(),
+        ..Default::default()
+    };
+    let settings = Settings {
+        user_tokens: emostream_protocol::auth::UserTokens::from_config(&auth)
+            .unwrap()
+            .map(Arc::new),
+        ..settings()
+    };
+    let (_frames, main, cluster, mut roles) = upper_tiers(&settings, &stopped).await;
+    let (_s0, role) = spawn_subscriber("c0-s0", cluster, settings, &stopped).await;
+    roles.push(role);
+    wait_for("the subscriber in the topology", DEADLINE, || async {
+        member(main, "c0-s0").await.map(|_| ())
+    })
+    .await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let bearer = |secret: &str| {
+        let claims = serde_json::json!({"sub": "u1", "aud": "emostream", "exp": exp});
+        let jwt = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap();
+        format!("Authorization: Bearer {jwt}\r\n")
+    };
+    let register = |headers: String, user: &'static str| async move {
+        let body = format!(r#"{{"user_id":"{user}","stream":"main"}}"#);
+        let mut conn = TcpStream::connect(main).await.unwrap();
+        let request = format!(
+            "POST /register HTTP/1.1\r\nHost: main\r\nConnection: close\r\n\
+             Content-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        conn.read_to_end(&mut raw).await.unwrap();
+        emostream_testkit::http::parse(&raw).expect("an HTTP answer")
+    };
+    let missing = register(String::new(), "u1").await;
+    assert_eq!(
+        (missing.status, missing.body.as_str()),
+        (
+            401,
+            r#"{"error":"a user token is required (Authorization: Bearer)"}"#
+        )
+    );
+    assert_eq!(missing.header("www-authenticate"), Some("Bearer"));
+    let forged = register(bearer("guessed"), "u1").await;
+    assert_eq!(
+        (forged.status, forged.body.as_str()),
+        (
+            401,
+            r#"{"error":"the user token is not valid: its signature does not match"}"#
+        )
+    );
+    let other = register(bearer("platform-secret"), "u2").await;
+    assert_eq!(
+        (other.status, other.body.as_str()),
+        (
+            403,
+            r#"{"error":"the user token is for another user than user_id"}"#
+        )
+    );
+    let placed = register(bearer("platform-secret"), "u1").await;
+    assert_eq!(placed.status, 200, "{}", placed.body);
+    let assignment: Assignment = serde_json::from_str(&placed.body).unwrap();
+    assert_eq!(assignment.subscriber_name, "c0-s0");
+    stop_all(stop, roles).await;
+}
+
 /// SSE viewers are served on the raw socket, beside hyper on the same port. A viewer resuming
 /// with `Last-Event-ID` (which wins over `since`) gets exactly the answer's head, its `retry:`,
 /// the epochs after the one it has and every live one, each event as it is and nothing between

@@ -12,6 +12,8 @@ pub enum StartError {
     CorsOrigin(String),
     #[error("gateway.trusted_proxies: {0:?} is not an address or a CIDR network")]
     TrustedProxy(String),
+    #[error("{0}")]
+    Auth(String),
     #[error("creating the Kafka producer: {0}")]
     Producer(#[source] rdkafka::error::KafkaError),
     #[error("broker unreachable: {0}")]
@@ -77,6 +79,10 @@ pub enum GatewayError {
     },
     /// The client (its IP, or its IPv6 /64) already holds its share of the in-flight budget.
     ShareFull,
+    /// `[auth]` is on and the request has no valid user token.
+    Unauthenticated(String),
+    /// The token is valid, but a tap is for another user than its `sub`.
+    OtherUser { field: String },
     /// The stream is not open and `max_live_streams` are: nothing was counted.
     StreamsFull { max: usize },
     /// The stream is not open and the client opened its most new streams for now.
@@ -131,6 +137,8 @@ impl GatewayError {
             }
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::OtherUser { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -153,12 +161,14 @@ impl GatewayError {
             GatewayError::TooSlow { .. } => "too_slow",
             GatewayError::NotFound => "not_found",
             GatewayError::MethodNotAllowed => "method_not_allowed",
+            GatewayError::Unauthenticated(_) => "unauthenticated",
+            GatewayError::OtherUser { .. } => "other_user",
         }
     }
 }
 
 /// Every rejection reason, so `/metrics` can show each one from the start (at zero).
-pub const REASONS: [&str; 16] = [
+pub const REASONS: [&str; 18] = [
     "malformed",
     "too_large",
     "unsupported_media_type",
@@ -175,6 +185,8 @@ pub const REASONS: [&str; 16] = [
     "too_slow",
     "not_found",
     "method_not_allowed",
+    "unauthenticated",
+    "other_user",
 ];
 
 impl IntoResponse for GatewayError {
@@ -263,8 +275,22 @@ impl IntoResponse for GatewayError {
                 error: "method not allowed on this route".into(),
                 field: None,
             },
+            GatewayError::Unauthenticated(why) => ErrorBody {
+                error: why,
+                field: None,
+            },
+            GatewayError::OtherUser { field } => ErrorBody {
+                error: "the user token is for another user than this tap's user_id".into(),
+                field: Some(field),
+            },
         };
+        let unauthenticated = status == StatusCode::UNAUTHORIZED;
         let mut response = (status, Json(body)).into_response();
+        if unauthenticated {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(s) = retry_after_s {
             response
                 .headers_mut()

@@ -21,6 +21,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Json, Router};
+use emostream_protocol::auth::UserTokens;
 use emostream_protocol::wire::{Accepted, EmojiIn, ErrorBody, SeedAccepted, SendEmoji};
 use emostream_protocol::Config;
 use std::collections::HashMap;
@@ -71,6 +72,13 @@ enum Refused {
     /// Malformed JSON or NDJSON.
     #[response(status = 400)]
     Malformed(ErrorBody),
+    /// `[auth]` is on and the request has no valid user token (missing, malformed, forged,
+    /// expired, or for another audience); answered with `WWW-Authenticate: Bearer`.
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+    /// `[auth]` is on and a tap's `user_id` is not the token's `sub`.
+    #[response(status = 403)]
+    OtherUser(ErrorBody),
     /// The body was not read within `request_timeout_ms`, or arrived slower than
     /// `min_body_bytes_per_s` after `body_grace_ms`; nothing was handed to the producer.
     #[response(status = 408)]
@@ -101,6 +109,14 @@ enum Refused {
     Unavailable(ErrorBody),
 }
 
+/// Who sent a request: its client address (the per-client limits' key) and, with `[auth]` on,
+/// the user its token names.
+#[derive(Clone, Copy)]
+struct Sender<'a> {
+    ip: Option<IpAddr>,
+    user: Option<&'a str>,
+}
+
 /// Everything a handler needs, behind one `Arc` so cloning it per request is one increment.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -113,6 +129,8 @@ struct Inner {
     ips: RateLimiter<IpAddr>,
     ip_taps: RateLimiter<IpAddr>,
     streams: LiveStreams,
+    /// The platform's user tokens, when `[auth]` is on.
+    user_tokens: Option<UserTokens>,
     trusted: Arc<TrustedProxies>,
     request_timeout: Duration,
     body_pace: BodyPace,
@@ -145,6 +163,7 @@ impl AppState {
                 g.ip_new_streams_per_s,
                 g.ip_burst_new_streams,
             ),
+            user_tokens: UserTokens::from_config(&config.auth).map_err(StartError::Auth)?,
             trusted: Arc::new(TrustedProxies::new(&g.trusted_proxies)?),
             request_timeout: Duration::from_millis(g.request_timeout_ms),
             body_pace: BodyPace {
@@ -166,6 +185,20 @@ impl AppState {
     /// The connection cap's permits, for the listener.
     pub fn connections(&self) -> Arc<Semaphore> {
         Arc::clone(&self.0.connections)
+    }
+
+    /// The user the request's token names, when `[auth]` is on (`None` when it is off).
+    fn user(&self, headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
+        let Some(tokens) = &self.0.user_tokens else {
+            return Ok(None);
+        };
+        let authorization = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        tokens
+            .user(authorization)
+            .map(Some)
+            .map_err(|refused| GatewayError::Unauthenticated(refused.to_string()))
     }
 
     fn admit_ip(&self, ip: Option<IpAddr>) -> Result<(), GatewayError> {
@@ -204,7 +237,7 @@ impl AppState {
     /// pass. Tokens taken for a request refused later are given back.
     async fn ingest(
         &self,
-        client: Option<IpAddr>,
+        Sender { ip: client, user }: Sender<'_>,
         stream: &str,
         request_id: Option<&str>,
         taps: &[Tap<'_>],
@@ -219,6 +252,13 @@ impl AppState {
                 "user_id".into()
             }
         };
+        // With auth on, every tap is the token's user's: the per-user limits below then key on
+        // the verified id.
+        if let Some(user) = user {
+            if let Some(i) = taps.iter().position(|tap| &*tap.user_id != user) {
+                return Err(GatewayError::OtherUser { field: field(i) });
+            }
+        }
         let burst = users.burst();
         if taps.len() > burst as usize {
             let mut per_user: HashMap<&str, u32> = HashMap::new();
@@ -447,6 +487,7 @@ async fn send_emoji(
     state.admit_ip(ip)?;
     // The request whole rather than a `HeaderMap` extractor, which would clone every header.
     let (Parts { headers, .. }, body) = request.into_parts();
+    let user = state.user(&headers)?;
     if BodyFormat::from_content_type(content_type(&headers))? != BodyFormat::Json {
         return Err(GatewayError::UnsupportedMediaType);
     }
@@ -457,7 +498,10 @@ async fn send_emoji(
     let tap = parse::seed_body(&body, &state.0.rules)?;
     let Ingested(accepted) = state
         .ingest(
-            ip,
+            Sender {
+                ip,
+                user: user.as_deref(),
+            },
             DEFAULT_STREAM,
             request_id,
             std::slice::from_ref(&tap),
@@ -491,6 +535,7 @@ async fn stream_emojis(
 ) -> Result<Ingested, GatewayError> {
     state.admit_ip(ip)?;
     let (Parts { headers, .. }, body) = request.into_parts();
+    let user = state.user(&headers)?;
     // axum's own rejection (e.g. a segment that percent-decodes to invalid UTF-8) is plain
     // text: the same JSON refusal as any other bad stream id instead.
     let stream = match stream {
@@ -506,7 +551,17 @@ async fn stream_emojis(
     let taps = parse::batch_body(&body, format, &state.0.rules)?;
     let indexed = parse::is_list(&body, format);
     state
-        .ingest(ip, &stream, request_id, &taps, indexed, reserved)
+        .ingest(
+            Sender {
+                ip,
+                user: user.as_deref(),
+            },
+            &stream,
+            request_id,
+            &taps,
+            indexed,
+            reserved,
+        )
         .await
 }
 

@@ -1287,3 +1287,118 @@ async fn live_streams_are_a_bounded_set_opened_at_each_clients_rate_and_a_refusa
     streams.sort();
     assert_eq!(streams, ["a", "a", "b", "b", "c"]);
 }
+
+/// A POST of `body` (JSON) to `path` with the extra header lines `headers`.
+async fn post_with(addr: &str, path: &str, headers: &str, body: &str) -> Response {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\
+         Content-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    http::parse(&raw).expect("an HTTP answer")
+}
+
+#[tokio::test]
+async fn with_auth_on_only_a_valid_token_taps_and_only_for_its_own_user() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let kafka = Kafka::start("");
+    let mut config = kafka.config.clone();
+    config.auth = emostream_protocol::config::AuthConfig {
+        enabled: true,
+        hs256_secret: Some("platform-secret".into()),
+        leeway_s: 0,
+        ..Default::default()
+    };
+    config.auth.audience = "emostream".into();
+    let gw = Gateway::start(config).await;
+    let addr = gw.addr.clone();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |secret: &str, claims: serde_json::Value| {
+        let jwt = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap();
+        format!("Authorization: Bearer {jwt}\r\n")
+    };
+    let u1 = token(
+        "platform-secret",
+        serde_json::json!({"sub": "u1", "aud": "emostream", "exp": now + 300}),
+    );
+    let tap = |user: &str| format!(r#"{{"user_id":"{user}","emoji":"🔥"}}"#);
+    let path = "/v1/streams/main/emojis";
+    let unauthenticated = |r: &Response, why: &str| {
+        assert_eq!((r.status, r.body.as_str()), (401, why), "{r:?}");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    };
+    unauthenticated(
+        &post_with(&addr, path, "", &tap("u1")).await,
+        r#"{"error":"a user token is required (Authorization: Bearer)"}"#,
+    );
+    let expired = token(
+        "platform-secret",
+        serde_json::json!({"sub": "u1", "aud": "emostream", "exp": now - 5}),
+    );
+    unauthenticated(
+        &post_with(&addr, path, &expired, &tap("u1")).await,
+        r#"{"error":"the user token is not valid: expired"}"#,
+    );
+    let forged = token(
+        "guessed",
+        serde_json::json!({"sub": "u1", "aud": "emostream", "exp": now + 300}),
+    );
+    unauthenticated(
+        &post_with(&addr, path, &forged, &tap("u1")).await,
+        r#"{"error":"the user token is not valid: its signature does not match"}"#,
+    );
+    let elsewhere = token(
+        "platform-secret",
+        serde_json::json!({"sub": "u1", "aud": "another-app", "exp": now + 300}),
+    );
+    unauthenticated(
+        &post_with(&addr, path, &elsewhere, &tap("u1")).await,
+        r#"{"error":"the user token is not valid: for another audience"}"#,
+    );
+    // Another user's id in the body, alone or in a batch.
+    let other = post_with(&addr, path, &u1, &tap("u2")).await;
+    assert_eq!(
+        (other.status, other.body.as_str()),
+        (
+            403,
+            r#"{"error":"the user token is for another user than this tap's user_id","field":"user_id"}"#
+        )
+    );
+    let batch = format!("[{},{}]", tap("u1"), tap("u2"));
+    let other = post_with(&addr, path, &u1, &batch).await;
+    assert_eq!(other.status, 403);
+    assert!(
+        other.body.contains(r#""field":"items[1].user_id""#),
+        "{}",
+        other.body
+    );
+    // The token's own user: taken, on both routes.
+    assert_eq!(
+        accepted(&post_with(&addr, path, &u1, &tap("u1")).await).accepted,
+        1
+    );
+    let seed = r#"{"user_id":"u1","emoji_type":"🔥","timestamp":1764540000}"#;
+    let seed = post_with(&addr, "/send_emoji", &u1, seed).await;
+    assert_eq!(seed.status, 200, "{}", seed.body);
+    gw.stop().await;
+    let users: Vec<String> = kafka
+        .events()
+        .await
+        .into_iter()
+        .map(|(_, user, ..)| user)
+        .collect();
+    assert_eq!(users, ["u1", "u1"]);
+}

@@ -23,6 +23,47 @@ pub struct Config {
     pub broadcaster: BroadcasterConfig,
     #[serde(default)]
     pub dev_broker: DevBrokerConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: who a client is. Off by default, so the seed clients, the load tools and a local
+/// run work without tokens. On, the gateway's ingest routes and the main publisher's
+/// `/register` take only requests with the platform's signed user token (a JWT in
+/// `Authorization: Bearer`), whose `sub` is the user: a tap for another user is refused (403),
+/// and the per-user limits key on the verified id.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The platform's shared secret, for HS256 tokens; or …
+    #[serde(default)]
+    pub hs256_secret: Option<String>,
+    /// … a JWKS file (RFC 7517) of the platform's public keys, for RS256 and EdDSA tokens,
+    /// chosen by the token's `kid`.
+    #[serde(default)]
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// The `aud` a token must carry.
+    #[serde(default = "AuthConfig::audience")]
+    pub audience: String,
+    /// The `iss` a token must carry, if set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[serde(default = "AuthConfig::leeway_s")]
+    pub leeway_s: u64,
+}
+
+impl AuthConfig {
+    fn audience() -> String {
+        "emostream".into()
+    }
+
+    /// A minute: phones' clocks drift.
+    const fn leeway_s() -> u64 {
+        60
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -752,6 +793,13 @@ impl Config {
         }
         if g.max_connections == 0 {
             return bad("gateway.max_connections must be at least 1");
+        }
+        let a = &self.auth;
+        if a.enabled && a.hs256_secret.is_some() == a.jwks_file.is_some() {
+            return bad("auth.enabled needs exactly one of auth.hs256_secret and auth.jwks_file");
+        }
+        if a.hs256_secret.as_deref() == Some("") {
+            return bad("auth.hs256_secret is empty");
         }
         if g.max_live_streams == 0 || g.stream_idle_s == 0 {
             return bad("gateway.max_live_streams and gateway.stream_idle_s must be at least 1");

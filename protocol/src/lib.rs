@@ -11,7 +11,10 @@
 //! - [`synthetic`]: the frames of an epoch (epoch and trend frames) the fan-out benchmark and its
 //!   floor both send.
 //! - [`shutdown`] (feature `signal`): one future that resolves on Ctrl-C or SIGTERM.
+//! - [`auth`] (feature `auth`): the platform's user tokens (JWT), verified.
 
+#[cfg(feature = "auth")]
+pub mod auth;
 pub mod config;
 pub mod epoch;
 pub mod kafka;

@@ -13,9 +13,10 @@ use crate::tiers::{link_routes, LinkState};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::Utf8Bytes;
 use axum::extract::State;
-use axum::http::{header, Method};
+use axum::http::{header, HeaderMap, Method};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use emostream_protocol::auth::UserTokens;
 use emostream_protocol::wire::{
     Admission, Assignment, LinkUp, Member, Register, TopologyCluster, TopologyView,
 };
@@ -52,6 +53,7 @@ pub async fn main_publisher(
         roster: Arc::clone(&roster),
         recent: Mutex::default(),
         tokens: settings.tokens.clone(),
+        user_tokens: settings.user_tokens.clone(),
     });
     let link = LinkState {
         hub,
@@ -125,6 +127,8 @@ struct Placement {
     recent: Mutex<Recent>,
     /// Signs viewer tokens when viewer auth is on.
     tokens: Option<TokenKey>,
+    /// The platform's user tokens, required to register when `[auth]` is on.
+    user_tokens: Option<Arc<UserTokens>>,
 }
 
 /// Viewer counts reach the main publisher a heartbeat or two late, so a burst of registrations
@@ -257,8 +261,24 @@ fn live_clusters(roster: &Roster) -> Vec<TopologyCluster> {
 
 async fn register(
     State(placement): State<Arc<Placement>>,
+    headers: HeaderMap,
     body: Result<Json<Register>, JsonRejection>,
 ) -> Result<Json<Admission>, Error> {
+    // With `[auth]` on, only the platform's signed-in users get a viewer token, and only for
+    // themselves.
+    let verified = match &placement.user_tokens {
+        Some(tokens) => {
+            let authorization = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            Some(
+                tokens
+                    .user(authorization)
+                    .map_err(|refused| Error::Unauthenticated(refused.to_string()))?,
+            )
+        }
+        None => None,
+    };
     // Placement is by stream and load; who asks does not change where they go, only whose
     // token it is.
     let Json(Register {
@@ -266,6 +286,9 @@ async fn register(
         group_id: _,
         stream,
     }) = body?;
+    if verified.as_ref().is_some_and(|user| *user != user_id) {
+        return Err(Error::OtherUser);
+    }
     let stream = stream.unwrap_or_else(|| DEFAULT_STREAM.to_owned());
     if !emostream_protocol::wire::is_stream_id(&stream) {
         return Err(Error::Invalid {
@@ -340,6 +363,7 @@ mod tests {
             roster,
             recent: Mutex::default(),
             tokens: None,
+            user_tokens: None,
         }
     }
 

@@ -14,6 +14,7 @@ use crate::server::{bind, Accepting};
 use crate::sources::kafka::FrameSource;
 use crate::sources::synthetic::Synthetic;
 use crate::viewers::outlet::ViewerLimits;
+use emostream_protocol::auth::UserTokens;
 use emostream_protocol::config::BroadcasterConfig;
 use emostream_protocol::Config;
 use emostream_web::Page;
@@ -89,6 +90,8 @@ pub struct Settings {
     /// The services the viewer page served by subscribers talks to: the gateway it posts taps
     /// to, the main publisher it registers with; `None`: subscribers serve no page.
     pub page: Option<Page>,
+    /// The platform's user tokens `/register` requires, when `[auth]` is on.
+    pub user_tokens: Option<Arc<UserTokens>>,
     /// Viewers a subscriber holds at most (already cut to its descriptor limit).
     pub max_viewers: usize,
     /// Distinct streams a subscriber's viewers may watch at once.
@@ -153,6 +156,7 @@ impl Settings {
             bundle_wait: Duration::from_millis(*bundle_wait_ms),
             subscriber_threads: *subscriber_threads,
             page: None,
+            user_tokens: None,
             max_viewers,
             max_streams: *max_streams,
             header_read_timeout: Duration::from_millis(*header_read_timeout_ms),
@@ -198,6 +202,9 @@ pub async fn run(
             gateway: format!("http://{}", config.gateway.listen),
             main: Some(format!("http://{}", broadcaster.main)),
         }),
+        user_tokens: UserTokens::from_config(&config.auth)
+            .map_err(Error::Role)?
+            .map(Arc::new),
         ..Settings::from_config(broadcaster, crate::server::raise_descriptor_limit())
     };
     match role {

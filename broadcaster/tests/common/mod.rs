@@ -130,6 +130,7 @@ pub fn settings(ring_epochs: usize) -> Settings {
         tokens: None,
         link_secret: None,
         page: None,
+        user_tokens: None,
         viewer_limits: ViewerLimits::new(64 * 1024, Duration::from_secs(4)),
         bundle_wait: Duration::from_millis(30),
         subscriber_threads: 0,
