@@ -170,7 +170,7 @@ async fn frames_flow_through_every_tier_exactly_once() {
         "{assignment:?}"
     );
     let both_idle = format!(
-        r#"{{"viewers":0,"clusters":[{{"name":"c0","viewers":0,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":0,"room":1000}},{{"name":"c0-s1","url":"ws://{s1}","viewers":0,"room":1000}}]}}]}}"#
+        r#"{{"viewers":0,"clusters":[{{"name":"c0","viewers":0,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":0,"room":1000,"stream_room":64}},{{"name":"c0-s1","url":"ws://{s1}","viewers":0,"room":1000,"stream_room":64}}]}}]}}"#
     );
     wait_for("both subscribers in the topology", DEADLINE, || async {
         (http(main, "GET", "/v1/topology", "")
@@ -215,9 +215,10 @@ async fn frames_flow_through_every_tier_exactly_once() {
         assert_eq!(next_text(viewer).await, frame("main", 13));
     }
 
-    // s0 holds three viewers and s1 one, so s1 is the least loaded once the counts arrive.
+    // s0 holds three viewers (of two streams) and s1 one, so s1 is the least loaded once the
+    // counts arrive.
     let loaded = format!(
-        r#"{{"viewers":4,"clusters":[{{"name":"c0","viewers":4,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":3,"room":997}},{{"name":"c0-s1","url":"ws://{s1}","viewers":1,"room":999}}]}}]}}"#
+        r#"{{"viewers":4,"clusters":[{{"name":"c0","viewers":4,"subscribers":[{{"name":"c0-s0","url":"ws://{s0}","viewers":3,"room":997,"stream_room":62}},{{"name":"c0-s1","url":"ws://{s1}","viewers":1,"room":999,"stream_room":63}}]}}]}}"#
     );
     wait_for("the viewer counts in the topology", DEADLINE, || async {
         (http(main, "GET", "/v1/topology", "")
