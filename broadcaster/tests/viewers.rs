@@ -156,6 +156,18 @@ where
     }
 }
 
+/// Reads `viewer` until its Close, which must be 1012 for a lost upstream; how long after
+/// `lost_at` it came.
+async fn closed_for_lost_upstream(viewer: &mut Viewer, lost_at: Instant) -> Duration {
+    let close = match next(viewer).await {
+        Message::Close(Some(close)) => close,
+        other => panic!("nothing flows without an upstream; expected a Close, got {other:?}"),
+    };
+    assert_eq!(close.code, CloseCode::Restart);
+    assert_eq!(close.reason.as_str(), "upstream lost; register again");
+    lost_at.elapsed()
+}
+
 fn epoch_of(text: &str) -> u64 {
     let value: serde_json::Value = serde_json::from_str(text).unwrap();
     assert_eq!(value["type"], "epoch", "only epochs expected: {text}");
@@ -488,13 +500,7 @@ async fn viewers_are_told_of_gaps_and_of_a_lost_upstream() {
         .expect("the cluster stops in time")
         .unwrap()
         .unwrap();
-    let close = match next(&mut viewer).await {
-        Message::Close(Some(close)) => close,
-        other => panic!("nothing flows without an upstream; expected a Close, got {other:?}"),
-    };
-    let closed_after = lost_at.elapsed();
-    assert_eq!(close.code, CloseCode::Restart);
-    assert_eq!(close.reason.as_str(), "upstream lost; register again");
+    let closed_after = closed_for_lost_upstream(&mut viewer, lost_at).await;
     // 5 s after the last heartbeat went up, which was at most 1 s before the cluster left.
     assert!(
         closed_after >= Duration::from_secs(4),
@@ -593,13 +599,7 @@ async fn a_cluster_cut_from_main_tells_its_subscribers_and_their_viewers() {
         .unwrap()
         .unwrap();
     // `next` waits DEADLINE (20 s) at most, past the bound.
-    let close = match next(&mut viewer).await {
-        Message::Close(Some(close)) => close,
-        other => panic!("nothing flows without an upstream; expected a Close, got {other:?}"),
-    };
-    let closed_after = lost_at.elapsed();
-    assert_eq!(close.code, CloseCode::Restart);
-    assert_eq!(close.reason.as_str(), "upstream lost; register again");
+    let closed_after = closed_for_lost_upstream(&mut viewer, lost_at).await;
     // Two hops of UPSTREAM_LOST_AFTER (5 s) after heartbeats at most 1 s old, at most the spread
     // (5 s) and a heartbeat more; the main publisher said goodbye, so no silence is waited out.
     assert!(

@@ -848,12 +848,25 @@ mod tests {
     /// Collects what the upper end sends for `sub` into a channel.
     async fn sent_for(down: &mut Downstream, sub: Subscribe, hub: &Hub) -> Vec<String> {
         let metrics = Metrics::new("cluster");
-        let (mut tx, mut rx) = futures_channel::mpsc::unbounded::<Message>();
+        let (mut tx, rx) = futures_channel::mpsc::unbounded::<Message>();
         down.subscribe(sub, hub);
-        while !down.backlog.is_empty() {
-            down.send_owed(&mut tx, &metrics).await.unwrap();
-        }
+        send_all_owed(down, &mut tx, &metrics).await;
         drop(tx);
+        texts(rx).await
+    }
+
+    async fn send_all_owed(
+        down: &mut Downstream,
+        tx: &mut futures_channel::mpsc::UnboundedSender<Message>,
+        metrics: &Metrics,
+    ) {
+        while !down.backlog.is_empty() {
+            down.send_owed(tx, metrics).await.unwrap();
+        }
+    }
+
+    /// Every text message sent, once the sender is gone.
+    async fn texts(mut rx: futures_channel::mpsc::UnboundedReceiver<Message>) -> Vec<String> {
         let mut texts = Vec::new();
         while let Some(Message::Text(t)) = rx.next().await {
             texts.push(t.to_string());
@@ -885,11 +898,9 @@ mod tests {
             add: vec![stream.into()],
             ..Subscribe::default()
         };
-        let (mut tx, mut rx) = futures_channel::mpsc::unbounded::<Message>();
+        let (mut tx, rx) = futures_channel::mpsc::unbounded::<Message>();
         down.subscribe(add("flowing"), &hub);
-        while !down.backlog.is_empty() {
-            down.send_owed(&mut tx, &metrics).await.unwrap();
-        }
+        send_all_owed(&mut down, &mut tx, &metrics).await;
         down.subscribe(add("big"), &hub);
         // Live frames come while big's ring is owed: flowing's goes at once, big's behind its
         // ring.
@@ -898,14 +909,9 @@ mod tests {
             let newest = hub.held_after(0).frames.last().cloned().unwrap();
             down.live(newest, &mut tx, &metrics).await.unwrap();
         }
-        while !down.backlog.is_empty() {
-            down.send_owed(&mut tx, &metrics).await.unwrap();
-        }
+        send_all_owed(&mut down, &mut tx, &metrics).await;
         drop(tx);
-        let mut texts = Vec::new();
-        while let Some(Message::Text(t)) = rx.next().await {
-            texts.push(t.to_string());
-        }
+        let texts = texts(rx).await;
         let mut want = vec![
             frame("flowing", 1).to_string(),
             r#"{"type":"synced","stream":"flowing"}"#.to_string(),
