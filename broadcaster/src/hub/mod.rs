@@ -159,6 +159,9 @@ struct StreamState {
     latest: [Option<Frame>; 3],
     /// Viewers of this process watching (or about to watch) this stream.
     watchers: usize,
+    /// Links to lower tiers that asked for this stream by name (a cluster publisher's
+    /// subscribers): it is watched below, so it is not forgotten here either.
+    wanted_below: usize,
     /// The tier above has sent its whole ring of this stream since it was last subscribed.
     synced: bool,
     /// The publication number of the newest frame pushed out of the ring: a reader of the feed
@@ -180,6 +183,7 @@ impl StreamState {
             evicted: None,
             latest: Default::default(),
             watchers: 0,
+            wanted_below: 0,
             synced: false,
             evicted_seq: 0,
             last_frame: Instant::now(),
@@ -190,6 +194,11 @@ impl StreamState {
 
     fn cost(&self) -> usize {
         self.bytes + STREAM_OVERHEAD_BYTES
+    }
+
+    /// Nobody here or below asked for it: it may be forgotten.
+    fn unwatched(&self) -> bool {
+        self.watchers == 0 && self.wanted_below == 0
     }
 }
 
@@ -442,7 +451,7 @@ impl Hub {
         let target = self.retention.max_bytes - self.retention.max_bytes / 10;
         let mut quiet: Vec<(Instant, Arc<str>)> = streams
             .iter()
-            .filter(|(name, s)| s.watchers == 0 && &***name != keep && &***name != ALL_STREAMS)
+            .filter(|(name, s)| s.unwatched() && &***name != keep && &***name != ALL_STREAMS)
             .map(|(name, s)| (s.last_frame, Arc::clone(name)))
             .collect();
         quiet.sort_unstable();
@@ -470,7 +479,7 @@ impl Hub {
         let mut streams = self.lock();
         let gone: Vec<Arc<str>> = streams
             .iter()
-            .filter(|(_, s)| s.watchers == 0 && s.last_frame.elapsed() >= idle)
+            .filter(|(_, s)| s.unwatched() && s.last_frame.elapsed() >= idle)
             .map(|(name, _)| Arc::clone(name))
             .collect();
         for name in &gone {
@@ -505,6 +514,18 @@ impl Hub {
         })
     }
 
+    /// A lower tier's link asks for `stream` by name: it is not forgotten here until the
+    /// returned guard is dropped (the link drops the stream, or closes).
+    pub fn want_below(self: &Arc<Self>, stream: &str) -> WantedBelow {
+        let mut streams = self.lock();
+        let (name, state) = streams.state(stream);
+        state.wanted_below += 1;
+        WantedBelow {
+            hub: Arc::clone(self),
+            stream: name,
+        }
+    }
+
     /// How many streams this process's viewers watch.
     pub fn watched(&self) -> usize {
         self.lock().values().filter(|s| s.watchers > 0).count()
@@ -522,11 +543,16 @@ impl Hub {
         // Frames stop coming once the tier above hears of this; a later watcher must wait for
         // the ring again.
         state.synced = false;
-        if state.ring.is_empty() && state.latest.iter().all(Option::is_none) {
-            // Nothing published and nobody watching: made-up stream names leave nothing behind.
-            streams.forget(stream);
-        }
+        forget_if_empty(&mut streams, stream);
         self.update_wanted(&streams);
+    }
+
+    fn unwant_below(&self, stream: &str) {
+        let mut streams = self.lock();
+        if let Some(state) = streams.get_mut(stream) {
+            state.wanted_below -= 1;
+            forget_if_empty(&mut streams, stream);
+        }
     }
 
     fn update_wanted(&self, streams: &HashMap<Arc<str>, StreamState>) {
@@ -743,6 +769,29 @@ fn popular(streams: &HashMap<Arc<str>, StreamState>) -> Option<Frame> {
         .trend_slot()
         .expect("popular is a trend frame");
     streams.get(ALL_STREAMS)?.latest[slot].clone()
+}
+
+/// A stream a lower tier's link asks for; dropping it lets the stream be forgotten again.
+pub struct WantedBelow {
+    hub: Arc<Hub>,
+    stream: Arc<str>,
+}
+
+impl Drop for WantedBelow {
+    fn drop(&mut self) {
+        self.hub.unwant_below(&self.stream);
+    }
+}
+
+/// Forgets `stream` if nothing was published of it and nobody here or below wants it: made-up
+/// stream names leave nothing behind.
+fn forget_if_empty(streams: &mut Streams, stream: &str) {
+    if streams
+        .get(stream)
+        .is_some_and(|s| s.unwatched() && s.ring.is_empty() && s.latest.iter().all(Option::is_none))
+    {
+        streams.forget(stream);
+    }
 }
 
 /// A stream watched by one viewer; dropping it stops watching.
@@ -1123,6 +1172,27 @@ mod tests {
         assert_eq!(join(&hub, "quiet", Some(3)).gap, None);
         drop(watched);
         assert_eq!(hub.forget_idle(), 2);
+        assert_eq!(hub.held(), (0, 0));
+    }
+
+    #[test]
+    fn a_stream_a_lower_tier_asked_for_is_not_forgotten_until_it_lets_go() {
+        let hub = Arc::new(Hub::with_retention(Retention {
+            ring_epochs: 2,
+            idle: Duration::ZERO,
+            max_bytes: usize::MAX,
+        }));
+        hub.publish(frame("asked", 1)).unwrap();
+        hub.publish(frame("other", 1)).unwrap();
+        let asked = hub.want_below("asked");
+        let made_up = hub.want_below("made-up");
+        assert_eq!(hub.forget_idle(), 1);
+        assert_eq!(names(&hub), ["asked", "made-up"]);
+        // Let go of: a stream with frames waits for the idle sweep, a made-up name goes at once.
+        drop(made_up);
+        assert_eq!(names(&hub), ["asked"]);
+        drop(asked);
+        assert_eq!(hub.forget_idle(), 1);
         assert_eq!(hub.held(), (0, 0));
     }
 

@@ -17,7 +17,7 @@
 //! long the whole backlog takes.
 
 use crate::auth;
-use crate::hub::{Frame, Held, Hub};
+use crate::hub::{Frame, Held, Hub, WantedBelow};
 use crate::metrics::{Conn, Metrics};
 use crate::server::socket::{self, going_away, WriteFailed};
 use crate::server::tasks::Stop;
@@ -100,6 +100,8 @@ struct Downstream {
     backlog: VecDeque<Owed>,
     /// How many of `backlog`'s messages are of each stream.
     owed: HashMap<Arc<str>, usize>,
+    /// The streams a subscriber asked for, each held against this tier forgetting it.
+    held: HashMap<Arc<str>, WantedBelow>,
 }
 
 /// A message owed to the lower tier.
@@ -141,7 +143,7 @@ impl Downstream {
     }
 
     /// Applies a subscription, queueing what it makes this link lack.
-    fn subscribe(&mut self, sub: Subscribe, hub: &Hub) {
+    fn subscribe(&mut self, sub: Subscribe, hub: &Arc<Hub>) {
         let Subscribe {
             all,
             add,
@@ -171,9 +173,15 @@ impl Downstream {
         for stream in &remove {
             streams.remove(stream.as_str());
             self.has.remove(stream.as_str());
+            self.held.remove(stream.as_str());
         }
         let added: Vec<Arc<str>> = add.iter().map(|s| Arc::from(s.as_str())).collect();
         streams.extend(added.iter().cloned());
+        for stream in &added {
+            self.held
+                .entry(Arc::clone(stream))
+                .or_insert_with(|| hub.want_below(stream));
+        }
         for stream in added {
             let after = have.get(&*stream).copied();
             match after {
@@ -293,7 +301,7 @@ impl Downstream {
 /// reported is forgotten when this returns.
 pub async fn serve_downstream(
     socket: WebSocket,
-    hub: &Hub,
+    hub: &Arc<Hub>,
     roster: &Roster,
     metrics: &Metrics,
     mut stop: Stop,
@@ -321,7 +329,7 @@ where
 async fn downstream_session(
     socket: WebSocket,
     link: LinkId,
-    hub: &Hub,
+    hub: &Arc<Hub>,
     roster: &Roster,
     metrics: &Metrics,
     stop: &mut Stop,
@@ -404,7 +412,7 @@ async fn write_downstream<S>(
     mut live: broadcast::Receiver<Frame>,
     seen: u64,
     mut asks: mpsc::UnboundedReceiver<Subscribe>,
-    hub: &Hub,
+    hub: &Arc<Hub>,
     metrics: &Metrics,
 ) -> Ended
 where
@@ -417,6 +425,7 @@ where
         seen,
         backlog: VecDeque::new(),
         owed: HashMap::new(),
+        held: HashMap::new(),
     };
     // The lower tier's heartbeats prove it alive; these pings let it tell the same of us while
     // no frames flow.
@@ -830,7 +839,7 @@ mod tests {
 
     #[test]
     fn subscriptions_go_up_as_changes_with_the_epochs_held() {
-        let hub = Hub::new(4);
+        let hub = Arc::new(Hub::new(4));
         hub.publish(frame("a", 5)).unwrap();
         hub.publish(frame("b", 9)).unwrap();
         assert_eq!(delta(&set(&["a"]), &set(&["a"]), &hub), None);
@@ -846,7 +855,7 @@ mod tests {
     }
 
     /// Collects what the upper end sends for `sub` into a channel.
-    async fn sent_for(down: &mut Downstream, sub: Subscribe, hub: &Hub) -> Vec<String> {
+    async fn sent_for(down: &mut Downstream, sub: Subscribe, hub: &Arc<Hub>) -> Vec<String> {
         let metrics = Metrics::new("cluster");
         let (mut tx, rx) = futures_channel::mpsc::unbounded::<Message>();
         down.subscribe(sub, hub);
@@ -881,13 +890,14 @@ mod tests {
             seen: 0,
             backlog: VecDeque::new(),
             owed: HashMap::new(),
+            held: HashMap::new(),
         }
     }
 
     #[tokio::test]
     async fn a_newly_watched_streams_ring_goes_after_live_frames_of_the_others_and_before_its_own()
     {
-        let hub = Hub::new(8);
+        let hub = Arc::new(Hub::new(8));
         let metrics = Metrics::new("cluster");
         for e in 1..=8 {
             hub.publish(frame("big", e)).unwrap();
@@ -926,7 +936,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_what_the_lower_tier_lacks_goes_down_and_never_twice() {
-        let hub = Hub::new(8);
+        let hub = Arc::new(Hub::new(8));
         for e in 1..=4 {
             hub.publish(frame("a", e)).unwrap();
             hub.publish(frame("b", e + 10)).unwrap();
