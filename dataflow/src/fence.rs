@@ -26,7 +26,7 @@ use timely::scheduling::SyncActivator;
 
 /// The exit status of a process whose cluster lost the progress chain to another cluster:
 /// `run_workers.sh` stops instead of restarting it.
-pub const EXIT_FENCED: i32 = 3;
+pub const EXIT_FENCED: i32 = emostream_protocol::exit::FENCED;
 
 /// How long the broker may take to show the records up to the cluster's own (which it has
 /// acknowledged already). The gate stays closed meanwhile, which is safe for any length: this

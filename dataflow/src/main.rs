@@ -1,17 +1,21 @@
 //! `emostream-dataflow`: one process of the timely cluster.
 //!
 //! ```text
-//! emostream-dataflow --config cluster.toml -n 4 -p 0 -w 1 -h hostfile   # process 0 of 4
-//! emostream-dataflow --config cluster.toml --print-hostfile              # the hostfile lines
+//! emostream-dataflow --config cluster.toml -n 4 -p 0 -w 1   # process 0 of 4, dataflow.processes
+//! emostream-dataflow --config cluster.toml -n 4 -p 0 -h hostfile   # line i of hostfile: process i
+//! emostream-dataflow --config cluster.toml --print-hostfile      # the hostfile lines
 //! ```
+//! It exits 2 on a failure a restart may mend, and with `emostream_protocol::exit`'s statuses
+//! when a restart cannot: 3 fenced by another cluster, 78 a configuration that cannot work.
 //! Timely's own flags (`-n`, `-p`, `-w`, `-h`, `-r`, `-z`, `--progress-mode`, `--idle-spin`) keep
 //! the names and meanings of timely's getopts parser; clap reads them and timely's configuration
 //! is built from the values.
 
 use clap::Parser;
-use emostream_dataflow::links;
 use emostream_dataflow::metrics::{self, Metrics};
+use emostream_dataflow::{links, Error};
 use emostream_protocol::config::ConfigArg;
+use emostream_protocol::exit;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -66,9 +70,9 @@ struct TimelyArgs {
 }
 
 impl TimelyArgs {
-    /// Timely's configuration, as its own `Config::from_matches` builds it; without `-h` the
-    /// addresses are the configuration's `dataflow.processes`, which is what the hostfile of
-    /// `run_workers.sh` holds.
+    /// Timely's configuration, as its own `Config::from_matches` builds it; without `-h` (as
+    /// `run_workers.sh` and the systemd unit start it) the addresses are the first `-n` of the
+    /// configuration's `dataflow.processes`.
     fn timely_config(&self, config: &emostream_protocol::Config) -> Result<timely::Config, String> {
         let threads = self.threads.unwrap_or(config.dataflow.threads);
         let communication = if self.processes > 1 {
@@ -128,21 +132,42 @@ fn main() {
         report(info);
         std::process::abort();
     }));
-    if let Err(e) = run(cli) {
+    // A configuration that cannot work exits with exit::CONFIG, so that no supervisor restarts
+    // it into the same error; any other failure exits 2 and is restarted.
+    let config = cli.config.load().unwrap_or_else(|e| {
+        eprintln!("emostream-dataflow: {e}");
+        std::process::exit(exit::CONFIG);
+    });
+    if cli.print_hostfile {
+        for process in &config.dataflow.processes {
+            println!("{process}");
+        }
+        return;
+    }
+    let timely_config = cli.timely.timely_config(&config).unwrap_or_else(|e| {
+        eprintln!("emostream-dataflow: {e}");
+        std::process::exit(exit::CONFIG);
+    });
+    if let Err(e) = run(&cli, config, timely_config) {
         eprintln!("emostream-dataflow: {e}");
         std::process::exit(2);
     }
 }
 
-fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let config = cli.config.load().map_err(|e| e.to_string())?;
-    if cli.print_hostfile {
-        for process in &config.dataflow.processes {
-            println!("{process}");
-        }
-        return Ok(());
+/// The exit status of a worker that failed with `e`: a configuration the brokers or the
+/// recorded epochs contradict fails the same way after any restart.
+fn worker_exit_status(e: &Error) -> i32 {
+    match e {
+        Error::Partitions { .. } | Error::SettingChanged { .. } => exit::CONFIG,
+        _ => 2,
     }
-    let timely_config = cli.timely.timely_config(&config)?;
+}
+
+fn run(
+    cli: &Cli,
+    config: emostream_protocol::Config,
+    timely_config: timely::Config,
+) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(point) = emostream_dataflow::crash::arm_from_env()? {
         tracing::warn!(point, "crash point armed (EMOSTREAM_CRASH_AT)");
     }
@@ -185,7 +210,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             // Not at the join: the other threads may wait on this one forever (a check only
             // worker 0 makes, an exchange with a worker that is gone).
             eprintln!("emostream-dataflow: worker {index}: {e}");
-            std::process::exit(2);
+            std::process::exit(worker_exit_status(&e));
         }
     })?;
     for result in guards.join() {
