@@ -3,7 +3,6 @@
 //! ```text
 //! emostream-dataflow --config cluster.toml -n 4 -p 0 -w 1   # process 0 of 4, dataflow.processes
 //! emostream-dataflow --config cluster.toml -n 4 -p 0 -h hostfile   # line i of hostfile: process i
-//! emostream-dataflow --config cluster.toml --print-hostfile      # the hostfile lines
 //! ```
 //! It exits 2 on a failure a restart may mend, and with `emostream_protocol::exit`'s statuses
 //! when a restart cannot: 3 fenced by another cluster, 78 a configuration that cannot work.
@@ -30,9 +29,6 @@ use timely::{CommunicationConfig, WorkerConfig};
 struct Cli {
     #[command(flatten)]
     config: ConfigArg,
-    /// Print timely's hostfile (dataflow.processes, one per line) and exit.
-    #[arg(long)]
-    print_hostfile: bool,
     #[command(flatten)]
     timely: TimelyArgs,
     /// Print help (`-h` is timely's hostfile).
@@ -138,12 +134,6 @@ fn main() {
         eprintln!("emostream-dataflow: {e}");
         std::process::exit(exit::CONFIG);
     });
-    if cli.print_hostfile {
-        for process in &config.dataflow.processes {
-            println!("{process}");
-        }
-        return;
-    }
     let timely_config = cli.timely.timely_config(&config).unwrap_or_else(|e| {
         eprintln!("emostream-dataflow: {e}");
         std::process::exit(exit::CONFIG);
