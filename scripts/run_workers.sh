@@ -8,6 +8,8 @@
 #   scripts/run_workers.sh -n 4 -p 2,3     # processes 2 and 3 (this host's share)
 #   scripts/run_workers.sh -n 2 -w 2 -c other.toml
 set -euo pipefail
-bin=${EMOSTREAM_BIN_DIR:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
-[[ -x $bin/emostream-supervisor ]] || { echo "no $bin/emostream-supervisor: build it first (cargo build --release --bins)" >&2; exit 2; }
-exec "$bin/emostream-supervisor" --dataflow "$bin/emostream-dataflow" "$@"
+# The supervisor runs the emostream-dataflow of the same folder, EMOSTREAM_BIN_DIR if set.
+export EMOSTREAM_BIN_DIR=${EMOSTREAM_BIN_DIR:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
+bin=$EMOSTREAM_BIN_DIR/emostream-supervisor
+[[ -x $bin ]] || { echo "no $bin: build it first (cargo build --release --bins)" >&2; exit 2; }
+exec "$bin" "$@"

@@ -22,9 +22,9 @@ pub struct Args {
     pub only: Vec<usize>,
     #[command(flatten)]
     pub config: ConfigArg,
-    /// The dataflow binary [default: emostream-dataflow beside this one]. The last one given
-    /// counts: run_workers.sh names the one beside it, a test may name a stand-in after it.
-    #[arg(long, value_name = "PATH", overrides_with = "dataflow")]
+    /// The dataflow binary [default: emostream-dataflow in $EMOSTREAM_BIN_DIR, as
+    /// run_workers.sh and the tests set it, else beside this binary].
+    #[arg(long, value_name = "PATH")]
     pub dataflow: Option<PathBuf>,
 }
 
@@ -78,9 +78,13 @@ impl Plan {
                 "no process of the first {processes} runs on this host; use -p"
             ));
         }
-        let dataflow = match dataflow {
-            Some(path) => path,
-            None => std::env::current_exe()
+        // Through the environment rather than a flag from run_workers.sh: the supervisor's
+        // command line must not name emostream-dataflow, which is how the tests and up.sh
+        // find the dataflow processes among all processes.
+        let dataflow = match (dataflow, std::env::var_os("EMOSTREAM_BIN_DIR")) {
+            (Some(path), _) => path,
+            (None, Some(dir)) => PathBuf::from(dir).join("emostream-dataflow"),
+            (None, None) => std::env::current_exe()
                 .map_err(|e| format!("where this binary is: {e}"))?
                 .with_file_name("emostream-dataflow"),
         };
