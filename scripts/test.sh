@@ -4,11 +4,13 @@
 # reused afterwards), checks formatting and clippy, builds every target (benches included; the
 # end-to-end tests start the binaries as real processes), checks the deployment files of deploy/
 # and up.sh's failure and stop paths, fuzzes the gateway's body parser and the subscriber's
-# WebSocket frame reader briefly, then runs the whole workspace's tests and prints the time it took.
+# WebSocket frame reader briefly, then runs the whole workspace's tests with cargo nextest (unit
+# and in-process tests in parallel, system tests one at a time: .config/nextest.toml) and prints
+# the time it took.
 #
 #   scripts/test.sh                      # everything
-#   scripts/test.sh -p emostream-e2e --test broker_restart   # one test target (cargo test args;
-#                                                            # no fuzz run then)
+#   scripts/test.sh -p emostream-e2e --test broker_restart   # one test target (cargo nextest run
+#                                                            # args; no fuzz run then)
 #
 # The whole run is bounded by TEST_TIMEOUT (default 50 minutes; a run with the caches warm takes
 # about 19 on 2 cores).
@@ -34,6 +36,14 @@ scripts/install_build_deps.sh
 step "broker: Nisshi 0.8.1 (built once per machine into ~/.cache/emostream, then reused)"
 scripts/broker.sh install
 
+# cargo-nextest, built once into the per-user cache like cargo-fuzz (fuzz.sh) and the broker.
+NEXTEST_VERSION=0.9.143
+cache="${EMOSTREAM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/emostream}"
+nextest="$cache/cargo-nextest-$NEXTEST_VERSION/bin/cargo-nextest"
+step "cargo-nextest $NEXTEST_VERSION (built once per machine into $cache, then reused)"
+[[ -x $nextest ]] || cargo install --locked --quiet cargo-nextest --version "$NEXTEST_VERSION" \
+  --root "$cache/cargo-nextest-$NEXTEST_VERSION"
+
 step "browser test dependencies: Debian's chromium, an emoji font, node + playwright-core (once)"
 scripts/install_browser_deps.sh
 
@@ -57,12 +67,12 @@ if (($# == 0)); then
   scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 fi
 
-step "running the tests"
-# One test binary at a time: each end-to-end test starts a broker, a timely cluster and a
-# broadcaster topology of its own, and two of them at once would share two cores.
+step "running the tests: unit and in-process tests in parallel, system tests one at a time"
+# Each system test starts a broker, a timely cluster and a broadcaster topology of its own, and
+# two at once would share two cores: .config/nextest.toml puts them in a group of one thread.
 which=(--workspace)
 (($#)) && which=("$@")
 status=0
-cargo test --locked "${which[@]}" -- --test-threads=1 || status=$?
+"$nextest" nextest run --locked "${which[@]}" || status=$?
 step "done in $(((SECONDS - started) / 60)) min $(((SECONDS - started) % 60)) s (exit $status)"
 exit "$status"
