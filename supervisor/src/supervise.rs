@@ -54,8 +54,7 @@ pub async fn run(
         let started = Instant::now();
         let mut workers = Vec::with_capacity(plan.mine.len());
         for &index in &plan.mine {
-            let child = spawn(plan, index);
-            let child = match child {
+            let child = match spawn(plan, index) {
                 Ok(child) => child,
                 Err(e) => {
                     stop(workers).await;
@@ -78,8 +77,9 @@ pub async fn run(
             }
             exited = first_exit(&mut workers) => exited,
         };
-        let others = stop(workers).await;
+        // How long the cluster ran, not counting the stop of the others.
         let ran = started.elapsed();
+        let others = stop(workers).await;
         // A fenced or misconfigured process may not be the first to exit (its peers' links
         // reset as it goes): its status decides, whichever process exited first.
         let telling = [exit::FENCED, exit::CONFIG];
