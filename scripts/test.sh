@@ -56,6 +56,17 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 step "building every target: the binaries the end-to-end tests run, the tests, benches and examples"
 cargo build --locked --workspace --all-targets
 
+# The oldest Rust the workspace says it builds with (Cargo.toml's rust-version, the README's
+# "stable ≥"), checked with that release itself: installed once with rustup, its check kept in a
+# target folder in the cache, so only a first run pays for every dependency (about 7 CPU
+# minutes; a later one about 10 CPU seconds). Not when running one test, like the fuzz run.
+msrv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
+if (($# == 0)); then
+  step "minimum Rust version: cargo +$msrv check of every target (toolchain and check cached)"
+  rustup run "$msrv" rustc --version >/dev/null 2>&1 || rustup toolchain install "$msrv" --profile minimal
+  CARGO_TARGET_DIR="$cache/msrv-target" cargo "+$msrv" check --locked --workspace --all-targets
+fi
+
 step "deployment files: systemd units (systemd-analyze verify), Kubernetes manifests (offline schemas)"
 scripts/check_deploy.sh
 
