@@ -14,7 +14,7 @@ use emostream_testkit::broker::minimal_config_with;
 use emostream_testkit::procfs::pids_with;
 use emostream_testkit::{wait_until, workers, Broker, Process, Scratch};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -244,5 +244,73 @@ async fn sigterm_stops_the_processes_and_so_does_the_supervisors_death() {
             async move { gone }
         })
         .await;
+    }
+}
+
+/// The `SigIgn` and `SigCgt` masks of `/proc/PID/status`: the signals a process ignores and
+/// those it has handlers for (bit `n - 1` for signal `n`).
+fn signal_masks(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (mask("SigIgn:"), mask("SigCgt:"))
+}
+
+/// A script's background job starts with SIGINT ignored, and so the terminal's Ctrl-C to the
+/// whole group is its script's to handle (up.sh sends SIGTERM in its own order): the supervisor
+/// keeps SIGINT ignored then, and stops on it otherwise.
+#[tokio::test]
+async fn sigint_stops_it_unless_it_started_ignoring_sigint() {
+    let bit = |signal: i32| 1u64 << (signal - 1);
+    for ignored in [false, true] {
+        let dir = Scratch::new("supervisor-sigint");
+        let config = valid_config(&dir);
+        let (sleeper, seconds) = sleeper(&dir, 100 + i32::from(ignored));
+        let mut command = workers::command(1, &config);
+        command.arg("--dataflow").arg(&sleeper);
+        if ignored {
+            // SAFETY: signal(2) is async-signal-safe; the child only changes its own state.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::signal(libc::SIGINT, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
+        let mut supervisor =
+            Process::spawn("supervisor", &mut command, &dir.join("supervisor.log"));
+        let pid = supervisor.pid();
+        wait_until(
+            "the supervisor to handle SIGTERM and run its process",
+            WITHIN,
+            || {
+                let ready = signal_masks(pid).1 & bit(libc::SIGTERM) != 0
+                    && pids_with(&["sleep", &seconds]).len() == 1;
+                async move { ready }
+            },
+        )
+        .await;
+        let (ignoring, catching) = signal_masks(pid);
+        assert_eq!(
+            (
+                ignoring & bit(libc::SIGINT) != 0,
+                catching & bit(libc::SIGINT) != 0
+            ),
+            (ignored, !ignored),
+            "SIGINT ignored at start: {ignored}"
+        );
+        let stop = if ignored { libc::SIGTERM } else { libc::SIGINT };
+        let status = supervisor.signal_and_wait(stop);
+        assert_eq!(status.code(), Some(0), "{}", log(&dir));
+        assert!(
+            log(&dir).ends_with("run_workers: stopping\n"),
+            "{}",
+            log(&dir)
+        );
     }
 }
