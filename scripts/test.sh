@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # README command 2: runs every test on a fresh machine that has the Rust toolchain.
-# Installs the build prerequisites and the broker once (the broker into ~/.cache/emostream,
+# Installs the build prerequisites, the broker and cargo-nextest once (into ~/.cache/emostream,
 # reused afterwards), checks formatting and clippy, builds every target (benches included; the
-# end-to-end tests start the binaries as real processes), checks the deployment files of deploy/
-# and up.sh's failure and stop paths, fuzzes the gateway's body parser and the subscriber's
-# WebSocket frame reader briefly, then runs the whole workspace's tests with cargo nextest (unit
-# and in-process tests in parallel, system tests one at a time: .config/nextest.toml) and prints
-# the time it took.
+# end-to-end tests start the binaries as real processes), checks that the minimum Rust version
+# builds the workspace, checks the deployment files of deploy/ and up.sh's failure and stop
+# paths, fuzzes the gateway's body parser and the subscriber's WebSocket frame reader briefly,
+# then runs the whole workspace's tests with cargo nextest (unit and in-process tests in
+# parallel, system tests one at a time: .config/nextest.toml) and prints the time it took.
 #
 #   scripts/test.sh                      # everything
 #   scripts/test.sh -p emostream-e2e --test broker_restart   # one test target (cargo nextest run
-#                                                            # args; no fuzz run then)
+#                                                            # args; no fuzz run or version check)
 #
-# The whole run is bounded by TEST_TIMEOUT (default 50 minutes; a run with the caches warm takes
-# about 19 on 2 cores).
+# The whole run is bounded by TEST_TIMEOUT (default 50 minutes; with the caches warm it took
+# about 19 on 2 cores when the tests ran under cargo test one at a time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
