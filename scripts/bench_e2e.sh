@@ -20,7 +20,7 @@ ulimit -Hn "$(cat /proc/sys/fs/nr_open)" 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
 
 echo "==> building (release)" >&2
-cargo build --release --locked -p emostream-gateway -p emostream-dataflow -p emostream-broadcaster \
+cargo build --release --locked -p emostream-gateway -p emostream-dataflow -p emostream-supervisor -p emostream-broadcaster \
     -p emostream-protocol -p emostream-tools -p emostream-e2e --bins
 scripts/broker.sh install
 

@@ -41,9 +41,6 @@ if binary == "emostream-config":
     sys.exit(0)
 
 if binary == "emostream-dataflow":
-    if "--print-hostfile" in args:
-        print("\n".join(config["dataflow"]["processes"]))
-        sys.exit(0)
     tier, listen = "dataflow", None
 elif binary == "emostream-gateway":
     tier, listen = "gateway", config["gateway"]["listen"]

@@ -1,12 +1,8 @@
 //! Every way a dataflow worker fails to start, and how a delivery fails once it runs.
 
+use emostream_protocol::exit;
 use rdkafka::error::KafkaError;
 use std::time::Duration;
-
-/// The exit status of a process that refuses to start because restarting cannot help: the
-/// cluster's memory is lost or can be, or events it needs are deleted. `run_workers.sh` stops
-/// instead of restarting it, and the message says what an operator must do.
-pub const EXIT_REFUSED: i32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -103,13 +99,16 @@ pub enum Error {
 }
 
 impl Error {
-    /// The process's exit status for this error: [`EXIT_REFUSED`] when a restart cannot help,
-    /// 2 (restart) otherwise.
+    /// The process's exit status for this error, which its supervisor reads: when a restart
+    /// cannot help, [`exit::REFUSED`] (the cluster's memory is lost or can be, or events it needs
+    /// are deleted) or [`exit::CONFIG`] (a configuration the brokers or the recorded epochs
+    /// contradict); 2 (restart) otherwise.
     pub fn exit_status(&self) -> i32 {
         match self {
             Error::ProgressRetention { .. }
             | Error::ProgressLost { .. }
-            | Error::EventsDeleted { .. } => EXIT_REFUSED,
+            | Error::EventsDeleted { .. } => exit::REFUSED,
+            Error::Partitions { .. } | Error::SettingChanged { .. } => exit::CONFIG,
             _ => 2,
         }
     }

@@ -36,7 +36,7 @@ use timely::scheduling::SyncActivator;
 
 /// The exit status of a process whose cluster lost the progress chain to another cluster:
 /// `run_workers.sh` stops instead of restarting it.
-pub const EXIT_FENCED: i32 = 3;
+pub const EXIT_FENCED: i32 = emostream_protocol::exit::FENCED;
 
 /// The exit status of a process whose record lost to its own predecessor's ghost: the
 /// supervisor restarts it (any status but 3 and 4), and the next run resumes from the ghost.

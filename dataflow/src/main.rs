@@ -1,9 +1,13 @@
 //! `emostream-dataflow`: one process of the timely cluster.
 //!
 //! ```text
-//! emostream-dataflow --config cluster.toml -n 4 -p 0 -w 1 -h hostfile   # process 0 of 4
-//! emostream-dataflow --config cluster.toml --print-hostfile              # the hostfile lines
+//! emostream-dataflow --config cluster.toml -n 4 -p 0 -w 1   # process 0 of 4, dataflow.processes
+//! emostream-dataflow --config cluster.toml -n 4 -p 0 -h hostfile   # line i of hostfile: process i
 //! ```
+//! It exits 2 on a failure a restart may mend, and with `emostream_protocol::exit`'s statuses
+//! when a restart cannot: 3 fenced by another cluster, 4 refused (its memory is lost or can
+//! be), 78 a configuration that cannot work; 75 when it lost to its predecessor's late record
+//! (restart it).
 //! Timely's own flags (`-n`, `-p`, `-w`, `-h`, `-r`, `-z`, `--progress-mode`, `--idle-spin`) keep
 //! the names and meanings of timely's getopts parser; clap reads them and timely's configuration
 //! is built from the values.
@@ -12,6 +16,7 @@ use clap::Parser;
 use emostream_dataflow::links;
 use emostream_dataflow::metrics::{self, Metrics};
 use emostream_protocol::config::ConfigArg;
+use emostream_protocol::exit;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -26,9 +31,6 @@ use timely::{CommunicationConfig, WorkerConfig};
 struct Cli {
     #[command(flatten)]
     config: ConfigArg,
-    /// Print timely's hostfile (dataflow.processes, one per line) and exit.
-    #[arg(long)]
-    print_hostfile: bool,
     #[command(flatten)]
     timely: TimelyArgs,
     /// Print help (`-h` is timely's hostfile).
@@ -66,9 +68,9 @@ struct TimelyArgs {
 }
 
 impl TimelyArgs {
-    /// Timely's configuration, as its own `Config::from_matches` builds it; without `-h` the
-    /// addresses are the configuration's `dataflow.processes`, which is what the hostfile of
-    /// `run_workers.sh` holds.
+    /// Timely's configuration, as its own `Config::from_matches` builds it; without `-h` (as
+    /// `run_workers.sh` and the systemd unit start it) the addresses are the first `-n` of the
+    /// configuration's `dataflow.processes`.
     fn timely_config(&self, config: &emostream_protocol::Config) -> Result<timely::Config, String> {
         let threads = self.threads.unwrap_or(config.dataflow.threads);
         let communication = if self.processes > 1 {
@@ -128,21 +130,27 @@ fn main() {
         report(info);
         std::process::abort();
     }));
-    if let Err(e) = run(cli) {
+    // A configuration that cannot work exits with exit::CONFIG, so that no supervisor restarts
+    // it into the same error; any other failure exits 2 and is restarted.
+    let config = cli.config.load().unwrap_or_else(|e| {
+        eprintln!("emostream-dataflow: {e}");
+        std::process::exit(exit::CONFIG);
+    });
+    let timely_config = cli.timely.timely_config(&config).unwrap_or_else(|e| {
+        eprintln!("emostream-dataflow: {e}");
+        std::process::exit(exit::CONFIG);
+    });
+    if let Err(e) = run(&cli, config, timely_config) {
         eprintln!("emostream-dataflow: {e}");
         std::process::exit(2);
     }
 }
 
-fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let config = cli.config.load().map_err(|e| e.to_string())?;
-    if cli.print_hostfile {
-        for process in &config.dataflow.processes {
-            println!("{process}");
-        }
-        return Ok(());
-    }
-    let timely_config = cli.timely.timely_config(&config)?;
+fn run(
+    cli: &Cli,
+    config: emostream_protocol::Config,
+    timely_config: timely::Config,
+) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(point) = emostream_dataflow::crash::arm_from_env()? {
         tracing::warn!(point, "crash point armed (EMOSTREAM_CRASH_AT)");
     }

@@ -9,7 +9,7 @@
 //! - every events partition still holds the records from its resume offset on
 //!   ([`check_events_retained`]).
 //!
-//! A failed check is a refusal ([`crate::error::EXIT_REFUSED`]): restarting cannot fix it, an
+//! A failed check is a refusal ([`emostream_protocol::exit::REFUSED`]): restarting cannot fix it, an
 //! operator must. Like recovery, this runs on the main thread before the dataflow is built.
 
 use crate::error::Error;

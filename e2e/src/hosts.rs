@@ -1,6 +1,7 @@
 //! A timely cluster across network hosts of its own (testkit's `netns`): the broker on host
 //! `kafka`, dataflow process `i` on host `w{i}` under its own `run_workers.sh -p i`, as separate
-//! machines would run them, and a load produced straight to `emoji-events` from `kafka` (no
+//! machines would run them (or several processes per host, each host's `run_workers.sh -n N`
+//! finding its own by their addresses), and a load produced straight to `emoji-events` from `kafka` (no
 //! gateway: the hosts' links are what the tests cut). Every address is inside a namespace of its
 //! own, so fixed ports never clash. Needs root and `ip` (`scripts/install_build_deps.sh`).
 
@@ -30,6 +31,8 @@ pub struct HostCluster {
     pub config: PathBuf,
     pub kafka: Host,
     pub workers: Vec<Host>,
+    /// Processes on each host: process `i` runs on host `w{i / per_host}`.
+    per_host: usize,
     /// Declared before the broker, the folder and the namespaces: dropped (killed) first.
     supervisors: Vec<Option<Process>>,
     /// Held for its drop, which stops the broker.
@@ -65,14 +68,22 @@ impl Drop for NsBroker {
 }
 
 impl HostCluster {
-    /// Hosts, broker and topics, and `processes` supervisors, one per host, each started.
+    /// Hosts, broker and topics, and `processes` supervisors, one per host, each started
+    /// with `-p i`.
     pub fn start(name: &str, processes: usize, window_ms: u64) -> HostCluster {
+        Self::start_on(name, processes, 1, window_ms)
+    }
+
+    /// `hosts` hosts with `per_host` processes each (ports 2101, 2102, …), and one supervisor
+    /// per host, each started; with more than one process per host the supervisors get no
+    /// `-p`, and each starts the processes whose addresses are its host's.
+    pub fn start_on(name: &str, hosts: usize, per_host: usize, window_ms: u64) -> HostCluster {
         let labels: Vec<String> = std::iter::once("kafka".to_string())
-            .chain((0..processes).map(|i| format!("w{i}")))
+            .chain((0..hosts).map(|i| format!("w{i}")))
             .collect();
         let net = Net::new(&labels.iter().map(String::as_str).collect::<Vec<_>>());
         let kafka = net.host("kafka").clone();
-        let workers: Vec<Host> = (0..processes)
+        let workers: Vec<Host> = (0..hosts)
             .map(|i| net.host(&format!("w{i}")).clone())
             .collect();
         let dir = Scratch::new(name);
@@ -80,7 +91,9 @@ impl HostCluster {
         let on_each = |port: u16| {
             workers
                 .iter()
-                .map(|w| format!("\"{}:{port}\"", w.addr()))
+                .flat_map(|w| {
+                    (0..per_host as u16).map(move |j| format!("\"{}:{}\"", w.addr(), port + j))
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -117,24 +130,30 @@ impl HostCluster {
             config,
             kafka,
             workers,
-            supervisors: (0..processes).map(|_| None).collect(),
+            per_host,
+            supervisors: (0..hosts).map(|_| None).collect(),
             _broker: broker,
             dir,
             _net: net,
         };
-        for i in 0..processes {
+        for i in 0..hosts {
             cluster.start_supervisor(i);
         }
         cluster
     }
 
-    /// `run_workers.sh -p i` on host `w{i}` (again, after it stopped); its log is `w{i}.log`,
-    /// appended to by every start.
+    /// The supervisor of host `w{i}` (again, after it stopped): `run_workers.sh -p i` with one
+    /// process per host, else `run_workers.sh -n N` alone; its log is `w{i}-<ms>.log`, one per
+    /// start.
     pub fn start_supervisor(&mut self, i: usize) {
         let host = &self.workers[i];
         let mut command = host.command(repo_root().join("scripts/run_workers.sh"));
+        let processes = self.workers.len() * self.per_host;
+        command.args(["-n", &processes.to_string()]);
+        if self.per_host == 1 {
+            command.args(["-p", &i.to_string()]);
+        }
         command
-            .args(["-n", &self.workers.len().to_string(), "-p", &i.to_string()])
             .arg("-c")
             .arg(&self.config)
             .env("EMOSTREAM_BIN_DIR", bin_dir());

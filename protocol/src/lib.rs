@@ -4,6 +4,7 @@
 //! - [`config`]: `cluster.toml` as typed structs, with environment overrides.
 //! - [`kafka`]: the librdkafka settings of every Kafka client the tiers build.
 //! - [`epoch`]: the 2-second epoch grid and the per-1000 reduction rule.
+//! - [`exit`]: the dataflow's exit statuses that tell its supervisors not to restart it.
 //! - [`progress`]: the dataflow's recovery record on the progress topic.
 //! - [`trends`]: the trend frames (trending, sentiment, popular) on `emoji-trends`.
 //! - [`websocket`]: WebSocket opcodes and the server's frame encoding, for viewers' sockets.
@@ -17,6 +18,7 @@
 pub mod auth;
 pub mod config;
 pub mod epoch;
+pub mod exit;
 pub mod kafka;
 pub mod progress;
 #[cfg(feature = "signal")]
