@@ -108,7 +108,7 @@ async fn refused_restart(system: &mut System) -> String {
     let log = system.log("workers.2");
     assert_eq!(status.code(), Some(4), "the supervisor's status:\n{log}");
     assert!(
-        log.contains("run_workers: the cluster refused to start"),
+        log.contains("refused to start (its error above says why and how to recover); stopping, not restarting"),
         "the supervisor says why it stopped:\n{log}"
     );
     assert_eq!(

@@ -93,20 +93,19 @@ fn a_configuration_error_is_reported_once_and_nothing_starts() {
     assert_eq!(String::from_utf8(output.stdout).unwrap(), "");
 }
 
-/// The real dataflow process against a real broker: worker 0 of two finds that the progress
-/// topic (pointed at the epochs topic) has two partitions where the configuration needs one.
+/// The real dataflow process against a real broker: worker 0 of two finds that the epochs
+/// topic has two partitions where the configuration (overridden) says three.
 /// The bash supervisor restarted into that error every second, forever.
 #[test]
 fn a_configuration_the_brokers_contradict_stops_the_cluster_once() {
     let dir = Scratch::new("supervisor-contradicted");
-    let (broker, config) = Broker::start(dir.path(), |address| {
+    let (broker, _) = Broker::start(dir.path(), |address| {
         minimal_config_with(address, "events_partitions = 2", "")
     });
     let mut command = workers::command(1, broker.config_path());
-    command.args(["-w", "2"]).env(
-        "EMOSTREAM_KAFKA__PROGRESS_TOPIC",
-        &config.kafka.epochs_topic,
-    );
+    command
+        .args(["-w", "2"])
+        .env("EMOSTREAM_KAFKA__EPOCHS_PARTITIONS", "3");
     let mut supervisor = Process::spawn("supervisor", &mut command, &dir.join("supervisor.log"));
     let status = supervisor.wait_until(Instant::now() + WITHIN);
     let log = log(&dir);
@@ -120,7 +119,7 @@ fn a_configuration_the_brokers_contradict_stops_the_cluster_once() {
     assert_eq!(
         count(
             "emostream-dataflow: worker 0: topic emoji-epochs has 2 partitions on the brokers; \
-             the configuration needs 1"
+             the configuration needs 3"
         ),
         1,
         "{log}"
