@@ -12,8 +12,8 @@
 #   scripts/test.sh -p emostream-e2e --test broker_restart   # one test target (cargo nextest run
 #                                                            # args; no fuzz run or version check)
 #
-# The whole run is bounded by TEST_TIMEOUT (default 50 minutes; with the caches warm it took
-# about 19 on 2 cores when the tests ran under cargo test one at a time).
+# The whole run is bounded by TEST_TIMEOUT (default 50 minutes; with the caches warm a fresh
+# clone took 25 on 2 cores, 2026-12-07).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
