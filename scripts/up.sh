@@ -155,8 +155,14 @@ say "    viewer page    http://${subscriber_urls[0]}/   (tap emojis, watch the s
 # its own worker processes, so "workers" exiting means the supervisor gave up, e.g. fenced: 3).
 died="" status=0
 wait -n -p died "${pids[@]}" || status=$?
+# Exit 4: the workers refused to start (their log says why); on this development broker the
+# usual cause is data in .run/broker from before the progress topic kept every record.
+refused="the dataflow refused to start (its log below says why); if .run/broker holds data from an older checkout, start over with: rm -rf .run/broker && scripts/up.sh"
 for i in "${!pids[@]}"; do
-  [[ ${pids[i]} == "$died" ]] && fail "${names[i]}" "${names[i]} (pid $died) exited with status $status while running; stopping everything"
+  if [[ ${pids[i]} == "$died" ]]; then
+    [[ ${names[i]} == workers && $status == 4 ]] && say "up.sh: $refused"
+    fail "${names[i]}" "${names[i]} (pid $died) exited with status $status while running; stopping everything"
+  fi
 done
 say "up.sh: wait ended ($status) with no tier gone; stopping everything"
 exit 1
