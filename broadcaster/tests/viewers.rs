@@ -788,8 +788,16 @@ async fn a_flood_of_new_streams_keeps_every_tier_within_its_bound_and_a_watched_
     for e in 2..=epoch {
         assert_eq!(epoch_of(&text_of(next(&mut viewer).await)), e);
     }
-    // A sweep after the flood (every second), then the last samples.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Sampling goes on until each tier's sweep (every second) has reported what it holds.
+    wait_for(
+        "both upper tiers to report what they hold",
+        DEADLINE,
+        || async {
+            let most = *most.lock().unwrap();
+            (most[0] > 0.0 && most[1] > 0.0).then_some(())
+        },
+    )
+    .await;
     flooding.send_replace(false);
     sampler.await.unwrap();
     let most = *most.lock().unwrap();

@@ -251,6 +251,11 @@ impl std::ops::DerefMut for Streams {
 }
 
 impl Streams {
+    /// How many streams this process's viewers watch.
+    fn watched(&self) -> usize {
+        self.values().filter(|s| s.watchers > 0).count()
+    }
+
     /// `stream`'s name as held, and its state, made if it has none.
     fn state(&mut self, stream: &str) -> (Arc<str>, &mut StreamState) {
         let name = match self.map.get_key_value(stream) {
@@ -500,7 +505,7 @@ impl Hub {
     pub fn watch(self: &Arc<Self>, stream: &str, max_streams: usize) -> Option<Watching> {
         let mut streams = self.lock();
         let watched = streams.get(stream).is_some_and(|s| s.watchers > 0);
-        if !watched && streams.values().filter(|s| s.watchers > 0).count() >= max_streams {
+        if !watched && streams.watched() >= max_streams {
             return None;
         }
         let (_, state) = streams.state(stream);
@@ -528,7 +533,7 @@ impl Hub {
 
     /// How many streams this process's viewers watch.
     pub fn watched(&self) -> usize {
-        self.lock().values().filter(|s| s.watchers > 0).count()
+        self.lock().watched()
     }
 
     fn unwatch(&self, stream: &str) {

@@ -74,13 +74,11 @@ enum Wants {
 }
 
 impl Wants {
-    fn includes(&self, frame: &Frame) -> bool {
+    fn includes(&self, stream: &str) -> bool {
         match self {
             Wants::Undeclared => false,
             Wants::All => true,
-            Wants::Streams(streams) => {
-                streams.contains(&frame.stream) || &*frame.stream == ALL_STREAMS
-            }
+            Wants::Streams(streams) => streams.contains(stream) || stream == ALL_STREAMS,
         }
     }
 }
@@ -126,7 +124,7 @@ impl Owed {
 impl Downstream {
     /// Whether `frame` goes down this link; if so, it counts as had from now on.
     fn takes(&mut self, frame: &Frame) -> bool {
-        if !self.wants.includes(frame) {
+        if !self.wants.includes(&frame.stream) {
             return false;
         }
         if frame.ring {
@@ -278,12 +276,7 @@ impl Downstream {
     /// a gap for each stream whose ring pushed out an epoch this link did not get.
     fn catch_up(&mut self, held: Held, hub: &Hub) {
         for stream in &held.broken {
-            let wanted = match &self.wants {
-                Wants::All => true,
-                Wants::Streams(streams) => streams.contains(stream),
-                Wants::Undeclared => false,
-            };
-            if let (true, Some(&have)) = (wanted, self.has.get(stream)) {
+            if let (true, Some(&have)) = (self.wants.includes(stream), self.has.get(stream)) {
                 self.owe_gap(hub, Arc::clone(stream), have);
             }
         }
