@@ -12,15 +12,17 @@
 //! - [`trace`]: known traces of taps, the ground truth built from the gateway's replies, and the
 //!   exact comparison of published epochs against it.
 //! - [`viewer`]: a WebSocket viewer recording every frame with its arrival time.
+//! - [`taps`]: the benchmarks' open-loop tap driver.
 //! - [`hosts`]: a timely cluster across network namespaces ("hosts") with the broker on its own,
 //!   for the tests that cut links or stop one host at a time.
 
 pub mod hosts;
+pub mod taps;
 pub mod trace;
 pub mod viewer;
 
 use emostream_protocol::Config;
-use emostream_testkit::{binary, free_port, http, topic, wait_for, wait_until, workers};
+use emostream_testkit::{binary, free_port, http, procfs, topic, wait_for, wait_until, workers};
 use emostream_testkit::{Broker, Process, Scratch};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
@@ -44,6 +46,9 @@ pub struct Topology {
     /// Extra environment of the worker supervisors (and so of every dataflow process they
     /// start), e.g. a crash point.
     pub worker_env: Vec<(&'static str, String)>,
+    /// Extra settings, as (section, TOML lines) added to that section of the configuration
+    /// file: `("gateway", "stream_idle_s = 30".into())`.
+    pub settings: Vec<(&'static str, String)>,
 }
 
 impl Default for Topology {
@@ -58,6 +63,7 @@ impl Default for Topology {
             allowed_lateness_ms: 1000,
             clusters: vec![1],
             worker_env: Vec::new(),
+            settings: Vec::new(),
         }
     }
 }
@@ -209,6 +215,34 @@ impl System {
             .collect()
     }
 
+    /// Waits until the main publisher's `/v1/topology` lists every subscriber: before that,
+    /// `/register` places viewers on the subscribers it knows so far only.
+    pub async fn topology_complete(&self, deadline: Duration) {
+        let main = self.config.broadcaster.main.clone();
+        let want = self.subscribers().len();
+        wait_until(
+            "every subscriber in the main publisher's topology",
+            deadline,
+            || {
+                let main = main.clone();
+                async move {
+                    let Ok(r) = http::get(&main, "/v1/topology").await else {
+                        return false;
+                    };
+                    serde_json::from_str::<emostream_protocol::wire::TopologyView>(&r.body)
+                        .is_ok_and(|t| {
+                            t.clusters
+                                .iter()
+                                .map(|c| c.subscribers.len())
+                                .sum::<usize>()
+                                == want
+                        })
+                }
+            },
+        )
+        .await;
+    }
+
     /// The configuration file every process of this system reads.
     pub fn config_path(&self) -> &std::path::Path {
         &self.config_path
@@ -240,6 +274,22 @@ impl System {
     /// The pids of this system's running dataflow processes (children of the supervisors).
     pub fn dataflow_pids(&self) -> Vec<u32> {
         workers::pids(&self.config_path)
+    }
+
+    /// Each running process's resident memory in KiB, by name: the dataflow processes as
+    /// `dataflow-<pid>` in place of their supervisors.
+    pub fn resident_kib(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = (self.processes.iter())
+            .filter(|p| !p.name().starts_with("workers"))
+            .filter_map(|p| Some((p.name().to_string(), p.rss_kib()?)))
+            .collect();
+        let mut dataflow = self.dataflow_pids();
+        dataflow.sort_unstable();
+        out.extend(
+            (dataflow.into_iter())
+                .filter_map(|pid| Some((format!("dataflow-{pid}"), procfs::rss_kib(pid)?))),
+        );
+        out
     }
 
     /// SIGTERM to every process (the broadcaster side first), then waits up to 15 s for each;
@@ -342,6 +392,14 @@ main = "127.0.0.1:{main}"
         metrics = metrics.join(", "),
         main = free_port(),
     );
+    for (section, lines) in &t.settings {
+        let header = format!("[{section}]\n");
+        let at = text
+            .find(&header)
+            .unwrap_or_else(|| panic!("no [{section}] in the test configuration"))
+            + header.len();
+        text.insert_str(at, &format!("{lines}\n"));
+    }
     for (i, subscribers) in t.clusters.iter().enumerate() {
         let subs: Vec<String> = (0..*subscribers)
             .map(|_| format!("\"127.0.0.1:{}\"", free_port()))

@@ -9,17 +9,10 @@
 //! (send → epoch end) convolved with its viewers' reads (epoch end → read), in 1 ms buckets, so
 //! no pair is left out and none is sampled.
 
+pub use emostream_e2e::taps::Tap;
 use emostream_testkit::bucket_percentile;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-
-/// One acknowledged tap request.
-#[derive(Debug, Clone, Copy)]
-pub struct Tap {
-    pub send_ms: u64,
-    pub taps: u64,
-    pub epoch: u64,
-}
 
 /// The bench stream's frame of one epoch as the tool's consumer read it off `emoji-epochs`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -29,10 +22,10 @@ pub struct Published {
     pub late: u64,
 }
 
-/// A swarm's `--epoch-reads` file.
+/// A swarm's `--epoch-reads` file: per stream, per epoch.
 #[derive(Debug, Default, Deserialize)]
 pub struct EpochReads {
-    pub epochs: BTreeMap<u64, EpochRead>,
+    pub streams: BTreeMap<String, BTreeMap<u64, EpochRead>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -45,16 +38,22 @@ pub struct EpochRead {
 
 impl EpochReads {
     pub fn add(&mut self, other: EpochReads) {
-        for (epoch, read) in other.epochs {
-            let into = self.epochs.entry(epoch).or_default();
-            into.end_ms = read.end_ms;
-            into.read_ms.extend(read.read_ms);
-            for (total, late, n) in read.counts {
-                match into.counts.iter_mut().find(|c| (c.0, c.1) == (total, late)) {
-                    Some(c) => c.2 += n,
-                    None => into.counts.push((total, late, n)),
-                }
+        for (stream, epochs) in other.streams {
+            let mine = self.streams.entry(stream).or_default();
+            for (epoch, read) in epochs {
+                add_read(mine.entry(epoch).or_default(), read);
             }
+        }
+    }
+}
+
+fn add_read(into: &mut EpochRead, read: EpochRead) {
+    into.end_ms = read.end_ms;
+    into.read_ms.extend(read.read_ms);
+    for (total, late, n) in read.counts {
+        match into.counts.iter_mut().find(|c| (c.0, c.1) == (total, late)) {
+            Some(c) => c.2 += n,
+            None => into.counts.push((total, late, n)),
         }
     }
 }
@@ -148,7 +147,7 @@ pub fn compute(
     taps: &[Tap],
     window_ms: u64,
     published: &BTreeMap<u64, Published>,
-    reads: &EpochReads,
+    reads: &BTreeMap<u64, EpochRead>,
     viewers: u64,
 ) -> Figures {
     let mut figures = Figures::default();
@@ -185,7 +184,7 @@ pub fn compute(
                 .mismatches
                 .push(format!("epoch {epoch}: no frame on emoji-epochs")),
         }
-        let read = reads.epochs.get(&epoch);
+        let read = reads.get(&epoch);
         for &read_ms in read.map_or(&[][..], |r| &r.read_ms) {
             row.end_to_read.add(read_ms.saturating_sub(end_ms), 1);
             figures.end_to_read.add(read_ms.saturating_sub(end_ms), 1);
@@ -236,11 +235,13 @@ mod tests {
         // Epoch 5 ends at 12,000. Taps: 1 sent at 10,500 (wait 1,500), 2 at 11,900 (wait 100).
         let taps = [
             Tap {
+                stream: 0,
                 send_ms: 10_500,
                 taps: 1,
                 epoch: 5,
             },
             Tap {
+                stream: 0,
                 send_ms: 11_900,
                 taps: 2,
                 epoch: 5,
@@ -255,16 +256,14 @@ mod tests {
             },
         )]);
         // Two viewers read it at 12,500 and 12,700.
-        let reads = EpochReads {
-            epochs: BTreeMap::from([(
-                5,
-                EpochRead {
-                    end_ms: 12_000,
-                    read_ms: vec![12_500, 12_700],
-                    counts: vec![(3, 0, 2)],
-                },
-            )]),
-        };
+        let reads = BTreeMap::from([(
+            5,
+            EpochRead {
+                end_ms: 12_000,
+                read_ms: vec![12_500, 12_700],
+                counts: vec![(3, 0, 2)],
+            },
+        )]);
         let f = compute(&taps, 2000, &published, &reads, 2);
         assert!(f.mismatches.is_empty(), "{:?}", f.mismatches);
         // Pairs: 3 taps × 2 viewers = 6; latencies 2000, 2200 (×1) and 600, 800 (×2 each).
@@ -281,6 +280,7 @@ mod tests {
     #[test]
     fn a_wrong_count_a_missing_viewer_and_an_unnamed_epoch_are_mismatches() {
         let taps = [Tap {
+            stream: 0,
             send_ms: 10_500,
             taps: 4,
             epoch: 5,
@@ -303,16 +303,14 @@ mod tests {
                 },
             ),
         ]);
-        let reads = EpochReads {
-            epochs: BTreeMap::from([(
-                5,
-                EpochRead {
-                    end_ms: 12_000,
-                    read_ms: vec![12_500],
-                    counts: vec![(3, 0, 1)],
-                },
-            )]),
-        };
+        let reads = BTreeMap::from([(
+            5,
+            EpochRead {
+                end_ms: 12_000,
+                read_ms: vec![12_500],
+                counts: vec![(3, 0, 1)],
+            },
+        )]);
         let f = compute(&taps, 2000, &published, &reads, 2);
         assert_eq!(f.mismatches.len(), 3, "{:?}", f.mismatches);
     }

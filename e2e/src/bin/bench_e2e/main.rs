@@ -19,10 +19,9 @@
 //! for it). Exits 1 when the check fails.
 
 mod figures;
-mod taps;
 
 use clap::Parser;
-use emostream_e2e::{System, Topology};
+use emostream_e2e::{taps, System, Topology};
 use emostream_protocol::wire::EpochFrame;
 use emostream_protocol::Config;
 use emostream_testkit::{binary, now_ms, repo_root, Scratch};
@@ -209,10 +208,12 @@ async fn run(args: Args) -> ExitCode {
     let pool = taps::Pool::default();
     let plan = |stream: String, seconds: u64| taps::Plan {
         gateway: system.gateway().to_string(),
-        stream,
+        streams: vec![stream],
         rate: args.rate,
         batch: args.batch as usize,
         duration: Duration::from_secs(seconds),
+        connections: taps::MAX_CONNECTIONS,
+        forwarded: false,
     };
     if args.warmup_seconds > 0 {
         let warmup = format!("{}-warmup", args.stream);
@@ -274,7 +275,14 @@ async fn run(args: Args) -> ExitCode {
         dropped += report.dropped;
     }
 
-    let figures = figures::compute(&outcome.acked, window_ms, &published, &reads, connected);
+    let stream_reads = reads.streams.remove(&args.stream).unwrap_or_default();
+    let figures = figures::compute(
+        &outcome.acked,
+        window_ms,
+        &published,
+        &stream_reads,
+        connected,
+    );
     let acked_taps: u64 = outcome.acked.iter().map(|t| t.taps).sum();
     let mut answer = figures::Histogram::default();
     for &ms in &outcome.answer_ms {

@@ -29,6 +29,7 @@
 use emostream_protocol::wire::Admission;
 use emostream_testkit::{bucket_percentile, now_ms};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +50,8 @@ struct Tally {
     dropped: AtomicU64,
     frames: AtomicU64,
     missing: AtomicU64,
+    /// Messages of an epoch a viewer already had a message of that kind for (a resend).
+    repeated: AtomicU64,
     lagged: AtomicU64,
     /// Epochs a viewer had all four messages of.
     epochs: AtomicU64,
@@ -63,12 +66,12 @@ struct Tally {
     epoch_reads: Option<std::sync::Mutex<EpochReads>>,
 }
 
-/// `--epoch-reads`: per epoch of the watched stream, when each viewer read its epoch frame and
-/// the count it saw, so that `scripts/bench_e2e.sh` can join them with the taps sent into that
-/// epoch (tap → screen) and check the count against the taps the gateway acknowledged.
+/// `--epoch-reads`: per stream and epoch, when each viewer read its epoch frame and the count it
+/// saw, so that the end-to-end benchmarks can join them with the taps sent into that epoch (tap →
+/// screen) and check the count against the taps the gateway acknowledged.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct EpochReads {
-    epochs: std::collections::BTreeMap<u64, EpochRead>,
+    streams: BTreeMap<String, BTreeMap<u64, EpochRead>>,
 }
 
 /// One epoch's frame as the viewers of one swarm read it.
@@ -90,6 +93,8 @@ struct Report {
     dropped: u64,
     frames: u64,
     missing: u64,
+    #[serde(default)]
+    repeated: u64,
     lagged: u64,
     epochs: u64,
     /// Counts per 1 ms bucket of end → the epoch frame read by the viewer, and its kernel stamp.
@@ -108,6 +113,7 @@ impl Report {
         self.dropped += other.dropped;
         self.frames += other.frames;
         self.missing += other.missing;
+        self.repeated += other.repeated;
         self.lagged += other.lagged;
         self.epochs += other.epochs;
         add_buckets(&mut self.epoch_read_ms, other.epoch_read_ms);
@@ -138,6 +144,7 @@ impl Report {
                 self.epochs.to_string(),
             ),
             ("missing messages", self.missing.to_string()),
+            ("repeated messages", self.repeated.to_string()),
             ("lag notices", self.lagged.to_string()),
             ("p50 end → whole epoch read", ms(p(whole_read, 0.5))),
             ("p99 end → whole epoch read", ms(p(whole_read, 0.99))),
@@ -152,7 +159,7 @@ impl Report {
             out.push_str(&format!("| {what} | {value} |\n"));
         }
         out.push_str(&format!(
-            "SWARM connected={} failed={} dropped={} frames={} epochs={} missing={} lagged={} \
+            "SWARM connected={} failed={} dropped={} frames={} epochs={} missing={} repeated={} lagged={} \
              p50_read_ms={} p99_read_ms={} p99_stamp_ms={} \
              p50_epoch_read_ms={} p99_epoch_read_ms={} p99_epoch_stamp_ms={}\n",
             self.connected,
@@ -161,6 +168,7 @@ impl Report {
             self.frames,
             self.epochs,
             self.missing,
+            self.repeated,
             self.lagged,
             num(p(whole_read, 0.5)),
             num(p(whole_read, 0.99)),
@@ -239,7 +247,12 @@ impl Tally {
         if let (0, Some(reads)) = (kind, &self.epoch_reads) {
             // Whether measuring or not: the epochs the taps went into decide which count.
             let mut reads = reads.lock().expect("the swarm's one thread");
-            let entry = reads.epochs.entry(epoch).or_default();
+            let stream = head.stream.unwrap_or_default();
+            let epochs = match reads.streams.get_mut(stream) {
+                Some(epochs) => epochs,
+                None => reads.streams.entry(stream.to_owned()).or_default(),
+            };
+            let entry = epochs.entry(epoch).or_default();
             entry.end_ms = end_ms;
             entry.read_ms.push(read_ms);
             let (total, late) = (head.total.unwrap_or(0), head.late.unwrap_or(0));
@@ -258,6 +271,9 @@ impl Tally {
             if let Some(last) = *last {
                 self.missing
                     .fetch_add(epoch.saturating_sub(last + 1), Ordering::Relaxed);
+                if epoch <= last {
+                    self.repeated.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         *last = Some(epoch);
@@ -306,6 +322,8 @@ impl Tally {
 struct Head<'a> {
     #[serde(rename = "type", borrow)]
     kind: &'a str,
+    #[serde(borrow)]
+    stream: Option<&'a str>,
     epoch: Option<u64>,
     end_ms: Option<u64>,
     /// An epoch frame's raw count and late taps (for `--epoch-reads`).
@@ -483,7 +501,7 @@ struct Swarm {
     #[arg(long, default_value = "main")]
     stream: String,
     /// Watch this many streams instead, STREAM-0 to STREAM-(N-1): viewer i watches the
-    /// (i mod N)-th, as the main publisher's `--synthetic-streams` names them.
+    /// ((offset + i) mod N)-th, as the main publisher's `--synthetic-streams` names them.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     stream_count: u64,
     /// How long to measure once all are connected.
@@ -492,14 +510,15 @@ struct Swarm {
     /// New connections per second.
     #[arg(long, value_name = "R", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     connect_per_s: u64,
-    /// First subscriber for viewer 0 (spreads several swarms).
+    /// First subscriber for viewer 0, and with --stream-count its first stream (spreads several
+    /// swarms).
     #[arg(long, value_name = "I", default_value_t = 0)]
     offset: usize,
     /// Write the report here as JSON (for merge).
     #[arg(long, value_name = "FILE")]
     out: Option<String>,
-    /// Write every epoch frame read, per epoch (each viewer's read time and the count it saw),
-    /// here as JSON at the end (for scripts/bench_e2e.sh).
+    /// Write every epoch frame read, per stream and epoch (each viewer's read time and the count
+    /// it saw), here as JSON at the end (for the end-to-end benchmarks).
     #[arg(long, value_name = "FILE")]
     epoch_reads: Option<String>,
 }
@@ -509,7 +528,7 @@ impl Swarm {
     fn stream_of(&self, i: u64) -> String {
         match self.stream_count {
             1 => self.stream.clone(),
-            n => format!("{}-{}", self.stream, i % n),
+            n => format!("{}-{}", self.stream, (self.offset as u64 + i) % n),
         }
     }
 
@@ -608,6 +627,7 @@ fn snapshot(tally: &Tally, viewers: u64) -> Report {
         dropped: load(&tally.dropped),
         frames: load(&tally.frames),
         missing: load(&tally.missing),
+        repeated: load(&tally.repeated),
         lagged: load(&tally.lagged),
         epochs: load(&tally.epochs),
         epoch_read_ms: tally.epoch_read_ms.iter().map(load).collect(),
@@ -709,14 +729,14 @@ mod tests {
             }
         }
         let reads = tally.epoch_reads.unwrap().into_inner().unwrap();
-        let e10 = &reads.epochs[&10];
+        let e10 = &reads.streams["main"][&10];
         assert_eq!(
             (e10.end_ms, &e10.read_ms[..]),
             (22_000, &[22_100, 22_300][..])
         );
         assert_eq!(e10.counts.len(), 1);
         assert_eq!(e10.counts[0].2, 2);
-        assert_eq!(reads.epochs[&11].read_ms, [24_050]);
+        assert_eq!(reads.streams["main"][&11].read_ms, [24_050]);
     }
 
     #[test]

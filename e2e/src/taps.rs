@@ -1,11 +1,11 @@
-//! The tap driver: `POST /v1/streams/{stream}/emojis` at a steady open-loop rate (each request on
-//! schedule, whether or not earlier ones were answered), over keep-alive connections, recording
-//! per request its send time and the epoch the gateway's 2xx answer names.
+//! The benchmarks' tap driver: `POST /v1/streams/{stream}/emojis` at a steady open-loop rate
+//! (each request on schedule, whether or not earlier ones were answered), over keep-alive
+//! connections, recording per request its stream, send time and the epoch the gateway's 2xx
+//! answer names.
 //!
 //! A hand-rolled HTTP/1.1 client, as the swarm's viewers are: the driver shares two cores with
-//! everything it measures, and it only needs a request line, two headers and a JSON answer.
+//! everything it measures, and it only needs a request line, a few headers and a JSON answer.
 
-use crate::figures::Tap;
 use emostream_protocol::wire::Accepted;
 use emostream_testkit::now_ms;
 use std::collections::BTreeMap;
@@ -19,6 +19,16 @@ use tokio::sync::Semaphore;
 /// client IP. At 2,000 taps/s and answers within ~150 ms (the gateway's 100 ms flush, then the
 /// broker's acknowledgement) about 300 are busy at once.
 pub const MAX_CONNECTIONS: usize = 900;
+
+/// One acknowledged tap request.
+#[derive(Debug, Clone, Copy)]
+pub struct Tap {
+    /// Which of the plan's streams it went to.
+    pub stream: u32,
+    pub send_ms: u64,
+    pub taps: u64,
+    pub epoch: u64,
+}
 /// An answer later than this is a transport error (the gateway's own delivery timeout is 5 s).
 const ANSWER_LIMIT: Duration = Duration::from_secs(15);
 /// A pooled connection idle longer than this is closed instead of reused: the gateway closes a
@@ -52,23 +62,38 @@ pub type Pool = Arc<Mutex<Vec<(TcpStream, Instant)>>>;
 
 pub struct Plan {
     pub gateway: String,
-    pub stream: String,
+    /// Request k goes to stream k mod len: with a rate of len requests per epoch, each stream
+    /// gets one request an epoch.
+    pub streams: Vec<String>,
     /// Taps per second.
     pub rate: f64,
     /// Taps per request.
     pub batch: usize,
     pub duration: Duration,
+    /// Connections at most (below the gateway's `max_connections_per_ip`).
+    pub connections: usize,
+    /// Send as a load balancer would, from the gateway's trusted proxy: each stream's requests
+    /// name a client address of their own in `X-Forwarded-For` (10.x.y.z from the stream's
+    /// index), as the viewers of many streams come from many addresses.
+    pub forwarded: bool,
+}
+
+/// The client address `X-Forwarded-For` names for stream `i` of a forwarded plan.
+pub fn forwarded_address(i: usize) -> String {
+    format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)
 }
 
 /// Sends for `plan.duration`, then waits (bounded) for the answers still out.
 pub async fn drive(plan: Plan, idle: &Pool) -> Outcome {
     let outcome = Arc::new(Mutex::new(Outcome::default()));
-    let busy = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let busy = Arc::new(Semaphore::new(plan.connections));
     // Users enough that none nears the gateway's per-user bucket (50 taps/s).
     let users = ((plan.rate / 5.0) as usize).max(100);
     let gap = Duration::from_secs_f64(plan.batch as f64 / plan.rate);
     let start = tokio::time::Instant::now();
-    let path = format!("/v1/streams/{}/emojis", plan.stream);
+    let paths: Vec<String> = (plan.streams.iter())
+        .map(|s| format!("/v1/streams/{s}/emojis"))
+        .collect();
     for k in 0u64.. {
         let due = start + gap.mul_f64(k as f64);
         if due >= start + plan.duration {
@@ -91,9 +116,16 @@ pub async fn drive(plan: Plan, idle: &Pool) -> Outcome {
         } else {
             format!("[{}]", taps.join(","))
         };
+        let stream = k as usize % paths.len();
+        let forwarded = if plan.forwarded {
+            format!("X-Forwarded-For: {}\r\n", forwarded_address(stream))
+        } else {
+            String::new()
+        };
         let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             {forwarded}Content-Length: {}\r\n\r\n{body}",
+            paths[stream],
             plan.gateway,
             body.len()
         );
@@ -131,6 +163,7 @@ pub async fn drive(plan: Plan, idle: &Pool) -> Outcome {
                             // The answer says how many it took: a partial batch counts as such.
                             debug_assert!(a.accepted <= batch);
                             outcome.acked.push(Tap {
+                                stream: stream as u32,
                                 send_ms,
                                 taps: a.accepted,
                                 epoch: a.epoch,
@@ -149,7 +182,7 @@ pub async fn drive(plan: Plan, idle: &Pool) -> Outcome {
         });
     }
     // Every permit back: every request answered or given up on.
-    let all = u32::try_from(MAX_CONNECTIONS).expect("a small number");
+    let all = u32::try_from(plan.connections).expect("a small number");
     let _ = tokio::time::timeout(
         ANSWER_LIMIT + Duration::from_secs(1),
         busy.acquire_many(all),
