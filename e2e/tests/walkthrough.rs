@@ -185,8 +185,9 @@ fn the_three_host_walkthrough_of_docs_deploy_md_delivers_exact_counts() {
     std::fs::create_dir_all(&paths.var).unwrap();
     std::fs::write(paths.etc.join("cluster.toml"), &page.config).unwrap();
 
-    let mut processes: Vec<Process> = Vec::new();
+    // Declared before the tiers, so that however the test ends they stop before the broker.
     let mut broker_stop = None;
+    let mut processes: Vec<Process> = Vec::new();
     for (i, step) in page.steps.iter().enumerate() {
         let host = net.host(&step.host);
         let mut command = paths.command(host, &step.command, &page.env);
