@@ -171,6 +171,43 @@ fn by_epoch(viewer: &Viewer, stream: &str) -> BTreeMap<(String, u64), EpochFrame
     out
 }
 
+/// Each binary's line on the page is its unit's command, character for character; a
+/// supervisor's units are checked on the processes it starts (below).
+#[test]
+fn the_pages_lines_are_the_units_commands() {
+    let page = walkthrough();
+    let mut checked = 0;
+    for step in &page.steps {
+        assert!(
+            step.command.starts_with("scripts/") || !step.units.is_empty(),
+            "a binary's line names its unit: {}",
+            step.command
+        );
+        if step.command.starts_with("scripts/run_workers.sh") {
+            continue;
+        }
+        for unit in &step.units {
+            assert_eq!(step.command, exec_start(unit), "the page's line for {unit}");
+            checked += 1;
+        }
+    }
+    let dataflow: Vec<&String> = page
+        .steps
+        .iter()
+        .filter(|s| s.command.starts_with("scripts/run_workers.sh"))
+        .flat_map(|s| &s.units)
+        .collect();
+    assert_eq!(
+        dataflow,
+        (0..4)
+            .map(|i| format!("emostream-dataflow@{i}"))
+            .collect::<Vec<_>>()
+            .iter()
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(checked, 4, "gateway, main, cluster and subscriber");
+}
+
 #[test]
 fn the_three_host_walkthrough_of_docs_deploy_md_delivers_exact_counts() {
     let page = walkthrough();
@@ -200,13 +237,6 @@ fn the_three_host_walkthrough_of_docs_deploy_md_delivers_exact_counts() {
             let name = format!("{i}-{}", step.host);
             let log = dir.join(format!("{name}.log"));
             processes.push(Process::spawn(&name, &mut command, &log));
-        }
-        for unit in &step.units {
-            // A binary's line is its unit's command; a supervisor's units are checked on the
-            // processes it starts (below).
-            if !step.command.starts_with("scripts/run_workers.sh") {
-                assert_eq!(step.command, exec_start(unit), "the page's line for {unit}");
-            }
         }
     }
 
