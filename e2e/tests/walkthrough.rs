@@ -10,14 +10,14 @@
 //! viewers on h3's subscriber must receive exactly the counts the gateway acknowledged; and a
 //! configuration error makes `run_workers.sh -n 4` exit 78 with the error, once.
 
-use emostream_e2e::trace::{self, Request};
+use emostream_e2e::trace;
 use emostream_e2e::viewer::Viewer;
 use emostream_protocol::exit;
 use emostream_protocol::wire::{Assignment, EpochFrame};
 use emostream_protocol::Config;
 use emostream_testkit::netns::{Host, Net};
 use emostream_testkit::procfs::pids_with;
-use emostream_testkit::{bin_dir, http, repo_root, wait_for, wait_until, Process, Rng, Scratch};
+use emostream_testkit::{bin_dir, http, repo_root, wait_for, wait_until, Process, Scratch};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -318,11 +318,16 @@ fn the_three_host_walkthrough_of_docs_deploy_md_delivers_exact_counts() {
                 ));
             }
 
-            let mut rng = Rng::seeded(0xdec0de);
-            let requests: Vec<Request> = (0..60)
-                .map(|i| Request::batch(&mut rng, STREAMS[i % 2], 50, i))
-                .collect();
-            let mut truth = trace::send_all(&gateway, requests, 4).await;
+            // Taps over three epochs (2 s each), so that frames are exact epoch after epoch.
+            let mut truth = trace::steady(
+                &gateway,
+                &STREAMS,
+                50,
+                Duration::from_millis(100),
+                Duration::from_secs(5),
+                0xdec0de,
+            )
+            .await;
             let markers = trace::markers(&gateway, &STREAMS, &mut truth).await;
             for (stream, viewer) in &viewers {
                 let want = (stream.to_string(), markers[*stream]);
