@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks scripts/up.sh's failure and stop paths without building anything: the release binaries
 # are stand-ins (scripts/test_up_stub.py) that listen where the real tiers would, except the
-# workers' supervisor, the debug build's own (test.sh builds it first), and up.sh runs
-# from a copy of scripts/ in a temporary folder, so its .run/ is that folder's and its ports
+# workers' supervisor and broker.sh's emostream-dev-broker, the debug build's own (test.sh builds
+# them first), and up.sh runs from a copy of scripts/ in a temporary folder, so its .run/ is that folder's and its ports
 # (17000-17102, the broker 17092 and its PostgreSQL 7092) are not the local system's.
 #   1. a tier that fails at start: up.sh exits 1 naming the tier and its log;
 #   2. a tier that dies while running: the same;
@@ -36,9 +36,10 @@ trap cleanup EXIT
 mkdir -p "$tmp/root/scripts" "$tmp/bin"
 cp "$here/up.sh" "$here/run_workers.sh" "$here/broker.sh" "$tmp/root/scripts/"
 for tier in config gateway dataflow broadcaster; do ln -s "$here/test_up_stub.py" "$tmp/bin/emostream-$tier"; done
-supervisor="$here/../target/debug/emostream-supervisor"
-[[ -x $supervisor ]] || { echo "no $supervisor: cargo build -p emostream-supervisor first" >&2; exit 1; }
-ln -s "$supervisor" "$tmp/bin/emostream-supervisor"
+for tool in emostream-supervisor emostream-dev-broker; do
+  [[ -x $here/../target/debug/$tool ]] || { echo "no target/debug/$tool: cargo build --workspace --bins first" >&2; exit 1; }
+  ln -s "$here/../target/debug/$tool" "$tmp/bin/$tool"
+done
 cat >"$tmp/cluster.toml" <<'TOML'
 [kafka]
 brokers = "127.0.0.1:17092"

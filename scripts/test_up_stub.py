@@ -2,8 +2,7 @@
 """Stand-ins for the release binaries, for scripts/test_up.sh: linked as emostream-config,
 emostream-gateway, emostream-dataflow and emostream-broadcaster, each reads the same --config file
 and listens where the real one would (a dataflow process listens nowhere); emostream-config
-answers what up.sh and broker.sh ask (the development broker: the first of kafka.brokers, with
-PostgreSQL storage, and the default topics). STUB_FAIL=TIER makes
+answers what up.sh asks. STUB_FAIL=TIER makes
 that tier exit 1 at once, STUB_DIE=TIER makes it exit 7 after a second; TIER is gateway,
 dataflow, main, or a cluster or subscriber name."""
 import os
@@ -33,11 +32,6 @@ if binary == "emostream-config":
     elif command[0] == "clusters":
         for c in clusters.values():
             print(c["name"], c["listen"], ",".join(c["subscribers"]))
-    elif command[0] == "dev-broker":  # listen advertised storage, for scripts/broker.sh
-        broker = config["kafka"]["brokers"].split(",")[0]
-        print(broker, broker, "postgres")
-    elif command[0] == "topics":  # the default topics and partition counts
-        print("emoji-events 4\nemoji-epochs 2\nemoji-progress 1\nemoji-trends 2")
     sys.exit(0)
 
 if binary == "emostream-dataflow":

@@ -660,6 +660,68 @@ pub enum DevStorage {
     Memory,
 }
 
+impl DevStorage {
+    /// The engine's name, as `--storage` and `[dev_broker] storage` spell it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DevStorage::Postgres => "postgres",
+            DevStorage::Sqlite => "sqlite",
+            DevStorage::Memory => "memory",
+        }
+    }
+}
+
+/// One topic as a development broker creates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: u32,
+    /// `key=value` topic settings it is created with.
+    pub settings: &'static [&'static str],
+}
+
+impl Config {
+    /// Every topic the system uses, with the partitions and settings a development broker creates
+    /// it with. The progress topic has exactly one partition, and keeps every record: its newest
+    /// is the recovery state (the dataflow refuses a progress topic that can delete records).
+    pub fn topic_specs(&self) -> Vec<TopicSpec> {
+        let k = &self.kafka;
+        const KEEP: &[&str] = &["retention.ms=-1", "retention.bytes=-1"];
+        [
+            (&k.events_topic, k.events_partitions, &[][..]),
+            (&k.epochs_topic, k.epochs_partitions, &[][..]),
+            (&k.progress_topic, 1, KEEP),
+            (&k.trends_topic, k.trends_partitions, &[][..]),
+        ]
+        .into_iter()
+        .map(|(name, partitions, settings)| TopicSpec {
+            name: name.clone(),
+            partitions,
+            settings,
+        })
+        .collect()
+    }
+
+    /// Where the development broker binds and the address it tells clients (the first of
+    /// `[kafka] brokers`).
+    pub fn dev_broker_addresses(&self) -> (String, String) {
+        let advertised = self
+            .kafka
+            .brokers
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let listen = self
+            .dev_broker
+            .listen
+            .clone()
+            .unwrap_or_else(|| advertised.clone());
+        (listen, advertised)
+    }
+}
+
 /// What can go wrong reading the configuration.
 #[derive(Debug)]
 pub enum ConfigError {

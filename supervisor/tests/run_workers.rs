@@ -93,7 +93,7 @@ fn a_configuration_error_is_reported_once_and_nothing_starts() {
     assert_eq!(String::from_utf8(output.stdout).unwrap(), "");
 }
 
-/// The real dataflow process against a real broker: worker 0 of two finds that the epochs
+/// The real dataflow process against a real broker: its workers find that the epochs
 /// topic has two partitions where the configuration (overridden) says three.
 /// The bash supervisor restarted into that error every second, forever.
 #[test]
@@ -116,12 +116,16 @@ fn a_configuration_the_brokers_contradict_stops_the_cluster_once() {
         "{log}"
     );
     let count = |line: &str| log.lines().filter(|l| l.ends_with(line)).count();
-    assert_eq!(
-        count(
-            "emostream-dataflow: worker 0: topic emoji-epochs has 2 partitions on the brokers; \
+    // Both workers check the topic, and the first to find it wrong ends the process: which
+    // one is a race (worker 1 won about half the runs on a loaded machine).
+    let reports = [0, 1].map(|w| {
+        count(&format!(
+            "emostream-dataflow: worker {w}: topic emoji-epochs has 2 partitions on the brokers; \
              the configuration needs 3"
-        ),
-        1,
+        ))
+    });
+    assert!(
+        reports.iter().all(|n| *n <= 1) && reports.iter().sum::<usize>() >= 1,
         "{log}"
     );
     assert_eq!(

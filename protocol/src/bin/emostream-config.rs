@@ -75,45 +75,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// Every topic the system uses, with the partitions and settings a development broker creates
-/// it with. The progress topic has exactly one partition, and keeps every record: its newest is
-/// the recovery state (the dataflow refuses a progress topic that can delete records).
+/// "name partitions [key=value…]" per topic: what a development broker creates.
 fn topics(config: &Config) -> String {
-    let k = &config.kafka;
-    let keep = "retention.ms=-1 retention.bytes=-1";
-    [
-        (&k.events_topic, k.events_partitions, ""),
-        (&k.epochs_topic, k.epochs_partitions, ""),
-        (&k.progress_topic, 1, keep),
-        (&k.trends_topic, k.trends_partitions, ""),
-    ]
-    .iter()
-    .map(|(name, partitions, settings)| {
-        format!("{name} {partitions} {settings}")
-            .trim_end()
-            .to_string()
-            + "\n"
-    })
-    .collect()
+    config
+        .topic_specs()
+        .iter()
+        .map(|t| {
+            let line = format!("{} {} {}", t.name, t.partitions, t.settings.join(" "));
+            line.trim_end().to_string() + "\n"
+        })
+        .collect()
 }
 
-/// Where the development broker binds, the address it tells clients (the first of `[kafka]
-/// brokers`), and its storage engine, on one line.
+/// Where the development broker binds, the address it tells clients, and its storage engine,
+/// on one line.
 fn dev_broker(config: &Config) -> String {
-    let advertised = config
-        .kafka
-        .brokers
-        .split(',')
-        .next()
-        .unwrap_or_default()
-        .trim();
-    let listen = config.dev_broker.listen.as_deref().unwrap_or(advertised);
-    let storage = match config.dev_broker.storage {
-        emostream_protocol::config::DevStorage::Sqlite => "sqlite",
-        emostream_protocol::config::DevStorage::Postgres => "postgres",
-        emostream_protocol::config::DevStorage::Memory => "memory",
-    };
-    format!("{listen} {advertised} {storage}\n")
+    let (listen, advertised) = config.dev_broker_addresses();
+    format!(
+        "{listen} {advertised} {}\n",
+        config.dev_broker.storage.name()
+    )
 }
 
 /// The value at a dotted path, after defaults and overrides; an absent optional field prints
