@@ -225,12 +225,14 @@ records_acked() {
 run_wrk() { # url script connections name [metrics_url]
   local g0 b0 m0 r0 perf_pid= sys_pid=
   g0=$(cpu_ticks "$server_pid") b0=$(cpu_ticks "$broker_pid") m0=$(machine_ticks) r0=$(records_acked "${5:-}")
+  # perf takes several processes (nginx's) as a comma-separated list.
+  local targets; targets=$(echo "$server_pid" | xargs | tr ' ' ,)
   if [[ -n ${PROFILE:-} ]]; then
-    perf record -F 499 -g -p "$server_pid" -o "$work/perf.$4" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
+    perf record -F 499 -g -p "$targets" -o "$work/perf.$4" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
     perf_pid=$!
   fi
   if [[ -n ${SYSCALLS:-} ]]; then
-    perf stat -x, -e raw_syscalls:sys_enter -p "$(echo "$server_pid" | xargs | tr ' ' ,)" \
+    perf stat -x, -e raw_syscalls:sys_enter -p "$targets" \
       -o "$work/syscalls.$4" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
     sys_pid=$!
   fi
@@ -257,9 +259,9 @@ run_wrk() { # url script connections name [metrics_url]
     wait "$perf_pid" || true
     say "perf: where the server's time goes ($4), self time by symbol"
     perf report -i "$work/perf.$4" --no-children --sort symbol --percent-limit 1.5 --stdio 2>/dev/null \
-      | grep -E '^ +[0-9]' | head -25 >&2
+      | { grep -E '^ +[0-9]' || true; } | head -25 >&2
     say "perf: by shared object ($4)"
-    perf report -i "$work/perf.$4" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8 >&2
+    perf report -i "$work/perf.$4" --no-children --sort dso --stdio 2>/dev/null | { grep -E '^ +[0-9]' || true; } | head -8 >&2
   fi
   cat "$work/wrk.$4"
 }
