@@ -20,8 +20,11 @@
 #   scripts/bench_ingest.sh            # DURATION=10s CONNECTIONS=1000 BATCH_CONNECTIONS=16 by default
 #   PROFILE=1 scripts/bench_ingest.sh  # also: perf profile of the gateway in each gateway phase
 #
-# Each phase also prints the CPU seconds the gateway and the broker used, so the share of the two
-# cores that wrk (the load generator) and the broker take is visible next to the rates.
+# Each single-tap row is decomposed too: per answered request, the CPU-µs of the server, of wrk
+# (the load generator, on the same cores), of the broker, of anything else that ran, and the
+# cores' idle time, adding up to cores × duration / requests; for the gateway rows its records
+# per second and taps per record (from its /metrics).
+#   SYSCALLS=1 scripts/bench_ingest.sh # also: the server's system calls per request (perf stat)
 #
 # Installs wrk and nginx with apt-get when missing. Everything runs on 127.0.0.1 and is stopped
 # at exit. Every tap carries a random user id out of ten million (the real load is many phones
@@ -203,34 +206,64 @@ cpu_ticks() {
   done
   echo "$total"
 }
+# The whole machine, in clock ticks: "busy idle" (idle counts iowait). Busy minus the server,
+# the broker and wrk is what else ran meanwhile (another build, say): it shows, not hides.
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6}' /proc/stat; }
 tick=$(getconf CLK_TCK)
-cpu_note() { # label server_ticks_before broker_ticks_before
-  local g b
-  g=$(( $(cpu_ticks "$server_pid") - $2 )) b=$(( $(cpu_ticks "$broker_pid") - $3 ))
-  # run_wrk runs in a subshell: the figures reach the report (and the results file) through a file.
-  awk -v g="$g" -v b="$b" -v k="$tick" 'BEGIN{printf "%.2f %.2f\n", g/k, b/k}' >"$work/cpu.$1"
-  say "$1: server used $(awk -v t="$g" -v k="$tick" 'BEGIN{printf "%.1f", t/k}') CPU s, broker $(awk -v t="$b" -v k="$tick" 'BEGIN{printf "%.1f", t/k}') CPU s"
+# The gateway's records acknowledged so far (its broker-ack histogram's count); 0 elsewhere.
+records_acked() {
+  [[ -n ${1:-} ]] || { echo 0; return; }
+  curl -fsS "$1/metrics" | awk '$1 == "emostream_gateway_broker_ack_seconds_count" {print $2}'
 }
 
-# wrk's RESULT line: requests duration_us non2xx socket_errors p50_us p99_us. The CPU figures
-# are those of server_pid, the process under load.
-run_wrk() { # url script connections [profile-name]
-  local g0 b0 perf_pid=
-  g0=$(cpu_ticks "$server_pid") b0=$(cpu_ticks "$broker_pid")
-  if [[ -n ${4:-} && -n ${PROFILE:-} ]]; then
-    perf record -F 499 -g -p "$server_pid" -o "$work/perf.$4" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
+# wrk's RESULT line: requests duration_us non2xx socket_errors p50_us p99_us. Each phase also
+# writes $work/cpu.<name>: the CPU seconds of the server (server_pid, the process under load),
+# the broker and wrk, the machine's busy and idle CPU seconds, and the records the gateway had
+# acknowledged (metrics_url: the gateway under load, none for nginx and bare axum).
+# SYSCALLS=1 adds the server's system calls (perf's raw_syscalls tracepoint: it slows each
+# call a little, so it is off by default).
+run_wrk() { # url script connections name [metrics_url]
+  local g0 b0 m0 r0 perf_pid= sys_pid=
+  g0=$(cpu_ticks "$server_pid") b0=$(cpu_ticks "$broker_pid") m0=$(machine_ticks) r0=$(records_acked "${5:-}")
+  # perf takes several processes (nginx's) as a comma-separated list.
+  local targets; targets=$(echo "$server_pid" | xargs | tr ' ' ,)
+  if [[ -n ${PROFILE:-} ]]; then
+    perf record -F 499 -g -p "$targets" -o "$work/perf.$4" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
     perf_pid=$!
   fi
-  wrk -t"$THREADS" -c"$3" -d"$DURATION" --timeout 10s -s "$2" "$1" | tee -a "$work/wrk.log" | awk '/^RESULT/ {print $2, $3, $4, $5, $6, $7}'
-  [[ -n ${4:-} ]] && cpu_note "$4" "$g0" "$b0"
+  if [[ -n ${SYSCALLS:-} ]]; then
+    perf stat -x, -e raw_syscalls:sys_enter -p "$targets" \
+      -o "$work/syscalls.$4" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
+    sys_pid=$!
+  fi
+  # bash's `time` reports wrk's own user and system seconds (and tee's and awk's, next to nothing).
+  local TIMEFORMAT='%U %S'
+  { time wrk -t"$THREADS" -c"$3" -d"$DURATION" --timeout 10s -s "$2" "$1" | tee -a "$work/wrk.log" \
+      | awk '/^RESULT/ {print $2, $3, $4, $5, $6, $7}' >"$work/wrk.$4"; } 2>"$work/wrk-time.$4"
+  local g b m r
+  g=$(( $(cpu_ticks "$server_pid") - g0 )) b=$(( $(cpu_ticks "$broker_pid") - b0 ))
+  m=$(machine_ticks) r=$(( $(records_acked "${5:-}") - r0 ))
+  # server_s broker_s wrk_s busy_s idle_s records
+  local wu ws busy idle busy0 idle0
+  read -r wu ws < <(tail -1 "$work/wrk-time.$4")
+  read -r busy idle <<<"$m"
+  read -r busy0 idle0 <<<"$m0"
+  awk -v g="$g" -v b="$b" -v k="$tick" -v wu="$wu" -v ws="$ws" -v busy=$((busy - busy0)) -v idle=$((idle - idle0)) -v r="$r" \
+    'BEGIN { printf "%.2f %.2f %.2f %.2f %.2f %d\n", g/k, b/k, wu + ws, busy/k, idle/k, r }' >"$work/cpu.$4"
+  say "$4: server $(awk '{print $1}' "$work/cpu.$4") CPU s, broker $(awk '{print $2}' "$work/cpu.$4"), wrk $(awk '{print $3}' "$work/cpu.$4"); machine busy $(awk '{print $4}' "$work/cpu.$4"), idle $(awk '{print $5}' "$work/cpu.$4")"
+  if [[ -n $sys_pid ]]; then
+    wait "$sys_pid" || true
+    awk -F, '/raw_syscalls/ {print $1}' "$work/syscalls.$4" >"$work/syscalls.$4.n"
+  fi
   if [[ -n $perf_pid ]]; then
     wait "$perf_pid" || true
-    say "perf: where the gateway's time goes ($4), self time by symbol"
+    say "perf: where the server's time goes ($4), self time by symbol"
     perf report -i "$work/perf.$4" --no-children --sort symbol --percent-limit 1.5 --stdio 2>/dev/null \
-      | grep -E '^ +[0-9]' | head -25 >&2
+      | { grep -E '^ +[0-9]' || true; } | head -25 >&2
     say "perf: by shared object ($4)"
-    perf report -i "$work/perf.$4" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8 >&2
+    perf report -i "$work/perf.$4" --no-children --sort dso --stdio 2>/dev/null | { grep -E '^ +[0-9]' || true; } | head -8 >&2
   fi
+  cat "$work/wrk.$4"
 }
 rate() { awk -v r="$1" -v d="$2" -v bad="$3" 'BEGIN { printf "%.0f", (r - bad) / (d / 1e6) }'; }
 
@@ -243,13 +276,13 @@ server_pid=$bare_pid
 read -r a_req a_dur a_bad a_err a_p50 a_p99 < <(run_wrk "http://127.0.0.1:$bare_port/send_emoji" "$work/single.lua" "$CONNECTIONS" bare)
 say "gateway POST /send_emoji (fire-and-forget): $CONNECTIONS connections, $DURATION"
 server_pid=$ff_pid
-read -r f_req f_dur f_bad f_err f_p50 f_p99 < <(run_wrk "http://127.0.0.1:$ff_port/send_emoji" "$work/single.lua" "$CONNECTIONS" ff)
+read -r f_req f_dur f_bad f_err f_p50 f_p99 < <(run_wrk "http://127.0.0.1:$ff_port/send_emoji" "$work/single.lua" "$CONNECTIONS" ff "http://127.0.0.1:$ff_port")
 say "gateway POST /send_emoji (durable): $CONNECTIONS connections, $DURATION"
 server_pid=$durable_pid
-read -r g_req g_dur g_bad g_err g_p50 g_p99 < <(run_wrk "http://127.0.0.1:$gateway_port/send_emoji" "$work/single.lua" "$CONNECTIONS" single)
+read -r g_req g_dur g_bad g_err g_p50 g_p99 < <(run_wrk "http://127.0.0.1:$gateway_port/send_emoji" "$work/single.lua" "$CONNECTIONS" single "http://127.0.0.1:$gateway_port")
 
 say "gateway POST /v1/streams/bench-batch/emojis, 10,000 emojis per request: $BATCH_CONNECTIONS connections, $DURATION"
-read -r b_req _ b_bad b_err b_p50 b_p99 < <(run_wrk "http://127.0.0.1:$gateway_port/v1/streams/bench-batch/emojis" "$work/batch.lua" "$BATCH_CONNECTIONS" batch)
+read -r b_req _ b_bad b_err b_p50 b_p99 < <(run_wrk "http://127.0.0.1:$gateway_port/v1/streams/bench-batch/emojis" "$work/batch.lua" "$BATCH_CONNECTIONS" batch "http://127.0.0.1:$gateway_port")
 # Every tap of the batch phase, counted in Kafka once every reply is in, over the span of the
 # gateway receive times of its records (first to last record, plus the last one's flush).
 read -r landed records first_ms last_ms < <("$bin/examples/count_events" --brokers "127.0.0.1:$broker_port" \
@@ -264,13 +297,26 @@ read -r p_taps p_secs < <("$bin/examples/produce_batches" --config "$work/cluste
 
 nginx_rate=$(rate "$n_req" "$n_dur" "$n_bad")
 gateway_rate=$(rate "$g_req" "$g_dur" "$g_bad")
-# One row of the single-tap table: label requests duration non2xx errors p50 p99 cpu-file
+# One row of the single-tap table: label requests duration non2xx errors p50 p99 name
 row() {
-  local r cpu
+  local r
   r=$(rate "$2" "$3" "$4")
-  read -r cpu _ <"$work/cpu.$8"
-  awk -v l="$1" -v r="$r" -v n="$nginx_rate" -v p50="$6" -v p99="$7" -v c="$cpu" -v ok="$(( $2 - $4 ))" -v bad="$4" -v err="$5" \
-    'BEGIN { printf "%-26s %9d  %5.2f  %8.1f  %8.1f  %9.1f  %8d  %d\n", l, r, r / n, p50 / 1e3, p99 / 1e3, ok ? c * 1e6 / ok : 0, bad, err }'
+  awk -v l="$1" -v r="$r" -v n="$nginx_rate" -v p50="$6" -v p99="$7" -v ok="$(( $2 - $4 ))" -v bad="$4" -v err="$5" \
+    'BEGIN { printf "%-26s %9d  %5.2f  %8.1f  %8.1f  %8d  %d\n", l, r, r / n, p50 / 1e3, p99 / 1e3, bad, err }'
+}
+# Where a row's CPU went, per answered request, in CPU-µs: every microsecond of the machine's
+# cores over the phase is in one column (the columns add up to cores × duration / requests);
+# and the gateway's records per second and taps per record.
+cost() { # label requests duration non2xx name
+  local server broker wrk busy idle records
+  read -r server broker wrk busy idle records <"$work/cpu.$5"
+  local sys=-
+  [[ -s $work/syscalls.$5.n ]] && sys=$(awk -v c="$(cat "$work/syscalls.$5.n")" -v ok="$(( $2 - $4 ))" 'BEGIN { printf "%.1f", c / ok }')
+  awk -v l="$1" -v ok="$(( $2 - $4 ))" -v d="$3" -v s="$server" -v b="$broker" -v w="$wrk" -v busy="$busy" -v idle="$idle" \
+    -v rec="$records" -v sys="$sys" -v cores="$(nproc)" \
+    'BEGIN { u = 1e6 / ok; other = busy - s - b - w; if (other < 0) other = 0
+      printf "%-26s %7.1f  %6.1f  %6.1f  %6.1f  %6.1f  %7.1f  %9s  %8s  %8s\n", l, s * u, w * u, b * u, other * u, idle * u,
+        cores * d / ok, sys, rec ? sprintf("%.0f", rec / (d / 1e6)) : "-", rec ? sprintf("%.1f", ok / rec) : "-" }'
 }
 landed_rate=$(awk -v e="$landed" -v a="$first_ms" -v b="$last_ms" 'BEGIN { printf "%.0f", e / ((b - a + 100) / 1e3) }')
 bare_rate=$(awk -v t="$p_taps" -v s="$p_secs" 'BEGIN { printf "%.0f", t / s }')
@@ -278,13 +324,19 @@ acked_batches=$((b_req - b_bad))
 cat <<REPORT
 
 == ingest benchmark ($(nproc) cores, $DURATION per run, wrk -t$THREADS; broker Nisshi 0.8.1, storage $storage) ==
-single tap, POST /send_emoji, $CONNECTIONS connections (ratio: to nginx; CPU: the server's own)
-target                         req/s  ratio   p50 ms    p99 ms  CPU us/req   non-2xx  socket errors
-$(row "nginx return 200" "$n_req" "$n_dur" "$n_bad" "$n_err" "$n_p50" "$n_p99" nginx)
-$(row "bare axum 200" "$a_req" "$a_dur" "$a_bad" "$a_err" "$a_p50" "$a_p99" bare)
-$(row "gateway fire-and-forget" "$f_req" "$f_dur" "$f_bad" "$f_err" "$f_p50" "$f_p99" ff)
-$(row "gateway durable" "$g_req" "$g_dur" "$g_bad" "$g_err" "$g_p50" "$g_p99" single)
+single tap, POST /send_emoji, $CONNECTIONS connections (ratio: to nginx)
+target                         req/s  ratio   p50 ms    p99 ms   non-2xx  socket errors
+$(row "nginx return 200" "$n_req" "$n_dur" "$n_bad" "$n_err" "$n_p50" "$n_p99")
+$(row "bare axum 200" "$a_req" "$a_dur" "$a_bad" "$a_err" "$a_p50" "$a_p99")
+$(row "gateway fire-and-forget" "$f_req" "$f_dur" "$f_bad" "$f_err" "$f_p50" "$f_p99")
+$(row "gateway durable" "$g_req" "$g_dur" "$g_bad" "$g_err" "$g_p50" "$g_p99")
 ratio gateway (durable) / nginx: $(awk -v g="$gateway_rate" -v n="$nginx_rate" 'BEGIN { printf "%.2f", g / n }')
+where each answered request's CPU-us went ($(nproc) cores; other: what else ran on the machine)
+target                      server     wrk  broker   other    idle  = total  syscalls  records/s  taps/rec
+$(cost "nginx return 200" "$n_req" "$n_dur" "$n_bad" nginx)
+$(cost "bare axum 200" "$a_req" "$a_dur" "$a_bad" bare)
+$(cost "gateway fire-and-forget" "$f_req" "$f_dur" "$f_bad" ff)
+$(cost "gateway durable" "$g_req" "$g_dur" "$g_bad" single)
 batch route, landed      : $landed_rate emojis/s in Kafka  ($landed emojis in $records records over $(( last_ms - first_ms + 100 )) ms of receive time; $acked_batches batches of 10,000 answered 202, non-2xx $b_bad, socket errors $b_err, p50 ${b_p50} us, p99 ${b_p99} us)
 bare produce, same broker: $bare_rate emojis/s  ($p_taps taps in $p_secs s, every record acknowledged)
 ratio landed / bare      : $(awk -v g="$landed_rate" -v n="$bare_rate" 'BEGIN { printf "%.2f", g / n }')

@@ -140,8 +140,10 @@ pub async fn serve(
     }
 }
 
-/// The most a connection's read buffer holds: a request head larger than this is answered 431.
-const MAX_BUF_BYTES: usize = 16 * 1024;
+/// The most a connection's read buffer holds, hyper's smallest: a request head larger than this
+/// is answered 431 (as nginx's default buffers for a head's lines, 8 KiB). Part of what
+/// [`emostream_protocol::config::CONNECTION_BYTES`] sets aside per connection.
+const MAX_BUF_BYTES: usize = 8 * 1024;
 /// Header fields of one request: a browser sends about 15, a load balancer adds a few.
 const MAX_HEADERS: usize = 32;
 
@@ -159,9 +161,9 @@ async fn serve_connections(
     let graceful = GracefulShutdown::new();
     let (close, closing) = watch::channel(false);
     let mut builder = http1::Builder::new();
-    // hyper's smallest read buffer (it cannot go under 8 KiB) and a head of 32 fields: a
-    // connection's buffers stay about 16 KiB whatever its client sends, where hyper's default
-    // lets each grow to about 400 KiB.
+    // hyper's smallest read and write buffers (neither can go under 8 KiB) and a head of 32
+    // fields: a connection holds at most `CONNECTION_BYTES` whatever its client sends, where
+    // hyper's defaults let each buffer grow to about 400 KiB.
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)

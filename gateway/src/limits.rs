@@ -1,5 +1,6 @@
-//! Abuse control: token buckets keyed by user id (one token per tap) and by client IP (one
-//! token per request).
+//! Abuse control: token buckets keyed by user (one token per tap; the key is a keyed hash of
+//! the user id, so no id is copied into the map) and by client IP (one token per request, and
+//! one per tap).
 //!
 //! The buckets live in a sharded map: a request touches one shard per key for a few
 //! nanoseconds, so 64 std mutexes keep two cores from queueing on each other (and a std

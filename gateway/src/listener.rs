@@ -143,7 +143,7 @@ fn json_refusal(head: &[u8]) -> Option<Vec<u8>> {
         (&b"HTTP/1.1 400 "[..], "malformed HTTP request"),
         (
             &b"HTTP/1.1 431 "[..],
-            "request header too large (16 KiB and 32 fields at most)",
+            "request header too large (8 KiB and 32 fields at most)",
         ),
         (&b"HTTP/1.1 414 "[..], "request URI too long"),
     ]
@@ -289,8 +289,8 @@ mod tests {
         assert_eq!(
             String::from_utf8(json_refusal(hyper_431).unwrap()).unwrap(),
             "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n\
-             content-length: 67\r\nconnection: close\r\n\r\n\
-             {\"error\":\"request header too large (16 KiB and 32 fields at most)\"}"
+             content-length: 66\r\nconnection: close\r\n\r\n\
+             {\"error\":\"request header too large (8 KiB and 32 fields at most)\"}"
         );
         let route_400 = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
             content-length: 25\r\n\r\n{\"error\":\"bad\",\"x\":1}";

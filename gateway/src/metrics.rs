@@ -21,14 +21,25 @@ const ACK_BUCKETS_S: [f64; 13] = [
 
 /// The route label: the router's path pattern (cloning it is a reference count, not a copy), or
 /// `unmatched` for the fallback. Only the router's own patterns can appear, so it stays bounded.
+/// A pattern named up front (the ingest routes' counters, resolved once) is the same label.
 #[derive(Clone, Debug)]
-struct Route(Option<MatchedPath>);
+enum Route {
+    Matched(Option<MatchedPath>),
+    Known(&'static str),
+}
 
 impl Route {
     fn as_str(&self) -> &str {
-        self.0.as_ref().map_or("unmatched", MatchedPath::as_str)
+        match self {
+            Route::Matched(m) => m.as_ref().map_or("unmatched", MatchedPath::as_str),
+            Route::Known(path) => path,
+        }
     }
 }
+
+/// The answers nearly every request gets, whose counters are resolved once: the family's lookup
+/// hashes the labels under its lock on every request.
+const HOT: [(&str, u16); 2] = [("/send_emoji", 200), ("/v1/streams/{stream}/emojis", 202)];
 
 impl PartialEq for Route {
     fn eq(&self, other: &Self) -> bool {
@@ -64,6 +75,8 @@ struct ReasonLabels {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    /// [`HOT`]'s counters, in its order.
+    hot: [Counter; HOT.len()],
     /// One per [`REASONS`], created up front so every reason shows from the start (at zero).
     rejections: [Counter; REASONS.len()],
     emojis_accepted: Counter,
@@ -119,6 +132,12 @@ impl Default for Metrics {
             "HTTP requests by route and status",
             requests.clone(),
         );
+        let hot = HOT.map(|(path, status)| {
+            requests.get_or_create_owned(&RequestLabels {
+                route: Route::Known(path),
+                status,
+            })
+        });
         let by_reason = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "rejections",
@@ -157,6 +176,7 @@ impl Default for Metrics {
         Metrics {
             registry,
             requests,
+            hot,
             rejections,
             emojis_accepted,
             emojis_undelivered,
@@ -201,12 +221,23 @@ impl Gauges {
 impl Metrics {
     /// `route` is the matched path pattern, None for the fallback.
     pub fn request(&self, route: Option<MatchedPath>, status: u16, rejection: Option<&str>) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: Route(route),
-                status,
-            })
-            .inc();
+        let path = route.as_ref().map(MatchedPath::as_str);
+        match HOT
+            .iter()
+            .position(|&(p, s)| s == status && Some(p) == path)
+        {
+            Some(i) => {
+                self.hot[i].inc();
+            }
+            None => {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        route: Route::Matched(route),
+                        status,
+                    })
+                    .inc();
+            }
+        }
         if let Some(i) = rejection.and_then(|reason| REASONS.iter().position(|x| *x == reason)) {
             self.rejections[i].inc();
         }

@@ -125,7 +125,11 @@ struct Inner {
     batcher: BatcherHandle,
     metrics: Arc<Metrics>,
     rules: Rules,
-    users: RateLimiter<String>,
+    /// Keyed by a keyed 64-bit hash of the user id (`AppState::user_key`), not the id: no copy
+    /// of an id (up to 512 bytes) per new user on the hot path or in the map, and two ids share
+    /// a bucket only by a collision no client can aim for (the key is random per process).
+    users: RateLimiter<u64>,
+    user_hasher: std::hash::RandomState,
     ips: RateLimiter<IpAddr>,
     ip_taps: RateLimiter<IpAddr>,
     streams: LiveStreams,
@@ -155,6 +159,7 @@ impl AppState {
             metrics,
             rules: Rules::new(&g.emoji_allow_list)?,
             users: RateLimiter::new(g.user_taps_per_s, g.user_burst_taps),
+            user_hasher: std::hash::RandomState::new(),
             ips: RateLimiter::new(g.ip_requests_per_s, g.ip_burst_requests),
             ip_taps: RateLimiter::new(g.ip_taps_per_s, g.ip_burst_taps),
             streams: LiveStreams::new(
@@ -201,6 +206,12 @@ impl AppState {
             .map_err(|refused| GatewayError::Unauthenticated(refused.to_string()))
     }
 
+    /// The key of `user`'s bucket.
+    fn user_key(&self, user: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.0.user_hasher.hash_one(user)
+    }
+
     fn admit_ip(&self, ip: Option<IpAddr>) -> Result<(), GatewayError> {
         let Some(ip) = ip else { return Ok(()) };
         self.0
@@ -212,7 +223,7 @@ impl AppState {
             })
     }
 
-    /// Reads a body of at most `limit` bytes once its declared length fits in the in-flight
+    /// Reads a body of at most `limit` bytes once its `declared` length fits in the in-flight
     /// budget and in the client's share of it (503 or 429 at once otherwise, before a byte is
     /// read), so the bodies of many slow or large requests cannot grow memory past the budget,
     /// nor one client's take it. The reservation goes on with the request's taps
@@ -220,15 +231,19 @@ impl AppState {
     async fn read_body(
         &self,
         client: Option<IpAddr>,
-        headers: &HeaderMap,
+        declared: usize,
         body: Body,
         limit: usize,
     ) -> Result<(Bytes, Reservation), GatewayError> {
-        let reserved = self
-            .0
-            .batcher
-            .reserve(client, declared_length(headers, limit)?)?;
-        let body = read_body(body, limit, self.0.request_timeout, self.0.body_pace).await?;
+        let reserved = self.0.batcher.reserve(client, declared)?;
+        let body = read_body(
+            body,
+            declared,
+            limit,
+            self.0.request_timeout,
+            self.0.body_pace,
+        )
+        .await?;
         Ok((body, reserved))
     }
 
@@ -313,11 +328,11 @@ impl AppState {
                 ip_taps.give_back(&ip, n);
             }
             for tap in taken {
-                users.give_back(&*tap.user_id, 1);
+                users.give_back(&self.user_key(&tap.user_id), 1);
             }
         };
         for (i, tap) in taps.iter().enumerate() {
-            if let Err(wait) = users.take(&*tap.user_id, 1, now) {
+            if let Err(wait) = users.take(&self.user_key(&tap.user_id), 1, now) {
                 give_back(&taps[..i]);
                 return Err(GatewayError::RateLimited {
                     field: Some(field(i)),
@@ -381,8 +396,61 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { GatewayError::NotFound })
         .method_not_allowed_fallback(|| async { GatewayError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(cors)
+        .layer(OnlyWithOrigin(cors))
         .with_state(state)
+}
+
+/// CORS for the requests that carry an `Origin` (every cross-origin request a browser makes),
+/// and nothing for the rest: tower-http's layer builds a header map for every request and adds
+/// `Vary` and `Access-Control-Expose-Headers` (110 bytes) to every answer, which phones, the
+/// seed clients and load balancers never read.
+#[derive(Clone)]
+struct OnlyWithOrigin(CorsLayer);
+
+impl<S: Clone> tower::Layer<S> for OnlyWithOrigin {
+    type Service = CorsIfOrigin<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CorsIfOrigin {
+            plain: tower::util::Either::Left(inner.clone()),
+            cors: tower::util::Either::Right(self.0.layer(inner)),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct CorsIfOrigin<S> {
+    plain: tower::util::Either<S, tower_http::cors::Cors<S>>,
+    cors: tower::util::Either<S, tower_http::cors::Cors<S>>,
+}
+
+impl<S> tower::Service<Request> for CorsIfOrigin<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = tower::util::future::EitherResponseFuture<
+        S::Future,
+        tower_http::cors::ResponseFuture<S::Future>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Either may take the next request.
+        std::task::ready!(self.plain.poll_ready(cx))?;
+        self.cors.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if request.headers().contains_key(header::ORIGIN) {
+            self.cors.call(request)
+        } else {
+            self.plain.call(request)
+        }
+    }
 }
 
 /// The generated OpenAPI document, serialized once.
@@ -465,9 +533,35 @@ impl FromRequestParts<AppState> for ClientIp {
 /// The 200 of the seeds' route: their clients count any other status as a failure.
 struct SeedIngested(SeedAccepted);
 
+thread_local! {
+    /// The last seed answer's body on this thread, with its epoch: one tap in one epoch always
+    /// gets the same answer, so it is encoded once per epoch and thread, not per request.
+    static SEED_ANSWER: std::cell::RefCell<Option<(u64, Bytes)>> = const { std::cell::RefCell::new(None) };
+}
+
 impl IntoResponse for SeedIngested {
     fn into_response(self) -> Response {
-        (StatusCode::OK, Json(self.0)).into_response()
+        let SeedIngested(answer) = self;
+        let body = SEED_ANSWER.with_borrow_mut(|cached| match cached {
+            Some((epoch, body)) if *epoch == answer.epoch && answer.accepted == 1 => body.clone(),
+            _ => {
+                let body =
+                    Bytes::from(serde_json::to_vec(&answer).expect("an answer always serializes"));
+                if answer.accepted == 1 {
+                    *cached = Some((answer.epoch, body.clone()));
+                }
+                body
+            }
+        });
+        (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response()
     }
 }
 
@@ -491,9 +585,13 @@ async fn send_emoji(
     if BodyFormat::from_content_type(content_type(&headers))? != BodyFormat::Json {
         return Err(GatewayError::UnsupportedMediaType);
     }
-    let request_id = request_id(&headers)?;
+    let request_id = request_id(&headers)?.map(str::to_owned);
+    let declared = declared_length(&headers, SINGLE_BODY_LIMIT)?;
+    // The head is a slice of the connection's read buffer: let go before the body is awaited,
+    // so a request waiting for its body holds one such buffer, not two (`CONNECTION_BYTES`).
+    drop(headers);
     let (body, reserved) = state
-        .read_body(ip, &headers, body, SINGLE_BODY_LIMIT)
+        .read_body(ip, declared, body, SINGLE_BODY_LIMIT)
         .await?;
     let tap = parse::seed_body(&body, &state.0.rules)?;
     let Ingested(accepted) = state
@@ -503,7 +601,7 @@ async fn send_emoji(
                 user: user.as_deref(),
             },
             DEFAULT_STREAM,
-            request_id,
+            request_id.as_deref(),
             std::slice::from_ref(&tap),
             false,
             reserved,
@@ -544,9 +642,13 @@ async fn stream_emojis(
     };
     parse::stream_id(&stream)?;
     let format = BodyFormat::from_content_type(content_type(&headers))?;
-    let request_id = request_id(&headers)?;
+    let request_id = request_id(&headers)?.map(str::to_owned);
+    let declared = declared_length(&headers, BATCH_BODY_LIMIT)?;
+    // The head is a slice of the connection's read buffer: let go before the body is awaited,
+    // so a request waiting for its body holds one such buffer, not two (`CONNECTION_BYTES`).
+    drop(headers);
     let (body, reserved) = state
-        .read_body(ip, &headers, body, BATCH_BODY_LIMIT)
+        .read_body(ip, declared, body, BATCH_BODY_LIMIT)
         .await?;
     let taps = parse::batch_body(&body, format, &state.0.rules)?;
     let indexed = parse::is_list(&body, format);
@@ -557,7 +659,7 @@ async fn stream_emojis(
                 user: user.as_deref(),
             },
             &stream,
-            request_id,
+            request_id.as_deref(),
             &taps,
             indexed,
             reserved,
@@ -646,6 +748,7 @@ impl BodyPace {
 /// in plain text and know neither the pace nor the budget reserved before the read.
 async fn read_body(
     mut body: Body,
+    declared: usize,
     limit: usize,
     deadline: Duration,
     pace: BodyPace,
@@ -653,13 +756,12 @@ async fn read_body(
     use http_body_util::BodyExt;
     let started = tokio::time::Instant::now();
     let end = started + deadline;
-    // Most bodies arrive as one frame, which is kept as it is; a second one starts a copy.
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<bytes::BytesMut> = None;
+    // Copied out of hyper's frames rather than kept: a frame is a slice of the connection's
+    // read buffer, and holding it would hold that whole buffer past what the body's reservation
+    // (its declared length, the capacity here) counts.
+    let mut joined = bytes::BytesMut::with_capacity(declared);
     loop {
-        let received = joined
-            .as_ref()
-            .map_or_else(|| first.as_ref().map_or(0, Bytes::len), |j| j.len());
+        let received = joined.len();
         let due = pace.due(started, received).min(end);
         let frame = match tokio::time::timeout_at(due, body.frame()).await {
             Err(_) if due == end => {
@@ -687,20 +789,9 @@ async fn read_body(
         if received + data.len() > limit {
             return Err(GatewayError::TooLarge { limit });
         }
-        match (&mut first, &mut joined) {
-            (None, None) => first = Some(data),
-            (Some(_), None) => {
-                let mut j = bytes::BytesMut::from(first.take().expect("just matched"));
-                j.extend_from_slice(&data);
-                joined = Some(j);
-            }
-            (_, Some(j)) => j.extend_from_slice(&data),
-        }
+        joined.extend_from_slice(&data);
     }
-    Ok(match joined {
-        Some(j) => j.freeze(),
-        None => first.unwrap_or_default(),
-    })
+    Ok(joined.freeze())
 }
 
 /// The process is up.

@@ -1125,7 +1125,7 @@ async fn requests_hyper_cannot_parse_are_refused_in_json_too() {
         "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 34\r\n\
          connection: close\r\n\r\n{\"error\":\"malformed HTTP request\"}"
     );
-    // A head past the 16 KiB read buffer.
+    // A head past the 8 KiB read buffer.
     let huge = format!(
         "GET /healthz HTTP/1.1\r\nHost: gateway\r\nx-pad: {}\r\n\r\n",
         "a".repeat(20 * 1024)
@@ -1134,8 +1134,8 @@ async fn requests_hyper_cannot_parse_are_refused_in_json_too() {
     assert_eq!(
         too_large,
         "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n\
-         content-length: 67\r\nconnection: close\r\n\r\n\
-         {\"error\":\"request header too large (16 KiB and 32 fields at most)\"}"
+         content-length: 66\r\nconnection: close\r\n\r\n\
+         {\"error\":\"request header too large (8 KiB and 32 fields at most)\"}"
     );
     let mut many = "GET /healthz HTTP/1.1\r\nHost: gateway\r\n".to_string();
     for i in 0..40 {
@@ -1144,6 +1144,90 @@ async fn requests_hyper_cannot_parse_are_refused_in_json_too() {
     many.push_str("\r\n");
     assert_eq!(raw_exchange(&gw.addr, many.as_bytes()).await, too_large);
     gw.stop().await;
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn resident_bytes(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix(" kB"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
+
+/// A request at its costliest for the connection: a head of about 8 KiB (the most the gateway
+/// takes) declaring a 4 KiB body, and 2 KiB of the body, the rest never sent.
+fn costliest_request() -> Vec<u8> {
+    let head = "POST /send_emoji HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n\
+        Content-Length: 4096\r\nx-pad: ";
+    let mut raw = head.as_bytes().to_vec();
+    raw.resize(8 * 1024 - 200, b'a');
+    raw.extend_from_slice(b"\r\n\r\n");
+    raw.extend_from_slice(&[b' '; 2048]);
+    raw
+}
+
+#[tokio::test]
+async fn a_connection_holds_at_most_its_32_kib_of_the_budget_whatever_its_client_sends() {
+    use emostream_protocol::config::CONNECTION_BYTES;
+    use tokio::io::AsyncWriteExt;
+    const CONNECTIONS: usize = 1000;
+    const BODY: usize = 4096;
+    // The bodies wait for the test, not for the pace or the deadline.
+    let kafka = Kafka::start("request_timeout_ms = 120000\nbody_grace_ms = 120000");
+    let g = &kafka.config.gateway;
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_emostream-gateway"))
+        .arg("--config")
+        .arg(kafka.broker.config_path())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("the gateway binary starts");
+    let addr = g.listen.clone();
+    wait_ready(&addr).await;
+    // The connections' part of the budget is set aside at start.
+    assert_eq!(
+        gauge(&addr, "emostream_gateway_in_flight_budget_bytes").await,
+        g.max_in_flight_bytes - g.max_connections * CONNECTION_BYTES
+    );
+    // `n` more connections at their costliest, `first` being held already.
+    async fn hold(addr: &str, first: usize, n: usize) -> Vec<tokio::net::TcpStream> {
+        let mut streams = Vec::new();
+        for i in first..first + n {
+            // Four addresses: each stays under its 1,000 connections and 16 MiB share.
+            let mut stream = connect_from(&format!("127.0.0.{}", 2 + i % 4), addr).await;
+            stream.write_all(&costliest_request()).await.unwrap();
+            streams.push(stream);
+        }
+        wait_until(
+            "every request to wait for the rest of its body",
+            Duration::from_secs(30),
+            || async {
+                gauge(addr, "emostream_gateway_in_flight_bytes").await == (first + n) * BODY
+            },
+        )
+        .await;
+        streams
+    }
+    // 500 first, so the runtime's and the allocator's own pools have grown already; then what
+    // 1,000 more add, all held at once, so none reuses another's memory.
+    let warm = hold(&addr, 0, 500).await;
+    let before = resident_bytes(gateway.id());
+    let more = hold(&addr, 500, CONNECTIONS).await;
+    let grown = resident_bytes(gateway.id()).saturating_sub(before);
+    // What each holds besides its body (which reserves its own declared 4 KiB).
+    let per_connection = grown.saturating_sub(CONNECTIONS * BODY) / CONNECTIONS;
+    assert!(
+        per_connection < CONNECTION_BYTES,
+        "{per_connection} bytes a connection ({grown} grown for {CONNECTIONS})"
+    );
+    eprintln!("{per_connection} bytes a connection at its costliest");
+    drop((warm, more));
+    let _ = gateway.kill();
+    let _ = gateway.wait();
 }
 
 /// `taps` taps of fresh users posted from `ip` with the extra header lines `headers`.

@@ -590,7 +590,7 @@ async fn only_the_viewer_pages_and_configured_origins_may_post_cross_origin() {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from("{}"))
         .unwrap();
-    let response = app.oneshot(refused).await.unwrap();
+    let response = app.clone().oneshot(refused).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
         response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
@@ -600,6 +600,20 @@ async fn only_the_viewer_pages_and_configured_origins_may_post_cross_origin() {
         response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS],
         "retry-after"
     );
+    assert_eq!(
+        response.headers()[header::VARY],
+        "origin, access-control-request-method, access-control-request-headers"
+    );
+    // Without an Origin (a phone, a seed client, a load balancer) no CORS work and no CORS
+    // headers: only the answer's own.
+    let plain = Request::post("/v1/streams/NOPE/emojis")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let response = app.oneshot(plain).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let names: Vec<&str> = response.headers().keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["content-type", "content-length"]);
 }
 
 #[tokio::test]

@@ -196,9 +196,10 @@ pub struct GatewayConfig {
     /// The only emojis accepted, when not empty; empty (the default) accepts any single emoji.
     #[serde(default)]
     pub emoji_allow_list: Vec<String>,
-    /// Bytes of encoded events held at once between a request's arrival and the broker's
-    /// acknowledgement (queued, packed or sent). A request that does not fit is refused with 503
-    /// at once.
+    /// The gateway's memory for its clients: `max_connections` × 32 KiB (`CONNECTION_BYTES`) is
+    /// set aside for the connections' buffers, and the rest holds bodies (their declared length,
+    /// from before they are read) and encoded events until the broker's acknowledgement (queued,
+    /// packed or sent). A request that does not fit in the rest is refused with 503 at once.
     #[serde(default = "GatewayConfig::max_in_flight_bytes")]
     pub max_in_flight_bytes: usize,
     /// The most of `max_in_flight_bytes` one client (an IPv4 address or an IPv6 /64) holds at
@@ -308,6 +309,15 @@ pub enum AckMode {
 /// budget could never hold one.
 pub const MIN_IN_FLIGHT_BYTES: usize = 16 << 20;
 
+/// What one open client connection may hold of the gateway's memory, set aside in
+/// `max_in_flight_bytes` for each of `max_connections`: hyper's read and write buffers (8 KiB
+/// each at most, their smallest) and the connection's and its request's own state (the task, a
+/// head of 32 fields at most, the handler), with room to spare: at its costliest (a whole 8 KiB
+/// head, a declared body, part of it sent) a connection holds about 23 KiB besides its body,
+/// which reserves its declared length itself (the gateway's
+/// `a_connection_holds_at_most_its_32_kib_of_the_budget_whatever_its_client_sends`).
+pub const CONNECTION_BYTES: usize = 32 << 10;
+
 impl GatewayConfig {
     /// 100 ms keeps the answer to a tap well inside the 2 s epoch (the seeds use 500 ms).
     const fn flush_ms() -> u64 {
@@ -317,10 +327,10 @@ impl GatewayConfig {
     const fn flush_max_events() -> usize {
         20_000
     }
-    /// 128 MiB: a second of the 1 M taps/s target at about 100 bytes an encoded event, plus
-    /// headroom.
+    /// 128 MiB for bodies and taps (a second of the 1 M taps/s target at about 100 bytes an
+    /// encoded event, plus headroom), and `CONNECTION_BYTES` for each of `max_connections`.
     const fn max_in_flight_bytes() -> usize {
-        128 << 20
+        (128 << 20) + Self::max_connections() * CONNECTION_BYTES
     }
     /// An eighth of the default budget, and room for the largest request (a 1 MiB body of
     /// minimal taps encodes to about 10 MiB).
@@ -834,16 +844,19 @@ impl Config {
             }
         }
         let g = &self.gateway;
-        if g.max_in_flight_bytes < MIN_IN_FLIGHT_BYTES {
-            return bad("gateway.max_in_flight_bytes must be at least 16 MiB (16777216), the largest batch record");
+        let taps_budget = g
+            .max_in_flight_bytes
+            .saturating_sub(g.max_connections.saturating_mul(CONNECTION_BYTES));
+        if taps_budget < MIN_IN_FLIGHT_BYTES {
+            return bad("gateway.max_in_flight_bytes must be at least 16 MiB (16777216, the largest batch record) plus 32 KiB (32768) for each of gateway.max_connections");
         }
         if g.request_timeout_ms == 0 {
             return bad("gateway.request_timeout_ms must be at least 1");
         }
         if g.max_in_flight_bytes_per_ip < MIN_IN_FLIGHT_BYTES
-            || g.max_in_flight_bytes_per_ip > g.max_in_flight_bytes
+            || g.max_in_flight_bytes_per_ip > taps_budget
         {
-            return bad("gateway.max_in_flight_bytes_per_ip must be between 16 MiB (16777216, the largest request's encoding fits) and max_in_flight_bytes");
+            return bad("gateway.max_in_flight_bytes_per_ip must be between 16 MiB (16777216, the largest request's encoding fits) and max_in_flight_bytes less 32 KiB (32768) for each of gateway.max_connections");
         }
         if g.min_body_bytes_per_s == 0 || g.write_timeout_ms == 0 {
             return bad(
@@ -1077,6 +1090,37 @@ subscribers = ["127.0.0.1:9011"]
             err.to_string(),
             "invalid configuration: epochs.divisor must be at least 1"
         );
+    }
+
+    #[test]
+    fn the_connections_part_of_the_budget_leaves_room_for_the_largest_record() {
+        let c = Config::from_toml(SAMPLE).unwrap();
+        assert_eq!(
+            c.gateway.max_in_flight_bytes - c.gateway.max_connections * CONNECTION_BYTES,
+            128 << 20
+        );
+        // 1,000 connections set 31.25 MiB aside: 47 MiB leaves 15.75, under one record.
+        let err = load_with_env(
+            SAMPLE,
+            &[
+                ("EMOSTREAM_GATEWAY__MAX_CONNECTIONS", "1000"),
+                ("EMOSTREAM_GATEWAY__MAX_IN_FLIGHT_BYTES", "49283072"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: gateway.max_in_flight_bytes must be at least 16 MiB (16777216, the largest batch record) plus 32 KiB (32768) for each of gateway.max_connections"
+        );
+        let c = load_with_env(
+            SAMPLE,
+            &[
+                ("EMOSTREAM_GATEWAY__MAX_CONNECTIONS", "1000"),
+                ("EMOSTREAM_GATEWAY__MAX_IN_FLIGHT_BYTES", "49545216"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.gateway.max_in_flight_bytes_per_ip, 16 << 20);
     }
 
     #[test]

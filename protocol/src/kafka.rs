@@ -99,7 +99,9 @@ impl KafkaConfig {
                 ("acks", "all".into()),
                 // Batch records of NDJSON compress several times over.
                 ("compression.type", "lz4".into()),
-                // The gateway batches itself; librdkafka only coalesces one flush tick's records.
+                // The gateway batches itself; librdkafka only coalesces the records of several
+                // partitions into one produce request. At 0 records shrank and a durable tap
+                // cost the broker a third more CPU (docs/benchmarks.md, Ingest).
                 ("linger.ms", "5".into()),
                 ("message.timeout.ms", delivery_timeout_ms.to_string()),
                 ("message.max.bytes", max_message_bytes.to_string()),

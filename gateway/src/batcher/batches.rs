@@ -1,6 +1,7 @@
 //! The batching policy: which (partition, stream, epoch) batch is due when.
 
-use super::{Ack, Reservation, Submission};
+use super::budget::Held;
+use super::{Ack, Submission};
 use std::collections::hash_map::{Entry, HashMap};
 
 #[derive(Clone, Hash, PartialEq, Eq)]
@@ -18,7 +19,8 @@ pub(super) struct OpenBatch {
     pub(super) events: usize,
     pub(super) lines: Vec<u8>,
     pub(super) acks: Vec<Ack>,
-    pub(super) permits: Vec<Reservation>,
+    /// The budget its requests hold, until the broker has answered for the record.
+    pub(super) held: Held,
 }
 
 /// Which batches go out when (the group commit and the caps), apart from the producer that
@@ -30,17 +32,26 @@ pub(super) struct Batches {
     /// … and never grows past this, the producer's `message.max.bytes`: a record over it would
     /// be refused for good, and every request in it answered 500.
     max_record_bytes: usize,
+    /// Records of one partition awaiting the broker at once: while fewer are, a batch goes at
+    /// once; at this many, the partition's batches gather until an answer.
+    max_unacked: usize,
     open: HashMap<BatchKey, OpenBatch>,
     /// Records awaiting the broker, per partition.
     unacked: HashMap<i32, usize>,
 }
 
 impl Batches {
-    pub(super) fn new(max_events: usize, max_bytes: usize, max_record_bytes: usize) -> Self {
+    pub(super) fn new(
+        max_events: usize,
+        max_bytes: usize,
+        max_record_bytes: usize,
+        max_unacked: usize,
+    ) -> Self {
         Batches {
             max_events,
             max_bytes,
             max_record_bytes,
+            max_unacked,
             open: HashMap::new(),
             unacked: HashMap::new(),
         }
@@ -76,7 +87,7 @@ impl Batches {
                 events: 0,
                 lines: Vec::with_capacity(s.lines.len() * 4),
                 acks: Vec::new(),
-                permits: Vec::new(),
+                held: Held::default(),
             }),
         };
         let batch = entry.get_mut();
@@ -84,9 +95,12 @@ impl Batches {
         batch.events += s.events;
         batch.lines.extend_from_slice(&s.lines);
         batch.acks.extend(s.ack);
-        batch.permits.push(s.permit);
+        batch.held.add(s.permit);
         let full = batch.events >= self.max_events || batch.lines.len() >= self.max_bytes;
-        let idle = self.unacked.get(&s.partition).is_none_or(|&n| n == 0);
+        let idle = self
+            .unacked
+            .get(&s.partition)
+            .is_none_or(|&n| n < self.max_unacked);
         (full || idle).then(|| entry.remove_entry())
     }
 
@@ -95,11 +109,12 @@ impl Batches {
         *self.unacked.entry(partition).or_default() += 1;
     }
 
-    /// A record of `partition` was answered: if it was the last, what gathered meanwhile is due.
+    /// A record of `partition` was answered: if that leaves room for another, what gathered
+    /// meanwhile is due.
     pub(super) fn acknowledged(&mut self, partition: i32) -> Vec<(BatchKey, OpenBatch)> {
         let n = self.unacked.entry(partition).or_default();
         *n -= 1;
-        if *n > 0 {
+        if *n >= self.max_unacked {
             return Vec::new();
         }
         let ready: Vec<BatchKey> = self

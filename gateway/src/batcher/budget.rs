@@ -94,6 +94,56 @@ impl Drop for Reservation {
     }
 }
 
+/// What a batch holds of the budget for its requests, given back in one go when the broker has
+/// answered for its record: one release of the budget's semaphore (which takes its lock) and
+/// one share release per client run, per record rather than per request.
+#[derive(Default)]
+pub struct Held {
+    permit: Option<OwnedSemaphorePermit>,
+    /// Bytes per client, consecutive requests of one client added up.
+    shares: Vec<(IpAddr, usize)>,
+    ledger: Option<Arc<Shares>>,
+}
+
+impl Held {
+    /// Takes over a request's reservation.
+    pub fn add(&mut self, mut r: Reservation) {
+        let bytes = r.bytes();
+        // Taken first, so `r`'s drop releases nothing of the share.
+        if let Some((client, shares)) = r.client.take() {
+            match self.shares.last_mut() {
+                Some((last, n)) if *last == client => *n += bytes,
+                _ => self.shares.push((client, bytes)),
+            }
+            self.ledger.get_or_insert(shares);
+        }
+        if let Some(moved) = r.permit.split(bytes) {
+            match &mut self.permit {
+                Some(permit) => permit.merge(moved),
+                None => self.permit = Some(moved),
+            }
+        }
+    }
+
+    /// Bytes held.
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.permit
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(ledger) = &self.ledger {
+            for &(client, bytes) in &self.shares {
+                ledger.release(client, bytes);
+            }
+        }
+    }
+}
+
 impl From<OwnedSemaphorePermit> for Reservation {
     /// Budget bytes charged to no client (the batcher's own tests).
     fn from(permit: OwnedSemaphorePermit) -> Self {
@@ -206,6 +256,33 @@ mod tests {
             Some(GatewayError::ShareFull)
         );
         drop((a2, a3, b));
+        assert_eq!(budget.in_flight(), (0, 100));
+        assert_eq!(budget.clients(), 0);
+    }
+
+    #[test]
+    fn a_batch_holds_its_requests_bytes_and_gives_them_back_in_one_go() {
+        let budget = Budget::new(100, 30);
+        let mut held = Held::default();
+        held.add(budget.reserve(ip("10.0.0.1"), 10).unwrap());
+        held.add(budget.reserve(ip("10.0.0.1"), 5).unwrap());
+        held.add(budget.reserve(ip("10.0.0.2"), 7).unwrap());
+        held.add(budget.reserve(None, 3).unwrap());
+        assert_eq!(held.bytes(), 25);
+        assert_eq!(
+            held.shares,
+            [
+                ("10.0.0.1".parse().unwrap(), 15),
+                ("10.0.0.2".parse().unwrap(), 7)
+            ]
+        );
+        assert_eq!(budget.in_flight(), (25, 100));
+        assert_eq!(budget.clients(), 2);
+        assert_eq!(
+            budget.reserve(ip("10.0.0.1"), 16).err(),
+            Some(GatewayError::ShareFull)
+        );
+        drop(held);
         assert_eq!(budget.in_flight(), (0, 100));
         assert_eq!(budget.clients(), 0);
     }

@@ -82,10 +82,7 @@ impl Packer {
             .payload(&batch.lines)
             .timestamp(batch.newest_recv_ms as i64);
         let OpenBatch {
-            events,
-            acks,
-            permits,
-            ..
+            events, acks, held, ..
         } = batch;
         let partition = key.partition;
         match self.producer.send_result(record) {
@@ -134,7 +131,7 @@ impl Packer {
                         let _ = ack.send(outcome.clone());
                     }
                     // The budget is returned only now: until here these events were in memory.
-                    drop(permits);
+                    drop(held);
                     partition
                 });
             }

@@ -49,7 +49,8 @@ fn submission(
     (submission, answer)
 }
 
-/// (partition, stream, epoch, newest receive time, events, lines, acks, permits) of a due batch.
+/// (partition, stream, epoch, newest receive time, events, lines, acks, budget bytes held) of a
+/// due batch.
 fn shape(due: &(BatchKey, OpenBatch)) -> (i32, &str, u64, u64, usize, &str, usize, usize) {
     let (key, batch) = due;
     (
@@ -60,24 +61,24 @@ fn shape(due: &(BatchKey, OpenBatch)) -> (i32, &str, u64, u64, usize, &str, usiz
         batch.events,
         std::str::from_utf8(&batch.lines).unwrap(),
         batch.acks.len(),
-        batch.permits.len(),
+        batch.held.bytes(),
     )
 }
 
 #[test]
 fn a_batch_goes_at_once_to_a_partition_with_nothing_in_flight() {
     let budget = Arc::new(Semaphore::new(100));
-    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20));
+    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20), 1);
     let (s, _answer) = submission(&budget, (2, "main", 7), 14_001, 2, "a\n", true);
     let due = batches.add(s).expect("partition 2 is idle");
-    assert_eq!(shape(&due), (2, "main", 7, 14_001, 2, "a\na\n", 1, 1));
+    assert_eq!(shape(&due), (2, "main", 7, 14_001, 2, "a\na\n", 1, 2));
     assert!(batches.take_all().is_empty());
 }
 
 #[test]
 fn while_a_record_is_in_flight_its_partition_gathers_until_the_answer() {
     let budget = Arc::new(Semaphore::new(100));
-    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20));
+    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20), 1);
     batches.sent(0);
     let (a, _) = submission(&budget, (0, "main", 7), 14_100, 2, "a\n", true);
     let (b, _) = submission(&budget, (0, "main", 7), 14_050, 3, "b\n", true);
@@ -97,14 +98,14 @@ fn while_a_record_is_in_flight_its_partition_gathers_until_the_answer() {
     // The newest receive time is the record's timestamp; the fire-and-forget request has no ack.
     assert_eq!(
         shape(&due[0]),
-        (0, "main", 7, 14_100, 6, "a\na\nb\nb\nb\nc\n", 2, 3)
+        (0, "main", 7, 14_100, 6, "a\na\nb\nb\nb\nc\n", 2, 6)
     );
 }
 
 #[test]
 fn the_answer_to_one_of_two_records_in_flight_releases_nothing() {
     let budget = Arc::new(Semaphore::new(100));
-    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20));
+    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20), 1);
     batches.sent(0);
     batches.sent(0);
     let (a, _) = submission(&budget, (0, "main", 7), 14_100, 1, "a\n", true);
@@ -120,7 +121,7 @@ fn the_answer_to_one_of_two_records_in_flight_releases_nothing() {
 #[test]
 fn a_batch_never_mixes_streams_or_epochs() {
     let budget = Arc::new(Semaphore::new(100));
-    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20));
+    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20), 1);
     batches.sent(0);
     for (stream, epoch, recv_ms, line) in [
         ("main", 7, 15_990, "m7\n"),
@@ -146,7 +147,7 @@ fn a_batch_never_mixes_streams_or_epochs() {
 #[test]
 fn a_batch_reaching_the_event_cap_goes_even_while_its_partition_is_busy() {
     let budget = Arc::new(Semaphore::new(100));
-    let mut batches = Batches::new(5, 1 << 20, 2 * (1 << 20));
+    let mut batches = Batches::new(5, 1 << 20, 2 * (1 << 20), 1);
     batches.sent(0);
     let (a, _) = submission(&budget, (0, "main", 7), 14_000, 3, "a\n", true);
     let (b, _) = submission(&budget, (0, "main", 7), 14_001, 2, "b\n", true);
@@ -154,7 +155,7 @@ fn a_batch_reaching_the_event_cap_goes_even_while_its_partition_is_busy() {
     assert!(batches.add(a).is_none(), "3 of 5 events");
     assert_eq!(
         shape(&batches.add(b).expect("5 of 5 events")),
-        (0, "main", 7, 14_001, 5, "a\na\na\nb\nb\n", 2, 2)
+        (0, "main", 7, 14_001, 5, "a\na\na\nb\nb\n", 2, 5)
     );
     assert!(batches.add(c).is_none(), "a new batch, 4 of 5 events");
 }
@@ -162,21 +163,21 @@ fn a_batch_reaching_the_event_cap_goes_even_while_its_partition_is_busy() {
 #[test]
 fn a_batch_reaching_the_byte_cap_goes_even_while_its_partition_is_busy() {
     let budget = Arc::new(Semaphore::new(100));
-    let mut batches = Batches::new(1000, 10, 2 * 10);
+    let mut batches = Batches::new(1000, 10, 2 * 10, 1);
     batches.sent(0);
     let (a, _) = submission(&budget, (0, "main", 7), 14_000, 2, "abc\n", true);
     let (b, _) = submission(&budget, (0, "main", 7), 14_001, 1, "de\n", true);
     assert!(batches.add(a).is_none(), "8 of 10 bytes");
     assert_eq!(
         shape(&batches.add(b).expect("11 bytes: past the cap")),
-        (0, "main", 7, 14_001, 3, "abc\nabc\nde\n", 2, 2)
+        (0, "main", 7, 14_001, 3, "abc\nabc\nde\n", 2, 3)
     );
 }
 
 #[test]
 fn the_flush_tick_takes_every_open_batch_of_every_partition() {
     let budget = Arc::new(Semaphore::new(100));
-    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20));
+    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20), 1);
     batches.sent(0);
     batches.sent(3);
     let (a, _) = submission(&budget, (0, "main", 7), 14_000, 1, "a\n", true);
@@ -189,7 +190,7 @@ fn the_flush_tick_takes_every_open_batch_of_every_partition() {
         due.iter().map(shape).collect::<Vec<_>>(),
         [
             (0, "main", 7, 14_000, 1, "a\n", 1, 1),
-            (3, "main", 7, 14_001, 2, "b\nb\n", 1, 1),
+            (3, "main", 7, 14_001, 2, "b\nb\n", 1, 2),
         ]
     );
     assert!(batches.take_all().is_empty());
@@ -198,7 +199,7 @@ fn the_flush_tick_takes_every_open_batch_of_every_partition() {
 #[tokio::test]
 async fn a_batch_carries_each_waiting_request_its_answer_and_holds_the_budget_until_then() {
     let budget = Arc::new(Semaphore::new(10));
-    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20));
+    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20), 1);
     batches.sent(0);
     let (a, answer_a) = submission(&budget, (0, "main", 7), 14_000, 2, "a\n", true);
     let (b, answer_b) = submission(&budget, (0, "main", 7), 14_001, 3, "b\n", true);
@@ -216,7 +217,7 @@ async fn a_batch_carries_each_waiting_request_its_answer_and_holds_the_budget_un
         5,
         "permits travel with the events"
     );
-    drop(batch.permits);
+    drop(batch.held);
     assert_eq!(budget.available_permits(), 10);
     for answer in [answer_a.unwrap(), answer_b.unwrap()] {
         assert!(matches!(
@@ -349,7 +350,10 @@ async fn the_in_flight_budget_counts_bytes_not_events() {
         emoji: "🔥",
         ts: None,
     };
-    let budget = config.gateway.max_in_flight_bytes;
+    // What is left for bodies and taps once the connections' part is set aside.
+    let g = &config.gateway;
+    let budget =
+        g.max_in_flight_bytes - g.max_connections * emostream_protocol::config::CONNECTION_BYTES;
     assert_eq!(handle.in_flight(), (0, budget));
     let held = handle.reserve(None, budget - 150).unwrap();
     assert_eq!(
@@ -386,7 +390,7 @@ async fn the_in_flight_budget_counts_bytes_not_events() {
 #[test]
 fn a_request_that_would_take_its_open_batch_past_the_record_cap_sends_it_first() {
     let budget = Arc::new(Semaphore::new(100));
-    let mut batches = Batches::new(1000, 10, 20);
+    let mut batches = Batches::new(1000, 10, 20, 1);
     batches.sent(0);
     let (a, _) = submission(&budget, (0, "main", 7), 14_000, 2, "abc\n", true);
     let (big, _) = submission(&budget, (0, "main", 7), 14_001, 5, "def\n", true);
@@ -395,7 +399,7 @@ fn a_request_that_would_take_its_open_batch_past_the_record_cap_sends_it_first()
     // 8 + 20 bytes would pass the 20-byte cap: the open batch goes as it is, alone.
     assert_eq!(
         shape(&batches.room_for(&big).expect("past the record cap")),
-        (0, "main", 7, 14_000, 2, "abc\nabc\n", 1, 1)
+        (0, "main", 7, 14_000, 2, "abc\nabc\n", 1, 2)
     );
     assert_eq!(
         shape(
@@ -403,7 +407,7 @@ fn a_request_that_would_take_its_open_batch_past_the_record_cap_sends_it_first()
                 .add(big)
                 .expect("20 bytes: past the flush threshold")
         ),
-        (0, "main", 7, 14_001, 5, "def\ndef\ndef\ndef\ndef\n", 1, 1)
+        (0, "main", 7, 14_001, 5, "def\ndef\ndef\ndef\ndef\n", 1, 5)
     );
 }
 
