@@ -1,0 +1,232 @@
+//! A retried request counts once: 10,000 requests, each with its own `Idempotency-Key`, are sent
+//! to one of two gateways and, once acknowledged, sent again one or two more times with the same
+//! key, to the other gateway and then to both at once (a phone that never saw its answer and
+//! retries wherever its load balancer sends it), some at once and some seconds later. Midway,
+//! every worker process is killed with SIGKILL and the supervisor restarts the cluster, which
+//! replays from its progress record and remembers the keys of the log before its resume offsets
+//! again. Every request's taps must be counted exactly once, in the epoch its first attempt's
+//! answer named, and any epoch published twice must be byte for byte the same.
+
+use emostream_e2e::trace::{self, Truth};
+use emostream_e2e::{System, Topology};
+use emostream_protocol::wire::Accepted;
+use emostream_testkit::{http, topic, wait_for, Rng};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+const WINDOW_MS: u64 = 1000;
+const STREAMS: [&str; 3] = ["alpha", "beta", "gamma"];
+const REQUESTS: usize = 10_000;
+/// Clients sending first attempts at once; each retries on its own schedule.
+const CLIENTS: usize = 48;
+/// The latest a retry follows its first attempt's answer.
+const RETRY_WITHIN: Duration = Duration::from_secs(6);
+
+/// One request: its key, its stream, the body and the emojis it carries.
+struct Request {
+    key: String,
+    stream: &'static str,
+    body: String,
+    emojis: Vec<&'static str>,
+}
+
+fn request(rng: &mut Rng, i: usize) -> Request {
+    let stream = STREAMS[i % STREAMS.len()];
+    let user = format!("user-{}", i % 1_500);
+    let emojis: Vec<&'static str> = (0..1 + rng.next_u64() % 3)
+        .map(|_| trace::emoji(rng))
+        .collect();
+    let items: Vec<String> = (emojis.iter())
+        .map(|e| format!(r#"{{"user_id":"{user}","emoji":"{e}"}}"#))
+        .collect();
+    Request {
+        key: format!("req-{i}-{:x}", rng.next_u64()),
+        stream,
+        body: format!("[{}]", items.join(",")),
+        emojis,
+    }
+}
+
+/// One attempt of `request` on `gateway`: the epoch its answer names.
+async fn attempt(gateway: &str, request: &Request) -> u64 {
+    let response = http::post_json_with(
+        gateway,
+        &format!("/v1/streams/{}/emojis", request.stream),
+        &[("Idempotency-Key", &request.key)],
+        &request.body,
+    )
+    .await
+    .expect("the gateway answers");
+    assert_eq!(response.status, 202, "{}", response.body);
+    let accepted: Accepted = response.json();
+    assert_eq!(accepted.accepted, request.emojis.len() as u64);
+    accepted.epoch
+}
+
+/// The retries of a request whose first attempt (on `gateways[0]`) was acknowledged, so is
+/// first in its partition's log: after `pause`, a second attempt on the other gateway, and with
+/// `third` a third on the first gateway at the same time.
+async fn retry(gateways: Arc<Vec<String>>, request: Request, pause: Duration, third: bool) {
+    let (one, other) = (&gateways[0], &gateways[1]);
+    tokio::time::sleep(pause).await;
+    if third {
+        tokio::join!(attempt(other, &request), attempt(one, &request));
+    } else {
+        attempt(other, &request).await;
+    }
+}
+
+async fn progress_records(system: &System) -> i64 {
+    let (brokers, progress) = (
+        system.config.kafka.brokers.clone(),
+        system.config.kafka.progress_topic.clone(),
+    );
+    tokio::task::spawn_blocking(move || topic::watermarks(&brokers, &progress)[&0].1)
+        .await
+        .expect("watermark task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retried_requests_count_once_across_gateways_and_a_crash() {
+    let system = System::start(Topology {
+        window_ms: WINDOW_MS,
+        gateways: 2,
+        ..Topology::default()
+    })
+    .await;
+    let gateways = system.gateways();
+
+    let truth = Arc::new(Mutex::new(Truth::new()));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut clients = JoinSet::new();
+    for client in 0..CLIENTS {
+        let (truth, sent, retries, next) = (
+            Arc::clone(&truth),
+            Arc::clone(&sent),
+            Arc::clone(&retries),
+            Arc::clone(&next),
+        );
+        // Half the clients take gateway 0 first, half gateway 1.
+        let mut order = gateways.clone();
+        order.rotate_left(client % 2);
+        let order = Arc::new(order);
+        clients.spawn(async move {
+            let mut rng = Rng::seeded(client as u64);
+            let mut in_flight = JoinSet::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= REQUESTS {
+                    break;
+                }
+                let request = request(&mut rng, i);
+                let pause = RETRY_WITHIN.mul_f64((rng.next_u64() % 1_000) as f64 / 1_000.0);
+                let third = rng.next_u64().is_multiple_of(2);
+                retries.fetch_add(1 + usize::from(third), Ordering::Relaxed);
+                let epoch = attempt(&order[0], &request).await;
+                {
+                    let mut truth = truth.lock().expect("truth lock");
+                    let counts = (truth.entry((request.stream.to_string(), epoch))).or_default();
+                    for e in &request.emojis {
+                        *counts.entry(e.to_string()).or_default() += 1;
+                    }
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                // The retries go on in the background while the client sends its next request.
+                in_flight.spawn(retry(Arc::clone(&order), request, pause, third));
+            }
+            while let Some(done) = in_flight.join_next().await {
+                done.expect("a send");
+            }
+        });
+    }
+
+    // Midway, with epochs published, every worker process at once.
+    let pids = wait_for(
+        "half the requests answered, and epochs recorded",
+        Duration::from_secs(60),
+        || {
+            let (system, sent) = (&system, &sent);
+            async move {
+                let half = sent.load(Ordering::Relaxed) >= REQUESTS / 2;
+                (half && progress_records(system).await > 0).then(|| system.dataflow_pids())
+            }
+        },
+    )
+    .await;
+    for pid in &pids {
+        // SAFETY: kill(2) on a pid of our own test's dataflow process.
+        assert_eq!(
+            unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) },
+            0,
+            "kill -9 {pid}"
+        );
+    }
+    eprintln!(
+        "SIGKILL to every worker process ({pids:?}) after {} requests",
+        sent.load(Ordering::Relaxed)
+    );
+
+    while let Some(done) = clients.join_next().await {
+        done.expect("a client");
+    }
+    let mut truth = Arc::try_unwrap(truth)
+        .expect("clients are done")
+        .into_inner()
+        .expect("truth lock");
+    let taps: u64 = truth.values().flat_map(|m| m.values()).sum();
+    let markers = trace::markers(system.gateway(), &STREAMS, &mut truth).await;
+    let (records, frames) = system
+        .published_through(&markers, Duration::from_secs(90))
+        .await;
+    eprintln!(
+        "{REQUESTS} requests ({taps} taps) with {} retries: {} epochs exact, {records} records \
+         ({} identical re-publications)",
+        retries.load(Ordering::Relaxed),
+        frames.len(),
+        records - frames.len()
+    );
+    trace::assert_exact(&frames, &truth, WINDOW_MS, "retried requests");
+
+    // The restarted workers did remember keys from before their resume offsets.
+    let log = plain(&system.log("workers"));
+    let refilled: Vec<u64> = (log.lines())
+        .filter(|l| l.contains("idempotency keys refilled from the log"))
+        .filter_map(|l| {
+            l.split("keys=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    eprintln!("keys refilled per partition at the restart: {refilled:?}");
+    assert!(
+        refilled.iter().sum::<u64>() > 0,
+        "a restart that remembered no key proves nothing:\n{log}"
+    );
+    let by_stream: BTreeMap<&str, usize> = STREAMS
+        .iter()
+        .map(|s| (*s, frames.keys().filter(|k| k.0 == *s).count()))
+        .collect();
+    eprintln!("epochs per stream: {by_stream:?}");
+}
+
+/// `text` without ANSI colour sequences (`ESC [ … m`), which the processes' logs may carry.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
