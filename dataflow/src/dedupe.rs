@@ -212,14 +212,19 @@ pub fn refill(
             client: "idempotency key reader",
             source,
         })?;
-    // The record just before each resume offset: the clock there is at least its timestamp.
-    let mut before = BTreeMap::new();
+    // Each partition is read up to its resume offset, or to its end if the log ends before (the
+    // records there are not written yet, or were lost: no replay will read them either).
+    let (mut ends, mut lows, mut before) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for (&partition, &resume) in &resumes {
-        let (low, _) = consumer
+        let (low, high) = consumer
             .fetch_watermarks(topic, partition, PATIENCE)
             .map_err(read)?;
-        if low < resume {
-            before.insert(partition, resume - 1);
+        let end = resume.min(high);
+        if low < end {
+            ends.insert(partition, end);
+            lows.insert(partition, low);
+            // The record just before the end: the clock there is at least its timestamp.
+            before.insert(partition, end - 1);
         }
     }
     let mut last_ms: BTreeMap<i32, i64> = BTreeMap::new();
@@ -227,9 +232,9 @@ pub fn refill(
         &consumer,
         topic,
         &before,
-        &resumes,
+        &ends,
         |partition, offset, ts, _| {
-            if offset + 1 == resumes[&partition] {
+            if offset + 1 == ends[&partition] {
                 last_ms.insert(partition, ts);
             }
         },
@@ -258,11 +263,11 @@ pub fn refill(
             .elements()
         {
             let partition = element.partition();
-            // The record before the resume offset is stamped that late, so the broker names an
-            // offset at most that one; anything else, and the whole stretch is read.
+            // The record before the end is stamped that late, so the broker names an offset
+            // below the end; anything else, and the whole log before it is read.
             let start = match element.offset() {
-                Offset::Offset(at) if at < resumes[&partition] => at,
-                _ => before[&partition],
+                Offset::Offset(at) if at < ends[&partition] => at,
+                _ => lows[&partition],
             };
             starts.insert(partition, start);
         }
@@ -273,7 +278,7 @@ pub fn refill(
         &consumer,
         topic,
         &starts,
-        &resumes,
+        &ends,
         |partition, _, ts, payload| {
             *records.entry(partition).or_default() += 1;
             out.get_mut(&partition)
