@@ -54,6 +54,16 @@ pub enum Error {
     /// The closed epochs the trends windows refill from did not all arrive in time.
     #[error("the closed epochs on {topic} to refill the trends windows did not arrive within {patience:?}")]
     RefillTimeout { topic: String, patience: Duration },
+    /// The records before a resume offset, whose idempotency keys a restart remembers again,
+    /// could not be read back.
+    #[error("reading {topic} before the resume offsets to refill the idempotency keys: {source}")]
+    DedupeRead { topic: String, source: KafkaError },
+    /// Those records stopped arriving.
+    #[error(
+        "the records of {topic} before the resume offsets (to refill the idempotency keys) \
+         stopped arriving for {patience:?}"
+    )]
+    DedupeTimeout { topic: String, patience: Duration },
     /// The admin client could not describe or create the progress topic.
     #[error("{topic} settings: {source}")]
     Admin { topic: String, source: KafkaError },

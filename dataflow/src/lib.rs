@@ -8,7 +8,10 @@
 //! - [`recovery`]: reading the last progress record at start.
 //! - [`memory`]: refusing to start when the progress topic can lose records or has, or when
 //!   events a resume needs are deleted.
-//! - [`source`]: the Kafka source operator (never blocks; pre-counts per epoch; emits marks).
+//! - [`dedupe`]: a retried request counts once (its `Idempotency-Key`, per partition, rebuilt
+//!   from the log at a restart).
+//! - [`source`]: the Kafka source operator (never blocks; drops repeats; pre-counts per epoch;
+//!   emits marks).
 //! - [`count`]: `CountEpochs`, exchange by stream and close each epoch on the frontier.
 //! - [`reduce`]: `PerThousand`, the per-1000 reduction into viewer frames, each listing at most
 //!   `max_frame_emojis` emojis.
@@ -33,6 +36,7 @@
 
 pub mod count;
 pub mod crash;
+pub mod dedupe;
 pub mod error;
 pub mod fence;
 pub mod links;
@@ -143,6 +147,14 @@ pub fn run_worker(
         })
         .collect();
     let first_epoch = progress.as_ref().map_or(0, |p| p.epoch + 1);
+    let resumes: Vec<(i32, i64)> = partitions.iter().map(|p| (p.id(), p.position())).collect();
+    let dedupe = dedupe::refill(
+        kafka,
+        &kafka.events_topic,
+        &resumes,
+        config.dataflow.idempotency_horizon_ms,
+        config.dataflow.idempotency_keys_per_partition,
+    )?;
     tracing::info!(
         worker = index,
         peers,
@@ -155,6 +167,7 @@ pub fn run_worker(
         kafka: kafka.clone(),
         topic: kafka.events_topic.clone(),
         partitions,
+        dedupe,
         window_ms: config.epochs.window_ms,
         allowed_lateness_ms: config.epochs.allowed_lateness_ms,
         settle_ms: config.gateway.delivery_timeout_ms + config.epochs.allowed_lateness_ms,

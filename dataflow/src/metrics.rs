@@ -27,6 +27,7 @@ pub struct Metrics {
     late: Counter,
     replay_skipped: Counter,
     unreadable: Counter,
+    repeated: Counter,
     epochs_published: Counter,
     frames_bounded: Counter,
     publish_latency: Histogram,
@@ -55,6 +56,10 @@ impl Default for Metrics {
         let unreadable = counter(
             "unreadable_events",
             "Event lines that are not an event (a foreign producer's), skipped",
+        );
+        let repeated = counter(
+            "repeated_events",
+            "Taps of a request already counted (the same Idempotency-Key), dropped",
         );
         let epochs_published = counter(
             "epochs_published",
@@ -91,6 +96,7 @@ impl Default for Metrics {
             late,
             replay_skipped,
             unreadable,
+            repeated,
             epochs_published,
             frames_bounded,
             publish_latency,
@@ -107,6 +113,11 @@ impl Metrics {
         self.late.inc_by(late);
         self.replay_skipped.inc_by(skipped);
         self.unreadable.inc_by(unreadable);
+    }
+
+    /// Taps dropped as copies of a request already counted.
+    pub fn repeated(&self, taps: u64) {
+        self.repeated.inc_by(taps);
     }
 
     pub fn partition(&self, partition: i32, watermark_lag_ms: u64, floor: u64) {

@@ -1,6 +1,7 @@
 //! The Kafka source: reads this worker's partitions without ever blocking, pre-counts taps per
 //! (epoch, stream, emoji) and holds its capability at the epoch of its partitions' watermark.
 
+use crate::dedupe::{Dedupe, Verdict};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::partition::{Assignment, Mark, Partition};
@@ -42,6 +43,8 @@ pub struct SourceSettings {
     pub topic: String,
     /// This worker's partitions, fresh or resumed from the progress record.
     pub partitions: Vec<Partition>,
+    /// Each of those partitions' remembered idempotency keys, refilled from the log.
+    pub dedupe: BTreeMap<i32, Dedupe>,
     pub window_ms: u64,
     pub allowed_lateness_ms: u64,
     /// After the broker was out of reach, how long records received before may still land: the
@@ -81,6 +84,7 @@ pub fn kafka_source<'scope>(
         .into_iter()
         .map(|p| (p.id(), p))
         .collect();
+    let mut dedupe = settings.dedupe;
     let idle = Duration::from_millis(settings.idle_poll_ms);
     let (window_ms, lateness_ms) = (settings.window_ms, settings.allowed_lateness_ms);
     let settle_ms = settings.settle_ms;
@@ -174,18 +178,23 @@ pub fn kafka_source<'scope>(
                             if partition.holding() {
                                 crate::crash::reached("during-replay");
                             }
+                            let dedupe = dedupe
+                                .get_mut(&msg.partition())
+                                .expect("every owned partition has its keys");
+                            dedupe.record(ts);
                             if let Some(payload) = msg.payload() {
                                 let tally = count_record(
                                     payload,
                                     window_ms,
                                     offset,
-                                    partition,
+                                    (partition, dedupe),
                                     &mut counts,
                                 );
                                 tallied.counted += tally.counted;
                                 tallied.late += tally.late;
                                 tallied.skipped += tally.skipped;
                                 tallied.unreadable += tally.unreadable;
+                                tallied.repeated += tally.repeated;
                             }
                             partition.end_record(offset, ts);
                             records += 1;
@@ -216,6 +225,7 @@ pub fn kafka_source<'scope>(
                 tallied.skipped,
                 tallied.unreadable,
             );
+            metrics.repeated(tallied.repeated);
 
             // One session per epoch: sessions are not fused, so batching by epoch matters.
             let mut by_epoch: BTreeMap<u64, Vec<SourceItem>> = BTreeMap::new();
@@ -493,14 +503,17 @@ struct Tally {
     skipped: u64,
     /// Not an event line at all.
     unreadable: u64,
+    /// Another copy of a request already counted (dedupe.rs).
+    repeated: u64,
 }
 
-/// Counts one batch record into `counts`, each event in the epoch its partition assigns it.
+/// Counts one batch record into `counts`, each event in the epoch its partition assigns it,
+/// except the repeats of a request already counted.
 fn count_record(
     payload: &[u8],
     window_ms: u64,
     offset: i64,
-    partition: &mut Partition,
+    (partition, dedupe): (&mut Partition, &mut Dedupe),
     counts: &mut Counts,
 ) -> Tally {
     let mut tally = Tally::default();
@@ -514,6 +527,11 @@ fn count_record(
                 continue;
             }
         };
+        // Before the assignment: a repeat is no part of any epoch, replayed or not.
+        if dedupe.event(&event) == Verdict::Repeat {
+            tally.repeated += 1;
+            continue;
+        }
         match partition.assign(offset, epoch_of(event.recv_ms, window_ms)) {
             Assignment::Skip => tally.skipped += 1,
             Assignment::Count { epoch, late } => {
@@ -596,7 +614,14 @@ mod tests {
         ]
         .concat();
         let mut counts = Counts::new();
-        let tally = count_record(payload.as_bytes(), 2_000, 1, &mut partition, &mut counts);
+        let mut dedupe = Dedupe::new(300_000, 16);
+        let tally = count_record(
+            payload.as_bytes(),
+            2_000,
+            1,
+            (&mut partition, &mut dedupe),
+            &mut counts,
+        );
         assert_eq!(
             tally,
             Tally {
@@ -604,6 +629,7 @@ mod tests {
                 late: 1,
                 skipped: 0,
                 unreadable: 0,
+                repeated: 0,
             }
         );
         let mut got: Vec<_> = counts.into_iter().collect();
@@ -626,7 +652,7 @@ mod tests {
             payload.as_bytes(),
             2_000,
             0,
-            &mut Partition::fresh(0),
+            (&mut Partition::fresh(0), &mut Dedupe::new(300_000, 16)),
             &mut counts,
         );
         assert_eq!(
@@ -636,11 +662,59 @@ mod tests {
                 late: 0,
                 skipped: 0,
                 unreadable: 1,
+                repeated: 0,
             }
         );
         assert_eq!(
             counts.into_iter().collect::<Vec<_>>(),
             [((0, "a".into(), "🔥".into()), (1, 0))]
+        );
+    }
+
+    /// A request's own taps all count; a copy of it in a later record (another attempt, the
+    /// same key) is dropped before any epoch sees it, and a line without a key always counts.
+    #[test]
+    fn repeats_of_a_keyed_request_are_dropped_before_the_count() {
+        let keyed = |emoji: &str, attempt: u64| {
+            format!(
+                "{{\"stream\":\"a\",\"user_id\":\"u\",\"emoji\":\"{emoji}\",\"recv_ms\":4100,\
+                 \"request_id\":\"k1\",\"attempt\":{attempt}}}\n"
+            )
+        };
+        let mut partition = Partition::fresh(0);
+        let mut dedupe = Dedupe::new(300_000, 16);
+        let mut counts = Counts::new();
+        let mut read = |offset: i64, payload: String| {
+            dedupe.record(4_100);
+            count_record(
+                payload.as_bytes(),
+                2_000,
+                offset,
+                (&mut partition, &mut dedupe),
+                &mut counts,
+            )
+        };
+        let first = read(0, [keyed("🔥", 7), keyed("🔥", 7), keyed("❤️", 7)].concat());
+        let retry = read(
+            1,
+            [
+                keyed("🔥", 8),
+                keyed("🔥", 8),
+                keyed("❤️", 8),
+                line("a", "🔥", 4_100),
+            ]
+            .concat(),
+        );
+        assert_eq!((first.counted, first.repeated), (3, 0));
+        assert_eq!((retry.counted, retry.repeated), (1, 3));
+        let mut got: Vec<_> = counts.into_iter().collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ((2, "a".into(), "❤️".into()), (1, 0)),
+                ((2, "a".into(), "🔥".into()), (3, 0)),
+            ]
         );
     }
 }

@@ -127,6 +127,7 @@ async fn feed(config: Config, stop: Arc<AtomicBool>, truth: Arc<Mutex<Truth>>) {
                         ts: None,
                         recv_ms,
                         request_id: None,
+                        attempt: None,
                     };
                     serde_json::to_string(&event).expect("an event serializes") + "\n"
                 })

@@ -299,6 +299,7 @@ fn produce(
                     ts: None,
                     recv_ms,
                     request_id: None,
+                    attempt: None,
                 };
                 payload.push_str(&serde_json::to_string(&event).expect("an event serializes"));
                 payload.push('\n');

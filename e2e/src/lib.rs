@@ -49,6 +49,8 @@ pub struct Topology {
     /// Extra settings, as (section, TOML lines) added to that section of the configuration
     /// file: `("gateway", "stream_idle_s = 30".into())`.
     pub settings: Vec<(&'static str, String)>,
+    /// Gateway processes, each on its own port ([`System::gateways`]).
+    pub gateways: usize,
 }
 
 impl Default for Topology {
@@ -64,6 +66,7 @@ impl Default for Topology {
             clusters: vec![1],
             worker_env: Vec::new(),
             settings: Vec::new(),
+            gateways: 1,
         }
     }
 }
@@ -80,6 +83,8 @@ impl Topology {
 pub struct System {
     pub config: Config,
     config_path: PathBuf,
+    /// The second gateway's address on, in order (the first is the configuration's).
+    more_gateways: Vec<String>,
     processes: Vec<Process>,
     topology: Topology,
     /// How many times the processes were started: a restart's logs go to files of their own.
@@ -94,9 +99,13 @@ impl System {
     pub async fn start(topology: Topology) -> System {
         let dir = Scratch::new("e2e");
         let (broker, config) = Broker::start(dir.path(), |address| config_text(&topology, address));
+        let more_gateways = (1..topology.gateways)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
         let mut system = System {
             config,
             config_path: broker.config_path().to_path_buf(),
+            more_gateways,
             processes: Vec::new(),
             topology,
             starts: 0,
@@ -123,6 +132,15 @@ impl System {
                 .arg("--config")
                 .arg(&self.config_path),
         );
+        for (i, listen) in self.more_gateways.clone().iter().enumerate() {
+            self.spawn(
+                &format!("gateway-{}", i + 1),
+                Command::new(binary("emostream-gateway"))
+                    .arg("--config")
+                    .arg(&self.config_path)
+                    .env("EMOSTREAM_GATEWAY__LISTEN", listen),
+            );
+        }
         let mut hosts: Vec<&str> = (0..topology.worker_processes)
             .map(|i| topology.host_of(i))
             .collect();
@@ -170,16 +188,21 @@ impl System {
             }
         }
 
-        let gateway = self.config.gateway.listen.clone();
-        wait_until("the gateway to be ready", Duration::from_secs(60), || {
-            let gateway = gateway.clone();
-            async move {
-                http::get(&gateway, "/readyz")
-                    .await
-                    .is_ok_and(|r| r.status == 200)
-            }
-        })
-        .await;
+        for gateway in self.gateways() {
+            wait_until(
+                &format!("the gateway on {gateway} to be ready"),
+                Duration::from_secs(60),
+                || {
+                    let gateway = gateway.clone();
+                    async move {
+                        http::get(&gateway, "/readyz")
+                            .await
+                            .is_ok_and(|r| r.status == 200)
+                    }
+                },
+            )
+            .await;
+        }
         for sub in self.subscribers() {
             wait_until(
                 &format!("subscriber {sub}"),
@@ -269,6 +292,13 @@ impl System {
 
     pub fn gateway(&self) -> &str {
         &self.config.gateway.listen
+    }
+
+    /// Every gateway's `host:port`, the configuration's first.
+    pub fn gateways(&self) -> Vec<String> {
+        std::iter::once(self.config.gateway.listen.clone())
+            .chain(self.more_gateways.iter().cloned())
+            .collect()
     }
 
     /// The pids of this system's running dataflow processes (children of the supervisors).

@@ -69,6 +69,7 @@ async fn late_records_are_folded_in_and_reported() {
             ts: None,
             recv_ms,
             request_id: None,
+            attempt: None,
         };
         let payload = format!(
             "{}\n",

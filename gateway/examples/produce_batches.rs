@@ -50,6 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     ts: None,
                     recv_ms: now_ms,
                     request_id: None,
+                    attempt: None,
                 };
                 serde_json::to_writer(&mut body, &event).expect("an event serializes");
                 body.push(b'\n');

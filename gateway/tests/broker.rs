@@ -821,16 +821,23 @@ async fn an_idempotency_key_is_carried_into_every_record_of_its_request() {
     let records = tokio::task::spawn_blocking(move || topic::payloads(&brokers, &events))
         .await
         .unwrap();
+    let mut attempts = std::collections::BTreeMap::new();
     let mut keys: Vec<(String, Option<String>)> = records
         .iter()
         .flat_map(|payload| payload.split(|&b| b == b'\n'))
         .filter(|line| !line.is_empty())
         .map(|line| {
             let e: EmojiEvent = serde_json::from_slice(line).unwrap();
+            attempts.insert(e.user_id.to_string(), e.attempt);
             (e.user_id.into(), e.request_id.map(String::from))
         })
         .collect();
     keys.sort();
+    // One attempt number per keyed request, on each of its taps; none without a key.
+    assert_eq!(attempts["b1"], attempts["b2"]);
+    assert!(attempts["b1"].is_some() && attempts["1"].is_some());
+    assert_ne!(attempts["1"], attempts["b1"]);
+    assert_eq!(attempts["p"], None);
     assert_eq!(
         keys,
         [

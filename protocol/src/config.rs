@@ -437,6 +437,16 @@ pub struct DataflowConfig {
     /// `host:port` where process i serves `/metrics` (entry i); empty: no metrics listener.
     #[serde(default)]
     pub metrics: Vec<String>,
+    /// How long a request's `Idempotency-Key` is remembered after its last copy: a copy read
+    /// within this much of the previous one (on the partition's log clock, the newest record
+    /// timestamp read) is not counted again. At a restart each worker reads this much of its
+    /// partitions' log before its resume offsets to remember them again. 0: no repeat dropped.
+    #[serde(default = "DataflowConfig::idempotency_horizon_ms")]
+    pub idempotency_horizon_ms: u64,
+    /// The most keys one partition remembers; past it the least recently seen key is forgotten
+    /// early (about 60 bytes a key, so 15 MiB a partition at the default).
+    #[serde(default = "DataflowConfig::idempotency_keys_per_partition")]
+    pub idempotency_keys_per_partition: usize,
 }
 
 impl DataflowConfig {
@@ -447,6 +457,14 @@ impl DataflowConfig {
     /// 10 ms: small against a 2 s epoch, cheap for an idle worker.
     const fn idle_poll_ms() -> u64 {
         10
+    }
+    /// 5 minutes: a phone retries a request within seconds to a minute of its first attempt.
+    const fn idempotency_horizon_ms() -> u64 {
+        300_000
+    }
+    /// 262,144: a sustained 870 keyed requests a second per partition for the whole horizon.
+    const fn idempotency_keys_per_partition() -> usize {
+        262_144
     }
 }
 

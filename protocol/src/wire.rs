@@ -130,6 +130,12 @@ pub struct EmojiEvent<'a> {
     /// reader of the log can tell the copies apart.
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<std::borrow::Cow<'a, str>>,
+    /// With `request_id`: a number the gateway draws for each request it takes (an attempt), the
+    /// same on every tap of it, so that two copies of one request packed into one record can
+    /// still be told apart. The dataflow counts a key's taps once: those of the attempt that
+    /// reached the log first (dataflow/src/dedupe.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u64>,
 }
 
 /// The frame type tag, so viewers can tell frames apart as more kinds appear.

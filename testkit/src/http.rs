@@ -45,6 +45,36 @@ pub async fn post_json(addr: &str, path: &str, body: &str) -> std::io::Result<Re
     .await
 }
 
+/// A JSON POST with extra header lines, e.g. `[("Idempotency-Key", "k1")]`.
+pub async fn post_json_with(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<Response> {
+    let extra: String = (headers.iter())
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let stream = TcpStream::connect(addr).await?;
+    let exchange = exchange_on(
+        stream,
+        addr,
+        "POST",
+        path,
+        Some("application/json"),
+        &extra,
+        body.as_bytes(),
+    );
+    tokio::time::timeout(EXCHANGE_LIMIT, exchange)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("POST {path} on {addr}: no complete answer in {EXCHANGE_LIMIT:?}"),
+            )
+        })?
+}
+
 /// One request on its own connection (`Connection: close`), read to the end; a chunked body
 /// comes back de-chunked. An error when nothing listens, the answer is not HTTP, or the
 /// exchange takes longer than 30 s.
@@ -76,7 +106,7 @@ async fn exchange(
     body: &[u8],
 ) -> std::io::Result<Response> {
     let stream = TcpStream::connect(addr).await?;
-    exchange_on(stream, addr, method, path, content_type, body).await
+    exchange_on(stream, addr, method, path, content_type, "", body).await
 }
 
 /// [`request`] on a connection already made, to `addr`: one made inside a network namespace
@@ -91,7 +121,7 @@ pub async fn request_on(
 ) -> std::io::Result<Response> {
     tokio::time::timeout(
         EXCHANGE_LIMIT,
-        exchange_on(stream, addr, method, path, content_type, body),
+        exchange_on(stream, addr, method, path, content_type, "", body),
     )
     .await
     .map_err(|_| {
@@ -108,6 +138,7 @@ async fn exchange_on(
     method: &str,
     path: &str,
     content_type: Option<&str>,
+    extra_headers: &str,
     body: &[u8],
 ) -> std::io::Result<Response> {
     let mut head = format!(
@@ -117,6 +148,7 @@ async fn exchange_on(
     if let Some(ct) = content_type {
         head.push_str(&format!("Content-Type: {ct}\r\n"));
     }
+    head.push_str(extra_headers);
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body).await?;

@@ -201,6 +201,7 @@ pub fn write_taps(
             )),
             recv_ms,
             request_id: None,
+            attempt: None,
         };
         serde_json::to_writer(&mut *buf, &event).expect("an event serializes");
         buf.push(b'\n');

@@ -42,7 +42,6 @@ use packer::Packer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use std::borrow::Cow;
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -85,6 +84,23 @@ pub struct BatcherHandle {
     mode: AckMode,
     partitions: u32,
     window_ms: u64,
+    attempts: Arc<Attempts>,
+}
+
+/// Draws each keyed request's `attempt`: SipHash, keyed at random once per gateway (std seeds
+/// a `RandomState` from the OS), of a counter, so numbers never repeat within a gateway and
+/// two gateways' collide with odds of 2^-64 a pair.
+struct Attempts {
+    keys: std::hash::RandomState,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Attempts {
+    fn draw(&self) -> u64 {
+        use std::hash::BuildHasher;
+        let n = (self.next).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.keys.hash_one(n)
+    }
 }
 
 impl BatcherHandle {
@@ -109,7 +125,8 @@ impl BatcherHandle {
         }
         let recv_ms = now_ms();
         let epoch = epoch_of(recv_ms, self.window_ms);
-        let lines = encode(stream, request_id, taps, recv_ms);
+        let request = request_id.map(|key| (key, self.attempts.draw()));
+        let lines = encode(stream, request, taps, recv_ms);
         // No accepted body encodes to this much (a 1 MiB body of minimal taps with the longest
         // stream and key is about 10 MiB, `the_largest_accepted_body_fits_one_record`): this
         // keeps it so, whatever the route limits become, for this request alone.
@@ -210,13 +227,10 @@ impl BatcherHandle {
         self.budget.clients()
     }
 
-    /// A user's taps always land in the same partition, so load spreads over partitions with the
-    /// audience rather than with the number of streams.
+    /// A request's partition follows its stream and its first tap's user, the same on every
+    /// gateway (`events_partition`): a retry lands where its first attempt did.
     pub(super) fn partition_for(&self, stream: &str, user_id: &str) -> i32 {
-        // SipHash with fixed keys: the same user maps to the same partition on every gateway.
-        let mut h = std::hash::DefaultHasher::new();
-        (stream, user_id).hash(&mut h);
-        (h.finish() % u64::from(self.partitions)) as i32
+        emostream_protocol::kafka::events_partition(stream, user_id, self.partitions)
     }
 }
 
@@ -284,6 +298,10 @@ impl Batcher {
             mode: config.gateway.ack_mode,
             partitions: config.kafka.events_partitions,
             window_ms: config.epochs.window_ms,
+            attempts: Arc::new(Attempts {
+                keys: std::hash::RandomState::new(),
+                next: std::sync::atomic::AtomicU64::new(0),
+            }),
         };
         let probe = producer::spawn_probe(
             producer.clone(),
@@ -324,12 +342,12 @@ impl Batcher {
     }
 }
 
-/// The NDJSON lines of one request's taps, as they go into a record: its stream and
-/// `request_id` are repeated on every line, so a line is several times its tap's share of the
-/// body.
+/// The NDJSON lines of one request's taps, as they go into a record: its stream and `request`
+/// (its `Idempotency-Key` and attempt) are repeated on every line, so a line is several times
+/// its tap's share of the body.
 pub(super) fn encode(
     stream: &str,
-    request_id: Option<&str>,
+    request: Option<(&str, u64)>,
     taps: &[Tap<'_>],
     recv_ms: u64,
 ) -> Vec<u8> {
@@ -341,7 +359,8 @@ pub(super) fn encode(
             emoji: Cow::Borrowed(tap.emoji),
             ts: tap.ts.clone(),
             recv_ms,
-            request_id: request_id.map(Cow::Borrowed),
+            request_id: request.map(|(key, _)| Cow::Borrowed(key)),
+            attempt: request.map(|(_, attempt)| attempt),
         };
         serde_json::to_writer(&mut lines, &event).expect("serializing to a Vec cannot fail");
         lines.push(b'\n');

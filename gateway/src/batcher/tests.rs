@@ -444,10 +444,15 @@ fn the_largest_accepted_body_fits_one_record() {
     let body = largest_body();
     let taps = parse::batch_body(&body, BodyFormat::Json, &Rules::new(&[]).unwrap()).unwrap();
     let key = longest_key();
-    let lines = super::encode(LONGEST_STREAM, Some(&key), &taps, 1_733_000_000_000);
+    // The longest attempt number too.
+    let request = Some((key.as_str(), u64::MAX));
+    let lines = super::encode(LONGEST_STREAM, request, &taps, 1_733_000_000_000);
     assert_eq!((body.len(), taps.len()), (1_048_576, 34_147));
-    // Nine times the body (9.04 MiB): the stream and key are on every line.
-    assert_eq!(lines.len(), 9_482_866);
+    // Ten times the body (10.05 MiB): the stream, key and attempt are on every line.
+    assert_eq!(
+        lines.len(),
+        9_482_866 + 34_147 * r#","attempt":18446744073709551615"#.len()
+    );
     assert!(lines.len() <= crate::producer::MAX_RECORD_BYTES);
 }
 
