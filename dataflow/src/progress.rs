@@ -1,6 +1,7 @@
 //! Worker 0 turns the sources' marks into the progress record, once every epoch it covers is
-//! durably published; its output frontier ("progress is acknowledged up to here, and on the
-//! chain") is the gate that lets the next epoch be published. Each record names the one it
+//! durably published; its output frontier ("an acknowledged record on the chain lets out epochs
+//! up to here": the end of its floor schedule) is the gate that lets the next epochs be
+//! published. Each record names the one it
 //! continues; before the gate opens, [`ChainCheck`] confirms no other cluster continued that
 //! one first ([`crate::fence`]).
 

@@ -3,8 +3,9 @@
 //! The operator keeps each epoch's capability until the broker has acknowledged every frame of
 //! it, so its output frontier says "every epoch before this is durably published" on all workers.
 //! It publishes epoch `e` only once the gate (the progress writer's frontier, fed back one epoch
-//! later) says the progress record for `e - 1` is acknowledged: so at any crash at most one epoch
-//! beyond the last progress record is out, and the replay rule reproduces exactly that one. The
+//! later) says an acknowledged progress record's floor schedule reaches `e`: so at any crash at
+//! most the epochs of the last record's schedule are out beyond it, and the replay rule
+//! reproduces exactly those. The
 //! gate never opens past the records: when the progress writer stops for good, epochs it did not
 //! let through are dropped, not published.
 //! No Kafka call blocks: sends only enqueue, acknowledgements arrive on librdkafka's thread and

@@ -779,8 +779,11 @@ mod tests {
         format!("{{\"stream\":\"{stream}\",\"user_id\":\"u\",\"emoji\":\"{emoji}\",\"recv_ms\":{recv_ms}}}\n")
     }
 
-    /// ((epoch, stream, emoji), (count, late)), sorted.
-    fn drained(counts: &mut Counts) -> Vec<((u64, String, String), (u64, u64))> {
+    /// ((epoch, stream, emoji), (count, late)).
+    type Counted = ((u64, String, String), (u64, u64));
+
+    /// Every pre-count, sorted.
+    fn drained(counts: &mut Counts) -> Vec<Counted> {
         let mut by_epoch = BTreeMap::new();
         counts.drain_into(&mut by_epoch);
         let mut got: Vec<_> = by_epoch
