@@ -6,8 +6,8 @@
 //! opens the gate to the next epoch, with [`EXIT_FENCED`], and its supervisor does not restart it.
 //! So at most one cluster ever gets past a progress record: the loser may have published the
 //! epochs of the floor schedule of the record both continued, which the replay rule makes
-//! byte-identical to the winner's, and nothing later. Nisshi refuses transactional producers, so the broker itself
-//! cannot fence the writer; the log's order decides instead.
+//! byte-identical to the winner's, and nothing later. Nisshi refuses transactional producers,
+//! so the broker itself cannot fence the writer; the log's order decides instead.
 //!
 //! A record that beat the cluster's own is not always another cluster's: a record in flight when
 //! the cluster's predecessor was killed can land after the restarted cluster read the topic's
