@@ -31,11 +31,10 @@
 
 use crate::error::Error;
 use emostream_protocol::config::KafkaConfig;
-use emostream_protocol::kafka::ClientRole;
 use emostream_protocol::wire::EmojiEvent;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
@@ -200,18 +199,13 @@ pub fn refill(
         topic: topic.to_string(),
         source,
     };
-    let consumer: BaseConsumer =
-        ClientConfig::from_iter(kafka.client_settings(ClientRole::AssignedReader {
-            group: "emostream-dedupe-refill",
-            fetch_wait_ms: 100,
-            partition_eof: false,
-        }))
-        .create()
-        .map_err(|source| Error::Client {
-            topic: topic.to_string(),
-            client: "idempotency key reader",
-            source,
-        })?;
+    let consumer = crate::reader::assigned(
+        kafka,
+        topic,
+        "idempotency key reader",
+        "emostream-dedupe-refill",
+        100,
+    )?;
     // Each partition is read up to its resume offset, or to its end if the log ends before (the
     // records there are not written yet, or were lost: no replay will read them either).
     let (mut ends, mut lows, mut before) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());

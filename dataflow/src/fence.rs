@@ -5,9 +5,9 @@
 //! offset, the first in the log wins; a cluster whose record lost that race stops before it
 //! opens the gate to the next epoch, with [`EXIT_FENCED`], and its supervisor does not restart it.
 //! So at most one cluster ever gets past a progress record: the loser may have published the
-//! epoch after the record both continued, which the replay rule makes byte-identical to the
-//! winner's, and nothing later. Nisshi refuses transactional producers, so the broker itself
-//! cannot fence the writer; the log's order decides instead.
+//! epochs of the floor schedule of the record both continued, which the replay rule makes
+//! byte-identical to the winner's, and nothing later. Nisshi refuses transactional producers,
+//! so the broker itself cannot fence the writer; the log's order decides instead.
 //!
 //! A record that beat the cluster's own is not always another cluster's: a record in flight when
 //! the cluster's predecessor was killed can land after the restarted cluster read the topic's
@@ -20,15 +20,19 @@
 //! cluster cannot simply carry on by writing its record again after the ghost).
 //!
 //! The check reads the progress topic from the followed record to the cluster's own, on a thread
-//! of its own: the worker only sends the question and is woken with the answer.
+//! of its own: the worker only sends the question and is woken with the answer. Between
+//! questions the reader stays where the last answer left it, right after the cluster's own
+//! record, which the next record follows: librdkafka keeps fetching meanwhile, so the next
+//! record is usually read as soon as it lands, about when its acknowledgement arrives, and the
+//! check adds little to the epoch's way out.
 
 use crate::error::Error;
+use crate::reader;
 use emostream_protocol::config::KafkaConfig;
-use emostream_protocol::kafka::ClientRole;
 use emostream_protocol::progress::Progress;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -77,18 +81,7 @@ impl ChainCheck {
     /// cluster takes from one record to the next (an epoch closing, its frames and record
     /// acknowledged, its chain check).
     pub fn start(kafka: &KafkaConfig, topic: &str, quiet: Duration) -> Result<Self, Error> {
-        let consumer: BaseConsumer =
-            ClientConfig::from_iter(kafka.client_settings(ClientRole::AssignedReader {
-                group: "emostream-fence",
-                fetch_wait_ms: 20,
-                partition_eof: false,
-            }))
-            .create()
-            .map_err(|source| Error::Client {
-                topic: topic.to_string(),
-                client: "fence reader",
-                source,
-            })?;
+        let consumer = reader::assigned(kafka, topic, "fence reader", "emostream-fence", 10)?;
         let (questions, asked) = mpsc::channel::<(i64, i64)>();
         let answer = Arc::new(Mutex::new(None));
         let wake: Arc<OnceLock<SyncActivator>> = Arc::new(OnceLock::new());
@@ -96,9 +89,11 @@ impl ChainCheck {
         std::thread::Builder::new()
             .name("fence".into())
             .spawn(move || {
+                // The offset the reader delivers next, once assigned.
+                let mut next: Option<i64> = None;
                 // Ends when the operator (and with it the sender) is gone.
                 while let Ok((follows, own)) = asked.recv() {
-                    let verdict = check(&consumer, &topic, follows, own, quiet);
+                    let verdict = check(&consumer, &topic, &mut next, follows, own, quiet);
                     *reply.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
                     if let Some(wake) = woken.get() {
                         // The worker may be gone at shutdown; nothing is waiting then.
@@ -133,17 +128,28 @@ impl ChainCheck {
 }
 
 /// Reads `topic` from `follows + 1` up to `own`: the first record there following `follows`
-/// won. If that is not `own`, reads on for `quiet` to tell a live rival from a ghost.
-fn check(consumer: &BaseConsumer, topic: &str, follows: i64, own: i64, quiet: Duration) -> Answer {
+/// won. If that is not `own`, reads on for `quiet` to tell a live rival from a ghost. `next` is
+/// where the reader stands (it is moved only when that is not `follows + 1`).
+fn check(
+    consumer: &BaseConsumer,
+    topic: &str,
+    next: &mut Option<i64>,
+    follows: i64,
+    own: i64,
+    quiet: Duration,
+) -> Answer {
     let read = |source| Error::ProgressRead {
         topic: topic.to_string(),
         source,
     };
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Offset(follows + 1))
-        .map_err(read)?;
-    consumer.assign(&assignment).map_err(read)?;
+    if *next != Some(follows + 1) {
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, 0, Offset::Offset(follows + 1))
+            .map_err(read)?;
+        consumer.assign(&assignment).map_err(read)?;
+        *next = Some(follows + 1);
+    }
     let mut deadline = Instant::now() + PATIENCE;
     // The rival's offset and run, once found.
     let mut rival: Option<(i64, Option<u64>)> = None;
@@ -167,6 +173,7 @@ fn check(consumer: &BaseConsumer, topic: &str, follows: i64, own: i64, quiet: Du
             None => continue,
         };
         let offset = message.offset();
+        *next = Some(offset + 1);
         let record = message
             .payload()
             .and_then(|p| serde_json::from_slice::<Progress>(p).ok());

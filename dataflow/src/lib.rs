@@ -6,6 +6,8 @@
 //! - [`watermark`]: per-partition watermarks and the idle rule.
 //! - [`partition`]: one partition's floor, epoch assignment, marks and replay rule.
 //! - [`recovery`]: reading the last progress record at start.
+//! - [`reader`]: the one consumer set-up of recovery, the start-up checks, the refill and the
+//!   fence.
 //! - [`memory`]: refusing to start when the progress topic can lose records or has, or when
 //!   events a resume needs are deleted.
 //! - [`dedupe`]: a retried request counts once (its `Idempotency-Key`, per partition, rebuilt
@@ -42,15 +44,16 @@ pub mod fence;
 pub mod links;
 pub mod memory;
 pub mod metrics;
-pub mod ownership;
+mod ownership;
 pub mod partition;
 pub mod progress;
 pub mod publish;
+mod reader;
 pub mod recovery;
-pub mod reduce;
-pub mod source;
+mod reduce;
+mod source;
 pub mod trends;
-pub mod watermark;
+mod watermark;
 
 use count::CountEpochs;
 use emostream_protocol::progress::{Counting, FIRST};
@@ -70,10 +73,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use timely::dataflow::operators::vec::{Broadcast, Map};
-use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, Input, Inspect, OkErr};
+use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, Input, Inspect, OkErr, Probe};
 use timely::dataflow::InputHandleVec;
 use timely::worker::Worker;
-use trends::publish::{PublishTrends, TrendsProducer};
+use trends::publish::PublishTrends;
 use trends::refill::Refill;
 use trends::{TrendSettings, Trends};
 
@@ -155,6 +158,10 @@ pub fn run_worker(
         config.dataflow.idempotency_horizon_ms,
         config.dataflow.idempotency_keys_per_partition,
     )?;
+    // The epochs the recovered record reproduces may go out before any new record.
+    let allowed = progress
+        .as_ref()
+        .map_or(0, emostream_protocol::progress::Progress::last_reproducible);
     tracing::info!(
         worker = index,
         peers,
@@ -163,6 +170,7 @@ pub fn run_worker(
         "worker starting"
     );
 
+    let gate_probe = timely::dataflow::ProbeHandle::new();
     let settings = SourceSettings {
         kafka: kafka.clone(),
         topic: kafka.events_topic.clone(),
@@ -172,6 +180,7 @@ pub fn run_worker(
         allowed_lateness_ms: config.epochs.allowed_lateness_ms,
         settle_ms: config.gateway.delivery_timeout_ms + config.epochs.allowed_lateness_ms,
         idle_poll_ms: config.dataflow.idle_poll_ms,
+        gate: gate_probe.clone(),
         stop,
         metrics: Arc::clone(&metrics),
     };
@@ -196,13 +205,14 @@ pub fn run_worker(
             chain: ChainCheck::start(kafka, &kafka.progress_topic, quiet)?,
             follows,
             run,
+            in_flight: progress::IN_FLIGHT,
         })
     } else {
         None
     };
     // Trends read the closed epochs and publish elsewhere; nothing on the epochs' path waits
     // for them, and without their topic they are off.
-    let trends_publisher = TrendsProducer::connect(kafka, &kafka.trends_topic)?;
+    let trends_publisher = trends::publish::connect(kafka, &kafka.trends_topic)?;
     let trend_settings = TrendSettings::new(epochs.window_ms);
     // The 2W epochs before the first one counted: the W whose frames are sent again (a crash can
     // cut them off) and the window of the epoch before those, so that their frames say what
@@ -257,7 +267,8 @@ pub fn run_worker(
         }
         marks
             .container::<Vec<partition::Mark>>()
-            .write_progress(published, counting, first_epoch, progress_writer)
+            .write_progress(published, counting, allowed, progress_writer)
+            .probe_with(&gate_probe)
             .connect_loop(gate_handle);
         Ok(())
     })?;

@@ -13,12 +13,13 @@
 //! operator must. Like recovery, this runs on the main thread before the dataflow is built.
 
 use crate::error::Error;
+use crate::reader;
 use emostream_protocol::config::KafkaConfig;
 use emostream_protocol::kafka::ClientRole;
 use emostream_protocol::progress::Progress;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
@@ -144,29 +145,14 @@ pub fn newest_published(kafka: &KafkaConfig, topic: &str) -> Result<Option<u64>,
         topic: topic.to_string(),
         source,
     };
-    let consumer: BaseConsumer =
-        ClientConfig::from_iter(kafka.client_settings(ClientRole::AssignedReader {
-            group: "emostream-recovery",
-            fetch_wait_ms: 100,
-            partition_eof: false,
-        }))
-        .create()
-        .map_err(|source| Error::Client {
-            topic: topic.to_string(),
-            client: "published epochs reader",
-            source,
-        })?;
-    let partitions: Vec<i32> = consumer
-        .fetch_metadata(Some(topic), PATIENCE)
-        .map_err(|source| Error::Metadata {
-            topic: topic.to_string(),
-            source,
-        })?
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let consumer = reader::assigned(
+        kafka,
+        topic,
+        "published epochs reader",
+        "emostream-recovery",
+        100,
+    )?;
+    let partitions = reader::partitions(&consumer, topic, PATIENCE)?;
     // partition → the last offset to read (its newest record when the read began)
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
@@ -218,8 +204,8 @@ pub fn newest_published(kafka: &KafkaConfig, topic: &str) -> Result<Option<u64>,
 }
 
 /// Refuses to start when `published` (the newest epoch on the epochs topic) is beyond what the
-/// newest progress record can reproduce: the epoch after the record's may be out (the gate lets
-/// it through before its own record), nothing later.
+/// newest progress record can reproduce: the epochs of its floor schedule may be out (the gate
+/// lets them through before their own record), nothing later.
 pub fn check_published(
     recovered: Option<&Progress>,
     published: Option<u64>,
@@ -233,10 +219,11 @@ pub fn check_published(
         None => {
             format!("{epochs} holds epoch {published}, but {progress} holds no progress record")
         }
-        Some(p) if published > p.epoch + 1 => format!(
+        Some(p) if published > p.last_reproducible() => format!(
             "{epochs} holds epoch {published}, but the newest progress record on {progress} is \
-             for epoch {}: the records after it are gone",
-            p.epoch
+             for epoch {} and reproduces epochs up to {}: the records after it are gone",
+            p.epoch,
+            p.last_reproducible()
         ),
         Some(_) => return Ok(()),
     };
@@ -247,18 +234,13 @@ pub fn check_published(
 /// the events from there to its log start are needed by epochs not yet published, and gone.
 pub fn check_events_retained(kafka: &KafkaConfig, progress: &Progress) -> Result<(), Error> {
     let topic = &kafka.events_topic;
-    let consumer: BaseConsumer =
-        ClientConfig::from_iter(kafka.client_settings(ClientRole::AssignedReader {
-            group: "emostream-recovery",
-            fetch_wait_ms: 100,
-            partition_eof: false,
-        }))
-        .create()
-        .map_err(|source| Error::Client {
-            topic: topic.to_string(),
-            client: "events watermark reader",
-            source,
-        })?;
+    let consumer = reader::assigned(
+        kafka,
+        topic,
+        "events watermark reader",
+        "emostream-recovery",
+        100,
+    )?;
     for p in &progress.partitions {
         let (low, _) = consumer
             .fetch_watermarks(topic, p.partition, PATIENCE)
@@ -362,9 +344,25 @@ mod tests {
             check(Some(9), Some(11)),
             refusal(
                 "emoji-epochs holds epoch 11, but the newest progress record on emoji-progress \
-                 is for epoch 9: the records after it are gone"
+                 is for epoch 9 and reproduces epochs up to 10: the records after it are gone"
             )
         );
+        // A record whose floor schedule lets three epochs out.
+        let scheduled = Progress {
+            partitions: vec![emostream_protocol::progress::PartitionProgress {
+                partition: 0,
+                resume_offset: 0,
+                skip_before: 0,
+                hold_until: 0,
+                later_holds: vec![4, 7],
+            }],
+            ..record(9)
+        };
+        let scheduled = |published| {
+            check_published(Some(&scheduled), Some(published), "p", "e").map_err(|e| e.to_string())
+        };
+        assert_eq!(scheduled(12), Ok(()), "the schedule's epochs may be out");
+        assert!(scheduled(13).is_err(), "beyond the schedule");
         assert_eq!(
             check(None, Some(11)),
             refusal("emoji-epochs holds epoch 11, but emoji-progress holds no progress record")

@@ -5,14 +5,15 @@
 //! time the floor moves, the partition reports a [`Mark`]: the offset at which it moved and the
 //! smallest offset still needed by an epoch at or above the old floor. Worker 0 turns marks into
 //! the progress record; on restart [`Partition::resume`] skips exactly the records that
-//! published epochs already counted and holds the floor where the previous run had it, so the one
-//! epoch that may have been published after the last progress record comes out identical.
+//! published epochs already counted and holds the floor where the previous run had it, epoch by
+//! epoch along the record's floor schedule, so the epochs that may have been published after the
+//! last progress record (up to `IN_FLIGHT` of them, progress.rs) come out identical.
 
 use crate::watermark::PartitionClock;
 use emostream_protocol::epoch::epoch_of;
 use emostream_protocol::progress::PartitionProgress;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// A partition's floor moved from `start` to `end` when its next offset to read was `position`.
 /// For every epoch `e` in `start..end`: records below `position` were assigned while the floor
@@ -49,8 +50,9 @@ pub struct Partition {
     needed: BTreeMap<u64, i64>,
     /// (epoch, skip_before) from the progress record.
     skip: Option<(u64, i64)>,
-    /// (floor ceiling, until offset) from the progress record.
-    hold: Option<(u64, i64)>,
+    /// The floor schedule from the progress record: (floor ceiling, until offset) for each epoch
+    /// the run that wrote it may have published after it, in order.
+    holds: VecDeque<(u64, i64)>,
     marks: Vec<Mark>,
 }
 
@@ -64,7 +66,7 @@ impl Partition {
             position: 0,
             needed: BTreeMap::new(),
             skip: None,
-            hold: None,
+            holds: VecDeque::new(),
             marks: Vec::new(),
         }
     }
@@ -75,7 +77,11 @@ impl Partition {
         p.floor = epoch + 1;
         p.position = from.resume_offset;
         p.skip = Some((epoch, from.skip_before));
-        p.hold = Some((epoch + 1, from.hold_until));
+        p.holds = from
+            .holds()
+            .zip(epoch + 1..)
+            .map(|(until, e)| (e, until))
+            .collect();
         p.release_hold_at(from.resume_offset);
         p
     }
@@ -91,7 +97,7 @@ impl Partition {
 
     /// Whether the floor is still held where the previous run had it (a replay under way).
     pub fn holding(&self) -> bool {
-        self.hold.is_some()
+        !self.holds.is_empty()
     }
 
     pub fn floor(&self) -> u64 {
@@ -158,14 +164,14 @@ impl Partition {
     /// the first run gave them. (A log that truly lost them, in an unclean leader election,
     /// holds the floor here, and says so, rather than re-publish an epoch differently.)
     pub fn reached_end(&mut self) {
-        match self.hold {
-            Some((_, until)) if self.position < until => tracing::warn!(
+        self.release_hold_at(self.position);
+        if let Some((_, until)) = self.holds.front() {
+            tracing::warn!(
                 partition = self.id,
                 position = self.position,
                 until,
                 "the log ends before the hold offset; holding until it is read"
-            ),
-            _ => self.release_hold_at(self.position),
+            );
         }
     }
 
@@ -175,8 +181,8 @@ impl Partition {
             return;
         };
         let mut target = epoch_of(watermark, window_ms);
-        if let Some((ceiling, _)) = self.hold {
-            target = target.min(ceiling);
+        if let Some((ceiling, _)) = self.holds.front() {
+            target = target.min(*ceiling);
         }
         self.raise_floor(target, self.position);
     }
@@ -186,12 +192,19 @@ impl Partition {
         std::mem::take(&mut self.marks)
     }
 
+    /// Ends every hold whose offset has been reached: the run that wrote the record had its
+    /// floor past each of those epochs from there on.
     fn release_hold_at(&mut self, offset: i64) {
-        if let Some((ceiling, until)) = self.hold {
-            if offset >= until {
-                self.hold = None;
-                self.raise_floor(ceiling + 1, offset);
+        let mut released = None;
+        while let Some(&(ceiling, until)) = self.holds.front() {
+            if offset < until {
+                break;
             }
+            self.holds.pop_front();
+            released = Some(ceiling);
+        }
+        if let Some(ceiling) = released {
+            self.raise_floor(ceiling + 1, offset);
         }
     }
 
@@ -408,6 +421,7 @@ mod tests {
             resume_offset: m5.resume,
             skip_before: m5.position,
             hold_until: m6.position,
+            later_holds: Vec::new(),
         };
 
         let mut second = Partition::resume(5, &progress);
@@ -471,6 +485,7 @@ mod tests {
             resume_offset: 2,
             skip_before: 3,
             hold_until: 6,
+            later_holds: Vec::new(),
         };
         let mut p = Partition::resume(5, &progress);
         assert_eq!((p.position(), p.floor()), (2, 6));

@@ -3,8 +3,9 @@
 //! The operator keeps each epoch's capability until the broker has acknowledged every frame of
 //! it, so its output frontier says "every epoch before this is durably published" on all workers.
 //! It publishes epoch `e` only once the gate (the progress writer's frontier, fed back one epoch
-//! later) says the progress record for `e - 1` is acknowledged: so at any crash at most one epoch
-//! beyond the last progress record is out, and the replay rule reproduces exactly that one. The
+//! later) says an acknowledged progress record's floor schedule reaches `e`: so at any crash at
+//! most the epochs of the last record's schedule are out beyond it, and the replay rule
+//! reproduces exactly those. The
 //! gate never opens past the records: when the progress writer stops for good, epochs it did not
 //! let through are dropped, not published.
 //! No Kafka call blocks: sends only enqueue, acknowledgements arrive on librdkafka's thread and
@@ -110,6 +111,9 @@ impl AckBook {
 pub struct AckContext {
     book: Arc<AckBook>,
     wake: Arc<OnceLock<SyncActivator>>,
+    /// A record librdkafka gave up on is logged and counted as answered (trend frames: derived,
+    /// disposable data that must never stop the epochs), not kept as the book's failure.
+    best_effort: bool,
 }
 
 impl ClientContext for AckContext {}
@@ -118,13 +122,19 @@ impl ProducerContext for AckContext {
     type DeliveryOpaque = Box<u64>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, epoch: Box<u64>) {
-        self.book.delivered(
-            *epoch,
-            result
-                .as_ref()
-                .map(|m| Some(m.offset()))
-                .map_err(|(e, _)| e.clone()),
-        );
+        match result {
+            Err((error, _)) if self.best_effort => {
+                tracing::warn!(epoch = *epoch, %error, "a record was not delivered");
+                self.book.settle(*epoch);
+            }
+            _ => self.book.delivered(
+                *epoch,
+                result
+                    .as_ref()
+                    .map(|m| Some(m.offset()))
+                    .map_err(|(e, _)| e.clone()),
+            ),
+        }
         if let Some(wake) = self.wake.get() {
             // The worker may already be gone at shutdown; nothing is waiting then.
             let _ = wake.activate();
@@ -144,8 +154,21 @@ pub struct AckedProducer {
 
 impl AckedProducer {
     /// Creates the producer and fetches the topic's metadata, so the first epoch does not pay
-    /// for it. This blocks: call it before the dataflow runs, never inside an operator.
+    /// for it. This blocks: call it before the dataflow runs, never inside an operator. A record
+    /// librdkafka gives up on is the book's [`AckBook::failure`].
     pub fn connect(kafka: &KafkaConfig, topic: &str) -> Result<Self, Error> {
+        Self::create(kafka, topic, false)
+    }
+
+    /// [`AckedProducer::connect`] for records whose loss is logged rather than fatal (trend
+    /// frames): a record librdkafka gives up on counts as answered. `Ok(None)` when the broker
+    /// does not have the topic.
+    pub fn best_effort(kafka: &KafkaConfig, topic: &str) -> Result<Option<Self>, Error> {
+        let producer = Self::create(kafka, topic, true)?;
+        Ok((producer.partition_count(topic)? > 0).then_some(producer))
+    }
+
+    fn create(kafka: &KafkaConfig, topic: &str, best_effort: bool) -> Result<Self, Error> {
         let book = Arc::new(AckBook::default());
         let wake = Arc::new(OnceLock::new());
         let producer: ThreadedProducer<AckContext> =
@@ -153,6 +176,7 @@ impl AckedProducer {
                 .create_with_context(AckContext {
                     book: Arc::clone(&book),
                     wake: Arc::clone(&wake),
+                    best_effort,
                 })
                 .map_err(|source| Error::Client {
                     topic: topic.to_string(),
@@ -179,19 +203,7 @@ impl AckedProducer {
     /// the extra ones are never read; and the progress topic's newest record is the recovery
     /// state only if it has one partition.
     pub fn expect_partitions(&self, topic: &str, expected: u32) -> Result<(), Error> {
-        let metadata = self
-            .producer
-            .client()
-            .fetch_metadata(Some(topic), Duration::from_secs(15))
-            .map_err(|source| Error::Metadata {
-                topic: topic.to_string(),
-                source,
-            })?;
-        let found = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map_or(0, |t| t.partitions().len());
+        let found = self.partition_count(topic)?;
         if found == expected as usize {
             Ok(())
         } else {
@@ -201,6 +213,23 @@ impl AckedProducer {
                 expected,
             })
         }
+    }
+
+    /// How many partitions the brokers' `topic` has (0: no such topic).
+    fn partition_count(&self, topic: &str) -> Result<usize, Error> {
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(15))
+            .map_err(|source| Error::Metadata {
+                topic: topic.to_string(),
+                source,
+            })?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len()))
     }
 
     /// Routes delivery wake-ups to the operator at `address`.

@@ -3,12 +3,12 @@
 //! stall nothing.
 
 use crate::error::Error;
+use crate::reader;
 use emostream_protocol::config::KafkaConfig;
-use emostream_protocol::kafka::ClientRole;
 use emostream_protocol::progress::{Counting, Progress};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -31,18 +31,7 @@ pub fn last_progress(kafka: &KafkaConfig, topic: &str) -> Result<Option<Recovere
         topic: topic.to_string(),
         source,
     };
-    let consumer: BaseConsumer =
-        ClientConfig::from_iter(kafka.client_settings(ClientRole::AssignedReader {
-            group: "emostream-recovery",
-            fetch_wait_ms: 100,
-            partition_eof: false,
-        }))
-        .create()
-        .map_err(|source| Error::Client {
-            topic: topic.to_string(),
-            client: "recovery reader",
-            source,
-        })?;
+    let consumer = reader::assigned(kafka, topic, "recovery reader", "emostream-recovery", 100)?;
     let (low, high) = consumer
         .fetch_watermarks(topic, 0, PATIENCE)
         .map_err(read)?;
@@ -187,6 +176,7 @@ mod tests {
                     resume_offset: 0,
                     skip_before: 0,
                     hold_until: 0,
+                    later_holds: Vec::new(),
                 })
                 .collect(),
             follows: None,

@@ -9,20 +9,23 @@ use crate::PartialCount;
 use emostream_protocol::config::KafkaConfig;
 use emostream_protocol::epoch::epoch_of;
 use emostream_protocol::kafka::ClientRole;
-use emostream_protocol::wire::EmojiEvent;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
+use timely::scheduling::SyncActivator;
 
 /// The broker may hold an empty fetch this long: a record appended to an idle partition waits
 /// at most this long in the broker.
@@ -36,6 +39,9 @@ const PROBE_SILENCE: Duration = Duration::from_secs(2);
 const READ_BUDGET: Duration = Duration::from_millis(20);
 /// How often read positions are committed to the consumer group (for lag monitoring only).
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
+/// How long a source with partitions waits for a wake-up before it looks anyway: records and
+/// the end probe's answers wake it at once, so this only bounds a missed wake-up.
+const FALLBACK: Duration = Duration::from_millis(100);
 
 /// Everything the source needs, owned so the operator closure can keep it.
 pub struct SourceSettings {
@@ -50,11 +56,21 @@ pub struct SourceSettings {
     /// After the broker was out of reach, how long records received before may still land: the
     /// gateways' delivery timeout plus the allowed lateness (see watermark.rs).
     pub settle_ms: u64,
+    /// How often the source looks again when nothing woke it: a worker without partitions, whose
+    /// floor follows the wall clock, and a source holding back for the gate.
     pub idle_poll_ms: u64,
+    /// The gate's frontier (the last epoch the progress records let out): a source whose floor
+    /// runs more than [`AHEAD`] epochs past it stops reading until the gate catches up, so a
+    /// catch-up's closed epochs cannot pile up unpublished.
+    pub gate: ProbeHandle<u64>,
     /// Set on SIGTERM: the source stops reading and releases its capability.
     pub stop: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
 }
+
+/// How far past the gate a source's floor may run: two records' worth, so that while one
+/// record's epochs are published the next record's are counted.
+pub const AHEAD: u64 = 2 * crate::progress::IN_FLIGHT;
 
 /// What the source emits: pre-counts for the epochs, and marks for the progress record.
 #[derive(Debug, Clone)]
@@ -63,40 +79,287 @@ pub enum SourceItem {
     Mark(Mark),
 }
 
-type Counts = HashMap<(u64, String, String), (u64, u64)>;
+/// The fields of an event line the source counts by; `serde` skips the others without building
+/// them (`ts` is the client's and decides nothing).
+#[derive(Deserialize)]
+struct Tap<'a> {
+    #[serde(borrow)]
+    stream: Cow<'a, str>,
+    #[serde(borrow)]
+    emoji: Cow<'a, str>,
+    recv_ms: u64,
+    /// Scopes an `Idempotency-Key` (dedupe.rs), and must be there, as in
+    /// [`emostream_protocol::wire::EmojiEvent`], for a line to count as an event.
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
+    /// The request's `Idempotency-Key` and the gateway's attempt number, on keyed requests.
+    #[serde(borrow, default)]
+    request_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    attempt: Option<u64>,
+}
+
+/// FNV-1a, for the emojis of one stream and epoch: keys the gateway checked against the fixed
+/// list of emojis (a few thousand), so no input can make them collide on purpose, and a few
+/// bytes each, where SipHash's setup dominates.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for byte in bytes {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+}
+
+/// emoji → (count, late).
+type EmojiCounts = HashMap<Box<str>, (u64, u64), BuildHasherDefault<Fnv>>;
+
+/// Pre-counts per (stream, epoch, emoji) since the last emission. A record holds one stream's
+/// taps (the gateway packs them so), so the stream of the last tap is tried first: a tap costs a
+/// string comparison and one FNV lookup, and allocates nothing unless its emoji is new to the
+/// (stream, epoch).
+#[derive(Default)]
+struct Counts {
+    /// Stream → its slot in `slots` (SipHash: stream names are the clients' to choose).
+    index: HashMap<String, usize>,
+    /// (stream, epoch → emoji counts).
+    slots: Vec<(String, BTreeMap<u64, EmojiCounts>)>,
+    last: usize,
+}
+
+impl Counts {
+    fn add(&mut self, stream: &str, epoch: u64, emoji: &str, late: bool) {
+        if self.slots.get(self.last).is_none_or(|(s, _)| s != stream) {
+            self.last = match self.index.get(stream) {
+                Some(slot) => *slot,
+                None => {
+                    self.slots.push((stream.to_owned(), BTreeMap::new()));
+                    self.index.insert(stream.to_owned(), self.slots.len() - 1);
+                    self.slots.len() - 1
+                }
+            };
+        }
+        let emojis = self.slots[self.last].1.entry(epoch).or_default();
+        let entry = match emojis.get_mut(emoji) {
+            Some(entry) => entry,
+            None => emojis.entry(emoji.into()).or_default(),
+        };
+        entry.0 += 1;
+        entry.1 += u64::from(late);
+    }
+
+    /// Every pre-count since the last call, by epoch.
+    fn drain_into(&mut self, by_epoch: &mut BTreeMap<u64, Vec<SourceItem>>) {
+        self.index.clear();
+        self.last = 0;
+        for (stream, epochs) in self.slots.drain(..) {
+            for (epoch, emojis) in epochs {
+                let items = by_epoch.entry(epoch).or_default();
+                for (emoji, (count, late)) in emojis {
+                    items.push(SourceItem::Count(PartialCount {
+                        stream: stream.clone(),
+                        emoji: emoji.into_string(),
+                        count,
+                        late,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// The source's state, apart from timely and the consumer: the owned partitions and what was
+/// counted since the last emission. The operator feeds it what the consumer delivers
+/// ([`KafkaSource::record`], [`KafkaSource::end_of_partition`]) and, once per activation, takes
+/// what to emit and where its floor is ([`KafkaSource::step`]).
+struct KafkaSource {
+    partitions: BTreeMap<i32, Partition>,
+    /// Each partition's remembered idempotency keys (dedupe.rs).
+    dedupe: BTreeMap<i32, Dedupe>,
+    counts: Counts,
+    window_ms: u64,
+    lateness_ms: u64,
+    settle_ms: u64,
+    late_total: u64,
+    skipped_total: u64,
+    /// Outages of the end probe seen so far.
+    outages_seen: u64,
+}
+
+/// What one activation emits: items by epoch (the capability covers them), and the floor the
+/// source's capability moves to.
+struct Step {
+    by_epoch: BTreeMap<u64, Vec<SourceItem>>,
+    floor: u64,
+}
+
+impl KafkaSource {
+    fn new(
+        partitions: Vec<Partition>,
+        dedupe: BTreeMap<i32, Dedupe>,
+        window_ms: u64,
+        lateness_ms: u64,
+        settle_ms: u64,
+    ) -> Self {
+        KafkaSource {
+            partitions: partitions.into_iter().map(|p| (p.id(), p)).collect(),
+            dedupe,
+            counts: Counts::default(),
+            window_ms,
+            lateness_ms,
+            settle_ms,
+            late_total: 0,
+            skipped_total: 0,
+            outages_seen: 0,
+        }
+    }
+
+    /// The least floor of the owned partitions; `None` without partitions.
+    fn floor(&self) -> Option<u64> {
+        self.partitions.values().map(Partition::floor).min()
+    }
+
+    /// Counts the record at `offset` of `partition` (Kafka timestamp `timestamp_ms`).
+    fn record(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: u64,
+        payload: Option<&[u8]>,
+    ) -> Tally {
+        let Some(p) = self.partitions.get_mut(&partition) else {
+            return Tally::default();
+        };
+        p.begin_record(offset);
+        if p.holding() {
+            crate::crash::reached("during-replay");
+        }
+        let dedupe = (self.dedupe.get_mut(&partition))
+            .expect("every owned partition has its remembered keys");
+        dedupe.record(timestamp_ms);
+        let tally = match payload {
+            Some(payload) => count_record(
+                payload,
+                self.window_ms,
+                offset,
+                (p, dedupe),
+                &mut self.counts,
+            ),
+            None => Tally::default(),
+        };
+        p.end_record(offset, timestamp_ms);
+        self.late_total += tally.late;
+        self.skipped_total += tally.skipped;
+        tally
+    }
+
+    /// The consumer read `partition` to its end, standing at `position` (if it knows).
+    fn end_of_partition(&mut self, partition: i32, position: Option<i64>) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            if let Some(at) = position {
+                p.skipped_to(at);
+            }
+            p.reached_end();
+        }
+    }
+
+    /// Takes the end probe's news (if the worker has partitions), moves the floors and returns
+    /// what to emit: the pre-counts and the marks, by epoch, and the new floor (a worker without
+    /// partitions follows the wall clock `now_ms` minus the lateness, like an idle partition).
+    fn step(&mut self, now_ms: u64, ends: Option<&EndProbe>, metrics: &Metrics) -> Step {
+        let mut by_epoch = BTreeMap::new();
+        self.counts.drain_into(&mut by_epoch);
+        let (window_ms, lateness_ms) = (self.window_ms, self.lateness_ms);
+        if let Some(ends) = ends {
+            // Before the answers: an answer after an outage must not lift the floor.
+            if let Some(last_answer_ms) = ends.outage_since(&mut self.outages_seen) {
+                tracing::warn!(
+                    last_answer_ms,
+                    settle_ms = self.settle_ms,
+                    "the broker was out of reach: floors hold until records sent before have landed"
+                );
+                for partition in self.partitions.values_mut() {
+                    partition.broker_was_away(last_answer_ms, lateness_ms, self.settle_ms);
+                }
+            }
+            for (id, high, asked_ms) in ends.latest() {
+                if let Some(partition) = self.partitions.get_mut(&id) {
+                    partition.end_reported(high, asked_ms);
+                }
+            }
+        }
+        for partition in self.partitions.values_mut() {
+            partition.advance(lateness_ms, window_ms);
+            let lag = partition
+                .watermark_ms(lateness_ms)
+                .map_or(now_ms, |w| now_ms.saturating_sub(w));
+            metrics.partition(partition.id(), lag, partition.floor());
+            // A mark is stamped with the floor it leaves, which the capability still covers.
+            for mark in partition.take_marks() {
+                by_epoch
+                    .entry(mark.start)
+                    .or_insert_with(Vec::new)
+                    .push(SourceItem::Mark(mark));
+            }
+        }
+        let floor = self
+            .floor()
+            .unwrap_or_else(|| epoch_of(now_ms.saturating_sub(lateness_ms), window_ms));
+        Step { by_epoch, floor }
+    }
+}
 
 pub fn kafka_source<'scope>(
     scope: Scope<'scope, u64>,
     settings: SourceSettings,
 ) -> Result<Stream<'scope, u64, Vec<SourceItem>>, Error> {
+    // The consumer's and the end probe's wake-ups, once the operator exists.
+    let wake: Arc<OnceLock<SyncActivator>> = Arc::new(OnceLock::new());
     let consumer = if settings.partitions.is_empty() {
         None
     } else {
-        let consumer = consumer(&settings).map_err(|source| Error::Client {
+        let consumer = consumer(&settings, Arc::clone(&wake)).map_err(|source| Error::Client {
             topic: settings.topic.clone(),
             client: "source consumer",
             source,
         })?;
         Some(consumer)
     };
-    let mut partitions: BTreeMap<i32, Partition> = settings
-        .partitions
-        .into_iter()
-        .map(|p| (p.id(), p))
-        .collect();
-    let mut dedupe = settings.dedupe;
     let idle = Duration::from_millis(settings.idle_poll_ms);
-    let (window_ms, lateness_ms) = (settings.window_ms, settings.allowed_lateness_ms);
-    let settle_ms = settings.settle_ms;
-    let (stop, metrics, topic) = (settings.stop, settings.metrics, settings.topic.clone());
+    let mut source = KafkaSource::new(
+        settings.partitions,
+        settings.dedupe,
+        settings.window_ms,
+        settings.allowed_lateness_ms,
+        settings.settle_ms,
+    );
+    let (stop, metrics, topic, gate) = (
+        settings.stop,
+        settings.metrics,
+        settings.topic.clone(),
+        settings.gate,
+    );
     let ends = consumer.as_ref().map(|consumer| {
-        let ids = partitions.keys().copied().collect();
+        let ids = source.partitions.keys().copied().collect();
         EndProbe::spawn(
             Arc::clone(consumer),
             topic.clone(),
             ids,
-            lateness_ms,
+            settings.allowed_lateness_ms,
             Arc::clone(&stop),
+            Arc::clone(&wake),
         )
     });
 
@@ -114,14 +377,11 @@ pub fn kafka_source<'scope>(
         let capability = capabilities.pop();
         let _reading_output = reading_output;
         let all_stopped = all_stopped_here;
-        let activator = scope.activator_for(info.address);
+        let activator = scope.activator_for(info.address.clone());
+        let _ = wake.set(scope.worker().sync_activator_for(info.address.to_vec()));
         let (mut capability, mut reading_cap) = (capability, reading_cap);
         let mut consumer = consumer;
-        let mut counts: Counts = HashMap::new();
-        let mut late_total: u64 = 0;
-        let mut skipped_total: u64 = 0;
         let mut last_commit = Instant::now();
-        let mut outages_seen = 0;
 
         move |_frontiers| {
             let Some(cap) = capability.as_mut() else {
@@ -130,13 +390,13 @@ pub fn kafka_source<'scope>(
             if stop.load(Ordering::Relaxed) {
                 if reading_cap.take().is_some() {
                     tracing::info!(
-                        late_total,
-                        skipped_total,
+                        late_total = source.late_total,
+                        skipped_total = source.skipped_total,
                         floor = *cap.time(),
                         "source stopping; its floor holds until every source has stopped"
                     );
                     if let Some(consumer) = consumer.take() {
-                        commit_positions(&consumer, &topic, &partitions);
+                        commit_positions(&consumer, &topic, &source.partitions);
                         // Closing a consumer blocks until librdkafka has wound down (the commit
                         // above included); on this thread that would hold the whole dataflow open.
                         std::thread::spawn(move || drop(consumer));
@@ -158,54 +418,29 @@ pub fn kafka_source<'scope>(
                 }
                 return;
             }
-            let mut output = output.activate();
-            let output = &mut output;
 
+            // Flow control: a floor far past the gate waits for it (the records stay in the
+            // broker; the floor cannot pass them unread).
+            let held_back = match (source.floor(), gate.with_frontier(|f| f.first().copied())) {
+                (Some(floor), Some(gate)) => floor > gate + AHEAD,
+                _ => false,
+            };
             let mut exhausted_budget = false;
             let (mut records, mut tallied) = (0u64, Tally::default());
-            if let Some(consumer) = consumer.as_ref() {
+            if let (Some(consumer), false) = (consumer.as_ref(), held_back) {
                 let started = Instant::now();
                 loop {
                     match consumer.poll(Duration::ZERO) {
                         None => break,
                         Some(Ok(msg)) => {
-                            let Some(partition) = partitions.get_mut(&msg.partition()) else {
-                                continue;
-                            };
                             let ts = msg.timestamp().to_millis().unwrap_or(0).max(0) as u64;
-                            let offset = msg.offset();
-                            partition.begin_record(offset);
-                            if partition.holding() {
-                                crate::crash::reached("during-replay");
-                            }
-                            let dedupe = dedupe
-                                .get_mut(&msg.partition())
-                                .expect("every owned partition has its keys");
-                            dedupe.record(ts);
-                            if let Some(payload) = msg.payload() {
-                                let tally = count_record(
-                                    payload,
-                                    window_ms,
-                                    offset,
-                                    (partition, dedupe),
-                                    &mut counts,
-                                );
-                                tallied.counted += tally.counted;
-                                tallied.late += tally.late;
-                                tallied.skipped += tally.skipped;
-                                tallied.unreadable += tally.unreadable;
-                                tallied.repeated += tally.repeated;
-                            }
-                            partition.end_record(offset, ts);
+                            let tally =
+                                source.record(msg.partition(), msg.offset(), ts, msg.payload());
+                            tallied.add(&tally);
                             records += 1;
                         }
                         Some(Err(KafkaError::PartitionEOF(p))) => {
-                            if let Some(partition) = partitions.get_mut(&p) {
-                                if let Some(at) = fetch_position(consumer, &topic, p) {
-                                    partition.skipped_to(at);
-                                }
-                                partition.reached_end();
-                            }
+                            source.end_of_partition(p, fetch_position(consumer, &topic, p));
                         }
                         Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
                     }
@@ -215,9 +450,6 @@ pub fn kafka_source<'scope>(
                     }
                 }
             }
-
-            late_total += tallied.late;
-            skipped_total += tallied.skipped;
             metrics.read(
                 records,
                 tallied.counted,
@@ -227,80 +459,34 @@ pub fn kafka_source<'scope>(
             );
             metrics.repeated(tallied.repeated);
 
+            let step = source.step(now_ms(), ends.as_deref(), &metrics);
+            let mut output = output.activate();
             // One session per epoch: sessions are not fused, so batching by epoch matters.
-            let mut by_epoch: BTreeMap<u64, Vec<SourceItem>> = BTreeMap::new();
-            for ((epoch, stream, emoji), (count, late)) in counts.drain() {
-                by_epoch
-                    .entry(epoch)
-                    .or_default()
-                    .push(SourceItem::Count(PartialCount {
-                        stream,
-                        emoji,
-                        count,
-                        late,
-                    }));
-            }
-            let now = now_ms();
-            if let Some(ends) = ends.as_ref() {
-                // Before the answers: an answer after an outage must not lift the floor.
-                if let Some(last_answer_ms) = ends.outage_since(&mut outages_seen) {
-                    tracing::warn!(
-                        last_answer_ms,
-                        settle_ms,
-                        "the broker was out of reach: floors hold until records sent before have landed"
-                    );
-                    for partition in partitions.values_mut() {
-                        partition.broker_was_away(last_answer_ms, lateness_ms, settle_ms);
-                    }
-                }
-                for (id, high, asked_ms) in ends.latest() {
-                    if let Some(partition) = partitions.get_mut(&id) {
-                        partition.end_reported(high, asked_ms);
-                    }
-                }
-            }
-            for partition in partitions.values_mut() {
-                partition.advance(lateness_ms, window_ms);
-                let lag = partition
-                    .watermark_ms(lateness_ms)
-                    .map_or(now, |w| now.saturating_sub(w));
-                metrics.partition(partition.id(), lag, partition.floor());
-                // A mark is stamped with the floor it leaves, which the capability still covers.
-                for mark in partition.take_marks() {
-                    by_epoch
-                        .entry(mark.start)
-                        .or_default()
-                        .push(SourceItem::Mark(mark));
-                }
-            }
-            for (epoch, items) in by_epoch {
+            for (epoch, items) in step.by_epoch {
                 let at = cap.delayed(&epoch);
                 let mut session = output.session(&at);
                 for item in items {
                     session.give(item);
                 }
             }
-
-            let floor = match partitions.values().map(Partition::floor).min() {
-                Some(floor) => floor,
-                // A worker without partitions follows the wall clock, like an idle partition.
-                None => epoch_of(now.saturating_sub(lateness_ms), window_ms),
-            };
-            if floor > *cap.time() {
-                cap.downgrade(&floor);
+            if step.floor > *cap.time() {
+                cap.downgrade(&step.floor);
             }
             if let Some(consumer) = consumer.as_ref() {
                 if last_commit.elapsed() >= COMMIT_EVERY {
-                    commit_positions(consumer, &topic, &partitions);
+                    commit_positions(consumer, &topic, &source.partitions);
                     last_commit = Instant::now();
                 }
             }
 
             if exhausted_budget {
                 activator.activate();
-            } else {
-                // No wake-up callback is relied on: a missed one would stall the frontier.
+            } else if consumer.is_none() || held_back {
                 activator.activate_after(idle);
+            } else {
+                // The consumer's queue and the end probe's answers wake the source; this only
+                // bounds the wait should a wake-up ever be missed.
+                activator.activate_after(FALLBACK);
             }
         }
     });
@@ -336,6 +522,18 @@ struct EndProbe {
 }
 
 impl EndProbe {
+    /// No answer yet for any of `partitions`.
+    fn new(partitions: &[i32]) -> Self {
+        EndProbe {
+            reports: partitions
+                .iter()
+                .map(|p| (*p, AtomicI64::new(0), AtomicU64::new(0)))
+                .collect(),
+            outages: AtomicU64::new(0),
+            last_answer_before_outage_ms: AtomicU64::new(0),
+        }
+    }
+
     /// An answer that takes longer than `slow_ms` counts as an outage, as a failed request does:
     /// the broker stalled, and gateways' producers may have been retrying meanwhile.
     fn spawn(
@@ -344,15 +542,9 @@ impl EndProbe {
         partitions: Vec<i32>,
         slow_ms: u64,
         stop: Arc<AtomicBool>,
+        wake: Arc<OnceLock<SyncActivator>>,
     ) -> Arc<EndProbe> {
-        let probe = Arc::new(EndProbe {
-            reports: partitions
-                .iter()
-                .map(|p| (*p, AtomicI64::new(0), AtomicU64::new(0)))
-                .collect(),
-            outages: AtomicU64::new(0),
-            last_answer_before_outage_ms: AtomicU64::new(0),
-        });
+        let probe = Arc::new(EndProbe::new(&partitions));
         let source = Arc::downgrade(&probe);
         std::thread::Builder::new()
             .name("end-probe".into())
@@ -377,6 +569,10 @@ impl EndProbe {
                                 probe.outage(last_answer_ms);
                             }
                             probe.publish(&highs, asked_ms);
+                            if let Some(wake) = wake.get() {
+                                // The worker may be gone at shutdown; nothing waits then.
+                                let _ = wake.activate();
+                            }
                             (answered, warned, failed) = (Instant::now(), false, false);
                             last_answer_ms = asked_ms;
                         }
@@ -384,6 +580,9 @@ impl EndProbe {
                         None if !failed => {
                             failed = true;
                             probe.outage(last_answer_ms);
+                            if let Some(wake) = wake.get() {
+                                let _ = wake.activate();
+                            }
                         }
                         None => {}
                     }
@@ -507,6 +706,16 @@ struct Tally {
     repeated: u64,
 }
 
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.counted += other.counted;
+        self.late += other.late;
+        self.skipped += other.skipped;
+        self.unreadable += other.unreadable;
+        self.repeated += other.repeated;
+    }
+}
+
 /// Counts one batch record into `counts`, each event in the epoch its partition assigns it,
 /// except the repeats of a request already counted.
 fn count_record(
@@ -518,7 +727,7 @@ fn count_record(
 ) -> Tally {
     let mut tally = Tally::default();
     for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let event: EmojiEvent = match serde_json::from_slice(line) {
+        let tap: Tap = match serde_json::from_slice(line) {
             Ok(e) => e,
             Err(e) => {
                 // The gateway validated every line; a bad one is a foreign producer's.
@@ -528,19 +737,17 @@ fn count_record(
             }
         };
         // Before the assignment: a repeat is no part of any epoch, replayed or not.
-        if dedupe.event(&event) == Verdict::Repeat {
-            tally.repeated += 1;
-            continue;
+        if let (Some(key), Some(attempt)) = (&tap.request_id, tap.attempt) {
+            if dedupe.tap(&tap.stream, &tap.user_id, key, attempt) == Verdict::Repeat {
+                tally.repeated += 1;
+                continue;
+            }
         }
-        match partition.assign(offset, epoch_of(event.recv_ms, window_ms)) {
+        match partition.assign(offset, epoch_of(tap.recv_ms, window_ms)) {
             Assignment::Skip => tally.skipped += 1,
             Assignment::Count { epoch, late } => {
                 tally.counted += 1;
-                let entry = counts
-                    .entry((epoch, event.stream.into_owned(), event.emoji.into_owned()))
-                    .or_default();
-                entry.0 += 1;
-                entry.1 += u64::from(late);
+                counts.add(&tap.stream, epoch, &tap.emoji, late);
                 tally.late += u64::from(late);
             }
         }
@@ -566,8 +773,13 @@ impl ClientContext for SourceContext {
 
 impl ConsumerContext for SourceContext {}
 
-fn consumer(settings: &SourceSettings) -> Result<Arc<BaseConsumer<SourceContext>>, KafkaError> {
-    let consumer: BaseConsumer<SourceContext> =
+/// The source's consumer; a record or an event landing in its empty queue wakes the operator
+/// that `wake` will name.
+fn consumer(
+    settings: &SourceSettings,
+    wake: Arc<OnceLock<SyncActivator>>,
+) -> Result<Arc<BaseConsumer<SourceContext>>, KafkaError> {
+    let mut consumer: BaseConsumer<SourceContext> =
         ClientConfig::from_iter(settings.kafka.client_settings(ClientRole::AssignedReader {
             // Read positions are committed here for lag monitoring only.
             group: "emostream-dataflow",
@@ -582,6 +794,12 @@ fn consumer(settings: &SourceSettings) -> Result<Arc<BaseConsumer<SourceContext>
         assignment.add_partition_offset(&settings.topic, p.id(), Offset::Offset(p.position()))?;
     }
     consumer.assign(&assignment)?;
+    // On librdkafka's thread: only an activation, never work.
+    consumer.set_nonempty_callback(move || {
+        if let Some(wake) = wake.get() {
+            let _ = wake.activate();
+        }
+    });
     Ok(Arc::new(consumer))
 }
 
@@ -600,6 +818,26 @@ mod tests {
         format!("{{\"stream\":\"{stream}\",\"user_id\":\"u\",\"emoji\":\"{emoji}\",\"recv_ms\":{recv_ms}}}\n")
     }
 
+    /// ((epoch, stream, emoji), (count, late)).
+    type Counted = ((u64, String, String), (u64, u64));
+
+    /// Every pre-count, sorted.
+    fn drained(counts: &mut Counts) -> Vec<Counted> {
+        let mut by_epoch = BTreeMap::new();
+        counts.drain_into(&mut by_epoch);
+        let mut got: Vec<_> = by_epoch
+            .into_iter()
+            .flat_map(|(epoch, items)| {
+                items.into_iter().map(move |item| match item {
+                    SourceItem::Count(c) => ((epoch, c.stream, c.emoji), (c.count, c.late)),
+                    SourceItem::Mark(m) => panic!("a mark among counts: {m:?}"),
+                })
+            })
+            .collect();
+        got.sort();
+        got
+    }
+
     #[test]
     fn counts_a_record_and_folds_late_events() {
         let mut partition = Partition::fresh(0);
@@ -613,7 +851,7 @@ mod tests {
             line("a", "❤️", 6_000),
         ]
         .concat();
-        let mut counts = Counts::new();
+        let mut counts = Counts::default();
         let mut dedupe = Dedupe::new(300_000, 16);
         let tally = count_record(
             payload.as_bytes(),
@@ -632,10 +870,8 @@ mod tests {
                 repeated: 0,
             }
         );
-        let mut got: Vec<_> = counts.into_iter().collect();
-        got.sort();
         assert_eq!(
-            got,
+            drained(&mut counts),
             vec![
                 ((2, "a".into(), "🔥".into()), (2, 0)),
                 ((2, "b".into(), "👍🏽".into()), (1, 1)),
@@ -644,10 +880,68 @@ mod tests {
         );
     }
 
+    /// One step after records of two partitions: the counts at their epochs, each partition's
+    /// floor moved by its records (partition 0) or by the broker's clock once it was read to the
+    /// end (partition 1), the marks at the floors they leave, and the least floor.
+    #[test]
+    fn a_step_emits_counts_and_marks_by_epoch_and_moves_the_floor() {
+        let metrics = Metrics::default();
+        let mut source = KafkaSource::new(
+            vec![Partition::fresh(0), Partition::fresh(1)],
+            [0, 1].map(|p| (p, Dedupe::new(300_000, 16))).into(),
+            1_000,
+            300,
+            5_350,
+        );
+        let ends = EndProbe::new(&[0, 1]);
+        let payload = [line("a", "🔥", 4_100), line("a", "🔥", 4_200)].concat();
+        let tally = source.record(0, 0, 6_400, Some(payload.as_bytes()));
+        assert_eq!((tally.counted, tally.late), (2, 0));
+        source.record(1, 0, 2_100, Some(line("b", "👍", 2_100).as_bytes()));
+        // Partition 1 is read to its end (offset 1) as of a request sent at 9_350.
+        ends.publish(&[(0, 5), (1, 1)], 9_350);
+        let step = source.step(10_000, Some(&ends), &metrics);
+        assert_eq!(step.floor, 6, "partition 0: its newest record 6_400 - 300");
+        assert_eq!(
+            source.partitions[&1].floor(),
+            9,
+            "partition 1: the broker's 9_350 - 300"
+        );
+        let items: Vec<(u64, String)> = step
+            .by_epoch
+            .iter()
+            .flat_map(|(epoch, items)| {
+                items.iter().map(move |item| {
+                    let what = match item {
+                        SourceItem::Count(c) => format!("{} {} x{}", c.stream, c.emoji, c.count),
+                        SourceItem::Mark(m) => {
+                            format!(
+                                "mark p{} {}..{} at {}",
+                                m.partition, m.start, m.end, m.position
+                            )
+                        }
+                    };
+                    (*epoch, what)
+                })
+            })
+            .collect();
+        assert_eq!(
+            items,
+            vec![
+                (0, "mark p0 0..6 at 1".to_string()),
+                (0, "mark p1 0..9 at 1".to_string()),
+                (2, "b 👍 x1".to_string()),
+                (4, "a 🔥 x2".to_string()),
+            ]
+        );
+        let again = source.step(10_000, Some(&ends), &metrics);
+        assert_eq!((again.by_epoch.len(), again.floor), (0, 6), "nothing new");
+    }
+
     #[test]
     fn unreadable_lines_are_skipped() {
         let payload = format!("not json\n{}", line("a", "🔥", 0));
-        let mut counts = Counts::new();
+        let mut counts = Counts::default();
         let tally = count_record(
             payload.as_bytes(),
             2_000,
@@ -666,7 +960,7 @@ mod tests {
             }
         );
         assert_eq!(
-            counts.into_iter().collect::<Vec<_>>(),
+            drained(&mut counts),
             [((0, "a".into(), "🔥".into()), (1, 0))]
         );
     }
@@ -683,7 +977,7 @@ mod tests {
         };
         let mut partition = Partition::fresh(0);
         let mut dedupe = Dedupe::new(300_000, 16);
-        let mut counts = Counts::new();
+        let mut counts = Counts::default();
         let mut read = |offset: i64, payload: String| {
             dedupe.record(4_100);
             count_record(
@@ -707,10 +1001,8 @@ mod tests {
         );
         assert_eq!((first.counted, first.repeated), (3, 0));
         assert_eq!((retry.counted, retry.repeated), (1, 3));
-        let mut got: Vec<_> = counts.into_iter().collect();
-        got.sort();
         assert_eq!(
-            got,
+            drained(&mut counts),
             vec![
                 ((2, "a".into(), "❤️".into()), (1, 0)),
                 ((2, "a".into(), "🔥".into()), (3, 0)),

@@ -24,6 +24,7 @@ fn record(epoch: u64, follows: i64) -> Progress {
             resume_offset: epoch as i64,
             skip_before: epoch as i64,
             hold_until: epoch as i64,
+            later_holds: Vec::new(),
         }],
         follows: Some(follows),
         run: None,

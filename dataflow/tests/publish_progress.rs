@@ -109,9 +109,10 @@ fn step_until(worker: &mut Worker, what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// Runs PublishEpochs → WriteProgress (gate fed back) on 2 workers over [`frames`] and
-/// [`marks`], each worker given every other item. The inputs stay open at epoch 5 until the
-/// progress record for epoch 3 is acknowledged, then close.
-fn publish(config: &Config) {
+/// [`marks`], each worker given every other item, each record letting out at most `in_flight`
+/// epochs. The inputs stay open at epoch 5 until the gate lets epoch 4 out (the record for epoch
+/// 3 is acknowledged), then close.
+fn publish(config: &Config, in_flight: u64) {
     let kafka = config.kafka.clone();
     timely::execute(timely::Config::process(2), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
@@ -122,6 +123,7 @@ fn publish(config: &Config) {
                 .unwrap(),
             follows: FIRST,
             run: RUN,
+            in_flight,
         });
         let mut frames_in = InputHandleVec::<u64, EpochFrame>::new();
         let mut marks_in = InputHandleVec::<u64, Mark>::new();
@@ -271,7 +273,7 @@ fn frames_and_progress_records_alternate_epoch_by_epoch() {
             "epochs_topic = \"emoji-log\"\nprogress_topic = \"emoji-log\"\nepochs_partitions = 1";
         minimal_config_with(address, kafka, "")
     });
-    publish(&config);
+    publish(&config, 1);
     let log = read_topic(&config, "emoji-log");
 
     // Cut the log into runs of frames, each followed by one progress record.
@@ -301,6 +303,46 @@ fn frames_and_progress_records_alternate_epoch_by_epoch() {
     drop(broker);
 }
 
+/// Three epochs in flight: the marks are in up to a floor of 5 from the start, so the record
+/// for epoch 0 carries the floor schedule of epochs 1 to 3 and lets all three out at once; the
+/// record for 3 (the first epoch it let out all published) lets out 4, as far as the floors passed.
+#[test]
+fn a_record_lets_out_the_epochs_of_its_floor_schedule() {
+    let dir = Scratch::new("dataflow-in-flight");
+    let (broker, config) = Broker::start(dir.path(), |address| {
+        let kafka =
+            "epochs_topic = \"emoji-log\"\nprogress_topic = \"emoji-log\"\nepochs_partitions = 1";
+        minimal_config_with(address, kafka, "")
+    });
+    publish(&config, 3);
+    let mut got: Vec<(Vec<Record>, Option<String>)> = vec![(Vec::new(), None)];
+    for record in read_topic(&config, "emoji-log") {
+        if record.key.is_some() {
+            got.last_mut().unwrap().0.push(record);
+        } else {
+            got.last_mut().unwrap().1 = Some(record.payload);
+            got.push((Vec::new(), None));
+        }
+    }
+    got.pop_if(|(frames, progress)| frames.is_empty() && progress.is_none());
+    for (frames, _) in &mut got {
+        frames.sort();
+    }
+    let mut epochs = epoch_records(|_| 0);
+    let mut later: Vec<Record> = epochs.drain(1..).flatten().collect();
+    later.sort();
+    let mut first = epochs.remove(0);
+    first.sort();
+    let scheduled = format!(
+        r#"{{"epoch":0,"counting":{{"window_ms":2000,"divisor":1000,"events_partitions":2}},"partitions":[{{"partition":0,"resume_offset":0,"skip_before":10,"hold_until":25,"later_holds":[40,52]}},{{"partition":1,"resume_offset":0,"skip_before":7,"hold_until":7,"later_holds":[19,19]}}],"follows":{FIRST},"run":{RUN}}}"#
+    );
+    // Epoch 0's two frames and the record at offset 2; epochs 1 to 3's five frames (offsets 3 to
+    // 7) and the record for 3, exactly as with one epoch in flight, following offset 2.
+    let record_3 = progress_payloads([FIRST, 0, 0, 2]).remove(3);
+    assert_eq!(got, vec![(first, Some(scheduled)), (later, Some(record_3))]);
+    drop(broker);
+}
+
 /// The topics as configured by default: frames keyed by stream on a two-partition topic, every
 /// stream on its own partition in epoch order; progress records on partition 0 of their own.
 #[test]
@@ -314,7 +356,7 @@ fn frames_are_keyed_by_stream_and_progress_has_its_own_topic() {
         ),
         (2, "emoji-progress")
     );
-    publish(&config);
+    publish(&config, 1);
 
     // CRC32("main") is even and CRC32("cricket") odd (librdkafka's consistent_random).
     let partition_of = |stream: &str| if stream == "main" { 0 } else { 1 };

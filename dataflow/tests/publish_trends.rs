@@ -5,7 +5,7 @@
 //! published frontier passes epochs `PublishEpochs` dropped, which can be partial; the gate
 //! never passes them.
 
-use emostream_dataflow::trends::publish::{PublishTrends, TrendsProducer};
+use emostream_dataflow::trends::publish::{self, PublishTrends};
 use emostream_protocol::trends::{Sentiment, SentimentIndex, TrendFrame};
 use emostream_testkit::broker::minimal_config;
 use emostream_testkit::topic::read_to_end;
@@ -62,7 +62,7 @@ fn a_trends_frame_waits_for_the_gate_and_is_dropped_at_a_stop_the_gate_had_not_p
     };
     let kafka = config.kafka.clone();
     timely::execute(timely::Config::thread(), move |worker| {
-        let producer = TrendsProducer::connect(&kafka, &kafka.trends_topic)
+        let producer = publish::connect(&kafka, &kafka.trends_topic)
             .unwrap()
             .expect("broker.sh made the trends topic");
         let mut frames = InputHandleVec::<u64, TrendFrame>::new();

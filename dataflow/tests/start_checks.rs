@@ -218,7 +218,7 @@ fn a_worker_refuses_to_start_when_the_clusters_memory_can_be_or_was_lost() {
         run(&config),
         refused(
             "emoji-epochs holds epoch 100, but the newest progress record on emoji-progress is \
-             for epoch 98: the records after it are gone"
+             for epoch 98 and reproduces epochs up to 99: the records after it are gone"
         )
     );
     write_progress(&config, &record(99, 1));

@@ -431,7 +431,9 @@ pub struct DataflowConfig {
     /// Worker threads per process.
     #[serde(default = "DataflowConfig::threads")]
     pub threads: usize,
-    /// How often an idle source wakes to advance its watermark with the wall clock.
+    /// How often a source without partitions wakes to advance its floor with the wall clock (and
+    /// one held back for the gate looks again); a source with partitions is woken by its
+    /// consumer and its end probe instead.
     #[serde(default = "DataflowConfig::idle_poll_ms")]
     pub idle_poll_ms: u64,
     /// `host:port` where process i serves `/metrics` (entry i); empty: no metrics listener.

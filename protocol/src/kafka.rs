@@ -113,6 +113,9 @@ impl KafkaConfig {
                 ("acks", "all".into()),
                 // A few records per epoch: waiting to fill a batch only adds latency.
                 ("linger.ms", "0".into()),
+                // Each step waits on its record's acknowledgement: a record sent while the last
+                // one's bytes are unacknowledged must not wait for the broker's delayed ACK.
+                ("socket.nagle.disable", "true".into()),
             ]),
             ClientRole::AssignedReader {
                 group,
@@ -128,6 +131,9 @@ impl KafkaConfig {
                 ("auto.offset.reset", "earliest".into()),
                 ("enable.partition.eof", partition_eof.to_string()),
                 ("fetch.wait.max.ms", fetch_wait_ms.to_string()),
+                // A request sent while a fetch is outstanding (the end probe's ListOffsets on
+                // the source's connection) must not wait for the broker's delayed ACK.
+                ("socket.nagle.disable", "true".into()),
             ]),
         }
         settings.extend([
@@ -252,6 +258,7 @@ clusters = []
                 ("auto.offset.reset", "earliest"),
                 ("enable.partition.eof", "true"),
                 ("fetch.wait.max.ms", "20"),
+                ("socket.nagle.disable", "true"),
                 ("reconnect.backoff.ms", "50"),
                 ("reconnect.backoff.max.ms", "1000"),
                 ("linger.ms", "20"),
@@ -271,7 +278,7 @@ clusters = []
         let config = crate::config::load_with_env(SAMPLE, &env).unwrap();
         let all = settings(&config, ClientRole::EpochProducer);
         assert_eq!(
-            all[6..],
+            all[7..],
             pairs(&[
                 ("security.protocol", "ssl"),
                 ("ssl.ca.location", "/tmp/ca.pem")

@@ -54,18 +54,43 @@ pub struct Counting {
 /// counted in a published epoch and is skipped; every other record is counted. Records below
 /// `hold_until` were read, in the run that wrote this, while the partition's floor was at most
 /// `epoch + 1`; holding it there again until `hold_until` makes epoch `epoch + 1` (which may
-/// already be published) come out identical.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// already be published) come out identical. `later_holds` continues that floor schedule for
+/// the further epochs the record lets out before the next one: its `i`-th offset is where the
+/// floor passed `epoch + 2 + i`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionProgress {
     pub partition: i32,
     /// Where to resume reading: no record below it is needed by an unpublished epoch.
     pub resume_offset: i64,
     pub skip_before: i64,
     pub hold_until: i64,
+    /// Absent when the record lets out one epoch only (and from records written before epochs
+    /// went out several at a time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub later_holds: Vec<i64>,
+}
+
+impl PartitionProgress {
+    /// The floor schedule: where the floor passed `epoch + 1`, `epoch + 2`, … in turn.
+    pub fn holds(&self) -> impl Iterator<Item = i64> + '_ {
+        std::iter::once(self.hold_until).chain(self.later_holds.iter().copied())
+    }
 }
 
 impl Progress {
     pub fn partition(&self, partition: i32) -> Option<&PartitionProgress> {
         self.partitions.iter().find(|p| p.partition == partition)
+    }
+
+    /// The last epoch a restart from this record reproduces byte for byte: the run that wrote it
+    /// may have published every epoch up to here, and no later one.
+    pub fn last_reproducible(&self) -> u64 {
+        let schedule = self
+            .partitions
+            .iter()
+            .map(|p| p.later_holds.len() as u64)
+            .min()
+            .unwrap_or(0);
+        self.epoch + 1 + schedule
     }
 }

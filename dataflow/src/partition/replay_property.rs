@@ -5,15 +5,19 @@
 //! each of them is resumed from, and so is a chain of restarts, each from the newest record
 //! before it crashed (or the same one again when it crashed before writing any).
 //!
-//! What must hold: a restart from the record for E counts epoch E + 1 (which may have been
-//! published) with exactly the taps the run that wrote the record counted in it; no run counts
-//! a tap into an epoch below its first; and over the published epochs of the chain (each run's
-//! from its first epoch to the one after the record the next run resumes from, the last run's
-//! from its first on) every tap of every log is counted exactly once. A record that does not
+//! Each record's floor schedule reaches k epochs past it (1 to `IN_FLIGHT` + 2, at random), as
+//! far as the marks cover.
+//!
+//! What must hold: a restart from the record for E counts each epoch of its schedule, E + 1 …
+//! E + j (which may all have been published), with exactly the taps the run that wrote the record
+//! counted in it; no run counts a tap into an epoch below its first; and over the published
+//! epochs of the chain (each run's from its first epoch to the last of the schedule of the record
+//! the next run resumes from, the last run's from its first on) every tap of every log is counted
+//! exactly once. A record that does not
 //! name every partition of the events topic (partitions added) is refused, not replayed.
 
 use super::{Assignment, Partition};
-use crate::progress::MarkLedger;
+use crate::progress::{MarkLedger, IN_FLIGHT};
 use crate::recovery;
 use emostream_protocol::progress::{Counting, Progress};
 use emostream_testkit::Rng;
@@ -149,24 +153,29 @@ fn replay_is_exact_over_random_logs_every_epoch_and_chained_restarts() {
         let logs: Vec<Vec<Record>> = (0..partitions).map(|_| random_log(&mut rng)).collect();
         let fresh = || (0..partitions as i32).map(Partition::fresh).collect();
 
-        // Every epoch: a restart from each record the first run's marks give.
+        // Every epoch: a restart from each record the first run's marks give, with a schedule
+        // of every length they cover.
         let limit = Some(below(&mut rng, 45) as usize);
         let (first, ledger) = run(&logs, fresh(), limit, &mut rng);
         for epoch in 0..100 {
-            let Some(progress) = ledger.progress(epoch, counting) else {
-                continue;
-            };
-            records_checked += 1;
-            let (again, _) = run(&logs, resume(&logs, &progress), None, &mut rng);
-            assert_eq!(
-                epoch_taps(&again, epoch + 1),
-                epoch_taps(&first, epoch + 1),
-                "seed {seed}: epoch {} after a restart from {epoch}",
-                epoch + 1
-            );
-            for (tap, a) in &again {
-                if let Assignment::Count { epoch: e, .. } = a {
-                    assert!(*e > epoch, "seed {seed}: {tap:?} counted in {e} again");
+            for k in 1..=IN_FLIGHT + 2 {
+                let Some(progress) = ledger.progress(epoch, epoch + k, counting) else {
+                    break;
+                };
+                records_checked += 1;
+                assert_eq!(progress.last_reproducible(), epoch + k);
+                let (again, _) = run(&logs, resume(&logs, &progress), None, &mut rng);
+                for e in epoch + 1..=epoch + k {
+                    assert_eq!(
+                        epoch_taps(&again, e),
+                        epoch_taps(&first, e),
+                        "seed {seed}: epoch {e} after a restart from {epoch} with {k} in flight",
+                    );
+                }
+                for (tap, a) in &again {
+                    if let Assignment::Count { epoch: e, .. } = a {
+                        assert!(*e > epoch, "seed {seed}: {tap:?} counted in {e} again");
+                    }
                 }
             }
         }
@@ -175,6 +184,8 @@ fn replay_is_exact_over_random_logs_every_epoch_and_chained_restarts() {
         let mut published: BTreeMap<Tap, u64> = BTreeMap::new();
         let mut record: Option<Progress> = None;
         let mut first_epoch = 0;
+        // The last epoch the record resumed from reproduces (a fresh start: none before 0).
+        let mut reproducible = 0;
         let restarts = 1 + below(&mut rng, 4);
         for k in 0..=restarts {
             let last = k == restarts;
@@ -184,14 +195,21 @@ fn replay_is_exact_over_random_logs_every_epoch_and_chained_restarts() {
             };
             let limit = (!last).then(|| below(&mut rng, 30) as usize);
             let (assigned, ledger) = run(&logs, start, limit, &mut rng);
-            // The newest record this run wrote, if any (else the next resumes from the same).
-            let next = (first_epoch..100)
-                .rev()
-                .find_map(|e| ledger.progress(e, counting));
+            // The newest record this run wrote, if any (else the next resumes from the same),
+            // its schedule as long as a random k and the marks allow.
+            let in_flight = 1 + below(&mut rng, IN_FLIGHT + 2);
+            // The writer's first record is for the last epoch the resumed one lets out or later.
+            let next = (reproducible..100).rev().find_map(|e| {
+                (1..=in_flight)
+                    .rev()
+                    .find_map(|k| ledger.progress(e, e + k, counting))
+            });
+            // What this run may have published: up to the last epoch the record it resumed from
+            // reproduces, and on to the last of its own newest record's schedule.
             let through = match (&next, last) {
                 (_, true) => u64::MAX,
-                (Some(progress), false) => progress.epoch + 1,
-                (None, false) => first_epoch,
+                (Some(progress), false) => progress.last_reproducible(),
+                (None, false) => reproducible,
             };
             for (tap, a) in &assigned {
                 let Assignment::Count { epoch, .. } = *a else {
@@ -205,15 +223,16 @@ fn replay_is_exact_over_random_logs_every_epoch_and_chained_restarts() {
                     continue; // not published by this run: the next counts it again
                 }
                 if let Some(before) = published.insert(*tap, epoch) {
-                    // Only the epoch after the record may go out twice, and identically.
+                    // Only the epochs of the record's schedule may go out twice, and identically.
                     assert!(
-                        before == epoch && epoch == first_epoch,
+                        before == epoch && epoch <= reproducible,
                         "seed {seed}, run {k}: {tap:?} published in {before} and in {epoch}"
                     );
                 }
             }
             if let Some(progress) = next.filter(|_| !last) {
                 first_epoch = progress.epoch + 1;
+                reproducible = progress.last_reproducible();
                 record = Some(progress);
             }
         }
@@ -228,7 +247,7 @@ fn replay_is_exact_over_random_logs_every_epoch_and_chained_restarts() {
         );
 
         // Partitions added since the record: refused, never replayed.
-        if let Some(progress) = ledger.progress(0, counting).or(record) {
+        if let Some(progress) = ledger.progress(0, 1, counting).or(record) {
             let added = Counting {
                 events_partitions: partitions + 1,
                 ..counting

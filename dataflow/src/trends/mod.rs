@@ -28,14 +28,14 @@
 //! differential operator's work is proportional to its changes (the top-k and the ranking also
 //! scan the emojis or streams live in the window, bounded by the vocabulary, not by its length).
 
-pub mod engagement;
+mod engagement;
 pub mod lexicon;
 pub mod publish;
 pub mod refill;
-pub mod sentiment;
-pub mod snapshot;
-pub mod topk;
-pub mod window;
+mod sentiment;
+mod snapshot;
+mod topk;
+mod window;
 
 use crate::EpochCount;
 use emostream_protocol::epoch::epoch_bounds;

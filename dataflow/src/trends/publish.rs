@@ -15,98 +15,34 @@
 //! held until the broker answered every frame of it, so a graceful stop waits for them; a frame
 //! the broker refuses after librdkafka's retries is logged and dropped rather than crashing the
 //! worker, because trends are derived, disposable data and must never stop the epochs' path. The
-//! producer is the same as the epochs' (idempotent, acks=all, no linger), with its own books.
+//! producer is the epochs' [`AckedProducer`] (idempotent, acks=all, no linger), with its own
+//! books, made [`AckedProducer::best_effort`].
 
 use crate::error::Error;
-use crate::publish::AckBook;
+use crate::publish::AckedProducer;
 use emostream_protocol::config::KafkaConfig;
-use emostream_protocol::kafka::ClientRole;
 use emostream_protocol::trends::TrendFrame;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::producer::BaseRecord;
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
-use timely::scheduling::SyncActivator;
 
 /// How often the operator looks again at unanswered frames if no delivery report woke it.
 const ACK_POLL: Duration = Duration::from_millis(10);
 
-pub struct TrendsContext {
-    deliveries: Arc<AckBook>,
-    wake: Arc<OnceLock<SyncActivator>>,
-}
-
-impl ClientContext for TrendsContext {}
-
-impl ProducerContext for TrendsContext {
-    type DeliveryOpaque = Box<u64>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, epoch: Box<u64>) {
-        if let Err((error, _)) = result {
-            tracing::warn!(epoch = *epoch, %error, "a trends frame was not delivered");
-        }
-        self.deliveries.settle(*epoch);
-        if let Some(wake) = self.wake.get() {
-            // The worker may already be gone at shutdown; nothing is waiting then.
-            let _ = wake.activate();
-        }
+/// The trends topic's producer: [`AckedProducer::best_effort`]. `Ok(None)` when the broker does
+/// not have the topic: trends are then off for this run, with a warning, and the epochs flow as
+/// before.
+pub fn connect(kafka: &KafkaConfig, topic: &str) -> Result<Option<AckedProducer>, Error> {
+    let producer = AckedProducer::best_effort(kafka, topic)?;
+    if producer.is_none() {
+        tracing::warn!(topic, "the trends topic does not exist: trends are off");
     }
-}
-
-/// The trends topic's producer.
-pub struct TrendsProducer {
-    producer: ThreadedProducer<TrendsContext>,
-    deliveries: Arc<AckBook>,
-    topic: String,
-    wake: Arc<OnceLock<SyncActivator>>,
-}
-
-impl TrendsProducer {
-    /// Creates the producer and fetches the topic's metadata (blocking: call it before the
-    /// dataflow runs). `Ok(None)` when the broker does not have the topic: trends are then off
-    /// for this run, with a warning, and the epochs flow as before.
-    pub fn connect(kafka: &KafkaConfig, topic: &str) -> Result<Option<Self>, Error> {
-        let deliveries = Arc::new(AckBook::default());
-        let wake = Arc::new(OnceLock::new());
-        let producer: ThreadedProducer<TrendsContext> =
-            ClientConfig::from_iter(kafka.client_settings(ClientRole::EpochProducer))
-                .create_with_context(TrendsContext {
-                    deliveries: Arc::clone(&deliveries),
-                    wake: Arc::clone(&wake),
-                })
-                .map_err(|source| Error::Client {
-                    topic: topic.to_string(),
-                    client: "producer",
-                    source,
-                })?;
-        let metadata = producer
-            .client()
-            .fetch_metadata(Some(topic), Duration::from_secs(15))
-            .map_err(|source| Error::Metadata {
-                topic: topic.to_string(),
-                source,
-            })?;
-        let exists = metadata
-            .topics()
-            .iter()
-            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-        if !exists {
-            tracing::warn!(topic, "the trends topic does not exist: trends are off");
-            return Ok(None);
-        }
-        Ok(Some(TrendsProducer {
-            producer,
-            deliveries,
-            topic: topic.to_string(),
-            wake,
-        }))
-    }
+    Ok(producer)
 }
 
 pub trait PublishTrends<'scope> {
@@ -122,7 +58,7 @@ pub trait PublishTrends<'scope> {
         gate: Stream<'scope, u64, Vec<()>>,
         first_epoch: u64,
         resend_from: u64,
-        producer: TrendsProducer,
+        producer: AckedProducer,
     ) -> Stream<'scope, u64, Vec<()>>;
 }
 
@@ -133,7 +69,7 @@ impl<'scope> PublishTrends<'scope> for Stream<'scope, u64, Vec<TrendFrame>> {
         gate: Stream<'scope, u64, Vec<()>>,
         first_epoch: u64,
         resend_from: u64,
-        producer: TrendsProducer,
+        producer: AckedProducer,
     ) -> Stream<'scope, u64, Vec<()>> {
         let scope = self.scope();
         let mut builder = OperatorBuilder::new("PublishTrends".to_owned(), scope);
@@ -147,12 +83,10 @@ impl<'scope> PublishTrends<'scope> for Stream<'scope, u64, Vec<TrendFrame>> {
         builder.build(move |_initial| {
             let activator = scope.activator_for(info.address.clone());
             // Set once, by the one operator that owns this producer.
-            let _ = producer
-                .wake
-                .set(scope.worker().sync_activator_for(info.address.to_vec()));
-            let TrendsProducer {
+            producer.wake(scope.worker().sync_activator_for(info.address.to_vec()));
+            let AckedProducer {
                 producer,
-                deliveries,
+                book: deliveries,
                 topic,
                 ..
             } = producer;

@@ -7,14 +7,14 @@
 //! stall nothing; [`Refill`] then only replays what was read.
 
 use crate::error::Error;
+use crate::reader;
 use crate::EpochCount;
 use emostream_protocol::config::KafkaConfig;
 use emostream_protocol::epoch::epoch_bounds;
-use emostream_protocol::kafka::ClientRole;
 use emostream_protocol::wire::EpochFrame;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -45,29 +45,14 @@ pub fn closed_epochs(
         topic: topic.to_string(),
         source,
     };
-    let consumer: BaseConsumer =
-        ClientConfig::from_iter(kafka.client_settings(ClientRole::AssignedReader {
-            group: "emostream-refill",
-            fetch_wait_ms: 100,
-            partition_eof: false,
-        }))
-        .create()
-        .map_err(|source| Error::Client {
-            topic: topic.to_string(),
-            client: "trends refill reader",
-            source,
-        })?;
-    let partitions: Vec<i32> = consumer
-        .fetch_metadata(Some(topic), PATIENCE)
-        .map_err(|source| Error::Metadata {
-            topic: topic.to_string(),
-            source,
-        })?
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let consumer = reader::assigned(
+        kafka,
+        topic,
+        "trends refill reader",
+        "emostream-refill",
+        100,
+    )?;
+    let partitions = reader::partitions(&consumer, topic, PATIENCE)?;
     let from_ms = epoch_bounds(epochs.start, window_ms).1 as i64;
     let mut by_time = TopicPartitionList::new();
     for &partition in &partitions {
