@@ -306,20 +306,28 @@ impl System {
         workers::pids(&self.config_path)
     }
 
-    /// Each running process's resident memory in KiB, by name: the dataflow processes as
+    /// Each running process of this system by name, with its pid: the dataflow processes as
     /// `dataflow-<pid>` in place of their supervisors.
-    pub fn resident_kib(&self) -> Vec<(String, u64)> {
-        let mut out: Vec<(String, u64)> = (self.processes.iter())
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let mut out: Vec<(String, u32)> = (self.processes.iter())
             .filter(|p| !p.name().starts_with("workers"))
-            .filter_map(|p| Some((p.name().to_string(), p.rss_kib()?)))
+            .map(|p| (p.name().to_string(), p.pid()))
             .collect();
         let mut dataflow = self.dataflow_pids();
         dataflow.sort_unstable();
         out.extend(
-            (dataflow.into_iter())
-                .filter_map(|pid| Some((format!("dataflow-{pid}"), procfs::rss_kib(pid)?))),
+            dataflow
+                .into_iter()
+                .map(|pid| (format!("dataflow-{pid}"), pid)),
         );
         out
+    }
+
+    /// Each running process's resident memory in KiB, by name (as [`System::pids`]).
+    pub fn resident_kib(&self) -> Vec<(String, u64)> {
+        (self.pids().into_iter())
+            .filter_map(|(name, pid)| Some((name, procfs::rss_kib(pid)?)))
+            .collect()
     }
 
     /// SIGTERM to every process (the broadcaster side first), then waits up to 15 s for each;
