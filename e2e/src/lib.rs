@@ -12,10 +12,11 @@
 //! - [`trace`]: known traces of taps, the ground truth built from the gateway's replies, and the
 //!   exact comparison of published epochs against it.
 //! - [`viewer`]: a WebSocket viewer recording every frame with its arrival time.
-//! - [`taps`]: the benchmarks' open-loop tap driver.
+//! - [`taps`]: the benchmarks' open-loop tap driver; [`bench`]: the rest they share.
 //! - [`hosts`]: a timely cluster across network namespaces ("hosts") with the broker on its own,
 //!   for the tests that cut links or stop one host at a time.
 
+pub mod bench;
 pub mod hosts;
 pub mod taps;
 pub mod trace;

@@ -21,12 +21,13 @@
 //! dropped and none read a message twice. Exits 1 when the check fails.
 
 use clap::Parser;
+use emostream_e2e::bench::{self, descriptor_hard_limit, tail, SWARM_RESERVE};
 use emostream_e2e::{taps, System, Topology};
 use emostream_protocol::Config;
 use emostream_testkit::{binary, http, procfs, repo_root, Scratch};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -60,28 +61,12 @@ struct Args {
     results: PathBuf,
 }
 
-/// Descriptors a swarm keeps for itself besides its viewers (as bench_e2e).
-const SWARM_RESERVE: u64 = 1100;
 /// Connections from the "load balancer" to the gateway: at 5,000 requests/s answered within
 /// ~150 ms about 750 are busy at once.
 const CONNECTIONS: usize = 2000;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime at start");
-    runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler");
-        // On a signal the run's future is dropped, and with it the system and the swarms.
-        tokio::select! {
-            code = run(args) => code,
-            _ = tokio::signal::ctrl_c() => { eprintln!("interrupted: everything this run started was stopped"); ExitCode::from(130) }
-            _ = term.recv() => { eprintln!("terminated: everything this run started was stopped"); ExitCode::from(143) }
-        }
-    })
+    bench::until_signalled(run(Args::parse()))
 }
 
 fn step(what: &str) {
@@ -666,22 +651,4 @@ fn log_file(work: &Scratch, name: &str) -> std::fs::File {
 
 fn read(work: &Scratch, name: &str) -> String {
     std::fs::read_to_string(work.join(name)).unwrap_or_default()
-}
-
-fn descriptor_hard_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid rlimit for the call to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 1024;
-    }
-    limit.rlim_max
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(10)..].join("\n")
 }

@@ -21,6 +21,7 @@
 mod figures;
 
 use clap::Parser;
+use emostream_e2e::bench::{self, descriptor_hard_limit, tail, SWARM_RESERVE};
 use emostream_e2e::{taps, System, Topology};
 use emostream_protocol::wire::EpochFrame;
 use emostream_protocol::Config;
@@ -68,26 +69,8 @@ struct Args {
     swarms: u64,
 }
 
-/// Descriptors a swarm keeps for itself besides its viewers (as scripts/bench_fanout.sh).
-const SWARM_RESERVE: u64 = 1100;
-
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime at start");
-    runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler");
-        // On a signal the run's future is dropped, and with it the system (stopped in order, the
-        // broker and its PostgreSQL last) and the swarms (killed).
-        tokio::select! {
-            code = run(args) => code,
-            _ = tokio::signal::ctrl_c() => { eprintln!("interrupted: everything this run started was stopped"); ExitCode::from(130) }
-            _ = term.recv() => { eprintln!("terminated: everything this run started was stopped"); ExitCode::from(143) }
-        }
-    })
+    bench::until_signalled(run(Args::parse()))
 }
 
 fn step(what: &str) {
@@ -512,22 +495,4 @@ fn published(
         }
     }
     out
-}
-
-fn descriptor_hard_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid rlimit for the call to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 1024;
-    }
-    limit.rlim_max
-}
-
-fn tail(path: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(10)..].join("\n")
 }
