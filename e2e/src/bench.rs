@@ -46,3 +46,43 @@ pub fn tail(path: &Path) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(10)..].join("\n")
 }
+
+/// Waits until every swarm (`children[s]`, logging to `work/swarm-{s}.err`) has said
+/// `ALL CONNECTED`, and returns those lines, one per swarm; `None` (after saying why) when a
+/// swarm exits first or `limit` passes.
+pub async fn swarms_connected(
+    children: &mut [tokio::process::Child],
+    work: &Path,
+    limit: std::time::Duration,
+) -> Option<Vec<String>> {
+    let log = |s: usize| work.join(format!("swarm-{s}.err"));
+    let connected = |s: usize| {
+        let text = std::fs::read_to_string(log(s)).unwrap_or_default();
+        (text.lines())
+            .find(|l| l.starts_with("ALL CONNECTED"))
+            .map(str::to_owned)
+    };
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let lines: Vec<Option<String>> = (0..children.len()).map(connected).collect();
+        if lines.iter().all(Option::is_some) {
+            return Some(lines.into_iter().flatten().collect());
+        }
+        for (s, child) in children.iter_mut().enumerate() {
+            if let Ok(Some(status)) = child.try_wait() {
+                eprintln!("swarm {s} exited ({status}) before connecting:");
+                eprintln!("{}", tail(&log(s)));
+                return None;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            let ready = lines.iter().filter(|l| l.is_some()).count();
+            eprintln!(
+                "only {ready} of {} swarms connected within {limit:?}",
+                children.len()
+            );
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -175,35 +175,11 @@ async fn run(args: Args) -> ExitCode {
         children.len()
     ));
     let connect_limit = Duration::from_secs(60 + (args.streams + args.crowd) / 500);
-    let deadline = Instant::now() + connect_limit;
-    loop {
-        let ready = (0..children.len())
-            .filter(|s| read(&work, &format!("swarm-{s}.err")).contains("ALL CONNECTED"))
-            .count();
-        if ready == children.len() {
-            break;
-        }
-        for (s, child) in children.iter_mut().enumerate() {
-            if let Ok(Some(status)) = child.try_wait() {
-                eprintln!("swarm {s} exited ({status}) before connecting:");
-                eprintln!("{}", tail(&work.join(format!("swarm-{s}.err"))));
-                return ExitCode::FAILURE;
-            }
-        }
-        if Instant::now() > deadline {
-            eprintln!(
-                "only {ready} of {} swarms connected within {connect_limit:?}",
-                children.len()
-            );
-            return ExitCode::FAILURE;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for s in 0..children.len() {
-        let err = read(&work, &format!("swarm-{s}.err"));
-        let Some(line) = err.lines().find(|l| l.starts_with("ALL CONNECTED")) else {
-            continue;
-        };
+    let Some(lines) = bench::swarms_connected(&mut children, work.path(), connect_limit).await
+    else {
+        return ExitCode::FAILURE;
+    };
+    for (s, line) in lines.iter().enumerate() {
         eprintln!("    swarm {s}: {line}");
         // "ALL CONNECTED n of m after …": a viewer that could not register or connect fails
         // the run now, not after it.

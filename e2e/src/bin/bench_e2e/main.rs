@@ -157,35 +157,12 @@ async fn run(args: Args) -> ExitCode {
         children.push(child);
     }
     let connect_limit = Duration::from_secs(60 + args.viewers / 1000);
-    let deadline = Instant::now() + connect_limit;
-    loop {
-        let ready = (0..swarms)
-            .filter(|s| {
-                std::fs::read_to_string(work.join(format!("swarm-{s}.err")))
-                    .is_ok_and(|t| t.contains("ALL CONNECTED"))
-            })
-            .count() as u64;
-        if ready == swarms {
-            break;
-        }
-        for (s, child) in children.iter_mut().enumerate() {
-            if let Ok(Some(status)) = child.try_wait() {
-                eprintln!("swarm {s} exited ({status}) before connecting; see below");
-                eprintln!("{}", tail(&work.join(format!("swarm-{s}.err"))));
-                return ExitCode::FAILURE;
-            }
-        }
-        if Instant::now() > deadline {
-            eprintln!("only {ready} of {swarms} swarms connected within {connect_limit:?}");
-            return ExitCode::FAILURE;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for s in 0..swarms {
-        let err = std::fs::read_to_string(work.join(format!("swarm-{s}.err"))).unwrap_or_default();
-        if let Some(line) = err.lines().find(|l| l.starts_with("ALL CONNECTED")) {
-            eprintln!("    swarm {s}: {line}");
-        }
+    let Some(lines) = bench::swarms_connected(&mut children, work.path(), connect_limit).await
+    else {
+        return ExitCode::FAILURE;
+    };
+    for (s, line) in lines.iter().enumerate() {
+        eprintln!("    swarm {s}: {line}");
     }
 
     let pool = taps::Pool::default();
