@@ -2,7 +2,7 @@
 //! port with its data in the caller's folder, stopped on drop. `start_again` after `stop` (or
 //! `kill`) resumes on the same data.
 
-use crate::{bin_dir, free_port, repo_root};
+use crate::{bin_dir, free_port, procfs, repo_root};
 use emostream_protocol::Config;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -120,6 +120,16 @@ impl Broker {
             .trim()
             .parse()
             .ok()
+    }
+
+    /// CPU seconds the broker has used so far, its storage included: Nisshi, and the PostgreSQL
+    /// server it stores in (the server and every backend, exited ones too) when it uses one.
+    pub fn cpu_secs(&self) -> f64 {
+        let postmaster = std::fs::read_to_string(self.data.join("pg").join("postmaster.pid"))
+            .ok()
+            .and_then(|pidfile| pidfile.lines().next()?.trim().parse::<u32>().ok());
+        self.pid().map_or(0.0, procfs::cpu_secs)
+            + postmaster.map_or(0.0, procfs::cpu_secs_with_children)
     }
 
     /// Stops the broker without asserting anything: for `Drop`, which may run while a test

@@ -20,18 +20,68 @@ pub fn state(pid: u32) -> Option<char> {
 
 /// User + system CPU seconds `pid` has used so far (0 once it is gone).
 pub fn cpu_secs(pid: u32) -> f64 {
-    static TICKS: OnceLock<f64> = OnceLock::new();
-    // SAFETY: sysconf only reads a system constant.
-    let ticks = *TICKS.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        t if t > 0 => t as f64,
-        _ => 100.0,
-    });
     let Some(fields) = stat_fields(pid) else {
         return 0.0;
     };
     // utime and stime: fields 14 and 15 of stat, 11 and 12 after the command name.
     let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    (field(11).unwrap_or(0.0) + field(12).unwrap_or(0.0)) / ticks
+    (field(11).unwrap_or(0.0) + field(12).unwrap_or(0.0)) / clock_ticks()
+}
+
+/// CPU seconds of `pid` and of all its children, running or exited: its own user + system time,
+/// its reaped children's (`cutime`, `cstime`), and its live children's own. For a server that
+/// forks a process per connection (PostgreSQL), whose backends come and go.
+pub fn cpu_secs_with_children(pid: u32) -> f64 {
+    let Some(fields) = stat_fields(pid) else {
+        return 0.0;
+    };
+    // cutime and cstime: fields 16 and 17 of stat, 13 and 14 after the command name.
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    let reaped = (field(13).unwrap_or(0.0) + field(14).unwrap_or(0.0)) / clock_ticks();
+    cpu_secs(pid) + reaped + children(pid).into_iter().map(cpu_secs).sum::<f64>()
+}
+
+/// Seconds the machine's cores have spent idle since boot, summed over the cores (`/proc/stat`:
+/// idle + iowait). The difference over an interval, against cores × its length, says how busy
+/// the machine was, whoever kept it busy.
+pub fn machine_idle_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    // cpu  user nice system idle iowait irq softirq …
+    let ticks: f64 = (cpu.split_whitespace().skip(4).take(2))
+        .filter_map(|f| f.parse::<f64>().ok())
+        .sum();
+    ticks / clock_ticks()
+}
+
+/// The live children of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            // The parent: field 4 of stat, 1 after the command name.
+            stat_fields(*child)
+                .and_then(|f| f.get(1)?.parse::<u32>().ok())
+                .is_some_and(|parent| parent == pid)
+        })
+        .collect()
+}
+
+/// Clock ticks per second, the unit of `/proc/PID/stat`'s times.
+fn clock_ticks() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    // SAFETY: sysconf only reads a system constant.
+    *TICKS.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        t if t > 0 => t as f64,
+        _ => 100.0,
+    })
 }
 
 /// The fields of `/proc/PID/stat` after the parenthesised command name (which may hold spaces),

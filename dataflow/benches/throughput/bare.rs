@@ -2,7 +2,7 @@
 //! topic to its end and counting newlines, doing no other work.
 
 use crate::load::Preload;
-use crate::report::Row;
+use crate::report::{Cpu, Row};
 use crate::{check_interrupted, Bench, EVENTS_TOPIC};
 use emostream_testkit::procfs::cpu_secs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -30,8 +30,8 @@ impl Bench {
 
     /// One BaseConsumer on every partition from the beginning to the high watermarks.
     fn bare_pass(&self, preload: &Preload) -> Row {
-        let broker_pid = self.broker.pid();
-        let broker_cpu0 = broker_pid.map_or(0.0, cpu_secs);
+        let (broker_cpu0, own_cpu0) = (self.broker.cpu_secs(), cpu_secs(std::process::id()));
+        let idle0 = Cpu::idle_mark();
         let started = Instant::now();
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.broker.address())
@@ -81,10 +81,12 @@ impl Bench {
             secs,
             events,
             bytes: Some(bytes),
-            cpu: Some((
-                0.0, // not a dataflow process; the consumer's own CPU is this bench's
-                broker_pid.map_or(0.0, cpu_secs) - broker_cpu0,
-            )),
+            cpu: Cpu {
+                reader: cpu_secs(std::process::id()) - own_cpu0,
+                broker: self.broker.cpu_secs() - broker_cpu0,
+                bench: 0.0,
+                idle: Cpu::idle_since(idle0),
+            },
         }
     }
 }

@@ -2,7 +2,7 @@
 //! publishes, and the catch-up measurement (spawn to the last preloaded epoch published).
 
 use crate::load::Preload;
-use crate::report::{group, Row};
+use crate::report::{group, Cpu, Row};
 use crate::{check_interrupted, Bench, EVENTS_TOPIC};
 use emostream_protocol::wire::EpochFrame;
 use emostream_testkit::procfs::{self, cpu_secs};
@@ -148,8 +148,8 @@ impl Bench {
         let config = self.config(&format!("run-{suffix}"), EVENTS_TOPIC, &suffix, processes);
         let epochs_topic = format!("bench-epochs-{suffix}");
         let frames = FrameReader::new(&self.broker.address(), &epochs_topic);
-        let broker_pid = self.broker.pid();
-        let broker_cpu0 = broker_pid.map_or(0.0, cpu_secs);
+        let (broker_cpu0, own_cpu0) = (self.broker.cpu_secs(), cpu_secs(std::process::id()));
+        let idle0 = Cpu::idle_mark();
         let log = self.dir.join(format!("workers-{suffix}.log"));
         let started = Instant::now();
         let mut workers = Workers::start(processes, &config, &log);
@@ -207,7 +207,9 @@ impl Bench {
             }
         }
         let secs = started.elapsed().as_secs_f64();
-        let broker_cpu = broker_pid.map_or(0.0, cpu_secs) - broker_cpu0;
+        let idle = Cpu::idle_since(idle0);
+        let broker_cpu = self.broker.cpu_secs() - broker_cpu0;
+        let own_cpu = cpu_secs(std::process::id()) - own_cpu0;
         cpu = workers.cpu_secs().max(cpu);
         let restarts = workers.restarts();
         drop(workers);
@@ -238,7 +240,12 @@ impl Bench {
             secs,
             events: total,
             bytes: Some(preload.bytes),
-            cpu: Some((cpu, broker_cpu)),
+            cpu: Cpu {
+                reader: cpu,
+                broker: broker_cpu,
+                bench: own_cpu,
+                idle,
+            },
         }
     }
 }
