@@ -19,12 +19,15 @@
 //! the ghost, the newest record on the chain (the chain's epochs strictly increase, so the
 //! cluster cannot simply carry on by writing its record again after the ghost).
 //!
-//! The check reads the progress topic from the followed record to the cluster's own, on a thread
-//! of its own: the worker only sends the question and is woken with the answer. Between
-//! questions the reader stays where the last answer left it, right after the cluster's own
-//! record, which the next record follows: librdkafka keeps fetching meanwhile, so the next
-//! record is usually read as soon as it lands, about when its acknowledgement arrives, and the
-//! check adds little to the epoch's way out.
+//! A record written right after the one it follows (`own == follows + 1`) is on the chain
+//! without reading anything: no record lies between them, so none can have followed that one
+//! first. That is every record while one cluster runs, and the check costs nothing on the
+//! epoch's way out. Otherwise the check reads the progress topic from the followed record to the
+//! cluster's own, on a thread of its own: the worker only sends the question and is woken with
+//! the answer. The reader is assigned only while it reads: the development broker answers a
+//! fetch that finds nothing by reading its storage again and again until the fetch's wait is
+//! over, so a reader left fetching between questions cost it a fifth of a core with nothing to
+//! read (docs/benchmarks.md, "What an idle cluster costs the broker").
 
 use crate::error::Error;
 use crate::reader;
@@ -89,11 +92,9 @@ impl ChainCheck {
         std::thread::Builder::new()
             .name("fence".into())
             .spawn(move || {
-                // The offset the reader delivers next, once assigned.
-                let mut next: Option<i64> = None;
                 // Ends when the operator (and with it the sender) is gone.
                 while let Ok((follows, own)) = asked.recv() {
-                    let verdict = check(&consumer, &topic, &mut next, follows, own, quiet);
+                    let verdict = check(&consumer, &topic, follows, own, quiet);
                     *reply.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
                     if let Some(wake) = woken.get() {
                         // The worker may be gone at shutdown; nothing is waiting then.
@@ -127,29 +128,37 @@ impl ChainCheck {
     }
 }
 
-/// Reads `topic` from `follows + 1` up to `own`: the first record there following `follows`
-/// won. If that is not `own`, reads on for `quiet` to tell a live rival from a ghost. `next` is
-/// where the reader stands (it is moved only when that is not `follows + 1`).
-fn check(
-    consumer: &BaseConsumer,
-    topic: &str,
-    next: &mut Option<i64>,
-    follows: i64,
-    own: i64,
-    quiet: Duration,
-) -> Answer {
+/// Whether the record at `own`, following the record at `follows`, is on the chain: at once when
+/// nothing lies between them, else by reading `topic` from `follows + 1` up to `own` (the first
+/// record there following `follows` won) and, if that is not `own`, on for `quiet` to tell a
+/// live rival from a ghost.
+fn check(consumer: &BaseConsumer, topic: &str, follows: i64, own: i64, quiet: Duration) -> Answer {
+    if own == follows + 1 {
+        return Ok(Verdict::OnChain);
+    }
     let read = |source| Error::ProgressRead {
         topic: topic.to_string(),
         source,
     };
-    if *next != Some(follows + 1) {
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(topic, 0, Offset::Offset(follows + 1))
-            .map_err(read)?;
-        consumer.assign(&assignment).map_err(read)?;
-        *next = Some(follows + 1);
-    }
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, Offset::Offset(follows + 1))
+        .map_err(read)?;
+    consumer.assign(&assignment).map_err(read)?;
+    let verdict = read_chain(consumer, topic, follows, own, quiet);
+    // Until the next question that needs reading (see the module's header).
+    consumer.unassign().map_err(read)?;
+    verdict
+}
+
+/// [`check`]'s reading, the reader assigned from `follows + 1`.
+fn read_chain(
+    consumer: &BaseConsumer,
+    topic: &str,
+    follows: i64,
+    own: i64,
+    quiet: Duration,
+) -> Answer {
     let mut deadline = Instant::now() + PATIENCE;
     // The rival's offset and run, once found.
     let mut rival: Option<(i64, Option<u64>)> = None;
@@ -173,7 +182,6 @@ fn check(
             None => continue,
         };
         let offset = message.offset();
-        *next = Some(offset + 1);
         let record = message
             .payload()
             .and_then(|p| serde_json::from_slice::<Progress>(p).ok());
