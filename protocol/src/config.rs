@@ -150,9 +150,10 @@ impl EpochConfig {
     const fn window_ms() -> u64 {
         2000
     }
-    /// The default `flush_ms` (100) plus 250 ms of skew.
+    /// 250 ms of clock skew between gateways and of broker round trip. Not `flush_ms` as well:
+    /// a gateway sends an epoch's batches at the epoch's end (gateway/src/batcher/packer.rs).
     const fn allowed_lateness_ms() -> u64 {
-        GatewayConfig::flush_ms() + 250
+        250
     }
     /// One swarm emoji per 1000 taps.
     const fn divisor() -> u64 {
@@ -1018,7 +1019,7 @@ subscribers = ["127.0.0.1:9011"]
             c.epochs,
             EpochConfig {
                 window_ms: 2000,
-                allowed_lateness_ms: 350,
+                allowed_lateness_ms: 250,
                 divisor: 1000,
                 max_frame_emojis: 64,
             }

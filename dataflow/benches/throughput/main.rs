@@ -23,17 +23,20 @@
 //!   `emoji-epochs`. Each run gets fresh epochs and progress topics, so it starts from the
 //!   beginning. The frames' `total`s must add up to the preloaded count (asserted).
 //!   `events/s` is preloaded taps / those seconds; `ratio` is that over the bare rate (target
-//!   ≥ 0.8); `cpu s` is the user+system CPU time of the dataflow processes and of the broker
-//!   during the run (two shared cores: the broker competes with the dataflow for them).
+//!   ≥ 0.9, [`report::TARGET`]); `cpu s` is the user+system CPU time of the reader (the
+//!   dataflow processes, or this bench for the bare consume) and of the broker with its storage
+//!   (Nisshi and its PostgreSQL server and backends) during the case, and `idle` the share of
+//!   the machine's cores nobody used: on two shared cores the broker competes with the dataflow
+//!   for them, and a case with no idle share left is bounded by the cores, not by waiting.
 //! - **steady load**: a fresh topic set and a `--steady-processes` cluster; the bench produces
 //!   `--steady-rate` taps/s for `--steady-secs` straight into Kafka as the gateway would (one
-//!   record per (partition, stream, epoch) every `flush_ms`, `recv_ms` = now), and consumes the
-//!   frames. Latency = wall time the frame was consumed − the epoch's `end_ms`, over the frames
-//!   of the epochs that began after a warm-up and ended before the load stopped. It includes the
-//!   consume hop (broker fetch + this consumer, `fetch.wait.max.ms` = 5). Target: p99 ≤
-//!   `allowed_lateness_ms` + 100 ms. The design floor is `allowed_lateness_ms` + how far the
-//!   broker-confirmed clock of an idle partition trails (the end probe's 25 ms interval and its
-//!   round trip): an epoch cannot close earlier.
+//!   record per (partition, stream, epoch) every `flush_ms` and at each epoch's end, `recv_ms` =
+//!   now), and consumes the frames. Latency = wall time the frame was consumed − the epoch's
+//!   `end_ms`, over the frames of the epochs that began after a warm-up and ended before the
+//!   load stopped. It includes the consume hop (broker fetch + this consumer,
+//!   `fetch.wait.max.ms` = 5). Target: p99 ≤ 350 ms (issue 22). The design floor is
+//!   `allowed_lateness_ms` (250) + how far the broker-confirmed clock of an idle partition trails
+//!   (the end probe's 25 ms interval and its round trip): an epoch cannot close earlier.
 //!
 //! Everything runs on loopback, every wait has a deadline, and the broker and the worker
 //! processes are stopped on exit, on panic and on SIGINT/SIGTERM.

@@ -132,6 +132,23 @@ impl Batches {
             .collect()
     }
 
+    /// The open batches of epochs before `epoch`, due now: at an epoch's end its batches go
+    /// whatever the group commit says, so the dataflow's lateness bound need not cover
+    /// `flush_ms` (see `Packer::run`).
+    pub(super) fn take_ended(&mut self, epoch: u64) -> Vec<(BatchKey, OpenBatch)> {
+        let ended: Vec<BatchKey> = (self.open.keys())
+            .filter(|k| k.epoch < epoch)
+            .cloned()
+            .collect();
+        ended
+            .into_iter()
+            .map(|key| {
+                let batch = self.open.remove(&key).expect("the key was just listed");
+                (key, batch)
+            })
+            .collect()
+    }
+
     /// Every open batch, due now (the flush tick and the shutdown).
     pub(super) fn take_all(&mut self) -> Vec<(BatchKey, OpenBatch)> {
         self.open.drain().collect()

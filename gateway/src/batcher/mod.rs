@@ -322,7 +322,11 @@ impl Batcher {
             health,
             metrics,
         };
-        let task = tokio::spawn(packer.run(rx, Duration::from_millis(config.gateway.flush_ms)));
+        let task = tokio::spawn(packer.run(
+            rx,
+            Duration::from_millis(config.gateway.flush_ms),
+            config.epochs.window_ms,
+        ));
         Ok((Batcher { task, probe }, handle))
     }
 
@@ -368,7 +372,7 @@ pub(super) fn encode(
     lines
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("the clock is after 1970")

@@ -2,10 +2,11 @@
 //! answer back to every request whose events it holds.
 
 use super::batches::{BatchKey, Batches, OpenBatch};
-use super::Submission;
+use super::{now_ms, Submission};
 use crate::metrics::Metrics;
 use crate::producer::{classify, Failure, Health, Kafka};
 use crate::GatewayError;
+use emostream_protocol::epoch::{epoch_bounds, epoch_of};
 use rdkafka::producer::{FutureRecord, Producer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,9 +30,16 @@ pub(super) struct Packer {
 }
 
 impl Packer {
-    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Submission>, flush_every: Duration) {
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Submission>,
+        flush_every: Duration,
+        window_ms: u64,
+    ) {
         let mut tick = tokio::time::interval(flush_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let epoch_end = tokio::time::sleep(until_epoch_end(window_ms));
+        tokio::pin!(epoch_end);
         loop {
             tokio::select! {
                 submission = rx.recv() => match submission {
@@ -40,6 +48,14 @@ impl Packer {
                 },
                 // Flushing everything each tick bounds a batch's age by `flush_ms`.
                 _ = tick.tick() => self.flush_all(),
+                // An epoch's batches leave at its end, not up to `flush_ms` later: its last
+                // record then trails its end by one broker round trip, not a flush interval,
+                // and the dataflow can close it that much sooner (`allowed_lateness_ms` covers
+                // clock skew and the round trip only; docs/contracts.md, "Time and epochs").
+                () = &mut epoch_end => {
+                    self.flush_ended(epoch_of(now_ms(), window_ms));
+                    epoch_end.as_mut().reset(tokio::time::Instant::now() + until_epoch_end(window_ms));
+                }
                 Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     let partition = done.expect("a delivery task does not panic");
                     self.acknowledged(partition);
@@ -65,6 +81,12 @@ impl Packer {
 
     fn acknowledged(&mut self, partition: i32) {
         for (key, batch) in self.batches.acknowledged(partition) {
+            self.send(key, batch);
+        }
+    }
+
+    fn flush_ended(&mut self, epoch: u64) {
+        for (key, batch) in self.batches.take_ended(epoch) {
             self.send(key, batch);
         }
     }
@@ -163,4 +185,12 @@ fn fatal(producer: &Kafka, health: &Health) -> bool {
         health.set_fatal(&format!("{code:?}: {reason}"));
     }
     health.fatal().is_some()
+}
+
+/// How long until the current epoch ends on the wall clock (the receive clock of every tap);
+/// never zero, so a timer that fires a moment early waits for the end rather than spinning.
+fn until_epoch_end(window_ms: u64) -> Duration {
+    let now = now_ms();
+    let (_, end) = epoch_bounds(epoch_of(now, window_ms), window_ms);
+    Duration::from_millis((end - now).max(1))
 }

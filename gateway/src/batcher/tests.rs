@@ -196,6 +196,35 @@ fn the_flush_tick_takes_every_open_batch_of_every_partition() {
     assert!(batches.take_all().is_empty());
 }
 
+#[test]
+fn an_epochs_end_takes_the_batches_of_ended_epochs_even_from_busy_partitions() {
+    let budget = Arc::new(Semaphore::new(100));
+    let mut batches = Batches::new(1000, 1 << 20, 2 * (1 << 20), 1);
+    batches.sent(0);
+    batches.sent(1);
+    let (ended_a, _) = submission(&budget, (0, "main", 6), 13_990, 1, "a\n", true);
+    let (ended_b, _) = submission(&budget, (1, "other", 6), 13_999, 2, "b\n", true);
+    let (current, _) = submission(&budget, (0, "main", 7), 14_001, 3, "c\n", true);
+    for s in [ended_a, ended_b, current] {
+        assert!(batches.add(s).is_none(), "both partitions are busy");
+    }
+    let mut due = batches.take_ended(7);
+    due.sort_by_key(|d| d.0.partition);
+    assert_eq!(
+        due.iter().map(shape).collect::<Vec<_>>(),
+        [
+            (0, "main", 6, 13_990, 1, "a\n", 1, 1),
+            (1, "other", 6, 13_999, 2, "b\nb\n", 1, 2),
+        ]
+    );
+    assert!(batches.take_ended(7).is_empty());
+    // The current epoch's batch still waits for its partition's answer.
+    assert_eq!(
+        batches.take_all().iter().map(shape).collect::<Vec<_>>(),
+        [(0, "main", 7, 14_001, 3, "c\nc\nc\n", 1, 3)]
+    );
+}
+
 #[tokio::test]
 async fn a_batch_carries_each_waiting_request_its_answer_and_holds_the_budget_until_then() {
     let budget = Arc::new(Semaphore::new(10));
