@@ -24,7 +24,8 @@
 //!   dataflow, published on their own topic.
 //! - [`links`]: timely's TCP links, with keepalive and a user timeout (a vanished peer).
 //! - [`metrics`]: per-process counters, served as Prometheus text.
-//! - [`crash`]: named crash points for fault tests (`EMOSTREAM_CRASH_AT`), inert unless set.
+//! - [`crash`]: named crash points and holds for fault tests (`EMOSTREAM_CRASH_AT`,
+//!   `EMOSTREAM_HOLD_AT`), inert unless set.
 //! - [`error`]: [`Error`], every way a worker fails to start or to deliver.
 //!
 //! ```text

@@ -26,12 +26,12 @@ pub const IN_FLIGHT: u64 = 8;
 
 /// Every partition's marks, as far as they are still needed.
 #[derive(Debug, Default)]
-pub struct MarkLedger {
+pub(crate) struct MarkLedger {
     marks: BTreeMap<i32, Vec<Mark>>,
 }
 
 impl MarkLedger {
-    pub fn add(&mut self, mark: Mark) {
+    pub(crate) fn add(&mut self, mark: Mark) {
         self.marks.entry(mark.partition).or_default().push(mark);
     }
 
@@ -47,7 +47,12 @@ impl MarkLedger {
     /// `epoch` and each epoch of the schedule. Nothing is ever made up: a partition whose floor
     /// has not passed `epoch + 1` has not said where the next run must hold its floor, so there
     /// is no record for `epoch` until it does (and after a stop, none at all).
-    pub fn progress(&self, epoch: u64, through: u64, counting: Counting) -> Option<Progress> {
+    pub(crate) fn progress(
+        &self,
+        epoch: u64,
+        through: u64,
+        counting: Counting,
+    ) -> Option<Progress> {
         if through <= epoch {
             return None;
         }
