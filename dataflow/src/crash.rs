@@ -9,10 +9,12 @@
 //! Compiled into every build: the fault tests drive the binaries as they ship.
 //!
 //! Holds, for tests that must act while the protocol stands at a point:
-//! `EMOSTREAM_HOLD_AT=<point>` with `EMOSTREAM_HOLD_FILE=<file>` holds the progress writer at
-//! that point (`before-progress-write` or `after-progress-write`) while `<file>` exists; it
-//! creates `<file>.held` when it first holds. The operator does not block: it returns and looks
-//! again at its next activation, so the rest of the worker runs on.
+//! `EMOSTREAM_HOLD_AT=<point>` with `EMOSTREAM_HOLD_FILE=<file>` holds at that point (one of
+//! [`HOLDS`]) while `<file>` exists; it creates `<file>.held` when it first holds. A list,
+//! `EMOSTREAM_HOLD_AT=a,b`, holds at each point `p` while `<file>.p` exists (creating
+//! `<file>.p.held`), so a test can hold the protocol at one point and then at another. The
+//! operator does not block: it returns and looks again at its next activation, so the rest of the
+//! worker runs on.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -101,43 +103,72 @@ pub fn reached(point: &str) {
     }
 }
 
+/// Every hold point, by the name `EMOSTREAM_HOLD_AT` takes.
+pub const HOLDS: [&str; 3] = [
+    // The progress writer, before sending a record (as the crash point).
+    "before-progress-write",
+    // The progress writer, once its record is acknowledged, before the chain check (as the crash
+    // point): the gate stays closed.
+    "after-progress-write",
+    // A publisher that sent two epochs of the floor schedule the gate opened last sends no more
+    // while at least two more are let out: the schedule is half published.
+    "mid-schedule",
+];
+
 struct Hold {
-    point: String,
-    file: PathBuf,
+    /// Each point held, with the file that holds it while it exists.
+    points: Vec<(&'static str, PathBuf)>,
 }
 
 static HOLD: OnceLock<Option<Hold>> = OnceLock::new();
 
 /// Reads `EMOSTREAM_HOLD_AT` and `EMOSTREAM_HOLD_FILE`; an unknown point, or a point without a
-/// file, is an error. Call once, before the workers start. Returns the point armed.
+/// file, is an error. Call once, before the workers start. Returns the points armed.
 pub fn hold_from_env() -> Result<Option<String>, String> {
     let hold = match std::env::var("EMOSTREAM_HOLD_AT") {
         Err(_) => None,
-        Ok(point) => {
-            if !POINTS[..2].contains(&point.as_str()) {
-                return Err(format!(
-                    "EMOSTREAM_HOLD_AT={point} is not a point the progress writer holds at (one of {:?})",
-                    &POINTS[..2]
-                ));
-            }
+        Ok(names) => {
             let file = std::env::var_os("EMOSTREAM_HOLD_FILE")
                 .map(PathBuf::from)
-                .ok_or_else(|| format!("EMOSTREAM_HOLD_AT={point} needs EMOSTREAM_HOLD_FILE"))?;
-            Some(Hold { point, file })
+                .ok_or_else(|| format!("EMOSTREAM_HOLD_AT={names} needs EMOSTREAM_HOLD_FILE"))?;
+            let list = names.contains(',');
+            let points = names
+                .split(',')
+                .map(|name| {
+                    let point = HOLDS.iter().copied().find(|p| *p == name).ok_or_else(|| {
+                        format!("EMOSTREAM_HOLD_AT={names}: {name} is not a hold point (one of {HOLDS:?})")
+                    })?;
+                    let file = if list {
+                        let mut file = file.as_os_str().to_owned();
+                        file.push(format!(".{point}"));
+                        PathBuf::from(file)
+                    } else {
+                        file.clone()
+                    };
+                    Ok((point, file))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Some(Hold { points })
         }
     };
-    Ok(HOLD.get_or_init(|| hold).as_ref().map(|h| h.point.clone()))
+    Ok(HOLD.get_or_init(|| hold).as_ref().map(|h| {
+        let names: Vec<&str> = h.points.iter().map(|(p, _)| *p).collect();
+        names.join(",")
+    }))
 }
 
-/// Whether the progress writer holds at `point` now (see the module's header).
+/// Whether the protocol holds at `point` now (see the module's header).
 pub fn held(point: &str) -> bool {
     let Some(Some(hold)) = HOLD.get() else {
         return false;
     };
-    if hold.point != point || !hold.file.exists() {
+    let Some((_, file)) = hold.points.iter().find(|(p, _)| *p == point) else {
+        return false;
+    };
+    if !file.exists() {
         return false;
     }
-    let mut marker = hold.file.as_os_str().to_owned();
+    let mut marker = file.as_os_str().to_owned();
     marker.push(".held");
     // Only the first look creates it; a failure shows as a test waiting in vain.
     let _ = std::fs::OpenOptions::new()

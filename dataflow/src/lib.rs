@@ -24,7 +24,8 @@
 //!   dataflow, published on their own topic.
 //! - [`links`]: timely's TCP links, with keepalive and a user timeout (a vanished peer).
 //! - [`metrics`]: per-process counters, served as Prometheus text.
-//! - [`crash`]: named crash points for fault tests (`EMOSTREAM_CRASH_AT`), inert unless set.
+//! - [`crash`]: named crash points and holds for fault tests (`EMOSTREAM_CRASH_AT`,
+//!   `EMOSTREAM_HOLD_AT`), inert unless set.
 //! - [`error`]: [`Error`], every way a worker fails to start or to deliver.
 //!
 //! ```text
@@ -39,13 +40,13 @@
 pub mod count;
 pub mod crash;
 pub mod dedupe;
-pub mod error;
+mod error;
 pub mod fence;
 pub mod links;
 pub mod memory;
 pub mod metrics;
 mod ownership;
-pub mod partition;
+mod partition;
 pub mod progress;
 pub mod publish;
 mod reader;
@@ -60,6 +61,7 @@ use emostream_protocol::progress::{Counting, FIRST};
 use emostream_protocol::Config;
 pub use error::Error;
 use fence::ChainCheck;
+pub use partition::Mark;
 use partition::Partition;
 use progress::{ProgressWriter, WriteProgress};
 use publish::{AckedProducer, PublishEpochs};

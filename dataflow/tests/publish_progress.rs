@@ -6,9 +6,9 @@
 
 use emostream_dataflow::fence::ChainCheck;
 use emostream_dataflow::metrics::Metrics;
-use emostream_dataflow::partition::Mark;
 use emostream_dataflow::progress::{ProgressWriter, WriteProgress};
 use emostream_dataflow::publish::{AckedProducer, PublishEpochs};
+use emostream_dataflow::Mark;
 use emostream_protocol::progress::{Counting, FIRST};
 use emostream_protocol::wire::{EmojiCount, EpochFrame, FrameType};
 use emostream_protocol::Config;
