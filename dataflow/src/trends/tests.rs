@@ -415,7 +415,10 @@ fn measure(trace: &Trace, w: u64, measured: u64) -> (Work, std::time::Duration) 
     use std::cell::Cell;
     use std::rc::Rc;
     let trace = trace.clone();
-    timely::execute_directly(move |worker| {
+    // As the dataflow runs it: with idle merging (held.rs), which merges more per epoch.
+    let mut config = timely::Config::thread();
+    held::configure(&mut config.worker);
+    let guards = timely::execute(config, move |worker| {
         let (updates, merged) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
         let (u, m) = (Rc::clone(&updates), Rc::clone(&merged));
         worker
@@ -465,6 +468,12 @@ fn measure(trace: &Trace, w: u64, measured: u64) -> (Work, std::time::Duration) 
         };
         (per_epoch, wall / measured as u32)
     })
+    .expect("the test dataflow starts");
+    guards
+        .join()
+        .pop()
+        .expect("one worker")
+        .expect("the worker finished")
 }
 
 /// The measurement in docs/benchmarks.md: `cargo test -p emostream-dataflow --lib trends::tests::work_per_epoch
