@@ -99,17 +99,31 @@ pub fn trim_after_forgetting(metrics: Arc<Metrics>) -> std::io::Result<()> {
                 let held = metrics.trend_updates_held();
                 peak = peak.max(held);
                 if worth_trimming(peak, held) {
+                    let before = resident_kib();
                     trim();
-                    tracing::debug!(
+                    tracing::info!(
                         peak,
                         held,
-                        "freed memory given back after streams were forgotten"
+                        resident_kib_before = before,
+                        resident_kib_after = resident_kib(),
+                        "streams forgotten: freed memory given back to the system"
                     );
                     peak = held;
                 }
             }
         })?;
     Ok(())
+}
+
+/// This process's resident memory (`VmRSS`), for the log; 0 where /proc cannot say.
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// Gives the pages glibc holds free in every arena back to the system (other allocators: no-op).
