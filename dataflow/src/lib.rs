@@ -229,6 +229,9 @@ pub fn run_worker(
         )?,
         _ => Vec::new(),
     };
+    if trends_publisher.is_some() {
+        trends::held::count_held(worker, Arc::clone(&metrics));
+    }
     if !refilled.is_empty() {
         tracing::info!(
             worker = index,

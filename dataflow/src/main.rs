@@ -109,6 +109,7 @@ impl TimelyArgs {
         if let Some(micros) = self.idle_spin {
             worker = worker.idle_spin(Duration::from_micros(micros));
         }
+        emostream_dataflow::trends::held::configure(&mut worker);
         Ok(timely::Config {
             communication,
             worker,
@@ -164,6 +165,8 @@ fn run(
         signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| e.to_string())?;
     }
     let metrics = Arc::new(Metrics::default());
+    emostream_dataflow::trends::held::trim_after_forgetting(Arc::clone(&metrics))
+        .map_err(|e| format!("the trim thread: {e}"))?;
     if let Some(addr) = config.dataflow.metrics.get(cli.timely.process) {
         metrics::serve(addr, Arc::clone(&metrics))
             .map_err(|e| format!("metrics on {addr}: {e}"))?;

@@ -30,6 +30,7 @@ pub struct Metrics {
     repeated: Counter,
     epochs_published: Counter,
     frames_bounded: Counter,
+    trend_updates_held: Gauge,
     publish_latency: Histogram,
     watermark_lag: Family<PartitionLabels, Gauge<f64, AtomicU64>>,
     floor_epoch: Family<PartitionLabels, Gauge>,
@@ -69,6 +70,12 @@ impl Default for Metrics {
             "frames_bounded",
             "(stream, epoch) frames built with more distinct emojis than max_frame_emojis, the rest summed in other",
         );
+        let trend_updates_held = Gauge::default();
+        registry.register(
+            "trend_updates_held",
+            "Updates held by the trends stage's arrangements in this process; back to 0 once every stream's window has emptied",
+            trend_updates_held.clone(),
+        );
         let watermark_lag = Family::default();
         registry.register_with_unit(
             "watermark_lag",
@@ -99,6 +106,7 @@ impl Default for Metrics {
             repeated,
             epochs_published,
             frames_bounded,
+            trend_updates_held,
             publish_latency,
             watermark_lag,
             floor_epoch,
@@ -140,6 +148,16 @@ impl Metrics {
     /// than a frame lists, or a client spraying distinct emojis.
     pub fn bounded(&self) {
         self.frames_bounded.inc();
+    }
+
+    /// The trends stage's arrangements took in or let go of `change` updates.
+    pub fn trend_updates(&self, change: i64) {
+        self.trend_updates_held.inc_by(change);
+    }
+
+    /// Updates the trends stage's arrangements hold now.
+    pub fn trend_updates_held(&self) -> i64 {
+        self.trend_updates_held.get()
     }
 
     pub fn render(&self) -> String {
@@ -184,6 +202,8 @@ mod tests {
         m.published(2, 300);
         m.published(1, 5_000);
         m.bounded();
+        m.trend_updates(7);
+        m.trend_updates(-3);
         let text = m.render();
         for line in [
             "emostream_dataflow_records_total 3",
@@ -193,6 +213,7 @@ mod tests {
             "emostream_dataflow_unreadable_events_total 1",
             "emostream_dataflow_epochs_published_total 3",
             "emostream_dataflow_frames_bounded_total 1",
+            "emostream_dataflow_trend_updates_held 4",
             "emostream_dataflow_watermark_lag_seconds{partition=\"1\"} 0.64",
             "emostream_dataflow_floor_epoch{partition=\"1\"} 42",
             "emostream_dataflow_publish_latency_seconds_bucket{le=\"0.25\"} 0",

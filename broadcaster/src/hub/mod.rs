@@ -235,6 +235,9 @@ struct Streams {
     /// epochs up to it here, so a resume from before it is told of a gap. (Per stream it would
     /// cost what forgetting frees; a resume that old is rare.)
     forgot_through: u64,
+    /// Streams forgotten so far: what a link keeps per stream of its lower tier is pruned when
+    /// this moves ([`Hub::retain_held`]).
+    forgotten: u64,
 }
 
 impl std::ops::Deref for Streams {
@@ -275,6 +278,7 @@ impl Streams {
 
     fn forget(&mut self, stream: &str) {
         if let Some(state) = self.map.remove(stream) {
+            self.forgotten += 1;
             self.bytes -= state.cost();
             if let Some(newest) = state.ring.back() {
                 self.forgot_through = self.forgot_through.max(newest.epoch);
@@ -490,7 +494,26 @@ impl Hub {
         for name in &gone {
             streams.forget(name);
         }
+        if !gone.is_empty() {
+            shrink_if_mostly_empty(&mut streams.map);
+        }
         gone.len()
+    }
+
+    /// Streams forgotten so far, for any reason: when it moves, a link prunes what it keeps per
+    /// stream ([`Hub::retain_held`]).
+    pub fn forgotten(&self) -> u64 {
+        self.lock().forgotten
+    }
+
+    /// Keeps only the entries of `map` whose stream this hub still holds, and gives back the
+    /// room of the others: a link's per-stream view of its lower tier, after streams were
+    /// forgotten here.
+    pub fn retain_held<V>(&self, map: &mut HashMap<Arc<str>, V>) {
+        let streams = self.lock();
+        map.retain(|stream, _| streams.contains_key(stream));
+        drop(streams);
+        shrink_if_mostly_empty(map);
     }
 
     /// How many streams this hub holds, and what their frames cost ([`FrameData::cost`]).
@@ -785,6 +808,16 @@ pub struct WantedBelow {
 impl Drop for WantedBelow {
     fn drop(&mut self) {
         self.hub.unwant_below(&self.stream);
+    }
+}
+
+/// A map emptied by forgetting keeps its room (a `HashMap` never shrinks on its own): 10,000
+/// streams gone would leave their buckets behind. Shrunk to twice what it holds once it holds
+/// under a quarter of its room, so a map that grows and empties again each minute does not
+/// reallocate at every sweep.
+pub fn shrink_if_mostly_empty<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
 }
 
@@ -1178,6 +1211,30 @@ mod tests {
         drop(watched);
         assert_eq!(hub.forget_idle(), 2);
         assert_eq!(hub.held(), (0, 0));
+    }
+
+    /// Forgetting thousands of streams gives back their map's room too, and is counted for the
+    /// links ([`Hub::forgotten`]).
+    #[test]
+    fn forgetting_many_streams_gives_back_the_maps_room() {
+        let hub = Arc::new(Hub::with_retention(Retention {
+            ring_epochs: 2,
+            idle: Duration::ZERO,
+            max_bytes: usize::MAX,
+        }));
+        for i in 0..5000 {
+            hub.publish(frame(&format!("p-{i}"), 1)).unwrap();
+        }
+        assert!(hub.lock().map.capacity() >= 5000);
+        assert_eq!(hub.forgotten(), 0);
+        assert_eq!(hub.forget_idle(), 5000);
+        assert_eq!(hub.forgotten(), 5000);
+        assert_eq!(hub.held(), (0, 0));
+        assert!(
+            hub.lock().map.capacity() <= 64,
+            "{}",
+            hub.lock().map.capacity()
+        );
     }
 
     #[test]

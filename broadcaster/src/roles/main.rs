@@ -154,6 +154,11 @@ impl Recent {
             }
             self.order.pop_front();
         }
+        if self.order.is_empty() {
+            // The room of a burst of registrations (20,000 in a few seconds), kept for nothing.
+            self.order.shrink_to_fit();
+            self.per_subscriber.shrink_to_fit();
+        }
     }
 
     fn add(&mut self, now: Instant, name: &str) {

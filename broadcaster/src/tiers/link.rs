@@ -100,6 +100,8 @@ struct Downstream {
     owed: HashMap<Arc<str>, usize>,
     /// The streams a subscriber asked for, each held against this tier forgetting it.
     held: HashMap<Arc<str>, WantedBelow>,
+    /// [`Hub::forgotten`] when `has` was last pruned.
+    pruned_at: u64,
 }
 
 /// A message owed to the lower tier.
@@ -272,6 +274,24 @@ impl Downstream {
         }
     }
 
+    /// Drops what `has` keeps of streams the hub has forgotten since the last call, so that a
+    /// link taking every stream (a cluster publisher's) does not keep an entry, and the stream's
+    /// name, for each stream it ever carried. A stream that comes back starts with no entry:
+    /// its ring may then go down again, and the lower tier's hub drops what it already has.
+    fn prune(&mut self, hub: &Hub) {
+        let forgotten = hub.forgotten();
+        if forgotten == self.pruned_at {
+            return;
+        }
+        self.pruned_at = forgotten;
+        hub.retain_held(&mut self.has);
+        if self.backlog.is_empty() {
+            // Room left by a large backlog (a catch-up over thousands of streams).
+            self.backlog.shrink_to_fit();
+            crate::hub::shrink_if_mostly_empty(&mut self.owed);
+        }
+    }
+
     /// After the feed lost frames: every frame still held after the last one dealt with, behind
     /// a gap for each stream whose ring pushed out an epoch this link did not get.
     fn catch_up(&mut self, held: Held, hub: &Hub) {
@@ -419,6 +439,7 @@ where
         backlog: VecDeque::new(),
         owed: HashMap::new(),
         held: HashMap::new(),
+        pruned_at: hub.forgotten(),
     };
     // The lower tier's heartbeats prove it alive; these pings let it tell the same of us while
     // no frames flow.
@@ -457,7 +478,10 @@ where
                 // The reader has ended, and its reason ends the session.
                 None => std::future::pending().await,
             },
-            _ = ping.tick() => socket::send(tx, Message::Ping(Bytes::new())).await,
+            _ = ping.tick() => {
+                down.prune(hub);
+                socket::send(tx, Message::Ping(Bytes::new())).await
+            }
             () = std::future::ready(()), if !down.backlog.is_empty() => {
                 live_in_a_row = 0;
                 down.send_owed(tx, metrics).await
@@ -884,6 +908,7 @@ mod tests {
             backlog: VecDeque::new(),
             owed: HashMap::new(),
             held: HashMap::new(),
+            pruned_at: 0,
         }
     }
 
@@ -987,5 +1012,49 @@ mod tests {
         let mut got = sent_for(&mut cluster, all, &hub).await;
         got.sort();
         assert_eq!(got, [frame("a", 6).to_string(), frame("c", 1).to_string()]);
+    }
+
+    /// A cluster publisher's link takes every stream: what it keeps of each goes once the hub
+    /// has forgotten the stream, and a stream that comes back is sent from its first frame.
+    #[tokio::test]
+    async fn a_link_taking_every_stream_forgets_what_the_hub_forgot() {
+        let hub = Arc::new(Hub::with_retention(crate::hub::Retention {
+            ring_epochs: 4,
+            idle: Duration::ZERO,
+            max_bytes: usize::MAX,
+        }));
+        let mut cluster = downstream();
+        let all = Subscribe {
+            all: true,
+            ..Subscribe::default()
+        };
+        assert!(sent_for(&mut cluster, all, &hub).await.is_empty());
+        let streams: Vec<String> = (0..500).map(|i| format!("p-{i}")).collect();
+        for stream in &streams {
+            for epoch in 1..=2 {
+                hub.publish(frame(stream, epoch)).unwrap();
+            }
+        }
+        let held = hub.held_after(0).frames;
+        assert_eq!(held.iter().filter(|f| cluster.takes(f)).count(), 1000);
+        assert_eq!(cluster.has.len(), 500);
+        cluster.prune(&hub);
+        assert_eq!(cluster.has.len(), 500, "nothing forgotten yet");
+
+        assert_eq!(hub.forget_idle(), 500);
+        cluster.prune(&hub);
+        assert!(cluster.has.is_empty());
+        assert!(cluster.has.capacity() <= 64, "{}", cluster.has.capacity());
+        // Back after it was forgotten: its new ring goes down whole.
+        hub.publish(frame("p-7", 1)).unwrap();
+        let again = hub.held_after(0).frames;
+        assert_eq!(
+            again
+                .iter()
+                .filter(|f| cluster.takes(f))
+                .map(|f| (f.stream.to_string(), f.epoch))
+                .collect::<Vec<_>>(),
+            [("p-7".to_string(), 1)]
+        );
     }
 }

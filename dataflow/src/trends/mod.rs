@@ -11,6 +11,8 @@
 //! - [`engagement`]: the streams ranked by taps over the window (and the per-viewer hook).
 //! - [`snapshot`]: `Snapshot`, from a collection's changes back to each key's state per epoch.
 //! - [`refill`]: at start, the windows' closed epochs read back from the epochs topic.
+//! - [`held`]: forgetting idle streams (differential's idle merging) and counting what the
+//!   stage's arrangements hold.
 //! - [`publish`]: `PublishTrends`, publication on the trends topic behind the epochs' own.
 //!
 //! ```text
@@ -29,6 +31,7 @@
 //! scan the emojis or streams live in the window, bounded by the vocabulary, not by its length).
 
 mod engagement;
+pub mod held;
 pub mod lexicon;
 pub mod publish;
 pub mod refill;

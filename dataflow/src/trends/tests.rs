@@ -3,7 +3,7 @@
 //! with the window's length.
 
 use super::refill::{refilled, resend_from, Refill};
-use super::{lexicon, TrendSettings, Trends};
+use super::{held, lexicon, TrendSettings, Trends};
 use crate::EpochCount;
 use emostream_protocol::trends::{SentimentIndex, TrendFrame};
 use std::collections::BTreeMap;
@@ -102,7 +102,10 @@ fn run_from(
     let frames = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&frames);
     let trace = Arc::new(trace.clone());
-    timely::execute(timely::Config::process(workers), move |worker| {
+    // As the dataflow runs: idle streams forgotten, which must change no frame.
+    let mut config = timely::Config::process(workers);
+    held::configure(&mut config.worker);
+    timely::execute(config, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let mut input = InputHandle::new();
         let probe = ProbeHandle::new();
@@ -412,7 +415,10 @@ fn measure(trace: &Trace, w: u64, measured: u64) -> (Work, std::time::Duration) 
     use std::cell::Cell;
     use std::rc::Rc;
     let trace = trace.clone();
-    timely::execute_directly(move |worker| {
+    // As the dataflow runs it: with idle merging (held.rs), which merges more per epoch.
+    let mut config = timely::Config::thread();
+    held::configure(&mut config.worker);
+    let guards = timely::execute(config, move |worker| {
         let (updates, merged) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
         let (u, m) = (Rc::clone(&updates), Rc::clone(&merged));
         worker
@@ -462,6 +468,12 @@ fn measure(trace: &Trace, w: u64, measured: u64) -> (Work, std::time::Duration) 
         };
         (per_epoch, wall / measured as u32)
     })
+    .expect("the test dataflow starts");
+    guards
+        .join()
+        .pop()
+        .expect("one worker")
+        .expect("the worker finished")
 }
 
 /// The measurement in docs/benchmarks.md: `cargo test -p emostream-dataflow --lib trends::tests::work_per_epoch
@@ -524,4 +536,152 @@ fn work_per_epoch_does_not_grow_with_the_window() {
         flat(|w| w.merged) < 1.5,
         "merge work per epoch grows with the window: {runs:?}"
     );
+}
+
+/// `streams` streams tapped for `live` epochs (each stream in most of them, a few emojis each),
+/// then nothing: what the platform benchmark does to the stage, small.
+fn many_streams(rng: &mut Rng, streams: u64, live: u64) -> Trace {
+    let epochs = (0..live)
+        .map(|epoch| {
+            let live: Vec<u64> = (0..streams).filter(|_| rng.below(10) < 8).collect();
+            live.into_iter()
+                .map(|s| {
+                    let mut emojis: BTreeMap<String, u64> = BTreeMap::new();
+                    for _ in 0..1 + rng.below(4) {
+                        let emoji = POOL[rng.below(POOL.len() as u64) as usize];
+                        *emojis.entry(emoji.to_string()).or_default() += 1 + rng.below(3);
+                    }
+                    EpochCount {
+                        stream: format!("p-{s}"),
+                        epoch,
+                        total: emojis.values().sum(),
+                        late: 0,
+                        emojis: emojis.into_iter().collect(),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    Trace { epochs }
+}
+
+/// Runs the stage over the trace on `workers` threads, with differential's idle merging
+/// ([`held::configure`]) or without, through the epoch by which every window has emptied; then,
+/// with it, lets the workers run (no new epoch) until the arrangements hold nothing or 10 s have
+/// passed. Returns every frame, the most updates the arrangements held after an epoch, and what
+/// they still held at the end, before the dataflow shut down (a shut-down dataflow drops its
+/// traces whatever they held).
+fn run_idle(
+    trace: &Trace,
+    settings: TrendSettings,
+    workers: usize,
+    forget: bool,
+) -> (Vec<TrendFrame>, i64, i64) {
+    use crate::metrics::Metrics;
+    use std::sync::Barrier;
+    use std::time::{Duration, Instant};
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&frames);
+    let trace = Arc::new(trace.clone());
+    let metrics = Arc::new(Metrics::default());
+    let counted = Arc::clone(&metrics);
+    let held_at_end = Arc::new(Mutex::new(None));
+    let result = Arc::clone(&held_at_end);
+    let barrier = Arc::new(Barrier::new(workers));
+    let peak = Arc::new(Mutex::new(0));
+    let peak_held = Arc::clone(&peak);
+    let mut config = timely::Config::process(workers);
+    if forget {
+        held::configure(&mut config.worker);
+    }
+    let last = end(&trace, settings);
+    timely::execute(config, move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        held::count_held(worker, Arc::clone(&counted));
+        let mut input = InputHandle::new();
+        let probe = ProbeHandle::new();
+        let sink = Arc::clone(&sink);
+        worker.dataflow::<u64, _, _>(|scope| {
+            scope
+                .input_from(&mut input)
+                .trends(settings)
+                .inspect(move |frame: &TrendFrame| sink.lock().unwrap().push(frame.clone()))
+                .probe_with(&probe);
+        });
+        for epoch in 0..=last {
+            for (i, count) in trace
+                .epochs
+                .get(epoch as usize)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                if (i + epoch as usize) % peers == index {
+                    input.send(count.clone());
+                }
+            }
+            input.advance_to(epoch + 1);
+            while probe.less_than(input.time()) {
+                worker.step();
+            }
+            if index == 0 {
+                let mut peak = peak_held.lock().unwrap();
+                *peak = (*peak).max(counted.trend_updates_held());
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while forget && counted.trend_updates_held() != 0 && Instant::now() < deadline {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
+        barrier.wait();
+        if index == 0 {
+            *result.lock().unwrap() = Some(counted.trend_updates_held());
+        }
+        barrier.wait();
+    })
+    .expect("the test dataflow starts");
+    let held = held_at_end.lock().unwrap().expect("worker 0 read it");
+    let peak = *peak.lock().unwrap();
+    let frames = Arc::try_unwrap(frames)
+        .expect("the workers are done")
+        .into_inner()
+        .unwrap();
+    (frames, peak, held)
+}
+
+/// The frames as bytes, in one order (workers interleave them differently from run to run).
+fn sorted_bytes(frames: &[TrendFrame]) -> Vec<String> {
+    let mut bytes: Vec<String> = frames
+        .iter()
+        .map(|f| serde_json::to_string(f).expect("a trends frame serializes"))
+        .collect();
+    bytes.sort();
+    bytes
+}
+
+/// 1,000 streams live for 20 epochs, then idle past their windows (of 15 epochs): with idle
+/// merging the arrangements hold nothing once every window has emptied (every stream
+/// forgotten), and the frames are byte for byte those of a run without it. (Without it, whether
+/// the cancelled updates are gone at that epoch depends on how far differential's merges got,
+/// which varies with the workers' timing: nothing to assert.)
+#[test]
+fn an_idle_stream_is_forgotten_and_its_frames_do_not_change() {
+    let mut rng = Rng(2100);
+    let trace = many_streams(&mut rng, 1000, 20);
+    let settings = TrendSettings::new(2000);
+    let (kept, _, _) = run_idle(&trace, settings, 2, false);
+    let (forgotten, peak, held) = run_idle(&trace, settings, 2, true);
+    assert!(peak > 10_000, "the streams' updates were counted: {peak}");
+    assert_eq!(held, 0, "updates still held after every window emptied");
+    assert_eq!(sorted_bytes(&forgotten), sorted_bytes(&kept));
+    // Every stream's last frames say its window emptied: nothing of it is left to emit.
+    let latest = by_kind(forgotten);
+    let last = end(&trace, settings);
+    for s in 0..1000 {
+        let stream = format!("p-{s}");
+        match state_at(&latest, "trending", &stream, last) {
+            Some(TrendFrame::Trending(t)) => assert!(t.emojis.is_empty(), "{stream}: {t:?}"),
+            other => panic!("{stream}: no trending frame: {other:?}"),
+        }
+    }
 }
