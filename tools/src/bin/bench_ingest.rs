@@ -36,6 +36,9 @@
 //! release ones beside this one; wrk, nginx (or /usr/sbin/nginx) and, for PROFILE and SYSCALLS,
 //! perf come from the PATH.
 
+#[path = "../limits.rs"]
+mod limits;
+
 use emostream_protocol::Config;
 use emostream_testkit::{bin_dir, free_port, http, procfs, Broker, Process, Scratch};
 use std::io::{Read, Write};
@@ -234,23 +237,6 @@ fn handle_signals() -> Result<(), String> {
         std::process::exit(128 + number);
     });
     Ok(())
-}
-
-/// 1,000 connections on each side of loopback, plus the gateway's own files.
-fn raise_open_files(want: u64) -> Result<(), String> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid rlimit for getrlimit(2) to fill and setrlimit(2) to read.
-    let ok = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = want;
-        limit.rlim_max = limit.rlim_max.max(want);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
-    };
-    ok.then_some(())
-        .ok_or_else(|| format!("cannot raise the limit on open files to {want}"))
 }
 
 fn main() -> ExitCode {
@@ -608,7 +594,14 @@ fn cost(label: &str, p: &Phase, cores: usize) -> String {
 
 fn run() -> Result<(), String> {
     let settings = Settings::from_env()?;
-    raise_open_files(20_000)?;
+    // 1,000 connections on each side of loopback, plus the gateway's own files; the servers
+    // and wrk inherit the limit.
+    let open_files = limits::raise_descriptor_limit();
+    if open_files < 20_000 {
+        return Err(format!(
+            "open files: the limit is {open_files}, 20000 needed"
+        ));
+    }
     if let Ok(storage) = std::env::var("STORAGE") {
         if !storage.is_empty() {
             // Read by the broker (scripts/broker.sh) and by Config::load below.
