@@ -58,8 +58,29 @@ pub fn machine_idle_secs() -> f64 {
     ticks / clock_ticks()
 }
 
-/// The live children of `pid`.
-fn children(pid: u32) -> Vec<u32> {
+/// Seconds the machine's cores have spent busy since boot, summed over the cores (`/proc/stat`:
+/// user, nice, system, irq, softirq and steal): with [`machine_idle_secs`], every second of
+/// every core over an interval, whoever used it.
+pub fn machine_busy_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    // cpu  user nice system idle iowait irq softirq steal …
+    let fields: Vec<f64> = (cpu.split_whitespace().skip(1).take(8))
+        .map(|f| f.parse::<f64>().unwrap_or(0.0))
+        .collect();
+    let ticks: f64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|i| fields.get(*i))
+        .sum();
+    ticks / clock_ticks()
+}
+
+/// The live children of `pid`: a server's workers (nginx's), to watch or profile with it.
+pub fn children(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
