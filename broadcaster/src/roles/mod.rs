@@ -349,6 +349,9 @@ fn start_hub(retention: Retention, metrics: &Arc<Metrics>, mut stop: Stop) -> Ar
     tokio::spawn(async move {
         let mut sweep = tokio::time::interval(every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Links and lanes let go of what they kept of a forgotten stream at their next ping
+        // (within a second), after this sweep's trim: the next sweep trims once more for them.
+        let mut trim_next_sweep = false;
         loop {
             tokio::select! {
                 _ = sweep.tick() => {}
@@ -358,8 +361,11 @@ fn start_hub(retention: Retention, metrics: &Arc<Metrics>, mut stop: Stop) -> Ar
             let (streams, bytes) = kept.held();
             if forgotten > 0 {
                 tracing::debug!(forgotten, streams, bytes, "forgot idle streams");
+            }
+            if forgotten > 0 || trim_next_sweep {
                 give_back_freed_memory();
             }
+            trim_next_sweep = forgotten > 0;
             metrics.held(streams, bytes, forgotten);
         }
     });

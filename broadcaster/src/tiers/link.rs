@@ -285,6 +285,7 @@ impl Downstream {
         }
         self.pruned_at = forgotten;
         hub.retain_held(&mut self.has);
+        crate::hub::shrink_if_mostly_empty(&mut self.has);
         if self.backlog.is_empty() {
             // Room left by a large backlog (a catch-up over thousands of streams).
             self.backlog.shrink_to_fit();

@@ -80,9 +80,11 @@ const TRIM_CHECK: Duration = Duration::from_secs(5);
 const TRIM_FROM_PEAK: i64 = 20_000;
 
 /// Whether to give freed memory back now: the stage held at least [`TRIM_FROM_PEAK`] updates
-/// since the last trim and has let go of at least half of them (streams forgotten).
+/// since the last trim and has let go of at least half of them (streams forgotten), or it has let
+/// go of everything it held since the last trim, however little: the last trim may have come
+/// halfway down, and what was freed after it would otherwise stay with the allocator.
 pub fn worth_trimming(peak: i64, held: i64) -> bool {
-    peak >= TRIM_FROM_PEAK && held <= peak / 2
+    (peak >= TRIM_FROM_PEAK && held <= peak / 2) || (peak > 0 && held == 0)
 }
 
 /// Starts the thread that hands the memory of forgotten streams back to the system: every
@@ -142,12 +144,21 @@ mod tests {
     #[test]
     fn trims_once_most_of_a_large_peak_is_forgotten() {
         assert!(!worth_trimming(0, 0), "an idle stage");
-        assert!(!worth_trimming(19_999, 0), "a small peak");
+        assert!(!worth_trimming(19_999, 1), "a small peak, not all let go");
         assert!(
             !worth_trimming(200_000, 100_001),
             "still more than half held"
         );
         assert!(worth_trimming(200_000, 100_000));
         assert!(worth_trimming(20_000, 0));
+    }
+
+    #[test]
+    fn trims_again_once_the_rest_is_forgotten() {
+        // The first trim came at 15,000 of a 30,000 peak, which becomes the next peak.
+        assert!(worth_trimming(30_000, 15_000));
+        assert!(!worth_trimming(15_000, 10_000), "a small peak, still held");
+        assert!(worth_trimming(15_000, 0), "everything since let go");
+        assert!(!worth_trimming(0, 0), "nothing since the last trim");
     }
 }
