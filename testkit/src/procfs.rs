@@ -45,38 +45,30 @@ pub fn cpu_secs_with_children(pid: u32) -> f64 {
 /// idle + iowait). The difference over an interval, against cores × its length, says how busy
 /// the machine was, whoever kept it busy.
 pub fn machine_idle_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0.0;
-    };
-    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0.0;
-    };
-    // cpu  user nice system idle iowait irq softirq …
-    let ticks: f64 = (cpu.split_whitespace().skip(4).take(2))
-        .filter_map(|f| f.parse::<f64>().ok())
-        .sum();
-    ticks / clock_ticks()
+    machine_secs(&[3, 4])
 }
 
 /// Seconds the machine's cores have spent busy since boot, summed over the cores (`/proc/stat`:
 /// user, nice, system, irq, softirq and steal): with [`machine_idle_secs`], every second of
 /// every core over an interval, whoever used it.
 pub fn machine_busy_secs() -> f64 {
+    machine_secs(&[0, 1, 2, 5, 6, 7])
+}
+
+/// The sum of the `/proc/stat` machine-wide CPU times at `fields` (0: user, then nice, system,
+/// idle, iowait, irq, softirq, steal), in seconds; 0 where /proc cannot say.
+fn machine_secs(fields: &[usize]) -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
         return 0.0;
     };
     let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
         return 0.0;
     };
-    // cpu  user nice system idle iowait irq softirq steal …
-    let fields: Vec<f64> = (cpu.split_whitespace().skip(1).take(8))
+    let ticks: Vec<f64> = (cpu.split_whitespace().skip(1).take(8))
         .map(|f| f.parse::<f64>().unwrap_or(0.0))
         .collect();
-    let ticks: f64 = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|i| fields.get(*i))
-        .sum();
-    ticks / clock_ticks()
+    let sum: f64 = fields.iter().filter_map(|i| ticks.get(*i)).sum();
+    sum / clock_ticks()
 }
 
 /// The live children of `pid`: a server's workers (nginx's), to watch or profile with it.
