@@ -545,17 +545,25 @@ async fn watch_upstream(
                 if changed.is_err() {
                     return;
                 }
-                if lost.send_replace(false) {
+                if set_lost(&lost, false) {
                     tracing::info!("upstream back");
                 }
             }
             () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !*lost.borrow() => {
                 tracing::warn!(after = ?UPSTREAM_LOST_AFTER, "upstream lost; telling every tier and viewer below (1012)");
-                lost.send_replace(true);
+                set_lost(&lost, true);
             }
             () = stop.stopped() => return,
         }
     }
+}
+
+/// Sets `lost` to `value`, waking its receivers only when that changes it; returns whether it
+/// did. Every viewer's task waits on this channel, and a heartbeat goes up every second:
+/// telling them each time that nothing changed woke every viewer of the subscriber once a
+/// second, in the middle of whatever epoch its lanes were writing.
+fn set_lost(lost: &watch::Sender<bool>, value: bool) -> bool {
+    lost.send_if_modified(|was| std::mem::replace(was, value) != value)
 }
 
 /// How a lower tier reaches the one above it.
@@ -845,6 +853,31 @@ mod tests {
         assert!(!serde_json::to_string(&beat)
             .unwrap()
             .starts_with(SUBSCRIBE_PREFIX));
+    }
+
+    /// Heartbeats while the upstream is up change nothing a viewer waits on: every viewer's task
+    /// waits on `lost`, so a heartbeat that woke them woke the whole subscriber every second.
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_wake_no_viewer_and_a_silence_wakes_them_once() {
+        let tasks = crate::server::tasks::Tasks::new();
+        let health = UpstreamHealth::start(tasks.stop_handle());
+        let mut lost = health.lost();
+        lost.mark_unchanged();
+        for _ in 0..5 {
+            health.heard();
+            // The watcher, on this one thread, takes the heartbeat before the test goes on.
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::advance(HEARTBEAT).await;
+        }
+        assert!(!lost.has_changed().unwrap(), "a heartbeat woke the viewers");
+        tokio::time::advance(UPSTREAM_LOST_AFTER).await;
+        lost.changed().await.unwrap();
+        assert!(*lost.borrow_and_update());
+        health.heard();
+        lost.changed().await.unwrap();
+        assert!(!*lost.borrow_and_update());
     }
 
     fn set(streams: &[&str]) -> BTreeSet<String> {
