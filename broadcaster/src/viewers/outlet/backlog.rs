@@ -232,7 +232,8 @@ impl<W: Wire> Backlog<W> {
                 .position(|item| matches!(item, Item::Frame(_)))
                 .map(|i| i + started);
             if let Some(i) = first_live.filter(|&i| i < parts) {
-                let stale = self.standing != Standing::Gone && self.stale(hold_after);
+                let stale =
+                    self.standing != Standing::Gone && self.stale(hold_after, Instant::now());
                 // The viewer is told as soon as frames are skipped, even while the frame it
                 // skips to is held back: a notice is a few bytes, and the viewer should know
                 // it is behind before it can be caught up.
@@ -279,11 +280,12 @@ impl<W: Wire> Backlog<W> {
         &mut self,
         frames: &[Frame],
         hold_after: Duration,
+        now: Instant,
         sent: &mut Deliveries,
     ) -> io::Result<bool> {
         debug_assert!(self.queue.is_empty() && self.missed == 0);
         let ping = std::mem::take(&mut self.ping_due).then(W::ping);
-        self.held = self.stale(hold_after);
+        self.held = self.stale(hold_after, now);
         if frames.len() >= MAX_PARTS || self.held {
             self.queue
                 .extend(frames.iter().map(|frame| Item::Frame(Arc::clone(frame))));
@@ -309,7 +311,7 @@ impl<W: Wire> Backlog<W> {
             }
             left -= len;
             self.handed += len as u64;
-            sent.sent(W::CONN, len, frame.at.elapsed());
+            sent.sent(W::CONN, len, now.saturating_duration_since(frame.at));
             oldest.get_or_insert(frame.at);
         }
         self.mark(oldest);
@@ -386,36 +388,51 @@ impl<W: Wire> Backlog<W> {
     }
 
     /// Whether the oldest live frame the peer has not acknowledged came more than `hold_after`
-    /// ago: what the kernel holds for it already makes the viewer that late, and more would
-    /// only wait behind it. Asks the kernel (one `ioctl`) only when the oldest remembered frame
-    /// is that old or the viewer is lagging, so a viewer that keeps up costs nothing between
-    /// epochs. A lagging viewer stops lagging once a frame is seen delivered within the
-    /// staleness bound (three times `hold_after`): catching up on old frames is not enough.
-    fn stale(&mut self, hold_after: Duration) -> bool {
+    /// before `now`: what the kernel holds for it already makes the viewer that late, and more
+    /// would only wait behind it. Asks the kernel (one `ioctl`) only when the oldest remembered
+    /// frame is that old or the viewer is lagging, so a viewer that keeps up costs nothing
+    /// between epochs, and nothing here when the lane's [`Backlog::confirm`] after the last
+    /// epoch found it all acknowledged. A lagging viewer stops lagging once a frame is seen
+    /// delivered within the staleness bound (three times `hold_after`): catching up on old
+    /// frames is not enough.
+    fn stale(&mut self, hold_after: Duration, now: Instant) -> bool {
         let Some(oldest) = self.marks[0] else {
             return false;
         };
-        if self.lagging_since.is_none() && oldest.at.elapsed() <= hold_after {
+        if self.lagging_since.is_none() && now.saturating_duration_since(oldest.at) <= hold_after {
             return false;
         }
+        if !self.confirm(hold_after, now) || self.acked < self.replay_end {
+            return false;
+        }
+        self.marks[0].is_some_and(|m| now.saturating_duration_since(m.at) > hold_after)
+    }
+
+    /// Whether live frames were handed to the kernel that the peer is not yet known to have.
+    pub(super) fn unconfirmed(&self) -> bool {
+        self.marks[0].is_some()
+    }
+
+    /// Asks the kernel how much of what it took the peer has acknowledged, and forgets the marks
+    /// that ends. `false` if the kernel would not say.
+    pub(super) fn confirm(&mut self, hold_after: Duration, now: Instant) -> bool {
         let Some(unacked) = self.wire.as_ref().and_then(W::unacknowledged) else {
             return false;
         };
         let acked = self.handed.saturating_sub(unacked as u64);
         if acked > self.acked {
             self.acked = acked;
-            // Acknowledgements are progress: the write deadline counts from the last one.
-            self.busy_since = Some(tokio::time::Instant::now());
+            if self.busy_since.is_some() {
+                // Acknowledgements are progress: the write deadline counts from the last one.
+                self.busy_since = Some(tokio::time::Instant::now());
+            }
         }
         while let Some(delivered) = self.marks[0].filter(|m| m.end <= acked) {
-            if delivered.at.elapsed() <= hold_after * 3 {
+            if now.saturating_duration_since(delivered.at) <= hold_after * 3 {
                 self.lagging_since = None;
             }
             self.marks = [self.marks[1], None];
         }
-        if acked < self.replay_end {
-            return false;
-        }
-        self.marks[0].is_some_and(|m| m.at.elapsed() > hold_after)
+        true
     }
 }

@@ -85,6 +85,10 @@ pub trait Offer: Send + Sync {
     /// The lane fell so far behind its feed that the ring of this viewer's stream no longer
     /// holds at least `frames` of the frames it was owed: they are lost to this viewer.
     fn missed(&self, frames: u64, sent: &mut Deliveries) -> bool;
+    /// Between epochs, off the latency path: learns what the peer has acknowledged of the
+    /// frames written to it, so that the next epoch's write need not ask the kernel first (a
+    /// viewer that keeps up has long had it all). Asks only while something is unconfirmed.
+    fn confirm(&self);
 }
 
 /// Where an outlet stands.
@@ -291,7 +295,8 @@ impl<W: Wire> Offer for Outlet<W> {
         // Nothing waits: the socket takes the batch at once (a viewer that keeps up), or what
         // it leaves is queued for the viewer's task.
         if b.queue.is_empty() && b.missed == 0 && fresh.iter().all(|f| new(&f)) {
-            match b.write_direct(fresh, self.limits.hold_after, sent) {
+            let now = std::time::Instant::now();
+            match b.write_direct(fresh, self.limits.hold_after, now, sent) {
                 Ok(true) => return true,
                 Ok(false) => {}
                 Err(e) => {
@@ -329,5 +334,13 @@ impl<W: Wire> Offer for Outlet<W> {
         let mut b = self.lock();
         b.conflate(frames, 0, sent);
         b.standing != Standing::Gone
+    }
+
+    fn confirm(&self) {
+        let mut b = self.lock();
+        // A viewer with something queued is its task's: the drain asks as it writes.
+        if b.standing == Standing::Open && b.queue.is_empty() && b.unconfirmed() {
+            b.confirm(self.limits.hold_after, std::time::Instant::now());
+        }
     }
 }

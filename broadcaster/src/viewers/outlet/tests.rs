@@ -17,6 +17,8 @@ struct Recorder {
     limit: Arc<AtomicUsize>,
     /// The peer acknowledges everything it was sent at once; otherwise nothing.
     acks: Arc<AtomicBool>,
+    /// How often the kernel was asked what the peer acknowledged.
+    asked: Arc<AtomicUsize>,
 }
 
 impl Default for Recorder {
@@ -26,6 +28,7 @@ impl Default for Recorder {
             blocked: Arc::default(),
             limit: Arc::default(),
             acks: Arc::new(AtomicBool::new(true)),
+            asked: Arc::default(),
         }
     }
 }
@@ -67,6 +70,7 @@ impl Wire for Recorder {
         Ok(n)
     }
     fn unacknowledged(&self) -> Option<usize> {
+        self.asked.fetch_add(1, Ordering::Relaxed);
         let sent = self.taken.lock().unwrap().iter().map(Bytes::len).sum();
         Some(if self.acks.load(Ordering::Relaxed) {
             0
@@ -86,6 +90,10 @@ impl Wire for Recorder {
 }
 
 impl Recorder {
+    fn asked(&self) -> usize {
+        self.asked.load(Ordering::Relaxed)
+    }
+
     fn text(&self) -> String {
         let taken = self.taken.lock().unwrap();
         taken
@@ -295,6 +303,50 @@ fn a_viewer_whose_peer_lags_in_time_is_held_skipped_forward_told_and_then_closed
     );
     assert!(outlet.offer(&one(&e3), &mut sent));
     assert_eq!(outlet.standing(), Standing::TooSlow);
+}
+
+#[test]
+fn what_the_lane_confirmed_between_epochs_is_not_asked_again_at_the_next_write() {
+    let hold = Duration::from_secs(2);
+    let limits = ViewerLimits {
+        budget_bytes: 1 << 20,
+        hold_after: hold,
+        close_after: Duration::from_secs(3600),
+    };
+    let old = hold + Duration::from_secs(1);
+    let wire = Recorder::default();
+    let outlet = Outlet::new(wire.clone(), limits);
+    outlet.start(0, None, Vec::new(), None);
+    let mut sent = Deliveries::default();
+    // Epoch 1 came longer ago than the hold: the next write would ask about it.
+    let e1 = aged("epoch", 1, 1, old);
+    assert!(outlet.offer(&one(&e1), &mut sent));
+    assert_eq!(wire.asked(), 0, "nothing was written before epoch 1");
+    outlet.confirm();
+    assert_eq!(wire.asked(), 1);
+    outlet.confirm();
+    assert_eq!(wire.asked(), 1, "nothing unconfirmed is left to ask about");
+    let e2 = aged("epoch", 2, 2, old);
+    assert!(outlet.offer(&one(&e2), &mut sent));
+    assert_eq!(wire.asked(), 1, "epoch 2 went without a question");
+    assert_eq!(wire.text(), sse(&e1) + &sse(&e2));
+
+    outlet.confirm();
+    assert_eq!(wire.asked(), 2);
+
+    // A peer that acknowledges nothing more: the lane's question confirms nothing, and the next
+    // write asks again and holds the epoch back.
+    wire.acks.store(false, Ordering::Relaxed);
+    let e3 = aged("epoch", 3, 3, old);
+    assert!(outlet.offer(&one(&e3), &mut sent));
+    assert_eq!(wire.asked(), 2, "everything before epoch 3 was confirmed");
+    outlet.confirm();
+    assert_eq!(wire.asked(), 3);
+    let e4 = aged("epoch", 4, 4, Duration::ZERO);
+    assert!(outlet.offer(&one(&e4), &mut sent));
+    assert_eq!(wire.asked(), 4);
+    assert!(outlet.held());
+    assert_eq!(wire.text(), sse(&e1) + &sse(&e2) + &sse(&e3));
 }
 
 #[test]
