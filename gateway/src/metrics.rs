@@ -115,7 +115,7 @@ const GAUGES: [(&str, &str); 9] = [
     ),
     (
         "rate_limit_tracked_ips",
-        "Client IPs with a partly drained token bucket",
+        "Cells of the per-client limits' table with a partly drained bucket (each client address has two)",
     ),
     (
         "live_streams",
