@@ -17,8 +17,6 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -138,152 +136,6 @@ impl<K: Hash + Eq> RateLimiter<K> {
     }
 }
 
-/// The per-client limits (one token per request, one per tap) without a lock: a fixed table of
-/// cells, each the two buckets' state as GCRA "theoretical arrival times" (nanoseconds since the
-/// table's start; a time in the past is a full bucket) in atomics, updated by compare-and-swap.
-/// A client is keyed by a keyed hash to two cells, as in a count-min sketch: its state is the
-/// less drained of the two, a take raises both (never lowers one another client raised), so a
-/// client is refused for another's load only when both its cells are shared with clients at
-/// their limit (for a random key: (2 × such clients / `IP_CELLS`)²), and the table never grows
-/// nor needs sweeping whatever the addresses.
-pub struct ClientLimits {
-    cells: Box<[Cell]>,
-    hasher: RandomState,
-    start: Instant,
-    requests: Gcra,
-    taps: Gcra,
-}
-
-/// 2^16 cells of 16 bytes: 1 MiB.
-const IP_CELLS: usize = 1 << 16;
-
-#[derive(Default)]
-struct Cell {
-    requests: AtomicU64,
-    taps: AtomicU64,
-}
-
-#[derive(Clone, Copy)]
-struct Gcra {
-    /// Nanoseconds a token takes to refill.
-    per_token: f64,
-    /// How far ahead of now a bucket's time may run: the burst's worth of tokens.
-    tolerance: u64,
-    burst: u32,
-}
-
-impl Gcra {
-    fn new(per_s: u32, burst: u32) -> Gcra {
-        let per_token = 1e9 / f64::from(per_s.max(1));
-        Gcra {
-            per_token,
-            // A nanosecond a token of slack: rounding each token's cost may not refuse the
-            // last of a burst taken one by one.
-            tolerance: (f64::from(burst) * per_token).round() as u64 + u64::from(burst),
-            burst,
-        }
-    }
-
-    fn cost(&self, n: u32) -> u64 {
-        (f64::from(n) * self.per_token).round() as u64
-    }
-}
-
-impl ClientLimits {
-    pub fn new(requests_per_s: u32, burst_requests: u32, taps_per_s: u32, burst_taps: u32) -> Self {
-        ClientLimits {
-            cells: (0..IP_CELLS).map(|_| Cell::default()).collect(),
-            hasher: RandomState::new(),
-            start: Instant::now(),
-            requests: Gcra::new(requests_per_s, burst_requests),
-            taps: Gcra::new(taps_per_s, burst_taps),
-        }
-    }
-
-    fn cells(&self, key: &IpAddr) -> [&Cell; 2] {
-        let h = self.hasher.hash_one(key);
-        let first = (h as usize) % IP_CELLS;
-        let mut second = ((h >> 32) as usize) % IP_CELLS;
-        if second == first {
-            second = (first + 1) % IP_CELLS;
-        }
-        [&self.cells[first], &self.cells[second]]
-    }
-
-    fn nanos(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.start).as_nanos() as u64
-    }
-
-    /// Takes one request's token from `key`, or says how long until it would be there.
-    pub fn take_request(&self, key: &IpAddr, now: Instant) -> Result<(), Duration> {
-        let now = self.nanos(now);
-        let [a, b] = self.cells(key);
-        take(&self.requests, [&a.requests, &b.requests], 1, now)
-    }
-
-    /// Takes `n` taps' tokens from `key`, or says how long until they would be there.
-    pub fn take_taps(&self, key: &IpAddr, n: u32, now: Instant) -> Result<(), Duration> {
-        let now = self.nanos(now);
-        let [a, b] = self.cells(key);
-        take(&self.taps, [&a.taps, &b.taps], n, now)
-    }
-
-    /// Returns `n` taps' tokens taken for a request refused after all.
-    pub fn give_back_taps(&self, key: &IpAddr, n: u32) {
-        let cost = self.taps.cost(n);
-        for cell in self.cells(key) {
-            let _ = cell
-                .taps
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                    Some(t.saturating_sub(cost))
-                });
-        }
-    }
-
-    /// The taps' bucket size: more than this in one request can never pass.
-    pub fn burst_taps(&self) -> u32 {
-        self.taps.burst
-    }
-
-    /// Cells with a partly drained bucket (for `/metrics`; a client has two).
-    pub fn tracked(&self) -> usize {
-        let now = self.nanos(Instant::now());
-        self.cells
-            .iter()
-            .filter(|c| {
-                c.requests.load(Ordering::Relaxed) > now || c.taps.load(Ordering::Relaxed) > now
-            })
-            .count()
-    }
-}
-
-/// GCRA over a key's two cells: the key's time is the earlier of theirs (at least `now`); a
-/// take moves it `n` tokens later if that stays within the tolerance. The earlier cell is
-/// swapped from what was read, so two takes of one key cannot both pass on the same state; the
-/// other is only raised to the new time.
-fn take(gcra: &Gcra, cells: [&AtomicU64; 2], n: u32, now: u64) -> Result<(), Duration> {
-    let cost = gcra.cost(n);
-    loop {
-        let seen = [
-            cells[0].load(Ordering::Relaxed),
-            cells[1].load(Ordering::Relaxed),
-        ];
-        let lower = usize::from(seen[1] < seen[0]);
-        let at = seen[lower].max(now) + cost;
-        let ahead = at - now;
-        if ahead > gcra.tolerance {
-            return Err(Duration::from_nanos(ahead - gcra.tolerance));
-        }
-        if cells[lower]
-            .compare_exchange(seen[lower], at, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            cells[1 - lower].fetch_max(at, Ordering::Relaxed);
-            return Ok(());
-        }
-    }
-}
-
 /// Retry-After in whole seconds, at least 1 (the header has no fractions).
 pub fn retry_after_s(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))
@@ -355,35 +207,6 @@ mod tests {
             "{}",
             limiter.tracked()
         );
-    }
-
-    #[test]
-    fn client_limits_burst_refill_and_give_back() {
-        let limits = ClientLimits::new(1, 2, 7, 7);
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let t0 = Instant::now();
-        assert_eq!(limits.take_request(&a, t0), Ok(()));
-        assert_eq!(limits.take_request(&a, t0), Ok(()));
-        // A second to wait, less the burst's two nanoseconds of slack.
-        assert_eq!(
-            limits.take_request(&a, t0),
-            Err(Duration::from_nanos(999_999_998))
-        );
-        assert_eq!(limits.take_request(&b, t0), Ok(()));
-        assert_eq!(limits.take_request(&a, t0 + Duration::from_secs(1)), Ok(()));
-        // Seven taps one by one (a cost of 1/7 s each, rounded): the burst whole, then no more.
-        for _ in 0..7 {
-            assert_eq!(limits.take_taps(&a, 1, t0), Ok(()));
-        }
-        assert!(limits.take_taps(&a, 1, t0).is_err());
-        limits.give_back_taps(&a, 3);
-        assert_eq!(limits.take_taps(&a, 3, t0), Ok(()));
-        assert!(limits.take_taps(&a, 1, t0).is_err());
-        // Never above the burst, however long the wait.
-        let later = t0 + Duration::from_secs(3600);
-        assert_eq!(limits.take_taps(&b, 7, later), Ok(()));
-        assert!(limits.take_taps(&b, 1, later).is_err());
-        assert_eq!(limits.burst_taps(), 7);
     }
 
     #[test]

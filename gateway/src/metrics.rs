@@ -115,7 +115,7 @@ const GAUGES: [(&str, &str); 9] = [
     ),
     (
         "rate_limit_tracked_ips",
-        "Cells of the per-client limits' table with a partly drained bucket (each client address has two)",
+        "Client IPs with a partly drained token bucket",
     ),
     (
         "live_streams",

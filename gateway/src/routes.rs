@@ -7,7 +7,7 @@ use crate::batcher::BatcherHandle;
 use crate::batcher::Reservation;
 use crate::client::{client_key, TrustedProxies};
 use crate::error::Rejection;
-use crate::limits::{retry_after_s, ClientLimits, RateLimiter};
+use crate::limits::{retry_after_s, RateLimiter};
 use crate::listener::ClientAddr;
 use crate::metrics::{Gauges, Metrics};
 use crate::parse::{self, BodyFormat, Rules, Tap};
@@ -131,8 +131,8 @@ struct Inner {
     /// a bucket only by a collision no client can aim for (the key is random per process).
     users: RateLimiter<u64>,
     user_hasher: std::hash::RandomState,
-    /// Requests and taps per client address, without a lock.
-    clients: ClientLimits,
+    ips: RateLimiter<IpAddr>,
+    ip_taps: RateLimiter<IpAddr>,
     streams: LiveStreams,
     /// The platform's user tokens, when `[auth]` is on.
     user_tokens: Option<UserTokens>,
@@ -163,12 +163,8 @@ impl AppState {
             rules: Rules::new(&g.emoji_allow_list)?,
             users: RateLimiter::new(g.user_taps_per_s, g.user_burst_taps),
             user_hasher: std::hash::RandomState::new(),
-            clients: ClientLimits::new(
-                g.ip_requests_per_s,
-                g.ip_burst_requests,
-                g.ip_taps_per_s,
-                g.ip_burst_taps,
-            ),
+            ips: RateLimiter::new(g.ip_requests_per_s, g.ip_burst_requests),
+            ip_taps: RateLimiter::new(g.ip_taps_per_s, g.ip_burst_taps),
             streams: LiveStreams::new(
                 g.max_live_streams,
                 Duration::from_secs(g.stream_idle_s),
@@ -227,8 +223,8 @@ impl AppState {
     fn admit_ip(&self, ip: Option<IpAddr>) -> Result<(), GatewayError> {
         let Some(ip) = ip else { return Ok(()) };
         self.0
-            .clients
-            .take_request(&ip, Instant::now())
+            .ips
+            .take(&ip, 1, Instant::now())
             .map_err(|wait| GatewayError::RateLimited {
                 field: None,
                 retry_after_s: retry_after_s(wait),
@@ -302,14 +298,14 @@ impl AppState {
                 }
             }
         }
-        let clients = &self.0.clients;
+        let ip_taps = &self.0.ip_taps;
         let n = u32::try_from(taps.len()).unwrap_or(u32::MAX);
-        if n > clients.burst_taps() {
+        if n > ip_taps.burst() {
             return Err(GatewayError::invalid(
                 "items",
                 format!(
                     "more taps in one request than ip_burst_taps ({})",
-                    clients.burst_taps()
+                    ip_taps.burst()
                 ),
             ));
         }
@@ -328,8 +324,8 @@ impl AppState {
         // One token per request bounds the requests of an address, one per tap its taps: one
         // request may carry tens of thousands.
         if let Some(ip) = client {
-            clients
-                .take_taps(&ip, n, now)
+            ip_taps
+                .take(&ip, n, now)
                 .map_err(|wait| GatewayError::RateLimited {
                     field: None,
                     retry_after_s: retry_after_s(wait),
@@ -337,7 +333,7 @@ impl AppState {
         }
         let give_back = |taken: &[Tap<'_>]| {
             if let Some(ip) = client {
-                clients.give_back_taps(&ip, n);
+                ip_taps.give_back(&ip, n);
             }
             for tap in taken {
                 users.give_back(&self.user_key(&tap.user_id), 1);
@@ -851,7 +847,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         open_connections: s.open_connections.load(Ordering::Relaxed),
         broker_reachable: s.batcher.broker_reachable(),
         tracked_users: s.users.tracked(),
-        tracked_ips: s.clients.tracked(),
+        tracked_ips: s.ips.tracked(),
         live_streams: s.streams.open(),
     };
     (
