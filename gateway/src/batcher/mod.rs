@@ -322,15 +322,11 @@ impl Batcher {
             health,
             metrics,
         };
-        // Outside tokio's cooperative budget, which would make it yield after 128 submissions to
-        // every connection task of its runtime (one thread of each core's, `Listeners`): the
-        // one consumer of every connection's submissions would fall behind and the queue fill
-        // (503s in fire-and-forget mode). Each wake-up it empties the queue, which is bounded.
-        let task = tokio::spawn(tokio::task::unconstrained(packer.run(
+        let task = tokio::spawn(packer.run(
             rx,
             Duration::from_millis(config.gateway.flush_ms),
             config.epochs.window_ms,
-        )));
+        ));
         Ok((Batcher { task, probe }, handle))
     }
 
