@@ -46,7 +46,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 /// Serves the gateway on `listener` until `shutdown` resolves: then it stops accepting, lets
@@ -57,62 +57,19 @@ use tower::ServiceExt;
 /// and its supervisor restarts it.
 pub async fn run(
     config: Config,
-    listeners: impl Into<Listeners>,
+    listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::default());
     let (batcher, handle) =
         Batcher::start(&config, Arc::clone(&metrics)).map_err(StartError::Producer)?;
-    serve(config, listeners, shutdown, (batcher, handle), metrics).await
-}
-
-/// The sockets the gateway accepts on. The first is served on the caller's runtime (with the
-/// batcher); each other one on a single-threaded runtime of its own thread, so with one
-/// listener per core a connection lives on one thread, from accept to answer, with no work
-/// stealing between them.
-pub struct Listeners(Vec<TcpListener>);
-
-impl From<TcpListener> for Listeners {
-    fn from(listener: TcpListener) -> Self {
-        Listeners(vec![listener])
-    }
-}
-
-impl Listeners {
-    /// `n` listeners (at least one) on `addr`, one port shared through `SO_REUSEPORT`: the
-    /// kernel spreads new connections across them by their addresses' hash. (Another process of
-    /// the same user could join the port the same way.)
-    pub async fn bind(addr: &str, n: usize) -> std::io::Result<Listeners> {
-        let mut addr = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
-        })?;
-        let mut listeners = Vec::new();
-        for _ in 0..n.max(1) {
-            let socket = match addr {
-                std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-                std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-            };
-            socket.set_reuseaddr(true)?;
-            socket.set_reuseport(true)?;
-            socket.bind(addr)?;
-            let listener = socket.listen(1024)?;
-            // Port 0: the others join the port the first was given.
-            addr = listener.local_addr()?;
-            listeners.push(listener);
-        }
-        Ok(Listeners(listeners))
-    }
-
-    /// Where the first listener (and every other) listens.
-    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.0[0].local_addr()
-    }
+    serve(config, listener, shutdown, (batcher, handle), metrics).await
 }
 
 /// [`run`] with a batcher already started (a test keeps a handle to it).
 pub async fn serve(
     config: Config,
-    listeners: impl Into<Listeners>,
+    listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     (batcher, handle): (Batcher, BatcherHandle),
     metrics: Arc<Metrics>,
@@ -165,65 +122,17 @@ pub async fn serve(
         state.trusted_proxies(),
         Duration::from_millis(g.write_timeout_ms),
     );
-    let router = app(state);
-    let header_read_timeout = Duration::from_millis(g.header_read_timeout_ms);
-    // The rest of the drain is for the records sent meanwhile, which the producer answers
-    // within its delivery timeout.
-    let drain = Duration::from_millis(g.drain_timeout_ms.saturating_sub(g.delivery_timeout_ms));
-    let (stopping, stopped) = watch::channel(false);
-    let mut listeners = listeners.into().0.into_iter();
-    let first = listeners
-        .next()
-        .expect("Listeners holds at least one listener");
-    let mut others = Vec::new();
-    for listener in listeners {
-        let listener = listener.into_std()?;
-        let (router, caps, mut stopped) = (router.clone(), caps.clone(), stopped.clone());
-        let (done, finished) = oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        std::thread::Builder::new()
-            .name("gateway-connections".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            serve_connections(
-                                CappedListener::new(listener, caps),
-                                router,
-                                header_read_timeout,
-                                drain,
-                                async move {
-                                    let _ = stopped.wait_for(|&s| s).await;
-                                },
-                            )
-                            .await
-                        }
-                        Err(e) => tracing::error!(error = %e, "a listener could not be served"),
-                    }
-                });
-                // Dropping the runtime ends the connections the drain closed.
-                drop(runtime);
-                let _ = done.send(());
-            })?;
-        others.push(finished);
-    }
+    let listener = CappedListener::new(listener, caps);
     serve_connections(
-        CappedListener::new(first, caps),
-        router,
-        header_read_timeout,
-        drain,
-        async move {
-            stop.await;
-            let _ = stopping.send(true);
-        },
+        listener,
+        app(state),
+        Duration::from_millis(g.header_read_timeout_ms),
+        // The rest of the drain is for the records sent meanwhile, which the producer answers
+        // within its delivery timeout.
+        Duration::from_millis(g.drain_timeout_ms.saturating_sub(g.delivery_timeout_ms)),
+        stop,
     )
     .await;
-    // A thread that ended (or panicked) has dropped its sender: either way it serves no more.
-    for finished in others {
-        let _ = finished.await;
-    }
     // Every handler has returned, so every sender clone is gone: the batcher drains and stops.
     batcher.finish().await;
     match health.fatal() {

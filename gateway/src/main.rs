@@ -16,9 +16,8 @@ struct Cli {
     config: ConfigArg,
 }
 
-/// One runtime per core, each single-threaded with a listener of its own on the shared port
-/// (`SO_REUSEPORT`); this thread's also runs the batcher and the signal handling.
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -26,15 +25,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let config = cli.config.load()?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let listeners = emostream_gateway::Listeners::bind(&config.gateway.listen, cores).await?;
-        tracing::info!(addr = %listeners.local_addr()?, runtimes = cores, "gateway listening");
-        emostream_gateway::run(config, listeners, shutdown_signal()).await?;
-        tracing::info!("gateway stopped: every acknowledged emoji is in Kafka");
-        Ok(())
-    })
+    let listener = tokio::net::TcpListener::bind(&config.gateway.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    emostream_gateway::run(config, listener, shutdown_signal()).await?;
+    tracing::info!("gateway stopped: every acknowledged emoji is in Kafka");
+    Ok(())
 }
