@@ -41,7 +41,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use listener::CappedListener;
+use listener::{CappedListener, Caps};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,13 +115,14 @@ pub async fn serve(
     };
     let state = AppState::new(&config, handle, metrics)?;
     let g = &config.gateway;
-    let listener = CappedListener::new(
-        listener,
+    let caps = Caps::new(
         state.connections(),
+        state.open_connections(),
         g.max_connections_per_ip,
         state.trusted_proxies(),
         Duration::from_millis(g.write_timeout_ms),
     );
+    let listener = CappedListener::new(listener, caps);
     serve_connections(
         listener,
         app(state),

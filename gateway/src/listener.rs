@@ -13,6 +13,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,9 +29,12 @@ const PER_IP_REFUSAL: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
 content-type: application/json\r\ncontent-length: 55\r\nretry-after: 1\r\nconnection: close\r\n\r\n\
 {\"error\":\"too many open connections from this address\"}";
 
-pub struct CappedListener {
-    inner: TcpListener,
+/// The caps every listener of the process shares: the connection permits and the per-IP
+/// counts (a client's connections count against one cap whichever listener took them).
+#[derive(Clone)]
+pub struct Caps {
     permits: Arc<Semaphore>,
+    open: Arc<AtomicUsize>,
     per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     max_per_ip: usize,
     /// A load balancer's connections are its clients', not its own: no per-IP cap.
@@ -38,39 +42,51 @@ pub struct CappedListener {
     write_timeout: Duration,
 }
 
-impl CappedListener {
+impl Caps {
     pub fn new(
-        inner: TcpListener,
         permits: Arc<Semaphore>,
+        open: Arc<AtomicUsize>,
         max_per_ip: usize,
         trusted: Arc<TrustedProxies>,
         write_timeout: Duration,
     ) -> Self {
-        CappedListener {
-            inner,
+        Caps {
             permits,
+            open,
             per_ip: Arc::default(),
             max_per_ip,
             trusted,
             write_timeout,
         }
     }
+}
+
+pub struct CappedListener {
+    inner: TcpListener,
+    caps: Caps,
+}
+
+impl CappedListener {
+    pub fn new(inner: TcpListener, caps: Caps) -> Self {
+        CappedListener { inner, caps }
+    }
 
     pub async fn accept(&mut self) -> (CappedStream, SocketAddr) {
+        let caps = &self.caps;
         loop {
-            let permit = Arc::clone(&self.permits)
+            let permit = Arc::clone(&caps.permits)
                 .acquire_owned()
                 .await
                 .expect("the connection semaphore is never closed");
             // TcpListener's own accept logs and retries errors such as EMFILE.
             let (stream, addr) = Listener::accept(&mut self.inner).await;
-            let slot = if self.trusted.contains(addr.ip()) {
+            let slot = if caps.trusted.contains(addr.ip()) {
                 None
             } else {
                 let ip = client_key(addr.ip());
-                let mut per_ip = self.per_ip.lock().expect("never poisoned");
+                let mut per_ip = caps.per_ip.lock().expect("never poisoned");
                 let open = per_ip.entry(ip).or_default();
-                if *open >= self.max_per_ip {
+                if *open >= caps.max_per_ip {
                     drop(per_ip);
                     let _ = stream.try_write(PER_IP_REFUSAL);
                     continue;
@@ -78,17 +94,21 @@ impl CappedListener {
                 *open += 1;
                 Some(IpSlot {
                     ip,
-                    per_ip: Arc::clone(&self.per_ip),
+                    per_ip: Arc::clone(&caps.per_ip),
                 })
             };
             // Answers are small and written whole; Nagle would only delay them.
             let _ = stream.set_nodelay(true);
+            caps.open.fetch_add(1, Ordering::Relaxed);
             let stream = CappedStream {
                 stream,
                 refusal: None,
-                write_timeout: self.write_timeout,
+                write_timeout: caps.write_timeout,
                 stalled: None,
-                _permit: permit,
+                _permit: Open {
+                    _permit: permit,
+                    open: Arc::clone(&caps.open),
+                },
                 _ip: slot,
             };
             return (stream, addr);
@@ -129,8 +149,20 @@ pub struct CappedStream {
     /// Armed when a write finds the socket buffer full, cleared by any write that goes through.
     /// Boxed: only a stalled connection pays for it.
     stalled: Option<Pin<Box<Sleep>>>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Open,
     _ip: Option<IpSlot>,
+}
+
+/// A connection's permit, counted as open until it closes.
+struct Open {
+    _permit: OwnedSemaphorePermit,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// hyper answers a request it cannot parse itself, before any route sees it, with an empty

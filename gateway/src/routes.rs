@@ -26,6 +26,7 @@ use emostream_protocol::wire::{Accepted, EmojiIn, ErrorBody, SeedAccepted, SendE
 use emostream_protocol::Config;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -139,7 +140,9 @@ struct Inner {
     request_timeout: Duration,
     body_pace: BodyPace,
     connections: Arc<Semaphore>,
-    max_connections: usize,
+    /// Connections open now, counted by the connections themselves: a listener waiting to
+    /// accept holds a permit of `connections` too.
+    open_connections: Arc<AtomicUsize>,
     /// `GET /`: links to the viewer page on each subscriber of the configured topology.
     home: String,
     /// The origins a browser may post taps from.
@@ -176,7 +179,7 @@ impl AppState {
                 min_bytes_per_s: g.min_body_bytes_per_s,
             },
             connections: Arc::new(Semaphore::new(g.max_connections)),
-            max_connections: g.max_connections,
+            open_connections: Arc::default(),
             home: home_page(config),
             cors_origins: cors_origins(config)?,
         })))
@@ -190,6 +193,11 @@ impl AppState {
     /// The connection cap's permits, for the listener.
     pub fn connections(&self) -> Arc<Semaphore> {
         Arc::clone(&self.0.connections)
+    }
+
+    /// The count of open connections, for the listeners to keep.
+    pub fn open_connections(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.0.open_connections)
     }
 
     /// The user the request's token names, when `[auth]` is on (`None` when it is off).
@@ -836,7 +844,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         in_flight_bytes,
         in_flight_budget,
         in_flight_clients: s.batcher.budget_clients(),
-        open_connections: s.max_connections - s.connections.available_permits(),
+        open_connections: s.open_connections.load(Ordering::Relaxed),
         broker_reachable: s.batcher.broker_reachable(),
         tracked_users: s.users.tracked(),
         tracked_ips: s.ips.tracked(),

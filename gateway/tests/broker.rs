@@ -1087,6 +1087,25 @@ async fn a_client_ip_past_its_connection_cap_is_answered_429_and_closed() {
          content-length: 55\r\nretry-after: 1\r\nconnection: close\r\n\r\n\
          {\"error\":\"too many open connections from this address\"}"
     );
+    // The three open ones (the fourth was refused after them) and the one asking, from another
+    // address: not the permit the listener holds while it waits for the next.
+    let metrics = http::request_on(
+        connect_from("127.0.0.2", &gw.addr).await,
+        &gw.addr,
+        "GET",
+        "/metrics",
+        None,
+        b"",
+    )
+    .await
+    .unwrap()
+    .body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "emostream_gateway_open_connections 4"),
+        "{metrics}"
+    );
     // Once one closes, the address may connect again.
     drop(open.pop());
     let r = wait_for(

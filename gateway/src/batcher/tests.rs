@@ -497,25 +497,29 @@ async fn the_largest_request_joining_a_full_open_batch_fails_no_other_request() 
     use emostream_testkit::wait_until;
     use std::process::Command;
     use std::time::Duration;
-    const DAY_MS: u64 = 86_400_000;
+    const HOUR_MS: u64 = 3_600_000;
     let dir = Scratch::new("batcher-record-cap");
-    // One partition; a day-long epoch and a minute's flush tick, so that neither an epoch
-    // boundary nor the tick splits the batch the test builds.
+    // One partition; an epoch of a day or more with at least an hour left (a day-long one has
+    // none between 23:00 and 24:00 UTC, and waiting for the next would hold the test for up to
+    // an hour), and a minute's flush tick, so that neither an epoch boundary nor the tick
+    // splits the batch the test builds.
+    let now = emostream_testkit::clock::now_ms();
+    let window_ms = (24..)
+        .map(|hours| hours * HOUR_MS)
+        .find(|window| now % window < window - HOUR_MS)
+        .expect("some window of a day or more has an hour left");
     let (broker, config) = Broker::start(dir.path(), |address| {
         minimal_config_with(
             address,
-            "events_partitions = 1\n[epochs]\nwindow_ms = 86400000\nallowed_lateness_ms = 60250",
+            &format!(
+                "events_partitions = 1\n[epochs]\nwindow_ms = {window_ms}\n\
+                 allowed_lateness_ms = 60250"
+            ),
             "flush_ms = 60000\nflush_max_events = 1000000\ndelivery_timeout_ms = 60000\n\
              drain_timeout_ms = 70000",
         )
     });
     let (_batcher, handle) = Batcher::start(&config, Arc::new(Metrics::default())).unwrap();
-    wait_until(
-        "the day's epoch to have an hour left",
-        Duration::from_secs(3600),
-        || async { emostream_testkit::clock::now_ms() % DAY_MS < DAY_MS - 3_600_000 },
-    )
-    .await;
     let tap = |user: String| Tap {
         user_id: Cow::Owned(user),
         emoji: "🔥",
