@@ -357,7 +357,10 @@ pub fn kafka_source<'scope>(
             Arc::clone(consumer),
             topic.clone(),
             ids,
-            settings.allowed_lateness_ms,
+            ProbeTimes {
+                window_ms: settings.window_ms,
+                lateness_ms: settings.allowed_lateness_ms,
+            },
             Arc::clone(&stop),
             Arc::clone(&wake),
         )
@@ -507,6 +510,27 @@ fn fetch_position(
     }
 }
 
+/// When the end probe asks: every [`END_PROBE_EVERY`], and also at the very moment an epoch may
+/// close (its end plus the allowed lateness). An idle partition's floor follows the request
+/// time of an answer that found it read to the end, so a request sent then closes the epoch one
+/// round trip later, instead of up to a whole interval later.
+#[derive(Debug, Clone, Copy)]
+struct ProbeTimes {
+    window_ms: u64,
+    lateness_ms: u64,
+}
+
+impl ProbeTimes {
+    /// When to ask next, after asking at about `now_ms`.
+    fn next_ask_ms(&self, now_ms: u64) -> u64 {
+        let regular = now_ms + END_PROBE_EVERY.as_millis() as u64;
+        let closable_from = now_ms.saturating_sub(self.lateness_ms);
+        let next_close =
+            (epoch_of(closable_from, self.window_ms) + 1) * self.window_ms + self.lateness_ms;
+        regular.min(next_close).max(now_ms + 1)
+    }
+}
+
 /// Asks the broker, from a thread of its own (never the worker's), for the high watermarks of
 /// the worker's partitions every `END_PROBE_EVERY`, and keeps the newest answer with the moment
 /// its request was sent: the clock the idle rule may follow (see watermark.rs). A request the
@@ -534,13 +558,13 @@ impl EndProbe {
         }
     }
 
-    /// An answer that takes longer than `slow_ms` counts as an outage, as a failed request does:
-    /// the broker stalled, and gateways' producers may have been retrying meanwhile.
+    /// An answer that takes longer than the allowed lateness counts as an outage, as a failed
+    /// request does: the broker stalled, and gateways' producers may have been retrying meanwhile.
     fn spawn(
         consumer: Arc<BaseConsumer<SourceContext>>,
         topic: String,
         partitions: Vec<i32>,
-        slow_ms: u64,
+        times: ProbeTimes,
         stop: Arc<AtomicBool>,
         wake: Arc<OnceLock<SyncActivator>>,
     ) -> Arc<EndProbe> {
@@ -565,7 +589,7 @@ impl EndProbe {
                             }
                             // Flagged before the answer is published, so that the answer cannot
                             // lift a floor first. (A failure was flagged when it happened.)
-                            if !failed && now_ms().saturating_sub(asked_ms) > slow_ms {
+                            if !failed && now_ms().saturating_sub(asked_ms) > times.lateness_ms {
                                 probe.outage(last_answer_ms);
                             }
                             probe.publish(&highs, asked_ms);
@@ -594,7 +618,8 @@ impl EndProbe {
                         warned = true;
                     }
                     drop(probe);
-                    std::thread::sleep(END_PROBE_EVERY);
+                    let now = now_ms();
+                    std::thread::sleep(Duration::from_millis(times.next_ask_ms(now) - now));
                 }
             })
             .expect("a thread for the end probe");
@@ -813,6 +838,20 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_end_probe_also_asks_the_moment_an_epoch_may_close() {
+        let times = ProbeTimes {
+            window_ms: 2_000,
+            lateness_ms: 250,
+        };
+        // Epoch 5 ends at 12,000 and may close from 12,250.
+        assert_eq!(times.next_ask_ms(12_000), 12_025);
+        assert_eq!(times.next_ask_ms(12_230), 12_250);
+        assert_eq!(times.next_ask_ms(12_249), 12_250);
+        assert_eq!(times.next_ask_ms(12_250), 12_275);
+        assert_eq!(times.next_ask_ms(14_240), 14_250);
+    }
 
     fn line(stream: &str, emoji: &str, recv_ms: u64) -> String {
         format!("{{\"stream\":\"{stream}\",\"user_id\":\"u\",\"emoji\":\"{emoji}\",\"recv_ms\":{recv_ms}}}\n")

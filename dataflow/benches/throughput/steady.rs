@@ -160,7 +160,8 @@ impl Bench {
         );
         println!(
             "  (includes the consume hop: broker fetch + this bench's consumer; the design floor \
-             is allowed lateness + the end probe's interval and round trip, {} + 25 ms and more)",
+             is allowed lateness + the end probe's round trip (it asks as the epoch may close), \
+             {} ms and more)",
             lateness
         );
     }
