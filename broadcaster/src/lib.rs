@@ -45,7 +45,7 @@ pub use hub::Retention;
 pub use roles::cluster::cluster_publisher;
 pub use roles::main::main_publisher;
 pub use roles::subscriber::subscriber;
-pub use roles::{run, Role, Settings};
+pub use roles::{allocate_to_give_back, run, Role, Settings};
 pub use sources::synthetic::Synthetic;
 pub use viewers::outlet::ViewerLimits;
 

@@ -33,6 +33,9 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
+    if matches!(cli.role, Role::Main { .. }) {
+        emostream_broadcaster::allocate_to_give_back();
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     // A subscriber's threads are its fan-out lanes (`subscriber_threads`, default one per core).
     let threads = config.broadcaster.subscriber_threads;

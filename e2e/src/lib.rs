@@ -331,6 +331,27 @@ impl System {
             .collect()
     }
 
+    /// Each running process's anonymous resident memory (`RssAnon`) in KiB, by name: its heap,
+    /// stacks and the allocator's arenas, without the pages of its binary and libraries mapped
+    /// from disk (`RssFile`), which grow as code runs for the first time and which the kernel
+    /// may drop, not the process give back.
+    pub fn anonymous_kib(&self) -> Vec<(String, u64)> {
+        (self.pids().into_iter())
+            .filter_map(|(name, pid)| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                let kib = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("RssAnon:"))?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some((name, kib))
+            })
+            .collect()
+    }
+
     /// SIGTERM to every process (the broadcaster side first), then waits up to 15 s for each;
     /// returns how each ended (`None`: it had to be killed). The broker keeps running.
     pub fn stop(&mut self) -> Vec<(String, Option<ExitStatus>)> {

@@ -90,17 +90,24 @@ pub fn worth_trimming(peak: i64, held: i64) -> bool {
 /// Starts the thread that hands the memory of forgotten streams back to the system: every
 /// [`TRIM_CHECK`] it reads `trend_updates_held`, and when [`worth_trimming`] says so, calls
 /// `malloc_trim(0)` (milliseconds, on this thread: the workers only wait for an arena lock
-/// while it trims that arena). In steady state, live or idle, it never trims.
+/// while it trims that arena), and once more at the next check: the other stages (the last
+/// epochs' counts and frames, the consumer's buffers) let go of theirs around the trends stage's
+/// last forgetting, after the first trim. In steady state, live or idle, it never trims.
 pub fn trim_after_forgetting(metrics: Arc<Metrics>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("trim".into())
         .spawn(move || {
             let mut peak = 0;
+            let mut trim_next_check = false;
             loop {
                 std::thread::sleep(TRIM_CHECK);
                 let held = metrics.trend_updates_held();
                 peak = peak.max(held);
+                if std::mem::take(&mut trim_next_check) {
+                    trim();
+                }
                 if worth_trimming(peak, held) {
+                    trim_next_check = true;
                     let before = resident_kib();
                     trim();
                     tracing::info!(

@@ -117,6 +117,7 @@ async fn run(args: Args) -> ExitCode {
     system.topology_complete(Duration::from_secs(60)).await;
     let work = Scratch::new("bench-platform");
     let baseline = system.resident_kib();
+    let baseline_anon = system.anonymous_kib();
 
     // Viewers: the one-per-stream ones and the crowd, in swarms under the descriptor limit.
     let per_swarm = descriptor_hard_limit().saturating_sub(SWARM_RESERVE).max(1);
@@ -233,6 +234,7 @@ async fn run(args: Args) -> ExitCode {
     let sent_for = sent_from.elapsed();
     let cpu = cpu_use(&cpu_before, &cpu_of(&pids), sent_for);
     let live_kib = system.resident_kib();
+    let live_anon = system.anonymous_kib();
     eprintln!(
         "    {} requests in {:.1} s, {} acknowledged, refused {:?}, {} without an answer, {} skipped; waiting for the swarms",
         outcome.requests,
@@ -277,6 +279,7 @@ async fn run(args: Args) -> ExitCode {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let idle_kib = system.resident_kib();
+    let idle_anon = system.anonymous_kib();
     let gateway_live = held_streams(&system).await[0].1;
     eprintln!(
         "    {} after {:.0} s",
@@ -450,6 +453,15 @@ async fn run(args: Args) -> ExitCode {
             mib(&connected_kib, name),
             mib(&live_kib, name),
             mib(&idle_kib, name)
+        ));
+    }
+    out.push_str("\nOf which anonymous (`RssAnon`: heap, stacks, the allocators' arenas; the rest is the binaries' and libraries' pages mapped from disk, which grow as code first runs):\n\n| process | before viewers | end of taps (streams live) | after the idle time |\n|---|---|---|---|\n");
+    for (name, _) in &baseline_anon {
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} |\n",
+            mib(&baseline_anon, name),
+            mib(&live_anon, name),
+            mib(&idle_anon, name)
         ));
     }
     let exact = mismatches.is_empty()
