@@ -467,18 +467,19 @@ mod tests {
         assert_eq!(leaver.offers(), [want_football[..2].to_vec()]);
     }
 
-    #[tokio::test]
-    async fn a_lane_that_fell_behind_catches_up_from_the_rings_and_tells_only_who_lost_an_epoch() {
-        let hub = Arc::new(Hub::new(2));
-        let fanout = Fanout::start(
-            &hub,
-            1,
-            Duration::ZERO,
-            Arc::new(Metrics::new("subscriber")),
-        );
+    /// One lane without a bundle wait, and a viewer of stream "a" and one of "b" on it.
+    fn one_lane_watching_a_and_b(hub: &Arc<Hub>) -> (Fanout, Arc<Recorded>, Arc<Recorded>) {
+        let fanout = Fanout::start(hub, 1, Duration::ZERO, Arc::new(Metrics::new("subscriber")));
         let (a, b) = (Recorded::new(usize::MAX), Recorded::new(usize::MAX));
         hub.join("a", None, |_, _, _| fanout.add("a", a.clone()));
         hub.join("b", None, |_, _, _| fanout.add("b", b.clone()));
+        (fanout, a, b)
+    }
+
+    #[tokio::test]
+    async fn a_lane_that_fell_behind_catches_up_from_the_rings_and_tells_only_who_lost_an_epoch() {
+        let hub = Arc::new(Hub::new(2));
+        let (_fanout, a, b) = one_lane_watching_a_and_b(&hub);
         // Published without a yield, so the lane reads none of it before its feed overflows:
         // stream a's epochs 1 to 3 leave its ring of 2 on the way, b's only epoch stays.
         for epoch in 1..=3 {
@@ -551,15 +552,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lane_confirms_its_viewers_acknowledgements_once_after_each_pass() {
         let hub = Arc::new(Hub::new(8));
-        let fanout = Fanout::start(
-            &hub,
-            1,
-            Duration::ZERO,
-            Arc::new(Metrics::new("subscriber")),
-        );
-        let (a, b) = (Recorded::new(usize::MAX), Recorded::new(usize::MAX));
-        hub.join("a", None, |_, _, _| fanout.add("a", a.clone()));
-        hub.join("b", None, |_, _, _| fanout.add("b", b.clone()));
+        let (_fanout, a, b) = one_lane_watching_a_and_b(&hub);
         let confirmed = || [&a, &b].map(|viewer| viewer.confirmed.load(Ordering::Relaxed));
         publish(&hub, "epoch", "a", 1);
         until("the first pass", || a.got().len() == 1).await;
