@@ -13,7 +13,7 @@
 #                                                            # args; no fuzz run or version check)
 #
 # The whole run is bounded by TEST_TIMEOUT (default 50 minutes; with the caches warm a fresh
-# clone took 23–25 on 2 cores, 2026-12-07).
+# clone took 27 on 2 cores, 2026-12-08).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
