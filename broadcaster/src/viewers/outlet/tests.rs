@@ -118,6 +118,16 @@ fn budget(budget_bytes: usize) -> ViewerLimits {
     ViewerLimits::new(budget_bytes, Duration::from_secs(3600))
 }
 
+/// Limits that hold live frames back once the oldest unacknowledged one is `hold` old, with a
+/// budget and a closing time far away.
+fn held_after(hold: Duration) -> ViewerLimits {
+    ViewerLimits {
+        budget_bytes: 1 << 20,
+        hold_after: hold,
+        close_after: Duration::from_secs(3600),
+    }
+}
+
 /// `n` published frames, and an outlet on a recording wire that takes live frames after
 /// none, within `budget_bytes`.
 fn fixture(n: u64, budget_bytes: usize) -> (Vec<Frame>, Recorder, Arc<Outlet<Recorder>>) {
@@ -250,11 +260,7 @@ fn a_stalled_viewer_skips_to_the_newest_epoch_is_told_and_closed_past_its_budget
 #[test]
 fn a_viewer_whose_peer_lags_in_time_is_held_skipped_forward_told_and_then_closed() {
     let hold = Duration::from_secs(2);
-    let limits = ViewerLimits {
-        budget_bytes: 1 << 20,
-        hold_after: hold,
-        close_after: Duration::from_secs(3600),
-    };
+    let limits = held_after(hold);
     let wire = Recorder::default();
     let outlet = Outlet::new(wire.clone(), limits);
     outlet.start(0, None, Vec::new(), None);
@@ -308,11 +314,7 @@ fn a_viewer_whose_peer_lags_in_time_is_held_skipped_forward_told_and_then_closed
 #[test]
 fn what_the_lane_confirmed_between_epochs_is_not_asked_again_at_the_next_write() {
     let hold = Duration::from_secs(2);
-    let limits = ViewerLimits {
-        budget_bytes: 1 << 20,
-        hold_after: hold,
-        close_after: Duration::from_secs(3600),
-    };
+    let limits = held_after(hold);
     let old = hold + Duration::from_secs(1);
     let wire = Recorder::default();
     let outlet = Outlet::new(wire.clone(), limits);
