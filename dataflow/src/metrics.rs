@@ -28,6 +28,7 @@ pub struct Metrics {
     replay_skipped: Counter,
     unreadable: Counter,
     repeated: Counter,
+    ahead_of_clock: Counter,
     epochs_published: Counter,
     frames_bounded: Counter,
     trend_updates_held: Gauge,
@@ -61,6 +62,10 @@ impl Default for Metrics {
         let repeated = counter(
             "repeated_events",
             "Taps of a request already counted (the same Idempotency-Key), dropped",
+        );
+        let ahead_of_clock = counter(
+            "records_ahead_of_clock",
+            "Records stamped over a second after this host's clock when read (a gateway's clock ahead); they move no floor past this clock",
         );
         let epochs_published = counter(
             "epochs_published",
@@ -104,6 +109,7 @@ impl Default for Metrics {
             replay_skipped,
             unreadable,
             repeated,
+            ahead_of_clock,
             epochs_published,
             frames_bounded,
             trend_updates_held,
@@ -126,6 +132,11 @@ impl Metrics {
     /// Taps dropped as copies of a request already counted.
     pub fn repeated(&self, taps: u64) {
         self.repeated.inc_by(taps);
+    }
+
+    /// Records stamped ahead of this host's clock.
+    pub fn ahead_of_clock(&self, records: u64) {
+        self.ahead_of_clock.inc_by(records);
     }
 
     pub fn partition(&self, partition: i32, watermark_lag_ms: u64, floor: u64) {

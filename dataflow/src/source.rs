@@ -27,6 +27,9 @@ use timely::dataflow::operators::Probe;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::scheduling::SyncActivator;
 
+/// A record stamped this far ahead of this process's clock is counted in
+/// `records_ahead_of_clock`: the gateway's clock is further ahead than NTP-disciplined clocks drift.
+const CLOCK_AHEAD_NOTED_MS: u64 = 1_000;
 /// The broker may hold an empty fetch this long: a record appended to an idle partition waits
 /// at most this long in the broker.
 const FETCH_WAIT_MS: u64 = 20;
@@ -231,13 +234,20 @@ impl KafkaSource {
         self.partitions.values().map(Partition::floor).min()
     }
 
-    /// Counts the record at `offset` of `partition` (Kafka timestamp `timestamp_ms`).
+    /// Counts the record at `offset` of `partition` (Kafka timestamp `timestamp_ms`), read at
+    /// about `now_ms` by this process's clock.
+    ///
+    /// The timestamp is the gateway's clock. A record stamped later than `now_ms` moves its
+    /// partition's floor only up to `now_ms`: one gateway whose clock runs ahead would otherwise
+    /// carry the floor with it, and every other gateway's taps would be late, counted in an epoch
+    /// as far ahead as that clock. Its own taps still count in the epochs it gave them.
     fn record(
         &mut self,
         partition: i32,
         offset: i64,
         timestamp_ms: u64,
         payload: Option<&[u8]>,
+        now_ms: u64,
     ) -> Tally {
         let Some(p) = self.partitions.get_mut(&partition) else {
             return Tally::default();
@@ -259,7 +269,11 @@ impl KafkaSource {
             ),
             None => Tally::default(),
         };
-        p.end_record(offset, timestamp_ms);
+        let mut tally = tally;
+        if timestamp_ms > now_ms + CLOCK_AHEAD_NOTED_MS {
+            tally.ahead += 1;
+        }
+        p.end_record(offset, timestamp_ms.min(now_ms));
         self.late_total += tally.late;
         self.skipped_total += tally.skipped;
         tally
@@ -385,6 +399,7 @@ pub fn kafka_source<'scope>(
         let (mut capability, mut reading_cap) = (capability, reading_cap);
         let mut consumer = consumer;
         let mut last_commit = Instant::now();
+        let mut warned_ahead = false;
 
         move |_frontiers| {
             let Some(cap) = capability.as_mut() else {
@@ -432,13 +447,14 @@ pub fn kafka_source<'scope>(
             let (mut records, mut tallied) = (0u64, Tally::default());
             if let (Some(consumer), false) = (consumer.as_ref(), held_back) {
                 let started = Instant::now();
+                let now = now_ms();
                 loop {
                     match consumer.poll(Duration::ZERO) {
                         None => break,
                         Some(Ok(msg)) => {
                             let ts = msg.timestamp().to_millis().unwrap_or(0).max(0) as u64;
-                            let tally =
-                                source.record(msg.partition(), msg.offset(), ts, msg.payload());
+                            let (partition, offset) = (msg.partition(), msg.offset());
+                            let tally = source.record(partition, offset, ts, msg.payload(), now);
                             tallied.add(&tally);
                             records += 1;
                         }
@@ -461,6 +477,16 @@ pub fn kafka_source<'scope>(
                 tallied.unreadable,
             );
             metrics.repeated(tallied.repeated);
+            metrics.ahead_of_clock(tallied.ahead);
+            if tallied.ahead > 0 && !warned_ahead {
+                warned_ahead = true;
+                tracing::warn!(
+                    records = tallied.ahead,
+                    "records stamped more than {CLOCK_AHEAD_NOTED_MS} ms ahead of this host's clock: \
+                     a gateway's clock is ahead (check its NTP); they move no floor past this clock \
+                     (metric records_ahead_of_clock counts them)"
+                );
+            }
 
             let step = source.step(now_ms(), ends.as_deref(), &metrics);
             let mut output = output.activate();
@@ -529,6 +555,19 @@ impl ProbeTimes {
             (epoch_of(closable_from, self.window_ms) + 1) * self.window_ms + self.lateness_ms;
         regular.min(next_close).max(now_ms + 1)
     }
+}
+
+/// The high watermarks of an end probe's answer, as (partition, offset), or `None` when the
+/// broker failed any of the partitions: a partition whose leader is away is an outage of that
+/// partition (the gateways' producers retry its records and land them once it is back, up to
+/// their delivery timeout later), so it holds the floors as a failed request does.
+fn high_watermarks(answer: impl Iterator<Item = (i32, Offset, bool)>) -> Option<Vec<(i32, i64)>> {
+    answer
+        .map(|(partition, offset, ok)| match (offset, ok) {
+            (Offset::Offset(high), true) => Some((partition, high)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Asks the broker, from a thread of its own (never the worker's), for the high watermarks of
@@ -627,7 +666,7 @@ impl EndProbe {
     }
 
     /// One ListOffsets request for every partition at once: (partition, high watermark) of each
-    /// the broker answered for, or `None` when it did not answer.
+    /// partition, or `None` when the broker did not answer for every one of them.
     fn ask(&self, consumer: &BaseConsumer<SourceContext>, topic: &str) -> Option<Vec<(i32, i64)>> {
         let mut latest = TopicPartitionList::new();
         for (p, _, _) in &self.reports {
@@ -644,16 +683,16 @@ impl EndProbe {
                 return None;
             }
         };
-        Some(
-            answer
-                .elements()
+        let elements = answer.elements();
+        let highs = high_watermarks(
+            elements
                 .iter()
-                .filter_map(|e| match (e.offset(), e.error()) {
-                    (Offset::Offset(high), Ok(())) => Some((e.partition(), high)),
-                    _ => None,
-                })
-                .collect(),
-        )
+                .map(|e| (e.partition(), e.offset(), e.error().is_ok())),
+        );
+        if highs.is_none() {
+            tracing::debug!(?answer, "end probe: the broker failed a partition");
+        }
+        highs
     }
 
     /// Makes an answer to the request sent at `asked_ms` visible to the source.
@@ -729,6 +768,8 @@ struct Tally {
     unreadable: u64,
     /// Another copy of a request already counted (dedupe.rs).
     repeated: u64,
+    /// Records stamped well ahead of this process's clock (a gateway's clock ahead).
+    ahead: u64,
 }
 
 impl Tally {
@@ -738,6 +779,7 @@ impl Tally {
         self.skipped += other.skipped;
         self.unreadable += other.unreadable;
         self.repeated += other.repeated;
+        self.ahead += other.ahead;
     }
 }
 
@@ -907,6 +949,7 @@ mod tests {
                 skipped: 0,
                 unreadable: 0,
                 repeated: 0,
+                ahead: 0,
             }
         );
         assert_eq!(
@@ -934,9 +977,9 @@ mod tests {
         );
         let ends = EndProbe::new(&[0, 1]);
         let payload = [line("a", "🔥", 4_100), line("a", "🔥", 4_200)].concat();
-        let tally = source.record(0, 0, 6_400, Some(payload.as_bytes()));
+        let tally = source.record(0, 0, 6_400, Some(payload.as_bytes()), 10_000);
         assert_eq!((tally.counted, tally.late), (2, 0));
-        source.record(1, 0, 2_100, Some(line("b", "👍", 2_100).as_bytes()));
+        source.record(1, 0, 2_100, Some(line("b", "👍", 2_100).as_bytes()), 10_000);
         // Partition 1 is read to its end (offset 1) as of a request sent at 9_350.
         ends.publish(&[(0, 5), (1, 1)], 9_350);
         let step = source.step(10_000, Some(&ends), &metrics);
@@ -977,6 +1020,64 @@ mod tests {
         assert_eq!((again.by_epoch.len(), again.floor), (0, 6), "nothing new");
     }
 
+    /// A gateway whose clock runs an hour ahead: its taps count in the epoch it gave them, but
+    /// its partition's floor stops at this host's clock, so the taps of a gateway with a right
+    /// clock, read after it, are on time rather than late by an hour.
+    #[test]
+    fn a_record_stamped_ahead_of_the_clock_moves_the_floor_only_to_the_clock() {
+        let metrics = Metrics::default();
+        let mut source = KafkaSource::new(
+            vec![Partition::fresh(0)],
+            [(0, Dedupe::new(300_000, 16))].into(),
+            1_000,
+            300,
+            5_350,
+        );
+        let (now, hour) = (10_000, 3_600_000);
+        let ahead = source.record(
+            0,
+            0,
+            now + hour,
+            Some(line("a", "🔥", now + hour).as_bytes()),
+            now,
+        );
+        assert_eq!((ahead.counted, ahead.late, ahead.ahead), (1, 0, 1));
+        let step = source.step(now, None, &metrics);
+        assert_eq!(step.floor, 9, "this host's 10_000 - 300, not an hour later");
+        let on_time = source.record(0, 1, now, Some(line("b", "👍", now).as_bytes()), now);
+        assert_eq!((on_time.counted, on_time.late, on_time.ahead), (1, 0, 0));
+        let step = source.step(now, None, &metrics);
+        assert_eq!(step.floor, 9);
+        let counted: Vec<(u64, usize)> = step
+            .by_epoch
+            .iter()
+            .map(|(e, items)| (*e, items.len()))
+            .collect();
+        assert_eq!(counted, vec![(10, 1)], "b's tap in its own epoch");
+    }
+
+    /// One partition's error in the probe's answer is no answer at all: it must not let the
+    /// other partitions' floors run ahead of records its producers still retry.
+    #[test]
+    fn an_answer_that_fails_a_partition_is_an_outage() {
+        let answer = |second_ok| {
+            high_watermarks(
+                [
+                    (0, Offset::Offset(7), true),
+                    (1, Offset::Offset(9), second_ok),
+                ]
+                .into_iter(),
+            )
+        };
+        assert_eq!(answer(true), Some(vec![(0, 7), (1, 9)]));
+        assert_eq!(answer(false), None);
+        assert_eq!(
+            high_watermarks([(0, Offset::Invalid, true)].into_iter()),
+            None,
+            "no offset is no answer"
+        );
+    }
+
     #[test]
     fn unreadable_lines_are_skipped() {
         let payload = format!("not json\n{}", line("a", "🔥", 0));
@@ -996,6 +1097,7 @@ mod tests {
                 skipped: 0,
                 unreadable: 1,
                 repeated: 0,
+                ahead: 0,
             }
         );
         assert_eq!(
