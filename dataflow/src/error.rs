@@ -103,6 +103,20 @@ pub enum Error {
         resume: i64,
         low: i64,
     },
+    /// The events topic ends below a resume offset: made again, or truncated.
+    #[error(
+        "refusing to start: {topic} partition {partition} ends at offset {high}, below the \
+         offset {resume} the progress record resumes it at: the topic was deleted and made \
+         again (or its log truncated), so its offsets no longer name the events the progress \
+         record counted, and replaying would skip new taps as counted ones. Start over on new \
+         progress and epochs topics (docs/operations.md, \"The progress topic\")"
+    )]
+    EventsBehind {
+        topic: String,
+        partition: i32,
+        resume: i64,
+        high: i64,
+    },
     /// The broker refused a record of `epoch` after librdkafka's own retries.
     #[error("epoch {epoch} was not delivered: {source}")]
     Delivery { epoch: u64, source: KafkaError },
@@ -117,7 +131,8 @@ impl Error {
         match self {
             Error::ProgressRetention { .. }
             | Error::ProgressLost { .. }
-            | Error::EventsDeleted { .. } => exit::REFUSED,
+            | Error::EventsDeleted { .. }
+            | Error::EventsBehind { .. } => exit::REFUSED,
             Error::Partitions { .. } | Error::SettingChanged { .. } => exit::CONFIG,
             _ => 2,
         }

@@ -6,7 +6,8 @@
 //! - the progress topic has no deleting retention ([`protect`]; created so if missing);
 //! - `emoji-epochs` holds no epoch newer than the one after the newest record
 //!   ([`check_published`]): an emptied or truncated progress topic beside published epochs;
-//! - every events partition still holds the records from its resume offset on
+//! - every events partition still holds the records from its resume offset on, and has not
+//!   ended below it: deleted and made again, its offsets name other records
 //!   ([`check_events_retained`]).
 //!
 //! A failed check is a refusal ([`emostream_protocol::exit::REFUSED`]): restarting cannot fix it, an
@@ -28,6 +29,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const PATIENCE: Duration = Duration::from_secs(15);
+/// How long an events partition that ends below its resume offset is asked again.
+const BEHIND_PATIENCE: Duration = Duration::from_secs(2);
 /// The newest records read from each partition of the epochs topic. Within a run no frame of an
 /// epoch lands after a frame of a later one in the same partition (an epoch is let out only
 /// once every frame before it is acknowledged), so the newest few hold the newest epoch.
@@ -232,6 +235,11 @@ pub fn check_published(
 
 /// Refuses to start when a partition of the events topic no longer holds its resume offset:
 /// the events from there to its log start are needed by epochs not yet published, and gone.
+/// Or when it ends below the resume offset: the topic was deleted and made again (or its log
+/// truncated), and its offsets no longer name the records the progress record counted, so the
+/// replay would skip new taps as counted ones. A high watermark a new leader has not caught up
+/// on yet is answered with an error, not a lower offset (KIP-207), but a partition that ends
+/// below is asked again for [`BEHIND_PATIENCE`] before the refusal.
 pub fn check_events_retained(kafka: &KafkaConfig, progress: &Progress) -> Result<(), Error> {
     let topic = &kafka.events_topic;
     let consumer = reader::assigned(
@@ -241,13 +249,29 @@ pub fn check_events_retained(kafka: &KafkaConfig, progress: &Progress) -> Result
         "emostream-recovery",
         100,
     )?;
-    for p in &progress.partitions {
-        let (low, _) = consumer
-            .fetch_watermarks(topic, p.partition, PATIENCE)
+    let watermarks = |partition| {
+        consumer
+            .fetch_watermarks(topic, partition, PATIENCE)
             .map_err(|source| Error::EventsRead {
                 topic: topic.to_string(),
                 source,
-            })?;
+            })
+    };
+    for p in &progress.partitions {
+        let (mut low, mut high) = watermarks(p.partition)?;
+        let asked = Instant::now();
+        while high < p.resume_offset && asked.elapsed() < BEHIND_PATIENCE {
+            std::thread::sleep(Duration::from_millis(250));
+            (low, high) = watermarks(p.partition)?;
+        }
+        if high < p.resume_offset {
+            return Err(Error::EventsBehind {
+                topic: topic.to_string(),
+                partition: p.partition,
+                resume: p.resume_offset,
+                high,
+            });
+        }
         if p.resume_offset < low {
             return Err(Error::EventsDeleted {
                 topic: topic.to_string(),

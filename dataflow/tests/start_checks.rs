@@ -2,8 +2,8 @@
 //! is not `kafka.events_partitions`, a progress topic of more than one partition, and a progress
 //! record counted with other settings; and what it still accepts: a record written before the
 //! settings were recorded. And the cluster's memory: a progress topic that can delete records,
-//! one emptied or truncated beside published epochs, and events deleted below a resume offset
-//! are refused (exit status 4); a missing progress topic is created keeping every record.
+//! one emptied or truncated beside published epochs, events deleted below a resume offset and an
+//! events partition ending below one (the topic made again) are refused (exit status 4); a missing progress topic is created keeping every record.
 
 use emostream_dataflow::memory::KEEP_EVERYTHING;
 use emostream_dataflow::metrics::Metrics;
@@ -221,6 +221,9 @@ fn a_worker_refuses_to_start_when_the_clusters_memory_can_be_or_was_lost() {
              for epoch 98 and reproduces epochs up to 99: the records after it are gone"
         )
     );
+    for payload in ["a", "b", "c"] {
+        append(&config, &config.kafka.events_topic, 1, payload);
+    }
     write_progress(&config, &record(99, 1));
     assert_eq!(
         run(&config),
@@ -229,9 +232,6 @@ fn a_worker_refuses_to_start_when_the_clusters_memory_can_be_or_was_lost() {
     );
 
     // Partition 1 resumes at offset 1; retention took offsets 0 and 1.
-    for payload in ["a", "b", "c"] {
-        append(&config, &config.kafka.events_topic, 1, payload);
-    }
     delete_records(&config, &config.kafka.events_topic, 1, 2);
     assert_eq!(
         run(&config),
@@ -251,6 +251,20 @@ fn a_worker_refuses_to_start_when_the_clusters_memory_can_be_or_was_lost() {
     assert_eq!(
         run(&config),
         refused("every record of emoji-progress is deleted (offsets below 2)")
+    );
+
+    // A record resuming partition 1 past its end (offset 3): the topic was made again.
+    write_progress(&config, &record(99, 10));
+    assert_eq!(
+        run(&config),
+        Err(
+            "refusing to start: emoji-events partition 1 ends at offset 3, below the offset 10 \
+             the progress record resumes it at: the topic was deleted and made again (or its log \
+             truncated), so its offsets no longer name the events the progress record counted, \
+             and replaying would skip new taps as counted ones. Start over on new progress and \
+             epochs topics (docs/operations.md, \"The progress topic\")"
+                .to_string()
+        )
     );
     drop(broker);
 }
