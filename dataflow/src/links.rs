@@ -10,8 +10,12 @@
 //! aborted one reset at once and follow. So a cluster with a vanished host restarts within
 //! [`USER_TIMEOUT`] (the longer of the two paths) plus the supervisor's one second; the restarted
 //! processes then wait at timely's start for the lost host to come back. The peer's kernel, not
-//! its process, answers both probes and data, so a loaded host (a busy or paused process) is
-//! never taken for a vanished one.
+//! its process, answers both probes and data, so a loaded host is not taken for a vanished one:
+//! timely's receive thread drains the socket even while the workers are busy. A process stopped
+//! outright (SIGSTOP, a debugger) for longer than [`USER_TIMEOUT`] is: its receive buffer fills,
+//! its kernel advertises a zero window, and since Linux 5.11 `TCP_USER_TIMEOUT` also closes a
+//! link whose zero-window probes go on being answered. The cluster then restarts and replays, as
+//! for a vanished host.
 //!
 //! Everything else is timely's own `Config::Cluster` set-up, step for step
 //! (`timely_communication::initialize`).
