@@ -409,8 +409,8 @@ impl Hub {
         let past = state
             .ring
             .back()
-            .is_some_and(|newest| newest.epoch + 1 >= oldest);
-        if past || oldest <= since + 1 || state.hole == Some((since, oldest)) {
+            .is_some_and(|newest| newest.epoch.saturating_add(1) >= oldest);
+        if past || oldest <= since.saturating_add(1) || state.hole == Some((since, oldest)) {
             return false;
         }
         state.hole = Some((since, oldest));
@@ -427,12 +427,14 @@ impl Hub {
         let state = streams.get(stream)?;
         let first = state.ring.iter().find(|f| f.epoch > have).map(|f| f.epoch);
         match first {
-            Some(first) if first > have + 1 && state.evicted.is_some_and(|e| e > have) => {
+            Some(first)
+                if first > have.saturating_add(1) && state.evicted.is_some_and(|e| e > have) =>
+            {
                 Some((have, first))
             }
             _ => state
                 .hole
-                .filter(|&(_, oldest)| oldest > have + 1)
+                .filter(|&(_, oldest)| oldest > have.saturating_add(1))
                 .map(|(since, oldest)| (since.max(have), oldest)),
         }
     }
@@ -631,7 +633,8 @@ impl Hub {
             && self.lock().get(stream).is_some_and(|s| s.synced)
     }
 
-    /// A viewer joins `stream`. With `since`, its replay is every ring frame after `since`;
+    /// A viewer joins `stream`. With `since` (the client's, so any `u64`: "the epoch after it"
+    /// saturates rather than overflow under the lock), its replay is every ring frame after `since`;
     /// without, the latest frame alone. Either way the newest trend frames a viewer of `stream`
     /// gets follow: they are state, not history, so a resuming viewer needs them as much as a new
     /// one. `attach` gets the replay and the publication number it runs up to, under this hub's
@@ -659,8 +662,11 @@ impl Hub {
                 // one's, or (a full ring synced from the tier above, which evicted them there)
                 // the ring above's.
                 let full_ring = state.ring.len() == self.retention.ring_epochs;
-                let older_gone =
-                    full_ring && state.ring.front().is_some_and(|f| f.epoch > since + 1);
+                let older_gone = full_ring
+                    && state
+                        .ring
+                        .front()
+                        .is_some_and(|f| f.epoch > since.saturating_add(1));
                 let in_full = state.evicted.is_none_or(|e| e <= since) && !older_gone;
                 (replay, Some(in_full))
             }
@@ -668,7 +674,9 @@ impl Hub {
         };
         // A hole reported from above that this join's replay spans is lost to it too.
         let hole = match (since, state.hole) {
-            (Some(since), Some((from, oldest))) if since + 1 < oldest => Some((from, oldest)),
+            (Some(since), Some((from, oldest))) if since.saturating_add(1) < oldest => {
+                Some((from, oldest))
+            }
             _ => None,
         };
         let gap = match (since, resumed, hole) {
@@ -1330,6 +1338,23 @@ mod tests {
         assert!(hub
             .publish(r#"{"type":"gap","stream":"main"}"#.into())
             .is_err());
+    }
+
+    #[test]
+    fn a_resume_from_the_last_possible_epoch_is_no_gap() {
+        let hub = Hub::new(3);
+        for e in 1..=5 {
+            hub.publish(frame("main", e)).unwrap();
+        }
+        let joined = join(&hub, "main", Some(u64::MAX));
+        assert!(joined.replay.is_empty());
+        assert_eq!((joined.gap, joined.resumed), (None, Some(true)));
+        assert_eq!(hub.gap_after("main", u64::MAX), None);
+        let gap = format!(
+            r#"{{"type":"gap","stream":"main","since":{},"oldest":9}}"#,
+            u64::MAX
+        );
+        assert!(!hub.publish(gap.into()).unwrap(), "a hole before nothing");
     }
 
     #[test]
