@@ -49,10 +49,14 @@ pub enum Kind {
     /// A hole in a stream's epochs, reported by the tier above ([`StreamGap`]): kept as the
     /// stream's newest hole, and passed on like a trend frame but stored nowhere.
     Gap,
-    /// `epoch`, and any type this tier does not know: those go through the ring, as every frame
-    /// did before trend frames existed.
-    #[serde(other)]
+    /// `epoch`, or a frame without a `type`: goes through the ring, as every frame did before
+    /// trend frames existed.
     Epoch,
+    /// A type this tier does not know (a newer dataflow's): passed on as it came, like a trend
+    /// frame, but stored nowhere and never deduplicated. Through the ring it would take the place
+    /// of its epoch's real epoch frame, which the dedupe would then drop as already passed.
+    #[serde(other)]
+    Other,
 }
 
 impl Kind {
@@ -62,13 +66,14 @@ impl Kind {
             Kind::Trending => Some(0),
             Kind::Sentiment => Some(1),
             Kind::Popular => Some(2),
-            Kind::Gap | Kind::Epoch => None,
+            Kind::Gap | Kind::Epoch | Kind::Other => None,
         }
     }
 }
 
 /// Just enough of any frame to route it. Missing `type` means an epoch, as before it was read.
-/// Every kind has an `epoch` but a gap, which has `since` and `oldest` instead.
+/// Every kind has an `epoch` but a gap, which has `since` and `oldest` instead (and a kind this
+/// tier does not know, which needs only its `stream`).
 #[derive(Deserialize)]
 struct Head {
     #[serde(rename = "type", default = "Head::epoch")]
@@ -349,6 +354,10 @@ impl Hub {
             let oldest = head.oldest.ok_or_else(|| missing("oldest"))?;
             return Ok(self.publish_gap(&head.stream, since, oldest, text));
         }
+        if head.kind == Kind::Other {
+            self.pass_on(&head.stream, head.epoch.unwrap_or(0), text);
+            return Ok(true);
+        }
         let epoch = head.epoch.ok_or_else(|| missing("epoch"))?;
         let mut streams = self.lock();
         let streams = &mut *streams;
@@ -417,6 +426,15 @@ impl Hub {
         let frame = self.frame(stream, oldest, Kind::Gap, text);
         let _ = self.links.send(frame);
         true
+    }
+
+    /// A frame of a kind this tier does not know: to the links below and the stream's viewers,
+    /// as it came, and kept nowhere (what it means, and whether it repeats, is not known here).
+    fn pass_on(&self, stream: &str, epoch: u64, text: Utf8Bytes) {
+        let mut streams = self.lock();
+        let (stream, _) = streams.state(stream);
+        let frame = self.frame(stream, epoch, Kind::Other, text);
+        let _ = self.links.send(frame);
     }
 
     /// The hole a lower tier that has `stream` up to `have` would fall into, as `(since,
@@ -1338,6 +1356,28 @@ mod tests {
         assert!(hub
             .publish(r#"{"type":"gap","stream":"main"}"#.into())
             .is_err());
+    }
+
+    #[test]
+    fn a_frame_of_an_unknown_type_passes_on_without_taking_its_epochs_place() {
+        let hub = Hub::new(4);
+        let mut live = hub.link();
+        let unknown = r#"{"type":"x","stream":"main","epoch":5}"#;
+        assert!(hub.publish(unknown.into()).unwrap());
+        assert!(hub.publish(frame("main", 5)).unwrap());
+        assert!(hub.publish(unknown.into()).unwrap(), "not deduplicated");
+        let got: Vec<Frame> = std::iter::from_fn(|| live.try_recv().ok()).collect();
+        assert_eq!(
+            texts(&got),
+            [unknown.into(), frame("main", 5), unknown.into()]
+        );
+        assert_eq!((got[0].kind, got[0].ring), (Kind::Other, false));
+        assert_eq!(*got[0].sse(), format!("data: {unknown}\n\n"));
+        assert_eq!(
+            texts(&join(&hub, "main", Some(0)).replay),
+            [frame("main", 5)]
+        );
+        assert_eq!(texts(&hub.backlog_of("main", None)), [frame("main", 5)]);
     }
 
     #[test]
