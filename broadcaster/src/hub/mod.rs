@@ -236,9 +236,10 @@ impl Retention {
 struct Streams {
     map: HashMap<Arc<str>, StreamState>,
     bytes: usize,
-    /// The newest epoch of any stream forgotten so far: a stream made after that may have had
-    /// epochs up to it here, so a resume from before it is told of a gap. (Per stream it would
-    /// cost what forgetting frees; a resume that old is rare.)
+    /// The newest epoch of any stream forgotten so far, or that may have passed this hub by
+    /// before it started ([`Hub::missed_before`]): a stream made after that may have had epochs
+    /// up to it, so a resume from before it is told of a gap. (Per stream it would cost what
+    /// forgetting frees; a resume that old is rare.)
     forgot_through: u64,
     /// Streams forgotten so far: what a link keeps per stream of its lower tier is pruned when
     /// this moves ([`Hub::retain_held`]).
@@ -340,6 +341,17 @@ impl Hub {
         }
     }
 
+    /// Epochs before `first` may have passed this hub by: a main publisher reads back only the
+    /// ring's span of its topics after a (re)start, while the tiers below may hold older epochs,
+    /// and a stream it sees then for the first time must not look complete. Every stream made
+    /// from now on counts as having lost its epochs before `first`, as a forgotten stream's
+    /// successor does: a lower tier or viewer resuming from before it is told of a gap, not
+    /// handed the next epoch as if nothing were missing. Called before the first frame.
+    pub fn missed_before(&self, first: u64) {
+        let mut streams = self.lock();
+        streams.forgot_through = streams.forgot_through.max(first.saturating_sub(1));
+    }
+
     /// Routes one frame by its head. Returns `Ok(false)` for a frame this tier already has or
     /// has passed: an epoch at or before the stream's newest (re-published epochs, ring replays
     /// from the tier above), or a trend frame older than the stored one of its `(stream, type)`
@@ -438,23 +450,23 @@ impl Hub {
     }
 
     /// The hole a lower tier that has `stream` up to `have` would fall into, as `(since,
-    /// oldest)`: epochs after `have` that have left this tier's ring, up to the first it still
-    /// holds; or else the hole reported from above, if it lies after `have`.
+    /// oldest)`: epochs after `have` that have left this tier's ring (or passed it by), up to
+    /// the first it still holds; or else the hole reported from above, if it lies after `have`.
     pub fn gap_after(&self, stream: &str, have: u64) -> Option<(u64, u64)> {
         let streams = self.lock();
         let state = streams.get(stream)?;
-        let first = state.ring.iter().find(|f| f.epoch > have).map(|f| f.epoch);
-        match first {
-            Some(first)
-                if first > have.saturating_add(1) && state.evicted.is_some_and(|e| e > have) =>
-            {
-                Some((have, first))
-            }
-            _ => state
+        lost_from_ring(state, have).or_else(|| {
+            state
                 .hole
                 .filter(|&(_, oldest)| oldest > have.saturating_add(1))
-                .map(|(since, oldest)| (since.max(have), oldest)),
-        }
+                .map(|(since, oldest)| (since.max(have), oldest))
+        })
+    }
+
+    /// Only the first part of [`Hub::gap_after`]: a hole reported from above went down the
+    /// links as it came, so a link checking a live frame needs only this.
+    pub fn lost_after(&self, stream: &str, have: u64) -> Option<(u64, u64)> {
+        lost_from_ring(self.lock().get(stream)?, have)
     }
 
     /// The next frame in publication order. Called under the lock.
@@ -815,6 +827,14 @@ impl Hub {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Epochs of a stream after `have` that have left its ring, or passed this hub by before it
+/// started ([`Hub::missed_before`]), as `(have, the first epoch still held)`.
+fn lost_from_ring(state: &StreamState, have: u64) -> Option<(u64, u64)> {
+    let first = state.ring.iter().find(|f| f.epoch > have)?.epoch;
+    let lost = first > have.saturating_add(1) && state.evicted.is_some_and(|e| e > have);
+    lost.then_some((have, first))
 }
 
 /// The newest `popular` frame, which every stream's viewers get.
@@ -1356,6 +1376,26 @@ mod tests {
         assert!(hub
             .publish(r#"{"type":"gap","stream":"main"}"#.into())
             .is_err());
+    }
+
+    #[test]
+    fn a_hub_that_may_have_missed_the_epochs_before_one_tells_resumes_from_before_it() {
+        let hub = Hub::new(4);
+        hub.missed_before(100);
+        hub.publish(frame("main", 120)).unwrap();
+        hub.publish(frame("main", 121)).unwrap();
+        let joined = join(&hub, "main", Some(50));
+        assert_eq!(epochs(&joined.replay), [120, 121]);
+        let gap = ViewerNotice::Gap {
+            since: 50,
+            oldest: Some(120),
+        };
+        assert_eq!((joined.gap, joined.resumed), (Some(gap), Some(false)));
+        assert_eq!(hub.gap_after("main", 50), Some((50, 120)));
+        assert_eq!(hub.lost_after("main", 98), Some((98, 120)));
+        // From 99 on the hub has seen every epoch: none came before 120.
+        assert_eq!(join(&hub, "main", Some(99)).gap, None);
+        assert_eq!(hub.gap_after("main", 99), None);
     }
 
     #[test]

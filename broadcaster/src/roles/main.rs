@@ -43,6 +43,8 @@ pub async fn main_publisher(
     let metrics = Arc::new(Metrics::new("main"));
     let tasks = Tasks::new();
     let hub = super::start_hub(settings.retention, &metrics, tasks.stop_handle());
+    // Before the first frame, so that every stream the read-back makes knows it.
+    hub.missed_before(settings.missed_before);
     tokio::spawn(ingest(
         frames,
         Arc::clone(&hub),
