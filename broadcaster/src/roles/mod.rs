@@ -170,25 +170,22 @@ impl Settings {
         }
     }
 
-    /// How a subscriber's accept loop treats connections: the pending places the reserve leaves,
-    /// and one request each, as viewers make (an upgrade or an SSE stream): a connection kept
-    /// alive after any other answer would only hold a pending place.
+    /// How a subscriber's accept loop treats connections: the pending places the reserve leaves.
     pub(crate) fn accepting_viewers(&self, tune: fn(&TcpStream)) -> Accepting {
         Accepting {
             header_read_timeout: self.header_read_timeout,
             tune,
             max_pending: self.max_pending,
-            keep_alive: false,
         }
     }
 
     /// How a main or cluster publisher's accept loop treats connections. They hold no viewers,
     /// so the descriptors a subscriber would give viewers are theirs for requests too (browsers
-    /// calling `/register` in a reconnect storm), and keep-alive helps those browsers.
+    /// calling `/register` in a reconnect storm). Like a subscriber's, every connection carries
+    /// one request unless it upgrades (a lower tier's link): see [`crate::server::serve`].
     pub(crate) fn accepting_requests(&self, tune: fn(&TcpStream)) -> Accepting {
         Accepting {
             max_pending: self.max_pending.saturating_add(self.max_viewers),
-            keep_alive: true,
             ..self.accepting_viewers(tune)
         }
     }
