@@ -1,6 +1,7 @@
 //! Admission at the connection level (issue 20 item 7, review H1): a subscriber whose descriptor
 //! limit is small, flooded with twice that many clients polling `/healthz` on keep-alive
-//! connections, keeps its viewers and its upstream link through a blip of the tier above.
+//! connections, keeps its viewers and its upstream link through a blip of the tier above; and a
+//! main publisher flooded so takes a lower tier's link all the same.
 //!
 //! The subscriber is a real process started under `ulimit -n`, so its limit is the kernel's and
 //! not a setting; the main and cluster publishers run in this process.
@@ -10,7 +11,7 @@ mod common;
 use common::{listener, until};
 use emostream_broadcaster::{cluster_publisher, main_publisher, Error};
 use emostream_testkit::{free_port, wait_for, Process, Scratch};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -247,6 +248,120 @@ async fn a_keep_alive_flood_past_the_descriptor_limit_leaves_viewers_and_the_lin
             .unwrap()
             .unwrap();
     }
+}
+
+/// How often a client of [`poll_at_once`] asks.
+const POLL_AT_ONCE_EVERY: Duration = Duration::from_millis(100);
+
+/// One client polling `GET /healthz` as health checks do: asking as soon as it has connected, then
+/// every [`POLL_AT_ONCE_EVERY`] on the same keep-alive connection for as long as it is kept, then
+/// on a new one.
+async fn poll_at_once(addr: SocketAddr, flood: Arc<Flood>) {
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let mut buf = [0u8; 1024];
+    while !flood.stop.load(Ordering::Relaxed) {
+        let Ok(mut conn) = TcpStream::connect(addr).await else {
+            tokio::time::sleep(POLL_AT_ONCE_EVERY).await;
+            continue;
+        };
+        let mut answers = 0;
+        while !flood.stop.load(Ordering::Relaxed) {
+            if conn.write_all(request.as_bytes()).await.is_err() {
+                break;
+            }
+            let n = match timeout(DEADLINE, conn.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => break,
+            };
+            let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+            answers += 1;
+            tokio::time::sleep(POLL_AT_ONCE_EVERY).await;
+            if head.contains("\r\nconnection: close\r\n") {
+                flood.closing.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            flood.kept_alive.fetch_add(1, Ordering::Relaxed);
+        }
+        if answers == 0 {
+            flood.refused.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(POLL_AT_ONCE_EVERY).await;
+        }
+    }
+}
+
+/// Review H1 at the main publisher (and so at a cluster publisher, which accepts the same way):
+/// twice as many health checks polling `/healthz` on keep-alive connections as it has pending
+/// places leave room for a lower tier's link reconnecting after a blip. Every answer but an
+/// upgrade closes its connection, so no poller keeps a place between its polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_pollers_of_the_main_publisher_leave_room_for_a_link() {
+    // The main publisher's pending places: its own and what a subscriber would give viewers.
+    const PLACES: usize = 8;
+    let (stop, stopped) = watch::channel(false);
+    let settings = emostream_broadcaster::Settings {
+        max_pending: PLACES / 2,
+        max_viewers: PLACES / 2,
+        ..common::settings(16)
+    };
+    let (main_l, main) = listener().await;
+    let (frames, frames_rx) = mpsc::channel(64);
+    let role = tokio::spawn(main_publisher(main_l, settings, frames_rx, until(&stopped)));
+    frames.send(frame(1).into()).await.unwrap();
+
+    let flood = Arc::new(Flood::default());
+    let pollers: Vec<_> = (0..2 * PLACES)
+        .map(|_| tokio::spawn(poll_at_once(main, Arc::clone(&flood))))
+        .collect();
+    // The flood at full strength: as many answers as two polls of every place.
+    wait_for("the flood answered", DEADLINE, || async {
+        let answered =
+            flood.closing.load(Ordering::Relaxed) + flood.kept_alive.load(Ordering::Relaxed);
+        (answered >= 2 * PLACES as u64).then_some(())
+    })
+    .await;
+    // A cluster publisher's link reconnects (its connection attempts take up to 5 s each, and
+    // its subscribers give up on it after 5 s without upstream): it finds a place and its ring.
+    let url = format!("ws://{main}/internal/link");
+    let mut link = wait_for(
+        "the main publisher takes a link",
+        Duration::from_secs(5),
+        || async { connect_async(&url).await.ok().map(|(link, _)| link) },
+    )
+    .await;
+    let all = r#"{"type":"subscribe","all":true}"#;
+    link.send(Message::text(all)).await.unwrap();
+    loop {
+        let msg = timeout(DEADLINE, link.next())
+            .await
+            .expect("a frame in time")
+            .expect("the link stays open")
+            .unwrap();
+        match msg {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Text(text) => {
+                assert_eq!(text.as_str(), frame(1));
+                break;
+            }
+            other => panic!("expected the ring, got {other:?}"),
+        }
+    }
+
+    flood.stop.store(true, Ordering::Relaxed);
+    for poller in pollers {
+        timeout(DEADLINE, poller)
+            .await
+            .expect("a poller stops")
+            .unwrap();
+    }
+    assert_eq!(flood.kept_alive.load(Ordering::Relaxed), 0);
+    drop(link);
+    stop.send_replace(true);
+    timeout(DEADLINE, role)
+        .await
+        .expect("the role stops in time")
+        .unwrap()
+        .unwrap();
 }
 
 /// Reads an HTTP answer's head (and whatever came with it) from `conn`.

@@ -38,6 +38,7 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
     };
     let settings = Settings {
         retention: Retention::ring(4),
+        missed_before: 0,
         tokens: None,
         link_secret: None,
         page: None,

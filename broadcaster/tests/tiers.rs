@@ -134,6 +134,24 @@ async fn frames_flow_through_every_tier_exactly_once() {
     let body: ErrorBody = serde_json::from_str(&body).unwrap();
     assert_eq!(status, 422);
     assert!(body.error.contains("missing field `user_id`"), "{body:?}");
+    // A user id is bounded as the gateway bounds it: 128 characters, whatever their bytes.
+    let register_as = |user_id: &str| format!(r#"{{"user_id":"{user_id}"}}"#);
+    let too_long = (
+        422,
+        r#"{"error":"user_id must be at most 128 characters","field":"user_id"}"#.to_owned(),
+    );
+    for user_id in ["u".repeat(1 << 20), "é".repeat(129)] {
+        let answer = http(main, "POST", "/v1/viewers", &register_as(&user_id)).await;
+        assert_eq!(answer.expect("an HTTP answer"), too_long);
+    }
+    assert_eq!(
+        http(main, "POST", "/v1/viewers", &register_as(&"é".repeat(128)))
+            .await
+            .expect("an HTTP answer")
+            .0,
+        503,
+        "taken, and placed nowhere yet"
+    );
 
     roles.push(tokio::spawn(cluster_publisher(
         cluster_l,

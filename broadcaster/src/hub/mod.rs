@@ -49,10 +49,14 @@ pub enum Kind {
     /// A hole in a stream's epochs, reported by the tier above ([`StreamGap`]): kept as the
     /// stream's newest hole, and passed on like a trend frame but stored nowhere.
     Gap,
-    /// `epoch`, and any type this tier does not know: those go through the ring, as every frame
-    /// did before trend frames existed.
-    #[serde(other)]
+    /// `epoch`, or a frame without a `type`: goes through the ring, as every frame did before
+    /// trend frames existed.
     Epoch,
+    /// A type this tier does not know (a newer dataflow's): passed on as it came, like a trend
+    /// frame, but stored nowhere and never deduplicated. Through the ring it would take the place
+    /// of its epoch's real epoch frame, which the dedupe would then drop as already passed.
+    #[serde(other)]
+    Other,
 }
 
 impl Kind {
@@ -62,13 +66,14 @@ impl Kind {
             Kind::Trending => Some(0),
             Kind::Sentiment => Some(1),
             Kind::Popular => Some(2),
-            Kind::Gap | Kind::Epoch => None,
+            Kind::Gap | Kind::Epoch | Kind::Other => None,
         }
     }
 }
 
 /// Just enough of any frame to route it. Missing `type` means an epoch, as before it was read.
-/// Every kind has an `epoch` but a gap, which has `since` and `oldest` instead.
+/// Every kind has an `epoch` but a gap, which has `since` and `oldest` instead (and a kind this
+/// tier does not know, which needs only its `stream`).
 #[derive(Deserialize)]
 struct Head {
     #[serde(rename = "type", default = "Head::epoch")]
@@ -231,9 +236,10 @@ impl Retention {
 struct Streams {
     map: HashMap<Arc<str>, StreamState>,
     bytes: usize,
-    /// The newest epoch of any stream forgotten so far: a stream made after that may have had
-    /// epochs up to it here, so a resume from before it is told of a gap. (Per stream it would
-    /// cost what forgetting frees; a resume that old is rare.)
+    /// The newest epoch of any stream forgotten so far, or that may have passed this hub by
+    /// before it started ([`Hub::missed_before`]): a stream made after that may have had epochs
+    /// up to it, so a resume from before it is told of a gap. (Per stream it would cost what
+    /// forgetting frees; a resume that old is rare.)
     forgot_through: u64,
     /// Streams forgotten so far: what a link keeps per stream of its lower tier is pruned when
     /// this moves ([`Hub::retain_held`]).
@@ -335,6 +341,17 @@ impl Hub {
         }
     }
 
+    /// Epochs before `first` may have passed this hub by: a main publisher reads back only the
+    /// ring's span of its topics after a (re)start, while the tiers below may hold older epochs,
+    /// and a stream it sees then for the first time must not look complete. Every stream made
+    /// from now on counts as having lost its epochs before `first`, as a forgotten stream's
+    /// successor does: a lower tier or viewer resuming from before it is told of a gap, not
+    /// handed the next epoch as if nothing were missing. Called before the first frame.
+    pub fn missed_before(&self, first: u64) {
+        let mut streams = self.lock();
+        streams.forgot_through = streams.forgot_through.max(first.saturating_sub(1));
+    }
+
     /// Routes one frame by its head. Returns `Ok(false)` for a frame this tier already has or
     /// has passed: an epoch at or before the stream's newest (re-published epochs, ring replays
     /// from the tier above), or a trend frame older than the stored one of its `(stream, type)`
@@ -348,6 +365,10 @@ impl Hub {
             let since = head.since.ok_or_else(|| missing("since"))?;
             let oldest = head.oldest.ok_or_else(|| missing("oldest"))?;
             return Ok(self.publish_gap(&head.stream, since, oldest, text));
+        }
+        if head.kind == Kind::Other {
+            self.pass_on(&head.stream, head.epoch.unwrap_or(0), text);
+            return Ok(true);
         }
         let epoch = head.epoch.ok_or_else(|| missing("epoch"))?;
         let mut streams = self.lock();
@@ -409,8 +430,8 @@ impl Hub {
         let past = state
             .ring
             .back()
-            .is_some_and(|newest| newest.epoch + 1 >= oldest);
-        if past || oldest <= since + 1 || state.hole == Some((since, oldest)) {
+            .is_some_and(|newest| newest.epoch.saturating_add(1) >= oldest);
+        if past || oldest <= since.saturating_add(1) || state.hole == Some((since, oldest)) {
             return false;
         }
         state.hole = Some((since, oldest));
@@ -419,22 +440,33 @@ impl Hub {
         true
     }
 
+    /// A frame of a kind this tier does not know: to the links below and the stream's viewers,
+    /// as it came, and kept nowhere (what it means, and whether it repeats, is not known here).
+    fn pass_on(&self, stream: &str, epoch: u64, text: Utf8Bytes) {
+        let mut streams = self.lock();
+        let (stream, _) = streams.state(stream);
+        let frame = self.frame(stream, epoch, Kind::Other, text);
+        let _ = self.links.send(frame);
+    }
+
     /// The hole a lower tier that has `stream` up to `have` would fall into, as `(since,
-    /// oldest)`: epochs after `have` that have left this tier's ring, up to the first it still
-    /// holds; or else the hole reported from above, if it lies after `have`.
+    /// oldest)`: epochs after `have` that have left this tier's ring (or passed it by), up to
+    /// the first it still holds; or else the hole reported from above, if it lies after `have`.
     pub fn gap_after(&self, stream: &str, have: u64) -> Option<(u64, u64)> {
         let streams = self.lock();
         let state = streams.get(stream)?;
-        let first = state.ring.iter().find(|f| f.epoch > have).map(|f| f.epoch);
-        match first {
-            Some(first) if first > have + 1 && state.evicted.is_some_and(|e| e > have) => {
-                Some((have, first))
-            }
-            _ => state
+        lost_from_ring(state, have).or_else(|| {
+            state
                 .hole
-                .filter(|&(_, oldest)| oldest > have + 1)
-                .map(|(since, oldest)| (since.max(have), oldest)),
-        }
+                .filter(|&(_, oldest)| oldest > have.saturating_add(1))
+                .map(|(since, oldest)| (since.max(have), oldest))
+        })
+    }
+
+    /// Only the first part of [`Hub::gap_after`]: a hole reported from above went down the
+    /// links as it came, so a link checking a live frame needs only this.
+    pub fn lost_after(&self, stream: &str, have: u64) -> Option<(u64, u64)> {
+        lost_from_ring(self.lock().get(stream)?, have)
     }
 
     /// The next frame in publication order. Called under the lock.
@@ -631,7 +663,8 @@ impl Hub {
             && self.lock().get(stream).is_some_and(|s| s.synced)
     }
 
-    /// A viewer joins `stream`. With `since`, its replay is every ring frame after `since`;
+    /// A viewer joins `stream`. With `since` (the client's, so any `u64`: "the epoch after it"
+    /// saturates rather than overflow under the lock), its replay is every ring frame after `since`;
     /// without, the latest frame alone. Either way the newest trend frames a viewer of `stream`
     /// gets follow: they are state, not history, so a resuming viewer needs them as much as a new
     /// one. `attach` gets the replay and the publication number it runs up to, under this hub's
@@ -659,8 +692,11 @@ impl Hub {
                 // one's, or (a full ring synced from the tier above, which evicted them there)
                 // the ring above's.
                 let full_ring = state.ring.len() == self.retention.ring_epochs;
-                let older_gone =
-                    full_ring && state.ring.front().is_some_and(|f| f.epoch > since + 1);
+                let older_gone = full_ring
+                    && state
+                        .ring
+                        .front()
+                        .is_some_and(|f| f.epoch > since.saturating_add(1));
                 let in_full = state.evicted.is_none_or(|e| e <= since) && !older_gone;
                 (replay, Some(in_full))
             }
@@ -668,7 +704,9 @@ impl Hub {
         };
         // A hole reported from above that this join's replay spans is lost to it too.
         let hole = match (since, state.hole) {
-            (Some(since), Some((from, oldest))) if since + 1 < oldest => Some((from, oldest)),
+            (Some(since), Some((from, oldest))) if since.saturating_add(1) < oldest => {
+                Some((from, oldest))
+            }
             _ => None,
         };
         let gap = match (since, resumed, hole) {
@@ -789,6 +827,14 @@ impl Hub {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Epochs of a stream after `have` that have left its ring, or passed this hub by before it
+/// started ([`Hub::missed_before`]), as `(have, the first epoch still held)`.
+fn lost_from_ring(state: &StreamState, have: u64) -> Option<(u64, u64)> {
+    let first = state.ring.iter().find(|f| f.epoch > have)?.epoch;
+    let lost = first > have.saturating_add(1) && state.evicted.is_some_and(|e| e > have);
+    lost.then_some((have, first))
 }
 
 /// The newest `popular` frame, which every stream's viewers get.
@@ -1330,6 +1376,65 @@ mod tests {
         assert!(hub
             .publish(r#"{"type":"gap","stream":"main"}"#.into())
             .is_err());
+    }
+
+    #[test]
+    fn a_hub_that_may_have_missed_the_epochs_before_one_tells_resumes_from_before_it() {
+        let hub = Hub::new(4);
+        hub.missed_before(100);
+        hub.publish(frame("main", 120)).unwrap();
+        hub.publish(frame("main", 121)).unwrap();
+        let joined = join(&hub, "main", Some(50));
+        assert_eq!(epochs(&joined.replay), [120, 121]);
+        let gap = ViewerNotice::Gap {
+            since: 50,
+            oldest: Some(120),
+        };
+        assert_eq!((joined.gap, joined.resumed), (Some(gap), Some(false)));
+        assert_eq!(hub.gap_after("main", 50), Some((50, 120)));
+        assert_eq!(hub.lost_after("main", 98), Some((98, 120)));
+        // From 99 on the hub has seen every epoch: none came before 120.
+        assert_eq!(join(&hub, "main", Some(99)).gap, None);
+        assert_eq!(hub.gap_after("main", 99), None);
+    }
+
+    #[test]
+    fn a_frame_of_an_unknown_type_passes_on_without_taking_its_epochs_place() {
+        let hub = Hub::new(4);
+        let mut live = hub.link();
+        let unknown = r#"{"type":"x","stream":"main","epoch":5}"#;
+        assert!(hub.publish(unknown.into()).unwrap());
+        assert!(hub.publish(frame("main", 5)).unwrap());
+        assert!(hub.publish(unknown.into()).unwrap(), "not deduplicated");
+        let got: Vec<Frame> = std::iter::from_fn(|| live.try_recv().ok()).collect();
+        assert_eq!(
+            texts(&got),
+            [unknown.into(), frame("main", 5), unknown.into()]
+        );
+        assert_eq!((got[0].kind, got[0].ring), (Kind::Other, false));
+        assert_eq!(*got[0].sse(), format!("data: {unknown}\n\n"));
+        assert_eq!(
+            texts(&join(&hub, "main", Some(0)).replay),
+            [frame("main", 5)]
+        );
+        assert_eq!(texts(&hub.backlog_of("main", None)), [frame("main", 5)]);
+    }
+
+    #[test]
+    fn a_resume_from_the_last_possible_epoch_is_no_gap() {
+        let hub = Hub::new(3);
+        for e in 1..=5 {
+            hub.publish(frame("main", e)).unwrap();
+        }
+        let joined = join(&hub, "main", Some(u64::MAX));
+        assert!(joined.replay.is_empty());
+        assert_eq!((joined.gap, joined.resumed), (None, Some(true)));
+        assert_eq!(hub.gap_after("main", u64::MAX), None);
+        let gap = format!(
+            r#"{{"type":"gap","stream":"main","since":{},"oldest":9}}"#,
+            u64::MAX
+        );
+        assert!(!hub.publish(gap.into()).unwrap(), "a hole before nothing");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub async fn main_publisher(
     let metrics = Arc::new(Metrics::new("main"));
     let tasks = Tasks::new();
     let hub = super::start_hub(settings.retention, &metrics, tasks.stop_handle());
+    // Before the first frame, so that every stream the read-back makes knows it.
+    hub.missed_before(settings.missed_before);
     tokio::spawn(ingest(
         frames,
         Arc::clone(&hub),
@@ -291,6 +293,14 @@ async fn register(
         group_id: _,
         stream,
     }) = body?;
+    // The gateway's bound on the same field: the id goes into the token and the log, and an
+    // unbounded one would let one request make every later use of it megabytes long.
+    if user_id.chars().count() > MAX_USER_ID_CHARS {
+        return Err(Error::Invalid {
+            field: "user_id",
+            message: format!("user_id must be at most {MAX_USER_ID_CHARS} characters"),
+        });
+    }
     if verified.as_ref().is_some_and(|user| *user != user_id) {
         return Err(Error::OtherUser);
     }
@@ -316,6 +326,10 @@ async fn register(
         token_expires_s,
     }))
 }
+
+/// The longest `user_id` a registration may name, as the gateway takes at most for a tap
+/// (`gateway/src/parse/validate.rs`): a viewer id the gateway takes registers too.
+const MAX_USER_ID_CHARS: usize = 128;
 
 /// The stream of a registration that names none: the seeds' clients watch only this one.
 const DEFAULT_STREAM: &str = "main";

@@ -11,7 +11,7 @@ use crate::hub::{Hub, Retention};
 use crate::metrics::Metrics;
 use crate::server::tasks::Stop;
 use crate::server::{bind, Accepting};
-use crate::sources::kafka::FrameSource;
+use crate::sources::kafka::{FrameSource, ReadBack};
 use crate::sources::synthetic::Synthetic;
 use crate::viewers::outlet::ViewerLimits;
 use emostream_protocol::auth::UserTokens;
@@ -77,6 +77,11 @@ pub enum Role {
 pub struct Settings {
     /// What every tier's hub keeps, and when it forgets a stream.
     pub retention: Retention,
+    /// Epochs before this one may have passed this process by, so a lower tier or a viewer
+    /// resuming from before it is told of a gap: a main publisher's read-back after a
+    /// (re)start begins there ([`ReadBack`]). 0 for every other role, whose hub is filled from
+    /// the ring above, and for a main publisher not fed from Kafka.
+    pub missed_before: u64,
     /// Issues (main) and checks (subscribers) viewer tokens; `None`: viewers need none.
     pub tokens: Option<TokenKey>,
     /// Presented to the tier above and required from the tier below.
@@ -145,6 +150,7 @@ impl Settings {
                 idle: Duration::from_secs(*stream_idle_s),
                 max_bytes: *max_held_bytes,
             },
+            missed_before: 0,
             tokens: viewer_token_secret
                 .as_deref()
                 .map(|secret| TokenKey::new(secret, Duration::from_secs(*viewer_token_ttl_s))),
@@ -164,25 +170,22 @@ impl Settings {
         }
     }
 
-    /// How a subscriber's accept loop treats connections: the pending places the reserve leaves,
-    /// and one request each, as viewers make (an upgrade or an SSE stream): a connection kept
-    /// alive after any other answer would only hold a pending place.
+    /// How a subscriber's accept loop treats connections: the pending places the reserve leaves.
     pub(crate) fn accepting_viewers(&self, tune: fn(&TcpStream)) -> Accepting {
         Accepting {
             header_read_timeout: self.header_read_timeout,
             tune,
             max_pending: self.max_pending,
-            keep_alive: false,
         }
     }
 
     /// How a main or cluster publisher's accept loop treats connections. They hold no viewers,
     /// so the descriptors a subscriber would give viewers are theirs for requests too (browsers
-    /// calling `/register` in a reconnect storm), and keep-alive helps those browsers.
+    /// calling `/register` in a reconnect storm). Like a subscriber's, every connection carries
+    /// one request unless it upgrades (a lower tier's link): see [`crate::server::serve`].
     pub(crate) fn accepting_requests(&self, tune: fn(&TcpStream)) -> Accepting {
         Accepting {
             max_pending: self.max_pending.saturating_add(self.max_viewers),
-            keep_alive: true,
             ..self.accepting_viewers(tune)
         }
     }
@@ -211,15 +214,24 @@ pub async fn run(
         Role::Main { listen, synthetic } => {
             let listener = bind(listen.as_deref().unwrap_or(&broadcaster.main)).await?;
             let (frames_tx, frames) = mpsc::channel(FRAME_QUEUE);
-            let sources = match synthetic {
-                Some(synthetic) => vec![tokio::spawn(synthetic.run(frames_tx))],
+            let (sources, missed_before) = match synthetic {
+                Some(synthetic) => (vec![tokio::spawn(synthetic.run(frames_tx))], 0),
                 None => {
-                    let sources = FrameSource::all(&config.kafka, settings.retention.ring_epochs)?
+                    let read_back = ReadBack::before(
+                        std::time::SystemTime::now(),
+                        settings.retention.ring_epochs,
+                        config.epochs.window_ms,
+                    );
+                    let sources = FrameSource::all(&config.kafka, read_back)?
                         .map(|source| tokio::spawn(source.run(frames_tx.clone())));
                     // Only the sources hold senders, so the hub hears when both have ended.
                     drop(frames_tx);
-                    sources.into()
+                    (sources.into(), read_back.first_epoch)
                 }
+            };
+            let settings = Settings {
+                missed_before,
+                ..settings
             };
             let served = main::main_publisher(listener, settings, frames, shutdown).await;
             for source in sources {

@@ -76,10 +76,6 @@ pub struct Accepting {
     /// once, unanswered: a flood of them cannot use the descriptors that upgraded viewers, the
     /// upstream link and the connections already being served need.
     pub max_pending: usize,
-    /// Whether a connection may carry a second request. Without it every answer but an upgrade
-    /// says `Connection: close`, so a client polling on one connection cannot keep its place
-    /// among the pending ones forever (hyper restarts the header-read timeout for each request).
-    pub keep_alive: bool,
 }
 
 /// hyper's read buffer may grow to this (its default is about 400 KiB): a request header and a
@@ -151,12 +147,15 @@ pub async fn serve(
         (accepting.tune)(&stream);
         let place = Pending(Arc::new(Mutex::new(Some(permit))));
         let router = app.clone();
-        let keep_alive = accepting.keep_alive;
+        // Every answer but an upgrade closes its connection: hyper restarts the header-read
+        // timeout for each request, so a client polling on one keep-alive connection (a health
+        // check every few seconds) would keep its pending place forever, and enough of them
+        // would leave none for a lower tier's link reconnecting, or for a viewer.
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let answer = router.clone().oneshot(request);
             async move {
                 let mut response = answer.await?;
-                if !keep_alive && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                if response.status() != StatusCode::SWITCHING_PROTOCOLS {
                     response
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));

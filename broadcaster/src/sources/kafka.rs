@@ -3,7 +3,9 @@
 //! broker set-up without `emoji-trends`) holds back only its own frames.
 //!
 //! Partitions are taken by `assign`, not by joining a consumer group: every main publisher needs
-//! every frame, and nothing is committed because the start position is derived from the ring.
+//! every frame, and nothing is committed because the start position is derived from the ring:
+//! each partition is read from the first record of the ring's span in time ([`ReadBack`]), so
+//! that after a restart every stream's ring fills again, however many streams share a partition.
 
 use crate::error::Error;
 use axum::extract::ws::Utf8Bytes;
@@ -14,18 +16,50 @@ use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
-/// How long one watermark query may take before the whole lookup is retried.
-const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one metadata or offset query may take before the whole lookup is retried.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between attempts while the brokers are away or the topic does not exist yet.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
-/// Records read back per ring slot: the ring holds `ring_epochs` epochs of each stream, and one
-/// partition carries several streams, so this many records per slot refills the ring for up to
-/// 16 streams per partition. On `emoji-trends` the same read-back finds each stream's newest
-/// trend frames unless they are older than that many of the partition's records.
-const STREAMS_PER_PARTITION: i64 = 16;
+/// How much further back than the ring's span the read-back starts: the newest epoch is
+/// published a window and the allowed lateness after it began, and this host's clock may be
+/// behind the dataflow's, which stamps the records.
+const READ_BACK_MARGIN: Duration = Duration::from_secs(10);
+
+/// Where a main publisher starts reading after a (re)start. The dataflow stamps each record with
+/// its epoch's end (`dataflow/src/publish.rs`, `trends/publish.rs`), so reading every partition
+/// from the first record stamped at or after `from_ms` reads every frame of every epoch from
+/// `first_epoch` on, whatever the number of streams per partition; the hub cannot vouch for the
+/// epochs before ([`crate::hub::Hub::missed_before`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadBack {
+    /// Unix ms: the ring's span in time (`ring_epochs` windows) and [`READ_BACK_MARGIN`] before
+    /// the start.
+    pub from_ms: i64,
+    /// `floor(from_ms / window_ms)`: epoch E's records are stamped `(E + 1) × window_ms`, at or
+    /// after `from_ms` from this one on.
+    pub first_epoch: u64,
+}
+
+impl ReadBack {
+    /// The read-back of a main publisher starting at `now`, with a ring of `ring_epochs` epochs
+    /// of `window_ms` each.
+    pub fn before(now: SystemTime, ring_epochs: usize, window_ms: u64) -> Self {
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let span_ms = window_ms
+            .saturating_mul(u64::try_from(ring_epochs).unwrap_or(u64::MAX))
+            .saturating_add(READ_BACK_MARGIN.as_millis() as u64);
+        let from_ms = now_ms.saturating_sub(span_ms);
+        Self {
+            from_ms: i64::try_from(from_ms).unwrap_or(i64::MAX),
+            first_epoch: emostream_protocol::epoch::epoch_of(from_ms, window_ms.max(1)),
+        }
+    }
+}
 
 /// One line per kind of client error in this long is enough to say the brokers are away.
 const REPEAT_QUIET: Duration = Duration::from_secs(30);
@@ -35,23 +69,23 @@ pub struct FrameSource {
     topic: String,
     /// `None`: read from the topic's metadata.
     partitions: Option<u32>,
-    ring_epochs: usize,
+    read_back: ReadBack,
 }
 
 impl FrameSource {
     /// The sources of every frame the main publisher passes on: `emoji-epochs`, then
     /// `emoji-trends`. Nothing talks to the brokers until [`FrameSource::run`].
-    pub fn all(kafka: &KafkaConfig, ring_epochs: usize) -> Result<[Self; 2], Error> {
+    pub fn all(kafka: &KafkaConfig, read_back: ReadBack) -> Result<[Self; 2], Error> {
         Ok([
             Self::new(
                 kafka,
                 &kafka.epochs_topic,
                 Some(kafka.epochs_partitions),
-                ring_epochs,
+                read_back,
             )?,
             // `trends_partitions` is only what a development broker creates it with; the
             // topic's metadata says.
-            Self::new(kafka, &kafka.trends_topic, None, ring_epochs)?,
+            Self::new(kafka, &kafka.trends_topic, None, read_back)?,
         ])
     }
 
@@ -59,9 +93,9 @@ impl FrameSource {
         kafka: &KafkaConfig,
         topic: &str,
         partitions: Option<u32>,
-        ring_epochs: usize,
+        read_back: ReadBack,
     ) -> Result<Self, Error> {
-        // The start offset comes from the watermarks; nothing is committed.
+        // The start offset comes from the records' times; nothing is committed.
         let consumer: StreamConsumer<QuietContext> =
             ClientConfig::from_iter(kafka.client_settings(ClientRole::AssignedReader {
                 group: "emostream-broadcaster",
@@ -75,12 +109,13 @@ impl FrameSource {
             consumer: Arc::new(consumer),
             topic: topic.to_owned(),
             partitions,
-            ring_epochs,
+            read_back,
         })
     }
 
-    /// Sends every record's value into `frames` until the receiver is dropped, starting a little
-    /// before each partition's end so that the ring fills again after a restart.
+    /// Sends every record's value into `frames` until the receiver is dropped, starting at each
+    /// partition's first record of the read-back's time so that the ring fills again after a
+    /// restart.
     pub async fn run(self, frames: mpsc::Sender<Utf8Bytes>) {
         let assignment = {
             let positions = self.start_positions();
@@ -130,21 +165,21 @@ impl FrameSource {
         }
     }
 
-    /// `max(low, high - ring_epochs * 16)` for every partition, retrying until the topic exists
-    /// (and, without a configured count, has partitions).
+    /// Each partition's first record stamped at or after [`ReadBack::from_ms`], retrying until
+    /// the topic exists (and, without a configured count, has partitions). A partition with no
+    /// such record starts at its end; one the brokers cannot look up by time starts at the log's
+    /// start, which reads more than the ring needs but misses nothing.
     async fn start_positions(&self) -> TopicPartitionList {
-        let back = i64::try_from(self.ring_epochs)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(STREAMS_PER_PARTITION);
         loop {
             let consumer = Arc::clone(&self.consumer);
             let (topic, partitions) = (self.topic.clone(), self.partitions);
-            // fetch_watermarks blocks on the network; keep it off the runtime's workers.
-            let marks = tokio::task::spawn_blocking(move || {
+            let from_ms = self.read_back.from_ms;
+            // Both lookups block on the network; keep them off the runtime's workers.
+            let found = tokio::task::spawn_blocking(move || {
                 let partitions = match partitions {
                     Some(n) => n as i32,
                     None => {
-                        let metadata = consumer.fetch_metadata(Some(&topic), WATERMARK_TIMEOUT)?;
+                        let metadata = consumer.fetch_metadata(Some(&topic), LOOKUP_TIMEOUT)?;
                         let found = metadata.topics().iter().find(|t| t.name() == topic);
                         match found {
                             Some(t) if !t.partitions().is_empty() => t.partitions().len() as i32,
@@ -156,29 +191,31 @@ impl FrameSource {
                         }
                     }
                 };
-                (0..partitions)
-                    .map(|p| {
-                        consumer
-                            .fetch_watermarks(&topic, p, WATERMARK_TIMEOUT)
-                            .map(|m| (p, m))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
+                let mut times = TopicPartitionList::new();
+                for p in 0..partitions {
+                    times.add_partition_offset(&topic, p, Offset::Offset(from_ms))?;
+                }
+                consumer.offsets_for_times(times, LOOKUP_TIMEOUT)
             })
             .await
-            .expect("the watermark lookup does not panic");
-            match marks {
-                Ok(marks) => {
+            .expect("the offset lookup does not panic");
+            match found {
+                Ok(found) => {
                     let mut list = TopicPartitionList::new();
-                    for (p, (low, high)) in marks {
-                        let start = low.max(high.saturating_sub(back));
-                        tracing::info!(topic = %self.topic, partition = p, low, high, start, "start offset");
-                        list.add_partition_offset(&self.topic, p, Offset::Offset(start))
-                            .expect("an explicit offset is always accepted");
+                    for partition in found.elements() {
+                        let start = match (partition.error(), partition.offset()) {
+                            (Ok(()), Offset::Offset(at)) => Offset::Offset(at),
+                            (Ok(()), Offset::End) => Offset::End,
+                            _ => Offset::Beginning,
+                        };
+                        tracing::info!(topic = %self.topic, partition = partition.partition(), from_ms, ?start, "start offset");
+                        list.add_partition_offset(&self.topic, partition.partition(), start)
+                            .expect("a start offset is always accepted");
                     }
                     return list;
                 }
                 Err(e) => {
-                    tracing::warn!(topic = %self.topic, error = %e, retry_in = ?RETRY_EVERY, "cannot read the topic's watermarks; is it created?");
+                    tracing::warn!(topic = %self.topic, error = %e, retry_in = ?RETRY_EVERY, "cannot look up the topic's start offsets; is it created?");
                     tokio::time::sleep(RETRY_EVERY).await;
                 }
             }
@@ -212,3 +249,40 @@ impl ClientContext for QuietContext {
 }
 
 impl ConsumerContext for QuietContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_back_starts_the_rings_span_and_the_margin_back_at_an_epochs_frames() {
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        // 60 epochs of 2 s and 10 s: 130 s back. Every epoch from 435 on (stamped 872,000 and
+        // later) is read whole.
+        let read_back = ReadBack::before(at(1_000_000), 60, 2000);
+        assert_eq!(
+            read_back,
+            ReadBack {
+                from_ms: 870_000,
+                first_epoch: 435
+            }
+        );
+        let read_back = ReadBack::before(at(1_000_001), 60, 2000);
+        assert_eq!(
+            read_back,
+            ReadBack {
+                from_ms: 870_001,
+                first_epoch: 435
+            }
+        );
+        // A clock before the span: from the start of time.
+        let read_back = ReadBack::before(at(5_000), 60, 2000);
+        assert_eq!(
+            read_back,
+            ReadBack {
+                from_ms: 0,
+                first_epoch: 0
+            }
+        );
+    }
+}

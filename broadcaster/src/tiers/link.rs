@@ -142,6 +142,28 @@ impl Downstream {
         true
     }
 
+    /// [`Downstream::takes`], and when `frame` is an epoch that jumps past the one after what
+    /// the lower tier has, first queues the gap it would jump over, if this tier lost those
+    /// epochs or never had them: a main publisher restarted with a fresh hub meets most streams
+    /// only after a cluster publisher subscribed with what it has ([`Hub::missed_before`]), and
+    /// a link catching up after lagging finds rings that moved on.
+    fn takes_after_gap(&mut self, frame: &Frame, hub: &Hub) -> bool {
+        let had = if frame.ring {
+            self.has.get(&frame.stream).copied()
+        } else {
+            None
+        };
+        if !self.takes(frame) {
+            return false;
+        }
+        if let Some(had) = had.filter(|&had| frame.epoch > had.saturating_add(1)) {
+            if let Some(lost) = hub.lost_after(&frame.stream, had) {
+                self.owe_lost(Arc::clone(&frame.stream), lost);
+            }
+        }
+        true
+    }
+
     /// Applies a subscription, queueing what it makes this link lack.
     fn subscribe(&mut self, sub: Subscribe, hub: &Arc<Hub>) {
         let Subscribe {
@@ -212,9 +234,13 @@ impl Downstream {
 
     /// Queues the gap a lower tier that has `stream` up to `have` would fall into, if any.
     fn owe_gap(&mut self, hub: &Hub, stream: Arc<str>, have: u64) {
-        let Some((since, oldest)) = hub.gap_after(&stream, have) else {
-            return;
-        };
+        if let Some(lost) = hub.gap_after(&stream, have) {
+            self.owe_lost(stream, lost);
+        }
+    }
+
+    /// Queues the gap notice of epochs of `stream` after `since` and before `oldest`.
+    fn owe_lost(&mut self, stream: Arc<str>, (since, oldest): (u64, u64)) {
         let gap = StreamGap {
             stream: stream.to_string(),
             since,
@@ -236,6 +262,7 @@ impl Downstream {
     async fn live<S>(
         &mut self,
         frame: Frame,
+        hub: &Hub,
         tx: &mut S,
         metrics: &Metrics,
     ) -> Result<(), WriteFailed>
@@ -243,7 +270,7 @@ impl Downstream {
         S: Sink<Message> + Unpin,
         S::Error: std::fmt::Display,
     {
-        if !self.takes(&frame) {
+        if !self.takes_after_gap(&frame, hub) {
             return Ok(());
         }
         if self.owed.contains_key(&frame.stream) {
@@ -301,8 +328,15 @@ impl Downstream {
                 self.owe_gap(hub, Arc::clone(stream), have);
             }
         }
+        // A broken stream's gap is queued already.
+        let broken: HashSet<&Arc<str>> = held.broken.iter().collect();
         for frame in held.frames {
-            if self.takes(&frame) {
+            let taken = if broken.contains(&frame.stream) {
+                self.takes(&frame)
+            } else {
+                self.takes_after_gap(&frame, hub)
+            };
+            if taken {
                 self.owe(Owed::Frame(frame));
             }
         }
@@ -461,7 +495,7 @@ where
                 Ok(frame) => {
                     down.seen = frame.seq;
                     live_in_a_row += 1;
-                    down.live(frame, tx, metrics).await
+                    down.live(frame, hub, tx, metrics).await
                 }
                 Err(RecvError::Lagged(missed)) => {
                     let held = hub.held_after(down.seen);
@@ -969,7 +1003,7 @@ mod tests {
         for (stream, epoch) in [("flowing", 2), ("big", 9)] {
             hub.publish(frame(stream, epoch)).unwrap();
             let newest = hub.held_after(0).frames.last().cloned().unwrap();
-            down.live(newest, &mut tx, &metrics).await.unwrap();
+            down.live(newest, &hub, &mut tx, &metrics).await.unwrap();
         }
         send_all_owed(&mut down, &mut tx, &metrics).await;
         drop(tx);
@@ -1046,6 +1080,66 @@ mod tests {
         let mut got = sent_for(&mut cluster, all, &hub).await;
         got.sort();
         assert_eq!(got, [frame("a", 6).to_string(), frame("c", 1).to_string()]);
+    }
+
+    /// A main publisher restarted reads back only the ring's span: a cluster publisher that
+    /// subscribes with older epochs is told of the gap before the first epoch it gets of each
+    /// stream that jumps over what the hub may have missed, whether that epoch comes live or
+    /// after the link lagged, and of nothing where it misses nothing.
+    #[tokio::test]
+    async fn a_restarted_hub_tells_of_what_it_may_have_missed_before_the_first_epoch_sent() {
+        let metrics = Metrics::new("main");
+        let hub = Arc::new(Hub::new(4));
+        hub.missed_before(100);
+        let have = BTreeMap::from([
+            ("a".to_string(), 50),
+            ("b".to_string(), 99),
+            ("c".to_string(), 98),
+        ]);
+        let all = Subscribe {
+            all: true,
+            have,
+            ..Subscribe::default()
+        };
+        // Subscribed before the read-back brings anything: nothing owed yet.
+        let (mut live, mut lagged) = (downstream(), downstream());
+        assert!(sent_for(&mut live, all.clone(), &hub).await.is_empty());
+        assert!(sent_for(&mut lagged, all, &hub).await.is_empty());
+        let (mut tx, rx) = futures_channel::mpsc::unbounded::<Message>();
+        for (stream, epoch) in [("a", 120), ("a", 121), ("b", 101), ("c", 100)] {
+            hub.publish(frame(stream, epoch)).unwrap();
+            let newest = hub.held_after(0).frames.last().cloned().unwrap();
+            live.live(newest, &hub, &mut tx, &metrics).await.unwrap();
+        }
+        send_all_owed(&mut live, &mut tx, &metrics).await;
+        drop(tx);
+        let gap = |stream: &str, since: u64, oldest: u64| {
+            format!(r#"{{"type":"gap","stream":"{stream}","since":{since},"oldest":{oldest}}}"#)
+        };
+        let (a, c) = (
+            [
+                gap("a", 50, 120),
+                frame("a", 120).to_string(),
+                frame("a", 121).to_string(),
+            ],
+            [gap("c", 98, 100), frame("c", 100).to_string()],
+        );
+        // b's frame goes at once; a's and c's wait behind their gaps, in the backlog.
+        let b = frame("b", 101).to_string();
+        let want: Vec<String> = [b.clone()]
+            .into_iter()
+            .chain(a.clone())
+            .chain(c.clone())
+            .collect();
+        assert_eq!(texts(rx).await, want);
+
+        // The same, from the rings, after the link fell behind the feed.
+        lagged.catch_up(hub.held_after(0), &hub);
+        let (mut tx, rx) = futures_channel::mpsc::unbounded::<Message>();
+        send_all_owed(&mut lagged, &mut tx, &metrics).await;
+        drop(tx);
+        let want: Vec<String> = a.into_iter().chain([b]).chain(c).collect();
+        assert_eq!(texts(rx).await, want);
     }
 
     /// A cluster publisher's link takes every stream: what it keeps of each goes once the hub

@@ -177,7 +177,7 @@ fn bundled(frames: &[Frame]) -> bool {
                 popular.push(frame.epoch);
                 continue;
             }
-            Kind::Gap | Kind::Epoch => continue,
+            Kind::Gap | Kind::Epoch | Kind::Other => continue,
         };
         *seen.entry((&frame.stream, frame.epoch)).or_default() |= bit;
     }

@@ -127,6 +127,7 @@ pub async fn sse_until(conn: &mut TcpStream, want: &str) -> String {
 pub fn settings(ring_epochs: usize) -> Settings {
     Settings {
         retention: Retention::ring(ring_epochs),
+        missed_before: 0,
         tokens: None,
         link_secret: None,
         page: None,
