@@ -635,3 +635,51 @@ async fn a_malformed_stream_segment_is_the_json_refusal() {
         );
     }
 }
+
+/// `cors_origins` names origins as browsers send them: `"*"` (which tower-http's origin list
+/// would panic on) and anything with a path, a trailing slash, no scheme or capitals (which
+/// would never match a browser's `Origin`) are refused when the state is built, naming the
+/// entry, instead of a panic at start or a page whose taps are silently refused.
+#[tokio::test]
+async fn a_cors_origin_that_is_not_an_origin_is_a_start_error_naming_it() {
+    for bad in [
+        "*",
+        "https://emostream.example/",
+        "https://emostream.example/viewer",
+        "emostream.example",
+        "https://Emostream.example",
+        "https://emostream.example:",
+        "https://emostream.example:99999",
+        "https://emostream.example:443",
+        "http://[::ABCD]:8080",
+        "https://user@emostream.example",
+        "https://",
+        "null",
+    ] {
+        let config = config(&format!("cors_origins = [\"https://ok.example\", {bad:?}]"));
+        let metrics = Arc::new(Metrics::default());
+        let (_batcher, handle) = Batcher::start(&config, Arc::clone(&metrics)).unwrap();
+        let Err(e) = AppState::new(&config, handle, metrics) else {
+            panic!("{bad:?} was taken as an origin");
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "gateway.cors_origins: {bad:?} is not an origin: write scheme://host[:port] in \
+                 lower case, without a path or a trailing slash (\"*\" is not taken: list each \
+                 page's origin)"
+            )
+        );
+    }
+    for good in [
+        "https://emostream.example",
+        "http://127.0.0.1:9011",
+        "http://[::1]:8080",
+        "https://xn--mj8h.example",
+    ] {
+        let config = config(&format!("cors_origins = [{good:?}]"));
+        let metrics = Arc::new(Metrics::default());
+        let (_batcher, handle) = Batcher::start(&config, Arc::clone(&metrics)).unwrap();
+        assert!(AppState::new(&config, handle, metrics).is_ok(), "{good:?}");
+    }
+}

@@ -245,7 +245,9 @@ pub struct GatewayConfig {
     #[serde(default = "GatewayConfig::header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
     /// Origins (`http://host:port`) allowed to post taps from a browser, besides the viewer page
-    /// of every subscriber named under `[broadcaster]`.
+    /// of every subscriber named under `[broadcaster]`. Each as a browser sends it in `Origin`
+    /// (lower case, no path or trailing slash); the gateway refuses to start on anything else,
+    /// `"*"` included.
     #[serde(default)]
     pub cors_origins: Vec<String>,
     /// Token bucket per `user_id`: taps per second refilled …
