@@ -50,6 +50,8 @@ pub enum StartError {
     },
     #[error("the Kafka producer failed for good, exiting to be restarted: {0}")]
     Fatal(String),
+    #[error("the gateway's batcher stopped, exiting to be restarted: {0}")]
+    BatcherStopped(String),
     #[error("the readiness check did not finish: {0}")]
     Check(#[from] tokio::task::JoinError),
     #[error(transparent)]

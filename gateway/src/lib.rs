@@ -54,7 +54,8 @@ use tower::ServiceExt;
 /// `drain_timeout_ms - delivery_timeout_ms` and closes the connections still open, flushes
 /// every open batch and waits for the broker's answers before returning. A fatal producer error
 /// starts the same drain and then returns [`StartError::Fatal`], so the process exits non-zero
-/// and its supervisor restarts it.
+/// and its supervisor restarts it; so does the batcher's packer task ending early (a panic),
+/// with [`StartError::BatcherStopped`].
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -135,6 +136,9 @@ pub async fn serve(
     .await;
     // Every handler has returned, so every sender clone is gone: the batcher drains and stops.
     batcher.finish().await;
+    if let Some(reason) = health.stopped() {
+        return Err(StartError::BatcherStopped(reason));
+    }
     match health.fatal() {
         Some(reason) => Err(StartError::Fatal(reason)),
         None => Ok(()),

@@ -48,8 +48,15 @@ pub struct Health {
     /// librdkafka's fatal error: the producer cannot send again (e.g. the idempotent producer
     /// fenced or out of sequence for good), so the gateway exits for its supervisor to restart it.
     fatal: OnceLock<String>,
+    /// Why the batcher's packer task ended while requests could still come (a panic): no tap
+    /// can be taken any more, so the gateway drains and exits for its supervisor to restart it.
+    stopped: OnceLock<String>,
     failed: Notify,
 }
+
+/// `/readyz`'s reason once the packer task is gone.
+pub const BATCHER_STOPPED: &str =
+    "the gateway's batcher stopped; the gateway is exiting to be restarted";
 
 impl Default for Health {
     fn default() -> Self {
@@ -59,6 +66,7 @@ impl Default for Health {
             wake: Notify::new(),
             not_ready: Mutex::new(Some("the broker has not been probed yet".into())),
             fatal: OnceLock::new(),
+            stopped: OnceLock::new(),
             failed: Notify::new(),
         }
     }
@@ -69,8 +77,11 @@ impl Health {
         !self.down.load(Ordering::Relaxed) && self.fatal.get().is_none()
     }
 
-    /// The last probe's verdict (None: ready), or the fatal error.
+    /// The last probe's verdict (None: ready), or the fatal error, or the batcher's end.
     pub fn not_ready(&self) -> Option<String> {
+        if self.stopped.get().is_some() {
+            return Some(BATCHER_STOPPED.into());
+        }
         if let Some(reason) = self.fatal.get() {
             return Some(format!(
                 "the Kafka producer failed for good ({reason}); the gateway is exiting to be restarted"
@@ -102,9 +113,22 @@ impl Health {
         self.fatal.get().map(String::as_str)
     }
 
-    /// Resolves once the producer has failed for good.
+    /// Records why the batcher's packer task ended early (the first reason only).
+    pub fn set_stopped(&self, reason: &str) {
+        if self.stopped.set(reason.to_string()).is_ok() {
+            tracing::error!(reason, "the batcher stopped: draining, then exiting");
+            self.failed.notify_one();
+        }
+    }
+
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.get().map(String::as_str)
+    }
+
+    /// Resolves once the producer has failed for good or the batcher has stopped: either way
+    /// no tap can be taken any more.
     pub async fn failed(&self) {
-        while self.fatal.get().is_none() {
+        while self.fatal.get().is_none() && self.stopped.get().is_none() {
             self.failed.notified().await;
         }
     }

@@ -859,13 +859,13 @@ async fn healthz() -> &'static str {
 }
 
 /// The broker answers and the events topic exists (the health probe's last verdict, at most
-/// about a second old), and the producer has not failed for good.
+/// about a second old), the producer has not failed for good, and the batcher still runs.
 #[utoipa::path(
     get,
     path = "/readyz",
     responses(
         (status = 200, description = "ready", content_type = "text/plain", body = String),
-        (status = 503, description = "The broker or the topic does not answer.", body = ErrorBody),
+        (status = 503, description = "The broker or the topic does not answer, or the gateway is exiting to be restarted (its producer failed for good, or its batcher stopped).", body = ErrorBody),
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -683,3 +683,42 @@ async fn a_cors_origin_that_is_not_an_origin_is_a_start_error_naming_it() {
         assert!(AppState::new(&config, handle, metrics).is_ok(), "{good:?}");
     }
 }
+
+/// The packer task gone (a panic): `/readyz` says so at once, and a tap is refused with that
+/// reason, not "ingest queue full" (a client would retry into the same refusal forever).
+#[tokio::test]
+async fn a_stopped_batcher_fails_readyz_and_refuses_taps_with_its_reason() {
+    let config = config("");
+    let metrics = Arc::new(Metrics::default());
+    let (batcher, handle) = Batcher::start(&config, Arc::clone(&metrics)).expect("a producer");
+    let app = app(AppState::new(&config, handle, metrics).expect("valid rules"));
+    let packer = batcher.packer_for_test();
+    packer.abort();
+    emostream_testkit::wait_until(
+        "the packer task to end",
+        std::time::Duration::from_secs(10),
+        || async { packer.is_finished() },
+    )
+    .await;
+    let ready = send(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error":"the gateway's batcher stopped; the gateway is exiting to be restarted"}"#
+        )
+    );
+    let a = send(
+        &app,
+        post("/send_emoji", JSON, r#"{"user_id":1,"emoji_type":"🔥"}"#),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.retry_after.as_deref(), a.body.as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("1"),
+            r#"{"error":"the gateway's batcher stopped; the gateway is restarting, retry shortly"}"#
+        )
+    );
+}
