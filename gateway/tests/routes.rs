@@ -722,3 +722,35 @@ async fn a_stopped_batcher_fails_readyz_and_refuses_taps_with_its_reason() {
         )
     );
 }
+
+/// `7` + U+FE0F without the keycap mark U+20E3 is not an emoji (it shows as a plain digit), yet
+/// the `emojis` crate maps it to the keycap 7️⃣: refused, as any other non-emoji.
+#[tokio::test]
+async fn a_digit_with_a_variation_selector_but_no_keycap_is_422() {
+    let app = gateway("");
+    for (path, body, field) in [
+        (
+            "/send_emoji",
+            "{\"user_id\":\"u\",\"emoji_type\":\"7\u{FE0F}\"}",
+            "emoji_type",
+        ),
+        (
+            "/v1/streams/main/emojis",
+            "[{\"user_id\":\"u\",\"emoji\":\"1\u{FE0F}\u{20E3}\"},{\"user_id\":\"u\",\"emoji\":\"#\u{FE0F}\"}]",
+            "items[1].emoji",
+        ),
+    ] {
+        let a = send(&app, post(path, JSON, body)).await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(
+            a.error(),
+            ErrorBody {
+                error: format!(
+                    "{} must be exactly one emoji of Unicode's RGI list",
+                    field.rsplit('.').next().unwrap()
+                ),
+                field: Some(field.into()),
+            }
+        );
+    }
+}
