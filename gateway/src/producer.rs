@@ -22,11 +22,22 @@ use tokio::task::JoinHandle;
 /// stay well under the broker's message size limit.
 pub const FLUSH_BYTES: usize = 8 * 1024 * 1024;
 
-/// The largest record the gateway builds (the producer's `message.max.bytes`): a request whose
-/// lines would take its open batch past it sends that batch first and opens the next, and one
-/// request's lines never pass it (a 1 MiB body encodes to about 10 MiB at most, since the
-/// stream and `request_id` are repeated on every line).
+/// The largest record the gateway builds, its key and librdkafka's framing included: the
+/// producer's `message.max.bytes`, and the least the topic's `max.message.bytes` must allow.
 pub const MAX_RECORD_BYTES: usize = 2 * FLUSH_BYTES;
+
+/// What [`MAX_RECORD_BYTES`] leaves to a record's lines. librdkafka refuses a record for good
+/// (MSG_SIZE_TOO_LARGE, a 500 for every request in it) when its payload, key and largest framing
+/// together pass `message.max.bytes` (`rd_kafka_msg_new0` in rdkafka_msg.c: the framing is
+/// `RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`, 36 bytes, and the key is the stream id, 64 bytes at
+/// most); 1 KiB covers both with room to spare.
+pub const RECORD_MARGIN_BYTES: usize = 1024;
+
+/// The most a record's lines take: a request whose lines would take its open batch past it
+/// sends that batch first and opens the next, and one request's lines never pass it (a 1 MiB
+/// body encodes to about 10 MiB at most, since the stream and `request_id` are repeated on
+/// every line).
+pub const MAX_RECORD_LINES: usize = MAX_RECORD_BYTES - RECORD_MARGIN_BYTES;
 
 /// How often a down broker is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(250);

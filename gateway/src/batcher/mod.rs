@@ -29,7 +29,7 @@ mod tests;
 
 use crate::metrics::Metrics;
 use crate::parse::Tap;
-use crate::producer::{self, Health, Kafka, FLUSH_BYTES, MAX_RECORD_BYTES};
+use crate::producer::{self, Health, Kafka, FLUSH_BYTES, MAX_RECORD_LINES};
 use crate::{GatewayError, StartError};
 use batches::Batches;
 use budget::Budget;
@@ -135,9 +135,9 @@ impl BatcherHandle {
         // No accepted body encodes to this much (a 1 MiB body of minimal taps with the longest
         // stream and key is about 10 MiB, `the_largest_accepted_body_fits_one_record`): this
         // keeps it so, whatever the route limits become, for this request alone.
-        if lines.len() > MAX_RECORD_BYTES {
+        if lines.len() > MAX_RECORD_LINES {
             return Err(GatewayError::EncodedTooLarge {
-                limit: MAX_RECORD_BYTES,
+                limit: MAX_RECORD_LINES,
             });
         }
         // The budget counts the bytes held until the broker answers, whatever the taps' count:
@@ -330,12 +330,7 @@ impl Batcher {
         let packer = Packer {
             producer,
             topic,
-            batches: Batches::new(
-                config.gateway.flush_max_events,
-                FLUSH_BYTES,
-                MAX_RECORD_BYTES,
-                MAX_UNACKED_PER_PARTITION,
-            ),
+            batches: record_batches(config.gateway.flush_max_events),
             in_flight: JoinSet::new(),
             health: Arc::clone(&health),
             metrics,
@@ -393,6 +388,18 @@ impl Batcher {
         }
         self.probe.abort();
     }
+}
+
+/// The batching policy the packer runs with: `flush_max_events` events or [`FLUSH_BYTES`] make a
+/// batch due, and no record's lines pass [`MAX_RECORD_LINES`], so that with its key and framing
+/// no record passes the producer's `message.max.bytes`.
+fn record_batches(flush_max_events: usize) -> Batches {
+    Batches::new(
+        flush_max_events,
+        FLUSH_BYTES,
+        MAX_RECORD_LINES,
+        MAX_UNACKED_PER_PARTITION,
+    )
 }
 
 /// The NDJSON lines of one request's taps, as they go into a record: its stream and `request`
