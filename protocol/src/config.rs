@@ -234,7 +234,8 @@ pub struct GatewayConfig {
     /// Kafka either way.
     #[serde(default = "GatewayConfig::drain_timeout_ms")]
     pub drain_timeout_ms: u64,
-    /// Open client connections; further ones wait in the listen backlog until one closes.
+    /// Open client connections; further ones wait in the listen backlog until one closes. Cut
+    /// at start to the process's descriptor limit (raised to its hard limit) less a reserve.
     #[serde(default = "GatewayConfig::max_connections")]
     pub max_connections: usize,
     /// Open connections of one client IP; a further one is answered 429 and closed at accept.
