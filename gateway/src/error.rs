@@ -8,7 +8,10 @@ use emostream_protocol::wire::ErrorBody;
 pub enum StartError {
     #[error("gateway.emoji_allow_list: {0:?} is not one emoji of Unicode's RGI list")]
     AllowList(String),
-    #[error("gateway.cors_origins: {0:?} is not an origin")]
+    #[error(
+        "gateway.cors_origins: {0:?} is not an origin: write scheme://host[:port] in lower \
+         case, without a path or a trailing slash (\"*\" is not taken: list each page's origin)"
+    )]
     CorsOrigin(String),
     #[error("gateway.trusted_proxies: {0:?} is not an address or a CIDR network")]
     TrustedProxy(String),
@@ -47,6 +50,8 @@ pub enum StartError {
     },
     #[error("the Kafka producer failed for good, exiting to be restarted: {0}")]
     Fatal(String),
+    #[error("the gateway's batcher stopped, exiting to be restarted: {0}")]
+    BatcherStopped(String),
     #[error("the readiness check did not finish: {0}")]
     Check(#[from] tokio::task::JoinError),
     #[error(transparent)]

@@ -49,17 +49,37 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-/// Serves the gateway on `listener` until `shutdown` resolves: then it stops accepting, lets
-/// in-flight requests finish (each still waits for its broker acknowledgement) for up to
+/// Serves the gateway on `listener` until `shutdown` resolves, first raising the descriptor
+/// limit to its hard limit and cutting `max_connections` to what that allows (with a reserve
+/// for everything else). On `shutdown` it stops accepting, lets in-flight requests finish (each
+/// still waits for its broker acknowledgement) for up to
 /// `drain_timeout_ms - delivery_timeout_ms` and closes the connections still open, flushes
 /// every open batch and waits for the broker's answers before returning. A fatal producer error
 /// starts the same drain and then returns [`StartError::Fatal`], so the process exits non-zero
-/// and its supervisor restarts it.
+/// and its supervisor restarts it; so does the batcher's packer task ending early (a panic),
+/// with [`StartError::BatcherStopped`].
 pub async fn run(
-    config: Config,
+    mut config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let descriptors = listener::raise_descriptor_limit();
+    let g = &mut config.gateway;
+    let connections = listener::connections_within(g.max_connections, descriptors);
+    if connections < g.max_connections {
+        tracing::warn!(
+            max_connections = g.max_connections,
+            descriptors,
+            "max_connections is more than the descriptor limit allows; cut to {connections}"
+        );
+    } else {
+        tracing::info!(
+            descriptors,
+            max_connections = connections,
+            "descriptor limit"
+        );
+    }
+    g.max_connections = connections;
     let metrics = Arc::new(Metrics::default());
     let (batcher, handle) =
         Batcher::start(&config, Arc::clone(&metrics)).map_err(StartError::Producer)?;
@@ -135,6 +155,9 @@ pub async fn serve(
     .await;
     // Every handler has returned, so every sender clone is gone: the batcher drains and stops.
     batcher.finish().await;
+    if let Some(reason) = health.stopped() {
+        return Err(StartError::BatcherStopped(reason));
+    }
     match health.fatal() {
         Some(reason) => Err(StartError::Fatal(reason)),
         None => Ok(()),

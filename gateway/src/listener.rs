@@ -116,6 +116,30 @@ impl CappedListener {
     }
 }
 
+/// Descriptors kept back from connections, as the broadcaster keeps them from viewers
+/// (`BroadcasterConfig::RESERVED_DESCRIPTORS`): the listener, the producer's and the start-up
+/// admin client's broker sockets and wake-up pipes, the runtime's, the logs; a small limit
+/// keeps a quarter instead.
+const RESERVED_DESCRIPTORS: usize = 1024;
+
+/// Raises this process's soft limit on open descriptors to its hard limit, and returns the
+/// limit now in force. Every connection is a descriptor, and the soft limit is often 1024 where
+/// the hard one is far higher; only the systemd unit sets `LimitNOFILE`.
+pub fn raise_descriptor_limit() -> usize {
+    let limit = rlimit::increase_nofile_limit(u64::MAX)
+        .or_else(|_| rlimit::Resource::NOFILE.get().map(|(soft, _)| soft))
+        .unwrap_or(1024);
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
+/// The connections `max_connections` allows within `descriptors` (the process's limit) and the
+/// reserve: the listener accepts only while it holds one of these permits, so it never runs the
+/// process out of descriptors, where each failed accept (EMFILE) would cost a second's pause.
+pub fn connections_within(max_connections: usize, descriptors: usize) -> usize {
+    let reserved = RESERVED_DESCRIPTORS.min(descriptors / 4);
+    max_connections.min(descriptors - reserved).max(1)
+}
+
 /// The client's socket address, for the per-IP rate limit.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
@@ -312,7 +336,37 @@ impl AsyncWrite for CappedStream {
 
 #[cfg(test)]
 mod tests {
-    use super::json_refusal;
+    use super::{connections_within, json_refusal, raise_descriptor_limit};
+
+    #[test]
+    fn connections_stay_below_the_descriptor_limit_with_a_reserve() {
+        // (max_connections, descriptor limit, connections served)
+        let cases = [
+            (10_000, 1_048_576, 10_000),
+            (10_000, 11_024, 10_000),
+            (10_000, 11_023, 9_999),
+            (10_000, 1024, 768),
+            (10_000, 4096, 3072),
+            (500, 1024, 500),
+            (10_000, 8, 6),
+            (10_000, 1, 1),
+        ];
+        for (wanted, descriptors, got) in cases {
+            assert_eq!(
+                connections_within(wanted, descriptors),
+                got,
+                "{wanted} within {descriptors}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+        let raised = raise_descriptor_limit();
+        let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap();
+        assert_eq!(soft, hard);
+        assert_eq!(raised as u64, soft);
+    }
 
     #[test]
     fn hypers_own_refusals_become_json_and_nothing_else_is_touched() {

@@ -22,11 +22,22 @@ use tokio::task::JoinHandle;
 /// stay well under the broker's message size limit.
 pub const FLUSH_BYTES: usize = 8 * 1024 * 1024;
 
-/// The largest record the gateway builds (the producer's `message.max.bytes`): a request whose
-/// lines would take its open batch past it sends that batch first and opens the next, and one
-/// request's lines never pass it (a 1 MiB body encodes to about 10 MiB at most, since the
-/// stream and `request_id` are repeated on every line).
+/// The largest record the gateway builds, its key and librdkafka's framing included: the
+/// producer's `message.max.bytes`, and the least the topic's `max.message.bytes` must allow.
 pub const MAX_RECORD_BYTES: usize = 2 * FLUSH_BYTES;
+
+/// What [`MAX_RECORD_BYTES`] leaves to a record's lines. librdkafka refuses a record for good
+/// (MSG_SIZE_TOO_LARGE, a 500 for every request in it) when its payload, key and largest framing
+/// together pass `message.max.bytes` (`rd_kafka_msg_new0` in rdkafka_msg.c: the framing is
+/// `RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`, 36 bytes, and the key is the stream id, 64 bytes at
+/// most); 1 KiB covers both with room to spare.
+pub const RECORD_MARGIN_BYTES: usize = 1024;
+
+/// The most a record's lines take: a request whose lines would take its open batch past it
+/// sends that batch first and opens the next, and one request's lines never pass it (a 1 MiB
+/// body encodes to about 10 MiB at most, since the stream and `request_id` are repeated on
+/// every line).
+pub const MAX_RECORD_LINES: usize = MAX_RECORD_BYTES - RECORD_MARGIN_BYTES;
 
 /// How often a down broker is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
@@ -48,8 +59,15 @@ pub struct Health {
     /// librdkafka's fatal error: the producer cannot send again (e.g. the idempotent producer
     /// fenced or out of sequence for good), so the gateway exits for its supervisor to restart it.
     fatal: OnceLock<String>,
+    /// Why the batcher's packer task ended while requests could still come (a panic): no tap
+    /// can be taken any more, so the gateway drains and exits for its supervisor to restart it.
+    stopped: OnceLock<String>,
     failed: Notify,
 }
+
+/// `/readyz`'s reason once the packer task is gone.
+pub const BATCHER_STOPPED: &str =
+    "the gateway's batcher stopped; the gateway is exiting to be restarted";
 
 impl Default for Health {
     fn default() -> Self {
@@ -59,6 +77,7 @@ impl Default for Health {
             wake: Notify::new(),
             not_ready: Mutex::new(Some("the broker has not been probed yet".into())),
             fatal: OnceLock::new(),
+            stopped: OnceLock::new(),
             failed: Notify::new(),
         }
     }
@@ -69,8 +88,11 @@ impl Health {
         !self.down.load(Ordering::Relaxed) && self.fatal.get().is_none()
     }
 
-    /// The last probe's verdict (None: ready), or the fatal error.
+    /// The last probe's verdict (None: ready), or the fatal error, or the batcher's end.
     pub fn not_ready(&self) -> Option<String> {
+        if self.stopped.get().is_some() {
+            return Some(BATCHER_STOPPED.into());
+        }
         if let Some(reason) = self.fatal.get() {
             return Some(format!(
                 "the Kafka producer failed for good ({reason}); the gateway is exiting to be restarted"
@@ -102,9 +124,22 @@ impl Health {
         self.fatal.get().map(String::as_str)
     }
 
-    /// Resolves once the producer has failed for good.
+    /// Records why the batcher's packer task ended early (the first reason only).
+    pub fn set_stopped(&self, reason: &str) {
+        if self.stopped.set(reason.to_string()).is_ok() {
+            tracing::error!(reason, "the batcher stopped: draining, then exiting");
+            self.failed.notify_one();
+        }
+    }
+
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.get().map(String::as_str)
+    }
+
+    /// Resolves once the producer has failed for good or the batcher has stopped: either way
+    /// no tap can be taken any more.
     pub async fn failed(&self) {
-        while self.fatal.get().is_none() {
+        while self.fatal.get().is_none() && self.stopped.get().is_none() {
             self.failed.notified().await;
         }
     }

@@ -474,18 +474,68 @@ async fn home(State(state): State<AppState>) -> Html<String> {
 /// The viewer page of every subscriber (`http://host:port` of its advertised URL, as
 /// [`home_page`] links it) and the
 /// configured `cors_origins`: a page elsewhere cannot make its visitors' browsers post taps.
+/// A configured entry must be an origin as a browser sends it ([`is_origin`]): `"*"` would
+/// make tower-http's list panic, and one with a path or capitals would never match.
 fn cors_origins(config: &Config) -> Result<Vec<HeaderValue>, StartError> {
     let subscribers = config
         .broadcaster
         .clusters
         .iter()
         .flat_map(|c| c.page_origins());
+    let configured = config.gateway.cors_origins.iter().map(|origin| {
+        if is_origin(origin) {
+            Ok(origin.clone())
+        } else {
+            Err(StartError::CorsOrigin(origin.clone()))
+        }
+    });
     subscribers
-        .chain(config.gateway.cors_origins.iter().cloned())
+        .map(Ok)
+        .chain(configured)
         .map(|origin| {
+            let origin = origin?;
             HeaderValue::from_str(&origin).map_err(|_| StartError::CorsOrigin(origin.clone()))
         })
         .collect()
+}
+
+/// An origin as a browser serializes it in `Origin` (RFC 6454 §6.1): `scheme://host[:port]`,
+/// in lower case (browsers lower-case the scheme and host, and send an international name in
+/// its `xn--` form), with no path, query, user, trailing slash or default port; an IPv6 host
+/// in brackets.
+/// tower-http compares `Origin` with each entry byte for byte.
+fn is_origin(origin: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, port))
+                if ip.parse::<std::net::Ipv6Addr>().is_ok()
+                    && !ip.bytes().any(|b| b.is_ascii_uppercase()) =>
+            {
+                (ip, port)
+            }
+            _ => return false,
+        },
+        None => authority.split_at(authority.find(':').unwrap_or(authority.len())),
+    };
+    let host_ok = !host.is_empty()
+        && (authority.starts_with('[')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'));
+    // A browser leaves out its scheme's default port.
+    let default_port = matches!((scheme, port), ("http", ":80") | ("https", ":443"));
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| (1..=5).contains(&p.len()) && p.parse::<u16>().is_ok());
+    scheme_ok && host_ok && port_ok && !default_port
 }
 
 /// A small page linking to the viewer page of every subscriber named in the configuration.
@@ -809,13 +859,13 @@ async fn healthz() -> &'static str {
 }
 
 /// The broker answers and the events topic exists (the health probe's last verdict, at most
-/// about a second old), and the producer has not failed for good.
+/// about a second old), the producer has not failed for good, and the batcher still runs.
 #[utoipa::path(
     get,
     path = "/readyz",
     responses(
         (status = 200, description = "ready", content_type = "text/plain", body = String),
-        (status = 503, description = "The broker or the topic does not answer.", body = ErrorBody),
+        (status = 503, description = "The broker or the topic does not answer, or the gateway is exiting to be restarted (its producer failed for good, or its batcher stopped).", body = ErrorBody),
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -1501,3 +1501,49 @@ async fn with_auth_on_only_a_valid_token_taps_and_only_for_its_own_user() {
         .collect();
     assert_eq!(users, ["u1", "u1"]);
 }
+
+/// The packer task gone (a panic) leaves a gateway that can take no tap: it drains and `serve`
+/// returns the reason, so the process exits for its supervisor to restart it, instead of
+/// answering 503 "ingest queue full" for ever while `/readyz` says ready.
+#[tokio::test]
+async fn a_stopped_batcher_ends_the_gateway_with_the_reason() {
+    let kafka = Kafka::start("");
+    let metrics = Arc::new(emostream_gateway::Metrics::default());
+    let (batcher, handle) =
+        emostream_gateway::Batcher::start(&kafka.config, Arc::clone(&metrics)).unwrap();
+    let packer = batcher.packer_for_test();
+    let health = handle.health();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(emostream_gateway::serve(
+        kafka.config.clone(),
+        listener,
+        std::future::pending(),
+        (batcher, handle),
+        metrics,
+    ));
+    wait_ready(&addr).await;
+    accepted(
+        &http::post_json(
+            &addr,
+            "/v1/streams/main/emojis",
+            r#"{"user_id":"u","emoji":"🔥"}"#,
+        )
+        .await
+        .unwrap(),
+    );
+    packer.abort();
+    let exited = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the gateway exits once its batcher has stopped")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        exited.to_string(),
+        "the gateway's batcher stopped, exiting to be restarted: the packer task was cancelled"
+    );
+    assert_eq!(
+        health.not_ready().as_deref(),
+        Some("the gateway's batcher stopped; the gateway is exiting to be restarted")
+    );
+}

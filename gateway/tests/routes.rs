@@ -635,3 +635,122 @@ async fn a_malformed_stream_segment_is_the_json_refusal() {
         );
     }
 }
+
+/// `cors_origins` names origins as browsers send them: `"*"` (which tower-http's origin list
+/// would panic on) and anything with a path, a trailing slash, no scheme or capitals (which
+/// would never match a browser's `Origin`) are refused when the state is built, naming the
+/// entry, instead of a panic at start or a page whose taps are silently refused.
+#[tokio::test]
+async fn a_cors_origin_that_is_not_an_origin_is_a_start_error_naming_it() {
+    for bad in [
+        "*",
+        "https://emostream.example/",
+        "https://emostream.example/viewer",
+        "emostream.example",
+        "https://Emostream.example",
+        "https://emostream.example:",
+        "https://emostream.example:99999",
+        "https://emostream.example:443",
+        "http://[::ABCD]:8080",
+        "https://user@emostream.example",
+        "https://",
+        "null",
+    ] {
+        let config = config(&format!("cors_origins = [\"https://ok.example\", {bad:?}]"));
+        let metrics = Arc::new(Metrics::default());
+        let (_batcher, handle) = Batcher::start(&config, Arc::clone(&metrics)).unwrap();
+        let Err(e) = AppState::new(&config, handle, metrics) else {
+            panic!("{bad:?} was taken as an origin");
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "gateway.cors_origins: {bad:?} is not an origin: write scheme://host[:port] in \
+                 lower case, without a path or a trailing slash (\"*\" is not taken: list each \
+                 page's origin)"
+            )
+        );
+    }
+    for good in [
+        "https://emostream.example",
+        "http://127.0.0.1:9011",
+        "http://[::1]:8080",
+        "https://xn--mj8h.example",
+    ] {
+        let config = config(&format!("cors_origins = [{good:?}]"));
+        let metrics = Arc::new(Metrics::default());
+        let (_batcher, handle) = Batcher::start(&config, Arc::clone(&metrics)).unwrap();
+        assert!(AppState::new(&config, handle, metrics).is_ok(), "{good:?}");
+    }
+}
+
+/// The packer task gone (a panic): `/readyz` says so at once, and a tap is refused with that
+/// reason, not "ingest queue full" (a client would retry into the same refusal forever).
+#[tokio::test]
+async fn a_stopped_batcher_fails_readyz_and_refuses_taps_with_its_reason() {
+    let config = config("");
+    let metrics = Arc::new(Metrics::default());
+    let (batcher, handle) = Batcher::start(&config, Arc::clone(&metrics)).expect("a producer");
+    let app = app(AppState::new(&config, handle, metrics).expect("valid rules"));
+    let packer = batcher.packer_for_test();
+    packer.abort();
+    emostream_testkit::wait_until(
+        "the packer task to end",
+        std::time::Duration::from_secs(10),
+        || async { packer.is_finished() },
+    )
+    .await;
+    let ready = send(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error":"the gateway's batcher stopped; the gateway is exiting to be restarted"}"#
+        )
+    );
+    let a = send(
+        &app,
+        post("/send_emoji", JSON, r#"{"user_id":1,"emoji_type":"🔥"}"#),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.retry_after.as_deref(), a.body.as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("1"),
+            r#"{"error":"the gateway's batcher stopped; the gateway is restarting, retry shortly"}"#
+        )
+    );
+}
+
+/// `7` + U+FE0F without the keycap mark U+20E3 is not an emoji (it shows as a plain digit), yet
+/// the `emojis` crate maps it to the keycap 7️⃣: refused, as any other non-emoji.
+#[tokio::test]
+async fn a_digit_with_a_variation_selector_but_no_keycap_is_422() {
+    let app = gateway("");
+    for (path, body, field) in [
+        (
+            "/send_emoji",
+            "{\"user_id\":\"u\",\"emoji_type\":\"7\u{FE0F}\"}",
+            "emoji_type",
+        ),
+        (
+            "/v1/streams/main/emojis",
+            "[{\"user_id\":\"u\",\"emoji\":\"1\u{FE0F}\u{20E3}\"},{\"user_id\":\"u\",\"emoji\":\"#\u{FE0F}\"}]",
+            "items[1].emoji",
+        ),
+    ] {
+        let a = send(&app, post(path, JSON, body)).await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(
+            a.error(),
+            ErrorBody {
+                error: format!(
+                    "{} must be exactly one emoji of Unicode's RGI list",
+                    field.rsplit('.').next().unwrap()
+                ),
+                field: Some(field.into()),
+            }
+        );
+    }
+}

@@ -234,7 +234,8 @@ pub struct GatewayConfig {
     /// Kafka either way.
     #[serde(default = "GatewayConfig::drain_timeout_ms")]
     pub drain_timeout_ms: u64,
-    /// Open client connections; further ones wait in the listen backlog until one closes.
+    /// Open client connections; further ones wait in the listen backlog until one closes. Cut
+    /// at start to the process's descriptor limit (raised to its hard limit) less a reserve.
     #[serde(default = "GatewayConfig::max_connections")]
     pub max_connections: usize,
     /// Open connections of one client IP; a further one is answered 429 and closed at accept.
@@ -245,7 +246,9 @@ pub struct GatewayConfig {
     #[serde(default = "GatewayConfig::header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
     /// Origins (`http://host:port`) allowed to post taps from a browser, besides the viewer page
-    /// of every subscriber named under `[broadcaster]`.
+    /// of every subscriber named under `[broadcaster]`. Each as a browser sends it in `Origin`
+    /// (lower case, no path or trailing slash); the gateway refuses to start on anything else,
+    /// `"*"` included.
     #[serde(default)]
     pub cors_origins: Vec<String>,
     /// Token bucket per `user_id`: taps per second refilled …

@@ -29,8 +29,9 @@ pub(super) struct Batches {
     max_events: usize,
     /// A batch is due once its lines reach this …
     max_bytes: usize,
-    /// … and never grows past this, the producer's `message.max.bytes`: a record over it would
-    /// be refused for good, and every request in it answered 500.
+    /// … and its lines never grow past this, the producer's `message.max.bytes` less the key
+    /// and framing librdkafka adds (`MAX_RECORD_LINES`): a record over it would be refused for
+    /// good, and every request in it answered 500.
     max_record_bytes: usize,
     /// Records of one partition awaiting the broker at once: while fewer are, a batch goes at
     /// once; at this many, the partition's batches gather until an answer.

@@ -29,7 +29,7 @@ mod tests;
 
 use crate::metrics::Metrics;
 use crate::parse::Tap;
-use crate::producer::{self, Health, Kafka, FLUSH_BYTES, MAX_RECORD_BYTES};
+use crate::producer::{self, Health, Kafka, FLUSH_BYTES, MAX_RECORD_LINES};
 use crate::{GatewayError, StartError};
 use batches::Batches;
 use budget::Budget;
@@ -115,6 +115,11 @@ impl BatcherHandle {
         taps: &[Tap<'_>],
         reserved: Reservation,
     ) -> Result<Accepted, GatewayError> {
+        // The packer is gone (a panic): nothing would take the taps. Checked before the
+        // broker's health so the answer says why, whatever the broker does.
+        if self.tx.is_closed() {
+            return Err(packer::BATCHER_STOPPED);
+        }
         if self.health.fatal().is_some() {
             return Err(packer::PRODUCER_FAILED);
         }
@@ -130,9 +135,9 @@ impl BatcherHandle {
         // No accepted body encodes to this much (a 1 MiB body of minimal taps with the longest
         // stream and key is about 10 MiB, `the_largest_accepted_body_fits_one_record`): this
         // keeps it so, whatever the route limits become, for this request alone.
-        if lines.len() > MAX_RECORD_BYTES {
+        if lines.len() > MAX_RECORD_LINES {
             return Err(GatewayError::EncodedTooLarge {
-                limit: MAX_RECORD_BYTES,
+                limit: MAX_RECORD_LINES,
             });
         }
         // The budget counts the bytes held until the broker answers, whatever the taps' count:
@@ -160,11 +165,12 @@ impl BatcherHandle {
             ack,
             permit,
         };
-        self.tx
-            .try_send(submission)
-            .map_err(|_| GatewayError::Overloaded {
+        self.tx.try_send(submission).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => GatewayError::Overloaded {
                 reason: "ingest queue full, retry shortly",
-            })?;
+            },
+            mpsc::error::TrySendError::Closed(_) => packer::BATCHER_STOPPED,
+        })?;
         if let Some(acked) = acked {
             acked.await.map_err(|_| GatewayError::Overloaded {
                 reason: "gateway is shutting down",
@@ -198,8 +204,12 @@ impl BatcherHandle {
         producer::topic_ready(&self.producer, &self.topic, self.partitions).await
     }
 
-    /// The probe's last verdict (None: ready), without a broker round trip.
+    /// The probe's last verdict (None: ready), without a broker round trip; not ready either
+    /// once the packer task is gone, which no probe of the broker would see.
     pub fn not_ready(&self) -> Option<String> {
+        if self.tx.is_closed() {
+            return Some(producer::BATCHER_STOPPED.into());
+        }
         self.health.not_ready()
     }
 
@@ -252,7 +262,12 @@ impl ProducerHealth {
         self.health.fatal().map(str::to_string)
     }
 
-    /// Resolves once the producer has failed for good.
+    /// Why the batcher's packer task ended early (a panic), once it has.
+    pub fn stopped(&self) -> Option<String> {
+        self.health.stopped().map(str::to_string)
+    }
+
+    /// Resolves once the producer has failed for good or the batcher has stopped.
     pub async fn failed(self) {
         self.health.failed().await
     }
@@ -266,9 +281,12 @@ impl ProducerHealth {
     }
 }
 
-/// The task that packs submissions into records, and the broker probe.
+/// The task that packs submissions into records (watched: if it ends while handles remain,
+/// a panic, the gateway is told to drain and exit), and the broker probe.
 pub struct Batcher {
+    /// Waits for the packer and records in the health why it ended early, if it did.
     task: JoinHandle<()>,
+    packer: tokio::task::AbortHandle,
     probe: JoinHandle<()>,
 }
 
@@ -312,27 +330,53 @@ impl Batcher {
         let packer = Packer {
             producer,
             topic,
-            batches: Batches::new(
-                config.gateway.flush_max_events,
-                FLUSH_BYTES,
-                MAX_RECORD_BYTES,
-                MAX_UNACKED_PER_PARTITION,
-            ),
+            batches: record_batches(config.gateway.flush_max_events),
             in_flight: JoinSet::new(),
-            health,
+            health: Arc::clone(&health),
             metrics,
         };
-        let task = tokio::spawn(packer.run(
+        let packer = tokio::spawn(packer.run(
             rx,
             Duration::from_millis(config.gateway.flush_ms),
             config.epochs.window_ms,
         ));
-        Ok((Batcher { task, probe }, handle))
+        let packer_handle = packer.abort_handle();
+        // The packer returns only once every handle is dropped; anything else (a panic) leaves
+        // handlers that can only refuse, so the gateway must stop and be restarted.
+        let task = tokio::spawn(async move {
+            if let Err(e) = packer.await {
+                let reason = if e.is_panic() {
+                    let payload = e.into_panic();
+                    let message = (payload.downcast_ref::<&str>().copied())
+                        .or(payload.downcast_ref::<String>().map(String::as_str))
+                        .unwrap_or("no message");
+                    format!("the packer task panicked: {message}")
+                } else {
+                    "the packer task was cancelled".to_string()
+                };
+                health.set_stopped(&reason);
+            }
+        });
+        Ok((
+            Batcher {
+                task,
+                packer: packer_handle,
+                probe,
+            },
+            handle,
+        ))
+    }
+
+    /// The packer task, for a test to stop it as a panic would.
+    #[doc(hidden)]
+    pub fn packer_for_test(&self) -> tokio::task::AbortHandle {
+        self.packer.clone()
     }
 
     /// Stops at once, before anything was submitted (the gateway refused to start).
     pub fn abort(self) {
         self.task.abort();
+        self.packer.abort();
         self.probe.abort();
     }
 
@@ -344,6 +388,18 @@ impl Batcher {
         }
         self.probe.abort();
     }
+}
+
+/// The batching policy the packer runs with: `flush_max_events` events or [`FLUSH_BYTES`] make a
+/// batch due, and no record's lines pass [`MAX_RECORD_LINES`], so that with its key and framing
+/// no record passes the producer's `message.max.bytes`.
+fn record_batches(flush_max_events: usize) -> Batches {
+    Batches::new(
+        flush_max_events,
+        FLUSH_BYTES,
+        MAX_RECORD_LINES,
+        MAX_UNACKED_PER_PARTITION,
+    )
 }
 
 /// The NDJSON lines of one request's taps, as they go into a record: its stream and `request`

@@ -19,6 +19,12 @@ pub(super) const PRODUCER_FAILED: GatewayError = GatewayError::BrokerUnavailable
     reason: "the Kafka producer failed for good; the gateway is restarting, retry shortly",
 };
 
+/// The answer to every request once the packer task is gone (a panic): the gateway is
+/// draining to exit, a retry after the restart can pass.
+pub(super) const BATCHER_STOPPED: GatewayError = GatewayError::BrokerUnavailable {
+    reason: "the gateway's batcher stopped; the gateway is restarting, retry shortly",
+};
+
 pub(super) struct Packer {
     pub(super) producer: Kafka,
     pub(super) topic: String,

@@ -440,6 +440,42 @@ fn a_request_that_would_take_its_open_batch_past_the_record_cap_sends_it_first()
     );
 }
 
+/// librdkafka refuses a record for good when its key and value together with its largest
+/// per-record framing (`RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`, 36 bytes: five varints and the
+/// attributes byte) pass the producer's `message.max.bytes` (rdkafka_msg.c, `rd_kafka_msg_new0`).
+const LIBRDKAFKA_RECORD_OVERHEAD: usize = 36;
+
+/// A batch filled to exactly `message.max.bytes` of lines would be refused by librdkafka once
+/// its key (the stream) and framing are added, and every request in it answered 500: with the
+/// batcher's own caps, the second request's lines open the next record instead.
+#[test]
+fn a_batch_of_lines_up_to_the_message_limit_leaves_room_for_the_key_and_framing() {
+    use crate::producer::{FLUSH_BYTES, MAX_RECORD_BYTES};
+    let budget = Arc::new(Semaphore::new(100));
+    let mut batches = super::record_batches(1_000_000);
+    batches.sent(0);
+    let key = (0, LONGEST_STREAM, 7);
+    let first = format!("{}\n", "a".repeat(FLUSH_BYTES - 2));
+    let second = format!("{}\n", "b".repeat(MAX_RECORD_BYTES - first.len() - 1));
+    let (a, _) = submission(&budget, key, 14_000, 1, &first, true);
+    let (b, _) = submission(&budget, key, 14_001, 1, &second, true);
+    let mut due: Vec<(BatchKey, OpenBatch)> = Vec::new();
+    for s in [a, b] {
+        due.extend(batches.room_for(&s));
+        due.extend(batches.add(s));
+    }
+    due.extend(batches.take_all());
+    let records: Vec<(usize, usize)> = due
+        .iter()
+        .map(|(_, batch)| (batch.events, batch.lines.len()))
+        .collect();
+    assert_eq!(records, [(1, first.len()), (1, second.len())]);
+    for (key, batch) in &due {
+        let wire = LIBRDKAFKA_RECORD_OVERHEAD + key.stream.len() + batch.lines.len();
+        assert!(wire <= MAX_RECORD_BYTES, "{wire} bytes");
+    }
+}
+
 /// The longest stream id and `Idempotency-Key` the routes take.
 const LONGEST_STREAM: &str = "s123456789012345678901234567890123456789012345678901234567890123";
 
@@ -482,7 +518,7 @@ fn the_largest_accepted_body_fits_one_record() {
         lines.len(),
         9_482_866 + 34_147 * r#","attempt":18446744073709551615"#.len()
     );
-    assert!(lines.len() <= crate::producer::MAX_RECORD_BYTES);
+    assert!(lines.len() <= crate::producer::MAX_RECORD_LINES);
 }
 
 /// The whole batcher on a real broker, frozen (SIGSTOP) so that one record stays in flight and
@@ -493,7 +529,7 @@ fn the_largest_accepted_body_fits_one_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_largest_request_joining_a_full_open_batch_fails_no_other_request() {
     use crate::parse::{self, BodyFormat, Rules};
-    use crate::producer::{FLUSH_BYTES, MAX_RECORD_BYTES};
+    use crate::producer::{FLUSH_BYTES, MAX_RECORD_LINES};
     use emostream_testkit::wait_until;
     use std::process::Command;
     use std::time::Duration;
@@ -603,5 +639,5 @@ async fn the_largest_request_joining_a_full_open_batch_fails_no_other_request() 
         })
         .collect();
     assert_eq!(shapes, [(1, 0), (1, 0), (fillers, 0), (big_taps, big_taps)]);
-    assert!(records.iter().all(|r| r.payload.len() <= MAX_RECORD_BYTES));
+    assert!(records.iter().all(|r| r.payload.len() <= MAX_RECORD_LINES));
 }

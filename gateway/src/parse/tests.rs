@@ -59,6 +59,35 @@ fn anything_but_one_rgi_emoji_is_refused() {
     }
 }
 
+/// The `emojis` crate (0.9.1) maps a few strings to another emoji than the one sent: `#`, `*` or
+/// a digit with U+FE0F but no keycap mark U+20E3 (not an emoji: it shows as the plain
+/// character) to the keycap, and a kiss or couple of two people with the same skin tone and an
+/// unqualified heart to the fully-qualified one with the second person's tone changed. Each is
+/// refused, and the emojis they were mistaken for are still taken.
+#[test]
+fn a_string_the_emoji_data_maps_to_another_emoji_is_refused() {
+    for e in [
+        "#\u{FE0F}",
+        "*\u{FE0F}",
+        "0\u{FE0F}",
+        "7\u{FE0F}",
+        "9\u{FE0F}",
+    ] {
+        assert_eq!(canonical_emoji(e), None, "{e:?} should be refused");
+    }
+    let same_tone = "👨🏼\u{200D}❤\u{200D}💋\u{200D}👨🏼";
+    assert_eq!(canonical_emoji(same_tone), None);
+    let kiss = "👨🏼\u{200D}❤\u{FE0F}\u{200D}💋\u{200D}👨🏼";
+    for (sent, stored) in [
+        ("7\u{FE0F}\u{20E3}", "7\u{FE0F}\u{20E3}"),
+        ("7\u{20E3}", "7\u{FE0F}\u{20E3}"),
+        ("*\u{20E3}", "*\u{FE0F}\u{20E3}"),
+        (kiss, kiss),
+    ] {
+        assert_eq!(canonical_emoji(sent), Some(stored), "{sent:?}");
+    }
+}
+
 #[test]
 fn seed_body_as_the_seeds_send_it() {
     let t = seed_body(br#"{"user_id":"user_42","emoji_type":"\ud83d\udd25","timestamp":"2024-11-05T10:00:00.123Z"}"#, &Rules::default()).unwrap();
