@@ -455,7 +455,7 @@ impl Hub {
     pub fn gap_after(&self, stream: &str, have: u64) -> Option<(u64, u64)> {
         let streams = self.lock();
         let state = streams.get(stream)?;
-        lost_from_ring(state, have).or_else(|| {
+        lost_from_ring(state, have, self.retention.ring_epochs).or_else(|| {
             state
                 .hole
                 .filter(|&(_, oldest)| oldest > have.saturating_add(1))
@@ -466,7 +466,7 @@ impl Hub {
     /// Only the first part of [`Hub::gap_after`]: a hole reported from above went down the
     /// links as it came, so a link checking a live frame needs only this.
     pub fn lost_after(&self, stream: &str, have: u64) -> Option<(u64, u64)> {
-        lost_from_ring(self.lock().get(stream)?, have)
+        lost_from_ring(self.lock().get(stream)?, have, self.retention.ring_epochs)
     }
 
     /// The next frame in publication order. Called under the lock.
@@ -831,9 +831,14 @@ impl Hub {
 
 /// Epochs of a stream after `have` that have left its ring, or passed this hub by before it
 /// started ([`Hub::missed_before`]), as `(have, the first epoch still held)`.
-fn lost_from_ring(state: &StreamState, have: u64) -> Option<(u64, u64)> {
+/// A full ring whose oldest epoch is past the one after `have` counts as lost too, as it does for
+/// a viewer's join ([`Hub::join`]): this tier may have evicted nothing (a restarted cluster
+/// publisher, its rings synced from above), but the tier above evicted what came before.
+fn lost_from_ring(state: &StreamState, have: u64, ring_epochs: usize) -> Option<(u64, u64)> {
     let first = state.ring.iter().find(|f| f.epoch > have)?.epoch;
-    let lost = first > have.saturating_add(1) && state.evicted.is_some_and(|e| e > have);
+    let evicted_here = state.evicted.is_some_and(|e| e > have);
+    let evicted_above = state.ring.len() == ring_epochs;
+    let lost = first > have.saturating_add(1) && (evicted_here || evicted_above);
     lost.then_some((have, first))
 }
 
@@ -1376,6 +1381,26 @@ mod tests {
         assert!(hub
             .publish(r#"{"type":"gap","stream":"main"}"#.into())
             .is_err());
+    }
+
+    /// A restarted cluster publisher fills its rings from the tier above and evicts nothing
+    /// itself: a subscriber resuming from before a full ring is told of the gap, as a viewer
+    /// joining would be; before a ring not full, it is not (the stream had no epochs between).
+    #[test]
+    fn a_resume_from_before_a_full_ring_synced_from_above_is_told_of_the_gap() {
+        let hub = Hub::new(4);
+        for epoch in [10, 11, 12, 13] {
+            hub.publish(frame("full", epoch)).unwrap();
+        }
+        for epoch in [10, 11] {
+            hub.publish(frame("sparse", epoch)).unwrap();
+        }
+        assert_eq!(hub.gap_after("full", 5), Some((5, 10)));
+        assert_eq!(hub.lost_after("full", 5), Some((5, 10)));
+        assert_eq!(hub.gap_after("full", 9), None);
+        assert_eq!(hub.gap_after("full", 11), None);
+        assert_eq!(hub.gap_after("sparse", 5), None);
+        assert!(join(&hub, "full", Some(5)).gap.is_some());
     }
 
     #[test]
