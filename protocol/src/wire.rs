@@ -278,6 +278,22 @@ pub struct Member {
     /// absent from a subscriber that does not report it, which placement treats as unbounded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_room: Option<u64>,
+    /// While `stream_room` is 0: the [`stream_tag`]s of the streams it carries, sorted, so that
+    /// placement still sends it viewers of those (they cost it no stream). Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carrying: Vec<u32>,
+}
+
+/// A stream's name as a number every process of every build computes alike (FNV-1a): what a
+/// full subscriber lists of the streams it carries, 4 bytes a stream rather than the name. Two
+/// names may share a tag (about one in 2 million among a full subscriber's 2,048 streams): a
+/// viewer of the other is then placed there and refused at its upgrade, and registers again.
+pub fn stream_tag(stream: &str) -> u32 {
+    const OFFSET_BASIS: u32 = 0x811c_9dc5;
+    const PRIME: u32 = 0x0100_0193;
+    stream
+        .bytes()
+        .fold(OFFSET_BASIS, |h, b| (h ^ u32::from(b)).wrapping_mul(PRIME))
 }
 
 /// What a lower tier tells the tier above over their link (the frames flow the other way).
@@ -295,6 +311,9 @@ pub enum LinkUp {
         /// As [`Member::stream_room`].
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stream_room: Option<u64>,
+        /// As [`Member::carrying`].
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        carrying: Vec<u32>,
     },
     /// A cluster publisher's heartbeat to the main publisher, listing its live subscribers.
     Cluster {

@@ -19,7 +19,7 @@
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use emostream_protocol::trends::ALL_STREAMS;
-use emostream_protocol::wire::ViewerNotice;
+use emostream_protocol::wire::{stream_tag, ViewerNotice};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -591,6 +591,18 @@ impl Hub {
         self.lock().watched()
     }
 
+    /// The [`stream_tag`]s of the streams viewers watch here, sorted.
+    pub fn watched_tags(&self) -> Vec<u32> {
+        let streams = self.lock();
+        let mut tags: Vec<u32> = (streams.map.iter())
+            .filter(|(_, s)| s.watchers > 0)
+            .map(|(name, _)| stream_tag(name))
+            .collect();
+        drop(streams);
+        tags.sort_unstable();
+        tags
+    }
+
     fn unwatch(&self, stream: &str) {
         let mut streams = self.lock();
         let Some(state) = streams.get_mut(stream) else {
@@ -1080,6 +1092,9 @@ mod tests {
         let a2 = hub.watch("a", 2).unwrap();
         let b = hub.watch("b", 2).unwrap();
         assert_eq!(*wanted.borrow(), ["a", "b"]);
+        let mut tags = [stream_tag("a"), stream_tag("b")];
+        tags.sort_unstable();
+        assert_eq!(hub.watched_tags(), tags);
         // Past the most streams, only another stream is refused.
         assert!(hub.watch("c", 2).is_none());
         drop(hub.watch("b", 2).unwrap());

@@ -83,12 +83,14 @@ fn live_subscribers(roster: &Roster) -> Vec<Member> {
                 viewers,
                 room,
                 stream_room,
+                carrying,
             } => Some(Member {
                 name,
                 url,
                 viewers,
                 room,
                 stream_room,
+                carrying,
             }),
             // Only subscribers link to a cluster publisher.
             LinkUp::Cluster { .. } => None,

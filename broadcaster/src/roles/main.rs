@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use emostream_protocol::auth::UserTokens;
 use emostream_protocol::wire::{
-    Admission, Assignment, LinkUp, Member, Register, TopologyCluster, TopologyView,
+    stream_tag, Admission, Assignment, LinkUp, Member, Register, TopologyCluster, TopologyView,
 };
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -181,7 +181,8 @@ impl Placement {
     /// stream's viewers stay on as few subscribers as balance allows (each carries fewer
     /// streams, and fewer copies of each cross the links above), a big stream spreads over
     /// every subscriber, and a subscriber's leaving moves only its own viewers' streams.
-    /// Skipped: a subscriber with no room for viewers, or none for a stream it may not carry.
+    /// Skipped: a subscriber with no room for viewers, or none for another stream when it does
+    /// not carry this one (a full subscriber lists the streams it carries).
     fn assign(&self, stream: &str) -> Result<Assignment, Error> {
         let now = Instant::now();
         let mut recent = self
@@ -198,8 +199,10 @@ impl Placement {
         }
         let placed = |m: &Member| recent.per_subscriber.get(&m.name).copied().unwrap_or(0);
         // A subscriber that reports no room (one from before it was reported) is unbounded.
+        let tag = stream_tag(stream);
         let has_room = |m: &Member| {
-            m.room.is_none_or(|room| room > placed(m)) && m.stream_room.is_none_or(|r| r > 0)
+            m.room.is_none_or(|room| room > placed(m))
+                && (m.stream_room.is_none_or(|r| r > 0) || m.carrying.binary_search(&tag).is_ok())
         };
         let load = |m: &Member| m.viewers + placed(m);
         let mut open: Vec<(u64, String, Member)> = members
@@ -366,6 +369,7 @@ mod tests {
             viewers,
             room,
             stream_room: None,
+            carrying: Vec::new(),
         }
     }
 
@@ -449,5 +453,34 @@ mod tests {
             placement(Vec::new()).assign("main"),
             Err(Error::NoLiveSubscriber)
         ));
+    }
+
+    /// A subscriber with no room for another stream still takes viewers of the streams it
+    /// carries: with every subscriber full of streams, a viewer of a carried stream is placed
+    /// where it is carried, and one of a new stream is refused.
+    #[test]
+    fn a_subscriber_full_of_streams_takes_viewers_of_the_streams_it_carries() {
+        let full = |name: &str, carrying: &[&str]| {
+            let mut tags: Vec<u32> = carrying.iter().map(|s| stream_tag(s)).collect();
+            tags.sort_unstable();
+            Member {
+                stream_room: Some(0),
+                carrying: tags,
+                ..member(name, 10, Some(100))
+            }
+        };
+        let p = placement(vec![full("a", &["news", "final"]), full("b", &["concert"])]);
+        assert_eq!(names(&p, "final", 2), ["a", "a"]);
+        assert_eq!(names(&p, "concert", 1), ["b"]);
+        assert!(matches!(p.assign("cooking"), Err(Error::Full)));
+    }
+
+    /// Pinned (FNV-1a's published values): subscribers and the main publisher of different
+    /// builds compute a stream's tag alike.
+    #[test]
+    fn stream_tags_are_pinned() {
+        assert_eq!(stream_tag(""), 0x811c_9dc5);
+        assert_eq!(stream_tag("a"), 0xe40c_292c);
+        assert_eq!(stream_tag("main"), 0xea90_e208);
     }
 }

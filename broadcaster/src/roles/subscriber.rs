@@ -86,12 +86,19 @@ pub async fn subscriber(
         let heartbeat = || {
             health.heard();
             let viewers = up_viewers.load(Ordering::Relaxed);
+            let stream_room = max_streams.saturating_sub(up_hub.watched()) as u64;
             LinkUp::Subscriber {
                 name: name.clone(),
                 url: url.clone(),
                 viewers,
                 room: Some(max_viewers.saturating_sub(viewers)),
-                stream_room: Some(max_streams.saturating_sub(up_hub.watched()) as u64),
+                stream_room: Some(stream_room),
+                // Only while full: then placement must know which streams still fit.
+                carrying: if stream_room == 0 {
+                    up_hub.watched_tags()
+                } else {
+                    Vec::new()
+                },
             }
         };
         link::keep_upstream(upstream, &up_hub, &up_metrics, heartbeat, stop).await;

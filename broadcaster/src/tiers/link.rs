@@ -883,6 +883,7 @@ mod tests {
             viewers: 0,
             room: None,
             stream_room: None,
+            carrying: Vec::new(),
         };
         assert!(!serde_json::to_string(&beat)
             .unwrap()

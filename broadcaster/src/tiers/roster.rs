@@ -84,6 +84,7 @@ mod tests {
             viewers,
             room: None,
             stream_room: None,
+            carrying: Vec::new(),
         }
     }
 
