@@ -15,6 +15,7 @@ use crate::crash;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use emostream_protocol::config::KafkaConfig;
+use emostream_protocol::epoch::now_ms;
 use emostream_protocol::kafka::ClientRole;
 use emostream_protocol::wire::EpochFrame;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -393,11 +394,4 @@ impl<'scope> PublishEpochs<'scope> for Stream<'scope, u64, Vec<EpochFrame>> {
         });
         published
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_millis() as u64
 }

@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use crate::partition::{Assignment, Mark, Partition};
 use crate::PartialCount;
 use emostream_protocol::config::KafkaConfig;
-use emostream_protocol::epoch::epoch_of;
+use emostream_protocol::epoch::{epoch_of, now_ms};
 use emostream_protocol::kafka::ClientRole;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
@@ -868,13 +868,6 @@ fn consumer(
         }
     });
     Ok(Arc::new(consumer))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_millis() as u64
 }
 
 #[cfg(test)]

@@ -8,6 +8,14 @@ pub const fn epoch_of(recv_ms: u64, window_ms: u64) -> u64 {
     recv_ms / window_ms
 }
 
+/// This host's clock in Unix ms: the gateway's receive time, the dataflow's view of it.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as u64
+}
+
 /// The half-open range `[start_ms, end_ms)` that an epoch covers.
 pub const fn epoch_bounds(epoch: u64, window_ms: u64) -> (u64, u64) {
     (epoch * window_ms, (epoch + 1) * window_ms)

@@ -35,7 +35,7 @@ use batches::Batches;
 use budget::Budget;
 pub use budget::Reservation;
 use emostream_protocol::config::{AckMode, CONNECTION_BYTES};
-use emostream_protocol::epoch::epoch_of;
+use emostream_protocol::epoch::{epoch_of, now_ms};
 use emostream_protocol::wire::{Accepted, EmojiEvent};
 use emostream_protocol::Config;
 use packer::Packer;
@@ -44,7 +44,7 @@ use rdkafka::producer::Producer;
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -426,11 +426,4 @@ pub(super) fn encode(
         lines.push(b'\n');
     }
     lines
-}
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_millis() as u64
 }

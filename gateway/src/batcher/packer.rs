@@ -2,11 +2,11 @@
 //! answer back to every request whose events it holds.
 
 use super::batches::{BatchKey, Batches, OpenBatch};
-use super::{now_ms, Submission};
+use super::Submission;
 use crate::metrics::Metrics;
 use crate::producer::{classify, Failure, Health, Kafka};
 use crate::GatewayError;
-use emostream_protocol::epoch::{epoch_bounds, epoch_of};
+use emostream_protocol::epoch::{epoch_bounds, epoch_of, now_ms};
 use rdkafka::producer::{FutureRecord, Producer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
