@@ -59,6 +59,8 @@ const state = {
   ws: null,
   attempt: 0,
   retryTimer: 0,
+  // Tap POSTs refused or unanswered in a row: their retries back off.
+  tapRefusals: 0,
   resumedTimer: 0,
   // The newest epoch received: the `since` of the next connection.
   lastEpoch: null,
@@ -561,11 +563,17 @@ async function flush() {
   const batch = state.pending.splice(0);
   const { stream, generation } = state;
   const retry = (ms) => {
-    // Only a batch of the stream still watched is worth retrying.
-    if (generation !== state.generation) return;
+    // Only a batch of the stream still watched is worth retrying (null: dropped).
+    if (generation !== state.generation) return null;
     state.pending.unshift(...batch);
+    // Never sooner than asked, doubling while refusals go on (to 30 s), and spread over up to
+    // twice that: pages refused together by an outage must not all come back together.
+    const backoff = Math.min(30_000, Math.max(ms, 1000 * 2 ** state.tapRefusals));
+    const delay = Math.round(backoff * (1 + Math.random()));
+    state.tapRefusals += 1;
     clearTimeout(state.flushTimer);
-    state.flushTimer = setTimeout(flush, ms);
+    state.flushTimer = setTimeout(flush, delay);
+    return Math.ceil(delay / 1000);
   };
   let response;
   try {
@@ -575,11 +583,13 @@ async function flush() {
       body: JSON.stringify(batch),
     });
   } catch {
-    showTapError(`Can't reach the gateway at ${state.gateway}; retrying…`);
-    retry(2000);
+    const seconds = retry(2000);
+    if (seconds === null) return;
+    showTapError(`Can't reach the gateway at ${state.gateway}; retrying in ${seconds} s…`);
     return;
   }
   if (response.status === 202) {
+    state.tapRefusals = 0;
     hideTapError();
     const ack = await response.json();
     if (generation !== state.generation) return;
@@ -593,11 +603,12 @@ async function flush() {
   }
   const body = await response.json().catch(() => ({}));
   if (response.status === 429 || response.status === 503) {
-    const seconds = Number(response.headers.get('retry-after')) || 1;
+    const asked = Number(response.headers.get('retry-after')) || 1;
+    const seconds = retry(asked * 1000);
+    if (seconds === null) return;
     showTapError(response.status === 429
       ? `Slow down! Retrying in ${seconds} s`
       : `The gateway is busy; retrying in ${seconds} s`);
-    retry(seconds * 1000);
   } else {
     showTapError(`Refused (${response.status}): ${body.error || 'unknown error'}`);
   }
