@@ -88,6 +88,7 @@ pub struct Metrics {
     bytes_sent: [Counter; 3],
     writes: [Counter; 3],
     frames_in: Counter,
+    last_frame_in: Gauge<f64, AtomicU64>,
     conflated: Counter,
     lag_closes: Counter,
     silent_closes: Counter,
@@ -242,6 +243,14 @@ impl Metrics {
             "streams_forgotten",
             "Streams nobody here watched that this tier forgot after stream_idle_s without a frame",
         );
+        let last_frame_in = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "last_frame_in",
+            "Unix time this tier last took in a new frame: time() minus it is how long epochs have \
+             not come (the dataflow, Kafka or the tier above stalled), 0 before the first",
+            Unit::Seconds,
+            last_frame_in.clone(),
+        );
         let streams_held = Gauge::default();
         registry.register(
             "streams_held",
@@ -270,6 +279,7 @@ impl Metrics {
             bytes_sent: per_conn(&bytes_sent),
             writes: per_conn(&writes),
             frames_in,
+            last_frame_in,
             conflated,
             lag_closes,
             silent_closes,
@@ -303,6 +313,9 @@ impl Metrics {
 
     pub fn frame_in(&self) {
         self.frames_in.inc();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        self.last_frame_in
+            .set(now.map_or(0.0, |since| since.as_secs_f64()));
     }
 
     /// A frame fully written to a peer, `latency` after this tier got it.
@@ -391,6 +404,19 @@ mod tests {
         m.sent(Conn::Link, 7, Duration::from_secs(60));
         m.resumed(true);
         m.resumed(false);
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(m
+            .render()
+            .contains("emostream_broadcaster_last_frame_in_seconds{tier=\"subscriber\"} 0.0"));
+        m.frame_in();
+        let last_frame_in = m.last_frame_in.get();
+        assert!(
+            (before..before + 60.0).contains(&last_frame_in),
+            "{last_frame_in} vs {before}"
+        );
         let mut batch = Deliveries::default();
         batch.conflated(3);
         batch.sent(Conn::Sse, 20, Duration::from_millis(2));
