@@ -819,15 +819,18 @@ impl Hub {
             .filter(|f| f.seq > seq)
             .cloned()
             .collect();
-        frames.sort_by_key(|f| f.seq);
         let broken = streams
             .iter()
             .filter(|(_, s)| s.evicted_seq > seq)
             .map(|(name, _)| Arc::clone(name))
             .collect();
+        let published = self.published.load(Ordering::Relaxed);
+        // Sorted once the lock is let go: with thousands of streams publishing waits on it.
+        drop(streams);
+        frames.sort_unstable_by_key(|f| f.seq);
         Held {
             frames,
-            published: self.published.load(Ordering::Relaxed),
+            published,
             broken,
         }
     }
