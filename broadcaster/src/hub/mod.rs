@@ -846,13 +846,17 @@ impl Hub {
 
 /// Epochs of a stream after `have` that have left its ring, or passed this hub by before it
 /// started ([`Hub::missed_before`]), as `(have, the first epoch still held)`.
-/// A full ring whose oldest epoch is past the one after `have` counts as lost too, as it does for
-/// a viewer's join ([`Hub::join`]): this tier may have evicted nothing (a restarted cluster
-/// publisher, its rings synced from above), but the tier above evicted what came before.
+/// A full ring whose oldest epoch is past the one after `have`, on a hub that evicted none of
+/// the stream's epochs itself, counts as lost too, as it does for a viewer's join
+/// ([`Hub::join`]): such a hub (a restarted cluster publisher, its rings synced from above) has
+/// only what the tier above still held, which evicted what came before. A gap inside a ring is
+/// no loss: a stream has no epoch frame for an epoch without taps.
 fn lost_from_ring(state: &StreamState, have: u64, ring_epochs: usize) -> Option<(u64, u64)> {
     let first = state.ring.iter().find(|f| f.epoch > have)?.epoch;
     let evicted_here = state.evicted.is_some_and(|e| e > have);
-    let evicted_above = state.ring.len() == ring_epochs;
+    let evicted_above = state.evicted.is_none()
+        && state.ring.len() == ring_epochs
+        && state.ring.front().is_some_and(|f| f.epoch == first);
     let lost = first > have.saturating_add(1) && (evicted_here || evicted_above);
     lost.then_some((have, first))
 }
@@ -1419,6 +1423,23 @@ mod tests {
         assert_eq!(hub.gap_after("full", 11), None);
         assert_eq!(hub.gap_after("sparse", 5), None);
         assert!(join(&hub, "full", Some(5)).gap.is_some());
+        // A full ring with an epoch without taps inside it: a lower tier that has the epoch
+        // before the missing one lost nothing, live or on subscribing.
+        for epoch in [20, 21, 22, 24] {
+            hub.publish(frame("bursty", epoch)).unwrap();
+        }
+        assert_eq!(hub.lost_after("bursty", 22), None);
+        assert_eq!(hub.gap_after("bursty", 22), None);
+        assert_eq!(hub.gap_after("bursty", 15), Some((15, 20)));
+        // Once this hub has evicted epochs itself, it knows exactly what it lost.
+        hub.publish(frame("bursty", 25)).unwrap();
+        assert_eq!(hub.gap_after("bursty", 22), None);
+        assert_eq!(hub.gap_after("bursty", 20), None);
+        assert_eq!(
+            hub.gap_after("bursty", 19),
+            Some((19, 21)),
+            "20 was evicted here"
+        );
     }
 
     #[test]
