@@ -15,6 +15,7 @@ use emostream_protocol::kafka::ClientRole;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
@@ -167,8 +168,10 @@ impl FrameSource {
 
     /// Each partition's first record stamped at or after [`ReadBack::from_ms`], retrying until
     /// the topic exists (and, without a configured count, has partitions). A partition with no
-    /// such record starts at its end; one the brokers cannot look up by time starts at the log's
-    /// start, which reads more than the ring needs but misses nothing.
+    /// such record starts at the end it had before the lookup; one the brokers cannot look up by
+    /// time starts at the log's start, which reads more than the ring needs but misses nothing.
+    /// (On `emoji-trends` a stream quiet for longer than the span has no trend frame read back:
+    /// its window drained long before.)
     async fn start_positions(&self) -> TopicPartitionList {
         loop {
             let consumer = Arc::clone(&self.consumer);
@@ -191,21 +194,29 @@ impl FrameSource {
                         }
                     }
                 };
+                // Each partition's end, asked before the lookup by time: a partition with no
+                // record since `from_ms` starts there, so a record appended after this (or
+                // during the lookup) is read. `Offset::End` would be resolved only when the
+                // fetch starts, and skip it.
+                let ends = (0..partitions)
+                    .map(|p| Ok((p, consumer.fetch_watermarks(&topic, p, LOOKUP_TIMEOUT)?.1)))
+                    .collect::<Result<HashMap<i32, i64>, KafkaError>>()?;
                 let mut times = TopicPartitionList::new();
                 for p in 0..partitions {
                     times.add_partition_offset(&topic, p, Offset::Offset(from_ms))?;
                 }
-                consumer.offsets_for_times(times, LOOKUP_TIMEOUT)
+                Ok((consumer.offsets_for_times(times, LOOKUP_TIMEOUT)?, ends))
             })
             .await
             .expect("the offset lookup does not panic");
             match found {
-                Ok(found) => {
+                Ok((found, ends)) => {
                     let mut list = TopicPartitionList::new();
                     for partition in found.elements() {
-                        let start = match (partition.error(), partition.offset()) {
-                            (Ok(()), Offset::Offset(at)) => Offset::Offset(at),
-                            (Ok(()), Offset::End) => Offset::End,
+                        let end = ends.get(&partition.partition()).copied();
+                        let start = match (partition.error(), partition.offset(), end) {
+                            (Ok(()), Offset::Offset(at), _) => Offset::Offset(at),
+                            (Ok(()), Offset::End, Some(end)) => Offset::Offset(end),
                             _ => Offset::Beginning,
                         };
                         tracing::info!(topic = %self.topic, partition = partition.partition(), from_ms, ?start, "start offset");
