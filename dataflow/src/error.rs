@@ -106,10 +106,11 @@ pub enum Error {
     /// The events topic ends below a resume offset: made again, or truncated.
     #[error(
         "refusing to start: {topic} partition {partition} ends at offset {high}, below the \
-         offset {resume} the progress record resumes it at: the topic was deleted and made \
-         again (or its log truncated), so its offsets no longer name the events the progress \
-         record counted, and replaying would skip new taps as counted ones. Start over on new \
-         progress and epochs topics (docs/operations.md, \"The progress topic\")"
+         offset {resume} the progress record resumes it at. A broker whose leader just changed \
+         may say so briefly (the supervisor restarts this process); if it persists, the topic was \
+         deleted and made again (or its log truncated), its offsets no longer name the events \
+         the progress record counted, and replaying would skip new taps as counted ones: start \
+         over on new progress and epochs topics (docs/operations.md, \"The progress topic\")"
     )]
     EventsBehind {
         topic: String,
@@ -131,10 +132,36 @@ impl Error {
         match self {
             Error::ProgressRetention { .. }
             | Error::ProgressLost { .. }
-            | Error::EventsDeleted { .. }
-            | Error::EventsBehind { .. } => exit::REFUSED,
+            | Error::EventsDeleted { .. } => exit::REFUSED,
             Error::Partitions { .. } | Error::SettingChanged { .. } => exit::CONFIG,
             _ => 2,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the supervisor does with each refusal: deleted events and a lost memory wait for an
+    /// operator; an events partition ending below its resume offset is restarted (a leader's
+    /// passing answer), and says what it means should it last.
+    #[test]
+    fn refusals_that_a_restart_cannot_fix_are_told_apart_from_those_it_may() {
+        let topic = || "emoji-events".to_string();
+        let deleted = Error::EventsDeleted {
+            topic: topic(),
+            partition: 1,
+            resume: 5,
+            low: 9,
+        };
+        let behind = Error::EventsBehind {
+            topic: topic(),
+            partition: 1,
+            resume: 9,
+            high: 5,
+        };
+        assert_eq!(deleted.exit_status(), exit::REFUSED);
+        assert_eq!(behind.exit_status(), 2);
     }
 }

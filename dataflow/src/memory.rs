@@ -11,7 +11,10 @@
 //!   ([`check_events_retained`]).
 //!
 //! A failed check is a refusal ([`emostream_protocol::exit::REFUSED`]): restarting cannot fix it, an
-//! operator must. Like recovery, this runs on the main thread before the dataflow is built.
+//! operator must. But for an events partition ending below its resume offset, which a broker
+//! may report for a moment after a leader change: that exits to be restarted, and says what
+//! it means if it persists. Like recovery, this runs on the main thread before the dataflow is
+//! built.
 
 use crate::error::Error;
 use crate::reader;
@@ -237,9 +240,10 @@ pub fn check_published(
 /// the events from there to its log start are needed by epochs not yet published, and gone.
 /// Or when it ends below the resume offset: the topic was deleted and made again (or its log
 /// truncated), and its offsets no longer name the records the progress record counted, so the
-/// replay would skip new taps as counted ones. A high watermark a new leader has not caught up
-/// on yet is answered with an error, not a lower offset (KIP-207), but a partition that ends
-/// below is asked again for [`BEHIND_PATIENCE`] before the refusal.
+/// replay would skip new taps as counted ones. A new leader answers with an error rather than a
+/// high watermark it has not caught up on (KIP-207), but older brokers may not: a partition
+/// that ends below is asked again for [`BEHIND_PATIENCE`], and the refusal exits to be
+/// restarted ([`Error::exit_status`]).
 pub fn check_events_retained(kafka: &KafkaConfig, progress: &Progress) -> Result<(), Error> {
     let topic = &kafka.events_topic;
     let consumer = reader::assigned(

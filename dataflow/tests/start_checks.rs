@@ -2,8 +2,10 @@
 //! is not `kafka.events_partitions`, a progress topic of more than one partition, and a progress
 //! record counted with other settings; and what it still accepts: a record written before the
 //! settings were recorded. And the cluster's memory: a progress topic that can delete records,
-//! one emptied or truncated beside published epochs, events deleted below a resume offset and an
-//! events partition ending below one (the topic made again) are refused (exit status 4); a missing progress topic is created keeping every record.
+//! one emptied or truncated beside published epochs and events deleted below a resume offset are
+//! refused (exit status 4), and so is an events partition ending below one (the topic made again,
+//! or a leader's passing answer), with a status the supervisor restarts on (2); a missing
+//! progress topic is created keeping every record.
 
 use emostream_dataflow::memory::KEEP_EVERYTHING;
 use emostream_dataflow::metrics::Metrics;
@@ -259,10 +261,12 @@ fn a_worker_refuses_to_start_when_the_clusters_memory_can_be_or_was_lost() {
         run(&config),
         Err(
             "refusing to start: emoji-events partition 1 ends at offset 3, below the offset 10 \
-             the progress record resumes it at: the topic was deleted and made again (or its log \
-             truncated), so its offsets no longer name the events the progress record counted, \
-             and replaying would skip new taps as counted ones. Start over on new progress and \
-             epochs topics (docs/operations.md, \"The progress topic\")"
+             the progress record resumes it at. A broker whose leader just changed may say so \
+             briefly (the supervisor restarts this process); if it persists, the topic was \
+             deleted and made again (or its log truncated), its offsets no longer name the \
+             events the progress record counted, and replaying would skip new taps as counted \
+             ones: start over on new progress and epochs topics (docs/operations.md, \"The \
+             progress topic\")"
                 .to_string()
         )
     );
