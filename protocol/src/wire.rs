@@ -285,7 +285,7 @@ pub struct Member {
 }
 
 /// A stream's name as a number every process of every build computes alike (FNV-1a): what a
-/// full subscriber lists of the streams it carries, 4 bytes a stream rather than the name. Two
+/// full subscriber lists of the streams it carries, a short number a stream rather than the name. Two
 /// names may share a tag (about one in 2 million among a full subscriber's 2,048 streams): a
 /// viewer of the other is then placed there and refused at its upgrade, and registers again.
 pub fn stream_tag(stream: &str) -> u32 {

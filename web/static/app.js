@@ -568,7 +568,7 @@ async function flush() {
     state.pending.unshift(...batch);
     // Never sooner than asked, doubling while refusals go on (to 30 s), and spread over up to
     // twice that: pages refused together by an outage must not all come back together.
-    const backoff = Math.min(30_000, Math.max(ms, 1000 * 2 ** state.tapRefusals));
+    const backoff = Math.max(ms, Math.min(30_000, 1000 * 2 ** state.tapRefusals));
     const delay = Math.round(backoff * (1 + Math.random()));
     state.tapRefusals += 1;
     clearTimeout(state.flushTimer);
