@@ -1,7 +1,7 @@
 //! Every way the broadcaster fails: at start-up (returned from `run`) and per request (answered
 //! as an [`ErrorBody`]).
 
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use emostream_protocol::config::ConfigError;
@@ -31,6 +31,9 @@ pub enum Error {
     NotFound,
     /// A viewer without a valid token, or a link without the shared secret.
     Unauthorized(&'static str),
+    /// `/register` from a client over its registration rate (`ip_registrations_per_s`,
+    /// `ip_burst_registrations`); it may try again in this many seconds.
+    TooManyRegistrations { retry_after_s: u64 },
     /// `[auth]` is on and `/register` came without a valid user token.
     Unauthenticated(String),
     /// `[auth]` is on and `/register` names another user than the token's `sub`.
@@ -58,6 +61,9 @@ impl std::fmt::Display for Error {
             Error::Unavailable(why) => write!(f, "{why}"),
             Error::NotFound => write!(f, "not found"),
             Error::Unauthorized(why) => write!(f, "{why}"),
+            Error::TooManyRegistrations { .. } => {
+                write!(f, "too many registrations from this address, slow down")
+            }
             Error::Unauthenticated(why) => write!(f, "{why}"),
             Error::OtherUser => write!(f, "the user token is for another user than user_id"),
             Error::Invalid { message, .. } => write!(f, "{message}"),
@@ -126,6 +132,14 @@ impl IntoResponse for Error {
                 };
                 let headers = [(header::WWW_AUTHENTICATE, "Bearer")];
                 return (StatusCode::UNAUTHORIZED, headers, Json(body)).into_response();
+            }
+            Error::TooManyRegistrations { retry_after_s } => {
+                let body = ErrorBody {
+                    error: self.to_string(),
+                    field: None,
+                };
+                let headers = [(header::RETRY_AFTER, HeaderValue::from(*retry_after_s))];
+                return (StatusCode::TOO_MANY_REQUESTS, headers, Json(body)).into_response();
             }
             Error::OtherUser => StatusCode::FORBIDDEN,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,

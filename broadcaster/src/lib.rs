@@ -20,7 +20,8 @@
 //!   `websocket` is the viewers' side of RFC 6455; `sse` is which requests are SSE viewers' and
 //!   the head of their answer.
 //! - `roles`: [`run`], and one module per role ([`main_publisher`], [`cluster_publisher`],
-//!   [`subscriber`]) with its routes and [`Settings`].
+//!   [`subscriber`]) with its routes and [`Settings`]; `registrations` is the main publisher's
+//!   per-client limit on `/register`.
 //! - `server`: what every role serves with: binding, the HTTP/1.1 accept loop with its
 //!   header-read timeout, health, metrics, 404, the descriptor limit, requests served on the raw
 //!   socket instead of by hyper (`native`: SSE viewers), write deadlines (`socket`) and stopping
@@ -45,7 +46,7 @@ pub use hub::Retention;
 pub use roles::cluster::cluster_publisher;
 pub use roles::main::main_publisher;
 pub use roles::subscriber::subscriber;
-pub use roles::{allocate_to_give_back, run, Role, Settings};
+pub use roles::{allocate_to_give_back, run, RegistrationLimit, Role, Settings};
 pub use sources::synthetic::Synthetic;
 pub use viewers::outlet::ViewerLimits;
 

@@ -95,6 +95,7 @@ pub struct Metrics {
     upstream_lost_closes: Counter,
     token_expiry_closes: Counter,
     refused: Counter,
+    registrations_limited: Counter,
     resume_hits: Counter,
     resume_misses: Counter,
     unauthorized: Counter,
@@ -230,6 +231,11 @@ impl Metrics {
             "Viewers answered 503 before the upgrade: the subscriber was full, carried its most \
              streams, or had lost its upstream",
         );
+        let registrations_limited = counter(
+            "registrations_limited",
+            "Registrations (/register, /v1/viewers) answered 429: their client was over \
+             ip_registrations_per_s / ip_burst_registrations",
+        );
         let resume_hits = counter(
             "resume_hits",
             "Resumes (since / Last-Event-ID) the ring could serve in full",
@@ -286,6 +292,7 @@ impl Metrics {
             upstream_lost_closes,
             token_expiry_closes,
             refused,
+            registrations_limited,
             resume_hits,
             resume_misses,
             unauthorized,
@@ -369,6 +376,10 @@ impl Metrics {
 
     pub fn refused(&self) {
         self.refused.inc();
+    }
+
+    pub fn registration_limited(&self) {
+        self.registrations_limited.inc();
     }
 
     pub fn resumed(&self, in_full: bool) {

@@ -54,7 +54,7 @@ fn settings(ring_epochs: usize) -> Settings {
          ring_epochs = {ring_epochs}\nlink_secret = \"{SECRET}\"\nclusters = []\n"
     );
     // A few viewers per test: any descriptor limit leaves them room.
-    Settings::from_config(&Config::from_toml(&text).unwrap().broadcaster, 20_000)
+    Settings::from_config(&Config::from_toml(&text).unwrap().broadcaster, 20_000).unwrap()
 }
 
 /// What stream viewers' epoch frames look like in production: about 30 emojis each (1.3 KB).

@@ -50,6 +50,7 @@ async fn a_viewer_that_never_reads_slows_nobody_and_is_closed() {
         max_streams: 64,
         header_read_timeout: Duration::from_secs(5),
         max_pending: 512,
+        registrations: common::registrations(&[]),
     };
     let main_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cluster_l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -4,7 +4,9 @@
 mod common;
 
 use common::{http, listener, sse_until, until};
-use emostream_broadcaster::{cluster_publisher, main_publisher, subscriber, Error, Settings};
+use emostream_broadcaster::{
+    cluster_publisher, main_publisher, subscriber, Error, RegistrationLimit, Settings,
+};
 use emostream_protocol::wire::{Assignment, ErrorBody};
 use emostream_testkit::wait_for;
 use futures_util::StreamExt;
@@ -931,6 +933,145 @@ async fn viewers_speak_websocket_and_a_broken_client_gets_its_close_code() {
     assert_eq!(status, 400);
     let error: ErrorBody = serde_json::from_str(&body).unwrap();
     assert_eq!(error.error, "Connection header did not include 'upgrade'");
+
+    stop.send_replace(true);
+    timeout(DEADLINE, role).await.unwrap().unwrap().unwrap();
+}
+
+/// The main publisher's `/register` limit with a burst of 3 and 1 a second, believing the
+/// forwarding headers of `trusted_proxies`: a fourth registration within a second of the first
+/// cannot pass, and waits 1 s for its token.
+fn three_registrations_a_second(trusted_proxies: &[&str]) -> Settings {
+    Settings {
+        registrations: RegistrationLimit {
+            per_s: 1,
+            burst: 3,
+            ..common::registrations(trusted_proxies)
+        },
+        ..settings()
+    }
+}
+
+/// `POST /register` as a load balancer passes it on for `client`.
+async fn register_for(main: SocketAddr, client: &str) -> emostream_testkit::http::Response {
+    emostream_testkit::http::post_json_with(
+        &main.to_string(),
+        "/register",
+        &[("X-Forwarded-For", client)],
+        r#"{"user_id":"u1"}"#,
+    )
+    .await
+    .expect("an HTTP answer")
+}
+
+/// One client past its registration burst is refused with 429 and `Retry-After`, and counted;
+/// another client behind the same trusted proxy still registers: every assignment holds room
+/// at its subscriber for a few seconds, so one client's flood would otherwise fill placement
+/// for every viewer (review M8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_its_registration_burst_gets_429_and_another_still_registers() {
+    let (stop, stopped) = watch::channel(false);
+    let (main_l, main) = listener().await;
+    let (cluster_l, cluster) = listener().await;
+    let (s0_l, s0) = listener().await;
+    let (_frames, frames_rx) = mpsc::channel(1);
+    let roles = vec![
+        tokio::spawn(main_publisher(
+            main_l,
+            three_registrations_a_second(&["127.0.0.1"]),
+            frames_rx,
+            until(&stopped),
+        )),
+        tokio::spawn(cluster_publisher(
+            cluster_l,
+            "c0".into(),
+            main.to_string(),
+            settings(),
+            until(&stopped),
+        )),
+        spawn_subscriber((s0_l, s0), "c0-s0", cluster, settings(), &stopped),
+    ];
+    // Waited for on /v1/topology, which takes no registration.
+    wait_for("a live subscriber", DEADLINE, || async {
+        let (_, topology) = http(main, "GET", "/v1/topology", "")
+            .await
+            .expect("an HTTP answer");
+        topology.contains(r#""name":"c0-s0""#).then_some(())
+    })
+    .await;
+
+    let placed = Assignment {
+        cluster: "c0".into(),
+        subscriber: format!("ws://{s0}"),
+        subscriber_name: "c0-s0".into(),
+    };
+    for _ in 0..3 {
+        let answer = register_for(main, "203.0.113.1").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.json::<Assignment>(), placed);
+    }
+    let refused = register_for(main, "203.0.113.1").await;
+    assert_eq!(
+        (refused.status, refused.body.as_str()),
+        (
+            429,
+            r#"{"error":"too many registrations from this address, slow down"}"#
+        )
+    );
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    // Another address the proxy forwards has its own bucket.
+    let other = register_for(main, "203.0.113.2").await;
+    assert_eq!(other.status, 200, "{}", other.body);
+    assert_eq!(other.json::<Assignment>(), placed);
+
+    let (_, metrics) = http(main, "GET", "/metrics", "")
+        .await
+        .expect("an HTTP answer");
+    assert_eq!(
+        common::sample(
+            &metrics,
+            "emostream_broadcaster_registrations_limited_total{tier=\"main\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    stop.send_replace(true);
+    for role in roles {
+        timeout(DEADLINE, role).await.unwrap().unwrap().unwrap();
+    }
+}
+
+/// A peer that is not a trusted proxy is its own client whatever its `X-Forwarded-For` says:
+/// four registrations naming four addresses all count under the peer, so the fourth is refused.
+/// Each counts whatever its answer (here 503: no subscriber is live).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_peers_forwarded_address_is_not_believed() {
+    let (stop, stopped) = watch::channel(false);
+    let (main_l, main) = listener().await;
+    let (_frames, frames_rx) = mpsc::channel(1);
+    let role = tokio::spawn(main_publisher(
+        main_l,
+        three_registrations_a_second(&["10.0.0.0/8"]),
+        frames_rx,
+        until(&stopped),
+    ));
+    for client in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
+        let answer = register_for(main, client).await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (503, r#"{"error":"no live subscriber"}"#)
+        );
+    }
+    let refused = register_for(main, "203.0.113.4").await;
+    assert_eq!(
+        (refused.status, refused.body.as_str()),
+        (
+            429,
+            r#"{"error":"too many registrations from this address, slow down"}"#
+        )
+    );
+    assert_eq!(refused.header("retry-after"), Some("1"));
 
     stop.send_replace(true);
     timeout(DEADLINE, role).await.unwrap().unwrap().unwrap();

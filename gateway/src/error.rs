@@ -1,6 +1,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use emostream_protocol::client::NotANetwork;
 use emostream_protocol::wire::ErrorBody;
 
 /// Why the gateway cannot start, or is not ready: each names the setting or the resource.
@@ -13,8 +14,8 @@ pub enum StartError {
          case, without a path or a trailing slash (\"*\" is not taken: list each page's origin)"
     )]
     CorsOrigin(String),
-    #[error("gateway.trusted_proxies: {0:?} is not an address or a CIDR network")]
-    TrustedProxy(String),
+    #[error("gateway.trusted_proxies: {0}")]
+    TrustedProxy(#[from] NotANetwork),
     #[error("{0}")]
     Auth(String),
     #[error("creating the Kafka producer: {0}")]
@@ -303,5 +304,22 @@ impl IntoResponse for GatewayError {
         }
         response.extensions_mut().insert(Rejection(reason));
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use emostream_protocol::client::TrustedProxies;
+
+    #[test]
+    fn a_bad_trusted_proxy_is_named_with_its_setting() {
+        for bad in ["10.0.0.0/33", "example.com", "10.0.0.0/x", "::/129"] {
+            let refused = TrustedProxies::new(&[bad.into()]).unwrap_err();
+            assert_eq!(
+                StartError::from(refused).to_string(),
+                format!("gateway.trusted_proxies: {bad:?} is not an address or a CIDR network")
+            );
+        }
     }
 }

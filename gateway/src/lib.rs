@@ -5,9 +5,10 @@
 //! - [`parse`]: request bodies (JSON object, JSON array, NDJSON) into validated taps (public for
 //!   the fuzz target in `gateway/fuzz`): `parse/fast` (borrowed structs), `parse/slow` (every
 //!   refusal names its field), `parse/validate` (the rules both share), `parse/emoji`.
-//! - `client`: who a request is from (behind `trusted_proxies`, the forwarded address), and the
-//!   key it is counted under (IPv4 address, IPv6 /64).
-//! - `limits`: token buckets per user id and per client IP.
+//! - who a request is from (behind `trusted_proxies`, the forwarded address), the key it is
+//!   counted under (IPv4 address, IPv6 /64), and the token buckets per user id and per client IP
+//!   are `emostream_protocol::client` and `emostream_protocol::limits`, shared with the main
+//!   publisher's `/register`.
 //! - `batcher`: the in-flight budget (`batcher/budget`: each client's share), and the packing of one (partition, stream, epoch) into one
 //!   Kafka record, answering each request once the broker has acknowledged its record:
 //!   `batcher/batches` (when a batch is due) and `batcher/packer` (sending, answers).
@@ -18,9 +19,7 @@
 //! - `metrics`: counters, gauges and the broker-ack histogram served on `/metrics`.
 
 mod batcher;
-mod client;
 mod error;
-mod limits;
 mod listener;
 mod metrics;
 pub mod parse;

@@ -6,8 +6,8 @@
 //! whose answer waits longer than `write_timeout_ms` for the client to read is closed, so a
 //! client that stops reading (hyper then stops reading its requests too) frees its slot.
 
-use crate::client::{client_key, TrustedProxies};
 use axum::serve::Listener;
+use emostream_protocol::client::{client_key, TrustedProxies};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;

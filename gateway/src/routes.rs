@@ -5,9 +5,7 @@
 
 use crate::batcher::BatcherHandle;
 use crate::batcher::Reservation;
-use crate::client::{client_key, TrustedProxies};
 use crate::error::Rejection;
-use crate::limits::{retry_after_s, RateLimiter};
 use crate::listener::ClientAddr;
 use crate::metrics::{Gauges, Metrics};
 use crate::parse::{self, BodyFormat, Rules, Tap};
@@ -22,6 +20,8 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Json, Router};
 use emostream_protocol::auth::UserTokens;
+use emostream_protocol::client::{client_key, TrustedProxies};
+use emostream_protocol::limits::{retry_after_s, RateLimiter};
 use emostream_protocol::wire::{Accepted, EmojiIn, ErrorBody, SeedAccepted, SendEmoji};
 use emostream_protocol::Config;
 use std::collections::HashMap;

@@ -13,7 +13,7 @@
 //! and the set is full, at most once a second, so a client knocking at a full set costs one
 //! sweep a second, not one per request.
 
-use crate::limits::RateLimiter;
+use emostream_protocol::limits::RateLimiter;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;

@@ -547,6 +547,23 @@ pub struct BroadcasterConfig {
     /// first, whatever their idle time.
     #[serde(default = "BroadcasterConfig::max_held_bytes")]
     pub max_held_bytes: usize,
+    /// Token bucket per client (an IPv4 address, an IPv6 /64, or the address a trusted proxy
+    /// names) at the main publisher's `/register` and `/v1/viewers`, one token per request:
+    /// registrations per second refilled …
+    #[serde(default = "BroadcasterConfig::ip_registrations_per_s")]
+    pub ip_registrations_per_s: u32,
+    /// … and the most one client makes at once; past them it gets 429 with `Retry-After`. Each
+    /// registration counts against its subscriber's room until the subscriber's next report, so
+    /// without this one client's flood would make placement answer 503 to every viewer.
+    #[serde(default = "BroadcasterConfig::ip_burst_registrations")]
+    pub ip_burst_registrations: u32,
+    /// Load balancers in front of the main publisher (addresses, or networks as `10.0.0.0/8`)
+    /// whose `Forwarded` or `X-Forwarded-For` header names the client; the registration limit
+    /// then counts that address. A connection from any other address is its own client,
+    /// whatever its headers say. Empty (the default): no header is believed. As the gateway's
+    /// `trusted_proxies`.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl BroadcasterConfig {
@@ -590,6 +607,22 @@ impl BroadcasterConfig {
     /// 1 GiB: about 10,000 streams with a full ring of 1.5 KiB epochs, and their trend frames.
     const fn max_held_bytes() -> usize {
         1 << 30
+    }
+
+    /// A page registers once per (re)connection and backs off with full jitter; the largest
+    /// wave is a subscriber sending all its viewers away at once (1001 stopping, 1012 upstream
+    /// lost), whose pages come back within 5 s (first backoff 2–5 s, a uniform delay up to it),
+    /// under a third of them in the first second and about three fifths within two. 2,000 at once
+    /// and 1,000 a second then let up to 5,000 pages behind one address (a carrier-grade NAT's
+    /// crowd, all on the subscriber that went away) through such a wave without a 429, while
+    /// one address's flood places at most 5,000 viewers in any 3 s a placement counts (2,000 +
+    /// 3 × 1,000): not enough to fill the default topology's nine subscribers alone.
+    const fn ip_registrations_per_s() -> u32 {
+        1_000
+    }
+    /// See `ip_registrations_per_s`.
+    const fn ip_burst_registrations() -> u32 {
+        2_000
     }
 
     /// Two minutes of 2 s epochs.
@@ -867,6 +900,10 @@ impl Config {
                 )));
             }
         }
+        let b = &self.broadcaster;
+        if b.ip_registrations_per_s == 0 || b.ip_burst_registrations == 0 {
+            return bad("broadcaster.ip_registrations_per_s and broadcaster.ip_burst_registrations must be at least 1");
+        }
         let g = &self.gateway;
         let taps_budget = g
             .max_in_flight_bytes
@@ -1032,6 +1069,9 @@ subscribers = ["127.0.0.1:9011"]
         assert_eq!(c.gateway.flush_ms, 100);
         assert_eq!(c.dataflow.threads, 1);
         assert_eq!(c.broadcaster.ring_epochs, 60);
+        assert_eq!(c.broadcaster.ip_registrations_per_s, 1_000);
+        assert_eq!(c.broadcaster.ip_burst_registrations, 2_000);
+        assert!(c.broadcaster.trusted_proxies.is_empty());
         assert_eq!(
             c.broadcaster.cluster_of("127.0.0.1:9011").unwrap().name,
             "c0"
@@ -1145,6 +1185,21 @@ subscribers = ["127.0.0.1:9011"]
         )
         .unwrap();
         assert_eq!(c.gateway.max_in_flight_bytes_per_ip, 16 << 20);
+    }
+
+    #[test]
+    fn a_registration_limit_of_zero_is_refused() {
+        for var in [
+            "EMOSTREAM_BROADCASTER__IP_REGISTRATIONS_PER_S",
+            "EMOSTREAM_BROADCASTER__IP_BURST_REGISTRATIONS",
+        ] {
+            let err = load_with_env(SAMPLE, &[(var, "0")]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "invalid configuration: broadcaster.ip_registrations_per_s and broadcaster.ip_burst_registrations must be at least 1",
+                "{var}"
+            );
+        }
     }
 
     #[test]

@@ -13,13 +13,21 @@
 //!   floor both send.
 //! - [`shutdown`] (feature `signal`): one future that resolves on Ctrl-C or SIGTERM.
 //! - [`auth`] (feature `auth`): the platform's user tokens (JWT), verified.
+//! - [`client`] and [`limits`] (feature `limits`): who a request is from (behind
+//!   `trusted_proxies`, the forwarded address) and the key it is counted under (IPv4 address,
+//!   IPv6 /64); token buckets per key. The gateway's per-client limits and the main publisher's
+//!   `/register` limit.
 
 #[cfg(feature = "auth")]
 pub mod auth;
+#[cfg(feature = "limits")]
+pub mod client;
 pub mod config;
 pub mod epoch;
 pub mod exit;
 pub mod kafka;
+#[cfg(feature = "limits")]
+pub mod limits;
 pub mod progress;
 #[cfg(feature = "signal")]
 pub mod shutdown;

@@ -1,6 +1,7 @@
 //! The main publisher: frames from its source into the hub and on to every cluster publisher,
 //! and the viewers' front door (`/register`).
 
+use super::registrations::Registrations;
 use super::Settings;
 use crate::auth::TokenKey;
 use crate::error::Error;
@@ -12,7 +13,8 @@ use crate::tiers::roster::{Roster, SILENCE};
 use crate::tiers::{link_routes, LinkState};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::Utf8Bytes;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -56,6 +58,7 @@ pub async fn main_publisher(
         recent: Mutex::default(),
         tokens: settings.tokens.clone(),
         user_tokens: settings.user_tokens.clone(),
+        registrations: Registrations::new(&settings.registrations, Arc::clone(&metrics)),
     });
     let link = LinkState {
         hub,
@@ -131,6 +134,8 @@ struct Placement {
     tokens: Option<TokenKey>,
     /// The platform's user tokens, required to register when `[auth]` is on.
     user_tokens: Option<Arc<UserTokens>>,
+    /// Each client's registration rate.
+    registrations: Registrations,
 }
 
 /// Viewer counts reach the main publisher a heartbeat or two late, so a burst of registrations
@@ -269,8 +274,24 @@ fn live_clusters(roster: &Roster) -> Vec<TopologyCluster> {
         .collect()
 }
 
+/// A registration its client's bucket let through ([`Registrations::admit`]); taken before the
+/// body is read, so a flood is refused before any of its work is done.
+struct Admitted;
+
+impl FromRequestParts<Arc<Placement>> for Admitted {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        placement: &Arc<Placement>,
+    ) -> Result<Self, Error> {
+        placement.registrations.admit(parts).map(|()| Admitted)
+    }
+}
+
 async fn register(
     State(placement): State<Arc<Placement>>,
+    _: Admitted,
     headers: HeaderMap,
     body: Result<Json<Register>, JsonRejection>,
 ) -> Result<Json<Admission>, Error> {
@@ -387,6 +408,14 @@ mod tests {
             recent: Mutex::default(),
             tokens: None,
             user_tokens: None,
+            registrations: Registrations::new(
+                &crate::RegistrationLimit {
+                    per_s: 1,
+                    burst: 1,
+                    trusted_proxies: Arc::default(),
+                },
+                Arc::new(Metrics::new("main")),
+            ),
         }
     }
 

@@ -3,7 +3,10 @@
 
 pub mod cluster;
 pub mod main;
+mod registrations;
 pub mod subscriber;
+
+pub use registrations::RegistrationLimit;
 
 use crate::auth::TokenKey;
 use crate::error::Error;
@@ -15,7 +18,8 @@ use crate::sources::kafka::{FrameSource, ReadBack};
 use crate::sources::synthetic::Synthetic;
 use crate::viewers::outlet::ViewerLimits;
 use emostream_protocol::auth::UserTokens;
-use emostream_protocol::config::BroadcasterConfig;
+use emostream_protocol::client::TrustedProxies;
+use emostream_protocol::config::{BroadcasterConfig, ConfigError};
 use emostream_protocol::Config;
 use emostream_web::Page;
 use std::future::Future;
@@ -107,11 +111,14 @@ pub struct Settings {
     /// the descriptors kept back from viewers, so a flood of them leaves the rest to the
     /// upstream link, the listener and the logs.
     pub max_pending: usize,
+    /// The main publisher's `/register` limit per client.
+    pub registrations: RegistrationLimit,
 }
 
 impl Settings {
     /// `descriptors`: this process's limit on open descriptors, which bounds `max_viewers`.
-    pub fn from_config(config: &BroadcasterConfig, descriptors: usize) -> Self {
+    /// Fails on a `trusted_proxies` entry that is neither an address nor a network.
+    pub fn from_config(config: &BroadcasterConfig, descriptors: usize) -> Result<Self, Error> {
         let BroadcasterConfig {
             main: _,     // where the main publisher listens: placement, not a setting
             clusters: _, // the same
@@ -128,7 +135,15 @@ impl Settings {
             header_read_timeout_ms,
             stream_idle_s,
             max_held_bytes,
+            ip_registrations_per_s,
+            ip_burst_registrations,
+            trusted_proxies,
         } = config;
+        let trusted_proxies = TrustedProxies::new(trusted_proxies).map_err(|bad| {
+            Error::Config(ConfigError::Invalid(format!(
+                "broadcaster.trusted_proxies: {bad}"
+            )))
+        })?;
         // A small limit (1024 is common) still leaves most of it to viewers.
         let reserved = BroadcasterConfig::RESERVED_DESCRIPTORS.min(descriptors / 4);
         let room = descriptors - reserved;
@@ -144,7 +159,7 @@ impl Settings {
             Some(wanted) => wanted,
             None => room,
         };
-        Self {
+        Ok(Self {
             retention: Retention {
                 ring_epochs: *ring_epochs,
                 idle: Duration::from_secs(*stream_idle_s),
@@ -167,7 +182,12 @@ impl Settings {
             max_streams: *max_streams,
             header_read_timeout: Duration::from_millis(*header_read_timeout_ms),
             max_pending: (reserved / 2).max(1),
-        }
+            registrations: RegistrationLimit {
+                per_s: *ip_registrations_per_s,
+                burst: *ip_burst_registrations,
+                trusted_proxies: Arc::new(trusted_proxies),
+            },
+        })
     }
 
     /// How a subscriber's accept loop treats connections: the pending places the reserve leaves.
@@ -208,7 +228,7 @@ pub async fn run(
         user_tokens: UserTokens::from_config(&config.auth)
             .map_err(Error::Role)?
             .map(Arc::new),
-        ..Settings::from_config(broadcaster, crate::server::raise_descriptor_limit())
+        ..Settings::from_config(broadcaster, crate::server::raise_descriptor_limit())?
     };
     match role {
         Role::Main { listen, synthetic } => {
@@ -425,7 +445,7 @@ mod tests {
             (None, 8192, 7168),
         ];
         for (wanted, descriptors, got) in cases {
-            let settings = Settings::from_config(&config(wanted), descriptors);
+            let settings = Settings::from_config(&config(wanted), descriptors).unwrap();
             assert_eq!(settings.max_viewers, got, "{wanted:?} of {descriptors}");
         }
     }
@@ -433,9 +453,39 @@ mod tests {
     #[test]
     fn pending_connections_get_half_the_reserve() {
         for (descriptors, pending) in [(20_000, 512), (1024, 128), (256, 32), (3, 1)] {
-            let settings = Settings::from_config(&config(None), descriptors);
+            let settings = Settings::from_config(&config(None), descriptors).unwrap();
             assert_eq!(settings.max_pending, pending, "of {descriptors}");
         }
+    }
+
+    #[test]
+    fn a_trusted_proxy_must_be_an_address_or_a_network() {
+        let with = |entry: &str| {
+            serde_json::from_value::<BroadcasterConfig>(serde_json::json!({
+                "main": "127.0.0.1:9000",
+                "clusters": [],
+                "trusted_proxies": ["10.0.0.0/8", entry],
+            }))
+            .unwrap()
+        };
+        let refused = Settings::from_config(&with("10.0.0.0/33"), 20_000).err();
+        assert_eq!(
+            refused.map(|e| e.to_string()),
+            Some(
+                "invalid configuration: broadcaster.trusted_proxies: \"10.0.0.0/33\" is not an \
+                 address or a CIDR network"
+                    .into()
+            )
+        );
+        let settings = Settings::from_config(&with("2001:db8::/32"), 20_000).unwrap();
+        assert!(settings
+            .registrations
+            .trusted_proxies
+            .contains("2001:db8::1".parse().unwrap()));
+        assert_eq!(
+            (settings.registrations.per_s, settings.registrations.burst),
+            (1_000, 2_000)
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ pub mod tasks;
 
 use crate::error::Error;
 use crate::metrics::Metrics;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -127,9 +127,9 @@ pub async fn serve(
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors, most likely: the connections already held are served
                     // while this waits, and retrying at once would only spin.
@@ -151,7 +151,9 @@ pub async fn serve(
         // timeout for each request, so a client polling on one keep-alive connection (a health
         // check every few seconds) would keep its pending place forever, and enough of them
         // would leave none for a lower tier's link reconnecting, or for a viewer.
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            // Who asks, for the per-client limits (the main publisher's `/register`).
+            request.extensions_mut().insert(ConnectInfo(peer));
             let answer = router.clone().oneshot(request);
             async move {
                 let mut response = answer.await?;

@@ -4,13 +4,15 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
-use emostream_broadcaster::{Retention, Settings, ViewerLimits};
+use emostream_broadcaster::{RegistrationLimit, Retention, Settings, ViewerLimits};
+use emostream_protocol::client::TrustedProxies;
 use emostream_testkit::{http, Process, Scratch};
 use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -123,7 +125,8 @@ pub async fn sse_until(conn: &mut TcpStream, want: &str) -> String {
 }
 
 /// A role's settings for an in-process test: a ring of `ring_epochs`, no stream forgotten, no
-/// tokens or link secret, room for 1,000 viewers over 64 streams.
+/// tokens or link secret, room for 1,000 viewers over 64 streams, the default registration
+/// limit with no trusted proxy.
 pub fn settings(ring_epochs: usize) -> Settings {
     Settings {
         retention: Retention::ring(ring_epochs),
@@ -139,5 +142,17 @@ pub fn settings(ring_epochs: usize) -> Settings {
         max_streams: 64,
         header_read_timeout: Duration::from_secs(5),
         max_pending: 512,
+        registrations: registrations(&[]),
+    }
+}
+
+/// The main publisher's registration limit at its defaults (1,000 a second, 2,000 at once),
+/// believing the forwarding headers of `trusted_proxies`.
+pub fn registrations(trusted_proxies: &[&str]) -> RegistrationLimit {
+    let entries: Vec<String> = trusted_proxies.iter().map(|s| s.to_string()).collect();
+    RegistrationLimit {
+        per_s: 1_000,
+        burst: 2_000,
+        trusted_proxies: Arc::new(TrustedProxies::new(&entries).unwrap()),
     }
 }

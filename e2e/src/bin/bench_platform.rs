@@ -65,6 +65,10 @@ struct Args {
 /// ~150 ms about 750 are busy at once.
 const CONNECTIONS: usize = 2000;
 
+/// The main publisher's per-client `/register` limit for this run (rate and burst): every swarm
+/// registers its viewers from 127.0.0.1, so the run needs the one address to pass them all.
+const REGISTRATIONS: u32 = 1_000_000;
+
 fn main() -> ExitCode {
     bench::until_signalled(run(Args::parse()))
 }
@@ -109,7 +113,14 @@ async fn run(args: Args) -> ExitCode {
                     args.idle_s
                 ),
             ),
-            ("broadcaster", format!("stream_idle_s = {}", args.idle_s)),
+            // Every viewer registers from 127.0.0.1 ([`REGISTRATIONS`]).
+            (
+                "broadcaster",
+                format!(
+                    "stream_idle_s = {}\nip_registrations_per_s = {REGISTRATIONS}\nip_burst_registrations = {REGISTRATIONS}",
+                    args.idle_s
+                ),
+            ),
         ],
         ..Topology::default()
     })

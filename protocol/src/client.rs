@@ -1,4 +1,5 @@
-//! Who a request is from, for the per-client limits (connections, rates, budget share).
+//! Who a request is from, for the per-client limits: the gateway's (connections, rates, budget
+//! share) and the main publisher's (registrations).
 //!
 //! Behind a load balancer every connection comes from the balancer, so the client's address is
 //! the one the balancer names in `Forwarded` (RFC 7239) or `X-Forwarded-For`, and only when the
@@ -9,8 +10,7 @@
 //! ingress controllers), most of them only; the PROXY protocol is the L4 balancers' (AWS NLB)
 //! and would add a parser before hyper's on every connection.
 
-use crate::StartError;
-use axum::http::{header, HeaderMap};
+use http::{header, HeaderMap};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 /// The key a client is counted under: its IPv4 address, or the /64 of its IPv6 address, since
@@ -30,14 +30,27 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 #[derive(Debug, Default)]
 pub struct TrustedProxies(Vec<(IpAddr, u8)>);
 
+/// A `trusted_proxies` entry that is neither an address nor a CIDR network; each tier names its
+/// own setting around it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotANetwork(pub String);
+
+impl std::fmt::Display for NotANetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} is not an address or a CIDR network", self.0)
+    }
+}
+
+impl std::error::Error for NotANetwork {}
+
 impl TrustedProxies {
     /// From `trusted_proxies`: addresses (`10.0.0.7`, `2001:db8::1`) and networks in CIDR
     /// form (`10.0.0.0/8`, `2001:db8::/32`).
-    pub fn new(entries: &[String]) -> Result<Self, StartError> {
+    pub fn new(entries: &[String]) -> Result<Self, NotANetwork> {
         entries
             .iter()
             .map(|entry| {
-                let bad = || StartError::TrustedProxy(entry.clone());
+                let bad = || NotANetwork(entry.clone());
                 let (addr, len) = match entry.split_once('/') {
                     Some((addr, len)) => (addr, Some(len.parse::<u8>().map_err(|_| bad())?)),
                     None => (entry.as_str(), None),
@@ -178,7 +191,7 @@ mod tests {
         for bad in ["10.0.0.0/33", "example.com", "10.0.0.0/x", "::/129"] {
             assert_eq!(
                 TrustedProxies::new(&[bad.into()]).unwrap_err().to_string(),
-                format!("gateway.trusted_proxies: {bad:?} is not an address or a CIDR network")
+                format!("{bad:?} is not an address or a CIDR network")
             );
         }
     }
