@@ -62,7 +62,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let descriptors = listener::raise_descriptor_limit();
+    let descriptors = emostream_protocol::limits::raise_descriptor_limit();
     let g = &mut config.gateway;
     let connections = listener::connections_within(g.max_connections, descriptors);
     if connections < g.max_connections {

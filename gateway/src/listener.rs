@@ -122,16 +122,6 @@ impl CappedListener {
 /// keeps a quarter instead.
 const RESERVED_DESCRIPTORS: usize = 1024;
 
-/// Raises this process's soft limit on open descriptors to its hard limit, and returns the
-/// limit now in force. Every connection is a descriptor, and the soft limit is often 1024 where
-/// the hard one is far higher; only the systemd unit sets `LimitNOFILE`.
-pub fn raise_descriptor_limit() -> usize {
-    let limit = rlimit::increase_nofile_limit(u64::MAX)
-        .or_else(|_| rlimit::Resource::NOFILE.get().map(|(soft, _)| soft))
-        .unwrap_or(1024);
-    usize::try_from(limit).unwrap_or(usize::MAX)
-}
-
 /// The connections `max_connections` allows within `descriptors` (the process's limit) and the
 /// reserve: the listener accepts only while it holds one of these permits, so it never runs the
 /// process out of descriptors, where each failed accept (EMFILE) would cost a second's pause.
@@ -336,7 +326,7 @@ impl AsyncWrite for CappedStream {
 
 #[cfg(test)]
 mod tests {
-    use super::{connections_within, json_refusal, raise_descriptor_limit};
+    use super::{connections_within, json_refusal};
 
     #[test]
     fn connections_stay_below_the_descriptor_limit_with_a_reserve() {
@@ -358,14 +348,6 @@ mod tests {
                 "{wanted} within {descriptors}"
             );
         }
-    }
-
-    #[test]
-    fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
-        let raised = raise_descriptor_limit();
-        let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap();
-        assert_eq!(soft, hard);
-        assert_eq!(raised as u64, soft);
     }
 
     #[test]

@@ -21,6 +21,16 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 64;
+/// Raises this process's soft limit on open descriptors to its hard limit, and returns the limit
+/// now in force. Every connection is a descriptor, and the soft limit is often 1024 where the
+/// hard one is far higher; only the systemd units set `LimitNOFILE`.
+pub fn raise_descriptor_limit() -> usize {
+    let limit = rlimit::increase_nofile_limit(u64::MAX)
+        .or_else(|_| rlimit::Resource::NOFILE.get().map(|(soft, _)| soft))
+        .unwrap_or(1024);
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
 /// A shard is swept when it reaches this size (then twice its surviving size).
 const FIRST_SWEEP: usize = 1024;
 
@@ -144,6 +154,14 @@ pub fn retry_after_s(wait: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+        let raised = raise_descriptor_limit();
+        let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap();
+        assert_eq!(soft, hard);
+        assert_eq!(raised as u64, soft);
+    }
 
     #[test]
     fn burst_then_refill() {

@@ -228,7 +228,10 @@ pub async fn run(
         user_tokens: UserTokens::from_config(&config.auth)
             .map_err(Error::Role)?
             .map(Arc::new),
-        ..Settings::from_config(broadcaster, crate::server::raise_descriptor_limit())?
+        ..Settings::from_config(
+            broadcaster,
+            emostream_protocol::limits::raise_descriptor_limit(),
+        )?
     };
     match role {
         Role::Main { listen, synthetic } => {

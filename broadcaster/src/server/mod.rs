@@ -29,16 +29,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-/// Raises this process's soft limit on open descriptors to its hard limit, and returns the limit
-/// now in force. Every viewer is a descriptor, and the soft limit is often 1024 where the hard one
-/// is far higher.
-pub fn raise_descriptor_limit() -> usize {
-    let limit = rlimit::increase_nofile_limit(u64::MAX)
-        .or_else(|_| rlimit::Resource::NOFILE.get().map(|(soft, _)| soft))
-        .unwrap_or(1024);
-    usize::try_from(limit).unwrap_or(usize::MAX)
-}
-
 pub async fn bind(addr: &str) -> Result<TcpListener, Error> {
     TcpListener::bind(addr).await.map_err(|source| Error::Bind {
         addr: addr.to_owned(),
@@ -266,18 +256,5 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 pub fn nodelay(socket: &TcpStream) {
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!(error = %e, "link socket options");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
-        let raised = raise_descriptor_limit();
-        let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap();
-        assert_eq!(soft, hard);
-        assert_eq!(raised as u64, soft);
     }
 }
