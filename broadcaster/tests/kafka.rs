@@ -48,6 +48,42 @@ async fn next_text(link: &mut WebSocketStream<MaybeTlsStream<tokio::net::TcpStre
     timeout(DEADLINE, next).await.expect("a frame in time")
 }
 
+/// A main publisher on `config` (listening on `main_port`), and a link to it as a cluster
+/// publisher would open: the sender that stops it, its task, and the link.
+async fn main_and_link(
+    config: emostream_protocol::Config,
+    main_port: u16,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), emostream_broadcaster::Error>>,
+    WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let main = tokio::spawn(run(
+        config,
+        Role::Main {
+            listen: None,
+            synthetic: None,
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let url = format!("ws://127.0.0.1:{main_port}/internal/link");
+    let link = timeout(DEADLINE, async {
+        let mut retry = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            retry.tick().await;
+            if let Ok((link, _)) = connect_async(url.as_str()).await {
+                return link;
+            }
+        }
+    })
+    .await
+    .expect("the main publisher listens");
+    (stop, main, link)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_main_publisher_reads_epochs_from_kafka() {
     let main_port = free_port();
@@ -78,31 +114,8 @@ subscribers = []
     for epoch in [1, 2, 2, 3] {
         produce(&producer, epoch).await;
     }
-    let (stop, stopped) = oneshot::channel::<()>();
-    let main = tokio::spawn(run(
-        config,
-        Role::Main {
-            listen: None,
-            synthetic: None,
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-
     // Connected as a cluster publisher would: the ring and the live frames, in order, each once.
-    let url = format!("ws://127.0.0.1:{main_port}/internal/link");
-    let mut link = timeout(DEADLINE, async {
-        let mut retry = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            retry.tick().await;
-            if let Ok((link, _)) = connect_async(url.as_str()).await {
-                return link;
-            }
-        }
-    })
-    .await
-    .expect("the main publisher listens");
+    let (stop, main, mut link) = main_and_link(config, main_port).await;
     // A link's first message says what it wants: a cluster asks for every stream, and has
     // nothing yet.
     let all = r#"{"type":"subscribe","all":true}"#;
@@ -195,29 +208,7 @@ subscribers = []
         }
     }
 
-    let (stop, stopped) = oneshot::channel::<()>();
-    let main = tokio::spawn(run(
-        config,
-        Role::Main {
-            listen: None,
-            synthetic: None,
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let url = format!("ws://127.0.0.1:{main_port}/internal/link");
-    let mut link = timeout(DEADLINE, async {
-        let mut retry = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            retry.tick().await;
-            if let Ok((link, _)) = connect_async(url.as_str()).await {
-                return link;
-            }
-        }
-    })
-    .await
-    .expect("the main publisher listens");
+    let (stop, main, mut link) = main_and_link(config, main_port).await;
     let have: BTreeMap<String, u64> = (0..STREAMS)
         .flat_map(|i| [(old(i), long_ago), (new(i), newest - 2)])
         .collect();
