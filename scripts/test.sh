@@ -15,7 +15,7 @@
 # The whole run is bounded by TEST_TIMEOUT (default 80 minutes, under CI's 90: on a machine with
 # nothing cached the one-time builds of the broker, cargo-nextest, cargo-fuzz and the 1.88 check
 # come first, and such a run passed 50 minutes on 2 cores; with the caches warm a fresh clone
-# took 27, 2026-12-08).
+# took 24, 2026-12-08).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
